@@ -1,0 +1,230 @@
+"""Known models, GPUs and engine images, as data.
+
+The numbers live in YAML files beside this module (`models.yaml`, `embeddings.yaml`, `gpus.yaml`,
+`images.yaml`); this module only gives them types. Every figure in the data says where it came
+from (`source`), and whether it was copied from a published file or computed (`weight_bytes_from`).
+Pure: reading package data is the only IO.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+Architecture = Literal["turing", "ampere", "ada", "hopper", "blackwell"]
+QualityTier = Literal["good", "better", "best"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelArchitecture(_Frozen):
+    """The numbers from a model's `config.json` that decide its memory footprint."""
+
+    hf_architecture: str  # e.g. "LlamaForCausalLM", as in config.json's `architectures`
+    model_type: str
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    num_key_value_heads: PositiveInt
+    head_dim: PositiveInt
+    hidden_size: PositiveInt
+    intermediate_size: PositiveInt
+    vocab_size: PositiveInt
+    max_position_embeddings: PositiveInt
+    tie_word_embeddings: bool = False
+    # Sliding-window attention: the window size, and which layers use it. `sliding_window_layers`
+    # lists layer indices; None with a window set means every layer slides (Mistral v0.1 style).
+    sliding_window: PositiveInt | None = None
+    sliding_window_layers: tuple[int, ...] | None = None
+    # Llama 4: chunked local attention on the layers that are not in `global_attention_layers`.
+    attention_chunk_size: PositiveInt | None = None
+    # Mixture of experts: every expert's weights are resident even though few are active.
+    num_experts: PositiveInt | None = None
+    num_experts_per_token: PositiveInt | None = None
+    moe_intermediate_size: PositiveInt | None = None
+    num_shared_experts: int | None = None
+    moe_layers: tuple[int, ...] | None = None  # None with experts set: every layer is MoE
+    # Multimodal checkpoints carry a vision tower whose weights count too.
+    vision_params: int | None = None
+
+    @model_validator(mode="after")
+    def _heads_group_evenly(self) -> ModelArchitecture:
+        if self.num_attention_heads % self.num_key_value_heads:
+            msg = (
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class ModelVariant(_Frozen):
+    """One published checkpoint of a model: its repo, format and real size on disk."""
+
+    quantization: Quantization
+    repo: str
+    weight_bytes: PositiveInt  # safetensors payload: index.json `total_size` or computed
+    weight_bytes_from: Literal["copied", "computed"]
+    source: str  # where weight_bytes came from: repo and file, or the computation
+    bits: int | None = None  # 4 for AWQ/GPTQ INT4, 8 for FP8
+    group_size: int | None = None
+    gated: bool = False
+
+
+class ChatModel(_Frozen):
+    key: str  # short id used in profiles and on the CLI, e.g. "llama-3.1-8b-instruct"
+    name: str
+    family: str
+    params_billion: float
+    active_params_billion: float | None = None  # MoE only
+    architecture: ModelArchitecture
+    architecture_source: str  # repo and path of the config.json the numbers came from
+    variants: tuple[ModelVariant, ...]
+    license: str
+    gated: bool
+    quality_tier: QualityTier
+    # Tags the recommender uses for workloads, e.g. "multilingual", "tool-calling", "long-context".
+    strengths: tuple[str, ...] = ()
+
+    @property
+    def is_moe(self) -> bool:
+        return self.architecture.num_experts is not None
+
+    def variant(self, quantization: Quantization) -> ModelVariant | None:
+        return next((v for v in self.variants if v.quantization == quantization), None)
+
+
+class EmbeddingModel(_Frozen):
+    key: str
+    name: str
+    repo: str
+    dimensions: PositiveInt
+    max_tokens: PositiveInt
+    params_million: float
+    weight_bytes: PositiveInt
+    weight_bytes_from: Literal["copied", "computed"]
+    source: str
+    license: str
+    multilingual: bool
+
+
+class GpuSpec(_Frozen):
+    key: str  # used by --simulate, e.g. "rtx4090", "a100-80g"
+    name: str  # as NVML reports it, e.g. "NVIDIA GeForce RTX 4090"
+    nvml_names: tuple[str, ...] = ()  # other names NVML reports for the same card
+    memory_total_bytes: PositiveInt  # what NVML reports as total, not the marketing figure
+    memory_source: str
+    compute_capability: tuple[int, int]
+    architecture: Architecture
+    memory_bandwidth_gb_s: PositiveInt
+    fp8: bool  # native FP8 tensor cores (compute capability 8.9+)
+    p2p_default: bool  # whether peer-to-peer works out of the box (GeForce cards: no)
+    nvlink: bool
+    tdp_watts: PositiveInt
+    pcie_generation: PositiveInt
+    segment: Literal["consumer", "workstation", "datacenter"]
+
+
+class TeiImages(_Frozen):
+    """TEI publishes one image per GPU architecture; the tag must match the card."""
+
+    repository: str
+    version: str
+    turing: str
+    ampere_80: str
+    ampere_86: str
+    ada_89: str
+    hopper: str
+    cpu: str
+
+
+class VllmImage(_Frozen):
+    repository: str
+    tag: str
+    version: str  # the vLLM release inside the image; sizing follows this version's rules
+
+
+class EngineImages(_Frozen):
+    vllm: VllmImage
+    tei: TeiImages
+    source: str
+
+
+class Catalog(_Frozen):
+    models: tuple[ChatModel, ...]
+    embeddings: tuple[EmbeddingModel, ...]
+    gpus: tuple[GpuSpec, ...]
+    images: EngineImages
+
+    def model(self, key: str) -> ChatModel | None:
+        return next((m for m in self.models if m.key == key), None)
+
+    def model_by_repo(self, repo: str) -> tuple[ChatModel, ModelVariant] | None:
+        """The model and variant a Hugging Face repo id belongs to (case-insensitive)."""
+        wanted = repo.lower()
+        for model in self.models:
+            for variant in model.variants:
+                if variant.repo.lower() == wanted:
+                    return model, variant
+        return None
+
+    def embedding(self, key_or_repo: str) -> EmbeddingModel | None:
+        wanted = key_or_repo.lower()
+        return next(
+            (e for e in self.embeddings if wanted in (e.key.lower(), e.repo.lower())), None
+        )
+
+    def gpu(self, key: str) -> GpuSpec | None:
+        return next((g for g in self.gpus if g.key == key), None)
+
+    def gpu_by_name(self, nvml_name: str) -> GpuSpec | None:
+        """The catalog entry for a name NVML reported, or None for an unknown card."""
+        for gpu in self.gpus:
+            if nvml_name == gpu.name or nvml_name in gpu.nvml_names:
+                return gpu
+        return None
+
+    def tei_tag(self, compute_capability: tuple[int, int] | None) -> str:
+        """The TEI image tag for a compute capability; None means no GPU (the CPU image)."""
+        tei = self.images.tei
+        match compute_capability:
+            case None:
+                tag = tei.cpu
+            case (7, 5):
+                tag = tei.turing
+            case (8, 0):
+                tag = tei.ampere_80
+            case (8, 6) | (8, 7):
+                tag = tei.ampere_86
+            case (8, 9):
+                tag = tei.ada_89
+            case (major, _) if major >= 9:
+                tag = tei.hopper
+            case _:
+                tag = tei.cpu
+        return f"{tei.repository}:{tag}"
+
+
+def _read(name: str) -> object:
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+@functools.cache
+def load_catalog() -> Catalog:
+    """The catalog shipped with this version of the appliance (parsed once per process)."""
+    return Catalog.model_validate(
+        {
+            "models": _read("models.yaml"),
+            "embeddings": _read("embeddings.yaml"),
+            "gpus": _read("gpus.yaml"),
+            "images": _read("images.yaml"),
+        }
+    )
