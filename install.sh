@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Set up llm-appliance on a Debian 12 / Ubuntu 22.04+ box.
+#
+#   ./install.sh          install the appliance into ./.venv and put `appliance` and
+#                         `llm-appliance` on PATH; then check Docker, the NVIDIA driver and the
+#                         NVIDIA Container Toolkit and print the exact commands for what is missing.
+#   ./install.sh --dev    the same, editable, plus the test tools, Debian's docker.io and
+#                         Debian's python3.11 (the tests build their engine doubles from it).
+#
+# Idempotent: run it again at any time. It never changes the system Python and never installs
+# GPU drivers: those need a reboot and a decision by the admin, so it prints the commands instead.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv=${LLM_APPLIANCE_VENV:-$here/.venv}
+dev=0
+
+usage() {
+    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+for arg in "$@"; do
+    case $arg in
+        --dev) dev=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+say() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit "${2:-1}"; }
+
+# Root, or sudo when we are not root and it is there; empty when neither (we then skip apt).
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=""
+elif command -v sudo >/dev/null 2>&1; then
+    as_root="sudo"
+else
+    as_root="none"
+fi
+
+apt_updated=0
+apt_install() {
+    if [ "$as_root" = "none" ]; then
+        die "need root to install Debian packages ($*); run as root or install sudo" 3
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "no apt-get: install $* with your distribution's package manager, then run again" 3
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        $as_root apt-get update -qq
+        apt_updated=1
+    fi
+    say "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ----------------------------------------------------------------------------- Python >= 3.11
+find_python() {
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+python=$(find_python || true)
+if [ -z "$python" ]; then
+    apt_install python3.11 python3.11-venv
+    python=$(find_python) || die "Python 3.11 or newer is required and could not be installed" 3
+fi
+
+# ----------------------------------------------------------------------------- the virtualenv
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating virtualenv $venv (with $python)"
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        # Debian splits ensurepip out of the interpreter package.
+        rm -rf "$venv"
+        version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        apt_install "python$version-venv"
+        "$python" -m venv "$venv"
+    fi
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+
+if [ "$dev" -eq 1 ]; then
+    say "installing llm-appliance (editable) with the test tools"
+    "$venv/bin/python" -m pip install -q -e "$here[dev]"
+else
+    say "installing llm-appliance"
+    "$venv/bin/python" -m pip install -q "$here"
+fi
+
+# ----------------------------------------------------------------------------- dev: test engine
+if [ "$dev" -eq 1 ]; then
+    # The integration tests run a private dockerd, and build their engine doubles from Debian's
+    # own python3.11 (copied into an image, since no registry is reachable).
+    need=()
+    command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+    [ -x /usr/bin/python3.11 ] || need+=(python3.11)
+    command -v ldd >/dev/null 2>&1 || need+=(libc-bin)
+    if [ "${#need[@]}" -gt 0 ]; then
+        apt_install "${need[@]}"
+    fi
+fi
+
+# ----------------------------------------------------------------------------- PATH
+if [ "$as_root" = "" ] || { [ "$as_root" = "sudo" ] && sudo -n true 2>/dev/null; }; then
+    bin_dir=/usr/local/bin
+    for tool in appliance llm-appliance; do
+        $as_root ln -sfn "$venv/bin/$tool" "$bin_dir/$tool"
+    done
+else
+    bin_dir=$HOME/.local/bin
+    mkdir -p "$bin_dir"
+    for tool in appliance llm-appliance; do
+        ln -sfn "$venv/bin/$tool" "$bin_dir/$tool"
+    done
+    case ":$PATH:" in
+        *":$bin_dir:"*) ;;
+        *) warn "$bin_dir is not on PATH: add  export PATH=\"$bin_dir:\$PATH\"  to your shell profile" ;;
+    esac
+fi
+say "installed: $bin_dir/appliance and $bin_dir/llm-appliance -> $venv/bin"
+
+# ----------------------------------------------------------------------------- readiness
+# What the box still needs before it can serve. Printed, never done silently.
+problems=0
+report() { problems=$((problems + 1)); printf '\n[%d] %s\n' "$problems" "$1" >&2; shift; for line in "$@"; do printf '      %s\n' "$line" >&2; done; }
+
+if ! command -v docker >/dev/null 2>&1; then
+    report "Docker is not installed." \
+        "apt-get install -y docker.io        # Debian's engine, or Docker CE from Docker's apt repository" \
+        "systemctl enable --now docker"
+elif ! docker info >/dev/null 2>&1; then
+    report "The Docker engine is not reachable (not running, or no permission on its socket)." \
+        "systemctl enable --now docker" \
+        "usermod -aG docker \"\$USER\"        # then log in again, or run the appliance as root"
+fi
+
+has_gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    has_gpu=1
+elif lspci 2>/dev/null | grep -qi 'nvidia'; then
+    report "An NVIDIA GPU is present but its driver is not loaded." \
+        "apt-get install -y nvidia-driver     # Debian (non-free); Ubuntu: ubuntu-drivers install" \
+        "reboot, then check with: nvidia-smi"
+else
+    report "No NVIDIA GPU or driver found: nothing can be served on this machine." \
+        "To explore what the appliance would do on a GPU box: llm-appliance --simulate rtx4090"
+fi
+
+if [ "$has_gpu" -eq 1 ] && command -v docker >/dev/null 2>&1; then
+    if ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia &&
+        ! ls /etc/cdi/nvidia*.yaml /var/run/cdi/nvidia*.yaml >/dev/null 2>&1; then
+        report "The NVIDIA Container Toolkit is missing: containers cannot see the GPUs." \
+            "curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | gpg --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg" \
+            "curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | sed 's#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#' > /etc/apt/sources.list.d/nvidia-container-toolkit.list" \
+            "apt-get update && apt-get install -y nvidia-container-toolkit" \
+            "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker"
+    fi
+fi
+
+if [ "$problems" -eq 0 ]; then
+    say "the box is ready: run llm-appliance"
+else
+    printf '\n' >&2
+    say "installed; $problems thing(s) above still need doing before this box can serve"
+    say "llm-appliance and 'appliance detect' show the same report at any time"
+fi

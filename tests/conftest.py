@@ -1,0 +1,60 @@
+"""Session fixtures shared by every test directory.
+
+The Docker engine is real: a private dockerd is started once per session on its own socket and
+data root, and stopped by PID at the end. A test that needs it and cannot get it fails — it is
+never skipped, so a green run always means the container paths really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker  # noqa: TID251 - test setup talks to the private engine directly
+import pytest
+
+from tests.support.dockerd import PrivateDockerd
+from tests.support.images import ensure_python_base
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[PrivateDockerd]:
+    # A short path: unix socket paths are limited to 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="appliance-dockerd-", dir="/tmp"))
+    engine = PrivateDockerd(root)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        client = engine.client()
+        try:
+            for container in client.containers.list(all=True):
+                container.remove(force=True)
+        finally:
+            client.close()
+            engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_engine: PrivateDockerd) -> Iterator[docker.DockerClient]:
+    client = docker_engine.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def python_base_image(docker_client: docker.DockerClient) -> str:
+    return ensure_python_base(docker_client)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the internet: point every Hugging Face client at nothing by default."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    if "DOCKER_HOST" in os.environ:
+        # Tests name their engine explicitly; never the developer's daemon by accident.
+        monkeypatch.delenv("DOCKER_HOST")
