@@ -1,0 +1,545 @@
+"""TEST DOUBLE of the GPU engines: a stand-in for vLLM's OpenAI server and for TEI's router.
+
+No GPU, no weights: it answers the same HTTP endpoints with the same shapes, and exposes metrics
+under vLLM's and TEI's real names and types, so everything the appliance does against an engine
+(health waits, scraping, routing, streaming) runs for real. It runs inside the tests' Python base
+image (standard library plus a copied `prometheus_client`) and directly on the host alike.
+
+It takes the real engines' command lines (`--model … --served-model-name … --port …` for vLLM,
+`--model-id … --port …` for TEI) and ignores flags it does not model. Faults are chosen with
+environment variables (baked into fault images, or set by a test):
+
+  DOUBLE_STARTUP_DELAY_S   seconds before the port opens (model loading)
+  DOUBLE_FAIL              "exit-on-start" (exit like vLLM refusing a config),
+                           "never-healthy" (/health answers 503 forever),
+                           "die-after-healthy" (healthy, then the process dies on the first
+                           generation request, like vLLM's engine core crashing)
+  DOUBLE_EXIT_CODE         exit status for the failures above (default 1)
+  DOUBLE_TOKEN_DELAY_S     seconds between generated tokens (default 0.001)
+  DOUBLE_WAITING           requests reported waiting in the queue (vllm:num_requests_waiting)
+  DOUBLE_KV_USAGE          KV-cache usage reported (0..1)
+  DOUBLE_DIMENSIONS        embedding size for the TEI double (default 1024)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.server
+import json
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+try:  # vLLM itself exposes metrics through prometheus_client; so does its double when it can.
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+except ImportError:  # pragma: no cover - the image always has it copied in
+    prometheus_client = None  # type: ignore[assignment]
+
+ENV = os.environ
+TOKEN_DELAY_S = float(ENV.get("DOUBLE_TOKEN_DELAY_S", "0.001"))
+FAIL = ENV.get("DOUBLE_FAIL", "")
+EXIT_CODE = int(ENV.get("DOUBLE_EXIT_CODE", "1"))
+
+
+def log(message: str) -> None:
+    stamp = time.strftime("%m-%d %H:%M:%S")
+    print(f"INFO {stamp} [engine_double] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------- vLLM metrics
+
+# Bucket edges copied from a real vLLM 0.32 scrape (shared/reference/vllm-0.32-cpu-metrics.txt).
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+               10.0, 20.0, 40.0, 80.0)  # fmt: skip
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class VllmMetrics:
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["engine", "model_name"]
+        self.values = {"engine": "0", "model_name": model_name}
+        r = self.registry
+        self.running = Gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            labels,
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", labels,
+            registry=r,
+        )  # fmt: skip
+        self.kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels,
+            registry=r,
+        )  # fmt: skip
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            labels,
+            registry=r,
+        )
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            labels,
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine.", labels,
+            registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r
+        )
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r
+        )
+        self.success = Counter(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            labels,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            labels,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        for finished_reason in ("stop", "length", "abort", "error", "repetition"):
+            self.success.labels(**self.values, finished_reason=finished_reason)
+        self.waiting.labels(**self.values).set(float(ENV.get("DOUBLE_WAITING", "0")))
+        self.kv_usage.labels(**self.values).set(float(ENV.get("DOUBLE_KV_USAGE", "0")))
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+
+# ---------------------------------------------------------------------------------- TEI metrics
+
+
+class TeiMetrics:
+    """TEI's router exports through the Rust `metrics` crate: counters have no `_total` suffix."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.request_count = 0
+        self.request_success = 0
+        self.queue_size = 0
+        self.durations: dict[str, list[float]] = {
+            "te_request_duration": [],
+            "te_queue_duration": [],
+            "te_inference_duration": [],
+            "te_tokenization_duration": [],
+        }
+        # TEI's duration buckets: a geometric sequence from 1e-5 times 1.5, 35 buckets.
+        value, self.buckets = 0.00001, []
+        for _ in range(35):
+            value *= 1.5
+            self.buckets.append(value)
+
+    def observe(self, seconds: float) -> None:
+        with self.lock:
+            self.request_count += 1
+            self.request_success += 1
+            for name, samples in self.durations.items():
+                samples.append(seconds if name != "te_queue_duration" else seconds / 10)
+
+    def render(self) -> bytes:
+        lines = [
+            "# TYPE te_request_count counter",
+            f'te_request_count{{method="single"}} {self.request_count}',
+            "# TYPE te_request_success counter",
+            f'te_request_success{{method="single"}} {self.request_success}',
+            "# TYPE te_queue_size gauge",
+            f"te_queue_size {self.queue_size}",
+            "# TYPE te_batch_current_size gauge",
+            "te_batch_current_size 0",
+        ]
+        with self.lock:
+            for name, samples in self.durations.items():
+                lines.append(f"# TYPE {name} histogram")
+                for edge in self.buckets:
+                    count = sum(1 for s in samples if s <= edge)
+                    lines.append(f'{name}_bucket{{le="{edge}"}} {count}')
+                lines.append(f'{name}_bucket{{le="+Inf"}} {len(samples)}')
+                lines.append(f"{name}_sum {sum(samples)}")
+                lines.append(f"{name}_count {len(samples)}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+class EngineServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], role: str, args: argparse.Namespace) -> None:
+        super().__init__(address, Handler)
+        self.role = role
+        self.args = args
+        self.started = time.time()
+        self.healthy = FAIL != "never-healthy"
+        self.lock = threading.Lock()
+        if role == "vllm":
+            self.model_name = args.served_model_name or args.model
+            self.vllm = VllmMetrics(self.model_name)
+        else:
+            self.model_name = args.model_id
+            self.tei = TeiMetrics()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EngineServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- plumbing
+
+    def _send_json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_text(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._send_json(
+            status, {"error": {"message": message, "type": kind, "param": None, "code": status}}
+        )
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b"{}"
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {"inputs": body}
+
+    # -- routes
+
+    def do_GET(self) -> None:
+        server = self.server
+        if self.path == "/health":
+            if server.healthy:
+                self._send_text(200, b"", "text/plain")
+            else:
+                self._send_text(503, b"", "text/plain")
+        elif self.path == "/metrics":
+            data = server.vllm.render() if server.role == "vllm" else server.tei.render()
+            self._send_text(200, data, "text/plain; version=0.0.4; charset=utf-8")
+        elif self.path == "/v1/models" and server.role == "vllm":
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": server.model_name,
+                            "object": "model",
+                            "created": int(server.started),
+                            "owned_by": "vllm",
+                            "root": server.args.model,
+                            "parent": None,
+                            "max_model_len": server.args.max_model_len,
+                        }
+                    ],
+                },
+            )
+        elif self.path == "/version" and server.role == "vllm":
+            self._send_json(200, {"version": "0.32.0"})
+        elif self.path == "/info" and server.role == "tei":
+            self._send_json(
+                200,
+                {
+                    "model_id": server.model_name,
+                    "model_sha": None,
+                    "model_dtype": "float16",
+                    "model_type": {"embedding": {"pooling": "cls"}},
+                    "max_concurrent_requests": 512,
+                    "max_input_length": 8192,
+                    "max_batch_tokens": server.args.max_batch_tokens,
+                    "max_client_batch_size": 32,
+                    "version": "1.8.0",
+                },
+            )
+        else:
+            self._error(404, f"Not Found: {self.path}")
+
+    def do_POST(self) -> None:
+        server = self.server
+        body = self._body()
+        if server.role == "vllm" and self.path in ("/v1/completions", "/v1/chat/completions"):
+            self._generate(body, chat=self.path.endswith("chat/completions"))
+        elif server.role == "tei" and self.path in ("/embed", "/v1/embeddings"):
+            self._embed(body, openai=self.path == "/v1/embeddings")
+        else:
+            self._error(404, f"Not Found: {self.path}")
+
+    # -- vLLM
+
+    def _generate(self, body: dict[str, Any], *, chat: bool) -> None:
+        server = self.server
+        if FAIL == "die-after-healthy":
+            log("ERROR EngineCore encountered a fatal error: Unsupported CPU attention config")
+            self._error(500, "EngineCore died", "InternalServerError")
+            self.wfile.flush()
+            os._exit(EXIT_CODE)
+        model = body.get("model")
+        if model != server.model_name:
+            self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return
+        if chat:
+            messages = body.get("messages") or []
+            prompt_text = " ".join(str(m.get("content", "")) for m in messages)
+        else:
+            prompt_text = str(body.get("prompt", ""))
+        prompt_tokens = max(1, len(prompt_text.split()))
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        stream = bool(body.get("stream"))
+        values = server.vllm.values
+        metrics = server.vllm
+        metrics.running.labels(**values).inc()
+        started = time.monotonic()
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        pieces = [f" tok{i}" for i in range(max_tokens)]
+        try:
+            if stream:
+                first = self._stream(request_id, created, obj, pieces, chat=chat)
+            else:
+                time.sleep(TOKEN_DELAY_S * max_tokens)
+                first = started + TOKEN_DELAY_S
+                text = "".join(pieces)
+                choice = (
+                    {"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "length"}
+                    if chat
+                    else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+                )  # fmt: skip
+                self._send_json(
+                    200,
+                    {
+                        "id": request_id,
+                        "object": obj,
+                        "created": created,
+                        "model": server.model_name,
+                        "choices": [choice],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": max_tokens,
+                            "total_tokens": prompt_tokens + max_tokens,
+                        },
+                    },
+                )
+        except (BrokenPipeError, ConnectionResetError):
+            metrics.success.labels(**values, finished_reason="abort").inc()
+            return
+        finally:
+            metrics.running.labels(**values).dec()
+        ended = time.monotonic()
+        metrics.prompt_tokens.labels(**values).inc(prompt_tokens)
+        metrics.generation_tokens.labels(**values).inc(max_tokens)
+        metrics.prefix_queries.labels(**values).inc(prompt_tokens)
+        metrics.success.labels(**values, finished_reason="length").inc()
+        metrics.ttft.labels(**values).observe((first or ended) - started)
+        metrics.e2e.labels(**values).observe(ended - started)
+        metrics.queue_time.labels(**values).observe(0.0001)
+        per_token = (ended - started) / max(1, max_tokens)
+        metrics.tpot.labels(**values).observe(per_token)
+        for _ in range(max(0, max_tokens - 1)):
+            metrics.itl.labels(**values).observe(per_token)
+
+    def _stream(
+        self, request_id: str, created: int, obj: str, pieces: list[str], *, chat: bool
+    ) -> float | None:
+        """Send one SSE event per token as it is made; return when the first one went out."""
+        server = self.server
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        first = None
+        for index, piece in enumerate(pieces):
+            time.sleep(TOKEN_DELAY_S)
+            if first is None:
+                first = time.monotonic()
+            if chat:
+                delta: dict[str, Any] = {"content": piece}
+                if index == 0:
+                    delta["role"] = "assistant"
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": piece, "finish_reason": None}
+            chunk = {
+                "id": request_id,
+                "object": f"{obj}.chunk" if chat else obj,
+                "created": created,
+                "model": server.model_name,
+                "choices": [choice],
+            }
+            self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+        last = {
+            "id": request_id,
+            "object": f"{obj}.chunk" if chat else obj,
+            "created": created,
+            "model": server.model_name,
+            "choices": [
+                {"index": 0, "delta": {}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": "", "finish_reason": "length"}
+            ],
+        }
+        self._chunk(f"data: {json.dumps(last)}\n\n".encode())
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+        return first
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    # -- TEI
+
+    def _embed(self, body: dict[str, Any], *, openai: bool) -> None:
+        started = time.monotonic()
+        inputs = body.get("input") if openai else body.get("inputs")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            self._send_json(422, {"error": "`inputs` cannot be empty", "error_type": "Validation"})
+            return
+        dimensions = int(ENV.get("DOUBLE_DIMENSIONS", "1024"))
+        vectors = [_embedding(str(text), dimensions) for text in inputs]
+        self.server.tei.observe(time.monotonic() - started)
+        if openai:
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "embedding": vector, "index": index}
+                        for index, vector in enumerate(vectors)
+                    ],
+                    "model": self.server.model_name,
+                    "usage": {
+                        "prompt_tokens": sum(len(str(t).split()) for t in inputs),
+                        "total_tokens": sum(len(str(t).split()) for t in inputs),
+                    },
+                },
+            )
+        else:
+            self._send_json(200, vectors)
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector per text, so equal inputs embed equally."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [((seed[i % len(seed)] + i * 31) % 251) / 125.0 - 1.0 for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [round(v / norm, 6) for v in raw]
+
+
+def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="engine_double")
+    parser.add_argument("--role", choices=["vllm", "tei"], required=True)
+    # vLLM's flags (the rest of a real command line is accepted and ignored).
+    parser.add_argument("--model", default="")
+    parser.add_argument("--served-model-name", nargs="*", default=None)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=None)
+    # TEI's flags.
+    parser.add_argument("--model-id", default="")
+    parser.add_argument("--hostname", default=None)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    args, ignored = parser.parse_known_args(argv)
+    if isinstance(args.served_model_name, list):
+        args.served_model_name = args.served_model_name[0] if args.served_model_name else None
+    if ignored:
+        log(f"ignoring flags the double does not model: {' '.join(ignored)}")
+    return args.role, args
+
+
+def main(argv: list[str]) -> None:
+    role, args = parse_args(argv)
+    port = args.port or (8000 if role == "vllm" else 80)
+    host = args.hostname or args.host
+    log(f"{role} double starting: {' '.join(argv)}")
+    delay = float(ENV.get("DOUBLE_STARTUP_DELAY_S", "0"))
+    if delay:
+        log(f"loading weights ({delay:.1f} s)")
+        time.sleep(delay)
+    if FAIL == "exit-on-start":
+        print(
+            "ValueError: To serve at least one request with the models's max seq len (32768), "
+            "(4.00 GiB KV cache) is needed, which is larger than the available KV cache memory "
+            "(1.50 GiB). Based on the available memory, the estimated maximum model length is "
+            "12288. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+            "initializing the engine.",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_CODE)
+    server = EngineServer((host, port), role, args)
+    log(f"Uvicorn running on http://{host}:{port} (Press CTRL+C to quit)")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
