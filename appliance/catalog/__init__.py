@@ -2,8 +2,11 @@
 
 The numbers live in YAML files beside this module (`models.yaml`, `embeddings.yaml`, `gpus.yaml`,
 `images.yaml`); this module only gives them types. Every figure in the data says where it came
-from (`source`), and whether it was copied from a published file or computed (`weight_bytes_from`).
-Pure: reading package data is the only IO.
+from (`source`), and whether it was copied from a published file, computed exactly from the
+config and the checkpoint format's layout, or estimated where part of that layout (which modules
+a third-party quantiser left unquantised, its group size) could not be confirmed
+(`weight_bytes_from`). Loading checks the invariants that keep lookups unambiguous (unique keys,
+repos and NVML names). Pure: reading package data is the only IO.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+# "copied": a published `model.safetensors.index.json` `total_size`; "computed": exact from the
+# config and the format's tensor layout; "estimated": computed, but on an assumed layout (named in
+# `source`) that could not be confirmed from the repo itself.
+WeightBytesFrom = Literal["copied", "computed", "estimated"]
 Architecture = Literal["turing", "ampere", "ada", "hopper", "blackwell"]
 QualityTier = Literal["good", "better", "best"]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -43,8 +50,13 @@ class ModelArchitecture(_Frozen):
     # lists layer indices; None with a window set means every layer slides (Mistral v0.1 style).
     sliding_window: PositiveInt | None = None
     sliding_window_layers: tuple[int, ...] | None = None
-    # Llama 4: chunked local attention on the layers that are not in `global_attention_layers`.
+    # Llama 4: chunked local attention on the layers that are not in `global_attention_layers`
+    # (those are full attention without RoPE, every 4th layer in Scout).
     attention_chunk_size: PositiveInt | None = None
+    global_attention_layers: tuple[int, ...] | None = None
+    # Gemma 2 caps attention logits (tanh soft-capping); an attention backend must support it.
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
     # Mixture of experts: every expert's weights are resident even though few are active.
     num_experts: PositiveInt | None = None
     num_experts_per_token: PositiveInt | None = None
@@ -64,6 +76,35 @@ class ModelArchitecture(_Frozen):
             raise ValueError(msg)
         return self
 
+    @model_validator(mode="after")
+    def _layer_lists_fit(self) -> ModelArchitecture:
+        for name in ("sliding_window_layers", "global_attention_layers", "moe_layers"):
+            layers: tuple[int, ...] | None = getattr(self, name)
+            if layers is not None and any(not 0 <= i < self.num_hidden_layers for i in layers):
+                msg = f"{name} names a layer outside 0..{self.num_hidden_layers - 1}"
+                raise ValueError(msg)
+        if self.sliding_window_layers is not None and self.sliding_window is None:
+            msg = "sliding_window_layers is set but sliding_window is not"
+            raise ValueError(msg)
+        if self.global_attention_layers is not None and self.attention_chunk_size is None:
+            msg = "global_attention_layers is set but attention_chunk_size is not"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _experts_consistent(self) -> ModelArchitecture:
+        if (self.num_experts is None) != (self.num_experts_per_token is None):
+            msg = "num_experts and num_experts_per_token go together"
+            raise ValueError(msg)
+        if (
+            self.num_experts is not None
+            and self.num_experts_per_token is not None
+            and self.num_experts_per_token > self.num_experts
+        ):
+            msg = "num_experts_per_token exceeds num_experts"
+            raise ValueError(msg)
+        return self
+
 
 class ModelVariant(_Frozen):
     """One published checkpoint of a model: its repo, format and real size on disk."""
@@ -71,11 +112,13 @@ class ModelVariant(_Frozen):
     quantization: Quantization
     repo: str
     weight_bytes: PositiveInt  # safetensors payload: index.json `total_size` or computed
-    weight_bytes_from: Literal["copied", "computed"]
+    weight_bytes_from: WeightBytesFrom
     source: str  # where weight_bytes came from: repo and file, or the computation
     bits: int | None = None  # 4 for AWQ/GPTQ INT4, 8 for FP8
-    group_size: int | None = None
+    group_size: int | None = None  # None with bits set: per-channel or per-tensor scales
     gated: bool = False
+    # Where the repo was seen to exist (the Hub itself is unreachable from the build machines).
+    repo_evidence: str | None = None
 
 
 class ChatModel(_Frozen):
@@ -109,7 +152,7 @@ class EmbeddingModel(_Frozen):
     max_tokens: PositiveInt
     params_million: float
     weight_bytes: PositiveInt
-    weight_bytes_from: Literal["copied", "computed"]
+    weight_bytes_from: WeightBytesFrom
     source: str
     license: str
     multilingual: bool
@@ -130,6 +173,15 @@ class GpuSpec(_Frozen):
     tdp_watts: PositiveInt
     pcie_generation: PositiveInt
     segment: Literal["consumer", "workstation", "datacenter"]
+    # Where bandwidth, TDP and the rest came from (memory has its own `memory_source`).
+    spec_source: str | None = None
+
+    @model_validator(mode="after")
+    def _fp8_follows_compute_capability(self) -> GpuSpec:
+        if self.fp8 != (self.compute_capability >= (8, 9)):
+            msg = f"fp8 must be true exactly for compute capability 8.9 and up, not {self.fp8}"
+            raise ValueError(msg)
+        return self
 
 
 class TeiImages(_Frozen):
@@ -143,6 +195,9 @@ class TeiImages(_Frozen):
     ada_89: str
     hopper: str
     cpu: str
+    # Blackwell images (experimental in TEI): 10.x data-centre cards, 12.x GeForce/RTX PRO.
+    blackwell_100: str | None = None
+    blackwell_120: str | None = None
 
 
 class VllmImage(_Frozen):
@@ -163,6 +218,27 @@ class Catalog(_Frozen):
     gpus: tuple[GpuSpec, ...]
     images: EngineImages
 
+    @model_validator(mode="after")
+    def _lookups_are_unambiguous(self) -> Catalog:
+        """Every lookup (`model`, `model_by_repo`, `embedding`, `gpu`, `gpu_by_name`) returns the
+        first match, so a duplicate would silently shadow an entry."""
+        keys = {
+            "model key": [m.key for m in self.models],
+            "variant repo": [v.repo.lower() for m in self.models for v in m.variants],
+            "embedding key": [e.key.lower() for e in self.embeddings],
+            "embedding repo": [e.repo.lower() for e in self.embeddings],
+            "GPU key": [g.key for g in self.gpus],
+            "GPU NVML name": [n for g in self.gpus for n in (g.name, *g.nvml_names)],
+        }
+        for what, values in keys.items():
+            seen: set[str] = set()
+            for value in values:
+                if value in seen:
+                    msg = f"duplicate {what} in the catalog: {value!r}"
+                    raise ValueError(msg)
+                seen.add(value)
+        return self
+
     def model(self, key: str) -> ChatModel | None:
         return next((m for m in self.models if m.key == key), None)
 
@@ -177,9 +253,7 @@ class Catalog(_Frozen):
 
     def embedding(self, key_or_repo: str) -> EmbeddingModel | None:
         wanted = key_or_repo.lower()
-        return next(
-            (e for e in self.embeddings if wanted in (e.key.lower(), e.repo.lower())), None
-        )
+        return next((e for e in self.embeddings if wanted in (e.key.lower(), e.repo.lower())), None)
 
     def gpu(self, key: str) -> GpuSpec | None:
         return next((g for g in self.gpus if g.key == key), None)
@@ -192,8 +266,14 @@ class Catalog(_Frozen):
         return None
 
     def tei_tag(self, compute_capability: tuple[int, int] | None) -> str:
-        """The TEI image tag for a compute capability; None means no GPU (the CPU image)."""
+        """The TEI image tag for a compute capability; None means no GPU (the CPU image).
+
+        TEI compiles its kernels per architecture, so an image only runs on the capabilities it
+        was built for: Hopper's image does not serve Blackwell. A card TEI does not support
+        (below 7.5, or an architecture without an image) gets the CPU image.
+        """
         tei = self.images.tei
+        tag: str | None
         match compute_capability:
             case None:
                 tag = tei.cpu
@@ -205,11 +285,15 @@ class Catalog(_Frozen):
                 tag = tei.ampere_86
             case (8, 9):
                 tag = tei.ada_89
-            case (major, _) if major >= 9:
+            case (9, _):
                 tag = tei.hopper
+            case (10, _):
+                tag = tei.blackwell_100
+            case (12, _):
+                tag = tei.blackwell_120
             case _:
-                tag = tei.cpu
-        return f"{tei.repository}:{tag}"
+                tag = None
+        return f"{tei.repository}:{tag or tei.cpu}"
 
 
 def _read(name: str) -> object:
