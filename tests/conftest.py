@@ -15,6 +15,7 @@ from pathlib import Path
 import docker  # noqa: TID251 - test setup talks to the private engine directly
 import pytest
 
+from tests.doubles import EngineDoubleImages, build_engine_doubles
 from tests.support.dockerd import PrivateDockerd
 from tests.support.images import ensure_python_base
 
@@ -47,6 +48,18 @@ def docker_client(docker_engine: PrivateDockerd) -> Iterator[docker.DockerClient
 @pytest.fixture(scope="session")
 def python_base_image(docker_client: docker.DockerClient) -> str:
     return ensure_python_base(docker_client)
+
+
+@pytest.fixture(scope="session")
+def engine_doubles(
+    docker_client: docker.DockerClient,
+    python_base_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> EngineDoubleImages:
+    """The vLLM and TEI test-double images (and vLLM fault variants), built once a session."""
+    return build_engine_doubles(
+        docker_client, python_base_image, tmp_path_factory.mktemp("doubles")
+    )
 
 
 @pytest.fixture(autouse=True)

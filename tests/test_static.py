@@ -20,7 +20,9 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     "argv",
     [
         pytest.param(("ruff", "check", "appliance", "tests", "bench"), id="ruff-check"),
-        pytest.param(("ruff", "format", "--check", "appliance", "tests", "bench"), id="ruff-format"),
+        pytest.param(
+            ("ruff", "format", "--check", "appliance", "tests", "bench"), id="ruff-format"
+        ),
         pytest.param(("mypy", "--strict", "appliance"), id="mypy-strict"),
         pytest.param(("lint-imports",), id="import-contracts"),
     ],

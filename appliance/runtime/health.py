@@ -1,0 +1,85 @@
+"""Readiness as a timed check with an injectable clock (STYLE 7), so tests never sleep for real.
+
+A service is ready when its container is running and its `/health` answers 200 (or, without a
+URL, when Docker's own healthcheck says healthy). A container that exits while we wait ends the
+wait at once: vLLM refusing a configuration exits within seconds, and nobody should wait out a
+ten-minute deadline for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from appliance.runtime.model import ObservedContainer
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class Inspector(Protocol):
+    def inspect(self, container_id: str) -> ObservedContainer | None: ...
+
+
+@dataclass(frozen=True)
+class HealthOutcome:
+    healthy: bool
+    reason: str  # "healthy", "exited with code 1", "killed: out of memory", "not healthy after …"
+    container: ObservedContainer | None
+
+
+def http_ok(url: str) -> bool:
+    """True when `url` answers 200 within two seconds."""
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until_healthy(
+    inspector: Inspector,
+    container_id: str,
+    health_url: str | None,
+    *,
+    deadline_s: float,
+    clock: Clock | None = None,
+    probe: Callable[[str], bool] = http_ok,
+    poll_s: float = 0.5,
+) -> HealthOutcome:
+    clock = clock or SystemClock()
+    end = clock.monotonic() + deadline_s
+    observed: ObservedContainer | None = None
+    while True:
+        observed = inspector.inspect(container_id)
+        if observed is None:
+            return HealthOutcome(False, "the container was removed while starting", None)
+        if observed.state in ("exited", "dead"):
+            if observed.oom_killed:
+                return HealthOutcome(False, "killed: out of host memory (OOM)", observed)
+            return HealthOutcome(False, f"exited with code {observed.exit_code}", observed)
+        if observed.state == "running":
+            if health_url is not None:
+                if probe(health_url):
+                    return HealthOutcome(True, "healthy", observed)
+            elif observed.health in ("healthy", None):
+                return HealthOutcome(True, "healthy", observed)
+        if clock.monotonic() >= end:
+            return HealthOutcome(
+                False, f"not healthy after {deadline_s:.0f} s (state {observed.state})", observed
+            )
+        clock.sleep(poll_s)

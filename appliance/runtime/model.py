@@ -1,0 +1,110 @@
+"""The data the runtime passes around: what a container should be, and what one is.
+
+Pure: no Docker here. `ContainerSpec` is the desired state of one service, hashed into a label;
+`ObservedContainer` is what the Docker adapter found, rebuilt from labels alone (no state file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance import __version__
+
+Role = Literal["vllm", "tei", "gateway"]
+
+LABEL_PREFIX = "io.llm-appliance."
+LABEL_MANAGED_BY = f"{LABEL_PREFIX}managed-by"
+LABEL_ROLE = f"{LABEL_PREFIX}role"
+LABEL_PROFILE = f"{LABEL_PREFIX}profile"
+LABEL_SPEC_HASH = f"{LABEL_PREFIX}spec-hash"
+LABEL_VERSION = f"{LABEL_PREFIX}version"
+MANAGED_BY = "llm-appliance"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortBinding(_Frozen):
+    container_port: int
+    host_port: int
+    host_ip: str = "127.0.0.1"  # engines are never exposed beyond the box
+
+
+class Mount(_Frozen):
+    source: str  # host path
+    target: str  # path in the container
+    read_only: bool = True
+
+
+class Healthcheck(_Frozen):
+    """Docker's HEALTHCHECK, in seconds (the adapter converts to nanoseconds)."""
+
+    test: tuple[str, ...]
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+class ContainerSpec(_Frozen):
+    """Everything that decides how one service's container is created."""
+
+    role: Role
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    environment: dict[str, str] = Field(default_factory=dict)
+    ports: tuple[PortBinding, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    # GPU UUIDs the container may see; "all" for every GPU; None for none (CPU, or the tests).
+    gpu_device_ids: tuple[str, ...] | Literal["all"] | None = None
+    ipc_mode: str | None = "host"
+    shm_size_bytes: int | None = None
+    healthcheck: Healthcheck | None = None
+    health_url: str | None = None  # http://127.0.0.1:PORT/health, polled by apply
+    restart_policy: Literal["no", "on-failure", "unless-stopped", "always"] = "unless-stopped"
+    log_max_size: str = "50m"
+    log_max_files: int = 5
+    profile: str
+
+    def spec_hash(self) -> str:
+        """A stable digest of the spec: equal specs mean an unchanged container."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_ROLE: self.role,
+            LABEL_PROFILE: self.profile,
+            LABEL_SPEC_HASH: self.spec_hash(),
+            LABEL_VERSION: __version__,
+        }
+
+
+ContainerState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+HealthState = Literal["starting", "healthy", "unhealthy"]
+
+
+class ObservedContainer(_Frozen):
+    """A managed container as the engine reports it."""
+
+    id: str
+    name: str
+    role: Role
+    profile: str
+    spec_hash: str
+    appliance_version: str
+    image: str
+    state: ContainerState
+    health: HealthState | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    restart_count: int = 0
+    started_at: str | None = None
+    host_ports: dict[int, int] = Field(default_factory=dict)  # container port -> host port
