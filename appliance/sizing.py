@@ -1,0 +1,834 @@
+"""How much GPU memory vLLM gives the KV cache, computed the way vLLM computes it at start-up.
+
+Pure: no IO, no hardware, no Docker. Every input is a plain number or the catalog's
+`ModelArchitecture`, so the same code sizes a catalog model and a local `config.json`.
+
+What vLLM does at start-up (read from the source of the pinned release, 0.32; file names are
+vLLM's, line numbers drift):
+
+1. `v1/worker/utils.py::request_memory`: requested = ceil(total x gpu_memory_utilization).
+   The worker snapshots free memory *after* creating its CUDA context and NCCL communicators;
+   if that free memory is below `requested`, it refuses to start ("Free memory on device ... is
+   less than desired GPU memory utilization"). Memory held by other processes (TEI on the same
+   card) therefore does not shrink the KV cache, it makes start-up fail once it eats into the
+   `requested` share. Before v0.6.4 vLLM instead measured `total - free` after profiling, so
+   other processes' memory came straight out of the KV cache; `vllm_version` selects that.
+2. `gpu_worker.py::determine_available_memory` runs `profile_run` (a forward pass over
+   `max_num_batched_tokens` dummy tokens, then the sampler over `max_num_seqs` rows) inside
+   `utils/mem_utils.py::memory_profiling`: non_kv = (free memory consumed since the snapshot:
+   weights + non-torch growth) + (torch peak - torch allocated after the pass).
+3. From v0.20.0 the estimated CUDA-graph pool (`profile_cudagraph_memory`) is subtracted too
+   (`VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` defaults to 1 in the v0.20.0 wheel and to 0 in
+   v0.19.1; vLLM's own comment and log line say "default since v0.21.0").
+4. `v1/core/kv_cache_utils.py`: the KV cache is cut into blocks of 16 tokens per layer group;
+   num_blocks = available // bytes_per_block. Sliding-window and chunked-local layers only
+   need a window's worth of blocks per request (`SlidingWindowSpec.max_memory_usage_bytes`),
+   which the hybrid allocator (V1 from v0.10) turns into more requests per pool; the logged
+   "GPU KV cache size" is max_concurrency x max_model_len. If one max_model_len request does
+   not fit (one block is held back as the null block), vLLM refuses to start and suggests the
+   largest max_model_len that would fit (`estimate_max_model_len`, a binary search).
+
+The activation peak cannot be read from source alone: it is what the caching allocator saw.
+`_activation_bytes` models it as tokens x (MLP and hidden-state tensors) + the sampler's
+[max_num_seqs x vocab] buffers, with constants fitted on the real start-up logs in
+`bench/data/vllm_memory_logs.csv` (see `bench/sizing_accuracy.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from appliance.catalog import ModelArchitecture
+
+GIB = 1 << 30
+GB = 1_000_000_000
+BLOCK_SIZE = 16
+PINNED_VLLM_VERSION = "0.32.0"
+
+KvCacheDtype = Literal["auto", "fp8"]
+EntryPoint = Literal["serve", "offline"]
+
+# --- Calibrated constants (fitted on bench/data/vllm_memory_logs.csv; see module docstring) ---
+# Peak activation per scheduled token, in units of the model dtype: the MLP's gate_up output
+# (2 x intermediate), the activated half (1 x intermediate) and the down-projection input
+# share the peak (~3.5 x intermediate / TP), plus residual and attention tensors (~1.15 x
+# hidden). Fitted on the V0 logs that print the activation peak: Llama-3.1-8B at 20,000 and
+# 29,000 tokens (RTX 3090, v0.6.4) and Qwen2.5-1.5B at 32,768 tokens (T4, v0.7.2).
+_MLP_ACTIVATION_FACTOR = 3.5
+_HIDDEN_ACTIVATION_FACTOR = 1.15
+# The sampler's dummy run holds fp32 logits [max_num_seqs x vocab] (FlashInfer's fused top-k /
+# top-p kernel adds little: 4 bytes per logit fits the v0.10.1 and v0.27.1 logs). Without
+# FlashInfer the PyTorch path sorts the logits (fp32 values + int64 indices + softmax + masks):
+# ~32 bytes per logit, fitted on the v0.10.1 log of a box without FlashInfer. vLLM v0.21 also
+# warms the PyTorch path during the profile; the v0.27.1 log shows no such peak, so it is not
+# modelled.
+_SAMPLER_BYTES_PER_LOGIT = 4
+_SAMPLER_BYTES_PER_LOGIT_NATIVE = 32
+# Non-torch growth after the start-up snapshot (cuBLAS/cuDNN workspaces, attention backend
+# buffers), and the extra for NCCL / custom all-reduce buffers under tensor parallelism.
+_NON_TORCH_BYTES = int(0.28 * GIB)
+_NON_TORCH_TP_EXTRA_BYTES = int(0.12 * GIB)
+# V0 logged it directly: 0.35 GiB before the v0.6.5 profiling overhaul (RTX 3090), then
+# 0.01-0.08 GiB on one GPU (T4, RTX 4060, RTX 4090 D logs).
+_NON_TORCH_V0_OLD_BYTES = int(0.35 * GIB)
+_NON_TORCH_V0_BYTES = int(0.05 * GIB)
+# CUDA context + NCCL communicators created before the start-up snapshot: outside vLLM's
+# budget, but they reduce the free memory the snapshot sees.
+_CUDA_CONTEXT_BYTES = int(0.45 * GIB)
+# `profile_cudagraph_memory`: the first capture holds the activations of the largest capture
+# size; every further graph costs a few MiB of pool memory (vLLM floors it at 1 MiB).
+_CUDA_GRAPH_BYTES_PER_GRAPH = 4 << 20
+_CUDA_GRAPH_MAX_CAPTURE_SIZE = 512
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """`"0.32.0"`, `"v0.10.1.1"`, `"0.11.0rc2.dev5"` -> (major, minor, patch)."""
+    text = version.strip().lstrip("vV")
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 3:
+        parts.append(0)
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass(frozen=True)
+class VllmRules:
+    """The version-dependent behaviours that move the memory budget.
+
+    Each flag names the release it was checked against (vLLM wheels from PyPI: the engine and
+    config sources are identical in the CUDA and CPU builds).
+    """
+
+    version: tuple[int, int, int]
+    v1_engine: bool  # V1 is the default engine from v0.8.0; V0 was removed in v0.11
+    other_processes_shrink_kv: bool  # before v0.6.4: peak = total - free after profiling
+    cuda_graphs_in_budget: bool  # v0.20.0: VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1
+    hybrid_kv_allocator: bool  # v0.10: sliding-window / chunked layers hold a window only
+    h100_batch_defaults: bool  # v0.9: >=70 GiB non-A100 cards default to 8192/16384 tokens
+    b200_batch_defaults: bool  # >=160 GiB cards default to 16384 tokens (present in v0.32)
+    null_block_reserved: bool  # the start-up check plans against num_blocks - 1 (v0.32)
+
+    @classmethod
+    def for_version(
+        cls, version: str = PINNED_VLLM_VERSION, *, v1_engine: bool | None = None
+    ) -> VllmRules:
+        """Rules of a release; `v1_engine` overrides the default engine (VLLM_USE_V1=0 or a
+        feature that forced V0 before v0.11)."""
+        v = parse_version(version)
+        return cls(
+            version=v,
+            v1_engine=(v >= (0, 8, 0)) if v1_engine is None else v1_engine,
+            other_processes_shrink_kv=v < (0, 6, 4),
+            cuda_graphs_in_budget=v >= (0, 20, 0),
+            hybrid_kv_allocator=v >= (0, 10, 0),
+            h100_batch_defaults=v >= (0, 9, 0),
+            b200_batch_defaults=v >= (0, 22, 0),
+            null_block_reserved=v >= (0, 22, 0),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineFlags:
+    """The vLLM flags that change the memory budget, with vLLM's own defaults (None = vLLM's
+    default for this GPU and entry point)."""
+
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: KvCacheDtype = "auto"
+    enforce_eager: bool = False
+    enable_chunked_prefill: bool | None = None  # V0 only; V1 always chunks
+    entry_point: EntryPoint = "serve"  # `vllm serve` vs the offline `LLM` class
+    block_size: int = BLOCK_SIZE
+    # The image ships FlashInfer; without it the PyTorch sampler's sort peaks far higher.
+    flashinfer_sampler: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            msg = f"gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}"
+            raise ValueError(msg)
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                msg = f"{name} must be positive, not {value}"
+                raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory split at vLLM start-up. GiB figures are rounded for display; the
+    token and block counts are exact for the inputs given. `asdict()` / `to_json_dict()`
+    give plain JSON."""
+
+    vllm_version: str
+    tensor_parallel_size: int
+    gpu_memory_gib: float
+    requested_gib: float  # total x gpu_memory_utilization
+    weights_gib: float
+    activation_gib: float
+    non_torch_gib: float
+    cuda_graph_gib: float  # the estimate vLLM subtracts (0 when not counted in this version)
+    other_processes_gib: float
+    kv_cache_gib: float  # "Available KV cache memory"
+    kv_bytes_per_token: int  # per GPU, summed over layers (full-attention equivalent)
+    num_gpu_blocks: int
+    kv_cache_tokens: int  # "GPU KV cache size: N tokens"
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_concurrency: float  # requests of max_model_len tokens held at once
+    fits: bool
+    reason: str
+    largest_fitting_max_model_len: int | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def kv_dtype_bytes(kv_cache_dtype: KvCacheDtype) -> int:
+    """bf16/fp16 KV cache: 2 bytes per element; fp8 (e4m3/e5m2): 1."""
+    return 1 if kv_cache_dtype == "fp8" else 2
+
+
+def kv_heads_per_gpu(architecture: ModelArchitecture, tensor_parallel_size: int) -> int:
+    """KV heads are split across TP ranks; with more ranks than heads each rank keeps a
+    replica of one head (vLLM: max(1, num_kv_heads // tp))."""
+    return max(1, architecture.num_key_value_heads // tensor_parallel_size)
+
+
+def kv_page_bytes_per_layer(
+    architecture: ModelArchitecture,
+    tensor_parallel_size: int,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    block_size: int = BLOCK_SIZE,
+) -> int:
+    """One block of one layer: 2 (K and V) x block_size x heads x head_dim x dtype bytes."""
+    return (
+        2
+        * block_size
+        * kv_heads_per_gpu(architecture, tensor_parallel_size)
+        * architecture.head_dim
+        * kv_dtype_bytes(kv_cache_dtype)
+    )
+
+
+def kv_bytes_per_token(
+    architecture: ModelArchitecture,
+    tensor_parallel_size: int = 1,
+    kv_cache_dtype: KvCacheDtype = "auto",
+) -> int:
+    """Per GPU, all layers, as if every layer kept full attention."""
+    return (
+        kv_page_bytes_per_layer(architecture, tensor_parallel_size, kv_cache_dtype, 1)
+        * architecture.num_hidden_layers
+    )
+
+
+@dataclass(frozen=True)
+class _LayerGroup:
+    kind: Literal["full", "sliding", "chunked"]
+    layers: int  # layers in the group, padding included
+    window: int | None = None
+
+
+def _local_layer_indices(architecture: ModelArchitecture) -> tuple[set[int], int | None, str]:
+    """Which layers attend locally, the window, and how ("sliding" or "chunked")."""
+    n = architecture.num_hidden_layers
+    if architecture.attention_chunk_size is not None:
+        # Llama 4: chunked local attention except on the global (NoPE) layers, every 4th
+        # layer when the config does not list them.
+        global_layers = architecture.global_attention_layers
+        if global_layers is None:
+            global_layers = tuple(i for i in range(n) if (i + 1) % 4 == 0)
+        local = set(range(n)) - set(global_layers)
+        return local, architecture.attention_chunk_size, "chunked"
+    if architecture.sliding_window is not None:
+        if architecture.sliding_window_layers is None:
+            return set(range(n)), architecture.sliding_window, "sliding"
+        return set(architecture.sliding_window_layers), architecture.sliding_window, "sliding"
+    return set(), None, "sliding"
+
+
+def _layer_groups(architecture: ModelArchitecture, hybrid: bool) -> list[_LayerGroup]:
+    """vLLM's KV cache groups (`_get_kv_cache_groups_uniform_page_size`): layers of one kind
+    are split into groups of equal size (the smaller kind's count, or the larger one's when
+    they are within 1.5x), the last group padded. Without the hybrid allocator every layer is
+    one full-attention group."""
+    n = architecture.num_hidden_layers
+    local, window, kind = _local_layer_indices(architecture)
+    if not local or not hybrid:
+        return [_LayerGroup("full", n)]
+    if len(local) == n:
+        return [_LayerGroup(kind, n, window)]  # type: ignore[arg-type]
+    counts = {"full": n - len(local), kind: len(local)}
+    smallest, largest = min(counts.values()), max(counts.values())
+    group_size = largest if largest < smallest * 1.5 else smallest
+    groups: list[_LayerGroup] = []
+    for group_kind, count in counts.items():
+        for _ in range(math.ceil(count / group_size)):
+            groups.append(
+                _LayerGroup(group_kind, group_size, None if group_kind == "full" else window)  # type: ignore[arg-type]
+            )
+    return groups
+
+
+def _blocks_per_request(
+    group: _LayerGroup, max_model_len: int, max_num_batched_tokens: int, block_size: int
+) -> int:
+    """`max_memory_usage_bytes // page_size` of the group's spec, as in kv_cache_interface."""
+    if group.kind == "full" or group.window is None:
+        return math.ceil(max_model_len / block_size)
+    if group.kind == "sliding":
+        tokens = min(group.window - 1 + max_num_batched_tokens, max_model_len)
+        return math.ceil(tokens / block_size) + 1
+    tokens = min(group.window + max_num_batched_tokens, max_model_len)
+    return math.ceil(tokens / block_size)
+
+
+def default_batch_limits(
+    gpu_memory_bytes: int,
+    *,
+    gpu_name: str = "",
+    entry_point: EntryPoint = "serve",
+    rules: VllmRules | None = None,
+) -> tuple[int, int]:
+    """vLLM's defaults for (max_num_batched_tokens, max_num_seqs) on this card
+    (`EngineArgs.get_batch_defaults`; V1 only). A100s keep the small defaults on purpose
+    (vLLM PR #17885)."""
+    rules = rules or VllmRules.for_version()
+    serve = entry_point == "serve"
+    if rules.b200_batch_defaults and gpu_memory_bytes >= 160 * GIB:
+        return 16384, 1024
+    if (
+        rules.h100_batch_defaults
+        and gpu_memory_bytes >= 70 * GIB
+        and "a100" not in gpu_name.lower()
+    ):
+        return (8192 if serve else 16384), 1024
+    return (2048 if serve else 8192), 256
+
+
+def _scheduler_limits(
+    flags: EngineFlags,
+    max_model_len: int,
+    gpu_memory_bytes: int,
+    gpu_name: str,
+    rules: VllmRules,
+) -> tuple[int, int, list[str]]:
+    """(max_num_batched_tokens, max_num_seqs) as vLLM resolves them."""
+    notes: list[str] = []
+    if rules.v1_engine:
+        default_tokens, default_seqs = default_batch_limits(
+            gpu_memory_bytes, gpu_name=gpu_name, entry_point=flags.entry_point, rules=rules
+        )
+        max_num_seqs = flags.max_num_seqs or default_seqs
+        if flags.max_num_batched_tokens is not None:
+            return flags.max_num_batched_tokens, max_num_seqs, notes
+        tokens = min(default_tokens, max_num_seqs * max_model_len)
+        return tokens, min(max_num_seqs, tokens), notes
+    # V0: without chunked prefill one prompt of max_model_len must fit in a batch; the API
+    # server turned chunked prefill on by itself above 32K tokens (512-token chunks).
+    max_num_seqs = flags.max_num_seqs or 256
+    chunked = flags.enable_chunked_prefill
+    if chunked is None:
+        chunked = flags.entry_point == "serve" and max_model_len > 32768
+        if chunked:
+            notes.append("V0 enables chunked prefill by itself above 32K tokens")
+    if flags.max_num_batched_tokens is not None:
+        return flags.max_num_batched_tokens, max_num_seqs, notes
+    return (512 if chunked else max(max_model_len, 2048)), max_num_seqs, notes
+
+
+def _mlp_width(architecture: ModelArchitecture) -> int:
+    """The MLP width one token's activations pass through (MoE: the routed experts' share)."""
+    if architecture.num_experts is not None and architecture.moe_intermediate_size is not None:
+        routed = architecture.moe_intermediate_size * (architecture.num_experts_per_token or 1)
+        shared = architecture.moe_intermediate_size * (architecture.num_shared_experts or 0)
+        return max(routed + shared, architecture.intermediate_size if shared == 0 else 0)
+    return architecture.intermediate_size
+
+
+def _per_token_activation_bytes(
+    architecture: ModelArchitecture, tensor_parallel_size: int, dtype_bytes: int
+) -> float:
+    mlp = _MLP_ACTIVATION_FACTOR * _mlp_width(architecture) / tensor_parallel_size
+    hidden = _HIDDEN_ACTIVATION_FACTOR * architecture.hidden_size
+    return dtype_bytes * (mlp + hidden)
+
+
+def _activation_bytes(
+    architecture: ModelArchitecture,
+    *,
+    tensor_parallel_size: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    rules: VllmRules,
+    flashinfer_sampler: bool,
+    dtype_bytes: int = 2,
+) -> int:
+    """Peak torch allocation during `profile_run` (calibrated, see module docstring)."""
+    forward = max_num_batched_tokens * _per_token_activation_bytes(
+        architecture, tensor_parallel_size, dtype_bytes
+    )
+    if not rules.v1_engine:
+        # V0 samples a few logits per dummy sequence; its peak is the forward pass.
+        return int(forward)
+    rows = min(max_num_seqs, max_num_batched_tokens)
+    per_logit = _SAMPLER_BYTES_PER_LOGIT if flashinfer_sampler else _SAMPLER_BYTES_PER_LOGIT_NATIVE
+    sampler = rows * architecture.vocab_size * per_logit
+    # The sampler runs after the forward pass has freed its activations: the peak is the
+    # larger of the two, the hidden states staying alive across both.
+    kept = max_num_batched_tokens * architecture.hidden_size * dtype_bytes
+    return int(max(forward, sampler + kept))
+
+
+def _cuda_graph_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's default capture sizes: 1, 2, 4, then steps of 8 up to 256 and of 16 up to the
+    cap of min(2 x max_num_seqs, 512)."""
+    cap = min(2 * max_num_seqs, _CUDA_GRAPH_MAX_CAPTURE_SIZE)
+    sizes = [s for s in (1, 2, 4) if s <= cap]
+    sizes += list(range(8, min(cap, 256) + 1, 8))
+    sizes += list(range(272, cap + 1, 16))
+    return sizes
+
+
+def _cuda_graph_bytes(
+    architecture: ModelArchitecture,
+    tensor_parallel_size: int,
+    max_num_seqs: int,
+    dtype_bytes: int = 2,
+) -> int:
+    """`profile_cudagraph_memory`: first capture + (n - 1) x per-graph, for the piecewise
+    graphs and the full decode graphs (FULL_AND_PIECEWISE, the default mode)."""
+    sizes = _cuda_graph_sizes(max_num_seqs)
+    full_decode = [s for s in sizes if s <= max_num_seqs]
+    first = max(sizes) * _per_token_activation_bytes(
+        architecture, tensor_parallel_size, dtype_bytes
+    )
+    graphs = len(sizes) - 1 + len(full_decode)
+    return int(first + graphs * _CUDA_GRAPH_BYTES_PER_GRAPH)
+
+
+@dataclass(frozen=True)
+class _KvLayout:
+    """How the KV pool is cut: groups of layers sharing block ids, and one layer's page."""
+
+    groups: tuple[_LayerGroup, ...]
+    page_bytes: int
+    block_size: int
+    max_num_batched_tokens: int
+    null_block_reserved: bool
+
+    @property
+    def bytes_per_block(self) -> int:
+        return max(g.layers for g in self.groups) * self.page_bytes
+
+    def blocks_per_request(self, max_model_len: int) -> int:
+        return sum(
+            _blocks_per_request(g, max_model_len, self.max_num_batched_tokens, self.block_size)
+            for g in self.groups
+        )
+
+    def capacity(self, available_bytes: int, max_model_len: int) -> tuple[int, float, bool]:
+        """(num_blocks, max_concurrency, fits) for one max_model_len."""
+        num_blocks = max(0, available_bytes // self.bytes_per_block)
+        per_request = self.blocks_per_request(max_model_len)
+        usable = num_blocks - (1 if self.null_block_reserved else 0)
+        concurrency = num_blocks / per_request if per_request else 0.0
+        return num_blocks, concurrency, available_bytes > 0 and usable >= per_request
+
+    def largest_fitting_len(self, available_bytes: int, max_model_len: int, v1: bool) -> int:
+        """vLLM's `estimate_max_model_len`: a binary search over 1..max_model_len (0 when not
+        even one token fits). V0 compared max_model_len with num_blocks x block_size."""
+        if not v1:
+            blocks = max(0, available_bytes // self.bytes_per_block)
+            return int(min(max_model_len, blocks * self.block_size))
+        low, high, best = 1, max_model_len, 0
+        while low <= high:
+            mid = (low + high) // 2
+            if self.capacity(available_bytes, mid)[2]:
+                best, low = mid, mid + 1
+            else:
+                high = mid - 1
+        return best
+
+
+@dataclass(frozen=True)
+class _NonKv:
+    requested: int
+    weights: int
+    activation: int
+    non_torch: int
+    cuda_graph: int
+
+    @property
+    def available(self) -> int:
+        return self.requested - self.weights - self.activation - self.non_torch - self.cuda_graph
+
+
+def _non_kv(
+    architecture: ModelArchitecture,
+    *,
+    weight_bytes: int,
+    gpu_memory_bytes: int,
+    tp: int,
+    flags: EngineFlags,
+    rules: VllmRules,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+) -> _NonKv:
+    if rules.v1_engine:
+        non_torch = _NON_TORCH_BYTES + (_NON_TORCH_TP_EXTRA_BYTES if tp > 1 else 0)
+    elif rules.version < (0, 6, 5):
+        non_torch = _NON_TORCH_V0_OLD_BYTES
+    else:
+        non_torch = _NON_TORCH_V0_BYTES
+    cuda_graph = 0
+    if rules.cuda_graphs_in_budget and not flags.enforce_eager:
+        cuda_graph = _cuda_graph_bytes(architecture, tp, max_num_seqs)
+    return _NonKv(
+        requested=math.ceil(gpu_memory_bytes * flags.gpu_memory_utilization),
+        weights=math.ceil(weight_bytes / tp),
+        activation=_activation_bytes(
+            architecture,
+            tensor_parallel_size=tp,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            rules=rules,
+            flashinfer_sampler=flags.flashinfer_sampler,
+        ),
+        non_torch=non_torch,
+        cuda_graph=cuda_graph,
+    )
+
+
+def _free_memory_refusal(
+    gpu_memory_bytes: int, other_processes_bytes: int, requested: int, utilization: float
+) -> str:
+    """vLLM's `request_memory` check, or "" when the card has room."""
+    free_at_start = gpu_memory_bytes - other_processes_bytes - _CUDA_CONTEXT_BYTES
+    if free_at_start >= requested:
+        return ""
+    return (
+        f"vLLM refuses to start: {free_at_start / GIB:.2f} GiB free on the GPU at start-up "
+        f"(other processes hold {other_processes_bytes / GIB:.2f} GiB) is less than "
+        f"gpu_memory_utilization {utilization} x {gpu_memory_bytes / GIB:.2f} GiB = "
+        f"{requested / GIB:.2f} GiB; lower gpu_memory_utilization or free the GPU"
+    )
+
+
+def estimate_memory(
+    architecture: ModelArchitecture,
+    weight_bytes: int,
+    gpu_memory_bytes: int,
+    *,
+    gpu_count: int = 1,
+    tensor_parallel_size: int | None = None,
+    compute_capability: tuple[int, int] = (8, 0),
+    flags: EngineFlags | None = None,
+    vllm_version: str = PINNED_VLLM_VERSION,
+    other_processes_bytes: int = 0,
+    gpu_name: str = "",
+    v1_engine: bool | None = None,
+) -> MemoryEstimate:
+    """Per-GPU memory budget vLLM computes at start-up, and whether it starts.
+
+    `weight_bytes` is the whole checkpoint as loaded (safetensors payload; every MoE expert);
+    each TP rank holds 1/TP of it. `gpu_memory_bytes` is one card's total; pass the total CUDA
+    reports (`torch.cuda.mem_get_info`, what vLLM multiplies by gpu_memory_utilization) rather
+    than NVML's slightly larger figure where you have it. `other_processes_bytes` is memory
+    already held on that card (TEI, a desktop) when vLLM starts. `gpu_name` only matters for
+    vLLM's A100 exception to the batch defaults; `v1_engine` forces V0 or V1 for releases that
+    had both.
+    """
+    flags = flags or EngineFlags()
+    rules = VllmRules.for_version(vllm_version, v1_engine=v1_engine)
+    tp = tensor_parallel_size or gpu_count
+    if tp <= 0 or gpu_count <= 0:
+        msg = "gpu_count and tensor_parallel_size must be positive"
+        raise ValueError(msg)
+    max_model_len = flags.max_model_len or architecture.max_position_embeddings
+    max_num_batched_tokens, max_num_seqs, notes = _scheduler_limits(
+        flags, max_model_len, gpu_memory_bytes, gpu_name, rules
+    )
+    budget = _non_kv(
+        architecture,
+        weight_bytes=weight_bytes,
+        gpu_memory_bytes=gpu_memory_bytes,
+        tp=tp,
+        flags=flags,
+        rules=rules,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+    )
+    available = budget.available
+    reason = ""
+    if rules.other_processes_shrink_kv:
+        available -= other_processes_bytes
+    else:
+        reason = _free_memory_refusal(
+            gpu_memory_bytes, other_processes_bytes, budget.requested, flags.gpu_memory_utilization
+        )
+
+    layout = _KvLayout(
+        groups=tuple(_layer_groups(architecture, rules.v1_engine and rules.hybrid_kv_allocator)),
+        page_bytes=kv_page_bytes_per_layer(
+            architecture, tp, flags.kv_cache_dtype, flags.block_size
+        ),
+        block_size=flags.block_size,
+        max_num_batched_tokens=max_num_batched_tokens,
+        null_block_reserved=rules.null_block_reserved,
+    )
+    num_blocks, concurrency, kv_fits = layout.capacity(available, max_model_len)
+    kv_tokens = (
+        int(concurrency * max_model_len) if rules.v1_engine else num_blocks * flags.block_size
+    )
+    largest: int | None = None
+    if available <= 0:
+        reason = reason or (
+            f"no memory left for the KV cache: weights {budget.weights / GIB:.2f} GiB + "
+            f"activations {budget.activation / GIB:.2f} GiB + non-torch "
+            f"{budget.non_torch / GIB:.2f} GiB + CUDA graphs {budget.cuda_graph / GIB:.2f} GiB "
+            f"exceed the {budget.requested / GIB:.2f} GiB vLLM may use"
+        )
+    elif not kv_fits:
+        largest = layout.largest_fitting_len(available, max_model_len, rules.v1_engine)
+        needed = layout.blocks_per_request(max_model_len) * layout.bytes_per_block
+        reason = reason or (
+            f"one request of max_model_len {max_model_len} needs {needed / GIB:.2f} GiB of KV "
+            f"cache but only {available / GIB:.2f} GiB is available; the largest "
+            f"max_model_len that fits is {largest}"
+        )
+    fits = not reason
+    if fits:
+        reason = (
+            f"fits: {kv_tokens:,} KV tokens, {concurrency:.2f} requests of {max_model_len} tokens"
+        )
+    if compute_capability < (8, 0):
+        notes.append("compute capability below 8.0: vLLM runs the model in fp16, not bf16")
+    if not rules.cuda_graphs_in_budget and not flags.enforce_eager:
+        notes.append(
+            "this vLLM version captures CUDA graphs after sizing the KV cache: they come out "
+            "of the (1 - gpu_memory_utilization) headroom"
+        )
+    return MemoryEstimate(
+        vllm_version=".".join(str(p) for p in rules.version),
+        tensor_parallel_size=tp,
+        gpu_memory_gib=round(gpu_memory_bytes / GIB, 3),
+        requested_gib=round(budget.requested / GIB, 3),
+        weights_gib=round(budget.weights / GIB, 3),
+        activation_gib=round(budget.activation / GIB, 3),
+        non_torch_gib=round(budget.non_torch / GIB, 3),
+        cuda_graph_gib=round(budget.cuda_graph / GIB, 3),
+        other_processes_gib=round(other_processes_bytes / GIB, 3),
+        kv_cache_gib=round(available / GIB, 3),
+        kv_bytes_per_token=kv_bytes_per_token(architecture, tp, flags.kv_cache_dtype),
+        num_gpu_blocks=num_blocks,
+        kv_cache_tokens=max(0, kv_tokens),
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_concurrency=round(concurrency, 2),
+        fits=fits,
+        reason=reason,
+        largest_fitting_max_model_len=largest,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline and hard rules
+
+
+@dataclass(frozen=True)
+class RuleOfThumb:
+    """ "params x bytes + KV + ~7 GB": the sizing rule from the reference articles, kept only
+    to measure the memory model against."""
+
+    weights_gb: float
+    overhead_gb: float
+    kv_cache_gb: float
+    kv_cache_tokens: int
+    fits: bool
+
+
+RULE_OF_THUMB_OVERHEAD_GB = 7.0
+
+
+def rule_of_thumb(
+    params_billion: float,
+    bytes_per_param: float,
+    gpu_memory_bytes: int,
+    kv_bytes_per_token_total: int,
+    max_model_len: int,
+    *,
+    gpu_count: int = 1,
+    gpu_memory_utilization: float = 0.9,
+) -> RuleOfThumb:
+    """Total VRAM needed = params_B x bytes_per_param + KV + ~7 GB CUDA overhead (decimal GB,
+    as the articles write it), applied to all cards together: what is left after weights and
+    the overhead is KV cache, and it "fits" when one max_model_len sequence fits."""
+    budget_gb = gpu_memory_bytes * gpu_count * gpu_memory_utilization / GB
+    weights_gb = params_billion * bytes_per_param
+    kv_gb = budget_gb - weights_gb - RULE_OF_THUMB_OVERHEAD_GB
+    tokens = max(0, int(kv_gb * GB // kv_bytes_per_token_total)) if kv_gb > 0 else 0
+    return RuleOfThumb(
+        weights_gb=round(weights_gb, 3),
+        overhead_gb=RULE_OF_THUMB_OVERHEAD_GB,
+        kv_cache_gb=round(kv_gb, 3),
+        kv_cache_tokens=tokens,
+        fits=tokens >= max_model_len,
+    )
+
+
+Severity = Literal["error", "warning", "info"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+
+
+@dataclass(frozen=True)
+class RuleFinding:
+    """One hard rule's verdict: errors stop a deployment, warnings explain a trade-off, and
+    `flag` names a vLLM flag the runtime must pass (e.g. `--disable-custom-all-reduce`)."""
+
+    rule: str
+    severity: Severity
+    message: str
+    flag: str | None = None
+
+
+def check_rules(
+    architecture: ModelArchitecture,
+    *,
+    quantization: Quantization,
+    compute_capability: tuple[int, int],
+    tensor_parallel_size: int = 1,
+    p2p_supported: bool = True,
+    params_billion: float | None = None,
+    active_params_billion: float | None = None,
+) -> list[RuleFinding]:
+    """vLLM's refusals and the appliance's own hard rules, each with an operator's message."""
+    findings: list[RuleFinding] = []
+    tp = tensor_parallel_size
+    heads, kv_heads = architecture.num_attention_heads, architecture.num_key_value_heads
+    if heads % tp:
+        findings.append(
+            RuleFinding(
+                "tp-divides-heads",
+                "error",
+                f"tensor parallel size {tp} does not divide the {heads} attention heads; vLLM "
+                f"refuses to start. Use a TP size that divides {heads}.",
+            )
+        )
+    if kv_heads % tp and tp % kv_heads:
+        findings.append(
+            RuleFinding(
+                "tp-kv-heads",
+                "error",
+                f"tensor parallel size {tp} and the {kv_heads} KV heads do not divide one "
+                "another; vLLM cannot split or replicate them evenly.",
+            )
+        )
+    elif tp > kv_heads:
+        findings.append(
+            RuleFinding(
+                "tp-kv-heads-replicated",
+                "warning",
+                f"TP {tp} exceeds the {kv_heads} KV heads: each KV head is replicated on "
+                f"{tp // kv_heads} GPUs, so the KV cache does not shrink per GPU beyond TP "
+                f"{kv_heads}.",
+            )
+        )
+    if architecture.intermediate_size % tp:
+        findings.append(
+            RuleFinding(
+                "tp-divides-mlp",
+                "error",
+                f"tensor parallel size {tp} does not divide intermediate_size "
+                f"{architecture.intermediate_size}.",
+            )
+        )
+    cc = compute_capability
+    cc_text = f"{cc[0]}.{cc[1]}"
+    if quantization in ("awq", "gptq") and cc < (8, 0):
+        findings.append(
+            RuleFinding(
+                "int4-marlin",
+                "warning" if cc >= (7, 5) else "error",
+                f"{quantization.upper()} Marlin kernels need compute capability 8.0+; this GPU "
+                f"is {cc_text}, so vLLM falls back to the slower non-Marlin kernels"
+                + ("" if cc >= (7, 5) else ", which need 7.5+ — not supported here")
+                + ".",
+            )
+        )
+    if quantization == "fp8":
+        if cc >= (8, 9):
+            pass
+        elif cc >= (8, 0):
+            findings.append(
+                RuleFinding(
+                    "fp8-w8a8",
+                    "warning",
+                    f"FP8 W8A8 needs compute capability 8.9+ (Ada, Hopper); on {cc_text} vLLM "
+                    "runs the checkpoint as weight-only FP8 through the Marlin kernel (its log: "
+                    "'Your GPU does not have native support for FP8 computation ... Weight-only "
+                    "FP8 compression will be used'): the memory saving stays, compute-heavy "
+                    "prefill gets slower.",
+                )
+            )
+        else:
+            findings.append(
+                RuleFinding(
+                    "fp8-w8a8",
+                    "error",
+                    f"FP8 checkpoints need compute capability 8.0+ (weight-only Marlin) and "
+                    f"8.9+ for W8A8; this GPU is {cc_text}.",
+                )
+            )
+    if quantization == "bf16" and cc < (8, 0):
+        findings.append(
+            RuleFinding(
+                "bf16",
+                "warning",
+                f"bf16 needs compute capability 8.0+; on {cc_text} vLLM casts the model to fp16 "
+                "(same memory, small numeric risk).",
+                flag="--dtype=half",
+            )
+        )
+    if tp > 1 and not p2p_supported:
+        findings.append(
+            RuleFinding(
+                "custom-all-reduce",
+                "warning",
+                "these GPUs have no peer-to-peer access (consumer cards): vLLM's custom "
+                "all-reduce needs it, so run with --disable-custom-all-reduce (NCCL only).",
+                flag="--disable-custom-all-reduce",
+            )
+        )
+    if architecture.num_experts is not None:
+        total = f"{params_billion:g} B" if params_billion is not None else "all"
+        active = f"{active_params_billion:g} B" if active_params_billion is not None else "a few"
+        findings.append(
+            RuleFinding(
+                "moe-resident",
+                "warning",
+                f"mixture of experts: {active} parameters are active per token but {total} must "
+                f"be resident — all {architecture.num_experts} experts are loaded on the GPU.",
+            )
+        )
+    return findings

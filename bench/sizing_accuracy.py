@@ -1,0 +1,297 @@
+"""How close `appliance.sizing` comes to real vLLM start-up logs, against the rule of thumb.
+
+Run from the repository root:
+
+    .venv/bin/python bench/sizing_accuracy.py            # the table
+    .venv/bin/python bench/sizing_accuracy.py --rows     # plus one line per log
+
+Inputs per log (bench/data/vllm_memory_logs.csv): the GPU's total memory, the flags, the vLLM
+version and the weights vLLM itself reported loading (per GPU), so what is measured is the
+rest of the budget — activations, non-torch memory, CUDA graphs, block rounding, the
+start-up check. Architectures come from the table below, each with the config.json it was
+copied from; the script checks every one against the KV bytes per token the log implies.
+Prints median / max absolute % error on "GPU KV cache size" tokens and the share of right
+fit / no-fit verdicts, for the appliance's model and for "params x bytes + KV + ~7 GB".
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.catalog import ModelArchitecture  # noqa: E402
+from appliance.sizing import (  # noqa: E402
+    GIB,
+    EngineFlags,
+    estimate_memory,
+    kv_bytes_per_token,
+    rule_of_thumb,
+)
+
+DATA = ROOT / "bench" / "data" / "vllm_memory_logs.csv"
+
+
+def _arch(**numbers: int) -> ModelArchitecture:
+    return ModelArchitecture(hf_architecture="?", model_type="?", **numbers)  # type: ignore[arg-type]
+
+
+# Copied from each model's config.json on the Hugging Face Hub (the source is named per entry);
+# head_dim = hidden_size / num_attention_heads where the config has no head_dim.
+ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
+    "qwen2-7b": (
+        _arch(
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            head_dim=128,
+            hidden_size=3584,
+            intermediate_size=18944,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+        ),
+        "Qwen/Qwen2-7B-Instruct config.json",
+    ),
+    "qwen2.5-7b": (
+        _arch(
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            head_dim=128,
+            hidden_size=3584,
+            intermediate_size=18944,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+        ),
+        "Qwen/Qwen2.5-7B-Instruct config.json",
+    ),
+    "qwen2.5-1.5b": (
+        _arch(
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            head_dim=128,
+            hidden_size=1536,
+            intermediate_size=8960,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+        ),
+        "Qwen/Qwen2.5-1.5B-Instruct config.json",
+    ),
+    "qwen2.5-0.5b": (
+        _arch(
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            head_dim=64,
+            hidden_size=896,
+            intermediate_size=4864,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+        ),
+        "Qwen/Qwen2.5-0.5B-Instruct config.json",
+    ),
+    "qwen3-32b": (
+        _arch(
+            num_hidden_layers=64,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            head_dim=128,
+            hidden_size=5120,
+            intermediate_size=25600,
+            vocab_size=151936,
+            max_position_embeddings=40960,
+        ),
+        "Qwen/Qwen3-32B config.json (layer/head/size figures also printed in the source post)",
+    ),
+    "llama-3.1-8b": (
+        _arch(
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            hidden_size=4096,
+            intermediate_size=14336,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+        ),
+        "meta-llama/Llama-3.1-8B-Instruct config.json",
+    ),
+    "llama-3-8b": (
+        _arch(
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            hidden_size=4096,
+            intermediate_size=14336,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+        ),
+        "meta-llama/Meta-Llama-3-8B config.json",
+    ),
+}
+
+V0_ONLY = {"art-qwen25-0.5b-4090d"}  # Unsloth forces the V0 engine on v0.8.5
+NO_FLASHINFER = {"dl-7b-2xa100-40g-tp2"}  # its log: "FlashInfer is not available"
+
+
+@dataclass(frozen=True)
+class Row:
+    raw: dict[str, str]
+
+    def get(self, key: str) -> str:
+        return self.raw[key].strip()
+
+    def number(self, key: str) -> float | None:
+        value = self.get(key)
+        return float(value) if value else None
+
+    def integer(self, key: str) -> int | None:
+        value = self.get(key)
+        return int(value) if value else None
+
+
+@dataclass(frozen=True)
+class Result:
+    row_id: str
+    logged_tokens: int | None
+    logged_started: bool
+    model_tokens: int
+    model_fits: bool
+    thumb_tokens: int
+    thumb_fits: bool
+
+    def error(self, tokens: int) -> float | None:
+        if not self.logged_tokens:
+            return None
+        return abs(tokens - self.logged_tokens) / self.logged_tokens * 100
+
+
+def load_rows() -> list[Row]:
+    with DATA.open(newline="", encoding="utf-8") as handle:
+        return [Row(raw) for raw in csv.DictReader(handle)]
+
+
+def evaluate(row: Row) -> Result:
+    architecture, _ = ARCHITECTURES[row.get("arch")]
+    tp = int(row.get("tensor_parallel_size"))
+    gpu_bytes = int(float(row.get("gpu_memory_gib")) * GIB)
+    weights = float(row.get("logged_weights_gib")) * GIB * tp
+    flags = EngineFlags(
+        gpu_memory_utilization=float(row.get("gpu_memory_utilization")),
+        max_model_len=row.integer("max_model_len"),
+        max_num_seqs=row.integer("max_num_seqs"),
+        max_num_batched_tokens=row.integer("max_num_batched_tokens"),
+        kv_cache_dtype="fp8" if row.get("kv_cache_dtype") == "fp8" else "auto",
+        enforce_eager=row.get("enforce_eager") == "true",
+        entry_point="offline" if row.get("entry_point") == "offline" else "serve",
+        flashinfer_sampler=row.get("id") not in NO_FLASHINFER,
+    )
+    estimate = estimate_memory(
+        architecture,
+        int(weights),
+        gpu_bytes,
+        gpu_count=int(row.get("gpu_count")),
+        tensor_parallel_size=tp,
+        flags=flags,
+        vllm_version=row.get("vllm_version"),
+        gpu_name=row.get("gpu"),
+        v1_engine=False if row.get("id") in V0_ONLY else None,
+    )
+    per_token_total = kv_bytes_per_token(architecture, 1, flags.kv_cache_dtype)
+    thumb = rule_of_thumb(
+        float(row.get("params_billion")),
+        float(row.get("weight_bytes_per_param")),
+        gpu_bytes,
+        per_token_total,
+        estimate.max_model_len,
+        gpu_count=int(row.get("gpu_count")),
+        gpu_memory_utilization=flags.gpu_memory_utilization,
+    )
+    logged_tokens = row.integer("logged_kv_tokens")
+    kv_gib = row.number("logged_kv_cache_gib")
+    if logged_tokens is None and kv_gib is not None and kv_gib > 0:
+        # Only the KV GiB was logged: turn it into tokens the way vLLM does (whole blocks).
+        block_bytes = estimate.kv_bytes_per_token * flags.block_size
+        logged_tokens = int(kv_gib * GIB // block_bytes) * flags.block_size
+    return Result(
+        row_id=row.get("id"),
+        logged_tokens=logged_tokens,
+        logged_started=row.get("started") == "yes",
+        model_tokens=estimate.kv_cache_tokens,
+        model_fits=estimate.fits,
+        thumb_tokens=thumb.kv_cache_tokens,
+        thumb_fits=thumb.fits,
+    )
+
+
+def check_architectures(rows: list[Row]) -> list[str]:
+    """Every log with KV GiB and tokens implies KV bytes per token: the table must agree."""
+    problems = []
+    for row in rows:
+        kv_gib, tokens = row.number("logged_kv_cache_gib"), row.integer("logged_kv_tokens")
+        if not kv_gib or not tokens or kv_gib <= 0:
+            continue
+        architecture, _ = ARCHITECTURES[row.get("arch")]
+        tp = int(row.get("tensor_parallel_size"))
+        dtype = "fp8" if row.get("kv_cache_dtype") == "fp8" else "auto"
+        expected = kv_bytes_per_token(architecture, tp, dtype)
+        implied = kv_gib * GIB / tokens
+        if abs(implied - expected) / expected > 0.01:  # the GiB figure is rounded to 0.01
+            problems.append(f"{row.get('id')}: log implies {implied:.0f} B/token, table {expected}")
+    return problems
+
+
+def _summary(errors: list[float], verdicts: list[bool]) -> tuple[str, str, str]:
+    median = f"{statistics.median(errors):.1f} %" if errors else "n/a"
+    worst = f"{max(errors):.1f} %" if errors else "n/a"
+    right = f"{sum(verdicts)}/{len(verdicts)}"
+    return median, worst, right
+
+
+def main(argv: list[str]) -> int:
+    rows = load_rows()
+    problems = check_architectures(rows)
+    for problem in problems:
+        print("architecture mismatch:", problem)
+    results = [evaluate(row) for row in rows]
+    if "--rows" in argv:
+        print(f"{'log':<26}{'logged':>11}{'appliance':>11}{'err %':>7}{'thumb':>11}{'err %':>7}")
+        for r in results:
+            model_err, thumb_err = r.error(r.model_tokens), r.error(r.thumb_tokens)
+            print(
+                f"{r.row_id:<26}{r.logged_tokens or '-':>11}{r.model_tokens:>11}"
+                f"{'' if model_err is None else f'{model_err:.1f}':>7}{r.thumb_tokens:>11}"
+                f"{'' if thumb_err is None else f'{thumb_err:.1f}':>7}"
+                f"  started={'yes' if r.logged_started else 'no '}"
+                f" appliance={'fit' if r.model_fits else 'no-fit'}"
+                f" thumb={'fit' if r.thumb_fits else 'no-fit'}"
+            )
+        print()
+    with_tokens = [r for r in results if r.logged_tokens]
+    model = _summary(
+        [e for r in with_tokens if (e := r.error(r.model_tokens)) is not None],
+        [r.model_fits == r.logged_started for r in results],
+    )
+    thumb = _summary(
+        [e for r in with_tokens if (e := r.error(r.thumb_tokens)) is not None],
+        [r.thumb_fits == r.logged_started for r in results],
+    )
+    print(
+        f"{len(rows)} vLLM start-up logs ({len(with_tokens)} with a KV token count, "
+        f"{sum(not r.logged_started for r in results)} refusals)"
+    )
+    print(f"{'':<22}{'median |err|':>14}{'max |err|':>12}{'verdicts right':>16}")
+    print(f"{'appliance.sizing':<22}{model[0]:>14}{model[1]:>12}{model[2]:>16}")
+    print(f"{'rule of thumb':<22}{thumb[0]:>14}{thumb[1]:>12}{thumb[2]:>16}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

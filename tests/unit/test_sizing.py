@@ -1,0 +1,447 @@
+"""The memory model against real vLLM start-up logs, and the rules that must hold for any input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.catalog import ModelArchitecture
+from appliance.sizing import (
+    GIB,
+    EngineFlags,
+    VllmRules,
+    check_rules,
+    default_batch_limits,
+    estimate_memory,
+    kv_bytes_per_token,
+    parse_version,
+    rule_of_thumb,
+)
+
+QWEN2_7B = ModelArchitecture(
+    hf_architecture="Qwen2ForCausalLM",
+    model_type="qwen2",
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    head_dim=128,
+    hidden_size=3584,
+    intermediate_size=18944,
+    vocab_size=152064,
+    max_position_embeddings=32768,
+)
+LLAMA_31_8B = ModelArchitecture(
+    hf_architecture="LlamaForCausalLM",
+    model_type="llama",
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    hidden_size=4096,
+    intermediate_size=14336,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+)
+# Gemma 2 9B: every other layer slides over 4096 tokens.
+GEMMA2_9B = ModelArchitecture(
+    hf_architecture="Gemma2ForCausalLM",
+    model_type="gemma2",
+    num_hidden_layers=42,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=256,
+    hidden_size=3584,
+    intermediate_size=14336,
+    vocab_size=256000,
+    max_position_embeddings=8192,
+    sliding_window=4096,
+    sliding_window_layers=tuple(range(0, 42, 2)),
+)
+MIXTRAL = ModelArchitecture(
+    hf_architecture="MixtralForCausalLM",
+    model_type="mixtral",
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    hidden_size=4096,
+    intermediate_size=14336,
+    vocab_size=32000,
+    max_position_embeddings=32768,
+    num_experts=8,
+    num_experts_per_token=2,
+    moe_intermediate_size=14336,
+)
+A100_80G = int(79.25 * GIB)  # what CUDA reports for an A100-SXM4-80GB
+RTX_3090 = int(23.58 * GIB)
+
+
+def test_qwen2_7b_on_a100_matches_the_logged_kv_cache() -> None:
+    # dennislee22/vLLM-benchmarking, log/vllm-7B-1gpuA10080GB-0.5GRAM.log (vLLM 0.10.1.1):
+    # "Available KV cache memory: 24.83 GiB", "GPU KV cache size: 464,848 tokens".
+    estimate = estimate_memory(
+        QWEN2_7B,
+        int(14.2488 * GIB),
+        A100_80G,
+        flags=EngineFlags(gpu_memory_utilization=0.5, max_model_len=16384),
+        vllm_version="0.10.1.1",
+        gpu_name="NVIDIA A100-SXM4-80GB",
+    )
+    assert estimate.fits
+    assert estimate.max_num_batched_tokens == 2048  # A100 keeps the small default
+    assert estimate.kv_cache_gib == pytest.approx(24.83, abs=0.1)
+    assert estimate.kv_cache_tokens == pytest.approx(464_848, rel=0.02)
+    assert estimate.max_concurrency == pytest.approx(28.37, rel=0.02)
+
+
+def test_llama_8b_on_a_3090_refuses_29k_like_vllm_0_6_4() -> None:
+    # vllm-project/vllm#10517: 20,000 fits with 1,952 blocks, 29,000 is refused (23,648 tokens).
+    def run(max_model_len: int) -> tuple[bool, int]:
+        estimate = estimate_memory(
+            LLAMA_31_8B,
+            int(14.9888 * GIB),
+            RTX_3090,
+            flags=EngineFlags(max_model_len=max_model_len),
+            vllm_version="0.6.4",
+        )
+        return estimate.fits, estimate.kv_cache_tokens
+
+    fits_20k, tokens_20k = run(20_000)
+    fits_29k, tokens_29k = run(29_000)
+    assert fits_20k
+    assert tokens_20k == pytest.approx(31_232, rel=0.05)
+    assert not fits_29k
+    assert tokens_29k == pytest.approx(23_648, rel=0.05)
+    assert run(35_000)[0]  # above 32K the API server chunks prefill: small profile batch
+
+
+def test_refusal_names_the_largest_max_model_len_that_fits() -> None:
+    estimate = estimate_memory(
+        LLAMA_31_8B,
+        int(14.99 * GIB),
+        RTX_3090,
+        flags=EngineFlags(gpu_memory_utilization=0.9),  # 131072 tokens would need 16 GiB
+    )
+    assert not estimate.fits
+    largest = estimate.largest_fitting_max_model_len
+    assert largest is not None
+    assert 0 < largest < 131072
+    assert "largest max_model_len" in estimate.reason
+    retry = estimate_memory(
+        LLAMA_31_8B,
+        int(14.99 * GIB),
+        RTX_3090,
+        flags=EngineFlags(gpu_memory_utilization=0.9, max_model_len=largest),
+    )
+    assert retry.fits
+    too_long = estimate_memory(
+        LLAMA_31_8B,
+        int(14.99 * GIB),
+        RTX_3090,
+        flags=EngineFlags(gpu_memory_utilization=0.9, max_model_len=largest + 64),
+    )
+    assert not too_long.fits
+
+
+def test_weights_larger_than_the_budget_leave_no_kv_cache() -> None:
+    # The 70B BF16 on one 24 GB card case: refused before any KV arithmetic.
+    estimate = estimate_memory(LLAMA_31_8B, 140 * 10**9, RTX_3090)
+    assert not estimate.fits
+    assert estimate.kv_cache_gib < 0
+    assert estimate.num_gpu_blocks == 0
+    assert "no memory left for the KV cache" in estimate.reason
+
+
+def test_tensor_parallel_splits_weights_and_kv_heads() -> None:
+    one = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), A100_80G, flags=EngineFlags(max_model_len=8192)
+    )
+    two = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), A100_80G, gpu_count=2, flags=EngineFlags(max_model_len=8192)
+    )
+    assert two.tensor_parallel_size == 2
+    assert two.weights_gib == pytest.approx(one.weights_gib / 2, rel=0.01)
+    assert two.kv_bytes_per_token * 2 == one.kv_bytes_per_token
+    assert two.kv_cache_tokens > 2 * one.kv_cache_tokens
+
+
+def test_kv_heads_are_replicated_when_tp_exceeds_them() -> None:
+    assert kv_bytes_per_token(QWEN2_7B, 4) == kv_bytes_per_token(QWEN2_7B, 8)
+    assert kv_bytes_per_token(QWEN2_7B, 1) == 2 * 28 * 4 * 128 * 2
+
+
+def test_sliding_window_layers_need_only_a_window_in_v1() -> None:
+    flags = EngineFlags(max_model_len=8192, gpu_memory_utilization=0.9)
+    a100 = "NVIDIA A100-SXM4-80GB"  # 2048-token batches: window + batch < max_model_len
+
+    def run(version: str) -> object:
+        return estimate_memory(
+            GEMMA2_9B, int(18.5 * 10**9), A100_80G, flags=flags, vllm_version=version, gpu_name=a100
+        )
+
+    hybrid, before = run("0.10.1.1"), run("0.9.2")
+    assert hybrid.fits  # type: ignore[attr-defined]
+    assert before.fits  # type: ignore[attr-defined]
+    # Per request the sliding half holds window - 1 + one batch (6,143 tokens, 385 blocks)
+    # instead of 512 blocks, so the same memory serves ~14 % more requests.
+    ratio = hybrid.max_concurrency / before.max_concurrency  # type: ignore[attr-defined]
+    assert ratio == pytest.approx(1024 / 897, rel=0.01)
+    assert hybrid.kv_cache_gib == pytest.approx(before.kv_cache_gib)  # type: ignore[attr-defined]
+
+
+def test_moe_weights_count_every_expert_and_warn() -> None:
+    estimate = estimate_memory(MIXTRAL, int(93.4 * 10**9), A100_80G)
+    assert estimate.weights_gib == pytest.approx(93.4 * 10**9 / GIB, rel=0.01)
+    assert not estimate.fits
+    findings = check_rules(
+        MIXTRAL,
+        quantization="bf16",
+        compute_capability=(8, 0),
+        params_billion=46.7,
+        active_params_billion=12.9,
+    )
+    moe = [f for f in findings if f.rule == "moe-resident"]
+    assert moe
+    assert "12.9 B" in moe[0].message
+    assert "46.7 B" in moe[0].message
+
+
+def test_other_processes_make_vllm_refuse_rather_than_shrink_the_cache() -> None:
+    flags = EngineFlags(gpu_memory_utilization=0.95, max_model_len=8192)
+    alone = estimate_memory(QWEN2_7B, int(15.2 * 10**9), RTX_3090, flags=flags)
+    shared = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), RTX_3090, flags=flags, other_processes_bytes=2 * GIB
+    )
+    assert alone.fits
+    assert not shared.fits
+    assert "refuses to start" in shared.reason
+    assert shared.other_processes_gib == pytest.approx(2.0)
+    # Before v0.6.4 vLLM measured total - free, so TEI's memory came out of the KV cache.
+    old = estimate_memory(
+        QWEN2_7B,
+        int(15.2 * 10**9),
+        RTX_3090,
+        flags=EngineFlags(gpu_memory_utilization=0.9, max_model_len=4096),
+        vllm_version="0.6.3",
+        other_processes_bytes=1 * GIB,
+    )
+    old_alone = estimate_memory(
+        QWEN2_7B,
+        int(15.2 * 10**9),
+        RTX_3090,
+        flags=EngineFlags(gpu_memory_utilization=0.9, max_model_len=4096),
+        vllm_version="0.6.3",
+    )
+    assert old.kv_cache_gib == pytest.approx(old_alone.kv_cache_gib - 1.0, abs=0.01)
+
+
+def test_cuda_graphs_count_from_v0_20_and_not_when_eager() -> None:
+    flags = EngineFlags(max_model_len=8192)
+    pinned = estimate_memory(QWEN2_7B, int(15.2 * 10**9), A100_80G, flags=flags)
+    eager = estimate_memory(
+        QWEN2_7B,
+        int(15.2 * 10**9),
+        A100_80G,
+        flags=EngineFlags(max_model_len=8192, enforce_eager=True),
+    )
+    old = estimate_memory(QWEN2_7B, int(15.2 * 10**9), A100_80G, flags=flags, vllm_version="0.19.1")
+    assert pinned.cuda_graph_gib > 0
+    assert eager.cuda_graph_gib == 0
+    assert old.cuda_graph_gib == 0
+    assert eager.kv_cache_tokens > pinned.kv_cache_tokens
+    assert VllmRules.for_version("0.20.0").cuda_graphs_in_budget
+    assert not VllmRules.for_version("0.19.1").cuda_graphs_in_budget
+
+
+def test_batch_defaults_follow_gpu_memory_and_entry_point() -> None:
+    assert default_batch_limits(A100_80G, gpu_name="NVIDIA A100-SXM4-80GB") == (2048, 256)
+    assert default_batch_limits(int(79.2 * GIB), gpu_name="NVIDIA H100 80GB HBM3") == (8192, 1024)
+    h100_offline = default_batch_limits(
+        int(79.2 * GIB), gpu_name="NVIDIA H100", entry_point="offline"
+    )
+    assert h100_offline == (16384, 1024)
+    assert default_batch_limits(int(178 * GIB), gpu_name="NVIDIA B200") == (16384, 1024)
+    old = VllmRules.for_version("0.8.5")
+    assert default_batch_limits(int(79.2 * GIB), gpu_name="H100", rules=old) == (2048, 256)
+
+
+def test_estimate_is_json() -> None:
+    estimate = estimate_memory(QWEN2_7B, int(15.2 * 10**9), A100_80G)
+    data = json.loads(json.dumps(estimate.to_json_dict()))
+    for key in (
+        "weights_gib",
+        "activation_gib",
+        "non_torch_gib",
+        "cuda_graph_gib",
+        "other_processes_gib",
+        "kv_cache_gib",
+        "kv_cache_tokens",
+        "num_gpu_blocks",
+        "max_concurrency",
+        "fits",
+        "reason",
+        "largest_fitting_max_model_len",
+    ):
+        assert key in data
+
+
+def test_parse_version_reads_release_and_dev_strings() -> None:
+    assert parse_version("0.32.0") == (0, 32, 0)
+    assert parse_version("v0.10.1.1") == (0, 10, 1)
+    assert parse_version("0.11.0rc2.dev5+g1234") == (0, 11, 0)
+    assert parse_version("0.9") == (0, 9, 0)
+
+
+def test_flags_reject_impossible_values() -> None:
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        EngineFlags(gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="max_model_len"):
+        EngineFlags(max_model_len=0)
+
+
+def test_rule_of_thumb_is_params_times_bytes_plus_seven_gb() -> None:
+    result = rule_of_thumb(8.0, 2, 80 * 10**9, 131072, 8192, gpu_memory_utilization=1.0)
+    assert result.weights_gb == 16.0
+    assert result.kv_cache_gb == pytest.approx(80 - 16 - 7)
+    assert result.kv_cache_tokens == (57 * 10**9 // 131072)
+    assert result.fits
+
+
+def test_rules_for_heads_quantization_and_p2p() -> None:
+    def rules(**kwargs: object) -> set[str]:
+        base: dict[str, object] = {"quantization": "bf16", "compute_capability": (8, 9)}
+        base.update(kwargs)
+        return {f.rule for f in check_rules(QWEN2_7B, **base)}  # type: ignore[arg-type]
+
+    assert "tp-divides-heads" in rules(tensor_parallel_size=3)
+    assert "tp-kv-heads-replicated" in rules(tensor_parallel_size=28)
+    assert not rules(tensor_parallel_size=2)
+    assert "custom-all-reduce" in rules(tensor_parallel_size=2, p2p_supported=False)
+    assert "fp8-w8a8" not in rules(quantization="fp8")
+    assert "fp8-w8a8" in rules(quantization="fp8", compute_capability=(8, 6))
+    assert "int4-marlin" in rules(quantization="awq", compute_capability=(7, 5))
+    assert "int4-marlin" not in rules(quantization="awq", compute_capability=(8, 0))
+    assert "bf16" in rules(compute_capability=(7, 5))
+    fp8_ampere = check_rules(QWEN2_7B, quantization="fp8", compute_capability=(8, 0))
+    assert fp8_ampere[0].severity == "warning"
+    assert "weight-only" in fp8_ampere[0].message
+    fp8_turing = check_rules(QWEN2_7B, quantization="fp8", compute_capability=(7, 5))
+    assert fp8_turing[0].severity == "error"
+    p2p = check_rules(
+        QWEN2_7B,
+        quantization="awq",
+        compute_capability=(8, 9),
+        tensor_parallel_size=2,
+        p2p_supported=False,
+    )
+    assert p2p[0].flag == "--disable-custom-all-reduce"
+
+
+# --- Properties ------------------------------------------------------------------------------
+
+architectures = st.sampled_from([QWEN2_7B, LLAMA_31_8B, GEMMA2_9B, MIXTRAL])
+versions = st.sampled_from(["0.32.0", "0.27.1", "0.19.1", "0.10.1.1", "0.8.5", "0.6.4", "0.6.3"])
+gpu_gib = st.sampled_from([8.0, 15.6, 23.6, 44.4, 47.4, 79.2, 93.1, 139.8])
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, object]:
+    architecture = draw(architectures)
+    tp = draw(st.sampled_from([1, 2, 4]))
+    return {
+        "architecture": architecture,
+        "weight_bytes": draw(st.integers(1, 200)) * 10**9 // 2,
+        "gpu_count": tp,
+        "tensor_parallel_size": tp,
+        "vllm_version": draw(versions),
+        "other_processes_bytes": draw(st.sampled_from([0, GIB // 2, 2 * GIB])),
+        "max_model_len": draw(st.integers(256, architecture.max_position_embeddings)),
+        "max_num_seqs": draw(st.sampled_from([None, 8, 64, 256])),
+        "enforce_eager": draw(st.booleans()),
+        "utilization": draw(st.floats(0.3, 0.95)),
+    }
+
+
+def _run(
+    scenario: dict[str, object],
+    *,
+    gpu_bytes: int,
+    utilization: float | None = None,
+    kv_cache_dtype: str = "auto",
+    max_model_len: int | None = None,
+) -> object:
+    flags = EngineFlags(
+        gpu_memory_utilization=utilization or scenario["utilization"],  # type: ignore[arg-type]
+        max_model_len=max_model_len or scenario["max_model_len"],  # type: ignore[arg-type]
+        max_num_seqs=scenario["max_num_seqs"],  # type: ignore[arg-type]
+        enforce_eager=scenario["enforce_eager"],  # type: ignore[arg-type]
+        kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
+    )
+    return estimate_memory(
+        scenario["architecture"],  # type: ignore[arg-type]
+        scenario["weight_bytes"],  # type: ignore[arg-type]
+        gpu_bytes,
+        gpu_count=scenario["gpu_count"],  # type: ignore[arg-type]
+        tensor_parallel_size=scenario["tensor_parallel_size"],  # type: ignore[arg-type]
+        flags=flags,
+        vllm_version=scenario["vllm_version"],  # type: ignore[arg-type]
+        other_processes_bytes=scenario["other_processes_bytes"],  # type: ignore[arg-type]
+        gpu_name="NVIDIA L40S",
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), gpu_gib, st.floats(0.0, 64.0))
+def test_more_gpu_memory_never_gives_fewer_kv_tokens(
+    scenario: dict[str, object], gib: float, extra: float
+) -> None:
+    # Within one batch-default tier (vLLM raises max_num_batched_tokens at 70 GiB, which is a
+    # deliberate trade of KV tokens for prefill throughput).
+    small = int(gib * GIB)
+    large = int((gib + extra) * GIB)
+    if (small >= 70 * GIB) != (large >= 70 * GIB) or (small >= 160 * GIB) != (large >= 160 * GIB):
+        return
+    assert _run(scenario, gpu_bytes=large).kv_cache_tokens >= (  # type: ignore[attr-defined]
+        _run(scenario, gpu_bytes=small).kv_cache_tokens  # type: ignore[attr-defined]
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), gpu_gib, st.floats(0.3, 0.95), st.floats(0.0, 0.05))
+def test_higher_utilization_never_gives_fewer_kv_tokens(
+    scenario: dict[str, object], gib: float, low: float, step: float
+) -> None:
+    gpu_bytes = int(gib * GIB)
+    high = min(1.0, low + step)
+    assert _run(scenario, gpu_bytes=gpu_bytes, utilization=high).kv_cache_tokens >= (  # type: ignore[attr-defined]
+        _run(scenario, gpu_bytes=gpu_bytes, utilization=low).kv_cache_tokens  # type: ignore[attr-defined]
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), gpu_gib)
+def test_fp8_kv_cache_holds_at_least_as_many_tokens(
+    scenario: dict[str, object], gib: float
+) -> None:
+    gpu_bytes = int(gib * GIB)
+    auto = _run(scenario, gpu_bytes=gpu_bytes)
+    fp8 = _run(scenario, gpu_bytes=gpu_bytes, kv_cache_dtype="fp8")
+    assert fp8.kv_cache_tokens >= auto.kv_cache_tokens  # type: ignore[attr-defined]
+    assert fp8.fits or not auto.fits  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), gpu_gib, st.integers(0, 65536))
+def test_longer_max_model_len_never_turns_no_fit_into_fit(
+    scenario: dict[str, object], gib: float, more: int
+) -> None:
+    gpu_bytes = int(gib * GIB)
+    shorter = scenario["max_model_len"]
+    assert isinstance(shorter, int)
+    short = _run(scenario, gpu_bytes=gpu_bytes, max_model_len=shorter)
+    long = _run(scenario, gpu_bytes=gpu_bytes, max_model_len=shorter + more)
+    if not short.fits:  # type: ignore[attr-defined]
+        assert not long.fits  # type: ignore[attr-defined]
