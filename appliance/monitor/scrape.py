@@ -1,0 +1,354 @@
+"""vLLM's and TEI's Prometheus text, read into a few named numbers. Pure: text in, data out.
+
+The text is parsed by `prometheus_client`'s own parser, never by hand. What the engines call
+things, checked against their sources and a real scrape:
+
+- vLLM (v1 engine; `shared/reference/vllm-0.32-cpu-metrics.txt` is a real 0.32 scrape):
+  gauges `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`
+  (0..1; before v0.10 `vllm:gpu_cache_usage_perc`); counters `vllm:prompt_tokens_total`,
+  `vllm:generation_tokens_total`, `vllm:prefix_cache_queries_total` / `_hits_total` (earlier v1
+  releases `vllm:gpu_prefix_cache_*`), `vllm:num_preemptions_total`,
+  `vllm:request_success_total{finished_reason}` (stop, length, abort, error, repetition);
+  histograms `vllm:time_to_first_token_seconds`, `vllm:inter_token_latency_seconds` (before
+  v0.11 `vllm:time_per_output_token_seconds`), `vllm:e2e_request_latency_seconds`,
+  `vllm:request_queue_time_seconds`. Series carry `model_name` and `engine` labels; with data
+  parallelism there is one series per engine, and they are added up (KV usage: the fullest).
+- TEI (router/src and core/src of text-embeddings-inference 1.x; the Rust `metrics` crate, so
+  counters have no `_total` suffix): counters `te_request_count`, `te_request_success`,
+  `te_request_failure{err}`; gauge `te_queue_size`; histograms `te_request_duration`,
+  `te_request_queue_duration`, `te_request_inference_duration`, `te_batch_next_size`.
+  `te_queue_duration`, `te_inference_duration` and the gauge `te_batch_current_size` are read
+  too, after the real names: the project's TEI test double exposes them.
+
+What must stay true: a metric an engine does not expose is absent from the reading (the monitor
+shows "-"), never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.monitor.maths import Histogram
+
+EngineKind = Literal["vllm", "tei"]
+Aggregate = Literal["sum", "max"]
+
+
+class MetricsFormatError(ValueError):
+    """The text is not Prometheus exposition, or holds neither vLLM's nor TEI's metrics."""
+
+
+@dataclass(frozen=True)
+class MetricsReading:
+    """One scrape, under the monitor's own names (see `VLLM` and `TEI` for the mapping).
+
+    `sources` says which engine metric each name was read from, for `appliance scrape` and
+    for debugging an engine whose metric names changed.
+    """
+
+    kind: EngineKind
+    model_names: tuple[str, ...] = ()
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    counters: Mapping[str, float] = field(default_factory=dict)
+    histograms: Mapping[str, Histogram] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """One quantity: the families it may be read from (first found wins) and how to combine."""
+
+    key: str
+    names: tuple[str, ...]
+    aggregate: Aggregate = "sum"
+    labels: Mapping[str, str] = field(default_factory=dict)  # only series with these labels
+
+
+@dataclass(frozen=True)
+class _EngineMetrics:
+    gauges: tuple[_Wanted, ...]
+    counters: tuple[_Wanted, ...]
+    histograms: tuple[_Wanted, ...]
+
+
+VLLM = _EngineMetrics(
+    gauges=(
+        _Wanted("running_requests", ("vllm:num_requests_running",)),
+        _Wanted("waiting_requests", ("vllm:num_requests_waiting",)),
+        _Wanted("kv_cache_usage", ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), "max"),
+    ),
+    counters=(
+        _Wanted("prompt_tokens", ("vllm:prompt_tokens",)),
+        _Wanted("generation_tokens", ("vllm:generation_tokens",)),
+        _Wanted("requests", ("vllm:request_success",)),
+        _Wanted("requests_failed", ("vllm:request_success",), labels={"finished_reason": "error"}),
+        _Wanted(
+            "prefix_cache_queries", ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")
+        ),
+        _Wanted("prefix_cache_hits", ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")),
+        _Wanted("preemptions", ("vllm:num_preemptions",)),
+    ),
+    histograms=(
+        _Wanted("ttft", ("vllm:time_to_first_token_seconds",)),
+        _Wanted("itl", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
+        _Wanted("e2e", ("vllm:e2e_request_latency_seconds",)),
+        _Wanted("queue_time", ("vllm:request_queue_time_seconds",)),
+    ),
+)
+
+TEI = _EngineMetrics(
+    gauges=(
+        _Wanted("waiting_requests", ("te_queue_size",)),
+        _Wanted("running_requests", ("te_batch_current_size",)),
+    ),
+    counters=(
+        _Wanted("requests", ("te_request_count",)),
+        _Wanted("requests_succeeded", ("te_request_success",)),
+        _Wanted("requests_failed", ("te_request_failure",)),
+    ),
+    histograms=(
+        _Wanted("e2e", ("te_request_duration",)),
+        _Wanted("queue_time", ("te_request_queue_duration", "te_queue_duration")),
+        _Wanted("inference_time", ("te_request_inference_duration", "te_inference_duration")),
+        _Wanted("batch_size", ("te_batch_next_size",)),
+    ),
+)
+
+# vLLM's API server (prometheus-fastapi-instrumentator): what clients saw, 5xx included.
+_HTTP_REQUESTS = "http_requests"
+_API_PREFIX = "/v1/"
+
+
+def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(labels.get(name) == value for name, value in wanted.items())
+
+
+def _gauge(family: Metric, wanted: _Wanted) -> float | None:
+    values = [
+        sample.value
+        for sample in family.samples
+        if sample.name == family.name and _matches(sample.labels, wanted.labels)
+    ]
+    if not values:
+        return None
+    return max(values) if wanted.aggregate == "max" else math.fsum(values)
+
+
+def _counter(family: Metric, wanted: _Wanted) -> float | None:
+    # The parser names counter families without `_total` and their samples with it, whether the
+    # exporter wrote the suffix (vLLM) or not (TEI).
+    total = f"{family.name}_total"
+    values = [
+        sample.value
+        for sample in family.samples
+        if sample.name == total and _matches(sample.labels, wanted.labels)
+    ]
+    return math.fsum(values) if values else None
+
+
+def _histogram(family: Metric) -> Histogram | None:
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for sample in family.samples:
+        if sample.name.endswith("_bucket") and "le" in sample.labels:
+            bound = float(sample.labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        elif sample.name.endswith("_sum"):
+            total += sample.value
+        elif sample.name.endswith("_count"):
+            count += sample.value
+    if not buckets or not math.isinf(max(buckets)):
+        return None
+    bounds = tuple(sorted(buckets))
+    return Histogram(bounds, tuple(buckets[bound] for bound in bounds), total, count)
+
+
+def _wanted_names() -> dict[str, str]:
+    """Every name a line of a metric read here may start with → that metric's family name.
+
+    Names in `# TYPE`/`# HELP` lines and sample names both map: a counter `F` may appear as `F`
+    or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`.
+    """
+    family_of = {_HTTP_REQUESTS: _HTTP_REQUESTS, f"{_HTTP_REQUESTS}_total": _HTTP_REQUESTS}
+    for spec in (VLLM, TEI):
+        for wanted in spec.gauges:
+            family_of.update({name: name for name in wanted.names})
+        for wanted in spec.counters:
+            for name in wanted.names:
+                family_of.update({name: name, f"{name}_total": name})
+        for wanted in spec.histograms:
+            for name in wanted.names:
+                for suffix in ("", "_bucket", "_sum", "_count"):
+                    family_of[f"{name}{suffix}"] = name
+    return family_of
+
+
+_FAMILY_OF = _wanted_names()
+
+
+def _relevant_blocks(text: str) -> dict[str, str]:
+    """The lines of each metric read here, by family, for the parser.
+
+    A vLLM page is about 50 kB of which this monitor reads a tenth; parsing the rest once a
+    second would cost more CPU than all the rest of the monitor. Lines are chosen by metric name
+    only; every chosen line is parsed by prometheus_client.
+    """
+    blocks: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) < 3 or parts[1] not in ("TYPE", "HELP"):
+                continue
+            name = parts[2]
+        else:
+            end = len(line)
+            for stop in ("{", " "):
+                position = line.find(stop)
+                if 0 <= position < end:
+                    end = position
+            name = line[:end]
+        family = _FAMILY_OF.get(name)
+        if family is not None:
+            blocks.setdefault(family, []).append(line)
+    return {family: "\n".join(lines) + "\n" for family, lines in blocks.items()}
+
+
+class ParseCache:
+    """The families parsed from an endpoint's previous page, reused while their lines stay the same.
+
+    An idle engine's counters and histograms do not change between scrapes; re-parsing them
+    every second would be the monitor's largest cost. One cache per endpoint; it only ever holds
+    the families of the last page, so it cannot grow.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[str, tuple[str, tuple[Metric, ...]]] = {}
+
+    def parse(self, blocks: dict[str, str]) -> dict[str, Metric]:
+        kept: dict[str, tuple[str, tuple[Metric, ...]]] = {}
+        for family, block in blocks.items():
+            cached = self._blocks.get(family)
+            if cached is None or cached[0] != block:
+                cached = (block, _parse(block))
+            kept[family] = cached
+        self._blocks = kept
+        return {metric.name: metric for _, metrics in kept.values() for metric in metrics}
+
+
+def _parse(text: str) -> tuple[Metric, ...]:
+    try:
+        return tuple(text_string_to_metric_families(text))
+    except ValueError as error:  # the parser's only complaint about malformed text
+        msg = f"not Prometheus text: {error}"
+        raise MetricsFormatError(msg) from error
+
+
+def _families(text: str, cache: ParseCache | None) -> dict[str, Metric]:
+    blocks = _relevant_blocks(text)
+    if cache is not None:
+        return cache.parse(blocks)
+    return {metric.name: metric for metric in _parse("".join(blocks.values()))}
+
+
+def detect_kind(names: Iterable[str]) -> EngineKind | None:
+    """vLLM or TEI from the metric names, or None for neither."""
+    tei = False
+    for name in names:
+        if name.startswith("vllm:"):
+            return "vllm"
+        tei = tei or name.startswith("te_")
+    return "tei" if tei else None
+
+
+def parse_metrics(
+    text: str, kind: EngineKind | None = None, cache: ParseCache | None = None
+) -> MetricsReading:
+    """Read a vLLM or TEI `/metrics` page; `kind` None means tell from the names.
+
+    `cache` (one per endpoint) skips re-parsing the families whose lines did not change since
+    that endpoint's previous page; the reading is the same with or without it.
+
+    Raises `MetricsFormatError` for text that is not Prometheus exposition, holds no metric of
+    either engine, or holds the other engine's metrics than `kind`.
+    """
+    families = _families(text, cache)
+    found = detect_kind(families)
+    if found is None or (kind is not None and kind != found):
+        expected = {"vllm": "vLLM (vllm:*)", "tei": "TEI (te_*)", None: "vLLM or TEI"}[kind]
+        seen = "" if found is None else f"; they look like {found}'s"
+        msg = f"no {expected} metrics in the page{seen}"
+        raise MetricsFormatError(msg)
+    kind = found
+    spec = VLLM if kind == "vllm" else TEI
+    gauges: dict[str, float] = {}
+    counters: dict[str, float] = {}
+    histograms: dict[str, Histogram] = {}
+    sources: dict[str, str] = {}
+    for wanted in spec.gauges:
+        for name in wanted.names:
+            family = families.get(name)
+            value = None if family is None or family.type != "gauge" else _gauge(family, wanted)
+            if value is not None:
+                gauges[wanted.key], sources[wanted.key] = value, name
+                break
+    for wanted in spec.counters:
+        for name in wanted.names:
+            family = families.get(name)
+            value = None if family is None or family.type != "counter" else _counter(family, wanted)
+            if value is not None:
+                counters[wanted.key], sources[wanted.key] = value, name
+                break
+    for wanted in spec.histograms:
+        for name in wanted.names:
+            family = families.get(name)
+            histogram = None if family is None or family.type != "histogram" else _histogram(family)
+            if histogram is not None:
+                histograms[wanted.key], sources[wanted.key] = histogram, name
+                break
+    if kind == "vllm":
+        _read_http_requests(families.get(_HTTP_REQUESTS), counters, sources)
+    models = sorted(
+        {
+            sample.labels["model_name"]
+            for name, family in families.items()
+            if name.startswith("vllm:")
+            for sample in family.samples
+            if "model_name" in sample.labels
+        }
+    )
+    return MetricsReading(
+        kind=kind,
+        model_names=tuple(models),
+        gauges=gauges,
+        counters=counters,
+        histograms=histograms,
+        sources=sources,
+    )
+
+
+def _read_http_requests(
+    family: Metric | None, counters: dict[str, float], sources: dict[str, str]
+) -> None:
+    """API requests and the 5xx among them, from vLLM's HTTP instrumentation when present."""
+    if family is None or family.type != "counter":
+        return
+    total = errors = 0.0
+    seen = False
+    for sample in family.samples:
+        if sample.name != f"{family.name}_total":
+            continue
+        if not sample.labels.get("handler", "").startswith(_API_PREFIX):
+            continue
+        seen = True
+        total += sample.value
+        if sample.labels.get("status", "").startswith("5"):
+            errors += sample.value
+    if seen:
+        counters["http_requests"], counters["http_errors"] = total, errors
+        sources["http_requests"] = sources["http_errors"] = f"{_HTTP_REQUESTS}_total"

@@ -1,0 +1,163 @@
+"""`Snapshot`: everything the monitor knows at one tick, as one frozen object that prints as JSON.
+
+The CLI (`appliance status`), the TUI's Monitor screen, the gateway's auto-fallback and the cost
+report all read this object and nothing else. It is built once per tick and never changed: to see
+newer numbers, take the next snapshot.
+
+What must stay true:
+- A number that could not be read or computed (no NVML, an engine down, no traffic in the
+  window) is `None`, never 0.
+- `taken_at` carries both clocks: `monotonic` (seconds on this machine's monotonic clock, for
+  freshness checks: `snapshot.age_s(time.monotonic())`) and `wall` (Unix time, for people).
+- A snapshot dumped to JSON validates back into an equal snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from appliance.hardware.box import GpuProcess
+
+ServiceKind = Literal["vllm", "tei", "http"]
+"""vllm and tei are engines (health and metrics); http is health only (the gateway)."""
+Severity = Literal["critical", "warning"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timestamp(_Frozen):
+    """When a snapshot was taken, on both clocks."""
+
+    monotonic: float
+    wall: float
+
+    @property
+    def wall_datetime(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.wall, tz=dt.UTC)
+
+
+class GpuStats(_Frozen):
+    """One GPU at one tick, in the units nvidia-smi shows. None: NVML cannot say on this card."""
+
+    index: int
+    name: str | None = None
+    uuid: str | None = None
+    utilization_gpu_pct: float | None = None
+    utilization_memory_pct: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    temperature_c: float | None = None
+    power_draw_w: float | None = None
+    power_limit_w: float | None = None
+    sm_clock_mhz: int | None = None
+    memory_clock_mhz: int | None = None
+    # NVML's clock-event ("throttle") reasons that are active, by name: "sw_power_cap",
+    # "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake", … (see samplers.THROTTLE_REASONS)
+    throttle_reasons: tuple[str, ...] | None = None
+    ecc_errors_corrected: int | None = None  # volatile: since the driver last loaded
+    ecc_errors_uncorrected: int | None = None
+    processes: tuple[GpuProcess, ...] | None = None
+    error: str | None = None  # the GPU could not be read at all (e.g. "GPU is lost")
+
+    @property
+    def memory_used_pct(self) -> float | None:
+        if self.memory_used_bytes is None or not self.memory_total_bytes:
+            return None
+        return 100.0 * self.memory_used_bytes / self.memory_total_bytes
+
+
+class ServiceStats(_Frozen):
+    """One service (vLLM, TEI, the gateway) at one tick: health, load, throughput, latency.
+
+    Rates are per second over the monitor's rate window; latency quantiles and the error and
+    prefix-cache percentages are over its quantile window (PromQL's `histogram_quantile` over a
+    `rate`). Latencies are in seconds.
+    """
+
+    name: str
+    kind: ServiceKind
+    url: str
+    healthy: bool
+    health_error: str | None = None  # why it is not healthy, in a person's words
+    metrics_error: str | None = None  # why /metrics could not be read (the service may be up)
+    model_names: tuple[str, ...] = ()
+    running_requests: int | None = None
+    waiting_requests: int | None = None
+    kv_cache_usage_pct: float | None = None
+    prompt_tokens_per_s: float | None = None
+    generation_tokens_per_s: float | None = None
+    requests_per_s: float | None = None
+    error_rate_pct: float | None = None
+    prefix_cache_hit_rate_pct: float | None = None
+    preemptions_per_s: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    e2e_p50_s: float | None = None
+    e2e_p95_s: float | None = None
+    queue_time_p95_s: float | None = None
+    # From the container runtime, when the monitor is given one; None otherwise.
+    container_state: str | None = None
+    restart_count: int | None = None
+
+    @property
+    def is_engine(self) -> bool:
+        return self.kind in ("vllm", "tei")
+
+
+class Alert(_Frozen):
+    """A condition that held long enough to be raised, and what to do about it."""
+
+    code: str  # stable: scripts and the TUI key on it (e.g. "kv-cache-full")
+    severity: Severity
+    subject: str  # the service name or "gpu0", "gpu1", …
+    message: str  # what is wrong, with the number
+    suggestion: str  # one line: what to do
+    value: float | None = None
+    threshold: float
+    since: float  # Unix time the alert was raised
+
+    def render(self) -> str:
+        return f"[{self.severity}] {self.message}\n  → {self.suggestion}"
+
+
+class Snapshot(_Frozen):
+    """The monitor's whole state at one tick."""
+
+    tick: int
+    taken_at: Timestamp
+    interval_s: float
+    simulated: bool = False
+    gpus: tuple[GpuStats, ...] = ()
+    gpu_error: str | None = None  # NVML could not be read at all this tick
+    services: tuple[ServiceStats, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+
+    def service(self, name: str) -> ServiceStats | None:
+        """The service of this name (e.g. "vllm", "tei", "gateway"), or None."""
+        return next((service for service in self.services if service.name == name), None)
+
+    def engine(self, kind: Literal["vllm", "tei"]) -> ServiceStats | None:
+        """The first engine of this kind, or None."""
+        return next((service for service in self.services if service.kind == kind), None)
+
+    @property
+    def engines(self) -> tuple[ServiceStats, ...]:
+        return tuple(service for service in self.services if service.is_engine)
+
+    def age_s(self, now_monotonic: float) -> float:
+        """Seconds since the snapshot was taken, on the monotonic clock."""
+        return now_monotonic - self.taken_at.monotonic
+
+    def is_fresh(self, now_monotonic: float, max_age_s: float) -> bool:
+        """Whether the snapshot is recent enough to route by (the gateway's check)."""
+        return 0.0 <= self.age_s(now_monotonic) <= max_age_s
+
+    def alerts_for(self, subject: str) -> tuple[Alert, ...]:
+        return tuple(alert for alert in self.alerts if alert.subject == subject)

@@ -1,0 +1,241 @@
+"""What `appliance status` and `appliance scrape` call: blocking functions over the async monitor.
+
+They return data or raise `appliance.errors` exceptions; they never print and never exit. The
+CLI chooses the samplers (`profile_samplers`, `url_samplers`, `simulated`), then:
+
+- `status`          → `sample_status(samplers)` then `render_status(snapshot)` (render.py)
+- `status --json`   → `sample_status(samplers).model_dump_json(indent=2)`
+- `status --watch`  → `watch_status(samplers, on_snapshot)`, redrawing in `on_snapshot`
+- `status --check`  → `check_status(samplers)`: raises `AlertsActiveError` (exit 1) with the
+                      alerts, judged at once rather than after `sustain_seconds`
+- `scrape URL…`     → `watch_status(url_samplers(urls), on_snapshot, count=N, config=…)`
+
+A single snapshot is taken after `ticks` ticks (default 2, one interval apart): rates and
+quantiles need two scrapes to say anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import httpx
+
+from appliance.errors import BadInputError, OperationFailedError
+from appliance.monitor.monitor import Clock, Monitor, MonitorConfig, SystemClock
+from appliance.monitor.samplers import (
+    Endpoint,
+    GpuSampler,
+    NvmlGpuSampler,
+    RuntimeSource,
+    SamplerSet,
+    http_samplers,
+)
+from appliance.monitor.series import History
+from appliance.monitor.simulated import simulated_samplers
+from appliance.monitor.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from appliance.profile import Profile
+
+OnSnapshot = Callable[[Snapshot, History], None]
+
+
+class AlertsActiveError(OperationFailedError):
+    """`status --check` found active alerts; `snapshot` is what it saw."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        alerts = snapshot.alerts
+        message = f"{len(alerts)} alert(s) active:\n" + "\n".join(
+            f"  [{alert.severity}] {alert.message}" for alert in alerts
+        )
+        hint = "\n  → ".join(dict.fromkeys(alert.suggestion for alert in alerts))
+        super().__init__(message, hint=hint)
+        self.snapshot = snapshot
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})  # noqa: S104
+
+
+def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoint, ...]:
+    """The profile's services: vLLM, TEI when enabled, and the gateway (health only).
+
+    Engines listen on 127.0.0.1; the gateway is asked on its own address when it listens on
+    one address only, and over HTTPS when it serves TLS.
+    """
+    spec = profile.spec
+    ports = spec.ports
+    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{ports.vllm}")]
+    if spec.embeddings_enabled:
+        endpoints.append(Endpoint("tei", "tei", f"http://{host}:{ports.tei}"))
+    gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
+    if ":" in gateway_host:
+        gateway_host = f"[{gateway_host}]"
+    scheme = "https" if spec.gateway.tls is not None else "http"
+    endpoints.append(
+        Endpoint("gateway", "http", f"{scheme}://{gateway_host}:{ports.gateway}", metrics_path=None)
+    )
+    return tuple(endpoints)
+
+
+def profile_samplers(
+    profile: Profile,
+    *,
+    gpus: GpuSampler | None = None,
+    runtime: RuntimeSource | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SamplerSet:
+    """Samplers for the services a profile runs; GPUs from the driver's NVML unless given.
+
+    `runtime` (e.g. `ContainersRuntimeSource(docker_runtime, profile.metadata.name)`) adds
+    container states and restart counts.
+    """
+    if gpus is None:
+        from appliance.hardware.nvml import LiveNvml
+
+        gpus = NvmlGpuSampler(LiveNvml())
+    config = MonitorConfig.from_profile(profile)
+    return http_samplers(
+        profile_endpoints(profile),
+        gpus=gpus,
+        runtime=runtime,
+        timeout_s=config.timeout_s,
+        transport=transport,
+    )
+
+
+def parse_url(url: str) -> Endpoint:
+    """An engine's base URL (`http://host:port`, or `host:port`) as an auto-detected endpoint.
+
+    A URL ending in `/metrics` is taken as the metrics page itself. Raises `BadInputError`.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise BadInputError(
+            f"not a URL: {url!r} ({error})", hint="write http://host:port"
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInputError(
+            f"not an http(s) URL with a host: {url!r}", hint="write e.g. http://127.0.0.1:8000"
+        )
+    path = parsed.path.rstrip("/")
+    if path.endswith("/metrics"):
+        path = path[: -len("/metrics")]
+    base = str(parsed.copy_with(path=path or "/", query=None, fragment=None)).rstrip("/")
+    port = f":{parsed.port}" if parsed.port else ""
+    return Endpoint(f"{parsed.host}{port}{path}", "auto", base)
+
+
+def url_samplers(
+    urls: Sequence[str],
+    *,
+    timeout_s: float = 2.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SamplerSet:
+    """Samplers for engines the appliance did not start (`appliance scrape URL…`); no GPUs.
+
+    vLLM or TEI is told from each endpoint's metrics. Raises `BadInputError` for a bad URL or
+    none at all.
+    """
+    if not urls:
+        raise BadInputError("no URL to scrape", hint="give one or more, e.g. http://127.0.0.1:8000")
+    endpoints = [parse_url(url) for url in urls]
+    names = [endpoint.name for endpoint in endpoints]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BadInputError(f"URL given twice: {', '.join(duplicates)}", hint="give each once")
+    return http_samplers(endpoints, timeout_s=timeout_s, transport=transport)
+
+
+def simulated(
+    box: str = "rtx4090", *, clock: Clock | None = None, seed: int = 0, embeddings: bool = True
+) -> tuple[SamplerSet, Clock]:
+    """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them."""
+    clock = clock or SystemClock()
+    return simulated_samplers(box, now=clock.monotonic, seed=seed, embeddings=embeddings), clock
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+async def _collect(
+    samplers: SamplerSet,
+    *,
+    count: int | None,
+    config: MonitorConfig | None,
+    clock: Clock | None,
+    on_snapshot: OnSnapshot | None,
+) -> Snapshot | None:
+    last: Snapshot | None = None
+    async with Monitor(samplers, config=config, clock=clock) as monitor:
+        async for snapshot in monitor.run(count):
+            last = snapshot
+            if on_snapshot is not None:
+                on_snapshot(snapshot, monitor.history)
+    return last
+
+
+def sample_status(
+    samplers: SamplerSet,
+    *,
+    ticks: int = 2,
+    config: MonitorConfig | None = None,
+    clock: Clock | None = None,
+) -> Snapshot:
+    """The snapshot after `ticks` ticks (one interval apart). Blocks about `ticks - 1` seconds."""
+    if ticks < 1:
+        raise BadInputError(f"ticks must be at least 1, got {ticks}")
+    snapshot = asyncio.run(
+        _collect(samplers, count=ticks, config=config, clock=clock, on_snapshot=None)
+    )
+    assert snapshot is not None
+    return snapshot
+
+
+def watch_status(
+    samplers: SamplerSet,
+    on_snapshot: OnSnapshot,
+    *,
+    count: int | None = None,
+    config: MonitorConfig | None = None,
+    clock: Clock | None = None,
+) -> Snapshot | None:
+    """Call `on_snapshot(snapshot, history)` every tick, `count` times (None: until Ctrl-C).
+
+    Returns the last snapshot. Ctrl-C arrives as `KeyboardInterrupt` after the HTTP pool and
+    NVML were closed.
+    """
+    if count is not None and count < 1:
+        raise BadInputError(f"count must be at least 1, got {count}")
+    return asyncio.run(
+        _collect(samplers, count=count, config=config, clock=clock, on_snapshot=on_snapshot)
+    )
+
+
+def check_snapshot(snapshot: Snapshot) -> Snapshot:
+    """Return the snapshot when no alert is active; raise `AlertsActiveError` otherwise."""
+    if snapshot.alerts:
+        raise AlertsActiveError(snapshot)
+    return snapshot
+
+
+def check_status(
+    samplers: SamplerSet,
+    *,
+    ticks: int = 2,
+    config: MonitorConfig | None = None,
+    clock: Clock | None = None,
+) -> Snapshot:
+    """`status --check`: a snapshot with alerts judged at once; `AlertsActiveError` if any."""
+    config = config or MonitorConfig()
+    immediate = replace(config, thresholds=config.thresholds.immediate())
+    return check_snapshot(sample_status(samplers, ticks=ticks, config=immediate, clock=clock))
