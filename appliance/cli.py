@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from appliance import __version__
 from appliance.errors import ApplianceError, BadInputError, ExitCode
@@ -76,6 +76,86 @@ def _cmd_validate(args: argparse.Namespace) -> ExitCode:
     return status
 
 
+def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The samplers, monitor config and clock for `status`: simulated, or a profile's services."""
+    from appliance.monitor.monitor import MonitorConfig
+    from appliance.monitor.status import profile_samplers, simulated
+
+    if args.simulate:
+        samplers, clock = simulated(args.simulate)
+        return samplers, MonitorConfig(), clock
+    if args.profile is None:
+        raise BadInputError(
+            "status needs the profile that was applied (or --simulate NAME)",
+            hint="appliance status profiles/my-box.yaml",
+        )
+    from appliance.profile import load_profile
+
+    profile = load_profile(args.profile)
+    return (
+        profile_samplers(profile, runtime=_runtime_source(profile.metadata.name)),
+        (MonitorConfig.from_profile(profile)),
+        None,
+    )
+
+
+def _runtime_source(profile_name: str) -> Any:
+    """Container states and restart counts, when the Docker engine answers; else None."""
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.monitor.samplers import ContainersRuntimeSource
+    from appliance.runtime.docker import DockerEngine
+
+    try:
+        return ContainersRuntimeSource(DockerEngine(timeout_s=3), profile_name)
+    except EnvironmentNotReadyError as error:
+        log.debug("no container states in status: %s", error.message)
+        return None
+
+
+def _cmd_status(args: argparse.Namespace) -> ExitCode:
+    from appliance.monitor.render import render_status
+    from appliance.monitor.status import check_status, sample_status, watch_status
+
+    samplers, config, clock = _monitor_samplers(args)
+    if args.watch:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        console = Console(stderr=False)
+        with Live(console=console, auto_refresh=False, screen=False) as live:
+
+            def redraw(snapshot: Any, history: Any) -> None:
+                live.update(Text(render_status(snapshot, history)), refresh=True)
+
+            watch_status(samplers, redraw, config=config, clock=clock)
+        return ExitCode.OK
+    if args.check:
+        snapshot = check_status(samplers, config=config, clock=clock)
+    else:
+        snapshot = sample_status(samplers, config=config, clock=clock)
+    print(snapshot.model_dump_json(indent=2) if args.json else render_status(snapshot))
+    return ExitCode.OK
+
+
+def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
+    from appliance.monitor.monitor import MonitorConfig
+    from appliance.monitor.render import render_status
+    from appliance.monitor.status import url_samplers, watch_status
+
+    def show(snapshot: Any, history: Any) -> None:
+        print(snapshot.model_dump_json() if args.json else render_status(snapshot, history))
+        sys.stdout.flush()
+
+    watch_status(
+        url_samplers(args.urls),
+        show,
+        count=args.count,
+        config=MonitorConfig(interval_s=args.interval),
+    )
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
@@ -125,6 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.set_defaults(handler=_cmd_validate)
+
+    status = commands.add_parser(
+        "status",
+        help="health, GPU use, throughput, latency and alerts of the running services",
+        description="Sample the profile's services (vLLM, TEI, gateway) and the GPUs: health, "
+        "tokens/s, TTFT and inter-token latency p50/p95, KV-cache use, queue, alerts.",
+    )
+    status.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
+    status.add_argument("--simulate", metavar="NAME", help="show a simulated box's services")
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    mode = status.add_mutually_exclusive_group()
+    mode.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 when any alert is active (for cron, CI)"
+    )
+    status.set_defaults(handler=_cmd_status)
+
+    scrape = commands.add_parser(
+        "scrape",
+        help="watch any vLLM or TEI server by URL",
+        description="Sample vLLM or TEI servers the appliance did not start, by base URL.",
+    )
+    scrape.add_argument("urls", nargs="+", metavar="URL")
+    scrape.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    scrape.add_argument("--count", type=int, default=None, help="stop after N samples")
+    scrape.add_argument("--json", action="store_true", help="one JSON snapshot per line")
+    scrape.set_defaults(handler=_cmd_scrape)
 
     return parser
 

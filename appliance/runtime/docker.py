@@ -22,6 +22,7 @@ from appliance.runtime.model import (
     LABEL_MANAGED_BY,
     LABEL_PROFILE,
     LABEL_ROLE,
+    LABEL_SPEC,
     LABEL_SPEC_HASH,
     LABEL_VERSION,
     MANAGED_BY,
@@ -112,11 +113,14 @@ class DockerEngine:
             image=str(config.get("Image", "")),
             state=state.get("Status", "dead"),
             health=health if health in ("starting", "healthy", "unhealthy") else None,
-            exit_code=state.get("ExitCode") if state.get("Status") == "exited" else None,
+            exit_code=state.get("ExitCode")
+            if state.get("Status") in ("exited", "restarting")
+            else None,
             oom_killed=bool(state.get("OOMKilled")),
             restart_count=int(attrs.get("RestartCount") or 0),
             started_at=state.get("StartedAt"),
             host_ports=ports,
+            spec_json=labels.get(LABEL_SPEC),
         )
 
     def logs(self, container_id: str, tail: int = 50) -> str:

@@ -64,14 +64,24 @@ def wait_until_healthy(
     clock = clock or SystemClock()
     end = clock.monotonic() + deadline_s
     observed: ObservedContainer | None = None
+    first_restart_count: int | None = None
     while True:
         observed = inspector.inspect(container_id)
         if observed is None:
             return HealthOutcome(False, "the container was removed while starting", None)
-        if observed.state in ("exited", "dead"):
+        if first_restart_count is None:
+            first_restart_count = observed.restart_count
+        # A restart policy turns an exit into "restarting": it died all the same. Compare with
+        # the count at the start: a container restarted back to life in a rollback has history.
+        died = observed.state in ("exited", "dead", "restarting")
+        if died or observed.restart_count > first_restart_count:
             if observed.oom_killed:
                 return HealthOutcome(False, "killed: out of host memory (OOM)", observed)
-            return HealthOutcome(False, f"exited with code {observed.exit_code}", observed)
+            if observed.exit_code is None:
+                reason = f"exited and was restarted by Docker ({observed.restart_count} restarts)"
+            else:
+                reason = f"exited with code {observed.exit_code}"
+            return HealthOutcome(False, reason, observed)
         if observed.state == "running":
             if health_url is not None:
                 if probe(health_url):

@@ -169,9 +169,9 @@ class TeiMetrics:
         self.queue_size = 0
         self.durations: dict[str, list[float]] = {
             "te_request_duration": [],
-            "te_queue_duration": [],
-            "te_inference_duration": [],
-            "te_tokenization_duration": [],
+            "te_request_queue_duration": [],
+            "te_request_inference_duration": [],
+            "te_request_tokenization_duration": [],
         }
         # TEI's duration buckets: a geometric sequence from 1e-5 times 1.5, 35 buckets.
         value, self.buckets = 0.00001, []
@@ -184,7 +184,7 @@ class TeiMetrics:
             self.request_count += 1
             self.request_success += 1
             for name, samples in self.durations.items():
-                samples.append(seconds if name != "te_queue_duration" else seconds / 10)
+                samples.append(seconds if name != "te_request_queue_duration" else seconds / 10)
 
     def render(self) -> bytes:
         lines = [
@@ -194,8 +194,6 @@ class TeiMetrics:
             f'te_request_success{{method="single"}} {self.request_success}',
             "# TYPE te_queue_size gauge",
             f"te_queue_size {self.queue_size}",
-            "# TYPE te_batch_current_size gauge",
-            "te_batch_current_size 0",
         ]
         with self.lock:
             for name, samples in self.durations.items():

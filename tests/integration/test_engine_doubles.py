@@ -49,7 +49,7 @@ def test_tei_double_embeds_and_exports_tei_metrics() -> None:
         families = _families(httpx.get(f"{url}/metrics").text)
     assert families["te_request_count"] == "counter"
     assert families["te_queue_size"] == "gauge"
-    assert families["te_inference_duration"] == "histogram"
+    assert families["te_request_inference_duration"] == "histogram"
 
 
 @pytest.mark.docker

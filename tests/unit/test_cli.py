@@ -1,0 +1,139 @@
+"""The headless face as a user meets it: real console script, real exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance import cli
+from appliance.errors import ExitCode
+
+ROOT = Path(__file__).resolve().parents[2]
+APPLIANCE = str(Path(sys.executable).parent / "appliance")
+MALFORMED = sorted((ROOT / "tests" / "profiles" / "malformed").glob("*.yaml"))
+NO_GPU = not Path("/dev/nvidia0").exists()
+
+
+def appliance(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [APPLIANCE, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU")
+def test_detect_without_a_gpu_reports_the_missing_driver_and_exits_0() -> None:
+    result = appliance("detect")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "no NVIDIA driver" in result.stdout
+    assert_no_traceback(result)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU")
+def test_detect_check_without_a_gpu_exits_3_and_says_why() -> None:
+    result = appliance("detect", "--check")
+    assert result.returncode == ExitCode.ENVIRONMENT
+    assert "cannot serve" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_detect_simulated_l40s_as_json() -> None:
+    result = appliance("detect", "--simulate", "l40s", "--json")
+    assert result.returncode == ExitCode.OK, result.stderr
+    box = json.loads(result.stdout)
+    [gpu] = box["gpus"]
+    assert 44 * 2**30 < gpu["memory_total_bytes"] < 49 * 2**30
+    assert tuple(gpu["compute_capability"]) == (8, 9)
+
+
+def test_detect_simulated_2x4090_shows_two_gpus_and_the_p2p_caveat() -> None:
+    result = appliance("detect", "--simulate", "2x4090", "--json")
+    box = json.loads(result.stdout)
+    assert len(box["gpus"]) == 2
+    assert any("--disable-custom-all-reduce" in finding["fix"] for finding in box["findings"])
+
+
+def test_unknown_simulated_box_is_bad_input_listing_the_names() -> None:
+    result = appliance("detect", "--simulate", "rtx9999")
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "l40s" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_ready_made_profiles_validate() -> None:
+    profiles = sorted(str(p) for p in (ROOT / "profiles").glob("*.yaml"))
+    assert len(profiles) >= 5
+    result = appliance("validate", *profiles)
+    assert result.returncode == ExitCode.OK, result.stderr
+
+
+def test_every_malformed_profile_exits_2_with_file_and_line() -> None:
+    assert len(MALFORMED) >= 40
+    # One process for the whole corpus keeps this fast; each file must be reported on its own.
+    result = appliance("validate", *(str(p) for p in MALFORMED))
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert_no_traceback(result)
+    for path in MALFORMED:
+        expect = path.read_text(encoding="utf-8", errors="replace").splitlines()[0]
+        line = expect.split("line ", 1)[1].split(",", 1)[0] if "line " in expect else None
+        located = f"{path}:{line}" if line and line.strip() != "-" else str(path)
+        assert located in result.stderr, f"{path.name}: no {located!r} in the report"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [(), ("frobnicate",), ("detect", "--no-such-flag"), ("validate",)],
+    ids=["no-command", "unknown-command", "unknown-flag", "missing-argument"],
+)
+def test_usage_errors_exit_2_without_traceback(argv: tuple[str, ...]) -> None:
+    result = appliance(*argv)
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert result.stderr.startswith("error: ")
+    assert_no_traceback(result)
+
+
+def test_help_and_version_exit_0() -> None:
+    assert appliance("--help").returncode == 0
+    version = appliance("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("llm-appliance ")
+
+
+def _explode(args: object) -> ExitCode:
+    raise RuntimeError("boom")
+
+
+def test_an_unexpected_error_is_one_line_and_a_logged_trace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "_cmd_detect", _explode)
+    assert cli.run(["detect"]) == ExitCode.FAILED
+    err = capsys.readouterr().err
+    assert "unexpected RuntimeError: boom" in err
+    assert "Traceback" not in err
+    log = tmp_path / "llm-appliance" / "appliance.log"
+    assert "Traceback" in log.read_text()
+    assert str(log) in err
+
+
+def test_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_cmd_detect", _explode)
+    assert cli.run(["--debug", "detect"]) == ExitCode.FAILED
+    assert "Traceback" in capsys.readouterr().err
