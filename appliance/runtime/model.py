@@ -22,6 +22,8 @@ LABEL_ROLE = f"{LABEL_PREFIX}role"
 LABEL_PROFILE = f"{LABEL_PREFIX}profile"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}spec-hash"
 LABEL_VERSION = f"{LABEL_PREFIX}version"
+# The whole spec as JSON: lets `plan` say which fields changed, not only that the hash did.
+LABEL_SPEC = f"{LABEL_PREFIX}spec"
 MANAGED_BY = "llm-appliance"
 
 
@@ -84,6 +86,7 @@ class ContainerSpec(_Frozen):
             LABEL_PROFILE: self.profile,
             LABEL_SPEC_HASH: self.spec_hash(),
             LABEL_VERSION: __version__,
+            LABEL_SPEC: self.model_dump_json(),
         }
 
 
@@ -108,3 +111,4 @@ class ObservedContainer(_Frozen):
     restart_count: int = 0
     started_at: str | None = None
     host_ports: dict[int, int] = Field(default_factory=dict)  # container port -> host port
+    spec_json: str | None = None  # the LABEL_SPEC label: the spec it was created from
