@@ -85,14 +85,18 @@ if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
 fi
-"$venv/bin/python" -m pip install -q --upgrade pip
+# pip, minus the warnings some hosts' pip configuration prints for every package it looks up.
+pip_install() {
+    "$venv/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
+}
+pip_install --upgrade pip
 
 if [ "$dev" -eq 1 ]; then
     say "installing llm-appliance (editable) with the test tools"
-    "$venv/bin/python" -m pip install -q -e "$here[dev]"
+    pip_install -e "$here[dev]"
 else
     say "installing llm-appliance"
-    "$venv/bin/python" -m pip install -q "$here"
+    pip_install "$here"
 fi
 
 # ----------------------------------------------------------------------------- dev: test engine

@@ -71,3 +71,22 @@ def _no_real_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     if "DOCKER_HOST" in os.environ:
         # Tests name their engine explicitly; never the developer's daemon by accident.
         monkeypatch.delenv("DOCKER_HOST")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly whether the real-Docker tests ran, so a green CI log proves it."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "docker" in getattr(report, "keywords", {}):
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        terminalreporter.write_line(f"real Docker engine tests (private dockerd): {summary}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the private engine carries the `docker` marker, declared or not."""
+    for item in items:
+        if "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
