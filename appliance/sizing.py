@@ -653,6 +653,89 @@ def estimate_memory(
 
 
 # ---------------------------------------------------------------------------------------------
+# What the card gives CUDA, what TEI takes beside vLLM, and how fast decode runs
+
+# NVML's "total" includes memory the driver keeps for itself; CUDA (and so vLLM's
+# gpu_memory_utilization) sees less. Logged pairs (NVML total -> torch total): RTX 3090
+# 24.00 -> 23.58 GiB, RTX 4090 D 23.99 -> 23.55, H100 80GB 79.65 -> 79.22, T4 15.00 -> 14.56,
+# A100-40GB 40.00 -> 39.38, A100-80GB 80.00 -> 79.25. 0.44 GiB is the common case; the A100s
+# hold back more and are under-estimated by up to 0.3 GiB.
+DRIVER_RESERVED_BYTES = int(0.44 * GIB)
+
+
+def cuda_total_bytes(nvml_total_bytes: int, nvml_reserved_bytes: int | None = None) -> int:
+    """The total CUDA reports for a card (what vLLM multiplies by gpu_memory_utilization),
+    from NVML's figures: NVML's own reserved figure when it gave one, else the logged gap."""
+    reserved = nvml_reserved_bytes if nvml_reserved_bytes else DRIVER_RESERVED_BYTES
+    return max(0, nvml_total_bytes - reserved)
+
+
+# TEI beside vLLM on one card: fp16 weights (params x 2 bytes whatever the file's dtype) plus
+# its CUDA context and the activations of one --max-batch-tokens batch (16384 by default; an
+# XLM-R-large encoder such as bge-m3 peaks near 1 GiB there). Deliberately generous: vLLM
+# refuses to start when TEI's share eats into gpu_memory_utilization.
+TEI_RUNTIME_OVERHEAD_BYTES = int(1.5 * GIB)
+
+
+def tei_memory_bytes(params_million: float) -> int:
+    """GPU memory a TEI container holds for an embedding model of this size."""
+    return int(params_million * 1e6 * 2) + TEI_RUNTIME_OVERHEAD_BYTES
+
+
+# Decode is memory-bound: every step reads the active weights once and each running request's
+# KV cache. Achieved bandwidth is ~70 % of the data-sheet figure in vLLM decode benchmarks
+# (small batches, CUDA graphs on); one tensor-parallel step adds two all-reduces per layer.
+DECODE_BANDWIDTH_EFFICIENCY = 0.7
+_ALL_REDUCE_SECONDS_P2P = 8e-6
+_ALL_REDUCE_SECONDS_NO_P2P = 25e-6  # NCCL through host memory on GeForce cards
+DECODE_MODEL_TEXT = (
+    "decode tokens/s = batch / step time; step time = (active weights per GPU + batch x "
+    "(prompt + output/2) tokens x KV bytes per token per GPU) / (GPU bandwidth x "
+    f"{DECODE_BANDWIDTH_EFFICIENCY}) + 2 all-reduces per layer under TP "
+    f"({_ALL_REDUCE_SECONDS_P2P * 1e6:g} us with P2P, {_ALL_REDUCE_SECONDS_NO_P2P * 1e6:g} us "
+    "without)"
+)
+
+
+@dataclass(frozen=True)
+class DecodeSpeed:
+    batch: int
+    step_ms: float
+    tokens_per_second_per_request: float
+    tokens_per_second_total: float
+
+
+def decode_speed(
+    *,
+    active_weight_bytes: int,
+    kv_bytes_per_token_per_gpu: int,
+    num_hidden_layers: int,
+    bandwidth_gb_s: float,
+    batch: int,
+    context_tokens: int,
+    tensor_parallel_size: int = 1,
+    p2p: bool = True,
+) -> DecodeSpeed:
+    """The memory-bandwidth model in `DECODE_MODEL_TEXT` (an upper bound a well-tuned server
+    gets close to; prefill and scheduling are not counted)."""
+    batch = max(1, batch)
+    bytes_per_step = (
+        active_weight_bytes / tensor_parallel_size
+        + batch * context_tokens * kv_bytes_per_token_per_gpu
+    )
+    seconds = bytes_per_step / (bandwidth_gb_s * GB * DECODE_BANDWIDTH_EFFICIENCY)
+    if tensor_parallel_size > 1:
+        per_reduce = _ALL_REDUCE_SECONDS_P2P if p2p else _ALL_REDUCE_SECONDS_NO_P2P
+        seconds += 2 * num_hidden_layers * per_reduce
+    return DecodeSpeed(
+        batch=batch,
+        step_ms=round(seconds * 1000, 2),
+        tokens_per_second_per_request=round(1 / seconds, 1),
+        tokens_per_second_total=round(batch / seconds, 1),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Baseline and hard rules
 
 

@@ -1,0 +1,302 @@
+"""What `appliance estimate MODEL` sizes: a catalog model, a repo the catalog knows, or a local
+directory of weights.
+
+A local directory is read the way vLLM reads it: `config.json` gives the architecture (the
+`text_config` of a multimodal checkpoint), and the weight bytes come from
+`model.safetensors.index.json`'s `metadata.total_size`, or else from the headers of the
+`*.safetensors` files (8-byte little-endian header length, then a JSON header whose tensors carry
+`data_offsets`; the payload is the sum of their spans). Only headers are read, never the
+tensors, so a 140 GB checkpoint is sized in milliseconds.
+
+This is the IO half of sizing; `appliance.sizing` stays pure and takes what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, Quantization, load_catalog
+from appliance.errors import BadInputError
+
+# A safetensors header is JSON describing the tensors; real ones are well under 10 MB.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_CONFIG_FIELDS_HINT = (
+    "config.json needs num_hidden_layers, num_attention_heads, hidden_size, intermediate_size, "
+    "vocab_size (and num_key_value_heads, head_dim, max_position_embeddings where they differ "
+    "from the defaults)"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to size: its architecture, its checkpoint's bytes, and where it came from.
+
+    `model`/`variant` are set for catalog models (so the recommender's tiers and other variants
+    are at hand); `quantization` is None when a local checkpoint's format is not one the
+    appliance models (its rules are then skipped).
+    """
+
+    architecture: ModelArchitecture
+    weight_bytes: int
+    label: str
+    quantization: Quantization | None
+    source: str  # "catalog", "catalog-repo" or "local"
+    model: ChatModel | None = None
+    variant: ModelVariant | None = None
+    params_billion: float | None = None
+    active_params_billion: float | None = None
+
+
+def resolve_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
+    """A catalog id (`llama-3.1-8b-instruct`, with `quantization` picking the variant, BF16 by
+    default), a Hugging Face repo id the catalog knows, or a local directory.
+
+    Raises BadInputError naming what was tried when `name` is none of these.
+    """
+    catalog = load_catalog()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return read_local_model(path, quantization)
+    model = catalog.model(name)
+    if model is not None:
+        wanted = quantization or (
+            "bf16" if model.variant("bf16") else model.variants[0].quantization
+        )
+        variant = model.variant(wanted)
+        if variant is None:
+            have = ", ".join(v.quantization for v in model.variants)
+            raise BadInputError(
+                f"{model.key} has no {wanted} variant in the catalog",
+                hint=f"use --quantization with one of: {have}",
+            )
+        return _from_catalog(model, variant, "catalog")
+    found = catalog.model_by_repo(name)
+    if found is not None:
+        model, variant = found
+        if quantization is not None and quantization != variant.quantization:
+            raise BadInputError(
+                f"{variant.repo} is the {variant.quantization} checkpoint, not {quantization}",
+                hint=f"drop --quantization, or name the model: {model.key} --quantization "
+                f"{quantization}",
+            )
+        return _from_catalog(model, variant, "catalog-repo")
+    keys = ", ".join(m.key for m in catalog.models)
+    raise BadInputError(
+        f"{name!r} is not a catalog model, a repo the catalog knows, or a local directory",
+        hint=f"catalog models: {keys}; or pass a directory holding config.json and *.safetensors",
+    )
+
+
+def _from_catalog(model: ChatModel, variant: ModelVariant, source: str) -> ResolvedModel:
+    return ResolvedModel(
+        architecture=model.architecture,
+        weight_bytes=variant.weight_bytes,
+        label=f"{model.key} ({variant.quantization}, {variant.repo})",
+        quantization=variant.quantization,
+        source=source,
+        model=model,
+        variant=variant,
+        params_billion=model.params_billion,
+        active_params_billion=model.active_params_billion,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Local directories
+
+
+def read_local_model(directory: Path, quantization: Quantization | None = None) -> ResolvedModel:
+    """Architecture and weight bytes of a checkpoint directory (BadInputError when unreadable)."""
+    config = _read_json(directory / "config.json")
+    architecture = architecture_from_config(config, source=str(directory / "config.json"))
+    weight_bytes = local_weight_bytes(directory)
+    detected = quantization_from_config(config)
+    if quantization is not None and detected is not None and quantization != detected:
+        raise BadInputError(
+            f"{directory} holds a {detected} checkpoint (config.json quantization_config), "
+            f"not {quantization}",
+            hint="drop --quantization for a local directory",
+        )
+    return ResolvedModel(
+        architecture=architecture,
+        weight_bytes=weight_bytes,
+        label=str(directory),
+        quantization=quantization or detected,
+        source="local",
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BadInputError(
+            f"{path} does not exist",
+            hint="a model directory holds config.json next to its *.safetensors files",
+        ) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path} is not a JSON object")
+    return data
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal checkpoints (Llama 4, Gemma 3, Mistral 3) nest the language model's numbers."""
+    inner = config.get("text_config")
+    if isinstance(inner, dict) and "num_hidden_layers" in inner:
+        merged = {k: v for k, v in config.items() if k != "text_config"}
+        merged.update(inner)
+        merged.setdefault("architectures", config.get("architectures"))
+        return merged
+    return config
+
+
+def _int(config: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _sliding_layers(
+    config: dict[str, Any], layers: int
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """(window, sliding layer indices) as transformers decides them; (None, None) for none."""
+    window = _int(config, "sliding_window")
+    if window is None or config.get("use_sliding_window") is False:
+        return None, None  # Qwen2/2.5/3 carry a window but switch it off
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and len(layer_types) == layers:
+        sliding = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        return (window, sliding) if sliding else (None, None)
+    if config.get("model_type") == "gemma2":
+        return window, tuple(range(0, layers, 2))  # even layers slide (Gemma2Config)
+    pattern = _int(config, "sliding_window_pattern")
+    if pattern:  # Gemma 3: every pattern-th layer is global
+        return window, tuple(i for i in range(layers) if (i + 1) % pattern)
+    return window, None  # Mistral v0.1 style: every layer slides
+
+
+def architecture_from_config(
+    config: dict[str, Any], source: str = "config.json"
+) -> ModelArchitecture:
+    """A `ModelArchitecture` from a Hugging Face `config.json` (BadInputError when it lacks the
+    numbers that decide memory)."""
+    text = _text_config(config)
+    layers = _int(text, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _int(text, "num_attention_heads", "n_head")
+    hidden = _int(text, "hidden_size", "n_embd", "d_model")
+    if layers is None or heads is None or hidden is None:
+        raise BadInputError(f"{source} lacks the model's shape", hint=_CONFIG_FIELDS_HINT)
+    architectures = text.get("architectures") or ["unknown"]
+    window, sliding = _sliding_layers(text, layers)
+    experts = _int(text, "num_local_experts", "num_experts", "n_routed_experts")
+    per_token = _int(text, "num_experts_per_tok", "num_experts_per_token")
+    shared = _int(text, "n_shared_experts", "num_shared_experts")
+    if shared is None and _int(text, "shared_expert_intermediate_size"):
+        shared = 1
+    chunk = _int(text, "attention_chunk_size")
+    global_layers: tuple[int, ...] | None = None
+    no_rope = text.get("no_rope_layers")
+    if chunk is not None and isinstance(no_rope, list) and len(no_rope) == layers:
+        global_layers = tuple(i for i, use_rope in enumerate(no_rope) if not use_rope)
+    numbers: dict[str, Any] = {
+        "hf_architecture": str(architectures[0]),
+        "model_type": str(text.get("model_type", "unknown")),
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": _int(text, "num_key_value_heads", "num_kv_heads") or heads,
+        "head_dim": _int(text, "head_dim") or hidden // heads,
+        "hidden_size": hidden,
+        "intermediate_size": _int(text, "intermediate_size", "intermediate_size_mlp", "ffn_dim")
+        or 4 * hidden,
+        "vocab_size": _int(text, "vocab_size"),
+        "max_position_embeddings": _int(text, "max_position_embeddings", "n_positions") or 2048,
+        "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
+        "sliding_window": window,
+        "sliding_window_layers": sliding,
+        "attention_chunk_size": chunk,
+        "global_attention_layers": global_layers,
+        "num_experts": experts if per_token is not None else None,
+        "num_experts_per_token": per_token if experts is not None else None,
+        "moe_intermediate_size": _int(text, "moe_intermediate_size"),
+        "num_shared_experts": shared,
+    }
+    try:
+        return ModelArchitecture.model_validate(numbers)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadInputError(f"{source}: {where}: {first['msg']}", hint=_CONFIG_FIELDS_HINT) from exc
+
+
+def quantization_from_config(config: dict[str, Any]) -> Quantization | None:
+    """The checkpoint format vLLM will load, from `quantization_config` and `torch_dtype`."""
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict):
+        method = str(quant.get("quant_method", "")).lower()
+        if method in ("awq", "gptq", "fp8"):
+            return method  # type: ignore[return-value]
+        if method == "compressed-tensors":
+            for group in (quant.get("config_groups") or {}).values():
+                weights = group.get("weights", {}) if isinstance(group, dict) else {}
+                if weights.get("num_bits") == 8 and weights.get("type") == "float":
+                    return "fp8"
+                if weights.get("num_bits") == 4:
+                    return "gptq"  # W4A16 runs on the same Marlin kernels
+        return None
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return "fp16" if dtype in ("float16", "half") else "bf16"
+
+
+def local_weight_bytes(directory: Path) -> int:
+    """The safetensors payload: the index's `total_size`, else the sum of the files' tensors."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        metadata = _read_json(index).get("metadata")
+        total = metadata.get("total_size") if isinstance(metadata, dict) else None
+        if isinstance(total, int | float) and total > 0:
+            return int(total)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise BadInputError(
+            f"{directory} has no *.safetensors files and no model.safetensors.index.json",
+            hint="vLLM loads safetensors checkpoints; convert .bin weights first",
+        )
+    return sum(safetensors_payload_bytes(path) for path in files)
+
+
+def safetensors_payload_bytes(path: Path) -> int:
+    """Tensor bytes in one safetensors file, from its header alone."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise BadInputError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > _MAX_HEADER_BYTES:
+                raise BadInputError(f"{path} is not a safetensors file (header of {length} bytes)")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path} is not a safetensors file: {exc}") from exc
+    if not isinstance(header, dict):
+        raise BadInputError(f"{path} is not a safetensors file (header is not an object)")
+    total = 0
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2):
+            raise BadInputError(f"{path}: tensor {name!r} has no data_offsets")
+        total += int(offsets[1]) - int(offsets[0])
+    return total

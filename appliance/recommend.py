@@ -1,0 +1,1086 @@
+"""`appliance estimate` and `appliance recommend`: the memory model applied to a GPU, a box and a
+workload, with reasons a person can check.
+
+Pure: takes what `appliance.hardware` and `appliance.local_model` produced (a `Box`, a
+`ResolvedModel`) and the catalog's data; no NVML, Docker, disk or network here.
+
+What must stay true:
+- Every candidate the recommender ranks starts in vLLM by the memory model (`estimate_memory`
+  says it fits, with TEI's share held back when it shares the GPU) and passes the hard rules
+  (`check_rules`); everything else is in `rejected`, each with its reason.
+- The top candidate becomes a `Profile` that validates and survives `dump_profile` /
+  `parse_profile`.
+- Ranking is a stated formula (`SCORE_TEXT`), not a hidden preference: quality tier within a size
+  class, speed from the bandwidth model (`sizing.DECODE_MODEL_TEXT`), and whether the workload's
+  users fit at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from appliance.catalog import (
+    ChatModel,
+    EmbeddingModel,
+    GpuSpec,
+    ModelVariant,
+    Quantization,
+    load_catalog,
+)
+from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
+from appliance.hardware.box import Box
+from appliance.local_model import ResolvedModel
+from appliance.profile import EmbeddingsSpec, EngineSpec, ModelSpec, Profile, Spec
+from appliance.sizing import (
+    DECODE_MODEL_TEXT,
+    GIB,
+    PINNED_VLLM_VERSION,
+    DecodeSpeed,
+    EngineFlags,
+    KvCacheDtype,
+    MemoryEstimate,
+    RuleFinding,
+    check_rules,
+    cuda_total_bytes,
+    decode_speed,
+    estimate_memory,
+    kv_bytes_per_token,
+    tei_memory_bytes,
+)
+
+WorkloadKind = Literal["chat", "rag", "batch"]
+Preference = Literal["quality", "balanced", "speed"]
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# vLLM's own default; above it the (1 - utilization) headroom no longer covers PyTorch's
+# fragmentation and the sampler's spikes on a busy server.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# Kept free beside TEI and vLLM's own CUDA context, so neither start-up races the other.
+_START_UP_MARGIN_BYTES = int(0.25 * GIB)
+_CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free-memory check
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU being sized
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    """The cards one vLLM instance runs on, as sizing needs them (the smallest card decides)."""
+
+    label: str  # "RTX 4090", "2x L40S", "24 GiB GPU"
+    name: str  # NVML name, or a description for a bare memory size
+    key: str | None  # GPU catalog key, when the card is in the catalog
+    count: int
+    memory_bytes: int  # one card's total as CUDA reports it (vLLM's base for utilization)
+    compute_capability: tuple[int, int]
+    bandwidth_gb_s: float | None
+    p2p: bool  # peer-to-peer between the cards (False on GeForce)
+    notes: tuple[str, ...] = ()
+
+
+def _find_gpu(name: str) -> GpuSpec | None:
+    catalog = load_catalog()
+    found = catalog.gpu(name) or catalog.gpu_by_name(name)
+    if found is not None:
+        return found
+    wanted = re.sub(r"[^a-z0-9]", "", name.lower())
+    for gpu in catalog.gpus:
+        key = re.sub(r"[^a-z0-9]", "", gpu.key)
+        if wanted in (key, f"rtx{key}", key.removeprefix("rtx")):
+            return gpu
+    return None
+
+
+def _target_from_spec(spec: GpuSpec, count: int, memory_bytes: int | None = None) -> GpuTarget:
+    return GpuTarget(
+        label=f"{count}x {spec.key}" if count > 1 else spec.key,
+        name=spec.name,
+        key=spec.key,
+        count=count,
+        memory_bytes=memory_bytes or cuda_total_bytes(spec.memory_total_bytes),
+        compute_capability=spec.compute_capability,
+        bandwidth_gb_s=spec.memory_bandwidth_gb_s,
+        p2p=spec.p2p_default,
+    )
+
+
+def resolve_gpu(
+    gpu: str | None = None, gpu_memory_gib: float | None = None, gpus: int = 1
+) -> GpuTarget:
+    """`--gpu NAME` (a catalog key such as rtx4090, or an NVML name) and/or `--gpu-memory-gib N`
+    (one card's total as CUDA reports it; overrides the catalog's figure), times `--gpus N`."""
+    if gpus < 1:
+        raise BadInputError(f"--gpus must be at least 1, not {gpus}")
+    memory = int(gpu_memory_gib * GIB) if gpu_memory_gib is not None else None
+    if memory is not None and memory <= 0:
+        raise BadInputError(f"--gpu-memory-gib must be positive, not {gpu_memory_gib}")
+    if gpu is not None:
+        spec = _find_gpu(gpu)
+        if spec is None:
+            keys = ", ".join(g.key for g in load_catalog().gpus)
+            raise BadInputError(
+                f"{gpu!r} is not a GPU in the catalog",
+                hint=f"use one of: {keys}; or give the card's memory with --gpu-memory-gib N",
+            )
+        return _target_from_spec(spec, gpus, memory)
+    if memory is None:
+        raise BadInputError(
+            "no GPU to size for",
+            hint="give --gpu NAME (e.g. rtx4090, l40s, h100) or --gpu-memory-gib N",
+        )
+    return GpuTarget(
+        label=f"{gpus}x {gpu_memory_gib:g} GiB GPU" if gpus > 1 else f"{gpu_memory_gib:g} GiB GPU",
+        name=f"{gpu_memory_gib:g} GiB GPU",
+        key=None,
+        count=gpus,
+        memory_bytes=memory,
+        compute_capability=(8, 0),
+        bandwidth_gb_s=None,
+        p2p=True,
+        notes=("GPU model unknown: assumed compute capability 8.0 and P2P between cards",),
+    )
+
+
+def gpu_target_from_box(box: Box) -> GpuTarget:
+    """The box's GPUs as one target: the smallest card's memory and the lowest capability
+    decide, because vLLM gives every tensor-parallel rank the same budget."""
+    if not box.gpus:
+        raise EnvironmentNotReadyError(
+            "this box has no GPU that NVML can see, so there is nothing to size for",
+            hint="run `appliance detect` for why, or try `--simulate rtx4090`",
+        )
+    catalog = load_catalog()
+    specs = [catalog.gpu(g.catalog_key) if g.catalog_key else None for g in box.gpus]
+    memories: list[int] = []
+    for gpu, spec in zip(box.gpus, specs, strict=True):
+        if gpu.memory_total_bytes is not None:
+            memories.append(cuda_total_bytes(gpu.memory_total_bytes, gpu.memory_reserved_bytes))
+        elif spec is not None:
+            memories.append(cuda_total_bytes(spec.memory_total_bytes))
+    if not memories:
+        raise EnvironmentNotReadyError(
+            "no GPU on this box reports its memory size (unified memory?)",
+            hint="size by hand: appliance estimate MODEL --gpu-memory-gib N",
+        )
+    capabilities = [g.compute_capability for g in box.gpus if g.compute_capability is not None]
+    capabilities += [s.compute_capability for s in specs if s is not None]
+    bandwidths = [s.memory_bandwidth_gb_s for s in specs if s is not None]
+    p2p = box.peer_to_peer
+    if p2p is None:
+        p2p = len(box.gpus) == 1 or all(s is not None and s.p2p_default for s in specs)
+    notes: list[str] = []
+    if not capabilities:
+        notes.append("compute capability unknown: assumed 8.0")
+    names = sorted({g.name for g in box.gpus})
+    count = len(box.gpus)
+    first = specs[0]
+    short = first.key if first is not None and len(names) == 1 else " + ".join(names)
+    return GpuTarget(
+        label=box.simulated or (f"{count}x {short}" if count > 1 else short),
+        name=" + ".join(names),
+        key=first.key if first is not None and len(names) == 1 else None,
+        count=count,
+        memory_bytes=min(memories),
+        compute_capability=min(capabilities) if capabilities else (8, 0),
+        bandwidth_gb_s=min(bandwidths) if len(bandwidths) == count else None,
+        p2p=p2p,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# appliance estimate
+
+
+class DoesNotFitError(RefusedError):
+    """vLLM would refuse to start with these settings (exit 4). Carries the estimate, so
+    `--json` can still print the split, and the nearest settings that do fit."""
+
+    def __init__(
+        self, message: str, hint: str | None, estimate: MemoryEstimate, nearest: tuple[str, ...]
+    ) -> None:
+        super().__init__(message, hint)
+        self.estimate = estimate
+        self.nearest = nearest
+
+
+def _quantization_of(model: ResolvedModel) -> Quantization | None:
+    return model.quantization
+
+
+def _findings(
+    model: ResolvedModel, target: GpuTarget, tensor_parallel_size: int
+) -> list[RuleFinding]:
+    quantization = _quantization_of(model)
+    if quantization is None:
+        return []
+    return check_rules(
+        model.architecture,
+        quantization=quantization,
+        compute_capability=target.compute_capability,
+        tensor_parallel_size=tensor_parallel_size,
+        p2p_supported=target.p2p,
+        params_billion=model.params_billion,
+        active_params_billion=model.active_params_billion,
+    )
+
+
+def _estimate(
+    model: ResolvedModel,
+    target: GpuTarget,
+    *,
+    tp: int,
+    flags: EngineFlags,
+    vllm_version: str,
+    other_processes_bytes: int,
+) -> MemoryEstimate:
+    return estimate_memory(
+        model.architecture,
+        model.weight_bytes,
+        target.memory_bytes,
+        gpu_count=max(tp, target.count),
+        tensor_parallel_size=tp,
+        compute_capability=target.compute_capability,
+        flags=flags,
+        vllm_version=vllm_version,
+        other_processes_bytes=other_processes_bytes,
+        gpu_name=target.name,
+    )
+
+
+def estimate_for(
+    model: ResolvedModel,
+    target: GpuTarget,
+    *,
+    tensor_parallel_size: int | None = None,
+    flags: EngineFlags | None = None,
+    vllm_version: str = PINNED_VLLM_VERSION,
+    other_processes_bytes: int = 0,
+) -> MemoryEstimate:
+    """What `appliance estimate` prints: the per-GPU split for `model` on `target`.
+
+    Raises RefusedError when a hard rule stops vLLM (TP does not divide the heads, a
+    quantization the GPU cannot run), and DoesNotFitError when vLLM would refuse to start; both
+    say why and what nearest setting would work. BadInputError for a TP larger than the GPUs.
+    """
+    flags = flags or EngineFlags()
+    tp = tensor_parallel_size or target.count
+    if tp > target.count:
+        raise BadInputError(
+            f"--tp {tp} needs {tp} GPUs but --gpus is {target.count}",
+            hint=f"add --gpus {tp}, or lower --tp",
+        )
+    findings = _findings(model, target, tp)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise RefusedError(
+            "; ".join(f.message for f in errors),
+            hint=f"model {model.label} on {target.label}",
+        )
+    estimate = _estimate(
+        model,
+        target,
+        tp=tp,
+        flags=flags,
+        vllm_version=vllm_version,
+        other_processes_bytes=other_processes_bytes,
+    )
+    notes = estimate.notes + target.notes + tuple(f.message for f in findings)
+    estimate = dataclasses.replace(estimate, notes=notes)
+    if estimate.fits:
+        return estimate
+    nearest = nearest_fitting_settings(
+        model,
+        target,
+        estimate,
+        flags=flags,
+        vllm_version=vllm_version,
+        other_processes_bytes=other_processes_bytes,
+    )
+    hint = (
+        "nearest settings that fit: " + "; ".join(nearest)
+        if nearest
+        else "nothing close fits on this GPU: choose a smaller model or a larger GPU"
+    )
+    raise DoesNotFitError(
+        f"{model.label} does not fit on {target.label}: {estimate.reason}",
+        hint,
+        estimate,
+        tuple(nearest),
+    )
+
+
+def nearest_fitting_settings(
+    model: ResolvedModel,
+    target: GpuTarget,
+    estimate: MemoryEstimate,
+    *,
+    flags: EngineFlags,
+    vllm_version: str = PINNED_VLLM_VERSION,
+    other_processes_bytes: int = 0,
+    limit: int = 3,
+) -> list[str]:
+    """Changes that make vLLM start, nearest first: a shorter max_model_len, an fp8 KV cache,
+    a higher gpu_memory_utilization, then more GPUs or a smaller checkpoint of the same model
+    (each with the max_model_len it can hold when the full one does not)."""
+    tp = estimate.tensor_parallel_size
+    found: list[str] = []
+    shortest_useful = min(4096, estimate.max_model_len)
+
+    def attempt(
+        text: str,
+        changed: EngineFlags,
+        candidate: ResolvedModel = model,
+        new_tp: int = tp,
+    ) -> None:
+        if len(found) >= limit:
+            return
+        if any(f.severity == "error" for f in _findings(candidate, target, new_tp)):
+            return
+        result = _estimate(
+            candidate,
+            target,
+            tp=new_tp,
+            flags=changed,
+            vllm_version=vllm_version,
+            other_processes_bytes=other_processes_bytes,
+        )
+        if result.fits:
+            found.append(text)
+            return
+        largest = result.largest_fitting_max_model_len
+        if largest is not None and largest >= shortest_useful:
+            found.append(f"{text} --max-model-len {largest}".strip())
+
+    largest = estimate.largest_fitting_max_model_len
+    if largest is not None and largest >= 1:
+        found.append(f"--max-model-len {largest}")
+    cc = target.compute_capability
+    if flags.kv_cache_dtype == "auto" and cc >= (8, 9):
+        attempt("--kv-cache-dtype fp8", dataclasses.replace(flags, kv_cache_dtype="fp8"))
+    if flags.gpu_memory_utilization < 0.95:
+        attempt(
+            "--gpu-memory-utilization 0.95",
+            dataclasses.replace(flags, gpu_memory_utilization=0.95),
+        )
+    bigger_tp = [t for t in TENSOR_PARALLEL_SIZES if t > tp]
+    variants: list[ResolvedModel] = []
+    if model.model is not None:
+        for variant in sorted(model.model.variants, key=lambda v: _QUANT_PENALTY[v.quantization]):
+            if variant.weight_bytes < model.weight_bytes:
+                variants.append(_resolved_variant(model.model, variant))
+    # Fewest GPUs first; on each count, the checkpoint closest to the one asked for.
+    for new_tp in [tp, *bigger_tp]:
+        where = "" if new_tp <= target.count else f" (on {new_tp} such GPUs)"
+        tp_text = "" if new_tp == tp else f" --gpus {new_tp} --tp {new_tp}{where}"
+        for candidate in ([model] if new_tp != tp else []) + variants:
+            quant = f"--quantization {candidate.quantization}" if candidate is not model else ""
+            attempt(f"{quant}{tp_text}".strip(), flags, candidate, new_tp)
+    return found[:limit]
+
+
+def _resolved_variant(model: ChatModel, variant: ModelVariant) -> ResolvedModel:
+    return ResolvedModel(
+        architecture=model.architecture,
+        weight_bytes=variant.weight_bytes,
+        label=f"{model.key} ({variant.quantization}, {variant.repo})",
+        quantization=variant.quantization,
+        source="catalog",
+        model=model,
+        variant=variant,
+        params_billion=model.params_billion,
+        active_params_billion=model.active_params_billion,
+    )
+
+
+def estimate_json(estimate: MemoryEstimate) -> dict[str, object]:
+    """`appliance estimate --json`: the estimate's fields (weights_gib, activation_gib,
+    non_torch_gib, cuda_graph_gib, kv_cache_gib, kv_cache_tokens, max_concurrency, fits,
+    reason, …)."""
+    return estimate.to_json_dict()
+
+
+def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
+    """The estimate as an operator reads it: the per-GPU split, then the verdict."""
+    e = estimate
+    tp = (
+        f" (per GPU, tensor parallel {e.tensor_parallel_size})"
+        if e.tensor_parallel_size > 1
+        else ""
+    )
+    lines = [
+        f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
+        f"  vLLM may use           {e.requested_gib:8.2f} GiB",
+        f"  weights              - {e.weights_gib:8.2f} GiB",
+        f"  activations (peak)   - {e.activation_gib:8.2f} GiB",
+        f"  non-torch            - {e.non_torch_gib:8.2f} GiB",
+        f"  CUDA graphs          - {e.cuda_graph_gib:8.2f} GiB",
+        f"  = KV cache             {e.kv_cache_gib:8.2f} GiB  "
+        f"({e.kv_bytes_per_token / 1024:.0f} KiB per token)",
+        f"  KV cache tokens        {e.kv_cache_tokens:>8,}",
+        f"  max_model_len          {e.max_model_len:>8,}   max_num_seqs {e.max_num_seqs}, "
+        f"max_num_batched_tokens {e.max_num_batched_tokens}",
+        f"  max concurrency        {e.max_concurrency:8.2f}   requests of max_model_len",
+    ]
+    if e.other_processes_gib:
+        lines.insert(2, f"  (other processes hold {e.other_processes_gib:.2f} GiB)")
+    verdict = e.reason.removeprefix("fits: ")
+    lines.append(("FITS: " if e.fits else "DOES NOT FIT: ") + verdict)
+    lines.extend(f"  note: {note}" for note in e.notes)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# appliance recommend
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """What the box is for. `context` is the max_model_len wanted; a request is typically
+    `prompt_tokens + output_tokens` long; `users` requests run at once at peak."""
+
+    kind: WorkloadKind
+    users: int
+    prompt_tokens: int
+    output_tokens: int
+    context: int
+    preference: Preference = "balanced"
+    embeddings: bool = False  # TEI on the same box; it shares GPU 0 unless a GPU is left free
+    embedding_model: str = "bge-m3"
+    allow_gated: bool = False  # a Hugging Face token with the licence accepted is at hand
+    vllm_version: str = PINNED_VLLM_VERSION
+
+    # Typical shapes per kind: chat turns carry history, RAG prompts carry retrieved chunks,
+    # batch jobs are short and throughput-bound.
+    DEFAULTS: ClassVar[dict[str, tuple[int, int, int, int, Preference, bool]]] = {
+        "chat": (10, 1500, 500, 8192, "balanced", False),
+        "rag": (10, 4000, 400, 16384, "balanced", True),
+        "batch": (64, 1000, 500, 4096, "speed", False),
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("users", "prompt_tokens", "output_tokens", "context"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.prompt_tokens + self.output_tokens > self.context:
+            raise BadInputError(
+                f"a typical request ({self.prompt_tokens} prompt + {self.output_tokens} output "
+                f"tokens) is longer than the context {self.context}",
+                hint="raise --context, or lower --prompt-tokens / --output-tokens",
+            )
+
+    @classmethod
+    def for_kind(
+        cls,
+        kind: WorkloadKind,
+        *,
+        users: int | None = None,
+        prompt_tokens: int | None = None,
+        output_tokens: int | None = None,
+        context: int | None = None,
+        preference: Preference | None = None,
+        embeddings: bool | None = None,
+        embedding_model: str = "bge-m3",
+        allow_gated: bool = False,
+        vllm_version: str = PINNED_VLLM_VERSION,
+    ) -> Workload:
+        """A workload with the kind's typical numbers for whatever is not given."""
+        if kind not in cls.DEFAULTS:
+            raise BadInputError(f"unknown workload {kind!r}", hint="use chat, rag or batch")
+        d_users, d_prompt, d_output, d_context, d_pref, d_emb = cls.DEFAULTS[kind]
+        context = context or max(d_context, (prompt_tokens or 0) + (output_tokens or 0))
+        output = output_tokens or min(d_output, max(1, context // 4))
+        prompt = prompt_tokens or max(1, min(d_prompt, context - output))
+        return cls(
+            kind=kind,
+            users=users or d_users,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            context=context,
+            preference=preference or d_pref,
+            embeddings=d_emb if embeddings is None else embeddings,
+            embedding_model=embedding_model,
+            allow_gated=allow_gated,
+            vllm_version=vllm_version,
+        )
+
+    @property
+    def request_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One deployable choice, with the numbers that justify it."""
+
+    model_key: str
+    model_name: str
+    repo: str
+    quantization: Quantization
+    quality_tier: str
+    size_class: str
+    params_billion: float
+    tensor_parallel_size: int
+    gpus: tuple[int, ...]
+    max_model_len: int
+    max_num_seqs: int
+    gpu_memory_utilization: float
+    kv_cache_dtype: KvCacheDtype
+    enable_prefix_caching: bool
+    disable_custom_all_reduce: bool
+    profile_quantization: Quantization  # fp16 where the GPU has no bf16
+    embeddings_gpu: int | None  # None: no TEI on a GPU
+    tei_reserved_gib: float
+    estimate: MemoryEstimate
+    concurrency_at_context: float  # requests of max_model_len held at once
+    concurrency_at_request: float  # requests of prompt + output tokens held at once
+    decode: DecodeSpeed
+    score: float
+    why: str
+    warnings: tuple[str, ...] = ()
+
+    def to_json_dict(self) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["estimate"] = self.estimate.to_json_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class Rejected:
+    model_key: str
+    quantization: Quantization
+    tensor_parallel_size: int | None  # None: rejected whatever the TP
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    target: GpuTarget
+    workload: Workload
+    candidates: tuple[Candidate, ...]  # best first
+    rejected: tuple[Rejected, ...]
+    decode_model: str = DECODE_MODEL_TEXT
+    score_model: str = field(default="")
+    embedding: EmbeddingModel | None = None
+
+    @property
+    def top(self) -> Candidate:
+        """The first choice; RefusedError (exit 4) when nothing fits, with the reasons."""
+        if not self.candidates:
+            reasons = sorted({r.reason.split(":")[0] for r in self.rejected})
+            raise RefusedError(
+                f"nothing in the catalog fits {self.target.label} for a {self.workload.kind} "
+                f"workload of {self.workload.users} users at {self.workload.context} tokens",
+                hint="rejected because: "
+                + "; ".join(reasons)
+                + ". Try fewer --users, a shorter --context, or a larger box",
+            )
+        return self.candidates[0]
+
+    def to_profile(self, name: str | None = None, index: int = 0) -> Profile:
+        """The chosen candidate (the top one by default) as a valid profile."""
+        chosen = self.top if index == 0 else self.candidates[index]
+        engine = EngineSpec(
+            max_model_len=chosen.max_model_len,
+            max_num_seqs=chosen.max_num_seqs,
+            gpu_memory_utilization=chosen.gpu_memory_utilization,
+            enable_prefix_caching=chosen.enable_prefix_caching,
+            kv_cache_dtype=chosen.kv_cache_dtype,
+            tensor_parallel_size=chosen.tensor_parallel_size,
+            disable_custom_all_reduce=chosen.disable_custom_all_reduce,
+        )
+        embeddings = None
+        if self.workload.embeddings and self.embedding is not None:
+            embeddings = EmbeddingsSpec(
+                repo=self.embedding.repo,
+                served_model_name=self.embedding.key,
+                device="gpu" if chosen.embeddings_gpu is not None else "cpu",
+                gpu=chosen.embeddings_gpu,
+            )
+        spec = Spec(
+            model=ModelSpec(
+                repo=chosen.repo,
+                quantization=chosen.profile_quantization,
+                served_model_name=chosen.model_key,
+            ),
+            engine=engine,
+            gpus=list(chosen.gpus),
+            embeddings=embeddings,
+        )
+        description = (
+            f"{self.target.label} — {chosen.model_name} {chosen.quantization.upper()} for "
+            f"{self.workload.kind}, {self.workload.users} users (appliance recommend)"
+        )
+        return Profile.from_spec(
+            name or profile_name(self.target, self.workload), spec, description
+        )
+
+    def profile_comment(self, index: int = 0) -> str:
+        """Why the profile holds these numbers, for `dump_profile(profile, comment=...)`."""
+        chosen = self.candidates[index]
+        paragraphs = [
+            f"Written by `appliance recommend` for {self.target.label}, workload "
+            f"{self.workload.kind}: {self.workload.users} users, {self.workload.prompt_tokens}"
+            f" prompt + {self.workload.output_tokens} output tokens, context "
+            f"{self.workload.context}.",
+            f"Why: {chosen.why}",
+            f"Memory per GPU: {_split_text(chosen.estimate)}.",
+            f"Speed model: {self.decode_model}.",
+        ]
+        return "\n".join(
+            textwrap.fill(text, width=96, subsequent_indent="  ") for text in paragraphs
+        )
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "target": dataclasses.asdict(self.target),
+            "workload": dataclasses.asdict(self.workload),
+            "decode_model": self.decode_model,
+            "score_model": self.score_model,
+            "candidates": [c.to_json_dict() for c in self.candidates],
+            "rejected": [dataclasses.asdict(r) for r in self.rejected],
+        }
+
+
+def profile_name(target: GpuTarget, workload: Workload) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{target.label}-{workload.kind}".lower()).strip("-")
+    return slug[:40].strip("-") or "recommended"
+
+
+def _split_text(e: MemoryEstimate) -> str:
+    return (
+        f"{e.requested_gib:.1f} GiB for vLLM = weights {e.weights_gib:.1f} + activations "
+        f"{e.activation_gib:.1f} + non-torch {e.non_torch_gib:.1f} + CUDA graphs "
+        f"{e.cuda_graph_gib:.1f} + KV cache {e.kv_cache_gib:.1f} GiB "
+        f"({e.kv_cache_tokens:,} tokens)"
+    )
+
+
+# --- Scoring ---------------------------------------------------------------------------------
+
+_TIER_POINTS = {"good": 0.0, "better": 1.0, "best": 2.0}
+_QUANT_PENALTY: dict[str, float] = {"bf16": 0.0, "fp16": 0.0, "fp8": 0.1, "awq": 0.3, "gptq": 0.35}
+_FP8_KV_PENALTY = 0.1
+# (quality weight, speed weight) per preference.
+_WEIGHTS: dict[str, tuple[float, float]] = {
+    "quality": (1.0, 0.25),
+    "balanced": (1.0, 0.6),
+    "speed": (0.5, 1.5),
+}
+_INTERACTIVE_TOKENS_PER_SECOND = 20.0  # speed score 0; each doubling adds 1
+_BATCH_TOKENS_PER_SECOND = 500.0
+_READING_SPEED = 10.0  # tokens/s per user below which chat feels stuck
+# Users beyond what the KV cache holds at once wait in vLLM's queue: their first token comes a
+# whole answer later, which costs more than a size class of quality.
+_QUEUE_PENALTY = 10.0
+_UNKNOWN_BANDWIDTH_GB_S = 1000.0  # a card the catalog does not know: an RTX 4090's figure
+SCORE_TEXT = (
+    "score = q x quality + s x speed + fit; quality = 3 x size class (small <= 10B, medium "
+    "<= 35B, large) + tier (good 0, better 1, best 2) - format (fp8 0.1, awq 0.3, gptq 0.35, "
+    "fp8 KV 0.1); speed = log2(decode tokens/s per user / 20) (batch: total / 500), within "
+    "+-3; fit = -10 x (1 - held / users) when fewer than the users' requests fit at once, else "
+    "+0.3 x log2(held / users) up to 0.6; -2 x the share of the wanted context a model cannot "
+    "hold; -2 when chat decodes under 10 tokens/s per user; (q, s) = quality (1, 0.25), "
+    "balanced (1, 0.6), speed (0.5, 1.5)"
+)
+
+
+def _size_class(params_billion: float) -> tuple[str, int]:
+    if params_billion <= 10:
+        return "small", 0
+    if params_billion <= 35:
+        return "medium", 1
+    return "large", 2
+
+
+@dataclass(frozen=True)
+class _Trial:
+    estimate: MemoryEstimate
+    held: float  # requests of request_tokens held at once
+    kv_dtype: KvCacheDtype
+    max_num_seqs: int
+
+
+def _target_seqs(workload: Workload) -> int:
+    if workload.kind == "batch":
+        return max(workload.users, 64)
+    return max(8, math.ceil(workload.users * 1.25 / 8) * 8)
+
+
+def _utilization(target: GpuTarget, tei_bytes: int) -> float:
+    """vLLM's share: its default, or less when TEI must fit beside it before vLLM starts."""
+    if tei_bytes == 0:
+        return DEFAULT_GPU_MEMORY_UTILIZATION
+    room = target.memory_bytes - tei_bytes - _CUDA_CONTEXT_BYTES - _START_UP_MARGIN_BYTES
+    return max(
+        0.05,
+        min(DEFAULT_GPU_MEMORY_UTILIZATION, math.floor(room / target.memory_bytes * 100) / 100),
+    )
+
+
+def recommend(box: Box, workload: Workload) -> Recommendation:
+    """Ranked choices for this box and workload (see `recommend_for_target`)."""
+    return recommend_for_target(gpu_target_from_box(box), workload)
+
+
+def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendation:
+    """Every catalog model x variant x TP that vLLM can run here, sized for the workload,
+    ranked by `SCORE_TEXT`; the rest rejected with the reason."""
+    catalog = load_catalog()
+    embedding: EmbeddingModel | None = None
+    if workload.embeddings:
+        embedding = catalog.embedding(workload.embedding_model)
+        if embedding is None:
+            keys = ", ".join(e.key for e in catalog.embeddings)
+            raise BadInputError(
+                f"{workload.embedding_model!r} is not an embedding model in the catalog",
+                hint=f"use one of: {keys}",
+            )
+    candidates: list[Candidate] = []
+    rejected: list[Rejected] = []
+    cc = target.compute_capability
+    for model in catalog.models:
+        for variant in model.variants:
+            if (variant.gated or model.gated) and not workload.allow_gated:
+                rejected.append(
+                    Rejected(
+                        model.key,
+                        variant.quantization,
+                        None,
+                        f"gated: {variant.repo} needs a Hugging Face token with its licence "
+                        "accepted (allow gated models once HF_TOKEN is set)",
+                    )
+                )
+                continue
+            if variant.quantization == "fp8" and cc < (8, 9):
+                rejected.append(
+                    Rejected(
+                        model.key,
+                        variant.quantization,
+                        None,
+                        f"needs compute capability 8.9 for FP8: this GPU is {cc[0]}.{cc[1]}, so "
+                        "vLLM would run it weight-only (slower prefill); the INT4 variants fit "
+                        "better here",
+                    )
+                )
+                continue
+            for tp in TENSOR_PARALLEL_SIZES:
+                if tp > target.count:
+                    break
+                option = _option(target, workload, model, variant, tp=tp, embedding=embedding)
+                outcome = _size_candidate(option)
+                if isinstance(outcome, Rejected):
+                    rejected.append(outcome)
+                else:
+                    candidates.append(outcome)
+    candidates.sort(key=lambda c: (-c.score, c.tensor_parallel_size, c.model_key, c.quantization))
+    return Recommendation(
+        target=target,
+        workload=workload,
+        candidates=tuple(candidates),
+        rejected=tuple(rejected),
+        score_model=SCORE_TEXT,
+        embedding=embedding,
+    )
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One model variant at one TP size on the target, before its settings are chosen."""
+
+    target: GpuTarget
+    workload: Workload
+    model: ChatModel
+    variant: ModelVariant
+    tp: int
+    findings: tuple[RuleFinding, ...]
+    embeddings_gpu: int | None  # TEI goes on a GPU this engine leaves free, else on GPU 0
+    tei_bytes: int  # held by TEI on this engine's GPU 0 (0 when it runs elsewhere)
+    utilization: float
+    max_model_len: int
+
+    def reject(self, reason: str) -> Rejected:
+        return Rejected(self.model.key, self.variant.quantization, self.tp, reason)
+
+    def trial(self, kv_cache_dtype: KvCacheDtype, max_num_seqs: int) -> _Trial:
+        flags = EngineFlags(
+            gpu_memory_utilization=self.utilization,
+            max_model_len=self.max_model_len,
+            max_num_seqs=max_num_seqs,
+            kv_cache_dtype=kv_cache_dtype,
+        )
+        estimate = _estimate(
+            _resolved_variant(self.model, self.variant),
+            self.target,
+            tp=self.tp,
+            flags=flags,
+            vllm_version=self.workload.vllm_version,
+            other_processes_bytes=self.tei_bytes,
+        )
+        request = self.workload.request_tokens
+        held = estimate.kv_cache_tokens / request if estimate.fits else 0.0
+        return _Trial(estimate, held, kv_cache_dtype, max_num_seqs)
+
+
+def _option(
+    target: GpuTarget,
+    workload: Workload,
+    model: ChatModel,
+    variant: ModelVariant,
+    *,
+    tp: int,
+    embedding: EmbeddingModel | None,
+) -> _Option:
+    findings = _findings(_resolved_variant(model, variant), target, tp)
+    embeddings_gpu: int | None = None
+    tei_bytes = 0
+    if embedding is not None:
+        embeddings_gpu = tp if tp < target.count else 0
+        if embeddings_gpu == 0:
+            tei_bytes = tei_memory_bytes(embedding.params_million)
+    return _Option(
+        target=target,
+        workload=workload,
+        model=model,
+        variant=variant,
+        tp=tp,
+        findings=tuple(findings),
+        embeddings_gpu=embeddings_gpu,
+        tei_bytes=tei_bytes,
+        utilization=_utilization(target, tei_bytes),
+        max_model_len=min(workload.context, model.architecture.max_position_embeddings),
+    )
+
+
+def _choose_settings(option: _Option) -> tuple[_Trial, str] | Rejected:
+    """The KV cache dtype and max_num_seqs for an option, or why it cannot run.
+
+    fp8 KV cache only where the GPU has FP8 (8.9+) and only when it buys what the workload
+    needs (one max_model_len request, or the users' requests at once). max_num_seqs covers
+    the users with a quarter to spare, but no more than the KV cache holds at once, so extra
+    requests queue instead of being preempted mid-answer.
+    """
+    workload = option.workload
+    seqs = _target_seqs(workload)
+    chosen = option.trial("auto", seqs)
+    fp8_note = ""
+    short = not chosen.estimate.fits or chosen.held < workload.users
+    if short and option.target.compute_capability >= (8, 9):
+        with_fp8 = option.trial("fp8", seqs)
+        if with_fp8.estimate.fits and with_fp8.held > chosen.held:
+            fp8_note = (
+                f"fp8 KV cache because bf16 KV holds {chosen.held:.0f} requests of "
+                f"{workload.request_tokens} tokens, fp8 {with_fp8.held:.0f}"
+                if chosen.estimate.fits
+                else "fp8 KV cache because a bf16 KV cache does not hold one max_model_len request"
+            )
+            chosen = with_fp8
+    if not chosen.estimate.fits:
+        return option.reject(f"does not fit: {chosen.estimate.reason}")
+    final_seqs = max(1, min(seqs, math.floor(chosen.held)))
+    if final_seqs != seqs:
+        fewer = option.trial(chosen.kv_dtype, final_seqs)
+        # Fewer sequences never need more memory; keep the first trial if rounding disagrees.
+        chosen = fewer if fewer.estimate.fits else chosen
+    return chosen, fp8_note
+
+
+@dataclass(frozen=True)
+class _Score:
+    total: float
+    size_class: str
+    speed: DecodeSpeed
+    batch: int
+    margin: float  # requests held at once / users
+    slow: bool
+
+
+def _score(option: _Option, chosen: _Trial) -> _Score:
+    """`SCORE_TEXT`, computed."""
+    model, variant, workload = option.model, option.variant, option.workload
+    batch = max(1, min(workload.users, chosen.max_num_seqs, math.floor(chosen.held) or 1))
+    active_bytes = variant.weight_bytes
+    if model.active_params_billion is not None:
+        share = model.active_params_billion / model.params_billion
+        active_bytes = int(variant.weight_bytes * share)
+    speed = decode_speed(
+        active_weight_bytes=active_bytes,
+        kv_bytes_per_token_per_gpu=kv_bytes_per_token(
+            model.architecture, option.tp, chosen.kv_dtype
+        ),
+        num_hidden_layers=model.architecture.num_hidden_layers,
+        bandwidth_gb_s=option.target.bandwidth_gb_s or _UNKNOWN_BANDWIDTH_GB_S,
+        batch=batch,
+        context_tokens=workload.prompt_tokens + workload.output_tokens // 2,
+        tensor_parallel_size=option.tp,
+        p2p=option.target.p2p,
+    )
+    size_name, size_index = _size_class(model.params_billion)
+    quality = 3 * size_index + _TIER_POINTS[model.quality_tier]
+    quality -= _QUANT_PENALTY[variant.quantization]
+    if chosen.kv_dtype == "fp8":
+        quality -= _FP8_KV_PENALTY
+    if workload.kind == "batch":
+        ratio = speed.tokens_per_second_total / _BATCH_TOKENS_PER_SECOND
+    else:
+        ratio = speed.tokens_per_second_per_request / _INTERACTIVE_TOKENS_PER_SECOND
+    speed_score = max(-3.0, min(3.0, math.log2(max(ratio, 1e-6))))
+    q_weight, s_weight = _WEIGHTS[workload.preference]
+    margin = chosen.held / workload.users
+    fit = -_QUEUE_PENALTY * (1 - margin) if margin < 1 else 0.3 * min(math.log2(margin), 2.0)
+    penalties = 0.0
+    if option.max_model_len < workload.context:
+        penalties -= 2 * (1 - option.max_model_len / workload.context)
+    slow = workload.kind != "batch" and speed.tokens_per_second_per_request < _READING_SPEED
+    if slow:
+        penalties -= 2
+    total = round(q_weight * quality + s_weight * speed_score + fit + penalties, 3)
+    return _Score(total, size_name, speed, batch, margin, slow)
+
+
+def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: bool) -> str:
+    model, variant, workload, estimate = (
+        option.model,
+        option.variant,
+        option.workload,
+        chosen.estimate,
+    )
+    parts = [
+        f"{model.quality_tier} {score.size_class} model ({model.params_billion:g} B) in "
+        f"{variant.quantization.upper()}: {estimate.weights_gib:.1f} GiB of weights per GPU "
+        f"leave {estimate.kv_cache_gib:.1f} GiB of KV cache = {estimate.kv_cache_tokens:,} "
+        "tokens",
+        f"{chosen.held:.0f} requests of {workload.request_tokens} tokens at once "
+        + ("(all " if score.margin >= 1 else "(only part of the ")
+        + f"{workload.users} users)",
+        f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
+        f"~{score.speed.tokens_per_second_total:.0f} in total at {score.batch} running",
+    ]
+    if option.tp > 1:
+        parts.append(
+            f"tensor parallel {option.tp}"
+            + (" with custom all-reduce off (no P2P)" if no_p2p else "")
+        )
+    if fp8_note:
+        parts.append(fp8_note)
+    if option.tei_bytes:
+        parts.append(
+            f"{option.tei_bytes / GIB:.1f} GiB held back for TEI on GPU 0 "
+            f"(gpu_memory_utilization {option.utilization})"
+        )
+    elif option.embeddings_gpu is not None:
+        parts.append(f"TEI on the free GPU {option.embeddings_gpu}")
+    if option.max_model_len < workload.context:
+        parts.append(f"context capped at the model's {option.max_model_len} tokens")
+    if score.slow:
+        parts.append("slower than reading speed per user")
+    return "; ".join(parts)
+
+
+def _size_candidate(option: _Option) -> Candidate | Rejected:
+    errors = [f for f in option.findings if f.severity == "error"]
+    if errors:
+        return option.reject(errors[0].message)
+    if option.max_model_len < option.workload.request_tokens:
+        return option.reject(
+            f"context too short: the model holds {option.max_model_len} tokens, a typical "
+            f"request is {option.workload.request_tokens}"
+        )
+    settings = _choose_settings(option)
+    if isinstance(settings, Rejected):
+        return settings
+    chosen, fp8_note = settings
+    score = _score(option, chosen)
+    no_p2p = any(f.flag == "--disable-custom-all-reduce" for f in option.findings)
+    profile_quantization: Quantization = option.variant.quantization
+    if any(f.flag == "--dtype=half" for f in option.findings):
+        profile_quantization = "fp16"
+    estimate = chosen.estimate
+    return Candidate(
+        model_key=option.model.key,
+        model_name=option.model.name,
+        repo=option.variant.repo,
+        quantization=option.variant.quantization,
+        quality_tier=option.model.quality_tier,
+        size_class=score.size_class,
+        params_billion=option.model.params_billion,
+        tensor_parallel_size=option.tp,
+        gpus=tuple(range(option.tp)),
+        max_model_len=option.max_model_len,
+        max_num_seqs=chosen.max_num_seqs,
+        gpu_memory_utilization=option.utilization,
+        kv_cache_dtype=chosen.kv_dtype,
+        enable_prefix_caching=option.workload.kind in ("chat", "rag"),
+        disable_custom_all_reduce=no_p2p,
+        profile_quantization=profile_quantization,
+        embeddings_gpu=option.embeddings_gpu,
+        tei_reserved_gib=round(option.tei_bytes / GIB, 2),
+        estimate=estimate,
+        concurrency_at_context=estimate.max_concurrency,
+        concurrency_at_request=round(chosen.held, 1),
+        decode=score.speed,
+        score=score.total,
+        why=_why(option, chosen, score, fp8_note, no_p2p),
+        warnings=tuple(f.message for f in option.findings if f.severity == "warning"),
+    )
+
+
+def render_recommendation(
+    recommendation: Recommendation, limit: int = 5, rejected_limit: int = 12
+) -> str:
+    """The ranked list as text: the top choices with their split and why, then what was
+    rejected and why, then the models behind the numbers."""
+    r = recommendation
+    w = r.workload
+    lines = [
+        f"{r.target.label} ({r.target.count} x {r.target.name}, "
+        f"{r.target.memory_bytes / GIB:.1f} GiB each, compute capability "
+        f"{r.target.compute_capability[0]}.{r.target.compute_capability[1]}) — {w.kind}: "
+        f"{w.users} users, {w.prompt_tokens} + {w.output_tokens} tokens per request, context "
+        f"{w.context}, preference {w.preference}"
+        + (f", embeddings {w.embedding_model}" if w.embeddings else ""),
+        "",
+    ]
+    if not r.candidates:
+        lines.append("Nothing fits.")
+    for rank, c in enumerate(r.candidates[:limit], start=1):
+        lines.append(
+            f"{rank}. {c.model_key} {c.quantization.upper()}"
+            + (f" TP{c.tensor_parallel_size}" if c.tensor_parallel_size > 1 else "")
+            + f"  score {c.score:.2f}"
+        )
+        lines.append(
+            f"   max_model_len {c.max_model_len}, max_num_seqs {c.max_num_seqs}, "
+            f"gpu_memory_utilization {c.gpu_memory_utilization}, kv_cache_dtype "
+            f"{c.kv_cache_dtype}, prefix caching {'on' if c.enable_prefix_caching else 'off'}"
+            + (", disable_custom_all_reduce" if c.disable_custom_all_reduce else "")
+        )
+        lines.append(f"   memory per GPU: {_split_text(c.estimate)}")
+        lines.append(
+            f"   concurrency: {c.concurrency_at_request:.1f} requests of {w.request_tokens} "
+            f"tokens, {c.concurrency_at_context:.2f} of {c.max_model_len}; decode "
+            f"~{c.decode.tokens_per_second_per_request:.0f} tok/s per user, "
+            f"~{c.decode.tokens_per_second_total:.0f} total"
+        )
+        lines.append(f"   why: {c.why}")
+        lines.extend(f"   warning: {warning}" for warning in c.warnings)
+    if len(r.candidates) > limit:
+        lines.append(f"   … and {len(r.candidates) - limit} more that fit (see --json)")
+    if r.rejected:
+        lines += ["", "Rejected:"]
+        gated = sorted({item.model_key for item in r.rejected if item.reason.startswith("gated")})
+        if gated:
+            lines.append(f"  gated (needs HF_TOKEN with the licence accepted): {', '.join(gated)}")
+        others = [item for item in r.rejected if not item.reason.startswith("gated")]
+        for item in others[:rejected_limit]:
+            tp = f" TP{item.tensor_parallel_size}" if item.tensor_parallel_size else ""
+            lines.append(f"  {item.model_key} {item.quantization.upper()}{tp}: {item.reason}")
+        if len(others) > rejected_limit:
+            lines.append(f"  … and {len(others) - rejected_limit} more (see --json)")
+    lines += ["", f"Speed model: {r.decode_model}.", f"Ranking: {r.score_model}."]
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""Reading a local checkpoint directory: config.json and safetensors headers, never the tensors."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from appliance.catalog import load_catalog
+from appliance.errors import BadInputError
+from appliance.local_model import (
+    architecture_from_config,
+    local_weight_bytes,
+    quantization_from_config,
+    read_local_model,
+    resolve_model,
+    safetensors_payload_bytes,
+)
+from appliance.recommend import estimate_for, resolve_gpu
+from appliance.sizing import EngineFlags
+
+# Qwen/Qwen2.5-7B-Instruct config.json (the fields that matter, as published).
+QWEN25_7B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "vocab_size": 152064,
+    "sliding_window": 131072,
+    "use_sliding_window": False,
+    "max_window_layers": 28,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> int:
+    """A real safetensors file: header + zero-filled payload. Returns the payload bytes."""
+    sizes = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "F8_E4M3": 1, "U8": 1}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        length = count * sizes[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + length]}
+        offset += length
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+    return offset
+
+
+def _model_dir(tmp_path: Path, config: dict[str, object]) -> Path:
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_safetensors_headers_give_the_payload(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path, QWEN25_7B_CONFIG)
+    first = _write_safetensors(
+        directory / "model-00001-of-00002.safetensors",
+        {"model.embed_tokens.weight": ("BF16", [1000, 64]), "lm_head.weight": ("BF16", [1000, 64])},
+    )
+    second = _write_safetensors(
+        directory / "model-00002-of-00002.safetensors",
+        {"model.layers.0.qweight": ("I32", [64, 8]), "model.layers.0.scales": ("F16", [1, 64])},
+    )
+    assert first == 2 * 1000 * 64 * 2
+    assert safetensors_payload_bytes(directory / "model-00002-of-00002.safetensors") == second
+    assert local_weight_bytes(directory) == first + second
+
+
+def test_the_index_total_size_wins_over_the_headers(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path, QWEN25_7B_CONFIG)
+    _write_safetensors(directory / "model-00001-of-00004.safetensors", {"x": ("BF16", [4])})
+    index = {"metadata": {"total_size": 15231233024}, "weight_map": {"x": "model-00001-of-00004"}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert local_weight_bytes(directory) == 15231233024
+
+
+def test_a_local_qwen_directory_matches_the_catalog_entry(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path, QWEN25_7B_CONFIG)
+    index = {"metadata": {"total_size": 15231233024}, "weight_map": {}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    local = resolve_model(str(directory))
+    assert local.source == "local"
+    assert local.quantization == "bf16"
+    catalog = load_catalog().model("qwen2.5-7b-instruct")
+    assert catalog is not None
+    assert local.architecture.model_dump(exclude={"tie_word_embeddings"}) == (
+        catalog.architecture.model_dump(exclude={"tie_word_embeddings"})
+    )
+    # The same estimate whether the model comes from the catalog or from disk.
+    gpu = resolve_gpu("rtx4090")
+    flags = EngineFlags(max_model_len=8192)
+    from_disk = estimate_for(local, gpu, flags=flags)
+    from_catalog = estimate_for(resolve_model("qwen2.5-7b-instruct", "bf16"), gpu, flags=flags)
+    assert from_disk.kv_cache_tokens == from_catalog.kv_cache_tokens
+    assert from_disk.fits
+
+
+def test_config_defaults_and_sliding_windows() -> None:
+    mistral_v01 = {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "vocab_size": 32000,
+        "sliding_window": 4096,
+    }
+    arch = architecture_from_config(mistral_v01)
+    assert arch.head_dim == 128  # hidden / heads when the config has no head_dim
+    assert arch.sliding_window == 4096
+    assert arch.sliding_window_layers is None  # every layer slides
+    gemma2 = {
+        "architectures": ["Gemma2ForCausalLM"],
+        "model_type": "gemma2",
+        "hidden_size": 3584,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 42,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+        "vocab_size": 256000,
+        "sliding_window": 4096,
+    }
+    arch = architecture_from_config(gemma2)
+    assert arch.sliding_window_layers == tuple(range(0, 42, 2))
+    qwen = architecture_from_config(QWEN25_7B_CONFIG)
+    assert qwen.sliding_window is None  # use_sliding_window: false
+
+
+def test_multimodal_and_moe_configs() -> None:
+    config = {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "text_config": {
+            "model_type": "llama4_text",
+            "hidden_size": 5120,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 40,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 202048,
+            "max_position_embeddings": 10485760,
+            "num_local_experts": 16,
+            "num_experts_per_tok": 1,
+            "attention_chunk_size": 8192,
+            "no_rope_layers": [1, 1, 1, 0],
+        },
+    }
+    arch = architecture_from_config(config)
+    assert arch.hf_architecture == "Llama4ForConditionalGeneration"
+    assert arch.num_experts == 16
+    assert arch.attention_chunk_size == 8192
+    assert arch.global_attention_layers == (3,)
+
+
+def test_quantization_from_config() -> None:
+    assert quantization_from_config({"quantization_config": {"quant_method": "awq"}}) == "awq"
+    assert quantization_from_config({"quantization_config": {"quant_method": "gptq"}}) == "gptq"
+    fp8 = {
+        "quantization_config": {
+            "quant_method": "compressed-tensors",
+            "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float"}}},
+        }
+    }
+    assert quantization_from_config(fp8) == "fp8"
+    assert quantization_from_config({"torch_dtype": "float16"}) == "fp16"
+    assert quantization_from_config({}) == "bf16"
+
+
+def test_an_awq_directory_is_sized_as_awq(tmp_path: Path) -> None:
+    config = dict(QWEN25_7B_CONFIG, quantization_config={"quant_method": "awq", "bits": 4})
+    directory = _model_dir(tmp_path, config)
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 5570747392}})
+    )
+    model = read_local_model(directory)
+    assert model.quantization == "awq"
+    with pytest.raises(BadInputError, match="holds a awq checkpoint"):
+        read_local_model(directory, "fp8")
+
+
+def test_unreadable_directories_are_bad_input(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadInputError, match=r"config\.json does not exist"):
+        read_local_model(empty)
+    directory = _model_dir(tmp_path, QWEN25_7B_CONFIG)
+    with pytest.raises(BadInputError, match=r"no \*\.safetensors"):
+        read_local_model(directory)
+    (directory / "broken.safetensors").write_bytes(struct.pack("<Q", 10) + b"not json!!")
+    with pytest.raises(BadInputError, match="not a safetensors file"):
+        read_local_model(directory)
+    (directory / "config.json").write_text(json.dumps({"model_type": "x"}))
+    with pytest.raises(BadInputError, match="lacks the model's shape"):
+        read_local_model(directory)
+
+
+def test_resolve_model_by_key_repo_and_errors() -> None:
+    by_key = resolve_model("qwen2.5-7b-instruct", "awq")
+    assert by_key.variant is not None
+    by_repo = resolve_model(by_key.variant.repo)
+    assert by_repo.weight_bytes == by_key.weight_bytes
+    assert by_repo.quantization == "awq"
+    assert resolve_model("qwen2.5-7b-instruct").quantization == "bf16"
+    with pytest.raises(BadInputError, match="not a catalog model"):
+        resolve_model("nobody/nothing")
+    with pytest.raises(BadInputError, match="is the awq checkpoint"):
+        resolve_model(by_key.variant.repo, "fp8")
+    with pytest.raises(BadInputError, match="has no gptq variant"):
+        resolve_model("mistral-small-24b-instruct-2501", "gptq")
