@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from appliance import __version__
 from appliance.errors import ApplianceError, BadInputError, ExitCode
@@ -26,6 +27,8 @@ DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
 log = logging.getLogger("appliance")
 
 Handler = Callable[[argparse.Namespace], ExitCode]
+# The `appliance COMMAND` table that each _add_* function fills.
+_Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
 def state_dir() -> Path:
@@ -156,23 +159,91 @@ def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
+    from appliance.local_model import resolve_model
+    from appliance.recommend import (
+        DoesNotFitError,
+        estimate_for,
+        estimate_json,
+        gpu_target_from_box,
+        render_estimate,
+        resolve_gpu,
+    )
+    from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
+
+    model = resolve_model(args.model, args.quantization)
+    if args.gpu is None and args.gpu_memory_gib is None:
+        from appliance.hardware import detect_box
+
+        target = gpu_target_from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
+    else:
+        target = resolve_gpu(args.gpu, args.gpu_memory_gib, args.gpus)
+    try:
+        flags = EngineFlags(
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            kv_cache_dtype=args.kv_cache_dtype,
+            enforce_eager=args.enforce_eager,
+        )
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
+    try:
+        estimate = estimate_for(
+            model,
+            target,
+            tensor_parallel_size=args.tp,
+            flags=flags,
+            vllm_version=args.vllm_version or PINNED_VLLM_VERSION,
+        )
+    except DoesNotFitError as error:
+        if args.json:
+            print(json.dumps(estimate_json(error.estimate), indent=2))
+        raise
+    if args.json:
+        print(json.dumps(estimate_json(estimate), indent=2))
+    else:
+        print(render_estimate(estimate, model.label))
+    return ExitCode.OK
+
+
+def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
+    from appliance.hardware import detect_box
+    from appliance.profile import dump_profile
+    from appliance.recommend import Workload, recommend, render_recommendation
+
+    box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
+    workload = Workload.for_kind(
+        args.workload,
+        users=args.users,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        context=args.context,
+        preference=args.prefer,
+        embeddings=args.embeddings,
+        allow_gated=args.allow_gated or bool(os.environ.get("HF_TOKEN")),
+    )
+    recommendation = recommend(box, workload)
+    top = recommendation.top  # raises RefusedError (exit 4) when nothing fits
+    if args.json:
+        print(json.dumps(recommendation.to_json_dict(), indent=2))
+    else:
+        print(render_recommendation(recommendation))
+    if args.output is not None:
+        text = dump_profile(recommendation.to_profile(), comment=recommendation.profile_comment())
+        if args.output == Path("-"):
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text, encoding="utf-8")
+            print(f"wrote {args.output} ({top.model_name}, {top.quantization})", file=sys.stderr)
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="appliance",
-        description="Turn one GPU box into a private, OpenAI-compatible LLM service.",
-        epilog="Exit codes: 0 ok, 1 failed (rolled back), 2 bad input, "
-        "3 environment not ready, 4 nothing fits / refused.",
-    )
-    parser.add_argument("--version", action="version", version=f"llm-appliance {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show full tracebacks of unexpected errors"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
+def _add_detect(commands: _Commands) -> None:
     detect = commands.add_parser(
         "detect",
         help="report the GPUs, host, Docker engine and container toolkit",
@@ -198,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.set_defaults(handler=_cmd_detect)
 
+
+def _add_validate(commands: _Commands) -> None:
     validate = commands.add_parser(
         "validate",
         help="check profile files",
@@ -206,6 +279,72 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.set_defaults(handler=_cmd_validate)
 
+
+def _add_estimate(commands: _Commands) -> None:
+    estimate = commands.add_parser(
+        "estimate",
+        help="how vLLM would budget GPU memory for a model, and whether it fits",
+        description="Reproduce vLLM's start-up memory budget: weights, activations, non-torch "
+        "memory, CUDA graphs, KV cache, and the concurrency it gives. Exit 4 when vLLM would "
+        "refuse to start, with the nearest settings that fit.",
+    )
+    estimate.add_argument(
+        "model", metavar="MODEL", help="catalog id, a Hugging Face repo the catalog knows, or a dir"
+    )
+    where = estimate.add_mutually_exclusive_group()
+    where.add_argument("--gpu", metavar="NAME", help="a catalog GPU, e.g. rtx4090, l40s, h100")
+    where.add_argument("--gpu-memory-gib", type=float, metavar="N", help="one card's memory")
+    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="how many cards")
+    estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
+    estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
+    estimate.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="F")
+    estimate.add_argument("--max-model-len", type=int, metavar="N")
+    estimate.add_argument("--max-num-seqs", type=int, metavar="N")
+    estimate.add_argument("--max-num-batched-tokens", type=int, metavar="N")
+    estimate.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
+    estimate.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    estimate.add_argument(
+        "--vllm-version",
+        metavar="V",
+        help="follow this vLLM release's memory rules (default: the pinned image's)",
+    )
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    estimate.set_defaults(handler=_cmd_estimate)
+
+
+def _add_recommend(commands: _Commands) -> None:
+    rec = commands.add_parser(
+        "recommend",
+        help="rank models, quantizations and vLLM flags that fit this box and workload",
+        description="Rank (model, quantization, flags) for the box and workload, each with its "
+        "memory split and one line of why; the top choice can be written as a profile.",
+    )
+    rec.add_argument("--simulate", metavar="NAME", help="recommend for a simulated box")
+    rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
+    rec.add_argument("--users", type=int, metavar="N", help="requests at once at peak")
+    rec.add_argument("--context", type=int, metavar="N", help="max_model_len wanted")
+    rec.add_argument("--prompt-tokens", type=int, metavar="N", help="typical prompt length")
+    rec.add_argument("--output-tokens", type=int, metavar="N", help="typical answer length")
+    rec.add_argument("--prefer", choices=["quality", "balanced", "speed"], help="what wins ties")
+    rec.add_argument(
+        "--embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run TEI embeddings on the same GPU (default: on for rag)",
+    )
+    rec.add_argument(
+        "--allow-gated",
+        action="store_true",
+        help="consider gated models (default when HF_TOKEN is set)",
+    )
+    rec.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    rec.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the top choice as a profile"
+    )
+    rec.set_defaults(handler=_cmd_recommend)
+
+
+def _add_status(commands: _Commands) -> None:
     status = commands.add_parser(
         "status",
         help="health, GPU use, throughput, latency and alerts of the running services",
@@ -222,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=_cmd_status)
 
+
+def _add_scrape(commands: _Commands) -> None:
     scrape = commands.add_parser(
         "scrape",
         help="watch any vLLM or TEI server by URL",
@@ -233,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     scrape.add_argument("--json", action="store_true", help="one JSON snapshot per line")
     scrape.set_defaults(handler=_cmd_scrape)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="appliance",
+        description="Turn one GPU box into a private, OpenAI-compatible LLM service.",
+        epilog="Exit codes: 0 ok, 1 failed (rolled back), 2 bad input, "
+        "3 environment not ready, 4 nothing fits / refused.",
+    )
+    parser.add_argument("--version", action="version", version=f"llm-appliance {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks of unexpected errors"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    _add_detect(commands)
+    _add_validate(commands)
+    _add_estimate(commands)
+    _add_recommend(commands)
+    _add_status(commands)
+    _add_scrape(commands)
     return parser
 
 
@@ -266,6 +427,10 @@ def run(argv: Sequence[str] | None = None) -> ExitCode:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `appliance … | head` closed the pipe: not an error. Silence the flush at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except Exception as error:  # noqa: BLE001 - last line of defence; tracebacks are for --debug
         if debug:
             traceback.print_exception(error)

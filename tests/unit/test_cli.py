@@ -137,3 +137,53 @@ def test_debug_shows_the_traceback(
     monkeypatch.setattr(cli, "_cmd_detect", _explode)
     assert cli.run(["--debug", "detect"]) == ExitCode.FAILED
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_estimate_json_has_the_budget_fields() -> None:
+    result = appliance(
+        "estimate", "llama-3.1-8b-instruct", "--quantization", "awq", "--gpu", "rtx4090",
+        "--max-model-len", "8192", "--json",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr
+    estimate = json.loads(result.stdout)
+    for field in ("weights_gib", "activation_gib", "non_torch_gib", "cuda_graph_gib"):
+        assert estimate[field] >= 0
+    assert estimate["fits"] is True
+    assert estimate["kv_cache_tokens"] > 8192
+    assert estimate["max_concurrency"] >= 1
+
+
+def test_70b_bf16_on_one_4090_is_refused_with_the_reason_and_what_fits() -> None:
+    result = appliance(
+        "estimate", "llama-3.3-70b-instruct", "--quantization", "bf16", "--gpu", "rtx4090"
+    )
+    assert result.returncode == ExitCode.REFUSED
+    assert "does not fit" in result.stderr
+    assert "--quantization awq" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_recommend_writes_a_valid_profile(tmp_path: Path) -> None:
+    out = tmp_path / "rag.yaml"
+    result = appliance(
+        "recommend", "--simulate", "l40s", "--workload", "rag", "--users", "30",
+        "--context", "16384", "-o", str(out),
+    )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert appliance("validate", str(out)).returncode == ExitCode.OK
+    chat = appliance("recommend", "--simulate", "rtx4090", "--workload", "chat", "--json")
+    top_chat = json.loads(chat.stdout)["candidates"][0]
+    assert top_chat["model_key"] not in out.read_text()  # a different, explained top choice
+
+
+def test_output_into_a_closed_pipe_is_not_an_error() -> None:
+    result = subprocess.run(
+        f"{APPLIANCE} recommend --simulate rtx4090 --workload chat | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert "Error" not in result.stderr
+    assert "error" not in result.stderr
