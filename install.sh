@@ -105,6 +105,8 @@ if [ "$dev" -eq 1 ]; then
     # own python3.11 (copied into an image, since no registry is reachable).
     need=()
     command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+    # `compose/` is checked with Debian's docker-compose (`docker-compose config`).
+    command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
     [ -x /usr/bin/python3.11 ] || need+=(python3.11)
     command -v ldd >/dev/null 2>&1 || need+=(libc-bin)
     if [ "${#need[@]}" -gt 0 ]; then

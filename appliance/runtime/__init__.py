@@ -1,0 +1,11 @@
+"""The runtime: profile → containers, and keeping them as the profile says.
+
+- `specs` (pure): `container_specs(profile, box, options=SpecOptions())`, `vllm_command`,
+  `weights_path` — the one layout of the models directory.
+- `plan` (pure): `make_plan(desired, observed)` → create / replace / remove / keep.
+- `apply`: `plan_profile`, `apply_profile`, `status`, `down`, `service_logs`,
+  `follow_service_logs` — the only code that changes containers, through `docker.DockerEngine`.
+- `lock`: one apply at a time per box. `compose`: the same specs as a docker compose file.
+
+Submodules are imported where used (not here) so `appliance --help` does not load docker-py.
+"""

@@ -202,6 +202,7 @@ class DockerEngine:
             ],
             device_requests=_device_requests(spec),
             ipc_mode=spec.ipc_mode,
+            init=spec.init,
             shm_size=spec.shm_size_bytes,
             restart_policy={"Name": spec.restart_policy}
             if spec.restart_policy != "on-failure"

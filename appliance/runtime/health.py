@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
-
 from appliance.runtime.model import ObservedContainer
 
 
@@ -45,6 +43,8 @@ class HealthOutcome:
 
 def http_ok(url: str) -> bool:
     """True when `url` answers 200 within two seconds."""
+    import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
+
     try:
         return httpx.get(url, timeout=2.0).status_code == 200
     except httpx.HTTPError:

@@ -66,6 +66,9 @@ class ContainerSpec(_Frozen):
     # GPU UUIDs the container may see; "all" for every GPU; None for none (CPU, or the tests).
     gpu_device_ids: tuple[str, ...] | Literal["all"] | None = None
     ipc_mode: str | None = "host"
+    # Docker's init (tini) as PID 1: forwards SIGTERM to the engine and reaps the worker
+    # processes vLLM spawns; without it an engine that installs no handler ignores `docker stop`.
+    init: bool = True
     shm_size_bytes: int | None = None
     healthcheck: Healthcheck | None = None
     health_url: str | None = None  # http://127.0.0.1:PORT/health, polled by apply

@@ -29,6 +29,9 @@ class PrivateDockerd:
 
     root: Path
     process: subprocess.Popen[bytes] | None = None
+    # Containers keep running while the daemon restarts, as on a production box; False gives
+    # the other kind of box, where the daemon's restart stops them and restart policies apply.
+    live_restore: bool = True
 
     @property
     def socket(self) -> Path:
@@ -65,9 +68,9 @@ class PrivateDockerd:
             str(self.root / "exec"),
             "--pidfile",
             str(self.root / "docker.pid"),
-            # Containers keep running while the daemon restarts, as on a production box.
-            "--live-restore",
         ]
+        if self.live_restore:
+            argv.append("--live-restore")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -107,10 +110,27 @@ class PrivateDockerd:
 
     def kill(self) -> None:
         """Kill the daemon hard (containers survive with --live-restore); for restart tests."""
+        containerd = self._containerd_pid()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
         (self.root / "docker.pid").unlink(missing_ok=True)
+        # dockerd's own containerd dies with it, but stays a zombie until init reaps it (about
+        # 1.5 s here). dockerd counts a zombie as alive: started before the reaping, it adopts
+        # the dead containerd and times out waiting for its socket. So wait until it is gone.
+        deadline = time.monotonic() + 30
+        while containerd is not None and time.monotonic() < deadline:
+            try:
+                os.kill(containerd, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+
+    def _containerd_pid(self) -> int | None:
+        try:
+            return int((self.root / "exec" / "containerd" / "containerd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.base_url, timeout=60)

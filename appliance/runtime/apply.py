@@ -1,0 +1,690 @@
+"""Apply: the only part of the runtime that changes the box (STYLE 4).
+
+`apply_profile` holds the box's apply lock, computes the plan (pure, from labels), refuses before
+changing anything when the box cannot run it (ports taken, weights or GPU missing, images that
+cannot be had), then executes it blue/green-safe:
+
+1. every container that goes away or is replaced is first *set aside*: renamed to
+   `<name>-previous-<id>` and stopped, never removed yet (engines cannot run side by side: they
+   share the GPU memory and the host port);
+2. each new container is created, started and waited for (health URL with a deadline, and an
+   early end when the container dies);
+3. only when all of them are healthy are the set-aside containers removed.
+
+On any failure the new containers are removed and the set-aside ones get their names back and are
+started again if they were running before, so the box runs exactly what it ran before; the error
+(`ApplyFailedError`, exit 1) carries a diagnosis of the engine's log and its last lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from appliance.catalog import Catalog, load_catalog
+from appliance.errors import (
+    ApplianceError,
+    BadInputError,
+    EnvironmentNotReadyError,
+    OperationFailedError,
+    RefusedError,
+)
+from appliance.hardware.box import Box
+from appliance.profile import Profile
+from appliance.runtime.docker import DockerEngine, PullProgress
+from appliance.runtime.health import Clock, HealthOutcome, http_ok, wait_until_healthy
+from appliance.runtime.lock import apply_lock, lock_path
+from appliance.runtime.model import ContainerSpec, ObservedContainer
+from appliance.runtime.plan import Action, Plan, make_plan
+from appliance.runtime.specs import SpecOptions, container_specs
+
+__all__ = [
+    "DEFAULT_HEALTH_DEADLINES_S",
+    "ApplyEvent",
+    "ApplyFailedError",
+    "ApplyResult",
+    "Diagnosis",
+    "ServiceStatus",
+    "apply_profile",
+    "diagnose",
+    "down",
+    "follow_service_logs",
+    "plan_profile",
+    "port_in_use",
+    "resolved_weights",
+    "service_logs",
+    "status",
+]
+
+# How long an engine may take to turn healthy: vLLM loading 70B from disk and capturing CUDA
+# graphs takes many minutes on a cold page cache; TEI is quick.
+DEFAULT_HEALTH_DEADLINES_S: Final[dict[str, float]] = {"vllm": 1800.0, "tei": 600.0}
+LOG_LINES: Final = 40
+
+Step = Literal[
+    "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy", "remove",
+    "rollback", "done",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApplyEvent:
+    """One step of an apply, for progress displays (CLI on stderr, the TUI's Deploy screen)."""
+
+    step: Step
+    message: str
+    role: str | None = None
+    pull: PullProgress | None = None
+
+
+Progress = Callable[[ApplyEvent], None]
+
+
+def _quiet(_: ApplyEvent) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    plan: Plan
+    applied: bool  # False: nothing to do, or the confirmation was declined
+    containers: tuple[ObservedContainer, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "plan": self.plan.to_json(),
+            "containers": [
+                c.model_dump(mode="json", exclude={"spec_json"}) for c in self.containers
+            ],
+        }
+
+
+# ------------------------------------------------------------------------------------ diagnosis
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What went wrong, in an operator's words, and what to change."""
+
+    cause: str
+    hint: str
+    suggested_max_model_len: int | None = None
+
+
+_KV_NEW = re.compile(
+    r"max seq len \((?P<len>\d+)\).*?larger than the available KV cache memory"
+    r"(?:.*?estimated maximum model length is (?P<fit>\d+))?",
+    re.S,
+)
+_KV_OLD = re.compile(
+    r"max seq len \((?P<len>\d+)\) is larger than the maximum number of tokens that can be "
+    r"stored in KV cache \((?P<fit>\d+)\)"
+)
+_PATTERNS: Final[tuple[tuple[re.Pattern[str], Diagnosis], ...]] = (
+    (
+        re.compile(
+            r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError|CUDA error: out of memory"
+        ),
+        Diagnosis(
+            "the GPU ran out of memory (CUDA out of memory)",
+            "lower spec.engine.gpu_memory_utilization, max_num_seqs or max_model_len, pick a "
+            "smaller quantization, or check with nvidia-smi that nothing else holds GPU memory",
+        ),
+    ),
+    (
+        re.compile(r"No available memory for the cache blocks"),
+        Diagnosis(
+            "nothing is left for the KV cache after the weights",
+            "raise spec.engine.gpu_memory_utilization, or pick a smaller quantization or model",
+        ),
+    ),
+    (
+        re.compile(r"Free memory on device .* is less than desired GPU memory utilization"),
+        Diagnosis(
+            "another process already holds part of the GPU's memory",
+            "stop what else runs on the GPU (nvidia-smi lists it), or lower "
+            "spec.engine.gpu_memory_utilization",
+        ),
+    ),
+    (
+        re.compile(
+            r"quantization method .* is not supported for the current GPU|"
+            r"Minimum capability: \d+\. *Current capability: \d+|"
+            r"not supported for the current GPU|does not support .*quantization",
+            re.I,
+        ),
+        Diagnosis(
+            "this GPU does not support the checkpoint's quantization",
+            "pick another variant of the model (AWQ/GPTQ Marlin kernels need compute capability "
+            "8.0+, FP8 needs 8.9+); `appliance recommend` lists the ones that fit this box",
+        ),
+    ),
+    (
+        re.compile(r"GatedRepoError|Access to model .* is restricted|gated repo", re.I),
+        Diagnosis(
+            "the model is gated on Hugging Face and its weights are not on this box",
+            "accept the licence on the model's Hub page, set HF_TOKEN, and download the weights "
+            "again (engines run offline and never use a token themselves)",
+        ),
+    ),
+    (
+        re.compile(
+            r"does not appear to have a file named config\.json|"
+            r"Can't load the configuration|LocalEntryNotFoundError|"
+            r"Cannot find the requested files in the local cache|"
+            r"No such file or directory: '/models|Invalid repository ID or local directory",
+            re.I,
+        ),
+        Diagnosis(
+            "the model's weights are missing or incomplete in the models directory",
+            "download them again (weights are mounted read-only from spec.storage.models_dir)",
+        ),
+    ),
+)
+
+
+def diagnose(log_text: str, outcome: HealthOutcome | None = None) -> Diagnosis | None:
+    """The common reasons vLLM and TEI refuse to start, recognised in their log."""
+    for pattern in (_KV_NEW, _KV_OLD):
+        match = pattern.search(log_text)
+        if match:
+            fit = match.group("fit")
+            suggested = int(fit) if fit else None
+            hint = (
+                f"set spec.engine.max_model_len: {suggested} (the longest context vLLM says fits), "
+                "or raise gpu_memory_utilization / use kv_cache_dtype: fp8"
+                if suggested
+                else "lower spec.engine.max_model_len, or raise gpu_memory_utilization"
+            )
+            return Diagnosis(
+                f"max_model_len {match.group('len')} does not fit in the KV cache left on the GPU",
+                hint,
+                suggested,
+            )
+    for pattern, diagnosis in _PATTERNS:
+        if pattern.search(log_text):
+            return diagnosis
+    if outcome is not None and outcome.container is not None and outcome.container.oom_killed:
+        return Diagnosis(
+            "the kernel killed the engine: the host ran out of RAM",
+            "free host memory, or lower max_num_seqs (vLLM's CPU swap space also takes RAM)",
+        )
+    return None
+
+
+class ApplyFailedError(OperationFailedError):
+    """An engine did not come up; the box was restored to what ran before."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None,
+        *,
+        role: str,
+        log_tail: str,
+        diagnosis: Diagnosis | None,
+        restored: bool,
+    ) -> None:
+        super().__init__(message, hint)
+        self.role = role
+        self.log_tail = log_tail
+        self.diagnosis = diagnosis
+        self.restored = restored
+
+    def render(self) -> str:
+        text = super().render()
+        if self.log_tail.strip():
+            lines = "\n".join(f"    {line}" for line in self.log_tail.rstrip().splitlines())
+            text += f"\n  last log lines of {self.role}:\n{lines}"
+        return text
+
+
+# ------------------------------------------------------------------------------------ preflight
+
+
+def port_in_use(port: int) -> bool:
+    """True when something on this host already listens on `port` (127.0.0.1 or 0.0.0.0)."""
+    for host in ("127.0.0.1", "0.0.0.0"):  # noqa: S104 - probing, not serving
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+                raise
+    return False
+
+
+def _starting(plan: Plan) -> list[ContainerSpec]:
+    return [a.spec for a in plan.actions if a.kind in ("create", "replace") and a.spec is not None]
+
+
+def _preflight(
+    plan: Plan,
+    profile: Profile,
+    box: Box,
+    engine: DockerEngine,
+    *,
+    ports_busy: Callable[[int], bool],
+    progress: Progress,
+) -> None:
+    specs = _starting(plan)
+    if not specs:
+        return
+    progress(ApplyEvent("preflight", "checking ports, GPU, weights and images"))
+    freed = {
+        port
+        for action in plan.actions
+        if action.kind in ("replace", "remove") and action.container is not None
+        for port in action.container.host_ports.values()
+    }
+    taken = [
+        (spec.role, binding.host_port)
+        for spec in specs
+        for binding in spec.ports
+        if binding.host_port not in freed and ports_busy(binding.host_port)
+    ]
+    if taken:
+        listed = ", ".join(f"{port} ({role})" for role, port in taken)
+        raise RefusedError(
+            f"port already in use on this host: {listed}; nothing was changed",
+            hint="stop what listens there (ss -ltnp shows it), or choose other ports in spec.ports",
+        )
+    if any(spec.gpu_device_ids is not None for spec in specs) and not (
+        box.docker.gpu_containers_possible
+    ):
+        raise EnvironmentNotReadyError(
+            "Docker on this box cannot give containers a GPU; nothing was changed",
+            hint="install the NVIDIA Container Toolkit: apt-get install -y "
+            "nvidia-container-toolkit && nvidia-ctk runtime configure --runtime=docker && "
+            "systemctl restart docker",
+        )
+    missing = sorted(
+        {mount.source for spec in specs for mount in spec.mounts if not Path(mount.source).is_dir()}
+    )
+    if missing:
+        raise EnvironmentNotReadyError(
+            "weights are not on this box: " + ", ".join(missing) + "; nothing was changed",
+            hint="download them first (appliance weights pull PROFILE), or import them on an "
+            "air-gapped box (appliance weights import PATH --as owner/name)",
+        )
+    _check_fits(profile, box)
+    for image in sorted({spec.image for spec in specs}):
+        if engine.image_present(image):
+            continue
+        progress(ApplyEvent("pull", f"pulling {image}"))
+        engine.pull(image, lambda step: progress(ApplyEvent("pull", step.status, pull=step)))
+
+
+def _check_fits(profile: Profile, box: Box) -> None:
+    """vLLM's refusals that sizing predicts: hard rules (TP vs heads, quantization vs GPU) and
+    a KV cache too small for one max_model_len sequence. Models the catalog does not know, and
+    boxes without GPUs, are not sized (nothing to say)."""
+    from appliance.local_model import resolve_model
+    from appliance.recommend import estimate_for, gpu_target_from_box
+    from appliance.sizing import EngineFlags
+
+    spec = profile.spec
+    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
+        return
+    try:
+        model = resolve_model(spec.model.repo, spec.model.quantization)
+    except BadInputError:
+        return
+    engine = spec.engine
+    flags = EngineFlags(
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+        enforce_eager=engine.enforce_eager,
+    )
+    try:
+        estimate_for(
+            model,
+            gpu_target_from_box(box),
+            tensor_parallel_size=engine.tensor_parallel_size,
+            flags=flags,
+        )
+    except RefusedError as error:
+        error.message = f"vLLM would refuse this profile on this box: {error.message}"
+        error.message += "; nothing was changed"
+        error.args = (error.message,)
+        raise
+
+
+# ------------------------------------------------------------------------------------ execution
+
+
+@dataclass
+class _Journal:
+    """What execution has changed so far, so that rollback can undo exactly that."""
+
+    set_aside: list[ObservedContainer] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+
+def _aside_name(container: ObservedContainer) -> str:
+    return f"{container.name.split('-previous-')[0]}-previous-{container.id[:12]}"
+
+
+def _set_aside(engine: DockerEngine, container: ObservedContainer, journal: _Journal) -> None:
+    aside = _aside_name(container)
+    if container.name != aside:
+        engine.rename(container.id, aside)
+    journal.set_aside.append(container)
+    engine.stop(container.id)
+
+
+def _start_new(
+    engine: DockerEngine,
+    spec: ContainerSpec,
+    journal: _Journal,
+    *,
+    deadline_s: float,
+    clock: Clock | None,
+    probe: Callable[[str], bool],
+    progress: Progress,
+) -> None:
+    progress(ApplyEvent("create", f"creating {spec.name} ({spec.image})", spec.role))
+    container_id = engine.create(spec)
+    journal.created.append(container_id)
+    progress(ApplyEvent("start", f"starting {spec.name}", spec.role))
+    engine.start(container_id)
+    progress(ApplyEvent("wait", f"waiting for {spec.name} to turn healthy", spec.role))
+    outcome = wait_until_healthy(
+        engine, container_id, spec.health_url, deadline_s=deadline_s, clock=clock, probe=probe
+    )
+    if outcome.healthy:
+        progress(ApplyEvent("healthy", f"{spec.name} is healthy", spec.role))
+        return
+    log_tail = engine.logs(container_id, tail=LOG_LINES)
+    diagnosis = diagnose(log_tail, outcome)
+    raise ApplyFailedError(
+        f"{spec.role} ({spec.name}) did not turn healthy: {outcome.reason}"
+        + (f" — {diagnosis.cause}" if diagnosis else ""),
+        diagnosis.hint if diagnosis else f"see `appliance logs {spec.role}` after fixing",
+        role=spec.role,
+        log_tail=log_tail,
+        diagnosis=diagnosis,
+        restored=False,
+    )
+
+
+def _rollback(
+    engine: DockerEngine,
+    journal: _Journal,
+    *,
+    clock: Clock | None,
+    probe: Callable[[str], bool],
+    deadlines: dict[str, float],
+    progress: Progress,
+) -> list[str]:
+    """Undo `journal`; returns the problems met on the way (empty: fully restored)."""
+    problems: list[str] = []
+    for container_id in reversed(journal.created):
+        try:
+            engine.remove(container_id)
+        except ApplianceError as error:
+            problems.append(error.message)
+    for container in reversed(journal.set_aside):
+        progress(ApplyEvent("rollback", f"restoring {container.name}", container.role))
+        try:
+            if container.name != _aside_name(container):
+                engine.rename(container.id, container.name)
+            if container.state != "running":
+                continue
+            engine.start(container.id)
+            url = _health_url(container)
+            outcome = wait_until_healthy(
+                engine,
+                container.id,
+                url,
+                deadline_s=deadlines.get(container.role, 600.0),
+                clock=clock,
+                probe=probe,
+            )
+            if not outcome.healthy:
+                problems.append(f"{container.name} did not turn healthy again: {outcome.reason}")
+        except ApplianceError as error:
+            problems.append(f"{container.name}: {error.message}")
+    return problems
+
+
+def _health_url(container: ObservedContainer) -> str | None:
+    if container.spec_json is None:
+        return None
+    try:
+        url = json.loads(container.spec_json).get("health_url")
+    except (ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
+
+
+def _execute(
+    plan: Plan,
+    engine: DockerEngine,
+    *,
+    deadlines: dict[str, float],
+    clock: Clock | None,
+    probe: Callable[[str], bool],
+    progress: Progress,
+) -> None:
+    journal = _Journal()
+    order: Sequence[Action] = [a for a in plan.actions if a.kind == "remove"] + [
+        a for a in plan.actions if a.kind in ("replace", "create")
+    ]
+    try:
+        for action in order:
+            if action.container is not None:
+                progress(ApplyEvent("set-aside", f"stopping {action.container.name}", action.role))
+                _set_aside(engine, action.container, journal)
+            if action.spec is not None:
+                _start_new(
+                    engine,
+                    action.spec,
+                    journal,
+                    deadline_s=deadlines.get(action.role, 600.0),
+                    clock=clock,
+                    probe=probe,
+                    progress=progress,
+                )
+    except BaseException as error:
+        problems = _rollback(
+            engine, journal, clock=clock, probe=probe, deadlines=deadlines, progress=progress
+        )
+        restored = not problems
+        note = (
+            "the previous containers run again"
+            if restored
+            else "rolling back failed too: " + "; ".join(problems)
+        )
+        if isinstance(error, ApplyFailedError):
+            raise ApplyFailedError(
+                f"{error.message}; {note}",
+                error.hint,
+                role=error.role,
+                log_tail=error.log_tail,
+                diagnosis=error.diagnosis,
+                restored=restored,
+            ) from error
+        if isinstance(error, ApplianceError):
+            error.message = f"{error.message}; {note}"
+            error.args = (error.message,)
+        raise
+    for container in journal.set_aside:
+        progress(ApplyEvent("remove", f"removing {_aside_name(container)}", container.role))
+        engine.remove(container.id)
+
+
+# ------------------------------------------------------------------------------------ the faces
+
+
+def resolved_weights(path: Path) -> Path:
+    """The directory a revision's weights path leads to: the weights module keeps
+    `<org>/<name>/<revision>` as a link to `<sha>/`, and the engines mount the commit itself."""
+    return path.resolve() if path.exists() else path
+
+
+def plan_profile(
+    profile: Profile,
+    box: Box,
+    engine: DockerEngine,
+    *,
+    options: SpecOptions | None = None,
+    catalog: Catalog | None = None,
+) -> Plan:
+    """`appliance plan PROFILE`: what apply would do now. Changes nothing."""
+    specs = container_specs(
+        profile, box, catalog=catalog, options=options, weights_source=resolved_weights
+    )
+    return make_plan(specs, engine.managed_containers())
+
+
+def apply_profile(
+    profile: Profile,
+    box: Box,
+    engine: DockerEngine,
+    *,
+    options: SpecOptions | None = None,
+    catalog: Catalog | None = None,
+    confirm: Callable[[Plan], bool] | None = None,
+    progress: Progress | None = None,
+    deadlines_s: dict[str, float] | None = None,
+    clock: Clock | None = None,
+    probe: Callable[[str], bool] = http_ok,
+    ports_busy: Callable[[int], bool] = port_in_use,
+    lock_file: Path | None = None,
+) -> ApplyResult:
+    """`appliance apply PROFILE`: make the box run exactly this profile, or leave it as it was.
+
+    `confirm` is asked with the plan (under the lock) before anything changes; returning False
+    applies nothing. Raises `RefusedError` (another apply holds the lock, a port is taken),
+    `EnvironmentNotReadyError` (no GPU in Docker, weights missing) before any change, and
+    `ApplyFailedError` after a rollback.
+    """
+    catalog = catalog or load_catalog()
+    report = progress or _quiet
+    deadlines = {**DEFAULT_HEALTH_DEADLINES_S, **(deadlines_s or {})}
+    with apply_lock(lock_file or lock_path(profile.spec.storage.state_dir)):
+        specs = container_specs(
+            profile, box, catalog=catalog, options=options, weights_source=resolved_weights
+        )
+        plan = make_plan(specs, engine.managed_containers())
+        report(ApplyEvent("plan", plan.render()))
+        if plan.is_noop:
+            report(ApplyEvent("done", "no changes"))
+            return ApplyResult(plan, applied=False, containers=tuple(engine.managed_containers()))
+        if confirm is not None and not confirm(plan):
+            return ApplyResult(plan, applied=False, containers=tuple(engine.managed_containers()))
+        _preflight(plan, profile, box, engine, ports_busy=ports_busy, progress=report)
+        _execute(plan, engine, deadlines=deadlines, clock=clock, probe=probe, progress=report)
+        report(ApplyEvent("done", "applied"))
+        return ApplyResult(plan, applied=True, containers=tuple(engine.managed_containers()))
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    role: str
+    name: str
+    container_id: str
+    profile: str
+    image: str
+    state: str
+    docker_health: str | None  # Docker's healthcheck, where the image has one
+    ready: bool | None  # the health URL answered 200; None when not probed
+    exit_code: int | None
+    restart_count: int
+    started_at: str | None
+    host_ports: dict[int, int]
+    health_url: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def status(
+    engine: DockerEngine, *, probe: Callable[[str], bool] | None = http_ok
+) -> tuple[ServiceStatus, ...]:
+    """`appliance status`: every managed container, from its labels, and whether it answers."""
+    result = []
+    for container in engine.managed_containers():
+        url = _health_url(container)
+        ready = None
+        if probe is not None and url is not None and container.state == "running":
+            ready = probe(url)
+        result.append(
+            ServiceStatus(
+                role=container.role,
+                name=container.name,
+                container_id=container.id,
+                profile=container.profile,
+                image=container.image,
+                state=container.state,
+                docker_health=container.health,
+                ready=ready,
+                exit_code=container.exit_code,
+                restart_count=container.restart_count,
+                started_at=container.started_at,
+                host_ports=dict(container.host_ports),
+                health_url=url,
+            )
+        )
+    return tuple(result)
+
+
+def down(
+    engine: DockerEngine,
+    *,
+    state_dir: Path | None = None,
+    lock_file: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[ObservedContainer, ...]:
+    """`appliance down`: stop and remove every container the appliance manages, nothing else.
+
+    Takes the apply lock (from `lock_file`, else `state_dir`) when given one, so `down` never
+    races an apply. Weights are left alone (`--purge-weights` belongs to the weights module).
+    """
+    report = progress or _quiet
+    path = lock_file or (lock_path(state_dir) if state_dir is not None else None)
+    with apply_lock(path, "appliance down") if path else contextlib.nullcontext():
+        removed = tuple(engine.managed_containers())
+        for container in removed:
+            report(ApplyEvent("remove", f"removing {container.name}", container.role))
+            engine.stop(container.id)
+            engine.remove(container.id)
+        return removed
+
+
+def _service(engine: DockerEngine, role: str) -> ObservedContainer:
+    candidates = [c for c in engine.managed_containers() if c.role == role]
+    live = [c for c in candidates if "-previous-" not in c.name]
+    if not (live or candidates):
+        raise BadInputError(
+            f"no {role} container is managed on this box",
+            hint="`appliance status` lists the services; `appliance apply PROFILE` starts them",
+        )
+    return (live or candidates)[0]
+
+
+def service_logs(engine: DockerEngine, role: str, *, tail: int = 100) -> str:
+    """`appliance logs SERVICE --tail N`."""
+    return engine.logs(_service(engine, role).id, tail=tail)
+
+
+def follow_service_logs(
+    engine: DockerEngine, role: str, stop: threading.Event, *, tail: int = 100
+) -> Iterator[str]:
+    """`appliance logs SERVICE --follow`: lines until `stop` is set or the container goes."""
+    return engine.follow_logs(_service(engine, role).id, stop, tail=tail)

@@ -1,0 +1,340 @@
+"""Profile + box → one `ContainerSpec` per engine (vLLM, and TEI when embeddings are on).
+
+Pure: no Docker, no NVML, no files. Everything the containers need is decided here, so `plan`
+can compare it and `compose export` can print it:
+
+- vLLM flags by vLLM 0.32's own names. `--quantization` is passed only where vLLM would not pick
+  the fast kernel by itself (AWQ/GPTQ INT4 → the Marlin kernels on 8.0+); FP8 checkpoints
+  (compressed-tensors or Qwen's fine-grained FP8) carry their quantization config and must not
+  get `--quantization fp8`, which would quantize an already-quantized checkpoint again.
+- Engines listen on 0.0.0.0 *inside* their container; Docker publishes the port on 127.0.0.1 of
+  the host only. The gateway is the one way in from the network.
+- Weights are mounted read-only from `weights_path(models_dir, repo, revision)`; the engines run
+  with `HF_HUB_OFFLINE=1`, so they never reach for the Hub, and no token is ever passed to them.
+- GPUs are requested by UUID (stable across reboots and driver reorders), the ones the profile
+  assigns. `SpecOptions(gpu_requests=False)` is the single switch that turns the requests off;
+  only the tests (on machines without a GPU) use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Final, Literal, TypeVar
+
+from appliance.catalog import Catalog, load_catalog
+from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.hardware.box import Box, GpuInfo
+from appliance.profile import EmbeddingsSpec, Profile
+from appliance.runtime.model import ContainerSpec, Healthcheck, Mount, PortBinding
+
+__all__ = [
+    "CONTAINER_MODELS_DIR",
+    "TEI_CONTAINER_PORT",
+    "VLLM_CONTAINER_PORT",
+    "SpecOptions",
+    "WeightsSource",
+    "container_name",
+    "container_specs",
+    "tei_command",
+    "vllm_command",
+    "weights_path",
+]
+
+CONTAINER_MODELS_DIR: Final = PurePosixPath("/models")
+VLLM_CONTAINER_PORT: Final = 8000
+TEI_CONTAINER_PORT: Final = 80  # TEI's images listen on 80 by default; we say so explicitly
+_INSIDE_CONTAINER: Final = "0.0.0.0"  # noqa: S104 - only inside the container; published on 127.0.0.1
+# vLLM loads a 70B checkpoint for many minutes; Docker must not call it unhealthy meanwhile.
+_VLLM_START_PERIOD_S: Final = 1800.0
+_OFFLINE_ENV: Final = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+P = TypeVar("P", bound=PurePath)
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """Switches that change what the specs ask of the host.
+
+    `gpu_requests=False` drops the GPU device requests. It exists for the test suite, which runs
+    the engine doubles on machines without a GPU; a real deployment never sets it.
+    """
+
+    gpu_requests: bool = True
+
+
+def weights_path(models_dir: P, repo: str, revision: str) -> P:
+    """Where the weights of `repo` at `revision` live under `models_dir`: `<org>/<name>/<revision>`.
+
+    The one layout shared by the weights downloader and the runtime. A revision with a slash
+    (`refs/pr/1`) becomes one path component (`refs--pr--1`); repo ids never contain `--`.
+    """
+    org, _, name = repo.partition("/")
+    return models_dir / org / name / revision.replace("/", "--")
+
+
+def container_name(profile_name: str, role: str) -> str:
+    return f"llm-appliance-{profile_name}-{role}"
+
+
+def _select_gpus(profile: Profile, box: Box) -> tuple[GpuInfo, ...]:
+    """The box's GPUs the chat engine gets, in the order the profile lists them."""
+    wanted = profile.spec.gpus
+    if wanted == "all":
+        return tuple(box.gpus)
+    chosen: list[GpuInfo] = []
+    for ref in wanted:
+        chosen.append(_find_gpu(box, ref, "spec.gpus"))
+    return tuple(chosen)
+
+
+def _find_gpu(box: Box, ref: int | str, where: str) -> GpuInfo:
+    if not box.gpus:
+        # Not the profile's fault: the box has no GPU the driver shows (or no driver at all).
+        raise EnvironmentNotReadyError(
+            f"{where} names GPU {ref}, but this box has no GPU that NVML can see",
+            hint="run `appliance detect` for what is missing (driver, GPU), "
+            "or plan for another box with --simulate NAME",
+        )
+    for gpu in box.gpus:
+        if ref in (gpu.index, gpu.uuid):
+            return gpu
+    present = ", ".join(f"{g.index} ({g.uuid})" for g in box.gpus) or "none"
+    raise BadInputError(
+        f"{where} names GPU {ref}, which this box does not have (GPUs here: {present})",
+        hint="list GPUs by the index or UUID `nvidia-smi -L` prints on this box",
+    )
+
+
+def _quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:
+    capabilities = [g.compute_capability for g in gpus if g.compute_capability is not None]
+    marlin = not capabilities or min(capabilities) >= (8, 0)
+    match quantization:
+        case "awq":
+            return ["--quantization", "awq_marlin" if marlin else "awq"]
+        case "gptq":
+            return ["--quantization", "gptq_marlin" if marlin else "gptq"]
+        case "bf16":
+            return ["--dtype", "bfloat16"]
+        case "fp16":
+            return ["--dtype", "float16"]
+        case _:  # fp8: the checkpoint's own quantization_config decides (see the module doc)
+            return []
+
+
+def vllm_command(
+    profile: Profile,
+    box: Box,
+    *,
+    models_dir: PurePath = CONTAINER_MODELS_DIR,
+    host: str = _INSIDE_CONTAINER,
+    port: int = VLLM_CONTAINER_PORT,
+) -> tuple[str, ...]:
+    """vLLM's `serve` arguments (after the image's entrypoint) for this profile on this box.
+
+    `models_dir`, `host` and `port` are where the engine sees its weights and listens; the
+    defaults are the container's. Running vLLM directly on a host passes the host's.
+    """
+    spec = profile.spec
+    model, engine = spec.model, spec.engine
+    gpus = _select_gpus(profile, box)
+    argv: list[str] = [
+        "--model",
+        str(weights_path(models_dir, model.repo, model.revision)),
+        "--served-model-name",
+        model.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *_quantization_flags(model.quantization, gpus),
+        "--tensor-parallel-size",
+        str(engine.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        f"{engine.gpu_memory_utilization:g}",
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
+    ]
+    if engine.max_model_len is not None:
+        argv += ["--max-model-len", str(engine.max_model_len)]
+    if engine.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(engine.max_num_batched_tokens)]
+    if engine.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", engine.kv_cache_dtype]
+    if engine.enforce_eager:
+        argv.append("--enforce-eager")
+    no_p2p = engine.tensor_parallel_size > 1 and box.peer_to_peer is False
+    if engine.disable_custom_all_reduce or no_p2p:
+        argv.append("--disable-custom-all-reduce")
+    if model.lora_adapters:
+        argv += ["--enable-lora", "--lora-modules"]
+        argv += [
+            f"{a.name}={weights_path(models_dir, a.repo, a.revision)}" for a in model.lora_adapters
+        ]
+        if engine.max_loras is not None:
+            argv += ["--max-loras", str(engine.max_loras)]
+        if engine.max_lora_rank is not None:
+            argv += ["--max-lora-rank", str(engine.max_lora_rank)]
+    argv += engine.extra_args
+    return tuple(argv)
+
+
+def tei_command(
+    embeddings: EmbeddingsSpec,
+    *,
+    models_dir: PurePath = CONTAINER_MODELS_DIR,
+    host: str = _INSIDE_CONTAINER,
+    port: int = TEI_CONTAINER_PORT,
+) -> tuple[str, ...]:
+    """TEI's router arguments for the embedding model."""
+    assert embeddings.repo is not None  # enabled embeddings always name a repo (profile rule)
+    argv = [
+        "--model-id",
+        str(weights_path(models_dir, embeddings.repo, embeddings.revision)),
+        "--served-model-name",
+        embeddings.served_name,
+        "--hostname",
+        host,
+        "--port",
+        str(port),
+    ]
+    for flag, value in (
+        ("--max-batch-tokens", embeddings.max_batch_tokens),
+        ("--max-client-batch-size", embeddings.max_client_batch_size),
+        ("--max-concurrent-requests", embeddings.max_concurrent_requests),
+        ("--pooling", embeddings.pooling),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += embeddings.extra_args
+    return tuple(argv)
+
+
+def _device_ids(
+    gpus: Sequence[GpuInfo], options: SpecOptions
+) -> tuple[str, ...] | Literal["all"] | None:
+    if not options.gpu_requests or not gpus:
+        return None
+    return tuple(g.uuid for g in gpus)
+
+
+WeightsSource = Callable[[Path], Path]
+
+
+def _same(path: Path) -> Path:
+    return path
+
+
+def _weights_mount(models_dir: Path, repo: str, revision: str, source: WeightsSource) -> Mount:
+    return Mount(
+        source=str(source(weights_path(models_dir, repo, revision))),
+        target=str(weights_path(CONTAINER_MODELS_DIR, repo, revision)),
+        read_only=True,
+    )
+
+
+def _vllm_spec(
+    profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
+) -> ContainerSpec:
+    spec = profile.spec
+    image = spec.images.vllm or f"{catalog.images.vllm.repository}:{catalog.images.vllm.tag}"
+    models_dir = spec.storage.models_dir
+    mounts = [_weights_mount(models_dir, spec.model.repo, spec.model.revision, source)]
+    mounts += [
+        _weights_mount(models_dir, a.repo, a.revision, source) for a in spec.model.lora_adapters
+    ]
+    port = spec.ports.vllm
+    probe = (
+        "import urllib.request; "
+        f"urllib.request.urlopen('http://127.0.0.1:{VLLM_CONTAINER_PORT}/health', timeout=4)"
+    )
+    return ContainerSpec(
+        role="vllm",
+        name=container_name(profile.metadata.name, "vllm"),
+        image=image,
+        command=vllm_command(profile, box),
+        environment={**_OFFLINE_ENV, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+        ports=(PortBinding(container_port=VLLM_CONTAINER_PORT, host_port=port),),
+        mounts=tuple(mounts),
+        gpu_device_ids=_device_ids(_select_gpus(profile, box), options),
+        ipc_mode="host",  # tensor parallel workers share memory through /dev/shm
+        healthcheck=Healthcheck(
+            test=("python3", "-c", probe),
+            interval_s=10,
+            timeout_s=5,
+            retries=3,
+            start_period_s=_VLLM_START_PERIOD_S,
+        ),
+        health_url=f"http://127.0.0.1:{port}/health",
+        profile=profile.metadata.name,
+    )
+
+
+def _tei_gpu(profile: Profile, box: Box) -> GpuInfo | None:
+    embeddings = profile.spec.embeddings
+    assert embeddings is not None
+    if embeddings.device == "cpu":
+        return None
+    if embeddings.gpu is not None:
+        return _find_gpu(box, embeddings.gpu, "spec.embeddings.gpu")
+    chat = _select_gpus(profile, box)
+    return chat[0] if chat else None
+
+
+def _tei_spec(
+    profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
+) -> ContainerSpec:
+    spec = profile.spec
+    embeddings = spec.embeddings
+    assert embeddings is not None
+    assert embeddings.repo is not None
+    gpu = _tei_gpu(profile, box)
+    image = spec.images.tei or catalog.tei_tag(gpu.compute_capability if gpu else None)
+    port = spec.ports.tei
+    return ContainerSpec(
+        role="tei",
+        name=container_name(profile.metadata.name, "tei"),
+        image=image,
+        command=tei_command(embeddings),
+        environment=dict(_OFFLINE_ENV),
+        ports=(PortBinding(container_port=TEI_CONTAINER_PORT, host_port=port),),
+        mounts=(
+            _weights_mount(spec.storage.models_dir, embeddings.repo, embeddings.revision, source),
+        ),
+        gpu_device_ids=_device_ids([gpu] if gpu else [], options),
+        ipc_mode="host",
+        # TEI's images carry neither curl nor Python, so there is no probe Docker could run
+        # inside them; readiness is `health_url`, polled from the host by apply and status.
+        healthcheck=None,
+        health_url=f"http://127.0.0.1:{port}/health",
+        profile=profile.metadata.name,
+    )
+
+
+def container_specs(
+    profile: Profile,
+    box: Box,
+    *,
+    catalog: Catalog | None = None,
+    options: SpecOptions | None = None,
+    weights_source: WeightsSource | None = None,
+) -> tuple[ContainerSpec, ...]:
+    """The containers this profile runs on this box, in start order (vLLM first, then TEI).
+
+    vLLM starts first because it sizes its KV cache from the GPU memory free when it starts;
+    TEI's share is what `gpu_memory_utilization` leaves.
+
+    `weights_source` maps a weights directory (`weights_path`, a revision such as `main`) to the
+    host directory to mount. Apply passes one that follows the weights module's revision link
+    to its `<sha>` directory, so pulling a new commit of `main` changes the spec and the plan
+    replaces the engine; the path inside the container (and so the command line) stays put.
+    """
+    catalog = catalog or load_catalog()
+    options = options or SpecOptions()
+    source = weights_source or _same
+    specs = [_vllm_spec(profile, box, catalog, options, source)]
+    if profile.spec.embeddings_enabled:
+        specs.append(_tei_spec(profile, box, catalog, options, source))
+    return tuple(specs)
