@@ -1,0 +1,1533 @@
+"""Weights on the box: Hub downloads with preflight, byte progress, resume and verification, and
+air-gapped import. The only module that talks to `huggingface_hub`.
+
+Layout under `models_dir` (what the engine containers mount read-only):
+
+    <org>/<name>/<sha>/                  the files, directly inside; complete and verified only
+    <org>/<name>/<revision>  → <sha>     a relative symlink per requested revision ("/" → "--"),
+                                         so `runtime.specs.weights_path(models_dir, repo, revision)`
+                                         names a mountable directory for a branch, tag or commit
+    <org>/<name>/refs/<revision>         the commit the revision resolved to (text, like the Hub's)
+    <org>/<name>/manifests/<sha>.json    repo, revision, sha, files (size, sha256), completed_at
+    <org>/<name>/.partial/<sha>/<file>   bytes still arriving; never mounted, never trusted
+
+What must stay true:
+
+- A `<sha>/` directory holds only files whose size (and SHA-256 where the Hub gives it, git blob id
+  otherwise) matched the Hub's listing; each is renamed into place only after it verified. The
+  manifest is written last, so a snapshot without one is incomplete and `list_weights` skips it.
+- Nothing is fetched before preflight passed: revision resolved to a commit, file list and sizes
+  known, access checked (HEAD of every file still missing), free disk checked.
+- huggingface_hub 2.4's `hf_hub_download` downloads into a process-unique temporary file and
+  deletes it on failure (`_download_to_tmp_and_move`), so an interrupted run could not resume on the
+  next one. The file-level transfer therefore goes through huggingface_hub's own `http_get` (its
+  Range requests, retries and error mapping) into a partial file that this module owns and keeps.
+- The token comes from a 0600 token file, `HF_TOKEN`, or huggingface_hub's login, in that order;
+  it is only ever handed to huggingface_hub and never formatted into a message or a log line.
+- `huggingface_hub` is imported inside the functions that reach the Hub, so listing, removing and
+  path arithmetic stay cheap to import (the CLI and `runtime.specs` use them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urljoin, urlsplit
+
+from appliance import __version__
+from appliance.errors import (
+    ApplianceError,
+    BadInputError,
+    EnvironmentNotReadyError,
+    ExitCode,
+    OperationFailedError,
+    RefusedError,
+)
+
+if TYPE_CHECKING:
+    from appliance.profile import Profile
+
+__all__ = [
+    "ALLOW_PATTERNS",
+    "IGNORE_PATTERNS",
+    "DownloadCancelledError",
+    "DownloadProgress",
+    "HubToken",
+    "InstalledWeights",
+    "ManifestFile",
+    "PullPlan",
+    "RemoteFile",
+    "WeightsRef",
+    "disk_free_bytes",
+    "find_installed",
+    "import_weights",
+    "list_weights",
+    "parse_repo_ref",
+    "plan_pull",
+    "profile_weights",
+    "pull_profile",
+    "pull_weights",
+    "remove_weights",
+    "resolve_token",
+    "revision_dir",
+    "snapshot_dir",
+]
+
+DEFAULT_ENDPOINT: Final = "https://huggingface.co"
+# What an engine needs: weights as safetensors, configs (config.json, generation_config.json,
+# *.safetensors.index.json, adapter_config.json, sentence-transformers' modules.json and
+# 1_Pooling/config.json), tokenizers and chat templates. Pickled weights never.
+ALLOW_PATTERNS: Final = (
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "*.tiktoken",
+    "vocab.txt",
+    "merges.txt",
+)
+IGNORE_PATTERNS: Final = (
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.h5",
+    "*.msgpack",
+    "*.gguf",
+    "*.onnx",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+)
+_COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
+_RESERVED_NAMES: Final = frozenset({"refs", "manifests", ".partial", ".lock"})
+_MANIFEST_FORMAT: Final = 1
+_GIB: Final = 1024**3
+_PROGRESS_INTERVAL_S: Final = 0.1
+_RATE_WINDOW_S: Final = 5.0
+_HASH_CHUNK: Final = 8 * 1024 * 1024
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """One progress report; the CLI renders it with rich, the TUI posts it as a message.
+
+    `bytes_total` is known from preflight; `bytes_done` counts bytes already on disk from an earlier
+    run too, so a resumed download starts part-way. Rate and ETA are over the bytes of this run
+    (None until there is something to measure). Reports come at most every 0.1 s (and at each
+    file's end), from the download's worker threads: a Textual app must hand them over with
+    `post_message` / `call_from_thread`, never touch widgets in the callback.
+    """
+
+    repo: str
+    sha: str
+    phase: Literal["download", "verify", "import", "done"]
+    file: str | None
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    rate_bytes_per_second: float | None
+    eta_seconds: float | None
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
+
+
+ProgressCallback = Callable[[DownloadProgress], None]
+
+
+@dataclass(frozen=True)
+class HubToken:
+    """A Hugging Face token and where it came from; `repr` and `str` never show the value."""
+
+    value: str = field(repr=False)
+    source: str  # "token file /path", "HF_TOKEN", "huggingface_hub login"
+
+    def __str__(self) -> str:
+        return f"<token from {self.source}>"
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A repo at a revision that a profile needs, and what for."""
+
+    repo: str
+    revision: str
+    role: Literal["model", "lora", "embeddings"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as the Hub lists it at a commit."""
+
+    path: str
+    size: int
+    sha256: str | None  # LFS files only
+    blob_id: str | None  # git blob id (sha1 of "blob <size>\\0" + content)
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull will do, decided before any byte of a file is fetched."""
+
+    repo: str
+    revision: str
+    sha: str
+    files: tuple[RemoteFile, ...]
+    gated: bool
+    bytes_on_disk: int  # complete files plus partial ones from an interrupted run
+    installed: bool  # the snapshot is complete already: the pull is a no-op
+    catalog_weight_bytes: int | None  # what the catalog expects the safetensors to weigh
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return 0 if self.installed else self.bytes_total - self.bytes_on_disk
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InstalledWeights:
+    """A complete snapshot on the box, from its manifest."""
+
+    repo: str
+    revision: str  # the revision it was pulled or imported as
+    sha: str
+    path: Path
+    files: tuple[ManifestFile, ...]
+    completed_at: str  # ISO 8601, UTC
+    source: Literal["hub", "import"]
+    revisions: tuple[str, ...] = ()  # every revision name that resolves to this sha on the box
+    used_by: tuple[str, ...] = ()  # profile names, when profiles were passed in
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "revisions": list(self.revisions),
+            "sha": self.sha,
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "files": len(self.files),
+            "completed_at": self.completed_at,
+            "source": self.source,
+            "used_by": list(self.used_by),
+        }
+
+
+class DownloadCancelledError(OperationFailedError):
+    """The download was cancelled; what arrived so far is kept and the next pull resumes it."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+def _repo_parts(repo: str) -> tuple[str, str]:
+    org, sep, name = repo.partition("/")
+    if not sep or not org or not name or "/" in name or ".." in repo or repo.startswith("."):
+        raise BadInputError(
+            f"'{repo}' is not a Hugging Face repo id (owner/name)",
+            "write it as owner/name, e.g. Qwen/Qwen2.5-7B-Instruct-AWQ",
+        )
+    return org, name
+
+
+def _repo_dir(models_dir: Path, repo: str) -> Path:
+    org, name = _repo_parts(repo)
+    return models_dir / org / name
+
+
+def snapshot_dir(models_dir: Path, repo: str, sha: str) -> Path:
+    """The directory holding `repo`'s files at commit `sha`: `models_dir/<org>/<name>/<sha>`.
+
+    Equal to `runtime.specs.weights_path(models_dir, repo, sha)`.
+    """
+    return _repo_dir(models_dir, repo) / sha
+
+
+def _revision_name(revision: str) -> str:
+    name = revision.replace("/", "--")
+    if name in _RESERVED_NAMES or name.startswith(".") or ".." in revision or not name:
+        raise BadInputError(
+            f"'{revision}' cannot be used as a revision here",
+            "pull a branch, tag or full 40-character commit hash",
+        )
+    return name
+
+
+def revision_dir(models_dir: Path, repo: str, revision: str) -> Path:
+    """`models_dir/<org>/<name>/<revision with "/" → "--">`: the snapshot dir or a link to it.
+
+    Equal to `runtime.specs.weights_path(models_dir, repo, revision)`; exists once a pull or an
+    import of that revision completed.
+    """
+    return _repo_dir(models_dir, repo) / _revision_name(revision)
+
+
+def _manifest_path(models_dir: Path, repo: str, sha: str) -> Path:
+    return _repo_dir(models_dir, repo) / "manifests" / f"{sha}.json"
+
+
+def _ref_path(models_dir: Path, repo: str, revision: str) -> Path:
+    return _repo_dir(models_dir, repo) / "refs" / _revision_name(revision)
+
+
+def _partial_dir(models_dir: Path, repo: str, sha: str) -> Path:
+    return _repo_dir(models_dir, repo) / ".partial" / sha
+
+
+def _safe_relative(path: str) -> PurePosixPath:
+    rel = PurePosixPath(path)
+    if rel.is_absolute() or not rel.parts or ".." in rel.parts or "\\" in path:
+        raise OperationFailedError(f"refusing the file name '{path}': it would leave the snapshot")
+    return rel
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def profile_weights(profile: Profile) -> tuple[WeightsRef, ...]:
+    """Every repo a profile needs: the chat model, its LoRA adapters, the embedding model."""
+    spec = profile.spec
+    refs = [WeightsRef(spec.model.repo, spec.model.revision, "model")]
+    refs += [WeightsRef(a.repo, a.revision, "lora") for a in spec.model.lora_adapters]
+    if spec.embeddings is not None and spec.embeddings.enabled and spec.embeddings.repo:
+        refs.append(WeightsRef(spec.embeddings.repo, spec.embeddings.revision, "embeddings"))
+    return tuple(dict.fromkeys(refs))
+
+
+def parse_repo_ref(text: str) -> tuple[str, str | None]:
+    """`owner/name[@revision]` → (repo, revision or None), as `weights import --as` takes it."""
+    repo, sep, revision = text.partition("@")
+    _repo_parts(repo)
+    if sep and not revision:
+        raise BadInputError(f"'{text}' names no revision after '@'", "write owner/name@main")
+    if sep:
+        _revision_name(revision)
+    return repo, (revision if sep else None)
+
+
+# --- token --------------------------------------------------------------------------------------
+
+
+def resolve_token(
+    token_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> HubToken | None:
+    """The token to use: a 0600 `token_file`, else `HF_TOKEN`, else huggingface_hub's login.
+
+    A token file others can read is refused (the fix is in the hint); a missing one is bad input.
+    """
+    env = os.environ if environ is None else environ
+    if token_file is not None:
+        try:
+            mode = token_file.stat().st_mode
+            text = token_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise BadInputError(
+                f"token file {token_file} does not exist",
+                "write the Hugging Face token into it and chmod 600 it",
+            ) from None
+        except OSError as exc:
+            raise EnvironmentNotReadyError(
+                f"cannot read token file {token_file}: {exc.strerror}",
+                "run as the user that owns it, or fix its ownership",
+            ) from None
+        if mode & 0o077:
+            raise RefusedError(
+                f"token file {token_file} can be read by other users (mode {mode & 0o777:o})",
+                f"make it private: chmod 600 {token_file}",
+            )
+        if not text:
+            raise BadInputError(f"token file {token_file} is empty", "write the token into it")
+        return HubToken(text, f"token file {token_file}")
+    if value := env.get("HF_TOKEN", "").strip():
+        return HubToken(value, "HF_TOKEN")
+    from huggingface_hub import get_token  # noqa: TID251 - this is the Hub adapter
+
+    stored = get_token()
+    return HubToken(stored, "huggingface_hub login") if stored else None
+
+
+# --- disk ---------------------------------------------------------------------------------------
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes for an unprivileged writer on the filesystem that holds (or will hold) `path`."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _margin(needed: int) -> int:
+    """Headroom kept free after a download: 5 % of it, at least 2 GiB (logs, Docker, the OS)."""
+    return max(needed // 20, 2 * _GIB)
+
+
+def _check_disk(
+    models_dir: Path, needed: int, free_bytes: Callable[[Path], int], margin: int | None
+) -> None:
+    if needed <= 0:
+        return
+    keep = _margin(needed) if margin is None else margin
+    free = free_bytes(models_dir)
+    if free < needed + keep:
+        raise EnvironmentNotReadyError(
+            f"not enough free disk under {models_dir}: the download needs {_size(needed)} "
+            f"plus {_size(keep)} headroom, and {_size(free)} is free",
+            "free some space (appliance weights list / rm), or point storage.models_dir at a "
+            "larger filesystem",
+        )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+# --- locking and atomic writes ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _repo_lock(models_dir: Path, repo: str) -> Iterator[None]:
+    """One writer per repo at a time (a CLI pull and a TUI pull must not interleave)."""
+    repo_dir = _repo_dir(models_dir, repo)
+    try:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        handle = (repo_dir / ".lock").open("a")
+    except OSError as exc:
+        raise EnvironmentNotReadyError(
+            f"cannot write to {repo_dir}: {exc.strerror}",
+            "run as a user that may write storage.models_dir, or change it in the profile",
+        ) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefusedError(
+                f"another pull or import of {repo} is running",
+                "wait for it to finish, then run this again",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # noqa: PTH101 - on the temporary name, before it becomes visible
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _point_revision(models_dir: Path, repo: str, revision: str, sha: str) -> None:
+    """Record `revision → sha`: the refs file, and the revision link the runtime mounts."""
+    if revision != sha:
+        _write_atomic(_ref_path(models_dir, repo, revision), sha + "\n")
+        link = revision_dir(models_dir, repo, revision)
+        if link.is_dir() and not link.is_symlink():
+            raise OperationFailedError(f"{link} is a directory, not a link; remove it and retry")
+        tmp = link.with_name(f".{link.name}.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(sha)  # relative: the tree can move, or be mounted elsewhere
+        tmp.replace(link)
+
+
+# --- manifests ----------------------------------------------------------------------------------
+
+
+def _write_manifest(
+    models_dir: Path,
+    repo: str,
+    *,
+    revision: str,
+    sha: str,
+    files: Sequence[ManifestFile],
+    source: Literal["hub", "import"],
+    extra: Mapping[str, object] | None = None,
+) -> InstalledWeights:
+    completed_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    document = {
+        "format": _MANIFEST_FORMAT,
+        "repo": repo,
+        "revision": revision,
+        "sha": sha,
+        "source": source,
+        "completed_at": completed_at,
+        "appliance_version": __version__,
+        "files": [dataclasses.asdict(f) for f in sorted(files, key=lambda f: f.path)],
+        **(extra or {}),
+    }
+    _write_atomic(_manifest_path(models_dir, repo, sha), json.dumps(document, indent=2) + "\n")
+    return InstalledWeights(
+        repo=repo,
+        revision=revision,
+        sha=sha,
+        path=snapshot_dir(models_dir, repo, sha),
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        completed_at=completed_at,
+        source=source,
+    )
+
+
+def _read_manifest(path: Path) -> InstalledWeights | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        repo = str(document["repo"])
+        sha = str(document["sha"])
+        files = tuple(
+            ManifestFile(str(f["path"]), int(f["size"]), str(f["sha256"]))
+            for f in document["files"]
+        )
+        source: Literal["hub", "import"] = "import" if document.get("source") == "import" else "hub"
+        return InstalledWeights(
+            repo=repo,
+            revision=str(document["revision"]),
+            sha=sha,
+            path=path.parent.parent / sha,
+            files=files,
+            completed_at=str(document["completed_at"]),
+            source=source,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _snapshot_intact(installed: InstalledWeights) -> bool:
+    """Every file of the manifest is in place with its size (cheap: no hashing)."""
+    for f in installed.files:
+        try:
+            if (installed.path / f.path).stat().st_size != f.size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _refs(repo_dir: Path) -> dict[str, str]:
+    """revision name (as written in refs/, "/" shown as "--") → sha."""
+    refs: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for ref in (repo_dir / "refs").iterdir():
+            with contextlib.suppress(OSError):
+                refs[ref.name] = ref.read_text(encoding="utf-8").strip()
+    return refs
+
+
+def find_installed(models_dir: Path, repo: str, revision: str) -> InstalledWeights | None:
+    """The complete snapshot `revision` names on this box (no network), or None.
+
+    Works offline: a commit is looked up directly, a branch or tag through `refs/`.
+    """
+    sha = revision
+    if not _COMMIT_RE.match(revision):
+        recorded = _refs(_repo_dir(models_dir, repo)).get(_revision_name(revision))
+        if recorded is None:
+            return None
+        sha = recorded
+    installed = _read_manifest(_manifest_path(models_dir, repo, sha))
+    if installed is None or not _snapshot_intact(installed):
+        return None
+    return installed
+
+
+# --- list and remove ----------------------------------------------------------------------------
+
+
+def list_weights(models_dir: Path, profiles: Sequence[Profile] = ()) -> list[InstalledWeights]:
+    """Every complete snapshot under `models_dir`, with the profiles (passed in) that use it."""
+    found: list[InstalledWeights] = []
+    if not models_dir.is_dir():
+        return found
+    wanted = [(p.metadata.name, ref) for p in profiles for ref in profile_weights(p)]
+    for manifest in sorted(models_dir.glob("*/*/manifests/*.json")):
+        installed = _read_manifest(manifest)
+        if installed is None or not installed.path.is_dir():
+            continue
+        names = sorted(
+            n.replace("--", "/")
+            for n, sha in _refs(manifest.parent.parent).items()
+            if sha == installed.sha
+        )
+        revisions = tuple(dict.fromkeys([*names, installed.sha]))
+        used_by = tuple(
+            dict.fromkeys(
+                name
+                for name, ref in wanted
+                if ref.repo == installed.repo and ref.revision in revisions
+            )
+        )
+        found.append(dataclasses.replace(installed, revisions=revisions, used_by=used_by))
+    return found
+
+
+def remove_weights(
+    models_dir: Path, repo: str, in_use: Sequence[Profile] = ()
+) -> list[InstalledWeights]:
+    """Delete every snapshot (and partial download) of `repo`; returns what was removed.
+
+    Refused while a profile in `in_use` (the deployed ones) needs the repo.
+    """
+    repo_dir = _repo_dir(models_dir, repo)
+    users = sorted({p.metadata.name for p in in_use for r in profile_weights(p) if r.repo == repo})
+    if users:
+        raise RefusedError(
+            f"{repo} is used by profile {', '.join(users)}",
+            "stop or change that deployment first, then remove the weights",
+        )
+    if not repo_dir.is_dir():
+        raise BadInputError(
+            f"no weights of {repo} under {models_dir}", "see what is there: appliance weights list"
+        )
+    removed = [w for w in list_weights(models_dir) if w.repo == repo]
+    with _repo_lock(models_dir, repo):
+        for child in repo_dir.iterdir():
+            if child.name == ".lock":
+                continue
+            if child.is_symlink() or not child.is_dir():
+                child.unlink()
+            else:
+                shutil.rmtree(child)
+    shutil.rmtree(repo_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        repo_dir.parent.rmdir()  # the org directory, when this was its last repo
+    return removed
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+class _Cancelled(Exception):  # noqa: N818 - a control-flow signal, never shown to anyone
+    pass
+
+
+class _Progress:
+    """Thread-safe byte counter that reports at most every 0.1 s (and at file boundaries)."""
+
+    def __init__(
+        self,
+        repo: str,
+        sha: str,
+        *,
+        files_total: int,
+        bytes_total: int,
+        bytes_initial: int,
+        callback: ProgressCallback | None,
+        clock: Callable[[], float],
+        stop: threading.Event,
+        cancel: threading.Event | None,
+        phase: Literal["download", "import"] = "download",
+    ) -> None:
+        self._lock = threading.Lock()
+        self._repo, self._sha, self._phase = repo, sha, phase
+        self._files_total, self._bytes_total = files_total, bytes_total
+        self._bytes_done = bytes_initial
+        self._files_done = 0
+        self._callback = callback
+        self._clock = clock
+        self._stop = stop
+        self._cancel = cancel
+        self._window: deque[tuple[float, int]] = deque()
+        self._run_bytes = 0
+        self._last_emit: float | None = None
+        self._file: str | None = None
+
+    def check(self) -> None:
+        """Raise in the worker when the caller cancelled or another file failed."""
+        if self._stop.is_set() or (self._cancel is not None and self._cancel.is_set()):
+            raise _Cancelled
+
+    def add(self, n: int, file: str | None = None) -> None:
+        self.check()
+        with self._lock:
+            self._bytes_done += n
+            self._run_bytes += n
+            if file is not None:
+                self._file = file
+            now = self._clock()
+            self._window.append((now, self._run_bytes))
+            while len(self._window) > 2 and now - self._window[0][0] > _RATE_WINDOW_S:
+                self._window.popleft()
+            due = self._last_emit is None or now - self._last_emit >= _PROGRESS_INTERVAL_S
+        if due:
+            self.emit()
+
+    def file_done(self, file: str) -> None:
+        with self._lock:
+            self._files_done += 1
+            self._file = file
+        self.emit()
+
+    def emit(self, phase: Literal["download", "verify", "import", "done"] | None = None) -> None:
+        if self._callback is None:
+            return
+        with self._lock:
+            now = self._clock()
+            self._last_emit = now
+            rate: float | None = None
+            if len(self._window) >= 2:
+                (t0, b0), (t1, b1) = self._window[0], self._window[-1]
+                if t1 > t0:
+                    rate = (b1 - b0) / (t1 - t0)
+            remaining = max(self._bytes_total - self._bytes_done, 0)
+            eta = remaining / rate if rate else (0.0 if remaining == 0 else None)
+            report = DownloadProgress(
+                repo=self._repo,
+                sha=self._sha,
+                phase=phase or self._phase,
+                file=self._file,
+                files_done=self._files_done,
+                files_total=self._files_total,
+                bytes_done=self._bytes_done,
+                bytes_total=self._bytes_total,
+                rate_bytes_per_second=rate,
+                eta_seconds=eta,
+            )
+        self._callback(report)
+
+    def bar_class(self, file: str) -> type:
+        """A tqdm stand-in for huggingface_hub's `http_get`: counts bytes, raises on cancel."""
+        progress = self
+
+        class _Bar:
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                progress.check()
+
+            def __enter__(self) -> _Bar:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def update(self, n: float | None = 1) -> None:
+                progress.add(int(n or 0), file)
+
+            def close(self) -> None:
+                return None
+
+        return _Bar
+
+
+class _HashingWriter:
+    """The partial file as `http_get` sees it: hashes what it writes, so verifying costs nothing.
+
+    Always SHA-256 (the Hub's LFS hash, and the manifest's); the git blob id (sha1 over
+    "blob <size>\\0" + content) only when `git_blob_size` is given, for small non-LFS files: an LFS
+    file's tree `oid` is its pointer's blob id, which says nothing about the content.
+    `http_get` only writes, asks `tell()`, and — when a server ignored the Range header — seeks
+    back to where it started (0 here) and truncates; the hashes restart with the file.
+    """
+
+    def __init__(self, handle: IO[bytes], git_blob_size: int | None = None) -> None:
+        self._handle = handle
+        self._git_blob_size = git_blob_size
+        self.sha256 = hashlib.sha256()
+        self.sha1: hashlib._Hash | None = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self.sha256 = hashlib.sha256()
+        if self._git_blob_size is not None:
+            self.sha1 = hashlib.sha1(b"blob %d\0" % self._git_blob_size)  # noqa: S324 - git id
+
+    def _update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        if self.sha1 is not None:
+            self.sha1.update(data)
+
+    def absorb_existing(self) -> None:
+        self._handle.seek(0)
+        while chunk := self._handle.read(_HASH_CHUNK):
+            self._update(chunk)
+        self._handle.seek(0, os.SEEK_END)
+
+    def write(self, data: bytes) -> int:
+        self._update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if (offset, whence) != (0, os.SEEK_SET):
+            raise OSError(errno.ESPIPE, "partial downloads only rewind to the start")
+        self._restart()
+        return self._handle.seek(0)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._handle.truncate(size)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+# --- the Hub ------------------------------------------------------------------------------------
+
+
+def _select(paths: Sequence[str]) -> list[str]:
+    return [
+        p
+        for p in paths
+        if any(fnmatch.fnmatch(p, pat) for pat in ALLOW_PATTERNS)
+        and not any(fnmatch.fnmatch(p, pat) for pat in IGNORE_PATTERNS)
+    ]
+
+
+class _Hub:
+    """The huggingface_hub calls this module makes, with vendor errors turned into ours."""
+
+    def __init__(self, endpoint: str | None, token: HubToken | None) -> None:
+        from huggingface_hub import HfApi  # noqa: TID251 - this is the Hub adapter
+
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.token = token
+        self._auth: str | bool = token.value if token is not None else False
+        self.api = HfApi(
+            endpoint=self.endpoint,
+            token=self._auth,
+            library_name="llm-appliance",
+            library_version=__version__,
+        )
+
+    @contextlib.contextmanager
+    def errors(self, repo: str, revision: str) -> Iterator[None]:
+        """Map huggingface_hub and HTTP failures to errors a person can act on."""
+        import httpx2  # the HTTP client huggingface_hub 2.x uses
+        from huggingface_hub import errors as hub_errors  # noqa: TID251 - this is the Hub adapter
+
+        page = f"{self.endpoint}/{repo}"
+        how_to_authenticate = (
+            "give a token with read access: export HF_TOKEN=hf_…, or a 0600 token file, or "
+            "`hf auth login` as this user"
+        )
+        try:
+            yield
+        except hub_errors.GatedRepoError:
+            who = (
+                f"the token ({self.token.source}) has not been granted access"
+                if self.token
+                else "no Hugging Face token was given"
+            )
+            raise RefusedError(
+                f"{repo} is gated and {who}",
+                f"open {page} while logged in, accept its licence, then {how_to_authenticate}",
+            ) from None
+        except hub_errors.RevisionNotFoundError:
+            raise BadInputError(
+                f"{repo} has no revision '{revision}'",
+                f"check the branches, tags and commits at {page}; a commit must be the full "
+                "40-character hash",
+            ) from None
+        except hub_errors.RepositoryNotFoundError:
+            why = "or the token has no access to it" if self.token else "or it is private"
+            raise BadInputError(
+                f"{repo} was not found on {self.endpoint} ({why})",
+                f"check the spelling at {page}"
+                + ("" if self.token else f"; if private, {how_to_authenticate}"),
+            ) from None
+        except hub_errors.OfflineModeIsEnabled:
+            raise EnvironmentNotReadyError(
+                "HF_HUB_OFFLINE is set, so the Hub is not contacted",
+                "unset HF_HUB_OFFLINE for this command, or bring the files in with "
+                "appliance weights import PATH --as OWNER/NAME",
+            ) from None
+        except (httpx2.ConnectError, httpx2.TimeoutException) as exc:
+            raise EnvironmentNotReadyError(
+                f"cannot reach the Hub at {self.endpoint} ({type(exc).__name__})",
+                "check the network and proxy (HTTPS_PROXY); on an air-gapped box use "
+                "appliance weights import PATH --as OWNER/NAME",
+            ) from None
+        except hub_errors.HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "no"
+            raise OperationFailedError(
+                f"the Hub answered HTTP {status} for {repo}",
+                "try again later; what has arrived is kept and the next pull resumes",
+            ) from None
+        except (httpx2.HTTPError, hub_errors.FileMetadataError) as exc:
+            raise OperationFailedError(
+                f"the download of {repo} failed ({type(exc).__name__})",
+                "run the pull again; it resumes where it stopped",
+            ) from None
+
+    def resolve(self, repo: str, revision: str) -> tuple[str, bool]:
+        """(commit sha, gated) for `revision`; a commit is checked to exist too."""
+        with self.errors(repo, revision):
+            info = self.api.model_info(repo, revision=revision)
+        if not info.sha or not _COMMIT_RE.match(info.sha):
+            raise OperationFailedError(f"the Hub gave no commit for {repo}@{revision}")
+        return info.sha, bool(info.gated)
+
+    def list_files(self, repo: str, revision: str, sha: str) -> list[RemoteFile]:
+        from huggingface_hub.hf_api import RepoFile  # noqa: TID251 - this is the Hub adapter
+
+        with self.errors(repo, revision):
+            entries = list(self.api.list_repo_tree(repo, revision=sha, recursive=True))
+        return [
+            RemoteFile(
+                path=e.path,
+                size=int(e.size),
+                sha256=e.lfs.sha256 if e.lfs is not None else None,
+                blob_id=e.blob_id,
+            )
+            for e in entries
+            if isinstance(e, RepoFile)
+        ]
+
+    def locate(self, repo: str, revision: str, sha: str, path: str) -> tuple[str, dict[str, str]]:
+        """HEAD the file: (URL to GET, headers). Checks access before any byte is fetched."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url  # noqa: TID251
+        from huggingface_hub.utils._headers import build_hf_headers  # noqa: TID251
+
+        url = hf_hub_url(repo, path, revision=sha, endpoint=self.endpoint)
+        with self.errors(repo, revision):
+            meta = get_hf_file_metadata(url, token=self._auth, endpoint=self.endpoint)
+        headers = build_hf_headers(
+            token=self._auth, library_name="llm-appliance", library_version=__version__
+        )
+        location = urljoin(url, meta.location or url)
+        if urlsplit(location).netloc != urlsplit(url).netloc:
+            # A signed CDN URL: the token stays with the Hub.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        return location, headers
+
+    def fetch(
+        self,
+        repo: str,
+        revision: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        writer: _HashingWriter,
+        resume_size: int,
+        expected_size: int,
+        bar: type,
+    ) -> None:
+        from huggingface_hub.file_download import http_get  # noqa: TID251
+
+        with self.errors(repo, revision):
+            http_get(
+                url,
+                writer,  # type: ignore[arg-type]  # duck-typed: write/tell/seek/truncate
+                resume_size=resume_size,
+                headers=headers,
+                expected_size=expected_size,
+                displayed_filename=url.rsplit("/", 1)[-1],
+                tqdm_class=bar,  # duck-typed progress bar (update, context manager)
+            )
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+
+def _catalog_bytes(repo: str) -> int | None:
+    from appliance.catalog import load_catalog
+
+    catalog = load_catalog()
+    found = catalog.model_by_repo(repo)
+    if found is not None:
+        return found[1].weight_bytes
+    embedding = catalog.embedding(repo)
+    return embedding.weight_bytes if embedding is not None else None
+
+
+def _bytes_on_disk(models_dir: Path, repo: str, sha: str, files: Sequence[RemoteFile]) -> int:
+    done = 0
+    final, partial = snapshot_dir(models_dir, repo, sha), _partial_dir(models_dir, repo, sha)
+    for f in files:
+        rel = _safe_relative(f.path)
+        for candidate in (final / rel, partial / rel):
+            with contextlib.suppress(OSError):
+                size = candidate.stat().st_size
+                if size <= f.size:
+                    done += size
+                    break
+    return done
+
+
+def _plan(hub: _Hub, repo: str, revision: str, models_dir: Path) -> PullPlan:
+    _revision_name(revision)
+    sha, gated = hub.resolve(repo, revision)
+    listed = hub.list_files(repo, revision, sha)
+    chosen = set(_select([f.path for f in listed]))
+    files = tuple(sorted((f for f in listed if f.path in chosen), key=lambda f: f.path))
+    if not any(f.path.endswith(".safetensors") for f in files):
+        others = sorted(f.path for f in listed if f.path.endswith((".bin", ".pt", ".pth", ".gguf")))
+        found = f"; it has only {', '.join(others[:3])}" if others else ""
+        raise BadInputError(
+            f"{repo}@{revision} (commit {sha[:12]}) has no .safetensors weights{found}",
+            "the appliance loads safetensors only, never pickled .bin/.pt weights; choose a "
+            "repo that publishes safetensors (see the catalog), or convert and import it",
+        )
+    installed = find_installed(models_dir, repo, sha)
+    return PullPlan(
+        repo=repo,
+        revision=revision,
+        sha=sha,
+        files=files,
+        gated=gated,
+        bytes_on_disk=_bytes_on_disk(models_dir, repo, sha, files),
+        installed=installed is not None,
+        catalog_weight_bytes=_catalog_bytes(repo),
+    )
+
+
+def _plan_or_installed(
+    hub: _Hub, repo: str, revision: str, models_dir: Path
+) -> PullPlan | InstalledWeights:
+    """The plan; or, when the Hub cannot be asked (HF_HUB_OFFLINE, no network) but the revision
+    is complete on the box already (pulled earlier, or imported), that snapshot: a no-op."""
+    try:
+        return _plan(hub, repo, revision, models_dir)
+    except EnvironmentNotReadyError:
+        installed = find_installed(models_dir, repo, revision)
+        if installed is None:
+            raise
+        return installed
+
+
+def plan_pull(
+    repo: str,
+    revision: str = "main",
+    *,
+    models_dir: Path,
+    token: HubToken | None = None,
+    endpoint: str | None = None,
+) -> PullPlan:
+    """Preflight only: resolve the revision, list the files and what is on disk. No file bytes."""
+    return _plan(_Hub(endpoint, token), repo, revision, models_dir)
+
+
+def _verify(f: RemoteFile, path: Path, writer: _HashingWriter) -> str | None:
+    """None when the file is what the Hub listed, else what is wrong."""
+    size = path.stat().st_size
+    if size != f.size:
+        return f"size {size} B, the Hub lists {f.size} B"
+    if f.sha256 is not None and writer.sha256.hexdigest() != f.sha256:
+        return "SHA-256 differs from the Hub's"
+    if writer.sha1 is not None and f.blob_id is not None and writer.sha1.hexdigest() != f.blob_id:
+        return "git blob id differs from the Hub's"
+    return None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_file(
+    hub: _Hub,
+    plan: PullPlan,
+    f: RemoteFile,
+    *,
+    models_dir: Path,
+    progress: _Progress,
+    located: tuple[str, dict[str, str]],
+) -> ManifestFile:
+    """Fetch (or resume) one file into .partial, verify it, move it into the snapshot."""
+    rel = _safe_relative(f.path)
+    final = snapshot_dir(models_dir, plan.repo, plan.sha) / rel
+    if final.is_file() and final.stat().st_size == f.size:
+        # Verified before it was renamed into place by an earlier, interrupted run.
+        progress.file_done(f.path)
+        return ManifestFile(f.path, f.size, f.sha256 or _sha256_of(final))
+    partial = _partial_dir(models_dir, plan.repo, plan.sha) / rel
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    url, headers = located
+    for attempt in (1, 2):
+        if partial.exists() and partial.stat().st_size > f.size:
+            progress.add(-partial.stat().st_size)
+            partial.unlink()
+        mode = "r+b" if partial.exists() else "w+b"
+        with partial.open(mode) as handle:
+            writer = _HashingWriter(handle, None if f.sha256 else f.size)
+            writer.absorb_existing()
+            resume = handle.tell()
+            try:
+                hub.fetch(
+                    plan.repo,
+                    plan.revision,
+                    url,
+                    headers=dict(headers),
+                    writer=writer,
+                    resume_size=resume,
+                    expected_size=f.size,
+                    bar=progress.bar_class(f.path),
+                )
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise EnvironmentNotReadyError(
+                        f"the disk under {models_dir} filled up while downloading {f.path}",
+                        "free some space and pull again; it resumes",
+                    ) from None
+                if exc.errno is not None:
+                    raise
+                problem: str | None = str(exc).split("\n", 1)[0]  # http_get's size check
+            else:
+                handle.flush()
+                os.fsync(handle.fileno())
+                problem = _verify(f, partial, writer)
+        if problem is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(partial, 0o644)  # noqa: PTH101 - readable by the engine containers
+            partial.replace(final)
+            progress.file_done(f.path)
+            return ManifestFile(f.path, f.size, writer.sha256.hexdigest())
+        progress.add(-partial.stat().st_size if partial.exists() else 0)
+        partial.unlink(missing_ok=True)
+        if attempt == 2:
+            raise OperationFailedError(
+                f"{plan.repo}: {f.path} arrived damaged twice ({problem})",
+                "the file was discarded; check the network or proxy and pull again",
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def pull_weights(
+    repo: str,
+    revision: str = "main",
+    *,
+    models_dir: Path,
+    token: HubToken | None = None,
+    endpoint: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    free_bytes: Callable[[Path], int] = disk_free_bytes,
+    margin_bytes: int | None = None,
+    max_workers: int = 4,
+    clock: Callable[[], float] = time.monotonic,
+) -> InstalledWeights:
+    """Download `repo` at `revision` into `models_dir`, or do nothing when it is there already.
+
+    Raises `BadInputError` (no such repo/revision, no safetensors), `RefusedError` (gated without
+    access, another pull running), `EnvironmentNotReadyError` (disk, network, HF_HUB_OFFLINE),
+    `OperationFailedError` (the Hub failed, a file arrived damaged twice) and
+    `DownloadCancelledError` (`cancel` was set; the next pull resumes).
+    """
+    hub = _Hub(endpoint, token)
+    plan = _plan_or_installed(hub, repo, revision, models_dir)
+    if isinstance(plan, InstalledWeights):
+        return plan
+    return _execute(
+        hub,
+        plan,
+        models_dir,
+        on_progress=on_progress,
+        cancel=cancel,
+        free_bytes=free_bytes,
+        margin_bytes=margin_bytes,
+        max_workers=max_workers,
+        clock=clock,
+    )
+
+
+def _execute(
+    hub: _Hub,
+    plan: PullPlan,
+    models_dir: Path,
+    *,
+    on_progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    free_bytes: Callable[[Path], int],
+    margin_bytes: int | None,
+    max_workers: int,
+    clock: Callable[[], float],
+) -> InstalledWeights:
+    with _repo_lock(models_dir, plan.repo):
+        if plan.installed:
+            _point_revision(models_dir, plan.repo, plan.revision, plan.sha)
+            installed = find_installed(models_dir, plan.repo, plan.sha)
+            if installed is not None:
+                return installed
+        _check_disk(models_dir, plan.bytes_total - plan.bytes_on_disk, free_bytes, margin_bytes)
+        stop = threading.Event()
+        progress = _Progress(
+            plan.repo,
+            plan.sha,
+            files_total=len(plan.files),
+            bytes_total=plan.bytes_total,
+            bytes_initial=plan.bytes_on_disk,
+            callback=on_progress,
+            clock=clock,
+            stop=stop,
+            cancel=cancel,
+        )
+        final = snapshot_dir(models_dir, plan.repo, plan.sha)
+        missing = [
+            f
+            for f in plan.files
+            if not ((final / f.path).is_file() and (final / f.path).stat().st_size == f.size)
+        ]
+        workers = max(1, min(max_workers, len(plan.files)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="weights") as pool:
+            # Access (gated, private) shows on the file HEADs: all of them before any GET.
+            located = dict(
+                zip(
+                    [f.path for f in missing],
+                    pool.map(
+                        lambda f: hub.locate(plan.repo, plan.revision, plan.sha, f.path), missing
+                    ),
+                    strict=True,
+                )
+            )
+            progress.emit()
+            futures = [
+                pool.submit(
+                    _download_file,
+                    hub,
+                    plan,
+                    f,
+                    models_dir=models_dir,
+                    progress=progress,
+                    located=located.get(f.path, ("", {})),
+                )
+                for f in plan.files
+            ]
+            files = _gather(futures, stop)
+        if files is None:
+            raise DownloadCancelledError(
+                f"the download of {plan.repo} was cancelled",
+                "what has arrived is kept; pull again to resume",
+            )
+        progress.emit("verify")
+        installed = _write_manifest(
+            models_dir,
+            plan.repo,
+            revision=plan.revision,
+            sha=plan.sha,
+            files=files,
+            source="hub",
+            extra={"endpoint": hub.endpoint},
+        )
+        _point_revision(models_dir, plan.repo, plan.revision, plan.sha)
+        shutil.rmtree(_partial_dir(models_dir, plan.repo, plan.sha), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _partial_dir(models_dir, plan.repo, plan.sha).parent.rmdir()
+        progress.emit("done")
+        return installed
+
+
+def _gather(
+    futures: Sequence[Future[ManifestFile]], stop: threading.Event
+) -> list[ManifestFile] | None:
+    """Results in order, or None when cancelled. The first failure stops the other workers at
+    their next chunk and is raised; so does Ctrl-C in the waiting thread."""
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+        if any(not isinstance(f.exception(), _Cancelled) for f in failed):
+            stop.set()
+        wait(futures)
+    finally:
+        stop.set()
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    real = [e for e in errors if not isinstance(e, _Cancelled)]
+    if real:
+        if isinstance(real[0], ApplianceError):
+            raise real[0]
+        raise OperationFailedError(f"the download failed: {real[0]}") from real[0]
+    return None if errors else [f.result() for f in futures]
+
+
+def pull_profile(
+    profile: Profile,
+    *,
+    models_dir: Path | None = None,
+    token: HubToken | None = None,
+    endpoint: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    free_bytes: Callable[[Path], int] = disk_free_bytes,
+    margin_bytes: int | None = None,
+    max_workers: int = 4,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[InstalledWeights]:
+    """Pull everything a profile needs; all preflights (and the disk check for the sum) first."""
+    target = models_dir or profile.spec.storage.models_dir
+    hub = _Hub(endpoint, token)
+    plans = [_plan_or_installed(hub, r.repo, r.revision, target) for r in profile_weights(profile)]
+    needed = sum(p.bytes_to_fetch for p in plans if isinstance(p, PullPlan))
+    _check_disk(target, needed, free_bytes, margin_bytes)
+    return [
+        p
+        if isinstance(p, InstalledWeights)
+        else _execute(
+            hub,
+            p,
+            target,
+            on_progress=on_progress,
+            cancel=cancel,
+            free_bytes=free_bytes,
+            margin_bytes=margin_bytes,
+            max_workers=max_workers,
+            clock=clock,
+        )
+        for p in plans
+    ]
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def _is_tarball(path: Path) -> bool:
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+def _extract_tarball(tarball: Path, into: Path, check_space: Callable[[int], None]) -> None:
+    """Extract regular files and directories only; no absolute paths, `..`, links or devices.
+
+    Every member is checked before anything is written, then the unpacked size against the disk.
+    """
+    try:
+        with tarfile.open(tarball) as archive:
+            members = archive.getmembers()
+            for member in members:
+                name = PurePosixPath(member.name)
+                if name.is_absolute() or ".." in name.parts:
+                    raise RefusedError(
+                        f"{tarball} contains '{member.name}', which would land outside the "
+                        "import directory",
+                        "build the tarball from inside the model directory: "
+                        "tar -C MODEL_DIR -czf model.tar.gz .",
+                    )
+                if not (member.isfile() or member.isdir()):
+                    raise RefusedError(
+                        f"{tarball} contains '{member.name}', which is a link or a device",
+                        "pack the files themselves: tar --dereference -czf model.tar.gz …",
+                    )
+            check_space(sum(m.size for m in members if m.isfile()))
+            archive.extractall(into, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise EnvironmentNotReadyError(
+                f"the disk under {into} filled up while extracting {tarball}",
+                "free some space and import again",
+            ) from None
+        raise BadInputError(f"cannot read {tarball} as a tarball: {exc}") from None
+
+
+def _model_root(directory: Path) -> Path:
+    """The directory with the weights: `directory`, or its single subdirectory if only that."""
+    entries = [e for e in directory.iterdir() if not e.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and not any(directory.glob("*.safetensors")):
+        return entries[0]
+    return directory
+
+
+def _source_commit(root: Path) -> str | None:
+    """The commit a directory came from, when it says so: a Hub cache snapshot dir, or a
+    `local_dir` download's metadata (`.cache/huggingface/download/*.metadata`, first line)."""
+    if _COMMIT_RE.match(root.name):
+        return root.name
+    for meta in sorted((root / ".cache" / "huggingface" / "download").glob("*.metadata")):
+        with contextlib.suppress(OSError, IndexError):
+            first = meta.read_text(encoding="utf-8").splitlines()[0].strip()
+            if _COMMIT_RE.match(first):
+                return first
+    return None
+
+
+def import_weights(
+    source: Path,
+    repo: str,
+    revision: str | None = None,
+    *,
+    models_dir: Path,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    free_bytes: Callable[[Path], int] = disk_free_bytes,
+    margin_bytes: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> InstalledWeights:
+    """Record weights brought in by hand (a directory or a tarball) as `repo` at `revision`.
+
+    The same files a pull would keep are copied (safetensors, configs, tokenizer, templates) and
+    hashed into a manifest. The snapshot is named by the source's commit when it tells one (a
+    40-hex `revision`, a Hub cache snapshot directory, a `local_dir` download), else by a content
+    id (sha1 over the files' names and SHA-256s). `revision` defaults to main, so a profile that
+    says `revision: main` finds it offline.
+    """
+    _repo_parts(repo)
+    wanted_revision = revision or "main"
+    _revision_name(wanted_revision)
+    if not source.exists():
+        raise BadInputError(f"{source} does not exist", "give a model directory or a tarball")
+    if not (source.is_dir() or _is_tarball(source)):
+        raise BadInputError(
+            f"{source} is neither a directory nor a tarball",
+            "give the model directory (config.json and *.safetensors) or a .tar/.tar.gz of it",
+        )
+    repo_dir = _repo_dir(models_dir, repo)
+    stop = threading.Event()
+    with _repo_lock(models_dir, repo):
+        staging = Path(tempfile.mkdtemp(prefix="import-", dir=_ensure(repo_dir / ".partial")))
+        try:
+            if source.is_dir():
+                root = _model_root(source)
+            else:
+                _extract_tarball(
+                    source,
+                    staging / "extracted",
+                    lambda size: _check_disk(models_dir, size, free_bytes, margin_bytes),
+                )
+                root = _model_root(staging / "extracted")
+            files = _import_files(root, source, repo)
+            total = sum(p.stat().st_size for _, p in files)
+            if source.is_dir():
+                _check_disk(models_dir, total, free_bytes, margin_bytes)
+            progress = _Progress(
+                repo,
+                "",
+                files_total=len(files),
+                bytes_total=total,
+                bytes_initial=0,
+                callback=on_progress,
+                clock=clock,
+                stop=stop,
+                cancel=cancel,
+                phase="import",
+            )
+            manifest = _copy_into(files, staging / "snapshot", progress, move=not source.is_dir())
+            commit = _commit_for(revision, root, manifest)
+            final = snapshot_dir(models_dir, repo, commit)
+            if final.exists():
+                shutil.rmtree(final)
+            (staging / "snapshot").replace(final)
+            installed = _write_manifest(
+                models_dir,
+                repo,
+                revision=wanted_revision,
+                sha=commit,
+                files=manifest,
+                source="import",
+                extra={
+                    "imported_from": str(source.resolve()),
+                    "sha_is_commit": commit != _content_id(manifest),
+                },
+            )
+            _point_revision(models_dir, repo, wanted_revision, commit)
+            progress.emit("done")
+            return installed
+        except _Cancelled:
+            raise DownloadCancelledError(f"the import of {repo} was cancelled") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (repo_dir / ".partial").rmdir()
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _import_files(root: Path, source: Path, repo: str) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(".cache/") or not path.is_file():
+            continue
+        found.append((rel, path))
+    keep = set(_select([rel for rel, _ in found]))
+    chosen = [(rel, path) for rel, path in found if rel in keep]
+    if not any(rel.endswith(".safetensors") for rel, _ in chosen):
+        raise BadInputError(
+            f"{source} holds no .safetensors files to import as {repo}",
+            "point at the model directory itself (config.json and *.safetensors inside)",
+        )
+    return chosen
+
+
+def _copy_into(
+    files: Sequence[tuple[str, Path]], into: Path, progress: _Progress, *, move: bool
+) -> list[ManifestFile]:
+    manifest: list[ManifestFile] = []
+    for rel, path in files:
+        target = into / _safe_relative(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        if move:  # extracted from a tarball onto this filesystem: hash it, then rename
+            with path.open("rb") as src:
+                while chunk := src.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    progress.add(len(chunk), rel)
+            path.replace(target)
+        else:
+            with path.open("rb") as src, target.open("wb") as dst:
+                while chunk := src.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    progress.add(len(chunk), rel)
+        target.chmod(0o644)
+        manifest.append(ManifestFile(rel, target.stat().st_size, digest.hexdigest()))
+        progress.file_done(rel)
+    return manifest
+
+
+def _content_id(manifest: Sequence[ManifestFile]) -> str:
+    digest = hashlib.sha1()  # noqa: S324 - a name for content, in the shape of a commit id
+    for f in sorted(manifest, key=lambda f: f.path):
+        digest.update(f"{f.path}\0{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _commit_for(revision: str | None, root: Path, manifest: Sequence[ManifestFile]) -> str:
+    if revision is not None and _COMMIT_RE.match(revision):
+        return revision
+    return _source_commit(root) or _content_id(manifest)

@@ -1,0 +1,180 @@
+"""Download throughput: the appliance's pull against huggingface_hub's own download, same server.
+
+Run from the repository root (about 30 s):
+
+    .venv/bin/python bench/download.py
+    .venv/bin/python bench/download.py --shard-mib 128 --shards 4 --rounds 3
+
+Setup: the Hub double (tests/support/hub_double.py) runs in its own process on 127.0.0.1 and
+serves one repo of `--shards` safetensors shards of `--shard-mib` MiB each (256 MiB by default)
+plus config and tokenizer files. Each measurement is a fresh process with an empty target
+directory, timing only the download call:
+
+1. huggingface_hub: `snapshot_download(repo, local_dir=…, allow_patterns=…)`, the function
+   `hf download REPO --local-dir DIR` runs (8 worker threads, its default);
+2. the appliance: `appliance.weights.pull_weights` (preflight, HEADs, streaming SHA-256,
+   verification, manifest; 4 workers, its default);
+
+and, for reference, the `hf download` command end to end (its start-up included). Runs alternate
+so that page-cache and CPU-frequency drift hit both; the best round of each counts.
+Target (issue 5): appliance throughput at least 0.9 times huggingface_hub's — progress reporting and
+verification must not slow the download down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+HF = str(Path(sys.executable).parent / "hf")
+REPO = "bench-org/bench-model"
+TARGET_RATIO = 0.9
+CLI_INCLUDE = ("--include", "*.safetensors", "--include", "*.json")
+
+SERVER = """
+import sys, time, hashlib
+sys.path.insert(0, sys.argv[1])
+from tests.support.hub_double import HubDouble, safetensors_bytes, tiny_model_files
+shards, shard_bytes = int(sys.argv[2]), int(sys.argv[3])
+files = {k: v for k, v in tiny_model_files(weight_bytes=4096).items() if k != "model.safetensors"}
+block = hashlib.sha256(b"bench").digest() * 4096
+for i in range(shards):
+    raw = (block * (shard_bytes // len(block) + 1))[:shard_bytes]
+    name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+    files[name] = safetensors_bytes({f"layer{i}.weight": ("U8", (shard_bytes,), raw)})
+hub = HubDouble(page_size=1000)
+hub.add_repo(sys.argv[4], files)
+with hub.running():
+    kept = sum(len(v) for k, v in files.items() if k.endswith((".safetensors", ".json")))
+    print(hub.url, kept, flush=True)
+    while True:
+        time.sleep(3600)
+"""
+
+MEASURE_HUB = """
+import sys, time
+from huggingface_hub import snapshot_download
+from appliance.weights import ALLOW_PATTERNS, IGNORE_PATTERNS
+start = time.perf_counter()
+snapshot_download(sys.argv[1], local_dir=sys.argv[2], endpoint=sys.argv[3],
+                  allow_patterns=list(ALLOW_PATTERNS), ignore_patterns=list(IGNORE_PATTERNS))
+print(time.perf_counter() - start)
+"""
+
+MEASURE_APPLIANCE = """
+import sys, time
+from pathlib import Path
+from appliance.weights import pull_weights
+reports = []
+start = time.perf_counter()
+pull_weights(sys.argv[1], models_dir=Path(sys.argv[2]), endpoint=sys.argv[3],
+             on_progress=reports.append)
+print(time.perf_counter() - start)
+print(len(reports), file=sys.stderr)
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HF_HUB_OFFLINE", None)
+    env.update(
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_XET="1",
+        HF_TOKEN="",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def _timed(code: str, url: str, target: Path) -> float:
+    out = subprocess.run(
+        [PYTHON, "-c", code, REPO, str(target), url],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _cli(url: str, target: Path) -> float:
+    env = _env() | {"HF_ENDPOINT": url}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [HF, "download", REPO, "--local-dir", str(target), *CLI_INCLUDE],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if done.returncode:
+        raise RuntimeError(f"hf download failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--shard-mib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    server = subprocess.Popen(
+        [PYTHON, "-c", SERVER, str(ROOT), str(args.shards), str(args.shard_mib << 20), REPO],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url, total = server.stdout.readline().split()
+        size = int(total)
+        work = Path(tempfile.mkdtemp(prefix="bench-download-"))
+        hub_times: list[float] = []
+        appliance_times: list[float] = []
+        cli_times: list[float] = []
+        for round_no in range(args.rounds):
+            order = ("hub", "appliance") if round_no % 2 == 0 else ("appliance", "hub")
+            for who in order:
+                target = work / f"{who}-{round_no}"
+                if who == "hub":
+                    hub_times.append(_timed(MEASURE_HUB, url, target))
+                else:
+                    appliance_times.append(_timed(MEASURE_APPLIANCE, url, target))
+                shutil.rmtree(target, ignore_errors=True)
+        target = work / "cli"
+        cli_times.append(_cli(url, target))
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    hub_rate = size / min(hub_times) / 2**20
+    appliance_rate = size / min(appliance_times) / 2**20
+    ratio = appliance_rate / hub_rate
+    result = {
+        "bytes": size,
+        "rounds": args.rounds,
+        "huggingface_hub_snapshot_download_mib_s": round(hub_rate, 1),
+        "appliance_pull_mib_s": round(appliance_rate, 1),
+        "hf_download_cli_end_to_end_mib_s": round(size / cli_times[0] / 2**20, 1),
+        "ratio": round(ratio, 3),
+        "target": TARGET_RATIO,
+        "ok": ratio >= TARGET_RATIO,
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

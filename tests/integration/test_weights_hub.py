@@ -1,0 +1,564 @@
+"""Weights pulls through the real huggingface_hub client against a Hub double on 127.0.0.1.
+
+Only the server is fake (`tests/support/hub_double.py`); revision resolution, tree listing with
+pagination, HEAD metadata, Range resumes and error mapping are huggingface_hub 2.4's own code.
+The conftest forces `HF_HUB_OFFLINE=1` for every test; these tests turn it off for themselves.
+Nothing asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import (
+    BadInputError,
+    EnvironmentNotReadyError,
+    ExitCode,
+    OperationFailedError,
+    RefusedError,
+)
+from appliance.weights import (
+    DownloadCancelledError,
+    DownloadProgress,
+    HubToken,
+    find_installed,
+    list_weights,
+    plan_pull,
+    pull_weights,
+    resolve_token,
+    revision_dir,
+    snapshot_dir,
+)
+from tests.support.hub_double import HubDouble, tiny_model_files
+
+REPO = "tiny-org/tiny-model"
+WANTED = {
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
+CHUNK = 64 * 1024
+PLENTY = lambda _path: 1 << 50  # noqa: E731 - free-space probe that never runs short
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Let huggingface_hub reach the (loopback) network, with small download chunks.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so the constant is patched as well.
+    64 KiB chunks (10 MiB by default) let a 3 MiB file be cut and resumed at a chunk boundary.
+    """
+    import huggingface_hub.constants as hub_constants  # noqa: TID251 - test setup
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-token"))
+    monkeypatch.setattr(hub_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+
+
+@pytest.fixture
+def hub(online: None) -> Iterator[HubDouble]:
+    double = HubDouble(page_size=3)
+    double.add_repo(REPO, tiny_model_files())
+    with double.running():
+        yield double
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+def _resolve_gets(hub: HubDouble) -> list[str]:
+    return [r.path for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+
+
+def test_pull_fetches_engine_files_only_and_records_the_commit(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    reports: list[DownloadProgress] = []
+    repo = hub.repos[REPO]
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, on_progress=reports.append, free_bytes=PLENTY
+    )
+
+    assert installed.sha == repo.sha
+    snapshot = snapshot_dir(models_dir, REPO, repo.sha)
+    assert installed.path == snapshot
+    on_disk = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    assert on_disk == WANTED  # no pytorch_model.bin, no README, no bookkeeping
+    for name in WANTED:
+        assert (snapshot / name).read_bytes() == repo.files[name]
+    assert {f.path: f.sha256 for f in installed.files} == {
+        n: hashlib.sha256(repo.files[n]).hexdigest() for n in WANTED
+    }
+    # The revision is recorded, and the revision path the runtime mounts leads to the snapshot.
+    assert (models_dir / REPO / "refs" / "main").read_text().strip() == repo.sha
+    assert revision_dir(models_dir, REPO, "main").resolve() == snapshot.resolve()
+    assert not (models_dir / REPO / ".partial").exists()
+    # Progress is in bytes, with the total known from the first report on.
+    total = sum(len(repo.files[n]) for n in WANTED)
+    assert reports
+    assert {r.bytes_total for r in reports} == {total}
+    done = [r.bytes_done for r in reports]
+    assert done == sorted(done)
+    assert reports[-1].phase == "done"
+    assert reports[-1].bytes_done == total
+    assert reports[-1].files_done == len(WANTED)
+
+    listed = list_weights(models_dir)
+    assert [(w.repo, w.sha, w.revisions) for w in listed] == [(REPO, repo.sha, ("main", repo.sha))]
+    assert listed[0].to_json()["size_bytes"] == total
+
+
+def test_second_pull_is_a_no_op(hub: HubDouble, models_dir: Path) -> None:
+    pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+    before = len(_resolve_gets(hub))
+    heads = len([r for r in hub.requests if r.method == "HEAD"])
+
+    again = pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert again.sha == hub.repos[REPO].sha
+    assert len(_resolve_gets(hub)) == before
+    assert len([r for r in hub.requests if r.method == "HEAD"]) == heads
+
+
+def test_tree_listing_follows_link_pagination(hub: HubDouble, models_dir: Path) -> None:
+    plan = plan_pull(REPO, models_dir=models_dir, endpoint=hub.url)
+
+    tree_calls = [r.path for r in hub.requests if "/tree/" in r.path]
+    assert len(tree_calls) == 3  # 8 files, 3 a page
+    assert {f.path for f in plan.files} == WANTED
+    assert plan.bytes_to_fetch == plan.bytes_total
+    assert not _resolve_gets(hub)  # preflight fetched no file bytes
+
+
+def test_dropped_connection_resumes_with_a_range_request(hub: HubDouble, models_dir: Path) -> None:
+    hub.cut_once("model.safetensors", after_bytes=16 * CHUNK)
+
+    pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    gets = hub.requests_for("/model.safetensors")
+    assert [g.header("Range") for g in gets] == [None, f"bytes={16 * CHUNK}-"]
+    data = (snapshot_dir(models_dir, REPO, hub.repos[REPO].sha) / "model.safetensors").read_bytes()
+    assert data == hub.repos[REPO].files["model.safetensors"]
+
+
+def test_interrupted_run_resumes_on_the_next_run(hub: HubDouble, models_dir: Path) -> None:
+    hub.fail_after_cut("model.safetensors", after_bytes=16 * CHUNK)
+
+    with pytest.raises(OperationFailedError) as failed:
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+    assert "503" in failed.value.message
+    assert "resume" in (failed.value.hint or "")
+    # Nothing a later run (or the runtime) would trust: no manifest, no listing, no revision link.
+    assert list_weights(models_dir) == []
+    assert find_installed(models_dir, REPO, "main") is None
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    assert partial.stat().st_size == 16 * CHUNK
+
+    plan = plan_pull(REPO, models_dir=models_dir, endpoint=hub.url)
+    assert plan.bytes_on_disk >= 16 * CHUNK
+    installed = pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    ranges = [g.header("Range") for g in hub.requests_for("/model.safetensors")]
+    assert ranges[-1] == f"bytes={16 * CHUNK}-"
+    assert (installed.path / "model.safetensors").read_bytes() == hub.repos[REPO].files[
+        "model.safetensors"
+    ]
+
+
+def test_cancel_keeps_what_arrived_and_the_next_pull_resumes(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    cancel = threading.Event()
+    ticks = itertools.count()  # a fake clock one second a call: every chunk is reported
+
+    def stop_midway(report: DownloadProgress) -> None:
+        if report.file == "model.safetensors" and report.bytes_done > 8 * CHUNK:
+            cancel.set()
+
+    with pytest.raises(DownloadCancelledError) as cancelled:
+        pull_weights(
+            REPO,
+            models_dir=models_dir,
+            endpoint=hub.url,
+            on_progress=stop_midway,
+            cancel=cancel,
+            free_bytes=PLENTY,
+            max_workers=1,
+            clock=lambda: float(next(ticks)),
+        )
+    assert cancelled.value.exit_code == ExitCode.INTERRUPTED
+    assert list_weights(models_dir) == []
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(hub.repos[REPO].files["model.safetensors"])
+
+    pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert hub.requests_for("/model.safetensors")[-1].header("Range") == f"bytes={kept}-"
+    assert [w.repo for w in list_weights(models_dir)] == [REPO]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_corrupted_file_is_detected_and_downloaded_again(
+    hub: HubDouble, models_dir: Path, name: str
+) -> None:
+    hub.corrupt_once(name)
+
+    installed = pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert len(hub.requests_for(f"/{name}")) == 2
+    assert (installed.path / name).read_bytes() == hub.repos[REPO].files[name]
+
+
+def test_a_file_damaged_twice_fails_and_leaves_nothing_trusted(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    hub.corrupt_once("model.safetensors", times=2)
+
+    with pytest.raises(OperationFailedError, match="damaged twice"):
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    sha = hub.repos[REPO].sha
+    assert not (snapshot_dir(models_dir, REPO, sha) / "model.safetensors").exists()
+    assert not (models_dir / REPO / ".partial" / sha / "model.safetensors").exists()
+    assert list_weights(models_dir) == []
+
+
+def test_gated_repo_without_a_token_is_refused_with_the_licence_url(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    hub.add_repo("meta-llama/gated", tiny_model_files(), gated=True, allowed_tokens=frozenset())
+
+    with pytest.raises(RefusedError) as refused:
+        pull_weights("meta-llama/gated", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    text = refused.value.render()
+    assert "gated" in text
+    assert "no Hugging Face token" in text
+    assert f"{hub.url}/meta-llama/gated" in text
+    assert "HF_TOKEN" in text
+    assert not _resolve_gets(hub)  # refused before any byte
+
+
+def test_gated_repo_with_a_token_without_access_says_so(hub: HubDouble, models_dir: Path) -> None:
+    hub.add_repo("meta-llama/gated", tiny_model_files(), gated=True, allowed_tokens=frozenset())
+
+    with pytest.raises(RefusedError) as refused:
+        pull_weights(
+            "meta-llama/gated",
+            models_dir=models_dir,
+            endpoint=hub.url,
+            token=HubToken("hf_notgranted", "HF_TOKEN"),
+            free_bytes=PLENTY,
+        )
+
+    assert "has not been granted access" in refused.value.message
+    assert "hf_notgranted" not in refused.value.render()
+
+
+def test_gated_repo_with_access_downloads(hub: HubDouble, models_dir: Path) -> None:
+    hub.add_repo(
+        "meta-llama/gated", tiny_model_files(), gated=True, allowed_tokens=frozenset({"hf_ok"})
+    )
+
+    installed = pull_weights(
+        "meta-llama/gated",
+        models_dir=models_dir,
+        endpoint=hub.url,
+        token=HubToken("hf_ok", "HF_TOKEN"),
+        free_bytes=PLENTY,
+    )
+
+    assert {f.path for f in installed.files} == WANTED
+    assert all(
+        r.header("Authorization") == "Bearer hf_ok" for r in hub.requests if "/resolve/" in r.path
+    )
+
+
+def test_missing_repo_is_bad_input(hub: HubDouble, models_dir: Path) -> None:
+    with pytest.raises(BadInputError) as bad:
+        pull_weights("nobody/nothing", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert bad.value.exit_code == ExitCode.BAD_INPUT
+    assert "nobody/nothing was not found" in bad.value.message
+    assert not (models_dir / "nobody").exists() or not any((models_dir / "nobody").rglob("*.json"))
+
+
+def test_missing_revision_is_bad_input(hub: HubDouble, models_dir: Path) -> None:
+    with pytest.raises(BadInputError) as bad:
+        pull_weights(REPO, "v9.9", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert bad.value.message == f"{REPO} has no revision 'v9.9'"
+    assert "40-character" in (bad.value.hint or "")
+
+
+def test_a_repo_without_safetensors_is_refused_before_any_byte(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    hub.add_repo(
+        "old/pickles", {"config.json": b"{}", "pytorch_model.bin": b"\0" * 1024, "vocab.txt": b"a"}
+    )
+
+    with pytest.raises(BadInputError) as bad:
+        pull_weights("old/pickles", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert "no .safetensors" in bad.value.message
+    assert "pytorch_model.bin" in bad.value.message
+    assert "never pickled" in (bad.value.hint or "")
+    assert not [r for r in hub.requests if "/resolve/" in r.path]
+
+
+def test_too_little_disk_is_refused_before_any_byte(hub: HubDouble, models_dir: Path) -> None:
+    asked: list[Path] = []
+
+    def small_disk(path: Path) -> int:
+        asked.append(path)
+        return 100 * 1024 * 1024  # 100 MiB free; the 2 GiB headroom is not there
+
+    with pytest.raises(EnvironmentNotReadyError) as short:
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=small_disk)
+
+    assert asked == [models_dir]
+    assert "not enough free disk" in short.value.message
+    assert "100.0 MiB is free" in short.value.message
+    assert not _resolve_gets(hub)
+    assert not (models_dir / REPO / ".partial").exists() or not any(
+        (models_dir / REPO / ".partial").rglob("*")
+    )
+
+
+def test_margin_can_be_set_explicitly(hub: HubDouble, models_dir: Path) -> None:
+    needed = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        free_bytes=lambda _p: needed + 10,
+        margin_bytes=10,
+    )
+    assert [w.repo for w in list_weights(models_dir)] == [REPO]
+
+
+def test_offline_mode_is_reported_as_an_environment_problem(
+    hub: HubDouble, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as hub_constants  # noqa: TID251 - test setup
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(EnvironmentNotReadyError, match="HF_HUB_OFFLINE"):
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+
+def test_an_unreachable_hub_is_an_environment_problem(online: None, models_dir: Path) -> None:
+    double = HubDouble()
+    with double.running():
+        url = double.url  # a port that was just closed
+    with pytest.raises(EnvironmentNotReadyError, match="cannot reach the Hub"):
+        pull_weights(REPO, models_dir=models_dir, endpoint=url, free_bytes=PLENTY)
+
+
+def test_the_token_is_never_printed_or_logged(
+    hub: HubDouble,
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import huggingface_hub.constants as hub_constants  # noqa: TID251 - test setup
+
+    secret = "hf_SeCrEt1234567890abcdefTOKEN"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setattr(hub_constants, "HF_DEBUG", True)  # huggingface_hub logs every request
+    hub.add_repo(
+        "meta-llama/gated", tiny_model_files(), gated=True, allowed_tokens=frozenset({secret})
+    )
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_logger.addHandler(handler)
+    old_level = hub_logger.level
+    hub_logger.setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    reports: list[DownloadProgress] = []
+    try:
+        token = resolve_token()
+        assert token is not None
+        assert token.source == "HF_TOKEN"
+        installed = pull_weights(
+            "meta-llama/gated",
+            models_dir=models_dir,
+            endpoint=hub.url,
+            token=token,
+            on_progress=reports.append,
+            free_bytes=PLENTY,
+        )
+        with pytest.raises(RefusedError) as refused:
+            pull_weights(
+                "meta-llama/gated",
+                "main",
+                models_dir=models_dir / "other",
+                endpoint=hub.url,
+                token=HubToken(secret + "-wrong", "HF_TOKEN"),
+                free_bytes=PLENTY,
+            )
+    finally:
+        hub_logger.removeHandler(handler)
+        hub_logger.setLevel(old_level)
+
+    # The token was really used...
+    assert any(r.header("Authorization") == f"Bearer {secret}" for r in hub.requests)
+    assert stream.getvalue()  # ...and huggingface_hub did log (debug curl lines)...
+    # ...but it appears nowhere a person or a log file would see it.
+    out, err = capfd.readouterr()
+    seen = [
+        out,
+        err,
+        stream.getvalue(),
+        caplog.text,
+        repr(token),
+        str(token),
+        refused.value.render(),
+        repr(reports),
+        repr(installed),
+        *(p.read_text() for p in models_dir.rglob("*.json")),
+        *(p.read_text() for p in (models_dir / "tiny-org").rglob("refs/*") if p.is_file()),
+    ]
+    assert all(secret not in text for text in seen)
+
+
+def test_lfs_files_come_from_the_cdn_without_the_token(online: None, models_dir: Path) -> None:
+    """As on the real Hub: /resolve/ of an LFS file redirects to a signed URL on another host."""
+    double = HubDouble(lfs_redirect=True)
+    double.add_repo(
+        "meta-llama/gated", tiny_model_files(), gated=True, allowed_tokens=frozenset({"hf_ok"})
+    )
+    double.cut_once("model.safetensors", after_bytes=8 * CHUNK)
+    with double.running():
+        installed = pull_weights(
+            "meta-llama/gated",
+            models_dir=models_dir,
+            endpoint=double.url,
+            token=HubToken("hf_ok", "HF_TOKEN"),
+            free_bytes=PLENTY,
+        )
+
+    assert (installed.path / "model.safetensors").read_bytes() == double.repos[
+        "meta-llama/gated"
+    ].files["model.safetensors"]
+    cdn = [r for r in double.requests if r.path.startswith("/cdn/")]
+    assert [r.header("Range") for r in cdn] == [None, f"bytes={8 * CHUNK}-"]
+    assert all(r.header("Authorization") is None for r in cdn)
+    hub_side = [r for r in double.requests if "/resolve/" in r.path]
+    assert hub_side
+    assert all(r.header("Authorization") == "Bearer hf_ok" for r in hub_side)
+
+
+PROFILE_TEXT = """
+apiVersion: llm-appliance/v1
+kind: Profile
+metadata:
+  name: tiny
+spec:
+  model:
+    repo: tiny-org/tiny-model
+    quantization: bf16
+    lora_adapters:
+      - name: support
+        repo: tiny-org/support-lora
+  engine:
+    max_lora_rank: 16
+  embeddings:
+    repo: tiny-org/tiny-embed
+  storage:
+    models_dir: {models_dir}
+"""
+
+
+def _profile_hub(hub: HubDouble) -> None:
+    adapter = tiny_model_files(weight_bytes=64 * 1024, seed=2)
+    hub.add_repo(
+        "tiny-org/support-lora",
+        {
+            "adapter_model.safetensors": adapter["model.safetensors"],
+            "adapter_config.json": b'{"r": 16}',
+        },
+    )
+    hub.add_repo("tiny-org/tiny-embed", tiny_model_files(weight_bytes=128 * 1024, seed=3))
+
+
+def test_pull_profile_fetches_model_adapter_and_embeddings(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    from appliance.profile import parse_profile
+    from appliance.weights import pull_profile
+
+    _profile_hub(hub)
+    profile = parse_profile(PROFILE_TEXT.format(models_dir=models_dir), "tiny.yaml")
+
+    pulled = pull_profile(profile, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert [w.repo for w in pulled] == [
+        "tiny-org/tiny-model",
+        "tiny-org/support-lora",
+        "tiny-org/tiny-embed",
+    ]
+    listed = list_weights(models_dir, profiles=[profile])
+    assert {w.repo: w.used_by for w in listed} == {
+        "tiny-org/tiny-model": ("tiny",),
+        "tiny-org/support-lora": ("tiny",),
+        "tiny-org/tiny-embed": ("tiny",),
+    }
+    assert {f.path for f in pulled[1].files} == {"adapter_model.safetensors", "adapter_config.json"}
+
+
+def test_pull_profile_checks_disk_for_the_sum_before_any_byte(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    from appliance.profile import parse_profile
+    from appliance.weights import pull_profile
+
+    _profile_hub(hub)
+    profile = parse_profile(PROFILE_TEXT.format(models_dir=models_dir), "tiny.yaml")
+    model_bytes = plan_pull(REPO, models_dir=models_dir, endpoint=hub.url).bytes_total
+
+    with pytest.raises(EnvironmentNotReadyError, match="not enough free disk"):
+        pull_profile(
+            profile,
+            endpoint=hub.url,
+            free_bytes=lambda _p: model_bytes + 1,  # room for the model alone, not for all three
+            margin_bytes=0,
+        )
+    assert not _resolve_gets(hub)
+
+
+def test_offline_pull_of_weights_already_on_the_box_is_a_no_op(
+    hub: HubDouble, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as hub_constants  # noqa: TID251 - test setup
+
+    first = pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    seen = len(hub.requests)
+
+    again = pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert again == first
+    assert len(hub.requests) == seen
+    with pytest.raises(EnvironmentNotReadyError, match="HF_HUB_OFFLINE"):
+        pull_weights(REPO, "v2", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
