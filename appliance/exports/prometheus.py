@@ -1,0 +1,108 @@
+"""`appliance export prometheus`: a `prometheus.yml` that scrapes everything the box runs.
+
+Four jobs: vLLM and TEI (their own `/metrics`), the gateway (`appliance_gateway_*`), and NVIDIA's
+DCGM exporter for the GPUs (`DCGM_FI_DEV_*`, port 9400 by default). Engines listen on 127.0.0.1
+only, so this Prometheus runs on the box itself (or the targets are changed to an address it can
+reach). The job names are the ones the Grafana dashboard (`appliance.exports.grafana`) filters
+on, so the two exports work together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from appliance.exports._files import write_text
+from appliance.profile import PortsSpec, Profile
+
+__all__ = [
+    "DCGM_EXPORTER_PORT",
+    "JOB_DCGM",
+    "JOB_GATEWAY",
+    "JOB_TEI",
+    "JOB_VLLM",
+    "prometheus_config",
+    "prometheus_export",
+    "prometheus_text",
+]
+
+DCGM_EXPORTER_PORT: Final = 9400  # dcgm-exporter's default listen address is :9400
+JOB_VLLM: Final = "llm-appliance-vllm"
+JOB_TEI: Final = "llm-appliance-tei"
+JOB_GATEWAY: Final = "llm-appliance-gateway"
+JOB_DCGM: Final = "dcgm-exporter"
+
+
+def _job(name: str, target: str, labels: dict[str, str], *, scheme: str = "http") -> dict[str, Any]:
+    job: dict[str, Any] = {"job_name": name, "metrics_path": "/metrics"}
+    if scheme != "http":
+        job["scheme"] = scheme
+    job["static_configs"] = [{"targets": [target], "labels": labels}]
+    return job
+
+
+def prometheus_config(
+    profile: Profile | None = None,
+    *,
+    host: str = "127.0.0.1",
+    dcgm_target: str | None = None,
+    scrape_interval_s: int = 15,
+) -> dict[str, Any]:
+    """The scrape config as a mapping. Without a profile, the default ports and every job."""
+    ports = profile.spec.ports if profile is not None else PortsSpec()
+    name = profile.metadata.name if profile is not None else "llm-appliance"
+    labels = {"appliance": name}
+    tls = profile is not None and profile.spec.gateway.tls is not None
+    jobs = [_job(JOB_VLLM, f"{host}:{ports.vllm}", {**labels, "role": "vllm"})]
+    if profile is None or profile.spec.embeddings_enabled:
+        jobs.append(_job(JOB_TEI, f"{host}:{ports.tei}", {**labels, "role": "tei"}))
+    jobs.append(
+        _job(
+            JOB_GATEWAY,
+            f"{host}:{ports.gateway}",
+            {**labels, "role": "gateway"},
+            scheme="https" if tls else "http",
+        )
+    )
+    jobs.append(
+        _job(JOB_DCGM, dcgm_target or f"{host}:{DCGM_EXPORTER_PORT}", {**labels, "role": "gpu"})
+    )
+    return {
+        "global": {
+            "scrape_interval": f"{scrape_interval_s}s",
+            "evaluation_interval": f"{scrape_interval_s}s",
+        },
+        "scrape_configs": jobs,
+    }
+
+
+def prometheus_text(config: dict[str, Any]) -> str:
+    header = (
+        "# Prometheus scrape config for llm-appliance (`appliance export prometheus`).\n"
+        "# Engines listen on 127.0.0.1: run Prometheus on the box, or change the targets.\n"
+        "# GPU metrics need NVIDIA's dcgm-exporter (listens on :9400 by default), e.g.\n"
+        "#   docker run -d --gpus all --cap-add SYS_ADMIN -p 127.0.0.1:9400:9400 "
+        "nvcr.io/nvidia/k8s/dcgm-exporter:<tag>\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def prometheus_export(
+    profile: Profile | None = None,
+    *,
+    output: Path | None = None,
+    host: str = "127.0.0.1",
+    dcgm_target: str | None = None,
+    scrape_interval_s: int = 15,
+) -> str:
+    """`appliance export prometheus [PROFILE] [-o FILE]`: the text; also written to `output`."""
+    text = prometheus_text(
+        prometheus_config(
+            profile, host=host, dcgm_target=dcgm_target, scrape_interval_s=scrape_interval_s
+        )
+    )
+    if output is not None:
+        write_text(output, text)
+    return text
