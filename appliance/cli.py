@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,6 +117,13 @@ def _runtime_source(profile_name: str) -> Any:
 
 
 def _cmd_status(args: argparse.Namespace) -> ExitCode:
+    if args.profile is None and not args.simulate:
+        if args.watch or args.check:
+            raise BadInputError(
+                "--watch and --check need the profile (its ports and alert thresholds)",
+                hint="appliance status PROFILE --watch",
+            )
+        return _container_status(args)
     from appliance.monitor.render import render_status
     from appliance.monitor.status import check_status, sample_status, watch_status
 
@@ -237,6 +245,367 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
         else:
             args.output.write_text(text, encoding="utf-8")
             print(f"wrote {args.output} ({top.model_name}, {top.quantization})", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_cost(args: argparse.Namespace) -> ExitCode:
+    from appliance.cost import (
+        api_for_profile,
+        cost_for_window,
+        cost_inputs_from,
+        load_cost_inputs,
+        load_list_prices,
+        render_cost,
+    )
+    from appliance.profile import load_profile
+
+    profile = load_profile(args.profile)
+    prices = load_list_prices(args.prices)
+    base = load_cost_inputs(args.inputs) if args.inputs is not None else None
+    inputs = cost_inputs_from(
+        base,
+        gpu_cost_per_hour=args.gpu_cost_per_hour,
+        purchase_price=args.purchase_price,
+        amortisation_months=args.amortisation_months,
+        electricity_per_kwh=args.electricity_per_kwh,
+        operations_overhead_pct=args.overhead_pct,
+        api=args.api or (None if base is not None and base.api else api_for_profile(profile)),
+    )
+    report = cost_for_window(
+        profile.spec.storage.state_dir, inputs, window=args.window, prices=prices
+    )
+    print(report.model_dump_json(indent=2) if args.json else render_cost(report))
+    return ExitCode.OK
+
+
+def _cmd_export(args: argparse.Namespace) -> ExitCode:
+    from appliance.profile import load_profile
+
+    if args.target == "grafana":
+        from appliance.exports.grafana import grafana_export
+
+        text = grafana_export(output=args.output)
+    elif args.target == "prometheus":
+        from appliance.exports.prometheus import prometheus_export
+
+        profile = load_profile(args.profile) if args.profile is not None else None
+        text = prometheus_export(profile, output=args.output)
+    else:
+        from appliance.exports.k8s import box_for_export, k8s_export
+
+        if args.profile is None or args.output is None:
+            raise BadInputError(
+                "export k8s needs a profile and an output directory",
+                hint="appliance export k8s profiles/h100-70b-fp8.yaml -o k8s/",
+            )
+        profile = load_profile(args.profile)
+        written = k8s_export(
+            profile, box_for_export(profile, args.simulate), args.output, fmt=args.format
+        )
+        for path in written:
+            print(path)
+        return ExitCode.OK
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return ExitCode.OK
+
+
+class _ByteProgress:
+    """Download progress on stderr (bytes, rate, ETA), one bar per repository.
+
+    Reports arrive from the download's worker threads; rich's Progress takes its own lock.
+    """
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ByteProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, report: Any) -> None:
+        task = self._tasks.get(report.repo)
+        if task is None:
+            task = self._progress.add_task(report.repo, total=report.bytes_total)
+            self._tasks[report.repo] = task
+        self._progress.update(
+            task,
+            completed=report.bytes_done,
+            total=report.bytes_total,
+            description=f"{report.repo} ({report.phase})",
+        )
+
+
+def _cancellable(work: Callable[[threading.Event], Any]) -> Any:
+    """Run `work(cancel)` in a thread; Ctrl-C sets `cancel` and waits for it to stop cleanly."""
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(cancel)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="appliance-work", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        print("\ncancelling; what arrived is kept and the next run resumes", file=sys.stderr)
+        cancel.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _cmd_weights(args: argparse.Namespace) -> ExitCode:
+    from appliance import weights
+
+    models_dir: Path = args.models_dir_given or DEFAULT_MODELS_DIR
+    if args.action == "list":
+        installed = weights.list_weights(models_dir, _profiles(args.profiles))
+        if args.json:
+            print(json.dumps([item.to_json() for item in installed], indent=2))
+        else:
+            for item in installed:
+                used = f"  used by {', '.join(item.used_by)}" if item.used_by else ""
+                size = item.size_bytes / 2**30
+                print(f"{item.repo}@{item.revision}  {item.sha[:12]}  {size:.2f} GiB{used}")
+            if not installed:
+                print(f"no weights under {models_dir}", file=sys.stderr)
+        return ExitCode.OK
+    if args.action == "rm":
+        removed = weights.remove_weights(models_dir, args.repo, _profiles(args.profiles))
+        for item in removed:
+            print(f"removed {item.repo}@{item.revision} ({item.sha[:12]})")
+        return ExitCode.OK
+    if args.action == "import":
+        repo, revision = weights.parse_repo_ref(args.as_repo)
+        with _ByteProgress() as progress:
+            installed = _cancellable(
+                lambda cancel: weights.import_weights(
+                    args.path, repo, revision, models_dir=models_dir,
+                    on_progress=progress, cancel=cancel,
+                )
+            )  # fmt: skip
+        print(f"{installed.repo}@{installed.revision} -> {installed.path}")
+        return ExitCode.OK
+    token = weights.resolve_token(args.token_file)
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml") or target.is_file():
+        from appliance.profile import load_profile
+
+        profile = load_profile(target)
+        with _ByteProgress() as progress:
+            pulled = _cancellable(
+                lambda cancel: weights.pull_profile(
+                    profile, models_dir=args.models_dir_given, token=token,
+                    on_progress=progress, cancel=cancel,
+                )
+            )  # fmt: skip
+    else:
+        with _ByteProgress() as progress:
+            pulled = [
+                _cancellable(
+                    lambda cancel: weights.pull_weights(
+                        args.target, args.revision or "main", models_dir=models_dir,
+                        token=token, on_progress=progress, cancel=cancel,
+                    )
+                )
+            ]  # fmt: skip
+    for item in pulled:
+        print(f"{item.repo}@{item.revision} ({item.sha[:12]}) -> {item.path}")
+    return ExitCode.OK
+
+
+def _profiles(paths: Sequence[Path]) -> list[Any]:
+    from appliance.profile import load_profile
+
+    return [load_profile(path) for path in paths]
+
+
+def _box_for(args: argparse.Namespace, profile: Any) -> Any:
+    from appliance.hardware import detect_box
+
+    return detect_box(
+        simulate=getattr(args, "simulate", None), models_dir=profile.spec.storage.models_dir
+    )
+
+
+def _cmd_plan(args: argparse.Namespace) -> ExitCode:
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.profile import load_profile
+    from appliance.runtime.apply import resolved_weights
+    from appliance.runtime.docker import DockerEngine
+    from appliance.runtime.plan import make_plan
+    from appliance.runtime.specs import container_specs
+
+    profile = load_profile(args.profile)
+    specs = container_specs(profile, _box_for(args, profile), weights_source=resolved_weights)
+    try:
+        engine = DockerEngine()
+    except EnvironmentNotReadyError as error:
+        if not args.simulate:
+            raise
+        # A simulated box is usually planned on a laptop with no engine: plan from nothing.
+        print(f"note: {error.message}; planning against an empty box", file=sys.stderr)
+        observed = []
+    else:
+        try:
+            observed = engine.managed_containers()
+        finally:
+            engine.close()
+    plan = make_plan(specs, observed)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
+    return ExitCode.OK
+
+
+def _cmd_apply(args: argparse.Namespace) -> ExitCode:
+    from appliance.profile import load_profile
+    from appliance.runtime.apply import ApplyEvent, apply_profile
+    from appliance.runtime.docker import DockerEngine
+    from appliance.runtime.plan import Plan
+
+    profile = load_profile(args.profile)
+    box = _box_for(args, profile)
+
+    def show(event: ApplyEvent) -> None:
+        if event.pull is None:
+            role = f"[{event.role}] " if event.role else ""
+            print(f"{event.step}: {role}{event.message}", file=sys.stderr)
+
+    def confirm(plan: Plan) -> bool:
+        print(plan.render(), file=sys.stderr)
+        if plan.is_noop or args.yes or not sys.stdin.isatty():
+            return True
+        answer = input("Apply these changes? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    engine = DockerEngine()
+    try:
+        result = apply_profile(profile, box, engine, confirm=confirm, progress=show)
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif not result.applied:
+        print("nothing applied", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_down(args: argparse.Namespace) -> ExitCode:
+    from appliance.runtime.apply import down
+    from appliance.runtime.docker import DockerEngine
+
+    profile = None
+    if args.purge_weights:
+        if args.profile is None:
+            raise BadInputError(
+                "--purge-weights needs the profile whose weights to remove",
+                hint="appliance down PROFILE --purge-weights",
+            )
+        from appliance.profile import load_profile
+
+        profile = load_profile(args.profile)
+    engine = DockerEngine()
+    try:
+        removed = down(engine, progress=None)
+    finally:
+        engine.close()
+    for container in removed:
+        print(f"removed {container.name} ({container.role})")
+    if profile is not None:
+        from appliance import weights
+
+        for ref in weights.profile_weights(profile):
+            for item in weights.remove_weights(profile.spec.storage.models_dir, ref.repo):
+                print(f"removed weights {item.repo}@{item.revision}")
+    return ExitCode.OK
+
+
+def _cmd_logs(args: argparse.Namespace) -> ExitCode:
+    from appliance.runtime.apply import follow_service_logs, service_logs
+    from appliance.runtime.docker import DockerEngine
+
+    engine = DockerEngine()
+    try:
+        if not args.follow:
+            sys.stdout.write(service_logs(engine, args.service, tail=args.tail))
+            return ExitCode.OK
+        stop = threading.Event()
+        try:
+            for line in follow_service_logs(engine, args.service, stop, tail=args.tail):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            stop.set()
+    finally:
+        engine.close()
+    return ExitCode.OK
+
+
+def _cmd_compose(args: argparse.Namespace) -> ExitCode:
+    from appliance.profile import load_profile
+    from appliance.runtime.compose import compose_export
+
+    profile = load_profile(args.profile)
+    text = compose_export(
+        profile, _box_for(args, profile), box_name=args.simulate, output=args.output
+    )
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _container_status(args: argparse.Namespace) -> ExitCode:
+    """`appliance status` without a profile: the managed containers, found by their labels."""
+    from appliance.runtime.apply import status
+    from appliance.runtime.docker import DockerEngine
+
+    engine = DockerEngine()
+    try:
+        services = status(engine)
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps([service.to_json() for service in services], indent=2))
+        return ExitCode.OK
+    if not services:
+        print("no llm-appliance containers on this box (appliance apply PROFILE starts them)")
+    for service in services:
+        ready = {True: "ready", False: "NOT READY", None: "-"}[service.ready]
+        ports = ", ".join(f"127.0.0.1:{h}" for h in service.host_ports.values())
+        print(
+            f"{service.role:8} {service.name:32} {service.state:10} {ready:10} "
+            f"restarts {service.restart_count}  {ports}  ({service.profile})"
+        )
     return ExitCode.OK
 
 
@@ -375,6 +744,135 @@ def _add_scrape(commands: _Commands) -> None:
     scrape.set_defaults(handler=_cmd_scrape)
 
 
+def _add_cost(commands: _Commands) -> None:
+    cost = commands.add_parser(
+        "cost",
+        help="is this box paying for itself? cost per 1M tokens and break-even",
+        description="Cost per 1M tokens on this box (measured, and at full use) against the "
+        "API it replaces, the break-even tokens/day and fallback spend, from recorded usage.",
+    )
+    cost.add_argument("profile", type=Path, metavar="PROFILE")
+    cost.add_argument("--window", choices=["hour", "day", "7d"], default="day")
+    cost.add_argument("--inputs", type=Path, metavar="FILE", help="a YAML file of cost inputs")
+    cost.add_argument("--gpu-cost-per-hour", type=float, metavar="X", help="rented or cloud")
+    cost.add_argument("--purchase-price", type=float, metavar="X", help="an owned box")
+    cost.add_argument("--amortisation-months", type=int, metavar="N")
+    cost.add_argument("--electricity-per-kwh", type=float, metavar="X")
+    cost.add_argument("--overhead-pct", type=float, metavar="X", help="operations (default 30)")
+    cost.add_argument("--api", metavar="NAME", help="the API replaced, e.g. openai/gpt-4o")
+    cost.add_argument("--prices", type=Path, metavar="FILE", help="your own list-price table")
+    cost.add_argument("--json", action="store_true", help="print the report as JSON")
+    cost.set_defaults(handler=_cmd_cost)
+
+
+def _add_export(commands: _Commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="Prometheus scrape config, Grafana dashboard, or Kubernetes manifests",
+        description="prometheus: a scrape config for vLLM, TEI, the gateway and DCGM; grafana: "
+        "a dashboard; k8s: the profile as Kubernetes manifests (or production-stack values).",
+    )
+    export.add_argument("target", choices=["prometheus", "grafana", "k8s"])
+    export.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
+    export.add_argument("-o", "--output", type=Path, metavar="PATH", help="file (dir for k8s)")
+    export.add_argument("--format", choices=["manifests", "production-stack"], default="manifests")
+    export.add_argument("--simulate", metavar="NAME", help="the GPU type for k8s node selection")
+    export.set_defaults(handler=_cmd_export)
+
+
+def _add_weights(commands: _Commands) -> None:
+    weights = commands.add_parser(
+        "weights",
+        help="download, import, list and remove model weights",
+        description="Model weights on this box: pulled from the Hugging Face Hub with a "
+        "preflight, byte progress and resume, or imported from a directory or tarball.",
+    )
+    actions = weights.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--models-dir",
+            type=Path,
+            default=None,
+            dest="models_dir_given",
+            help=f"where weights live (default: the profile's, else {DEFAULT_MODELS_DIR})",
+        )
+
+    pull = actions.add_parser("pull", help="download a profile's weights, or one repo")
+    pull.add_argument("target", metavar="PROFILE|REPO")
+    pull.add_argument("--revision", metavar="R", help="branch, tag or commit (default main)")
+    pull.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="a 0600 file holding a Hub token"
+    )
+    common(pull)
+    listing = actions.add_parser("list", help="weights on this box, and which profile uses them")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--profile", dest="profiles", type=Path, action="append", default=[], metavar="FILE"
+    )
+    common(listing)
+    remove = actions.add_parser("rm", help="delete a repo's weights (refused while in use)")
+    remove.add_argument("repo", metavar="REPO")
+    remove.add_argument(
+        "--profile", dest="profiles", type=Path, action="append", default=[], metavar="FILE"
+    )
+    common(remove)
+    imported = actions.add_parser("import", help="import weights for an air-gapped box")
+    imported.add_argument("path", type=Path, metavar="PATH", help="a directory or a tarball")
+    imported.add_argument("--as", dest="as_repo", required=True, metavar="REPO[@REVISION]")
+    common(imported)
+    weights.set_defaults(handler=_cmd_weights)
+
+
+def _add_runtime(commands: _Commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="what apply would change: create / replace / remove / keep",
+        description="Compare the profile with the running containers (found by label) and say "
+        "what apply would do, with the fields that changed. Changes nothing.",
+    )
+    plan.add_argument("profile", type=Path, metavar="PROFILE")
+    plan.add_argument("--simulate", metavar="NAME", help="plan for a simulated box")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(handler=_cmd_plan)
+
+    apply = commands.add_parser(
+        "apply",
+        help="make the box run the profile (idempotent; rolls back on failure)",
+        description="Pull images, create the engines, wait until healthy. A second run with the "
+        "same file changes nothing; on failure what ran before is restored (exit 1).",
+    )
+    apply.add_argument("profile", type=Path, metavar="PROFILE")
+    apply.add_argument("-y", "--yes", action="store_true", help="do not ask on a terminal")
+    apply.add_argument("--json", action="store_true", help="print the result as JSON")
+    apply.set_defaults(handler=_cmd_apply)
+
+    down = commands.add_parser(
+        "down", help="stop and remove the appliance's containers (never anything else)"
+    )
+    down.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
+    down.add_argument(
+        "--purge-weights", action="store_true", help="also delete the profile's weights"
+    )
+    down.set_defaults(handler=_cmd_down)
+
+    logs = commands.add_parser("logs", help="a service's container logs")
+    logs.add_argument("service", choices=["vllm", "tei", "gateway"])
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
+    logs.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines")
+    logs.set_defaults(handler=_cmd_logs)
+
+    compose = commands.add_parser("compose", help="export the profile as a docker compose file")
+    compose_actions = compose.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    compose_actions.required = True
+    export = compose_actions.add_parser("export", help="write the compose file")
+    export.add_argument("profile", type=Path, metavar="PROFILE")
+    export.add_argument("-o", "--output", type=Path, metavar="FILE")
+    export.add_argument("--simulate", metavar="NAME", help="the box the file is for")
+    compose.set_defaults(handler=_cmd_compose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="appliance",
@@ -394,6 +892,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recommend(commands)
     _add_status(commands)
     _add_scrape(commands)
+    _add_cost(commands)
+    _add_export(commands)
+    _add_weights(commands)
+    _add_runtime(commands)
     return parser
 
 

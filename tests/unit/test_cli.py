@@ -187,3 +187,30 @@ def test_output_into_a_closed_pipe_is_not_an_error() -> None:
     )
     assert "Error" not in result.stderr
     assert "error" not in result.stderr
+
+
+def test_weights_import_list_and_rm_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    header = json.dumps({"w": {"dtype": "F16", "shape": [2, 2], "data_offsets": [0, 8]}}).encode()
+    (source / "model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header + b"\0" * 8
+    )
+    (source / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    models = str(tmp_path / "models")
+
+    imported = appliance(
+        "weights", "import", str(source), "--as", "acme/tiny@v1", "--models-dir", models
+    )
+    assert imported.returncode == ExitCode.OK, imported.stderr
+    listed = json.loads(appliance("weights", "list", "--json", "--models-dir", models).stdout)
+    assert [(w["repo"], w["revision"]) for w in listed] == [("acme/tiny", "v1")]
+    assert appliance("weights", "rm", "acme/tiny", "--models-dir", models).returncode == 0
+    assert json.loads(appliance("weights", "list", "--json", "--models-dir", models).stdout) == []
+
+
+def test_weights_pull_offline_is_an_environment_error(tmp_path: Path) -> None:
+    result = appliance("weights", "pull", "acme/tiny", "--models-dir", str(tmp_path))
+    assert result.returncode == ExitCode.ENVIRONMENT
+    assert "weights import" in result.stderr
+    assert_no_traceback(result)

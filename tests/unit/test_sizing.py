@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from appliance.catalog import ModelArchitecture
@@ -441,6 +441,10 @@ def test_longer_max_model_len_never_turns_no_fit_into_fit(
     gpu_bytes = int(gib * GIB)
     shorter = scenario["max_model_len"]
     assert isinstance(shorter, int)
+    # vLLM V0's API server turned chunked prefill on by itself above 32K tokens, shrinking the
+    # profiling batch to 512 tokens: crossing that line really can make a longer context fit.
+    crosses_32k = shorter <= 32768 < shorter + more
+    assume(not (crosses_32k and not VllmRules.for_version(str(scenario["vllm_version"])).v1_engine))
     short = _run(scenario, gpu_bytes=gpu_bytes, max_model_len=shorter)
     long = _run(scenario, gpu_bytes=gpu_bytes, max_model_len=shorter + more)
     if not short.fits:  # type: ignore[attr-defined]
