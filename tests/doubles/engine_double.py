@@ -213,6 +213,8 @@ class TeiMetrics:
 class EngineServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # As vLLM's uvicorn: a deep accept queue for bursts of clients, and no Nagle delay.
+    request_queue_size = 2048
 
     def __init__(self, address: tuple[str, int], role: str, args: argparse.Namespace) -> None:
         super().__init__(address, Handler)
@@ -231,6 +233,7 @@ class EngineServer(http.server.ThreadingHTTPServer):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     server: EngineServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -1,0 +1,1122 @@
+"""The gateway as a plain ASGI application: auth, routing, pass-through, fallback, metrics.
+
+Plain ASGI rather than Starlette on purpose: every request crosses this code, and a framework's
+request/response objects, middleware stack and header models cost more than the whole budget
+(≤ 1 ms added at p50; see `bench/gateway_overhead.py`). What the hot path does, and only that:
+
+* one pass over the request headers, which both finds `Authorization` and builds the forwarded
+  list; a key check that is a dict lookup plus one sha256 and a constant-time compare;
+* the body is forwarded as received, never parsed, except when it goes to the remote API (the
+  model name is mapped) or a local 404 must be told apart;
+* the response is forwarded chunk by chunk as the upstream sends it, never buffered.
+
+What must stay true: nothing is retried once a byte reached the client; every response carries
+`x-appliance-route`; every error is OpenAI's error JSON; no key and no `Authorization` value is
+ever logged, counted or echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+from appliance.gateway.config import GatewayConfig, RemoteConfig, Timeouts, origin
+from appliance.gateway.files import FileSignature
+from appliance.gateway.keys import KeyInfo, KeyRing, Scope, StaticAdminKey, load_keyring
+from appliance.gateway.policy import (
+    Destination,
+    FallbackMode,
+    LoadReading,
+    LoadSignal,
+    LocalFailure,
+    Route,
+    RoutingRules,
+    after_local_failure,
+    choose_route,
+    counts_as_engine_failure,
+)
+from appliance.gateway.probe import EngineProbe
+from appliance.gateway.ratelimit import RateLimiter, retry_after_header
+from appliance.gateway.state import FallbackState, read_fallback, write_fallback
+from appliance.gateway.upstream import (
+    Headers,
+    HttpxPool,
+    LeanPool,
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
+
+log = logging.getLogger("appliance.gateway")
+
+Scope_ = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ROUTE_HEADER = b"x-appliance-route"
+_LOCAL = Destination.LOCAL.value.encode()
+_REMOTE = Destination.REMOTE.value.encode()
+
+# Never forwarded upstream: hop-by-hop headers, framing the gateway redoes, and the client's
+# credentials (the engines need none; the remote API gets the appliance's own key).
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"authorization",
+    }
+)
+# Not for the remote API: they name the client's OpenAI account, not the appliance's.
+_DROP_REMOTE = frozenset({b"openai-organization", b"openai-project"})
+# Never passed back: hop-by-hop, and what uvicorn sets itself (date) or we do not advertise.
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+        b"date",
+        b"server",
+        b"set-cookie",
+        ROUTE_HEADER,
+    }
+)
+
+
+class Kind(enum.Enum):
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+
+
+class Outcome(enum.StrEnum):
+    """The `outcome` label of the requests counter."""
+
+    OK = "ok"  # 2xx/3xx from the upstream
+    CLIENT_ERROR = "client_error"  # 4xx from the upstream
+    UPSTREAM_ERROR = "upstream_error"  # 5xx from the upstream, or it broke mid-body
+    UNAVAILABLE = "unavailable"  # the gateway answered 502/503/504: nowhere to send it
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"  # refused by the gateway itself (size, method, path)
+    DISCONNECTED = "disconnected"  # the client went away; the upstream request was cancelled
+
+
+# Bodies of known length up to this size are sent with their head in one go (see `_forward`).
+_COLLECT_LIMIT = 256 * 1024
+
+_PROXIED = {
+    b"/v1/chat/completions": Kind.CHAT,
+    b"/v1/completions": Kind.CHAT,
+    b"/v1/embeddings": Kind.EMBEDDINGS,
+}
+
+
+class _ClientGoneError(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    """OpenAI's error shape, which every SDK knows how to show."""
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    ).encode()
+
+
+async def _send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    route: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    extra: Headers | None = None,
+) -> None:
+    headers: Headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (ROUTE_HEADER, route),
+    ]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+class GatewayMetrics:
+    """The gateway's own Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "appliance_gateway_requests",
+            "Requests answered, by API route, destination (local, remote, none) and outcome.",
+            ["route", "destination", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "appliance_gateway_request_duration_seconds",
+            "Time from the request's arrival to the last byte of the response.",
+            ["route", "destination"],
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+                120,
+                300,
+            ),
+            registry=registry,
+        )
+        self.first_byte = Histogram(
+            "appliance_gateway_time_to_first_byte_seconds",
+            "Time from the request's arrival to the response head (first streamed byte).",
+            ["route", "destination"],
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+            ),
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "appliance_gateway_fallbacks",
+            "Requests sent to the remote API instead of the local engine, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.local_failures = Counter(
+            "appliance_gateway_local_failures",
+            "Local engine attempts that failed before any byte reached the client, by kind.",
+            ["upstream", "failure"],
+            registry=registry,
+        )
+        self.mode = Gauge(
+            "appliance_gateway_fallback_mode",
+            "The fallback mode in force (1 for the current mode).",
+            ["mode"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "appliance_gateway_in_flight_requests",
+            "Proxied requests being answered now.",
+            registry=registry,
+        )
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._timings: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def set_mode(self, mode: FallbackMode) -> None:
+        for each in FallbackMode:
+            self.mode.labels(mode=each.value).set(1 if each is mode else 0)
+
+    def count(self, route: str, destination: str, outcome: Outcome) -> None:
+        key = (route, destination, outcome.value)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
+
+    def timings(self, route: str, destination: str) -> tuple[Any, Any]:
+        key = (route, destination)
+        pair = self._timings.get(key)
+        if pair is None:
+            pair = self._timings[key] = (
+                self.first_byte.labels(*key),
+                self.duration.labels(*key),
+            )
+        return pair
+
+
+# ---------------------------------------------------------------------------------- the app
+
+
+@dataclass
+class _Target:
+    """One local upstream with its own passive circuit breaker."""
+
+    name: str
+    upstream: Upstream
+    rules: RoutingRules
+    last_failure: float | None = None
+
+
+@dataclass
+class _Exchange:
+    """What one proxied request has done so far (for metrics and for the no-retry rule)."""
+
+    route: str
+    started: float
+    send: Send
+    path: bytes  # relative to the upstream's base URL
+    headers: Headers
+    body: bytes
+    destination: str = "none"
+    status: int = 0
+    body_bytes_sent: int = 0
+    finished: bool = False
+    disconnected: bool = False
+
+
+class GatewayApp:
+    """The ASGI application. Upstreams, the load signal and the clock can be injected (tests)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        load_signal: LoadSignal | None = None,
+        chat_upstream: Upstream | None = None,
+        embeddings_upstream: Upstream | None = None,
+        remote_upstream: Upstream | None = None,
+        probe_upstream: Upstream | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        registry: CollectorRegistry | None = None,
+        refresh_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._signal = load_signal
+        self._injected = {
+            "chat": chat_upstream,
+            "embeddings": embeddings_upstream,
+            "remote": remote_upstream,
+            "probe": probe_upstream,
+        }
+        self._refresh_interval_s = refresh_interval_s
+        self.metrics = GatewayMetrics(registry or CollectorRegistry(auto_describe=True))
+        self._limiter = RateLimiter()
+        self._keys = KeyRing()
+        self._keys_signature: FileSignature | None = None
+        self._state_signature: FileSignature | None = None
+        self._admin_key: StaticAdminKey | None = None
+        self._remote_auth: bytes | None = None
+        self._state = FallbackState(config.default_fallback_mode, None, None)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._owned: list[Upstream] = []
+        self._chat: _Target | None = None
+        self._embeddings: _Target | None = None
+        self._remote: Upstream | None = None
+        self._remote_embeddings = bool(
+            config.remote
+            and config.embeddings_model
+            and config.embeddings_model in config.remote.model_map
+        )
+        self._models_body = self._build_models_body()
+        self._started = False
+
+    # -- lifecycle
+
+    @property
+    def mode(self) -> FallbackMode:
+        return self._state.mode
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[GatewayApp]:
+        """Start the gateway (read secrets and files, open pools, start probes), then stop it.
+
+        Raises an `ApplianceError` when a secret or file it needs is missing or damaged.
+        """
+        await self.startup()
+        try:
+            yield self
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        config = self.config
+        if config.admin_key is not None:
+            self._admin_key = StaticAdminKey.of(config.admin_key.read("gateway admin key"))
+        if config.remote is not None and config.remote.api_key is not None:
+            secret = config.remote.api_key.read("remote API key")
+            self._remote_auth = b"Bearer " + secret.encode()
+        self.refresh_files()
+        chat = self._injected["chat"] or self._own(
+            LeanPool(
+                config.chat_upstream,
+                config.local_timeouts,
+                max_connections=config.max_connections_per_upstream,
+            )
+        )
+        chat_rules = config.rules
+        self._chat = _Target("chat", chat, chat_rules)
+        if config.embeddings_upstream is not None:
+            embeddings = self._injected["embeddings"] or self._own(
+                LeanPool(
+                    config.embeddings_upstream,
+                    config.local_timeouts,
+                    max_connections=config.max_connections_per_upstream,
+                )
+            )
+            rules = RoutingRules(
+                remote_configured=self._remote_embeddings,
+                queue_threshold=None,  # the queue signal describes vLLM, not TEI
+                max_signal_age_s=chat_rules.max_signal_age_s,
+                failure_cooldown_s=chat_rules.failure_cooldown_s,
+            )
+            self._embeddings = _Target("embeddings", embeddings, rules)
+        if config.remote is not None:
+            self._remote = self._injected["remote"] or self._own(
+                HttpxPool(
+                    config.remote.base_url,
+                    config.remote.timeouts,
+                    max_connections=config.max_connections_per_upstream,
+                )
+            )
+        loop = asyncio.get_running_loop()
+        if self._signal is None and config.probe_interval_s > 0:
+            # Short deadlines: an engine that cannot answer /health within two seconds is
+            # unhealthy, and a wedged probe must not leave a reading to go stale unnoticed.
+            quick = Timeouts(
+                connect_s=min(config.local_timeouts.connect_s, 2.0), first_byte_s=2.0, idle_s=2.0
+            )
+            probe_origin = self._injected["probe"] or self._own(
+                LeanPool(origin(config.chat_upstream), quick, max_connections=4)
+            )
+            probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
+            self._signal = probe
+            self._tasks.append(loop.create_task(probe.run(), name="gateway-engine-probe"))
+        self._tasks.append(loop.create_task(self._refresh_loop(), name="gateway-file-refresh"))
+        self._started = True
+        log.info(
+            "gateway ready: chat %s, embeddings %s, remote %s, fallback %s, %d keys",
+            config.chat_upstream,
+            config.embeddings_upstream or "none",
+            config.remote.base_url if config.remote else "none",
+            self.mode.value,
+            len(self._keys),
+        )
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for upstream in self._owned:
+            await upstream.aclose()
+        self._owned.clear()
+        self._started = False
+
+    def _own(self, upstream: Upstream) -> Upstream:
+        self._owned.append(upstream)
+        return upstream
+
+    def refresh_files(self) -> None:
+        """Re-read the keys file and the fallback state if they changed on disk."""
+        config = self.config
+        signature = FileSignature.of(config.keys_file)
+        if signature != self._keys_signature or not self._started:
+            self._keys = load_keyring(config.keys_file)
+            self._keys_signature = signature
+            self._limiter.forget(set(self._keys.records))
+        signature = FileSignature.of(config.state_file)
+        if signature != self._state_signature or not self._started:
+            state = read_fallback(config.state_file, config.default_fallback_mode)
+            if state.mode is not FallbackMode.OFF and config.remote is None:
+                log.error(
+                    "fallback mode %s is set but no remote API is configured: staying off",
+                    state.mode.value,
+                )
+                state = FallbackState(FallbackMode.OFF, state.changed_at, state.changed_by)
+            if state.mode is not self._state.mode:
+                log.info("fallback mode is now %s (by %s)", state.mode.value, state.changed_by)
+            self._state = state
+            self._state_signature = signature
+            self.metrics.set_mode(state.mode)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval_s)
+            try:
+                self.refresh_files()
+            except ApplianceError as error:
+                log.error("keeping the previous keys and mode: %s", error.message)
+
+    # -- ASGI entry
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except ApplianceError as error:
+                    await send({"type": "lifespan.startup.failed", "message": error.render()})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if b"?" in path:
+            path = path.split(b"?", 1)[0]
+        method: str = scope["method"]
+        kind = _PROXIED.get(path)
+        if kind is not None:
+            if method != "POST":
+                await self._refuse(send, path, 405, f"use POST for {path.decode()}", "not_allowed")
+                return
+            await self._proxy(scope, receive, send, kind, path)
+        elif path == b"/v1/models" and method == "GET":
+            await self._models(scope, send)
+        elif path == b"/health" and method == "GET":
+            await self._health(send)
+        elif path == b"/metrics" and method == "GET":
+            await _send_bytes(
+                send,
+                200,
+                generate_latest(self.metrics.registry),
+                _LOCAL,
+                content_type=b"text/plain; version=0.0.4; charset=utf-8",
+            )
+        elif path == b"/admin/fallback" and method in ("GET", "PUT"):
+            await self._admin_fallback(scope, receive, send, method)
+        else:
+            await self._refuse(send, path, 404, f"no route {method} {path.decode()}", "not_found")
+
+    async def _refuse(self, send: Send, path: bytes, status: int, message: str, code: str) -> None:
+        self.metrics.count(path.decode()[:64], "none", Outcome.BAD_REQUEST)
+        await _send_bytes(send, status, error_body(message, "invalid_request_error", code), _LOCAL)
+
+    # -- auth
+
+    def _bearer(self, scope: Scope_) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return _parse_bearer(value)
+        return None
+
+    async def _unauthorized(self, send: Send, route: str, message: str) -> None:
+        self.metrics.count(route, "none", Outcome.UNAUTHORIZED)
+        await _send_bytes(
+            send,
+            401,
+            error_body(message, "invalid_request_error", "invalid_api_key"),
+            _LOCAL,
+            extra=[(b"www-authenticate", b'Bearer realm="llm-appliance"')],
+        )
+
+    def _check_api_key(self, token: str | None) -> KeyInfo | str:
+        """The key's info, or why it was refused (never echoing the key)."""
+        if token is None:
+            return (
+                "Missing API key: send 'Authorization: Bearer <key>' "
+                "(create one with `appliance keys create NAME`)."
+            )
+        info = self._keys.verify(token, Scope.API)
+        if info is None:
+            return "Incorrect API key provided, or the key was revoked."
+        return info
+
+    async def _admit(self, token: str | None, route: str, send: Send, now: float) -> bool:
+        """Check the API key and its rate limit; answer 401/429 and return False if refused."""
+        if not self.config.auth_required:
+            return True
+        checked = self._check_api_key(token)
+        if not isinstance(checked, KeyInfo):
+            await self._unauthorized(send, route, checked)
+            return False
+        limit = checked.rate_limit_per_minute
+        wait = self._limiter.check(checked.key_id, limit, now) if limit else None
+        if wait is None:
+            return True
+        self.metrics.count(route, "none", Outcome.RATE_LIMITED)
+        await _send_bytes(
+            send,
+            429,
+            error_body(
+                f"Rate limit reached for this key: {limit} requests per minute.",
+                "requests",
+                "rate_limit_exceeded",
+            ),
+            _LOCAL,
+            extra=[(b"retry-after", retry_after_header(wait).encode())],
+        )
+        return False
+
+    def _is_admin(self, token: str | None) -> bool:
+        if token is None:
+            return False
+        if self._admin_key is not None and self._admin_key.matches(token):
+            return True
+        return self._keys.verify(token, Scope.ADMIN) is not None
+
+    # -- /v1/models, /health, /admin/fallback
+
+    def _build_models_body(self) -> bytes:
+        config = self.config
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "llm-appliance"}
+            for name in config.chat_models
+        ]
+        if config.embeddings_model:
+            data.append(
+                {
+                    "id": config.embeddings_model,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "llm-appliance",
+                }
+            )
+        if config.remote is not None:
+            local = {item["id"] for item in data}
+            data += [
+                {"id": name, "object": "model", "created": created, "owned_by": "remote"}
+                for name in config.remote.remote_models
+                if name not in local
+            ]
+        return json.dumps({"object": "list", "data": data}).encode()
+
+    async def _models(self, scope: Scope_, send: Send) -> None:
+        route = "/v1/models"
+        if not await self._admit(self._bearer(scope), route, send, self._clock()):
+            return
+        self.metrics.count(route, "none", Outcome.OK)
+        await _send_bytes(send, 200, self._models_body, _LOCAL)
+
+    async def _health(self, send: Send) -> None:
+        reading = LoadReading.of(self._signal)
+        body = {
+            "status": "ok",
+            "version": __version__,
+            "fallback_mode": self.mode.value,
+            "remote_configured": self.config.remote is not None,
+            "local": {
+                "healthy": reading.healthy,
+                "waiting_requests": reading.waiting_requests,
+                "reading_age_seconds": reading.age_seconds,
+            },
+        }
+        await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
+
+    async def _admin_fallback(
+        self, scope: Scope_, receive: Receive, send: Send, method: str
+    ) -> None:
+        route = "/admin/fallback"
+        if not self._is_admin(self._bearer(scope)):
+            await self._unauthorized(send, route, "This endpoint needs the admin key.")
+            return
+        if method == "PUT":
+            try:
+                raw = await _read_body(receive, 64 * 1024)
+                requested = json.loads(raw)["mode"]
+                mode = FallbackMode.parse(str(requested))
+            except (_ClientGoneError, ValueError, KeyError, TypeError, ApplianceError) as error:
+                message = (
+                    error.render()
+                    if isinstance(error, ApplianceError)
+                    else 'Send a JSON body like {"mode": "off" | "auto" | "always"}.'
+                )
+                self.metrics.count(route, "none", Outcome.BAD_REQUEST)
+                await _send_bytes(
+                    send,
+                    400,
+                    error_body(message, "invalid_request_error", "invalid_mode", "mode"),
+                    _LOCAL,
+                )
+                return
+            if mode is not FallbackMode.OFF and self.config.remote is None:
+                self.metrics.count(route, "none", Outcome.BAD_REQUEST)
+                await _send_bytes(
+                    send,
+                    409,
+                    error_body(
+                        f"Fallback mode {mode.value} needs a remote API, and none is configured.",
+                        "invalid_request_error",
+                        "no_remote_configured",
+                        "mode",
+                    ),
+                    _LOCAL,
+                )
+                return
+            try:
+                state = await asyncio.to_thread(
+                    write_fallback, self.config.state_file, mode, changed_by="admin-api"
+                )
+            except ApplianceError as error:
+                self.metrics.count(route, "none", Outcome.UNAVAILABLE)
+                await _send_bytes(
+                    send, 500, error_body(error.render(), "server_error", "state_not_saved"), _LOCAL
+                )
+                return
+            log.info("fallback mode set to %s through the admin API", state.mode.value)
+            self._state = state
+            self._state_signature = FileSignature.of(self.config.state_file)
+            self.metrics.set_mode(state.mode)
+        self.metrics.count(route, "none", Outcome.OK)
+        body = {**self._state.to_json(), "remote_configured": self.config.remote is not None}
+        await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
+
+    # -- the proxy
+
+    async def _proxy(
+        self, scope: Scope_, receive: Receive, send: Send, kind: Kind, path: bytes
+    ) -> None:
+        route = path.decode()
+        started = self._clock()
+        # One pass over the headers: credentials out, everything else forwarded.
+        token: str | None = None
+        forwarded: Headers = []
+        for name, value in scope["headers"]:
+            if name in _DROP_REQUEST:
+                if name == b"authorization":
+                    token = _parse_bearer(value)
+                continue
+            forwarded.append((name, value))
+        if not await self._admit(token, route, send, started):
+            return
+        try:
+            body = await _read_body(receive, self.config.max_body_bytes)
+        except _ClientGoneError:
+            self.metrics.count(route, "none", Outcome.DISCONNECTED)
+            return
+        except _TooLargeError:
+            self.metrics.count(route, "none", Outcome.BAD_REQUEST)
+            await _send_bytes(
+                send,
+                413,
+                error_body(
+                    f"Request body larger than {self.config.max_body_bytes} bytes.",
+                    "invalid_request_error",
+                    "request_too_large",
+                ),
+                _LOCAL,
+            )
+            return
+        query: bytes = scope.get("query_string") or b""
+        exchange = _Exchange(
+            route=route,
+            started=started,
+            send=send,
+            path=path[3:] + (b"?" + query if query else b""),  # "/v1/x" -> "/x" on the base URL
+            headers=forwarded,
+            body=body,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, exchange))
+        self.metrics.in_flight.inc()
+        try:
+            outcome = await self._route(kind, exchange)
+        except asyncio.CancelledError:
+            if not exchange.disconnected:
+                raise
+            task.uncancel()
+            outcome = Outcome.DISCONNECTED
+            log.debug("client disconnected from %s; upstream request cancelled", route)
+        finally:
+            exchange.finished = True
+            watcher.cancel()
+            self.metrics.in_flight.dec()
+        self.metrics.count(route, exchange.destination, outcome)
+        self.metrics.timings(route, exchange.destination)[1].observe(self._clock() - started)
+
+    async def _route(self, kind: Kind, exchange: _Exchange) -> Outcome:
+        target = self._chat if kind is Kind.CHAT else self._embeddings
+        if target is None:
+            return await self._fail(
+                exchange,
+                404,
+                "No embeddings model is deployed on this appliance.",
+                kind="invalid_request_error",
+                code="model_not_found",
+            )
+        mode = self.mode
+        since_failure = None if target.last_failure is None else self._clock() - target.last_failure
+        reading = LoadReading.of(self._signal) if kind is Kind.CHAT else LoadReading()
+        route = choose_route(mode, target.rules, reading, seconds_since_local_failure=since_failure)
+        if route.is_fallback:
+            return await self._to_remote(route, exchange)
+
+        exchange.destination = Destination.LOCAL.value
+        failure: LocalFailure
+        try:
+            response = await target.upstream.send(
+                b"POST", exchange.path, exchange.headers, exchange.body
+            )
+        except UpstreamConnectError as error:
+            failure, detail = LocalFailure.CONNECT, str(error)
+        except UpstreamTimeoutError as error:
+            failure, detail = LocalFailure.TIMEOUT, str(error)
+        except UpstreamError as error:
+            failure, detail = LocalFailure.SERVER_ERROR, str(error)
+        else:
+            if response.status >= 500:
+                failure, detail = LocalFailure.SERVER_ERROR, f"HTTP {response.status}"
+                if after_local_failure(mode, target.rules, failure, bytes_sent_to_client=0) is None:
+                    self.metrics.local_failures.labels(target.name, failure.value).inc()
+                    target.last_failure = self._clock()
+                    return await self._forward(response, exchange, _LOCAL, target)
+                await response.aclose()
+            elif response.status == 404 and mode is FallbackMode.AUTO and self._remote:
+                return await self._maybe_model_elsewhere(target, response, exchange)
+            else:
+                return await self._forward(response, exchange, _LOCAL, target)
+        return await self._local_failed(target, failure, detail, mode, exchange)
+
+    async def _local_failed(
+        self,
+        target: _Target,
+        failure: LocalFailure,
+        detail: str,
+        mode: FallbackMode,
+        exchange: _Exchange,
+    ) -> Outcome:
+        self.metrics.local_failures.labels(target.name, failure.value).inc()
+        if counts_as_engine_failure(failure):
+            target.last_failure = self._clock()
+        fallback = after_local_failure(
+            mode, target.rules, failure, bytes_sent_to_client=exchange.body_bytes_sent
+        )
+        if fallback is not None:
+            log.info("local %s failed (%s): sending to the remote API", target.name, detail)
+            return await self._to_remote(fallback, exchange)
+        log.warning("local %s failed (%s), fallback %s", target.name, detail, mode.value)
+        timeout = failure is LocalFailure.TIMEOUT
+        hint = (
+            " Fallback to the remote API is off."
+            if mode is FallbackMode.OFF and self.config.remote is not None
+            else ""
+        )
+        return await self._fail(
+            exchange,
+            504 if timeout else 503,
+            f"The local {target.name} engine is unavailable ({detail}).{hint}",
+            code="upstream_timeout" if timeout else "local_engine_unavailable",
+        )
+
+    async def _maybe_model_elsewhere(
+        self, target: _Target, response: UpstreamResponse, exchange: _Exchange
+    ) -> Outcome:
+        """A local 404: if it names a model only the remote API serves, go there; else pass on."""
+        remote = self.config.remote
+        assert remote is not None
+        model = _model_of(exchange.body)
+        served = model is not None and (model in remote.remote_models or model in remote.model_map)
+        if not served:
+            return await self._forward(response, exchange, _LOCAL, target)
+        await response.aclose()
+        return await self._local_failed(
+            target,
+            LocalFailure.MODEL_NOT_FOUND,
+            f"model {model!r} not served locally",
+            self.mode,
+            exchange,
+        )
+
+    async def _to_remote(self, route: Route, exchange: _Exchange) -> Outcome:
+        remote, config, auth = self._remote, self.config.remote, self._remote_auth
+        assert remote is not None
+        assert config is not None
+        self.metrics.fallbacks.labels(route.reason.value).inc()
+        log.debug("sending %s to the remote API (%s)", exchange.route, route.reason.value)
+        exchange.destination = Destination.REMOTE.value
+        headers = [(n, v) for n, v in exchange.headers if n not in _DROP_REMOTE]
+        if auth is not None:
+            headers.append((b"authorization", auth))
+        try:
+            response = await remote.send(
+                b"POST", exchange.path, headers, _map_model(exchange.body, config)
+            )
+        except UpstreamError as error:
+            log.warning("remote API failed (%s) for %s", error, exchange.route)
+            timeout = isinstance(error, UpstreamTimeoutError)
+            return await self._fail(
+                exchange,
+                504 if timeout else 502,
+                f"The remote API is unavailable ({error}).",
+                code="remote_timeout" if timeout else "remote_unavailable",
+            )
+        return await self._forward(response, exchange, _REMOTE)
+
+    async def _fail(
+        self,
+        exchange: _Exchange,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        kind: str = "server_error",
+    ) -> Outcome:
+        exchange.status = status
+        exchange.finished = True
+        self.metrics.timings(exchange.route, exchange.destination)[0].observe(
+            self._clock() - exchange.started
+        )
+        route = _REMOTE if exchange.destination == Destination.REMOTE.value else _LOCAL
+        await _send_bytes(exchange.send, status, error_body(message, kind, code), route)
+        return Outcome.UNAVAILABLE if status >= 500 else Outcome.BAD_REQUEST
+
+    async def _forward(
+        self,
+        response: UpstreamResponse,
+        exchange: _Exchange,
+        route: bytes,
+        target: _Target | None = None,
+    ) -> Outcome:
+        """Pass the response through as it arrives, chunk by chunk.
+
+        A small body of known length (a non-streamed completion, an error) is collected first
+        and sent with its head in one go: the client then wakes once instead of twice, which on
+        a busy 2-core box is a measurable part of the added latency. Streams never wait.
+        """
+        send = exchange.send
+        try:
+            status = response.status
+            headers: Headers = []
+            length = -1
+            event_stream = False
+            for name, value in response.headers:
+                if name in _DROP_RESPONSE:
+                    continue
+                headers.append((name, value))
+                if name == b"content-length" and value.isdigit():
+                    length = int(value)
+                elif name == b"content-type" and value.startswith(b"text/event-stream"):
+                    event_stream = True
+            headers.append((ROUTE_HEADER, route))
+            exchange.status = status
+            if 0 <= length <= _COLLECT_LIMIT and not event_stream:
+                return await self._forward_whole(response, exchange, headers, length, target)
+            # The head goes out with the first chunk (the client wakes once for both); until
+            # then nothing has reached the client, and a failure is a clean error response.
+            try:
+                chunk = await response.next_chunk()
+            except UpstreamError as error:
+                await response.aclose()
+                return await self._broken_early(
+                    exchange, target, f"broke before its first byte: {error}"
+                )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            self.metrics.timings(exchange.route, exchange.destination)[0].observe(
+                self._clock() - exchange.started
+            )
+            try:
+                while chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    exchange.body_bytes_sent += len(chunk)
+                    chunk = await response.next_chunk()
+            except UpstreamError as error:
+                log.warning(
+                    "%s upstream broke after %d bytes: %s",
+                    route.decode(),
+                    exchange.body_bytes_sent,
+                    error,
+                )
+                if not event_stream:
+                    raise  # uvicorn drops the connection: the client sees a truncated body
+                event = error_body(
+                    f"The {route.decode()} upstream failed mid-stream ({error}).",
+                    "server_error",
+                    "upstream_broken",
+                )
+                exchange.finished = True
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + event + b"\n\n",
+                        "more_body": False,
+                    }
+                )
+                return Outcome.UPSTREAM_ERROR
+            exchange.finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+        if status >= 500:
+            return Outcome.UPSTREAM_ERROR
+        return Outcome.CLIENT_ERROR if status >= 400 else Outcome.OK
+
+    async def _broken_early(
+        self, exchange: _Exchange, target: _Target | None, detail: str
+    ) -> Outcome:
+        """An upstream that broke before a byte reached the client: for a local engine this is
+        a local failure like a 5xx (the request may still go remote); else a clean 502."""
+        if target is not None:
+            return await self._local_failed(
+                target, LocalFailure.SERVER_ERROR, detail, self.mode, exchange
+            )
+        log.warning("%s upstream %s", exchange.route, detail)
+        return await self._fail(exchange, 502, f"The remote API {detail}.", code="upstream_broken")
+
+    async def _forward_whole(
+        self,
+        response: UpstreamResponse,
+        exchange: _Exchange,
+        headers: Headers,
+        length: int,
+        target: _Target | None,
+    ) -> Outcome:
+        parts: list[bytes] = []
+        received = 0
+        try:
+            while received < length:
+                chunk = await response.next_chunk()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                received += len(chunk)
+        except UpstreamError as error:
+            # Nothing reached the client yet, so it gets a clean answer rather than a torn body.
+            await response.aclose()
+            return await self._broken_early(exchange, target, f"broke mid-answer: {error}")
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        await exchange.send(
+            {"type": "http.response.start", "status": exchange.status, "headers": headers}
+        )
+        self.metrics.timings(exchange.route, exchange.destination)[0].observe(
+            self._clock() - exchange.started
+        )
+        exchange.finished = True
+        await exchange.send({"type": "http.response.body", "body": body, "more_body": False})
+        exchange.body_bytes_sent = len(body)
+        if exchange.status >= 500:
+            return Outcome.UPSTREAM_ERROR
+        return Outcome.CLIENT_ERROR if exchange.status >= 400 else Outcome.OK
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGoneError
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise _TooLargeError
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGoneError
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLargeError
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+    """Cancel the request's task when its client goes away, so the upstream request is dropped
+    (vLLM aborts a generation whose connection closes)."""
+    while not exchange.finished:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not exchange.finished:
+                exchange.disconnected = True
+                task.cancel()
+            return
+
+
+def _parse_bearer(value: bytes) -> str | None:
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return None
+    try:
+        return token.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    model = document.get("model") if isinstance(document, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _map_model(body: bytes, remote: RemoteConfig) -> bytes:
+    """The body with the local model name replaced by the remote API's name for it."""
+    model_map = remote.model_map
+    if not model_map:
+        return body
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body  # not ours to judge: the remote API will answer 400
+    if not isinstance(document, dict):
+        return body
+    model = document.get("model")
+    if isinstance(model, str) and model in model_map:
+        document["model"] = model_map[model]
+        return json.dumps(document, ensure_ascii=False).encode()
+    return body

@@ -1,0 +1,282 @@
+"""What the gateway needs to run, as one frozen object (built from a profile or by hand).
+
+Upstream base URLs are OpenAI-style and end in `/v1` (`http://127.0.0.1:8000/v1`): a request for
+`/v1/chat/completions` goes to `<base>/chat/completions`. An engine's `/health` and `/metrics` are
+at the root of the same origin, as vLLM and TEI serve them.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.gateway.files import read_private_secret
+from appliance.gateway.policy import FallbackMode, RoutingRules
+
+if TYPE_CHECKING:
+    from appliance.profile import Profile
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-upstream deadlines, in seconds.
+
+    `first_byte_s` runs from sending the request to the response headers: for a non-streamed
+    completion the engine answers only when it has finished generating, so it must cover a long
+    generation. `idle_s` is the longest silence allowed between two chunks of a body.
+    """
+
+    connect_s: float = 2.0
+    first_byte_s: float = 600.0
+    idle_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "first_byte_s", "idle_s"):
+            if not getattr(self, name) > 0:
+                raise BadInputError(f"timeout {name} must be positive, not {getattr(self, name)}")
+
+
+def _check_url(url: str, what: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise BadInputError(
+            f"{what} URL {url!r} is not an http(s) URL",
+            hint="write it like http://127.0.0.1:8000/v1 or https://api.example.com/v1",
+        )
+    if parsed.query or parsed.fragment:
+        raise BadInputError(f"{what} URL {url!r} must not carry a query or fragment")
+    return url.rstrip("/")
+
+
+def _freeze(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a secret lives: an environment variable or a 0600 file; never the profile itself."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.env is None) == (self.file is None):
+            raise BadInputError("a secret comes from exactly one of an env var or a file")
+
+    def read(self, what: str) -> str:
+        """The secret; raises `EnvironmentNotReadyError` naming the source (never the value)."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "").strip()
+            if not value:
+                raise EnvironmentNotReadyError(
+                    f"{what}: environment variable {self.env} is not set",
+                    hint=f"export {self.env}=… in the gateway's environment (systemd: "
+                    "EnvironmentFile=)",
+                )
+            return value
+        assert self.file is not None
+        return read_private_secret(self.file, what)
+
+    def describe(self) -> str:
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """The hosted OpenAI-compatible API that takes the overflow.
+
+    `model_map` turns the local model names clients use into the remote API's names. Embeddings
+    go remote only for a model named in the map: vectors from another model would silently
+    poison an index built with the local one.
+    """
+
+    base_url: str
+    api_key: SecretSource | None  # None: send no key (a stand-in or a keyless internal API)
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    timeouts: Timeouts = Timeouts(connect_s=5.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", _check_url(self.base_url, "remote API"))
+        object.__setattr__(self, "model_map", _freeze(self.model_map))
+
+    @property
+    def remote_models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.model_map.values()))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    chat_upstream: str  # vLLM, e.g. http://127.0.0.1:8000/v1
+    chat_models: tuple[str, ...]  # vLLM's served model names
+    keys_file: Path
+    state_file: Path
+    embeddings_upstream: str | None = None  # TEI, e.g. http://127.0.0.1:8081/v1
+    embeddings_model: str | None = None
+    remote: RemoteConfig | None = None
+    admin_key: SecretSource | None = None  # besides admin-scope keys from the keys file
+    auth_required: bool = True
+    default_fallback_mode: FallbackMode = FallbackMode.OFF  # until someone switches it
+    queue_threshold: int | None = 16  # waiting requests in vLLM before `auto` overflows
+    max_signal_age_s: float = 5.0
+    probe_interval_s: float = 1.0  # the gateway's own /health + /metrics probe, if no monitor
+    failure_cooldown_s: float = 2.0
+    local_timeouts: Timeouts = Timeouts()
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_connections_per_upstream: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
+        if self.embeddings_upstream is not None:
+            object.__setattr__(
+                self,
+                "embeddings_upstream",
+                _check_url(self.embeddings_upstream, "embeddings upstream"),
+            )
+        if not self.chat_models:
+            raise BadInputError("the gateway needs at least one served chat model name")
+        if self.queue_threshold is not None and self.queue_threshold < 0:
+            raise BadInputError("queue threshold must be 0 or more waiting requests")
+        if self.default_fallback_mode is not FallbackMode.OFF and self.remote is None:
+            raise BadInputError(
+                f"fallback mode {self.default_fallback_mode.value} needs a remote API",
+                hint="set gateway.fallback.remote.base_url in the profile, or use mode off",
+            )
+
+    @classmethod
+    def from_profile(
+        cls,
+        profile: Profile,
+        *,
+        state_dir: Path | None = None,
+        chat_upstream: str | None = None,
+        embeddings_upstream: str | None = None,
+        fallback_upstream: str | None = None,
+    ) -> GatewayConfig:
+        """See `config_from_profile`."""
+        return config_from_profile(
+            profile,
+            state_dir=state_dir,
+            chat_upstream=chat_upstream,
+            embeddings_upstream=embeddings_upstream,
+            fallback_upstream=fallback_upstream,
+        )
+
+    @property
+    def rules(self) -> RoutingRules:
+        return RoutingRules(
+            remote_configured=self.remote is not None,
+            queue_threshold=self.queue_threshold,
+            max_signal_age_s=self.max_signal_age_s,
+            failure_cooldown_s=self.failure_cooldown_s,
+        )
+
+
+def origin(base_url: str) -> str:
+    """`http://host:port` of a base URL (where an engine serves /health and /metrics)."""
+    parsed = urllib.parse.urlsplit(base_url)
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the gateway listens, and with which TLS files (none: plain HTTP)."""
+
+    host: str
+    port: int
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> Listen:
+        spec = profile.spec
+        tls = spec.gateway.tls
+        return cls(
+            host=spec.gateway.host,
+            port=spec.ports.gateway,
+            tls_cert_file=tls.cert_file if tls else None,
+            tls_key_file=tls.key_file if tls else None,
+        )
+
+
+def gateway_state_dir(profile: Profile, state_dir: Path | None = None) -> Path:
+    """The gateway's own directory under the appliance's state directory."""
+    return (state_dir or profile.spec.storage.state_dir) / "gateway"
+
+
+def config_from_profile(
+    profile: Profile,
+    *,
+    state_dir: Path | None = None,
+    chat_upstream: str | None = None,
+    embeddings_upstream: str | None = None,
+    fallback_upstream: str | None = None,
+) -> GatewayConfig:
+    """The gateway's configuration for the engines `profile` deploys on this box.
+
+    The overrides are `appliance gateway`'s flags: `state_dir` replaces `spec.storage.state_dir`
+    (keys and mode then live under it unless the profile names a keys file), and the three URLs
+    (OpenAI-style, ending in /v1) front engines the appliance did not start.
+    """
+    spec = profile.spec
+    gateway = spec.gateway
+    directory = gateway_state_dir(profile, state_dir)
+    keys_file = gateway.keys_file or directory / "keys.json"
+    admin_key: SecretSource | None = None
+    if gateway.admin_key_env is not None:
+        admin_key = SecretSource(env=gateway.admin_key_env)
+    elif gateway.admin_key_file is not None:
+        admin_key = SecretSource(file=gateway.admin_key_file)
+    elif (directory / "admin.key").exists():
+        # The default admin key file is optional: admin-scope keys from `keys create --admin`
+        # work without it.
+        admin_key = SecretSource(file=directory / "admin.key")
+    fallback = gateway.fallback
+    remote: RemoteConfig | None = None
+    if fallback.remote is not None or fallback_upstream is not None:
+        api = fallback.remote
+        key: SecretSource | None = None
+        if api is not None and api.api_key_env is not None:
+            key = SecretSource(env=api.api_key_env)
+        elif api is not None and api.api_key_file is not None:
+            key = SecretSource(file=api.api_key_file)
+        remote = RemoteConfig(
+            base_url=fallback_upstream or str(api.base_url if api else ""),
+            api_key=key,
+            model_map=dict(api.model_map) if api else {},
+            timeouts=Timeouts(
+                connect_s=api.timeouts.connect_seconds,
+                first_byte_s=api.timeouts.read_seconds,
+                idle_s=api.timeouts.read_seconds,
+            )
+            if api
+            else Timeouts(connect_s=5.0),
+        )
+    embeddings = spec.embeddings if spec.embeddings_enabled else None
+    local = gateway.timeouts
+    return GatewayConfig(
+        chat_upstream=chat_upstream or f"http://127.0.0.1:{spec.ports.vllm}/v1",
+        chat_models=(spec.model.served_name, *(a.name for a in spec.model.lora_adapters)),
+        keys_file=keys_file,
+        state_file=directory / "fallback.json",
+        embeddings_upstream=(
+            embeddings_upstream or (f"http://127.0.0.1:{spec.ports.tei}/v1" if embeddings else None)
+        ),
+        embeddings_model=embeddings.served_name if embeddings else None,
+        remote=remote,
+        admin_key=admin_key,
+        auth_required=gateway.require_api_key,
+        default_fallback_mode=FallbackMode(fallback.mode),
+        queue_threshold=fallback.queue_threshold,
+        max_signal_age_s=fallback.metrics_max_age_seconds,
+        local_timeouts=Timeouts(
+            connect_s=local.connect_seconds,
+            first_byte_s=local.read_seconds,
+            idle_s=local.read_seconds,
+        ),
+    )

@@ -1,0 +1,103 @@
+"""Small files that must never be seen half-written: atomic replace, private modes, a lock.
+
+A reader (the running gateway) sees either the old file or the new one, never a torn write,
+and a crash leaves one of the two on disk: write a temporary file beside the target, fsync it,
+rename it over the target, fsync the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import EnvironmentNotReadyError
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably; the file gets `mode` from birth."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = directory / f".{path.name}.{os.getpid()}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(descriptor, mode)  # the umask may have narrowed or the file pre-existed
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        temporary.replace(path)
+        directory_descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_descriptor)
+        finally:
+            os.close(directory_descriptor)
+    except OSError as error:
+        raise EnvironmentNotReadyError(
+            f"cannot write {path}: {error.strerror or error}",
+            hint=f"check that {directory} exists and is writable by this user",
+        ) from error
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside `path` so two writers do not lose each other's change."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise EnvironmentNotReadyError(
+            f"cannot lock {path}: {error.strerror or error}",
+            hint=f"check that {path.parent} is writable by this user",
+        ) from error
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+@dataclass(frozen=True)
+class FileSignature:
+    """What changes when a file is replaced or rewritten; cheap to compare once a second."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileSignature | None:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return cls(info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def read_private_secret(path: Path, what: str) -> str:
+    """Read a secret from a file that only its owner may read (like ssh does for its keys)."""
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise EnvironmentNotReadyError(
+                f"{what} file {path} is readable by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):o})",
+                hint=f"chmod 600 {path}",
+            )
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise EnvironmentNotReadyError(
+            f"cannot read {what} file {path}: {error.strerror or error}",
+            hint="create it with the secret on one line, mode 600",
+        ) from error
+    if not secret:
+        raise EnvironmentNotReadyError(f"{what} file {path} is empty", hint="put the secret in it")
+    return secret

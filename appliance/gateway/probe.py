@@ -1,0 +1,105 @@
+"""The gateway's own view of the local engine, when no monitor is injected: a `LoadSignal`.
+
+Once per interval it asks the engine's `/health` (200 is healthy; refused or 5xx is not) and
+reads `vllm:num_requests_waiting` from its `/metrics` with prometheus_client's parser. Only the
+lines of that one family are handed to the parser: a vLLM scrape is tens of kilobytes, and this
+runs on the event loop the requests share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.gateway.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("appliance.gateway")
+
+WAITING_METRIC = "vllm:num_requests_waiting"
+
+
+def waiting_from_metrics(text: str, metric: str = WAITING_METRIC) -> int | None:
+    """The sum of `metric` over all its series (one per engine), or None if it is absent."""
+    lines = [line for line in text.splitlines() if metric in line]
+    total: float | None = None
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        for sample in family.samples:
+            if sample.name == metric:
+                total = (total or 0.0) + sample.value
+    return None if total is None else int(total)
+
+
+class EngineProbe:
+    """A `LoadSignal` fed by polling the engine; run `run()` as a background task."""
+
+    def __init__(
+        self,
+        origin: Upstream,
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._origin = origin
+        self._interval_s = interval_s
+        self._clock = clock
+        self._waiting: int | None = None
+        self._healthy: bool | None = None
+        self._read_at: float | None = None
+
+    def waiting_requests(self) -> int | None:
+        return self._waiting
+
+    def healthy(self) -> bool | None:
+        return self._healthy
+
+    @property
+    def age_seconds(self) -> float | None:
+        return None if self._read_at is None else self._clock() - self._read_at
+
+    async def _get(self, path: bytes) -> tuple[int, bytes]:
+        response = await self._origin.send(b"GET", path, [], b"")
+        try:
+            parts = []
+            while chunk := await response.next_chunk():
+                parts.append(chunk)
+            return response.status, b"".join(parts)
+        finally:
+            await response.aclose()
+
+    async def probe_once(self) -> None:
+        try:
+            status, _ = await self._get(b"/health")
+        except UpstreamError as error:
+            self._record(False, None, str(error))
+            return
+        healthy = status == 200
+        waiting: int | None = None
+        if healthy:
+            try:
+                status, text = await self._get(b"/metrics")
+                if status == 200:
+                    waiting = waiting_from_metrics(text.decode("utf-8", "replace"))
+            except (UpstreamError, ValueError) as error:
+                log.debug("engine metrics unreadable: %s", error)
+        self._record(healthy, waiting)
+
+    def _record(self, healthy: bool, waiting: int | None, why: str = "") -> None:
+        if healthy is not self._healthy:
+            if healthy:
+                log.info("local engine is healthy")
+            else:
+                log.warning("local engine is unhealthy%s", f" ({why})" if why else "")
+        self._healthy, self._waiting = healthy, waiting
+        self._read_at = self._clock()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:  # a probe must never take the gateway down
+                log.exception("engine probe failed")
+            await asyncio.sleep(self._interval_s)

@@ -1,0 +1,128 @@
+"""Run the gateway in the foreground on uvicorn (uvloop + httptools), one process.
+
+Everything that can be wrong before serving (a secret that is not there, a damaged keys file, a
+port already taken, a certificate path that does not exist) is found by `preflight` and raised
+as an `ApplianceError`, so `appliance gateway` reports it with its exit code instead of a log
+line from inside uvicorn.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from appliance.errors import BadInputError, EnvironmentNotReadyError, OperationFailedError
+from appliance.gateway.app import GatewayApp
+from appliance.gateway.config import GatewayConfig
+from appliance.gateway.keys import load_keyring
+from appliance.gateway.policy import LoadSignal
+from appliance.gateway.state import read_fallback
+
+log = logging.getLogger("appliance.gateway")
+
+
+def preflight(
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    *,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+) -> None:
+    """Raise what would stop the gateway from serving; change nothing."""
+    if config.remote is not None and config.remote.api_key is not None:
+        config.remote.api_key.read("remote API key")
+    if config.admin_key is not None:
+        config.admin_key.read("gateway admin key")
+    ring = load_keyring(config.keys_file)
+    read_fallback(config.state_file, config.default_fallback_mode)
+    if config.auth_required and not len(ring) and config.admin_key is None:
+        log.warning(
+            "no API keys in %s yet: every request will be refused until one is created "
+            "with `appliance keys create NAME`",
+            config.keys_file,
+        )
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise BadInputError("TLS needs both a certificate and a key file")
+    for path in (ssl_certfile, ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise BadInputError(f"TLS file {path} does not exist")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise EnvironmentNotReadyError(
+                    f"port {port} on {host} is already in use",
+                    hint="stop what listens there (`ss -ltnp`) or choose another --port",
+                ) from error
+            raise EnvironmentNotReadyError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}",
+                hint="ports below 1024 need root or CAP_NET_BIND_SERVICE",
+            ) from error
+
+
+def build_server(
+    app: GatewayApp,
+    host: str,
+    port: int,
+    *,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    """A uvicorn server for `app`; `serve()` it on a running loop, or `run()` it."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # a line per request costs latency; /metrics counts them instead
+        server_header=False,
+        proxy_headers=False,  # the gateway is the edge; X-Forwarded-* from clients is not trusted
+        log_config=None,  # our handlers, not uvicorn's; they never see headers
+        log_level=log_level,
+        backlog=2048,
+        timeout_keep_alive=30,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
+    return uvicorn.Server(config)
+
+
+def run_gateway(
+    config: GatewayConfig,
+    *,
+    host: str = "0.0.0.0",  # noqa: S104 - the gateway is the one port the appliance exposes
+    port: int = 8080,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+    log_level: str = "info",
+    load_signal: LoadSignal | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (`appliance gateway`). Raises `ApplianceError` on setup errors."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    preflight(config, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    app = GatewayApp(config, load_signal=load_signal)
+    server = build_server(
+        app, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level
+    )
+    try:
+        server.run()
+    except SystemExit as exit_:  # uvicorn exits by itself when it cannot bind
+        raise OperationFailedError(
+            f"the gateway stopped while starting (exit {exit_.code})"
+        ) from None
+    if not server.started:
+        raise OperationFailedError("the gateway did not start", hint="see the error logged above")
