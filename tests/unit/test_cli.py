@@ -214,3 +214,22 @@ def test_weights_pull_offline_is_an_environment_error(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.ENVIRONMENT
     assert "weights import" in result.stderr
     assert_no_traceback(result)
+
+
+def test_keys_and_fallback_through_the_cli(tmp_path: Path) -> None:
+    box = ("--profile", str(ROOT / "profiles" / "l40s-rag.yaml"), "--state-dir", str(tmp_path))
+    created = appliance("keys", "create", "alice", "--json", *box)
+    assert created.returncode == ExitCode.OK, created.stderr
+    key = json.loads(created.stdout)["key"]
+    listed = appliance("keys", "list", "--json", *box)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["alice"]
+    assert key not in listed.stdout
+    assert key not in (tmp_path / "gateway" / "keys.json").read_text()
+    assert ((tmp_path / "gateway" / "keys.json").stat().st_mode & 0o777) == 0o600
+
+    assert appliance("fallback", "always", *box).returncode == ExitCode.OK
+    mode = json.loads(appliance("fallback", "--json", *box).stdout)["mode"]
+    assert mode == "always"  # read back by a new process: it survived the "restart"
+    assert appliance("fallback", "sometimes", *box).returncode == ExitCode.BAD_INPUT
+    assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.OK
+    assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.BAD_INPUT
