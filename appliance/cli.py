@@ -24,6 +24,7 @@ from appliance import __version__
 from appliance.errors import ApplianceError, BadInputError, ExitCode
 
 DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
+DEFAULT_STATE_DIR = Path("/var/lib/llm-appliance/state")
 
 log = logging.getLogger("appliance")
 
@@ -512,11 +513,32 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
         result = apply_profile(profile, box, engine, confirm=confirm, progress=show)
     finally:
         engine.close()
+    if result.applied:
+        _install_gateway(args.profile, profile.spec.storage.state_dir)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     elif not result.applied:
         print("nothing applied", file=sys.stderr)
     return ExitCode.OK
+
+
+def _install_gateway(profile_path: Path, state_dir: Path) -> None:
+    """Run the gateway for the applied profile under systemd, when the box has systemd."""
+    from appliance.gateway.service import appliance_executable, install_gateway_service
+
+    service = install_gateway_service(
+        profile_path.read_text(encoding="utf-8"),
+        state_dir,
+        appliance_bin=appliance_executable(),
+    )
+    if service is None:
+        print(
+            "no systemd here: run the gateway yourself with "
+            f"`appliance gateway --profile {profile_path}`",
+            file=sys.stderr,
+        )
+    elif service.changed:
+        print(f"gateway (re)started: {service.unit_path}", file=sys.stderr)
 
 
 def _cmd_down(args: argparse.Namespace) -> ExitCode:
@@ -612,12 +634,16 @@ def _container_status(args: argparse.Namespace) -> ExitCode:
 def _gateway_config(args: argparse.Namespace) -> Any:
     """The gateway's configuration from `--profile` (or $LLM_APPLIANCE_PROFILE)."""
     from appliance.gateway.config import GatewayConfig
+    from appliance.gateway.service import APPLIED_PROFILE
     from appliance.profile import load_profile
 
+    applied = DEFAULT_STATE_DIR / APPLIED_PROFILE  # kept there by `apply`
     path = args.profile or os.environ.get("LLM_APPLIANCE_PROFILE")
+    if not path and applied.exists():
+        path = str(applied)
     if not path:
         raise BadInputError(
-            "which box's gateway? give the profile that was applied",
+            "which box's gateway? no profile has been applied here",
             hint="add --profile profiles/my-box.yaml, or export LLM_APPLIANCE_PROFILE=…",
         )
     return GatewayConfig.from_profile(load_profile(Path(path)), state_dir=args.state_dir)
@@ -634,6 +660,7 @@ def _cmd_gateway(args: argparse.Namespace) -> ExitCode:
         state_dir=args.state_dir,
         chat_upstream=args.chat_upstream,
         embeddings_upstream=args.embeddings_upstream,
+        fallback_upstream=args.fallback_upstream,
     )
     listen = Listen.from_profile(profile)
     run_gateway(
@@ -966,12 +993,17 @@ def _add_gateway(commands: _Commands) -> None:
         description="Serve /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models "
         "in front of the local engines, with API keys and fallback off | auto | always.",
     )
-    gateway.add_argument("profile_file", type=Path, metavar="PROFILE")
+    gateway.add_argument("--profile", dest="profile_file", type=Path, required=True, metavar="FILE")
     gateway.add_argument("--host", help="listen address (default: the profile's)")
     gateway.add_argument("--port", type=int, help="listen port (default: the profile's)")
     gateway.add_argument("--state-dir", type=Path, help="keys and fallback mode live here")
     gateway.add_argument("--chat-upstream", metavar="URL", help="a vLLM base URL ending in /v1")
     gateway.add_argument("--embeddings-upstream", metavar="URL", help="a TEI base URL (/v1)")
+    gateway.add_argument(
+        "--fallback-upstream",
+        metavar="URL",
+        help="the remote API's base URL, overriding the profile",
+    )
     gateway.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
