@@ -663,6 +663,7 @@ def _cmd_gateway(args: argparse.Namespace) -> ExitCode:
         fallback_upstream=args.fallback_upstream,
     )
     listen = Listen.from_profile(profile)
+    monitor, companion = _gateway_monitor(profile, args.chat_upstream is None)
     run_gateway(
         config,
         host=args.host or listen.host,
@@ -670,8 +671,36 @@ def _cmd_gateway(args: argparse.Namespace) -> ExitCode:
         ssl_certfile=listen.tls_cert_file,
         ssl_keyfile=listen.tls_key_file,
         log_level=args.log_level,
+        load_signal=monitor,
+        background=companion,
     )
     return ExitCode.OK
+
+
+def _gateway_monitor(profile: Any, local_engines: bool) -> tuple[Any, Any]:
+    """The monitor the gateway hosts (queue depth for auto fallback, usage for `cost`).
+
+    Returns (load signal, background tasks); (None, ()) when the gateway fronts engines the
+    appliance did not start, where it probes the upstream itself.
+    """
+    if not local_engines:
+        return None, ()
+    from functools import partial
+
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.gateway.recording import monitor_and_record
+    from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
+    from appliance.monitor.status import profile_samplers
+    from appliance.usage_store import UsageRecorder, UsageStore
+
+    monitor = Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))
+    try:
+        recorder: UsageRecorder | None = UsageRecorder(UsageStore.for_profile(profile))
+    except EnvironmentNotReadyError as error:
+        print(f"warning: {error.render()}\n  (usage is not recorded)", file=sys.stderr)
+        recorder = None
+    companion = partial(monitor_and_record, monitor=monitor, recorder=recorder)
+    return EngineLoadSignal.of(monitor), (companion,)
 
 
 def _cmd_keys(args: argparse.Namespace) -> ExitCode:

@@ -23,7 +23,7 @@ import enum
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,8 +327,12 @@ class GatewayApp:
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
         refresh_interval_s: float = 1.0,
+        background: Sequence[Callable[[GatewayApp], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.config = config
+        # Tasks that live as long as the app (the monitor and usage recorder of `appliance
+        # gateway`): started after the upstreams, cancelled at shutdown.
+        self._background = tuple(background)
         self._clock = clock
         self._signal = load_signal
         self._injected = {
@@ -431,6 +435,8 @@ class GatewayApp:
             self._signal = probe
             self._tasks.append(loop.create_task(probe.run(), name="gateway-engine-probe"))
         self._tasks.append(loop.create_task(self._refresh_loop(), name="gateway-file-refresh"))
+        for index, companion in enumerate(self._background):
+            self._tasks.append(loop.create_task(companion(self), name=f"gateway-companion-{index}"))
         self._started = True
         log.info(
             "gateway ready: chat %s, embeddings %s, remote %s, fallback %s, %d keys",

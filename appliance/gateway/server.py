@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -107,6 +109,7 @@ def run_gateway(
     ssl_keyfile: Path | None = None,
     log_level: str = "info",
     load_signal: LoadSignal | None = None,
+    background: Sequence[Callable[[GatewayApp], Coroutine[Any, Any, None]]] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM (`appliance gateway`). Raises `ApplianceError` on setup errors."""
     if not logging.getLogger().handlers:
@@ -114,7 +117,7 @@ def run_gateway(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     preflight(config, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
-    app = GatewayApp(config, load_signal=load_signal)
+    app = GatewayApp(config, load_signal=load_signal, background=background)
     server = build_server(
         app, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level
     )
