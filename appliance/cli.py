@@ -341,23 +341,27 @@ class _ByteProgress:
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _ByteProgress:
-        self._progress.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
     def __call__(self, report: Any) -> None:
-        task = self._tasks.get(report.repo)
+        """A weights `DownloadProgress` report."""
+        self.update(report.repo, report.bytes_done, report.bytes_total, report.phase)
+
+    def update(self, key: str, done: int, total: int | None, phase: str) -> None:
+        # Bars start with the first report, so a prompt before any transfer is left alone.
+        self._progress.start()
+        task = self._tasks.get(key)
         if task is None:
-            task = self._progress.add_task(report.repo, total=report.bytes_total)
-            self._tasks[report.repo] = task
-        self._progress.update(
-            task,
-            completed=report.bytes_done,
-            total=report.bytes_total,
-            description=f"{report.repo} ({report.phase})",
-        )
+            task = self._progress.add_task(key, total=total)
+            self._tasks[key] = task
+        self._progress.update(task, completed=done, total=total, description=f"{key} ({phase})")
+
+    def note(self, text: str) -> None:
+        """A line of text above the bars."""
+        self._progress.console.print(text, highlight=False, markup=False)
 
 
 def _cancellable(work: Callable[[threading.Event], Any]) -> Any:
@@ -496,10 +500,15 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
     profile = load_profile(args.profile)
     box = _box_for(args, profile)
 
+    progress = _ByteProgress()
+
     def show(event: ApplyEvent) -> None:
-        if event.pull is None:
+        if event.pull is not None:
+            pull = event.pull
+            progress.update(pull.image, pull.downloaded_bytes, pull.total_bytes, "pull")
+        else:
             role = f"[{event.role}] " if event.role else ""
-            print(f"{event.step}: {role}{event.message}", file=sys.stderr)
+            progress.note(f"{event.step}: {role}{event.message}")
 
     def confirm(plan: Plan) -> bool:
         print(plan.render(), file=sys.stderr)
@@ -510,7 +519,8 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
 
     engine = DockerEngine()
     try:
-        result = apply_profile(profile, box, engine, confirm=confirm, progress=show)
+        with progress:
+            result = apply_profile(profile, box, engine, confirm=confirm, progress=show)
     finally:
         engine.close()
     if result.applied:
