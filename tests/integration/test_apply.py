@@ -7,6 +7,7 @@ switch — because this machine has no GPU. Nothing here asserts on wall-clock t
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from appliance.runtime.model import ObservedContainer
 from appliance.runtime.specs import SpecOptions, weights_path
 from tests.doubles import EngineDoubleImages, free_port
 from tests.support.dockerd import PrivateDockerd
+from tests.support.images import build_image
 
 pytestmark = pytest.mark.docker
 
@@ -385,3 +387,36 @@ def test_a_new_commit_behind_the_same_revision_replaces_the_engine(
     assert (change.kind, change.role) == ("replace", "vllm")
     assert [c.field for c in change.changes] == ["mounts"]
     assert "b" * 40 in (change.changes[0].after or "")
+
+
+def test_an_image_not_on_the_box_is_pulled_with_byte_progress(
+    stack: Stack, engine: DockerEngine, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    from tests.support.registry import private_registry
+
+    # A layer of its own (every other layer is already on the box, shared with the doubles).
+    context = tmp_path / "unique"
+    context.mkdir()
+    (context / "blob").write_bytes(os.urandom(2 * 1024 * 1024))
+    (context / "Dockerfile").write_text(f"FROM {stack.doubles.vllm['ok']}\nCOPY blob /srv/blob\n")
+    with private_registry(tmp_path / "registry") as registry:
+        remote = f"{registry}/appliance-test/vllm-double"
+        build_image(docker_client, f"{remote}:pulled", context)
+        for line in docker_client.images.push(remote, tag="pulled", stream=True, decode=True):
+            assert "error" not in line, line
+        docker_client.images.remove(f"{remote}:pulled")
+        assert not engine.image_present(f"{remote}:pulled")
+
+        events: list[ApplyEvent] = []
+        result = _apply(
+            stack,
+            engine,
+            stack.profile(embeddings=False, vllm_image=f"{remote}:pulled"),
+            progress=events.append,
+        )
+    assert result.applied  # type: ignore[attr-defined]
+    assert engine.image_present(f"{remote}:pulled")
+    pulls = [event.pull for event in events if event.pull is not None]
+    assert pulls, "no pull progress was reported"
+    assert max(p.downloaded_bytes for p in pulls) > 0
+    assert any(p.total_bytes for p in pulls)
