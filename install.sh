@@ -109,6 +109,7 @@ if [ "$dev" -eq 1 ]; then
     command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
     # Image pulls are tested against a private registry on 127.0.0.1.
     command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the gateway's TLS test certificate
     [ -x /usr/bin/python3.11 ] || need+=(python3.11)
     command -v ldd >/dev/null 2>&1 || need+=(libc-bin)
     if [ "${#need[@]}" -gt 0 ]; then
