@@ -1,18 +1,19 @@
-"""`llm-appliance`: the admin's terminal app.
+"""`llm-appliance`: the admin's terminal app (Textual).
 
-The Textual screens arrive with the TUI issue; until then this entry point shows the box report
-the Box screen will show, says what is missing, and how to go on (`--simulate`, `appliance …`).
+Textual is imported only inside `main()`, so importing `appliance.tui` (or the CLI) stays cheap
+and never pulls the UI in (`tests/unit/test_imports.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from appliance.errors import ApplianceError, ExitCode
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-appliance",
         description="Open the llm-appliance terminal app on this GPU box.",
@@ -20,29 +21,39 @@ def main() -> None:
     parser.add_argument(
         "--simulate",
         metavar="NAME",
-        help="run on a simulated box (rtx4090, 2x4090, l40s, a100-80g, h100, …)",
+        help="run on a simulated box (rtx4090, 2x4090, l40s, a100-80g, h100, …): nothing on "
+        "this machine is probed or changed",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="the profile that was applied: the Monitor, fallback and keys watch its services",
+    )
+    parser.add_argument(
+        "--profiles-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where Recommend saves profiles (default: the current directory)",
+    )
+    return parser
 
-    from appliance.cli import DEFAULT_MODELS_DIR
-    from appliance.hardware import detect_box, render_box
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from appliance.tui.services import live_services, simulated_services
 
     try:
-        box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
+        if args.simulate:
+            services = simulated_services(args.simulate, profiles_dir=args.profiles_dir)
+        else:
+            services = live_services(args.profile, profiles_dir=args.profiles_dir)
     except ApplianceError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         sys.exit(error.exit_code)
-    print(render_box(box))
-    print()
-    if not box.gpus:
-        print(
-            "No NVIDIA GPU is visible on this machine, so nothing can be deployed here.\n"
-            "To explore what the appliance would do on a real box, simulate one:\n"
-            "  llm-appliance --simulate rtx4090      (or 2x4090, l40s, a100-80g, h100)"
-        )
-    print(
-        "The interactive screens are not in this release yet; the headless commands are:\n"
-        "  appliance detect [--simulate NAME] [--json] [--check]\n"
-        "  appliance validate profiles/*.yaml"
-    )
+
+    from appliance.tui.app import ApplianceApp
+
+    ApplianceApp(services=services).run()
     sys.exit(ExitCode.OK)

@@ -1,0 +1,1 @@
+"""One module per screen: Box, Recommend, Deploy, Monitor, Logs, Keys, Help."""

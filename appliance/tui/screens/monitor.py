@@ -1,0 +1,160 @@
+"""Monitor: the GPUs and engines once a second, alerts with what to do, and the fallback switch.
+
+It draws the monitor's `Snapshot` (the one `appliance status` prints) and the history the app's
+monitor worker keeps; `f` switches the gateway's fallback mode off → auto → always.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from appliance.tui.widgets.panels import (
+    TRENDS,
+    AlertsPanel,
+    GpuPanel,
+    ServicesPanel,
+    TextLine,
+    Trend,
+)
+
+if TYPE_CHECKING:
+    from appliance.monitor.snapshot import Snapshot
+    from appliance.tui.app import ApplianceApp
+
+WIDE = 110  # columns from which GPUs and engines sit side by side
+TALL = 36  # rows from which the large trends are drawn
+
+_MODE_STYLE = {
+    "off": "bold black on grey70",
+    "auto": "bold black on green",
+    "always": "bold white on dark_orange3",
+}
+
+
+def fallback_badge(mode: str | None, configured: bool) -> Text:
+    if not configured:
+        return Text("gateway not configured", style="dim")
+    if mode is None:
+        return Text("fallback …", style="dim")
+    return Text.assemble("fallback ", (f" {mode.upper()} ", _MODE_STYLE.get(mode, "bold")))
+
+
+def status_line(snapshot: Snapshot | None, state: str) -> Text:
+    if snapshot is None:
+        return Text(f"monitor {state}", style="dim")
+    taken = dt.datetime.fromtimestamp(snapshot.taken_at.wall, tz=dt.UTC)
+    text = Text.assemble(
+        (f"{taken:%H:%M:%S} UTC", "bold"),
+        f" · tick {snapshot.tick} · every {snapshot.interval_s:g} s",
+    )
+    if snapshot.simulated:
+        text.append("  SIMULATED ", style="bold reverse")
+    if state not in ("running", "starting"):
+        text.append(f"  monitor {state}", style="yellow")
+    return text
+
+
+class MonitorScreen(Screen[None]):
+    """Live view of the deployed (or simulated) appliance."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "f", "fallback", "Fallback", tooltip="Switch the gateway fallback: off → auto → always"
+        ),
+    ]
+
+    @property
+    def appliance(self) -> ApplianceApp:
+        from appliance.tui.app import ApplianceApp
+
+        assert isinstance(self.app, ApplianceApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="monitor-status"):
+            yield TextLine(id="monitor-clock")
+            yield Static(id="monitor-fallback")
+        yield Static(id="monitor-idle", classes="callout")
+        with VerticalScroll(id="monitor-body"):
+            with Horizontal(id="monitor-columns"):
+                with Vertical(id="monitor-left"):
+                    with Vertical(classes="panel", id="monitor-gpus") as panel:
+                        panel.border_title = "GPUs"
+                        yield GpuPanel()
+                    with Vertical(classes="panel", id="monitor-alerts") as panel:
+                        panel.border_title = "Alerts"
+                        yield AlertsPanel()
+                with Vertical(classes="panel", id="monitor-services") as panel:
+                    panel.border_title = "Engines"
+                    yield ServicesPanel()
+            with Grid(classes="panel", id="monitor-trends") as trends:
+                trends.border_title = "Last two minutes"
+                for key, title, unit in TRENDS:
+                    yield Trend(key, title, unit)
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        app = self.appliance
+        self.watch(app, "snapshot", self._redraw)
+        self.watch(app, "monitor_state", self._redraw_state)
+        self.watch(app, "fallback_mode", self._redraw_fallback)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width >= WIDE, "-wide")
+        self.set_class(event.size.height >= TALL, "-tall")
+
+    def _redraw(self, snapshot: Snapshot | None) -> None:
+        series = self.appliance.series
+        for panel in (
+            self.query_one(GpuPanel),
+            self.query_one(ServicesPanel),
+            self.query_one(AlertsPanel),
+        ):
+            panel.show(snapshot, series)
+        for trend in self.query(Trend):
+            trend.show(series.get(trend.key, ()))
+        self._redraw_state(self.appliance.monitor_state)
+        if snapshot is not None:
+            alerts = self.query_one("#monitor-alerts")
+            title = f"Alerts ({len(snapshot.alerts)})"
+            if alerts.border_title != title:
+                alerts.border_title = title
+                alerts.set_class(bool(snapshot.alerts), "-alerting")
+
+    def _redraw_state(self, state: str) -> None:
+        app = self.appliance
+        self.query_one("#monitor-clock", TextLine).text = status_line(app.snapshot, state)
+        idle = self.query_one("#monitor-idle", Static)
+        deployed = state != "not deployed"
+        if idle.display == deployed:  # set only on change: each set re-lays the screen out
+            idle.display = not deployed
+            self.query_one("#monitor-body").display = deployed
+        if not deployed:
+            idle.update(
+                Text.assemble(
+                    ("Nothing is deployed here yet, so there is nothing to watch. ", "bold"),
+                    "Choose a model in Recommend (",
+                    ("r", "bold reverse"),
+                    "), see its plan in Deploy (",
+                    ("d", "bold reverse"),
+                    "), then `appliance apply PROFILE`. Start `llm-appliance --profile PROFILE` "
+                    "to watch what runs, or `--simulate l40s` to see a simulated one.",
+                )
+            )
+
+    def _redraw_fallback(self, mode: str | None) -> None:
+        configured = self.appliance.services.fallback is not None
+        self.query_one("#monitor-fallback", Static).update(fallback_badge(mode, configured))
+
+    def action_fallback(self) -> None:
+        self.appliance.action_cycle_fallback()

@@ -1,0 +1,369 @@
+"""What the TUI needs from the world, handed to `ApplianceApp(services=...)` (STYLE 10).
+
+The app never probes, never talks to Docker, NVML, the Hub or the gateway's files by itself: it
+calls what a `Services` holds, in workers. `simulated_services` and `live_services` build the two
+real sets (`--simulate NAME`, and this machine); the tests build their own with fixed clocks and
+fixed data, so the pictures they snapshot are stable.
+
+This module imports no Textual (it is plain data and core calls) and imports the heavier core
+modules only inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from appliance.gateway.keys import CreatedKey, KeyInfo
+    from appliance.hardware.box import Box
+    from appliance.monitor.monitor import Clock, Monitor
+    from appliance.profile import Profile
+    from appliance.recommend import Recommendation, Workload
+    from appliance.runtime.apply import ApplyResult
+    from appliance.runtime.plan import Plan
+
+# One progress report of a deploy: a weights `DownloadProgress` or a runtime `ApplyEvent`. They
+# come from worker threads; the Deploy screen posts them as messages.
+DeployReport = Callable[[object], None]
+Deployer = Callable[
+    ["Profile", "Box", DeployReport, threading.Event, Callable[["Plan"], bool]], "ApplyResult"
+]
+
+FALLBACK_MODES = ("off", "auto", "always")
+
+
+class FallbackControl(Protocol):
+    """The gateway's fallback mode: read it, switch it (`appliance fallback` does the same)."""
+
+    def read(self) -> str: ...
+
+    def switch(self, mode: str) -> str: ...
+
+
+class KeyStore(Protocol):
+    """The gateway's API keys (`appliance keys …`)."""
+
+    def list(self) -> Sequence[KeyInfo]: ...
+
+    def create(self, name: str) -> CreatedKey: ...
+
+    def revoke(self, name: str) -> KeyInfo: ...
+
+
+class LogSource(Protocol):
+    """Container logs of the appliance's services (`appliance logs SERVICE --follow`)."""
+
+    def services(self) -> Sequence[str]: ...
+
+    def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
+        """Lines as they come until `stop` is set; must return soon after it is."""
+        ...
+
+
+@dataclass(frozen=True)
+class GatewayFiles:
+    """`FallbackControl` and `KeyStore` over the gateway's own state and keys files."""
+
+    state_file: Path
+    keys_file: Path
+    remote_configured: bool
+    default_mode: str = "off"
+
+    def read(self) -> str:
+        from appliance.gateway.policy import FallbackMode
+        from appliance.gateway.state import read_fallback
+
+        return read_fallback(self.state_file, FallbackMode(self.default_mode)).mode.value
+
+    def switch(self, mode: str) -> str:
+        from appliance.gateway.state import set_fallback
+
+        state = set_fallback(
+            self.state_file, mode, remote_configured=self.remote_configured, changed_by="tui"
+        )
+        return state.mode.value
+
+    def list(self) -> Sequence[KeyInfo]:
+        from appliance.gateway.keys import list_keys
+
+        return list_keys(self.keys_file)
+
+    def create(self, name: str) -> CreatedKey:
+        from appliance.gateway.keys import create_key
+
+        return create_key(self.keys_file, name)
+
+    def revoke(self, name: str) -> KeyInfo:
+        from appliance.gateway.keys import revoke_key
+
+        return revoke_key(self.keys_file, name)
+
+
+@dataclass(frozen=True)
+class DockerLogs:
+    """`LogSource` over the Docker engine: the roles of the managed containers."""
+
+    base_url: str | None = None
+
+    def _engine(self) -> object:
+        from appliance.runtime.docker import DockerEngine
+
+        return DockerEngine(self.base_url, timeout_s=5)
+
+    def services(self) -> Sequence[str]:
+        from appliance.runtime.docker import DockerEngine
+
+        engine = self._engine()
+        assert isinstance(engine, DockerEngine)
+        return tuple(dict.fromkeys(c.role for c in engine.managed_containers()))
+
+    def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
+        from appliance.runtime.apply import follow_service_logs
+        from appliance.runtime.docker import DockerEngine
+
+        engine = self._engine()
+        assert isinstance(engine, DockerEngine)
+        return follow_service_logs(engine, service, stop, tail=200)
+
+
+@dataclass(frozen=True)
+class SimulatedLogs:
+    """`LogSource` for `--simulate`: vLLM- and TEI-like lines, the same every run."""
+
+    interval_s: float = 0.5
+    limit: int | None = None  # stop after this many lines (tests)
+
+    def services(self) -> Sequence[str]:
+        return ("vllm", "tei")
+
+    def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
+        count = 0
+        while not stop.is_set() and (self.limit is None or count < self.limit):
+            count += 1
+            if service == "vllm":
+                running, waiting = 4 + count % 7, count % 3
+                prompt, generation = 900 + 37 * (count % 11), 210 + 13 * (count % 9)
+                line = (
+                    f"INFO [loggers.py:123] Engine 000: Avg prompt throughput: {prompt}.0 "
+                    f"tokens/s, Avg generation throughput: {generation}.0 tokens/s, Running: "
+                    f"{running} reqs, Waiting: {waiting} reqs, GPU KV cache usage: "
+                    f"{30 + count % 40}.0%, Prefix cache hit rate: {55 + count % 20}.0%"
+                )
+                if count % 5 == 0:
+                    request = '"POST /v1/chat/completions HTTP/1.1" 200 OK'
+                    line = f"INFO:     127.0.0.1:{40000 + count} - {request}"
+            else:
+                line = (
+                    f"INFO text_embeddings_router::http::server: embed request {count}: "
+                    f"tokenization {1 + count % 3}ms, queue {count % 2}ms, "
+                    f"inference {8 + count % 5}ms"
+                )
+            yield line
+            if stop.wait(self.interval_s):
+                return
+
+
+class ManualClock:
+    """A monitor clock for tests: `sleep` only moves the hands (and yields to the loop)."""
+
+    def __init__(
+        self,
+        start: float = 1_000.0,
+        wall: float = 1_767_225_600.0,
+        *,
+        hold_after: int | None = None,
+    ) -> None:
+        self._now = start
+        self._wall_offset = wall - start
+        self._sleeps = 0
+        self._hold_after = hold_after  # then `sleep` never returns: a monitor frozen mid-run
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return self._now + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        self._sleeps += 1
+        if self._hold_after is not None and self._sleeps >= self._hold_after:
+            await asyncio.Event().wait()
+        self._now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the app calls. Each callable may block: the app runs them in workers.
+
+    - `detect_box`: the Box screen's probe (`appliance detect`).
+    - `monitor`: a new `Monitor` over the deployed (or simulated) services; None when nothing
+      is deployed, so the Monitor screen says how to deploy instead.
+    - `monitor_ticks`: stop the monitor after this many ticks (tests); None runs until quit.
+    - `recommend`: `appliance recommend` for a box and a workload.
+    - `plan`: `appliance plan` for a profile on a box.
+    - `deploy`: download the weights, then `appliance apply` with progress; `deploy_disabled`
+      says why Deploy cannot apply here (a simulated box), or None.
+    - `fallback`, `keys`, `logs`: the gateway and log views; None when not configured.
+    - `profiles_dir`: where Recommend saves profiles.
+    """
+
+    detect_box: Callable[[], Box]
+    simulate: str | None = None
+    monitor: Callable[[], Monitor] | None = None
+    monitor_ticks: int | None = None
+    recommend: Callable[[Box, Workload], Recommendation] | None = None
+    plan: Callable[[Profile, Box], Plan] | None = None
+    deploy: Deployer | None = None
+    deploy_disabled: str | None = None
+    fallback: FallbackControl | None = None
+    keys: KeyStore | None = None
+    logs: LogSource | None = None
+    profiles_dir: Path = field(default_factory=Path.cwd)
+    deployed_profile: Path | None = None
+
+
+def core_recommend(box: Box, workload: Workload) -> Recommendation:
+    from appliance.recommend import recommend
+
+    return recommend(box, workload)
+
+
+def fresh_plan(profile: Profile, box: Box) -> Plan:
+    """The plan on a box where nothing runs yet: every container is created (`--simulate`)."""
+    from appliance.runtime.plan import make_plan
+    from appliance.runtime.specs import container_specs
+
+    return make_plan(container_specs(profile, box), [])
+
+
+def docker_plan(profile: Profile, box: Box) -> Plan:
+    """`appliance plan PROFILE` against the Docker engine of this machine."""
+    from appliance.runtime.apply import plan_profile
+    from appliance.runtime.docker import DockerEngine
+
+    return plan_profile(profile, box, DockerEngine(timeout_s=10))
+
+
+def docker_deploy(
+    profile: Profile,
+    box: Box,
+    report: DeployReport,
+    cancel: threading.Event,
+    confirm: Callable[[Plan], bool],
+) -> ApplyResult:
+    """Weights first (cancellable, resumable), then `apply_profile` under its lock.
+
+    `confirm` sees the plan apply recomputed under the lock, so a box that changed since the
+    operator read the plan is not changed behind their back.
+    """
+    from appliance.runtime.apply import apply_profile
+    from appliance.runtime.docker import DockerEngine
+    from appliance.weights import pull_profile, resolve_token
+
+    pull_profile(profile, token=resolve_token(None), on_progress=report, cancel=cancel)
+    return apply_profile(profile, box, DockerEngine(), confirm=confirm, progress=report)
+
+
+def simulated_services(
+    name: str,
+    *,
+    clock: Clock | None = None,
+    seed: int = 0,
+    state_dir: Path | None = None,
+    profiles_dir: Path | None = None,
+    monitor_ticks: int | None = None,
+    log_interval_s: float = 0.5,
+) -> Services:
+    """`--simulate NAME`: a catalog box, simulated engines, and a gateway state in a temp dir.
+
+    Raises `BadInputError` for a name the GPU catalog does not know (before any screen opens).
+    """
+    from appliance.hardware import detect_box
+    from appliance.hardware.simulate import resolve
+
+    resolve(name)
+    state = state_dir or Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
+
+    def monitor() -> Monitor:
+        from appliance.monitor.monitor import Monitor
+        from appliance.monitor.status import simulated
+
+        samplers, used_clock = simulated(name, clock=clock, seed=seed)
+        return Monitor(samplers, clock=used_clock)
+
+    gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=True)
+    return Services(
+        detect_box=lambda: detect_box(simulate=name),
+        simulate=name,
+        monitor=monitor,
+        monitor_ticks=monitor_ticks,
+        recommend=core_recommend,
+        plan=fresh_plan,
+        deploy_disabled=(
+            f"the box is simulated ({name}): nothing here can run a GPU container. The plan "
+            "below is what `appliance apply` would do on a real box of this kind, where "
+            "nothing runs yet."
+        ),
+        fallback=gateway,
+        keys=gateway,
+        logs=SimulatedLogs(interval_s=log_interval_s),
+        profiles_dir=profiles_dir or Path.cwd(),
+    )
+
+
+def live_services(
+    profile_path: Path | None = None, *, profiles_dir: Path | None = None
+) -> Services:
+    """This machine. With the applied profile, the Monitor, fallback and keys come alive."""
+    from appliance.hardware import DEFAULT_MODELS_DIR, detect_box
+
+    services = Services(
+        detect_box=lambda: detect_box(models_dir=DEFAULT_MODELS_DIR),
+        recommend=core_recommend,
+        plan=docker_plan,
+        deploy=docker_deploy,
+        logs=DockerLogs(),
+        profiles_dir=profiles_dir or Path.cwd(),
+        deployed_profile=profile_path,
+    )
+    if profile_path is None:
+        return services
+    from appliance.profile import load_profile
+
+    return watching(services, load_profile(profile_path))
+
+
+def watching(services: Services, profile: Profile) -> Services:
+    """`services` with the Monitor, fallback and keys of a deployed profile (after a deploy)."""
+
+    def make_monitor() -> Monitor:
+        from appliance.monitor.monitor import Monitor, MonitorConfig
+        from appliance.monitor.status import profile_samplers
+
+        return Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))
+
+    gateway = _profile_gateway(profile)
+    return dataclasses.replace(services, monitor=make_monitor, fallback=gateway, keys=gateway)
+
+
+def _profile_gateway(profile: Profile) -> GatewayFiles:
+    """The gateway's files where the profile puts them.
+
+    The keys file is the profile's own (`spec.keys_file`); the fallback state file has no
+    accessor in the core yet, so it is taken as `<storage.state_dir>/gateway/fallback.json`.
+    """
+    spec = profile.spec
+    return GatewayFiles(
+        state_file=spec.storage.state_dir / "gateway" / "fallback.json",
+        keys_file=spec.keys_file,
+        remote_configured=spec.gateway.fallback.remote is not None,
+        default_mode=str(spec.gateway.fallback.mode),
+    )

@@ -1,0 +1,1 @@
+"""Reusable widgets: each is given a core object and draws it; none of them probes."""

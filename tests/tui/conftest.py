@@ -1,0 +1,205 @@
+"""Services for the TUI tests: the core's simulated box and samplers on a fixed clock, and fakes
+for the gateway and the logs, so every picture is the same on every run."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from appliance.gateway.keys import CreatedKey, KeyInfo, Scope
+from appliance.hardware import detect_box
+from appliance.hardware.box import Box, Finding
+from appliance.monitor.monitor import Monitor
+from appliance.monitor.status import simulated
+from appliance.tui.services import ManualClock, Services, core_recommend, fresh_plan
+
+MONITOR_TICKS = 40
+
+
+def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
+    """A deployer that reports like the real one (bytes, image pull, steps) and finishes at once."""
+    from appliance.runtime.apply import ApplyEvent, ApplyFailedError, ApplyResult, Diagnosis
+    from appliance.runtime.docker import PullProgress
+    from appliance.weights import DownloadProgress
+
+    def deploy(profile, box, report, cancel, confirm):  # type: ignore[no-untyped-def]
+        from appliance.runtime.plan import make_plan
+        from appliance.runtime.specs import container_specs
+
+        plan = make_plan(container_specs(profile, box), [])
+        assert confirm(plan)
+        repo = profile.spec.model.repo
+        total = 19_327_352_832
+        for done in (0, total // 2, total):
+            report(
+                DownloadProgress(
+                    repo,
+                    "0" * 40,
+                    "download",
+                    "model.safetensors",
+                    1 if done == total else 0,
+                    4,
+                    done,
+                    total,
+                    104_857_600.0,
+                    (total - done) / 104_857_600,
+                )
+            )
+        image = "vllm/vllm-openai:v0.32.0"
+        report(ApplyEvent("pull", f"pulling {image}"))
+        report(
+            ApplyEvent(
+                "pull",
+                "Downloading",
+                pull=PullProgress(image, "Downloading", 6_000_000_000, 8_000_000_000),
+            )
+        )
+        for action in plan.actions:
+            assert action.spec is not None
+            report(
+                ApplyEvent("create", f"creating {action.name} ({action.spec.image})", action.role)
+            )
+            report(ApplyEvent("start", f"starting {action.name}", action.role))
+            report(ApplyEvent("wait", f"waiting for {action.name} to turn healthy", action.role))
+            if fail:
+                report(ApplyEvent("rollback", "removing what was started", action.role))
+                raise ApplyFailedError(
+                    f"{action.name} did not turn healthy within 600 s",
+                    "set spec.engine.max_model_len: 12000",
+                    role=action.role,
+                    log_tail="ValueError: The model's max seq len (16384) is larger than the "
+                    "maximum number of tokens that can be stored in KV cache (12000).",
+                    diagnosis=Diagnosis(
+                        "max_model_len 16384 does not fit in the KV cache",
+                        "set spec.engine.max_model_len: 12000",
+                        12000,
+                    ),
+                    restored=True,
+                )
+            report(ApplyEvent("healthy", f"{action.name} is healthy", action.role))
+        report(ApplyEvent("done", "applied"))
+        return ApplyResult(plan, applied=True)
+
+    return deploy
+
+
+@dataclass
+class FakeGateway:
+    """Fallback and keys in memory, with fixed timestamps."""
+
+    mode: str = "off"
+    keys: list[KeyInfo] = field(
+        default_factory=lambda: [
+            KeyInfo("wiki-bot", "k_7f3a9c", Scope.API, "2026-01-05T09:12:00+00:00", None),
+            KeyInfo("ci-runner", "k_02be41", Scope.API, "2026-01-09T17:40:00+00:00", 120),
+        ]
+    )
+    switches: list[str] = field(default_factory=list)
+
+    def read(self) -> str:
+        return self.mode
+
+    def switch(self, mode: str) -> str:
+        self.switches.append(mode)
+        self.mode = mode
+        return mode
+
+    def list(self) -> Sequence[KeyInfo]:
+        return tuple(self.keys)
+
+    def create(self, name: str) -> CreatedKey:
+        info = KeyInfo(name, "k_new000", Scope.API, "2026-01-10T08:00:00+00:00", None)
+        self.keys.append(info)
+        return CreatedKey(info, "sk-appliance-test-0123456789abcdef")
+
+    def revoke(self, name: str) -> KeyInfo:
+        info = next(key for key in self.keys if key.name == name)
+        self.keys.remove(info)
+        return info
+
+
+@dataclass
+class FakeLogs:
+    """A few fixed lines, then silence until stopped (like a quiet container)."""
+
+    lines: tuple[str, ...] = (
+        "INFO 01-10 08:00:00 api_server.py:1024] vLLM API server version 0.32.0",
+        "INFO 01-10 08:00:01 loggers.py:123] Avg prompt throughput: 912.0 tokens/s, 4 reqs",
+        'INFO:     127.0.0.1:40005 - "POST /v1/chat/completions HTTP/1.1" 200 OK',
+        "WARNING 01-10 08:00:02 scheduler.py:88] Sequence group 17 is preempted by RECOMPUTE",
+        "INFO 01-10 08:00:03 loggers.py:123] Avg prompt throughput: 1011.0 tokens/s, 9 reqs",
+    )
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def services(self) -> Sequence[str]:
+        return ("vllm", "tei")
+
+    def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
+        yield from (f"[{service}] {line}" for line in self.lines)
+        stop.wait()
+        self.stopped.set()
+
+
+def no_gpu_box() -> Box:
+    """This machine as a laptop without an NVIDIA GPU or Docker would report it."""
+    box = detect_box(simulate="l40s")
+    return box.model_copy(
+        update={
+            "source": "nvml",
+            "simulated": None,
+            "gpus": (),
+            "driver_version": None,
+            "cuda_driver_version": None,
+            "nvml_error": "NVML Shared Library Not Found",
+            "findings": (
+                Finding(
+                    code="no-driver",
+                    severity="error",
+                    what="no NVIDIA driver found, and no NVIDIA GPU on the PCI bus",
+                    fix="Run the appliance on the GPU box (to plan for one from here: "
+                    "`appliance detect --simulate l40s`).",
+                ),
+            ),
+        }
+    )
+
+
+def fake_services(
+    tmp: Path | None = None,
+    *,
+    box: str = "l40s",
+    no_gpu: bool = False,
+    ticks: int | None = None,
+    deploy: bool | str = False,
+) -> Services:
+    """The monitor ticks MONITOR_TICKS times at once, then holds (still "running")."""
+    clock = ManualClock(hold_after=MONITOR_TICKS)
+
+    def monitor() -> Monitor:
+        samplers, used = simulated(box, clock=clock, seed=7)
+        return Monitor(samplers, clock=used)
+
+    gateway = FakeGateway()
+    return Services(
+        detect_box=(no_gpu_box if no_gpu else lambda: detect_box(simulate=box)),
+        simulate=None if no_gpu else box,
+        monitor=None if no_gpu else monitor,
+        monitor_ticks=ticks,
+        recommend=core_recommend,
+        plan=fresh_plan,
+        deploy=fake_deploy(fail=deploy == "fail") if deploy else None,
+        deploy_disabled=None if (no_gpu or deploy) else f"the box is simulated ({box}).",
+        fallback=None if no_gpu else gateway,
+        keys=None if no_gpu else gateway,
+        logs=FakeLogs(),
+        profiles_dir=tmp or Path("/nonexistent"),
+    )
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Services:
+    return fake_services(tmp_path)

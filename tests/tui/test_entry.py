@@ -1,0 +1,37 @@
+"""`llm-appliance`'s entry point: arguments, errors before any screen, and import weight."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from appliance.errors import ExitCode
+from appliance.tui import build_parser, main
+
+
+def test_importing_the_entry_point_loads_no_textual() -> None:
+    code = "import json, sys, appliance.tui; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert not [m for m in json.loads(out) if m.split(".")[0] == "textual"]
+
+
+def test_an_unknown_simulated_box_is_an_error_before_any_screen(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--simulate", "gtx-nonsense"])
+    assert exit_info.value.code == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "cannot simulate 'gtx-nonsense'" in err
+    assert "l40s" in err
+
+
+def test_arguments() -> None:
+    args = build_parser().parse_args(["--simulate", "2x4090", "--profiles-dir", "/tmp"])
+    assert args.simulate == "2x4090"
+    assert args.profile is None

@@ -1,0 +1,342 @@
+"""The TUI's flows driven with Pilot: navigation, live re-estimates, fallback, logs, quitting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widgets import Input, ProgressBar, Select, TabbedContent
+
+from appliance.gateway.state import read_fallback
+from appliance.profile import load_profile
+from appliance.tui.app import ApplianceApp
+from appliance.tui.messages import (
+    BoxDetected,
+    DeployFinished,
+    DeployProgressed,
+    FallbackSwitched,
+    LogLines,
+    MetricsSampled,
+    PlanComputed,
+    RecommendationComputed,
+)
+from appliance.tui.screens.box import SimulatePicker
+from appliance.tui.screens.deploy import DeployScreen
+from appliance.tui.screens.logs import LogsScreen
+from appliance.tui.screens.recommend import CandidateCard, RecommendScreen
+from appliance.tui.services import ManualClock, simulated_services
+from tests.tui.conftest import MONITOR_TICKS, FakeGateway, FakeLogs, fake_services
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.02)
+
+
+def run(go: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(go())
+
+
+def test_keys_move_between_every_screen(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.current_mode == "box"
+            for key, mode in [("r", "recommend"), ("d", "deploy"), ("m", "monitor"),
+                              ("l", "logs"), ("k", "keys"), ("b", "box")]:  # fmt: skip
+                await pilot.press(key)
+                await pilot.pause()
+                assert app.current_mode == mode, key
+            await pilot.press("question_mark")
+            assert type(app.screen).__name__ == "HelpScreen"
+            await pilot.press("escape")
+            assert app.current_mode == "box"
+
+    run(go)
+
+
+def test_message_flow_box_then_metrics_then_recommendation(tmp_path: Path) -> None:
+    seen: list[Message] = []
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            await until(
+                pilot, lambda: app.snapshot is not None and app.snapshot.tick == MONITOR_TICKS
+            )
+            await pilot.press("r")
+            await until(pilot, lambda: any(isinstance(m, RecommendationComputed) for m in seen))
+
+    run(go)
+    kinds = [type(message) for message in seen]
+    assert BoxDetected in kinds
+    assert kinds.index(BoxDetected) < kinds.index(RecommendationComputed)
+    sampled = [m for m in seen if isinstance(m, MetricsSampled)]
+    # At 1 Hz a backlog is pointless: ticks may coalesce, but the last one always arrives.
+    assert 1 <= len(sampled) <= MONITOR_TICKS
+    assert sampled[-1].snapshot.tick == MONITOR_TICKS
+    assert sampled[-1].series["vllm.generation_tokens_per_s"]
+
+
+def test_changing_a_knob_re_estimates_the_candidates(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("r")
+            screen = app.screen
+            assert isinstance(screen, RecommendScreen)
+            await until(pilot, lambda: screen.recommendation is not None)
+            assert screen.recommendation is not None
+            before = screen.recommendation
+            assert before.workload.context == 8192
+            screen.query_one("#context", Input).value = "32768"
+            await until(
+                pilot,
+                lambda: (
+                    screen.recommendation is not None
+                    and screen.recommendation.workload.context == 32768
+                ),
+            )
+            after = screen.recommendation
+            assert after is not None
+            assert all(c.max_model_len == 32768 for c in after.candidates)
+            cards = list(screen.query(CandidateCard))
+            assert [card.candidate for card in cards] == list(after.candidates)
+            # A knob that makes no sense says which one, and keeps the last good list.
+            screen.query_one("#users", Input).value = ""
+            await pilot.pause()
+            assert "Users" in str(screen.query_one("#knob-error").render())
+
+    run(go)
+
+
+def test_simulated_l40s_rag_for_30_users_saves_a_profile_and_plans_it(tmp_path: Path) -> None:
+    seen: list[Message] = []
+
+    async def go() -> None:
+        services = simulated_services(
+            "l40s", clock=ManualClock(), state_dir=tmp_path, profiles_dir=tmp_path, monitor_ticks=3
+        )
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            await until(pilot, lambda: app.box is not None)
+            await pilot.press("r")
+            screen = app.screen
+            assert isinstance(screen, RecommendScreen)
+            screen.query_one("#kind", Select).value = "rag"
+            await pilot.pause()
+            screen.query_one("#users", Input).value = "30"
+            await until(
+                pilot,
+                lambda: (
+                    screen.recommendation is not None
+                    and screen.recommendation.workload.kind == "rag"
+                    and screen.recommendation.workload.users == 30
+                ),
+            )
+            await pilot.press("escape", "s")
+            await until(pilot, lambda: any(tmp_path.glob("*.yaml")))
+            await pilot.press("p")
+            await until(pilot, lambda: any(isinstance(m, PlanComputed) for m in seen))
+            assert isinstance(app.screen, DeployScreen)
+
+    run(go)
+    (saved,) = tmp_path.glob("*.yaml")
+    profile = load_profile(saved)
+    assert profile.spec.embeddings_enabled  # RAG brings TEI
+    plan = next(m for m in seen if isinstance(m, PlanComputed)).plan
+    assert {action.kind for action in plan.actions} == {"create"}
+    assert {action.role for action in plan.actions} == {"vllm", "tei"}
+
+
+def test_f_switches_the_gateway_fallback_mode(tmp_path: Path) -> None:
+    async def go() -> None:
+        services = simulated_services(
+            "l40s", clock=ManualClock(), state_dir=tmp_path, profiles_dir=tmp_path, monitor_ticks=3
+        )
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("m")
+            await until(pilot, lambda: app.fallback_mode == "off")
+            await pilot.press("f")
+            await until(pilot, lambda: app.fallback_mode == "auto")
+            assert read_fallback(tmp_path / "fallback.json").mode.value == "auto"
+            await pilot.press("f")
+            await until(pilot, lambda: app.fallback_mode == "always")
+            assert read_fallback(tmp_path / "fallback.json").mode.value == "always"
+
+    run(go)
+
+
+def test_f_without_a_gateway_says_so(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, no_gpu=True))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("m", "f")
+            await pilot.pause()
+            assert "not configured" in str(app.screen.query_one("#monitor-fallback").render())
+
+    run(go)
+
+
+def test_quitting_during_a_log_follow_exits_at_once(tmp_path: Path) -> None:
+    services = fake_services(tmp_path)
+    assert isinstance(services.logs, FakeLogs)
+    seen: list[Message] = []
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+            await pilot.press("l")
+            assert isinstance(app.screen, LogsScreen)
+            await until(pilot, lambda: sum(isinstance(m, LogLines) for m in seen) >= 5)
+            await until(pilot, lambda: len(app.screen.lines) == 5)  # type: ignore[attr-defined]
+            await pilot.press("q")
+
+    started = time.monotonic()
+    run(go)
+    assert services.logs.stopped.wait(2)
+    assert time.monotonic() - started < 10
+
+
+def test_logs_filter_and_pause(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("l")
+            screen = app.screen
+            assert isinstance(screen, LogsScreen)
+            await until(pilot, lambda: len(screen.lines) == 5)
+            await pilot.press("slash", *"preempted")
+            await pilot.pause()
+            log = screen.query_one("#log")
+            shown = "".join(strip.text for strip in log.lines)  # type: ignore[attr-defined]
+            assert "preempted" in shown
+            assert "POST" not in shown
+            await pilot.press("escape", "p")
+            assert screen.paused
+
+    run(go)
+
+
+def test_no_gpu_offers_a_simulated_box(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, no_gpu=True))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.box is not None)
+            assert app.screen.query_one("#box-no-gpu").display
+            await pilot.press("s")
+            assert isinstance(app.screen, SimulatePicker)
+            await pilot.press("down", "down", "enter")  # rtx4090, 2x4090, l40s
+            await until(pilot, lambda: app.box is not None and app.box.simulated == "l40s")
+            assert app.services.simulate == "l40s"
+            assert not app.screen.query_one("#box-no-gpu").display
+        await app.workers.wait_for_complete()
+
+    run(go)
+
+
+def test_keys_create_shows_the_key_once_and_revoke_removes_it(tmp_path: Path) -> None:
+    services = fake_services(tmp_path)
+    gateway = services.keys
+    assert isinstance(gateway, FakeGateway)
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("k")
+            await pilot.pause(0.1)
+            await pilot.press("n", *"grafana", "enter")
+            await until(pilot, lambda: type(app.screen).__name__ == "ShowKeyOnce")
+            assert "sk-appliance-test" in str(app.screen.query_one("#new-key", Input).value)
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            await pilot.press("x", "y")
+            await until(pilot, lambda: len(gateway.keys) == 2)
+
+    run(go)
+    assert [key.name for key in gateway.keys] == ["ci-runner", "grafana"]
+    assert FallbackSwitched  # imported for the message vocabulary
+
+
+def test_deploy_confirms_then_shows_progress_and_success(tmp_path: Path) -> None:
+    seen: list[Message] = []
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, deploy=True))
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app.screen.query(CandidateCard)))
+            await pilot.press("escape", "p")
+            await until(pilot, lambda: any(isinstance(m, PlanComputed) for m in seen))
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await pilot.press("a")
+            assert type(app.screen).__name__ == "ConfirmApply"
+            await pilot.press("n")  # declining changes nothing
+            assert not any(isinstance(m, DeployProgressed) for m in seen)
+            await pilot.press("a", "y")
+            await until(pilot, lambda: any(isinstance(m, DeployFinished) for m in seen))
+            await pilot.pause()
+            assert "Deployed" in str(screen.query_one("#deploy-result").render())
+            assert screen.query_one("#weights-bar", ProgressBar).percentage == 1.0
+
+    run(go)
+
+
+def test_a_failed_deploy_shows_the_diagnosis_and_the_log_lines(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, deploy="fail"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app.screen.query(CandidateCard)))
+            await pilot.press("escape", "p")
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await until(pilot, lambda: screen.plan is not None)
+            await pilot.press("a", "y")
+            await until(pilot, lambda: "failed" in str(screen.query_one("#deploy-result").render()))
+            shown = str(screen.query_one("#deploy-result").render())
+            assert "did not turn healthy" in shown
+            assert "max_model_len: 12000" in shown
+            assert "KV cache (12000)" in shown
+
+    run(go)
+
+
+def test_deploy_is_disabled_with_its_reason_on_a_simulated_box(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("d", "a")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "DeployScreen"  # no confirm dialog
+            assert "simulated" in str(app.screen.query_one("#deploy-disabled").render())
+
+    run(go)
+
+
+def test_y_shows_the_chosen_candidate_as_profile_yaml(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app.screen.query(CandidateCard)))
+            await pilot.press("escape", "down", "y")
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, RecommendScreen)
+            assert screen.query_one(TabbedContent).active == "profile"
+            assert screen.recommendation is not None
+            second = screen.recommendation.candidates[1]
+            yaml = str(screen.query_one("#profile-yaml").render())
+            assert second.repo in yaml
+            assert "Why:" in yaml
+
+    run(go)
