@@ -492,8 +492,9 @@ def _cmd_plan(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_apply(args: argparse.Namespace) -> ExitCode:
+    from appliance.deploy import deploy_profile
     from appliance.profile import load_profile
-    from appliance.runtime.apply import ApplyEvent, apply_profile
+    from appliance.runtime.apply import ApplyEvent
     from appliance.runtime.docker import DockerEngine
     from appliance.runtime.plan import Plan
 
@@ -520,7 +521,14 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
     engine = DockerEngine()
     try:
         with progress:
-            result = apply_profile(profile, box, engine, confirm=confirm, progress=show)
+            result = deploy_profile(
+                profile,
+                box,
+                engine,
+                confirm=confirm,
+                progress=show,
+                weights_progress=progress,
+            )
     finally:
         engine.close()
     if result.applied:
@@ -992,7 +1000,8 @@ def _add_runtime(commands: _Commands) -> None:
     apply = commands.add_parser(
         "apply",
         help="make the box run the profile (idempotent; rolls back on failure)",
-        description="Pull images, create the engines, wait until healthy. A second run with the "
+        description="Download the weights, pull images, create the engines, wait until healthy. "
+        "A second run with the "
         "same file changes nothing; on failure what ran before is restored (exit 1).",
     )
     apply.add_argument("profile", type=Path, metavar="PROFILE")

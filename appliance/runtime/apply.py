@@ -300,15 +300,7 @@ def _preflight(
             f"port already in use on this host: {listed}; nothing was changed",
             hint="stop what listens there (ss -ltnp shows it), or choose other ports in spec.ports",
         )
-    if any(spec.gpu_device_ids is not None for spec in specs) and not (
-        box.docker.gpu_containers_possible
-    ):
-        raise EnvironmentNotReadyError(
-            "Docker on this box cannot give containers a GPU; nothing was changed",
-            hint="install the NVIDIA Container Toolkit: apt-get install -y "
-            "nvidia-container-toolkit && nvidia-ctk runtime configure --runtime=docker && "
-            "systemctl restart docker",
-        )
+    _check_gpu_containers(specs, box)
     missing = sorted(
         {mount.source for spec in specs for mount in spec.mounts if not Path(mount.source).is_dir()}
     )
@@ -324,6 +316,26 @@ def _preflight(
             continue
         progress(ApplyEvent("pull", f"pulling {image}"))
         engine.pull(image, lambda step: progress(ApplyEvent("pull", step.status, pull=step)))
+
+
+def _check_gpu_containers(specs: Sequence[ContainerSpec], box: Box) -> None:
+    if any(spec.gpu_device_ids is not None for spec in specs) and not (
+        box.docker.gpu_containers_possible
+    ):
+        raise EnvironmentNotReadyError(
+            "Docker on this box cannot give containers a GPU; nothing was changed",
+            hint="install the NVIDIA Container Toolkit: apt-get install -y "
+            "nvidia-container-toolkit && nvidia-ctk runtime configure --runtime=docker && "
+            "systemctl restart docker",
+        )
+
+
+def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = None) -> None:
+    """What apply would refuse for reasons weights cannot fix: no GPU for containers, or a
+    configuration vLLM would refuse. Run before a long download, so nobody waits an hour to
+    learn the box could never have run it."""
+    _check_gpu_containers(container_specs(profile, box, options=options), box)
+    _check_fits(profile, box)
 
 
 def _check_fits(profile: Profile, box: Box) -> None:

@@ -142,6 +142,18 @@ class DockerEngine:
             )
         except docker.errors.APIError as error:
             raise _engine_error(f"follow logs of {container_id[:12]}", error) from error
+        # A quiet container sends nothing for minutes; closing the stream from a watcher is what
+        # ends the blocked read at once when the operator quits (the TUI, Ctrl-C).
+        done = threading.Event()
+
+        def close_on_stop() -> None:
+            while not done.is_set():
+                if stop.wait(0.2):
+                    stream.close()
+                    return
+
+        watcher = threading.Thread(target=close_on_stop, name="log-follow-stop", daemon=True)
+        watcher.start()
         buffer = b""
         try:
             for chunk in stream:
@@ -151,9 +163,12 @@ class DockerEngine:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     yield line.decode("utf-8", errors="replace")
+        except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
+            if not stop.is_set():
+                raise
         finally:
-            with contextlib.suppress(Exception):
-                stream.close()
+            done.set()
+            watcher.join(timeout=5)
 
     # ------------------------------------------------------------------ images
 

@@ -259,17 +259,23 @@ def docker_deploy(
     cancel: threading.Event,
     confirm: Callable[[Plan], bool],
 ) -> ApplyResult:
-    """Weights first (cancellable, resumable), then `apply_profile` under its lock.
-
-    `confirm` sees the plan apply recomputed under the lock, so a box that changed since the
-    operator read the plan is not changed behind their back.
-    """
-    from appliance.runtime.apply import apply_profile
+    """The core's deploy (weights, then apply under its lock) on this box's Docker engine."""
+    from appliance.deploy import deploy_profile
     from appliance.runtime.docker import DockerEngine
-    from appliance.weights import pull_profile, resolve_token
 
-    pull_profile(profile, token=resolve_token(None), on_progress=report, cancel=cancel)
-    return apply_profile(profile, box, DockerEngine(), confirm=confirm, progress=report)
+    engine = DockerEngine()
+    try:
+        return deploy_profile(
+            profile,
+            box,
+            engine,
+            confirm=confirm,
+            progress=report,
+            weights_progress=report,
+            cancel=cancel,
+        )
+    finally:
+        engine.close()
 
 
 def simulated_services(
@@ -355,15 +361,13 @@ def watching(services: Services, profile: Profile) -> Services:
 
 
 def _profile_gateway(profile: Profile) -> GatewayFiles:
-    """The gateway's files where the profile puts them.
+    """The gateway's files where the gateway itself finds them (its config from the profile)."""
+    from appliance.gateway.config import GatewayConfig
 
-    The keys file is the profile's own (`spec.keys_file`); the fallback state file has no
-    accessor in the core yet, so it is taken as `<storage.state_dir>/gateway/fallback.json`.
-    """
-    spec = profile.spec
+    config = GatewayConfig.from_profile(profile)
     return GatewayFiles(
-        state_file=spec.storage.state_dir / "gateway" / "fallback.json",
-        keys_file=spec.keys_file,
-        remote_configured=spec.gateway.fallback.remote is not None,
-        default_mode=str(spec.gateway.fallback.mode),
+        state_file=config.state_file,
+        keys_file=config.keys_file,
+        remote_configured=config.remote is not None,
+        default_mode=config.default_fallback_mode.value,
     )

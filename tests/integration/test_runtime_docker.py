@@ -109,3 +109,25 @@ def test_missing_image_says_how_to_load_it(engine: DockerEngine) -> None:
 def test_unreachable_engine_is_an_environment_error() -> None:
     with pytest.raises(EnvironmentNotReadyError, match="cannot reach the Docker engine"):
         DockerEngine("unix:///nonexistent/docker.sock", timeout_s=2)
+
+
+def test_following_a_quiet_container_stops_when_asked(
+    engine: DockerEngine, engine_doubles: EngineDoubleImages
+) -> None:
+    spec = _vllm_spec(engine_doubles.vllm["ok"], free_port(), "adapter-test-quiet")
+    container_id = engine.create(spec)
+    engine.start(container_id)
+    assert wait_until_healthy(engine, container_id, spec.health_url, deadline_s=30).healthy
+    stop = threading.Event()
+    lines: list[str] = []
+
+    def follow() -> None:
+        lines.extend(engine.follow_logs(container_id, stop, tail=0))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    follower.join(timeout=1)
+    assert follower.is_alive()  # blocked on a container that says nothing
+    stop.set()
+    follower.join(timeout=20)  # a hang detector, not a timing assertion
+    assert not follower.is_alive()

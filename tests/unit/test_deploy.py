@@ -1,0 +1,38 @@
+"""Deploy checks what weights cannot fix before it downloads anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.deploy import deploy_profile
+from appliance.errors import EnvironmentNotReadyError
+from appliance.hardware import detect_box
+from appliance.profile import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NoEngine:
+    """Deploy must refuse before it talks to Docker or the Hub."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"deploy reached the engine ({name}) before refusing")
+
+
+def test_no_gpu_for_containers_is_refused_before_any_download(tmp_path: Path) -> None:
+    profile = load_profile(ROOT / "profiles" / "rtx4090-chat.yaml")
+    box = detect_box(simulate="rtx4090", models_dir=tmp_path)
+    without_toolkit = box.model_copy(
+        update={"docker": box.docker.model_copy(update={"nvidia_runtime": False})}
+    )
+    downloads: list[object] = []
+    with pytest.raises(EnvironmentNotReadyError, match="cannot give containers a GPU"):
+        deploy_profile(
+            profile,
+            without_toolkit,
+            NoEngine(),  # type: ignore[arg-type]
+            weights_progress=downloads.append,
+        )
+    assert downloads == []
