@@ -53,7 +53,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
-from appliance import __version__
+from appliance import __version__, fileio
 from appliance.errors import (
     ApplianceError,
     BadInputError,
@@ -460,18 +460,7 @@ def _repo_lock(models_dir: Path, repo: str) -> Iterator[None]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # noqa: PTH101 - on the temporary name, before it becomes visible
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.atomic_write(path, text.encode("utf-8"), mode=0o644)
 
 
 def _point_revision(models_dir: Path, repo: str, revision: str, sha: str) -> None:

@@ -15,34 +15,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance import fileio
 from appliance.errors import EnvironmentNotReadyError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably; the file gets `mode` from birth."""
-    directory = path.parent
+    """`appliance.fileio.atomic_write`, with a failure told as the box not being ready."""
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = directory / f".{path.name}.{os.getpid()}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(descriptor, mode)  # the umask may have narrowed or the file pre-existed
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        temporary.replace(path)
-        directory_descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_descriptor)
-        finally:
-            os.close(directory_descriptor)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fileio.atomic_write(path, data, mode=mode)
     except OSError as error:
         raise EnvironmentNotReadyError(
             f"cannot write {path}: {error.strerror or error}",
-            hint=f"check that {directory} exists and is writable by this user",
+            hint=f"check that {path.parent} exists and is writable by this user",
         ) from error
 
 
