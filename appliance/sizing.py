@@ -12,7 +12,10 @@ vLLM's, line numbers drift):
    less than desired GPU memory utilization"). Memory held by other processes (TEI on the same
    card) therefore does not shrink the KV cache, it makes start-up fail once it eats into the
    `requested` share. Before v0.6.4 vLLM instead measured `total - free` after profiling, so
-   other processes' memory came straight out of the KV cache; `vllm_version` selects that.
+   other processes' memory came straight out of the KV cache; `vllm_version` selects that. The
+   V0 engine (`vllm/worker/worker.py`, v0.6.4 to v0.10) has no such check: it profiles against
+   its own baseline snapshot, and under tensor parallelism the executor keeps the smallest
+   block count of all workers - the driver's, since only the driver runs the sampler.
 2. `gpu_worker.py::determine_available_memory` runs `profile_run` (a forward pass over
    `max_num_batched_tokens` dummy tokens, then the sampler over `max_num_seqs` rows) inside
    `utils/mem_utils.py::memory_profiling`: non_kv = (free memory consumed since the snapshot:
@@ -66,8 +69,28 @@ _HIDDEN_ACTIVATION_FACTOR = 1.15
 # modelled.
 _SAMPLER_BYTES_PER_LOGIT = 4
 _SAMPLER_BYTES_PER_LOGIT_NATIVE = 32
+# V0 (`vllm/worker/model_runner.py`, v0.6.5 to v0.10): `profile_run` samples every dummy
+# sequence with SamplingParams(top_p=0.99, top_k=vocab_size - 1), i.e. through the PyTorch
+# top-k/top-p path (`_apply_top_k_top_p`: sorted fp32 logits + int64 indices, softmax, cumsum,
+# the int64 inverse permutation, the gathered logits, then the sampler's probs and logprobs) on
+# [max_num_seqs x vocab] logits. Only the driver worker samples ("Only perform sampling in the
+# driver worker" in `ModelRunner.execute_model`; the logits are gathered to rank 0 first), and
+# the executor keeps the *minimum* block count over all workers
+# (`determine_num_available_blocks`: "we take the minimum number of blocks across all
+# workers"), so under TP the driver's larger peak sets the KV cache even though the other ranks
+# log a much smaller activation peak. 39 bytes per logit fits the two fitted V0 logs whose peak
+# exceeds the forward pass: Qwen2.5-7B on an RTX 4060 (v0.7.3: 1.42 GiB at 256 x 152,064
+# logits) and Llama-3-8B on an H100 (v0.6.5: 1.26 GiB at 256 x 128,256). The v0.6.4 logs of
+# vllm#10517 show no such peak (0.06 GiB over the weights at 35,000 tokens), so it starts with
+# the v0.6.5 profiling overhaul (vllm#10511).
+_SAMPLER_BYTES_PER_LOGIT_V0 = 39
 # Non-torch growth after the start-up snapshot (cuBLAS/cuDNN workspaces, attention backend
-# buffers), and the extra for NCCL / custom all-reduce buffers under tensor parallelism.
+# buffers), and the extra for NCCL / custom all-reduce buffers under tensor parallelism (fitted
+# on the V1 TP 2 logs). V0 from v0.6.5 has the same cause: `Worker.init_device`
+# (`vllm/worker/worker.py`, v0.6.5 to v0.10) takes `baseline_snapshot = MemorySnapshot()` before
+# `init_worker_distributed_environment`, so the NCCL communicators and the custom all-reduce
+# buffers (`vllm/distributed/device_communicators/custom_all_reduce.py`: an 8 MiB meta + data
+# buffer per rank, IPC-shared) count as non-torch memory; the same TP extra is added there.
 _NON_TORCH_BYTES = int(0.28 * GIB)
 _NON_TORCH_TP_EXTRA_BYTES = int(0.12 * GIB)
 # V0 logged it directly: 0.35 GiB before the v0.6.5 profiling overhaul (RTX 3090), then
@@ -109,12 +132,13 @@ class VllmRules:
 
     version: tuple[int, int, int]
     v1_engine: bool  # V1 is the default engine from v0.8.0; V0 was removed in v0.11
-    other_processes_shrink_kv: bool  # before v0.6.4: peak = total - free after profiling
+    other_processes_shrink_kv: bool  # before v0.6.4 (and V1 before v0.9.2): total - free
     cuda_graphs_in_budget: bool  # v0.20.0: VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1
     hybrid_kv_allocator: bool  # v0.10: sliding-window / chunked layers hold a window only
     h100_batch_defaults: bool  # v0.9: >=70 GiB non-A100 cards default to 8192/16384 tokens
     b200_batch_defaults: bool  # >=160 GiB cards default to 16384 tokens (present in v0.32)
     null_block_reserved: bool  # the start-up check plans against num_blocks - 1 (v0.32)
+    v0_driver_sampler_peak: bool  # V0 from v0.6.5: the driver's profile samples top-k/top-p
 
     @classmethod
     def for_version(
@@ -123,15 +147,21 @@ class VllmRules:
         """Rules of a release; `v1_engine` overrides the default engine (VLLM_USE_V1=0 or a
         feature that forced V0 before v0.11)."""
         v = parse_version(version)
+        v1 = (v >= (0, 8, 0)) if v1_engine is None else v1_engine
         return cls(
             version=v,
-            v1_engine=(v >= (0, 8, 0)) if v1_engine is None else v1_engine,
-            other_processes_shrink_kv=v < (0, 6, 4),
+            v1_engine=v1,
+            # V1 before v0.9.2 also counted every byte in use on the card that its own torch
+            # allocator did not hold as non-torch memory, other processes included (fixed by
+            # vllm#19312, "[V1] Reuse V0's memory_profiling util for gpu worker memory
+            # profiling"): there too other processes came out of the KV cache.
+            other_processes_shrink_kv=v < (0, 6, 4) or (v1 and v < (0, 9, 2)),
             cuda_graphs_in_budget=v >= (0, 20, 0),
             hybrid_kv_allocator=v >= (0, 10, 0),
             h100_batch_defaults=v >= (0, 9, 0),
             b200_batch_defaults=v >= (0, 22, 0),
             null_block_reserved=v >= (0, 22, 0),
+            v0_driver_sampler_peak=v >= (0, 6, 5),
         )
 
 
@@ -386,11 +416,16 @@ def _activation_bytes(
     forward = max_num_batched_tokens * _per_token_activation_bytes(
         architecture, tensor_parallel_size, dtype_bytes
     )
-    if not rules.v1_engine:
-        # V0 samples a few logits per dummy sequence; its peak is the forward pass.
-        return int(forward)
     rows = min(max_num_seqs, max_num_batched_tokens)
-    per_logit = _SAMPLER_BYTES_PER_LOGIT if flashinfer_sampler else _SAMPLER_BYTES_PER_LOGIT_NATIVE
+    if not rules.v1_engine:
+        if not rules.v0_driver_sampler_peak:
+            return int(forward)
+        # The driver worker's peak (see _SAMPLER_BYTES_PER_LOGIT_V0): it sets the KV cache.
+        per_logit = _SAMPLER_BYTES_PER_LOGIT_V0
+    else:
+        per_logit = (
+            _SAMPLER_BYTES_PER_LOGIT if flashinfer_sampler else _SAMPLER_BYTES_PER_LOGIT_NATIVE
+        )
     sampler = rows * architecture.vocab_size * per_logit
     # The sampler runs after the forward pass has freed its activations: the peak is the
     # larger of the two, the hidden states staying alive across both.
@@ -498,7 +533,7 @@ def _non_kv(
     elif rules.version < (0, 6, 5):
         non_torch = _NON_TORCH_V0_OLD_BYTES
     else:
-        non_torch = _NON_TORCH_V0_BYTES
+        non_torch = _NON_TORCH_V0_BYTES + (_NON_TORCH_TP_EXTRA_BYTES if tp > 1 else 0)
     cuda_graph = 0
     if rules.cuda_graphs_in_budget and not flags.enforce_eager:
         cuda_graph = _cuda_graph_bytes(architecture, tp, max_num_seqs)
@@ -581,7 +616,10 @@ def estimate_memory(
     reason = ""
     if rules.other_processes_shrink_kv:
         available -= other_processes_bytes
-    else:
+    elif rules.v1_engine:
+        # Only V1's `Worker.init_device` (`vllm/v1/worker/gpu_worker.py`) refuses when free memory
+        # is below the requested share; V0's (`vllm/worker/worker.py`) has no such check and
+        # profiles against its own baseline snapshot, so other processes change neither.
         reason = _free_memory_refusal(
             gpu_memory_bytes, other_processes_bytes, budget.requested, flags.gpu_memory_utilization
         )

@@ -175,9 +175,74 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
         ),
         "meta-llama/Meta-Llama-3-8B config.json",
     ),
+    "qwen3-0.6b": (
+        _arch(
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            hidden_size=1024,
+            intermediate_size=3072,
+            vocab_size=151936,
+            max_position_embeddings=40960,
+        ),
+        "Qwen/Qwen3-0.6B config.json",
+    ),
+    "qwen3-30b-a3b": (
+        _arch(
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            hidden_size=2048,
+            intermediate_size=6144,
+            vocab_size=151936,
+            max_position_embeddings=40960,
+            num_experts=128,
+            num_experts_per_token=8,
+            moe_intermediate_size=768,
+        ),
+        "Qwen/Qwen3-30B-A3B config.json (128 experts, 8 active, moe_intermediate_size 768)",
+    ),
+    "qwen3-coder-30b-a3b": (
+        _arch(
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            hidden_size=2048,
+            intermediate_size=6144,
+            vocab_size=151936,
+            max_position_embeddings=262144,
+            num_experts=128,
+            num_experts_per_token=8,
+            moe_intermediate_size=768,
+        ),
+        "Qwen/Qwen3-Coder-30B-A3B-Instruct config.json (the Qwen3-30B-A3B shape, 256K context)",
+    ),
+    "gemma3-27b": (
+        _arch(
+            num_hidden_layers=62,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            head_dim=128,
+            hidden_size=5376,
+            intermediate_size=21504,
+            vocab_size=262208,
+            max_position_embeddings=131072,
+            sliding_window=1024,
+            sliding_window_layers=tuple(i for i in range(62) if (i + 1) % 6),  # type: ignore[arg-type]
+        ),
+        "google/gemma-3-27b-it config.json text_config (5 sliding layers of 1024 per global "
+        "layer; V0 keeps full attention everywhere)",
+    ),
 }
 
-V0_ONLY = {"art-qwen25-0.5b-4090d"}  # Unsloth forces the V0 engine on v0.8.5
+V0_ONLY = {
+    "art-qwen25-0.5b-4090d",  # Unsloth forces the V0 engine on v0.8.5
+    "bd-qwen3-30b-a3b-w4a16-3090",  # VLLM_USE_V1=0 on v0.8.5
+    "hh-gemma3-27b-awq-24g",  # VLLM_USE_V1=0 on v0.8.3
+}
 NO_FLASHINFER = {"dl-7b-2xa100-40g-tp2"}  # its log: "FlashInfer is not available"
 
 

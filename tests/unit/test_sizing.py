@@ -118,6 +118,79 @@ def test_llama_8b_on_a_3090_refuses_29k_like_vllm_0_6_4() -> None:
     assert run(35_000)[0]  # above 32K the API server chunks prefill: small profile batch
 
 
+QWEN25_14B_131K = ModelArchitecture(
+    hf_architecture="Qwen2ForCausalLM",
+    model_type="qwen2",
+    num_hidden_layers=48,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+    head_dim=128,
+    hidden_size=5120,
+    intermediate_size=13824,
+    vocab_size=152064,
+    max_position_embeddings=131072,
+)
+
+
+def test_v0_tensor_parallel_kv_cache_is_set_by_the_driver_worker() -> None:
+    # vllm-project/vllm#13061 (V0, 2x RTX 4090, TP 2): a non-driver worker logged 0.19 GiB of
+    # activations and 8.69 GiB of KV cache, yet vLLM kept 81,536 tokens (7.46 GiB): the driver
+    # also samples [256 x 152,064] logits through top-k/top-p and the executor keeps the minimum.
+    estimate = estimate_memory(
+        QWEN25_14B_131K,
+        int(2 * 13.9476 * GIB),
+        int(23.55 * GIB),
+        gpu_count=2,
+        flags=EngineFlags(gpu_memory_utilization=0.98),
+        vllm_version="0.7.2",
+        gpu_name="NVIDIA GeForce RTX 4090",
+    )
+    assert not estimate.fits
+    assert estimate.kv_cache_tokens == pytest.approx(81_536, rel=0.03)
+    assert estimate.activation_gib > 1.2  # the driver's sampler peak, not the worker's 0.19
+    assert estimate.non_torch_gib > 0.15  # NCCL buffers after V0's baseline snapshot
+
+
+def test_v0_has_no_free_memory_check_at_start_up() -> None:
+    # V1's Worker.init_device refuses when free memory is below the requested share; V0's does
+    # not (vllm-project/vllm#16199 ran V0 at 0.98 and got as far as the KV-cache check).
+    flags = EngineFlags(gpu_memory_utilization=0.95, max_model_len=8192)
+    v1 = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), RTX_3090, flags=flags, other_processes_bytes=2 * GIB
+    )
+    v0 = estimate_memory(
+        QWEN2_7B,
+        int(15.2 * 10**9),
+        RTX_3090,
+        flags=flags,
+        vllm_version="0.7.3",
+        other_processes_bytes=2 * GIB,
+    )
+    v0_alone = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), RTX_3090, flags=flags, vllm_version="0.7.3"
+    )
+    assert "refuses to start" in v1.reason
+    assert "refuses to start" not in v0.reason
+    assert v0.kv_cache_tokens == v0_alone.kv_cache_tokens
+
+
+def test_v1_before_0_9_2_took_other_processes_out_of_the_kv_cache() -> None:
+    # vllm-project/vllm#19312: V1 counted other processes' memory as its own non-torch memory.
+    flags = EngineFlags(gpu_memory_utilization=0.8, max_model_len=4096)
+    alone = estimate_memory(
+        QWEN2_7B, int(15.2 * 10**9), RTX_3090, flags=flags, vllm_version="0.8.5"
+    )
+    shared = estimate_memory(
+        QWEN2_7B,
+        int(15.2 * 10**9),
+        RTX_3090,
+        flags=flags,
+        vllm_version="0.8.5",
+        other_processes_bytes=1 * GIB,
+    )
+    assert shared.kv_cache_gib == pytest.approx(alone.kv_cache_gib - 1.0, abs=0.01)
+
+
 def test_refusal_names_the_largest_max_model_len_that_fits() -> None:
     estimate = estimate_memory(
         LLAMA_31_8B,
