@@ -709,11 +709,15 @@ def _gateway_monitor(profile: Any, local_engines: bool) -> tuple[Any, Any]:
     from appliance.gateway.recording import monitor_and_record
     from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
     from appliance.monitor.status import profile_samplers
-    from appliance.usage_store import UsageRecorder, UsageStore
+    from appliance.usage_store import GatewayCounters, UsageRecorder, UsageStore
 
     monitor = Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))
     try:
-        recorder: UsageRecorder | None = UsageRecorder(UsageStore.for_profile(profile))
+        # The gateway's counters live in this very process, so they start from zero: requests
+        # served before the monitor's first tick still count.
+        recorder: UsageRecorder | None = UsageRecorder(
+            UsageStore.for_profile(profile), gateway_baseline=GatewayCounters(0.0, 0.0)
+        )
     except EnvironmentNotReadyError as error:
         print(f"warning: {error.render()}\n  (usage is not recorded)", file=sys.stderr)
         recorder = None

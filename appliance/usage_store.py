@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.economics import Usage, WindowName
 from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.monitor.scrape import GATEWAY_REQUESTS_METRIC
 
 if TYPE_CHECKING:
     import httpx
@@ -59,7 +60,6 @@ __all__ = [
 STORE_FILENAME: Final = "usage.sqlite3"
 WINDOW_SECONDS: Final[dict[WindowName, float]] = {"hour": 3600.0, "day": 86_400.0, "7d": 604_800.0}
 DEFAULT_RETENTION_SECONDS: Final = 8 * 86_400.0
-GATEWAY_REQUESTS_METRIC: Final = "appliance_gateway_requests"  # a Counter: exposed with _total
 CHAT_ROUTES: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 _SCHEMA_VERSION: Final = 1
 _BUCKET_SECONDS: Final = 60
@@ -299,13 +299,16 @@ class UsageRecorder:
         *,
         max_gap_seconds: float = 10.0,
         flush_every_seconds: float = 60.0,
+        gateway_baseline: GatewayCounters | None = None,
     ) -> None:
+        """`gateway_baseline`: the counters' values when recording starts, when known (the
+        gateway's own process knows they start at zero); None takes the first reading as it."""
         self.store = store
         self.max_gap_seconds = max_gap_seconds
         self.flush_every_seconds = flush_every_seconds
         self._last_wall: float | None = None
         self._last_flush: float | None = None
-        self._counters: GatewayCounters | None = None
+        self._counters: GatewayCounters | None = gateway_baseline
         self._pending: dict[int, _Bucket] = {}
 
     def record(self, snapshot: Snapshot, gateway: GatewayCounters | None = None) -> None:

@@ -60,6 +60,8 @@ SERVICE_SERIES = (
     "ttft_p95_s",
     "itl_p95_s",
     "e2e_p95_s",
+    "local_requests_per_s",
+    "remote_requests_per_s",
 )
 
 
@@ -233,6 +235,14 @@ class _ServiceTracker:
             return None
         return ratio_pct(max(0.0, requests - succeeded), requests)
 
+    def remote_share_pct(self, now: float) -> float | None:
+        """The gateway's requests sent to the remote fallback, as a share of all it routed."""
+        local = self.increase("local_requests", now)
+        remote = self.increase("remote_requests", now)
+        if local is None or remote is None:
+            return None
+        return ratio_pct(remote, local + remote)
+
     def recent_restarts(self, at: float, container: ContainerStatus | None) -> float | None:
         if container is None or container.restart_count is None:
             return None
@@ -284,6 +294,9 @@ class _ServiceTracker:
                 "e2e_p50_s": e2e_p50,
                 "e2e_p95_s": e2e_p95,
                 "queue_time_p95_s": queue_p95,
+                "local_requests_per_s": self.rate("local_requests", at),
+                "remote_requests_per_s": self.rate("remote_requests", at),
+                "remote_share_pct": self.remote_share_pct(at),
             }
         )
 

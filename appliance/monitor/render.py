@@ -110,6 +110,14 @@ def _service_lines(service: ServiceStats, history: History | None, spark: int) -
     indent = " " * 11
     if service.metrics_error is not None and service.healthy:
         lines.append(f"{indent}metrics: {service.metrics_error}")
+    if service.kind == "gateway":
+        lines.append(
+            f"{indent}requests/s local {_number(service.local_requests_per_s, 2)}"
+            f"{_spark(history, f'{name}.local_requests_per_s', spark)}"
+            f"   remote {_number(service.remote_requests_per_s, 2)}"
+            f"{_spark(history, f'{name}.remote_requests_per_s', spark)}"
+            f"   sent remote {_number(service.remote_share_pct, 1, '%')}"
+        )
     if not service.is_engine:
         return lines
     load = (

@@ -26,8 +26,8 @@ import httpx
 
 from appliance.hardware.box import GpuProcess
 from appliance.monitor.scrape import (
-    EngineKind,
     MetricsFormatError,
+    MetricsKind,
     MetricsReading,
     ParseCache,
     parse_metrics,
@@ -37,8 +37,9 @@ from appliance.monitor.snapshot import GpuStats
 if TYPE_CHECKING:
     from appliance.hardware.nvml import NvmlDevice, NvmlSource
 
-EndpointKind = Literal["vllm", "tei", "http", "auto"]
-"""vllm / tei: an engine; http: health only (the gateway); auto: vLLM or TEI, from its metrics."""
+EndpointKind = Literal["vllm", "tei", "gateway", "http", "auto"]
+"""vllm / tei: an engine; gateway: the appliance's gateway (health and request counters);
+http: health only; auto: vLLM, TEI or the gateway, from its metrics."""
 
 # NVML's clock-event ("throttle") reason bits (nvmlClocksEventReasons / nvmlClocksThrottleReasons),
 # by the names the snapshot uses.
@@ -65,7 +66,7 @@ def throttle_reason_names(mask: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A service the monitor watches: `<base_url>/health`, and `<base_url>/metrics` for engines."""
+    """A service the monitor watches: `<base_url>/health`, and `<base_url>/metrics` unless None."""
 
     name: str  # "vllm", "tei", "gateway", or host:port for `appliance scrape`
     kind: EndpointKind
@@ -88,7 +89,7 @@ class EndpointReading:
     metrics_error: str | None = None
 
     @property
-    def kind(self) -> Literal["vllm", "tei", "http"]:
+    def kind(self) -> Literal["vllm", "tei", "gateway", "http"]:
         """The service's kind: as configured, or (for "auto") as its metrics said."""
         if self.endpoint.kind != "auto":
             return self.endpoint.kind
@@ -186,11 +187,10 @@ class HttpEndpointSampler:
             return None, describe_http_error(error, url)
         if not response.is_success:
             return None, f"{url} answered {response.status_code}"
-        wanted: EngineKind | None = None
-        if self._endpoint.kind == "vllm":
-            wanted = "vllm"
-        elif self._endpoint.kind == "tei":
-            wanted = "tei"
+        kind = self._endpoint.kind
+        wanted: MetricsKind | None = None
+        if kind in ("vllm", "tei", "gateway"):
+            wanted = kind
         try:
             return parse_metrics(response.text, wanted, self._cache), None
         except MetricsFormatError as error:

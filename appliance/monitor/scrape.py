@@ -1,4 +1,4 @@
-"""vLLM's and TEI's Prometheus text, read into a few named numbers. Pure: text in, data out.
+"""vLLM's, TEI's and the gateway's Prometheus text, read into a few named numbers. Pure.
 
 The text is parsed by `prometheus_client`'s own parser, never by hand. What the engines call
 things, checked against their sources and a real scrape:
@@ -19,9 +19,15 @@ things, checked against their sources and a real scrape:
   `te_request_queue_duration`, `te_request_inference_duration`, `te_batch_next_size`.
   `te_queue_duration`, `te_inference_duration` and the gauge `te_batch_current_size` are read
   too, after the real names: the project's TEI test double exposes them.
+- The appliance's gateway (`appliance.gateway.app.GatewayMetrics`): the counter
+  `appliance_gateway_requests_total{route,destination,outcome}`, destination `local`, `remote`
+  or `none` (refused before routing). Requests of every route and outcome are counted by where
+  they were sent; `appliance.usage_store` reads the same family (chat routes only, for pricing).
 
 What must stay true: a metric an engine does not expose is absent from the reading (the monitor
-shows "-"), never 0.
+shows "-"), never 0. The one exception is a `_Wanted` marked `zero_when_unseen`: the gateway
+creates a labelled series on its first request of that kind, so a family that is there without
+the series has counted none yet.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,11 +43,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.monitor.maths import Histogram
 
 EngineKind = Literal["vllm", "tei"]
+MetricsKind = Literal["vllm", "tei", "gateway"]
+"""Whose metrics a page holds: an engine's, or the appliance gateway's."""
 Aggregate = Literal["sum", "max"]
+
+GATEWAY_REQUESTS_METRIC: Final = "appliance_gateway_requests"  # a Counter: exposed with _total
+"""The gateway's request counter family; the one place its name is written outside the gateway."""
+_GATEWAY_PREFIX: Final = "appliance_gateway_"
 
 
 class MetricsFormatError(ValueError):
-    """The text is not Prometheus exposition, or holds neither vLLM's nor TEI's metrics."""
+    """The text is not Prometheus exposition, or holds none of vLLM's, TEI's or the gateway's."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class MetricsReading:
     for debugging an engine whose metric names changed.
     """
 
-    kind: EngineKind
+    kind: MetricsKind
     model_names: tuple[str, ...] = ()
     gauges: Mapping[str, float] = field(default_factory=dict)
     counters: Mapping[str, float] = field(default_factory=dict)
@@ -68,6 +80,7 @@ class _Wanted:
     names: tuple[str, ...]
     aggregate: Aggregate = "sum"
     labels: Mapping[str, str] = field(default_factory=dict)  # only series with these labels
+    zero_when_unseen: bool = False  # a counter family present without these series counts 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,28 @@ TEI = _EngineMetrics(
     ),
 )
 
+GATEWAY = _EngineMetrics(
+    gauges=(),
+    counters=(
+        _Wanted("requests", (GATEWAY_REQUESTS_METRIC,), zero_when_unseen=True),
+        _Wanted(
+            "local_requests",
+            (GATEWAY_REQUESTS_METRIC,),
+            labels={"destination": "local"},
+            zero_when_unseen=True,
+        ),
+        _Wanted(
+            "remote_requests",
+            (GATEWAY_REQUESTS_METRIC,),
+            labels={"destination": "remote"},
+            zero_when_unseen=True,
+        ),
+    ),
+    histograms=(),
+)
+
+_SPECS: Final[Mapping[MetricsKind, _EngineMetrics]] = {"vllm": VLLM, "tei": TEI, "gateway": GATEWAY}
+
 # vLLM's API server (prometheus-fastapi-instrumentator): what clients saw, 5xx included.
 _HTTP_REQUESTS = "http_requests"
 _API_PREFIX = "/v1/"
@@ -149,7 +184,9 @@ def _counter(family: Metric, wanted: _Wanted) -> float | None:
         for sample in family.samples
         if sample.name == total and _matches(sample.labels, wanted.labels)
     ]
-    return math.fsum(values) if values else None
+    if values:
+        return math.fsum(values)
+    return 0.0 if wanted.zero_when_unseen else None
 
 
 def _histogram(family: Metric) -> Histogram | None:
@@ -176,7 +213,7 @@ def _wanted_names() -> dict[str, str]:
     or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`.
     """
     family_of = {_HTTP_REQUESTS: _HTTP_REQUESTS, f"{_HTTP_REQUESTS}_total": _HTTP_REQUESTS}
-    for spec in (VLLM, TEI):
+    for spec in _SPECS.values():
         for wanted in spec.gauges:
             family_of.update({name: name for name in wanted.names})
         for wanted in spec.counters:
@@ -256,36 +293,44 @@ def _families(text: str, cache: ParseCache | None) -> dict[str, Metric]:
     return {metric.name: metric for metric in _parse("".join(blocks.values()))}
 
 
-def detect_kind(names: Iterable[str]) -> EngineKind | None:
-    """vLLM or TEI from the metric names, or None for neither."""
-    tei = False
+def detect_kind(names: Iterable[str]) -> MetricsKind | None:
+    """vLLM, TEI or the appliance gateway from the metric names, or None for none of them."""
+    tei = gateway = False
     for name in names:
         if name.startswith("vllm:"):
             return "vllm"
         tei = tei or name.startswith("te_")
+        gateway = gateway or name.startswith(_GATEWAY_PREFIX)
+    if gateway:
+        return "gateway"
     return "tei" if tei else None
 
 
 def parse_metrics(
-    text: str, kind: EngineKind | None = None, cache: ParseCache | None = None
+    text: str, kind: MetricsKind | None = None, cache: ParseCache | None = None
 ) -> MetricsReading:
-    """Read a vLLM or TEI `/metrics` page; `kind` None means tell from the names.
+    """Read a vLLM, TEI or gateway `/metrics` page; `kind` None means tell from the names.
 
     `cache` (one per endpoint) skips re-parsing the families whose lines did not change since
     that endpoint's previous page; the reading is the same with or without it.
 
     Raises `MetricsFormatError` for text that is not Prometheus exposition, holds no metric of
-    either engine, or holds the other engine's metrics than `kind`.
+    any of them, or holds another's metrics than `kind`'s.
     """
     families = _families(text, cache)
     found = detect_kind(families)
     if found is None or (kind is not None and kind != found):
-        expected = {"vllm": "vLLM (vllm:*)", "tei": "TEI (te_*)", None: "vLLM or TEI"}[kind]
+        expected = {
+            "vllm": "vLLM (vllm:*)",
+            "tei": "TEI (te_*)",
+            "gateway": f"gateway ({_GATEWAY_PREFIX}*)",
+            None: "vLLM, TEI or gateway",
+        }[kind]
         seen = "" if found is None else f"; they look like {found}'s"
         msg = f"no {expected} metrics in the page{seen}"
         raise MetricsFormatError(msg)
     kind = found
-    spec = VLLM if kind == "vllm" else TEI
+    spec = _SPECS[kind]
     gauges: dict[str, float] = {}
     counters: dict[str, float] = {}
     histograms: dict[str, Histogram] = {}

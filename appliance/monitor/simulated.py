@@ -1,14 +1,16 @@
 """Simulated samplers for `--simulate`: a busy box whose numbers move plausibly, without a GPU.
 
 The GPUs are the hardware package's simulated box (the catalog's card, memory and power limit);
-vLLM and TEI are counters and histograms advanced by a load curve that rises and falls over a few
-minutes, with vLLM's and TEI's real bucket bounds, so every figure the monitor derives (tokens/s,
-p95s, KV usage, queueing, and the alerts they raise at the peaks) goes through the same code as a
-real engine's. Seeded: the same seed and the same tick times give the same numbers.
+vLLM, TEI and the gateway are counters and histograms advanced by a load curve that rises and
+falls over a few minutes (the gateway, on auto fallback, sends more away at the peaks), with
+vLLM's and TEI's real bucket bounds, so every figure the monitor derives (tokens/s, p95s, KV
+usage, queueing, and the alerts they raise at the peaks) goes through the same code as a real
+engine's. Seeded: the same seed and the same tick times give the same numbers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +177,75 @@ class SimulatedEngineSampler:
         return {"waiting_requests": float(max(0, round(12 * (load - 0.85))))}
 
 
+def remote_share_at(load: float, fallback_mode: str = "auto") -> float:
+    """The share of requests the simulated gateway sends remote under a fallback mode.
+
+    off: none; always: all; auto: a trickle (local failures), more while vLLM's queue is long,
+    which the simulated vLLM's `waiting_requests` makes happen above a load of 0.8.
+    """
+    if fallback_mode == "off":
+        return 0.0
+    if fallback_mode == "always":
+        return 1.0
+    return min(0.6, 0.02 + max(0.0, load - 0.8) * 2.5)
+
+
+class SimulatedGatewaySampler:
+    """The appliance gateway under `load_at(t)`: chat and embeddings requests, local or remote.
+
+    `fallback_mode` reads the mode the gateway would route by ("off", "auto", "always"; the
+    TUI passes its gateway state's reader, so switching it with `f` shows in the numbers);
+    None is "auto". A reader that fails counts as "auto" too: a sampler never raises.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        now: Callable[[], float],
+        *,
+        seed: int = 0,
+        fallback_mode: Callable[[], str] | None = None,
+    ) -> None:
+        if endpoint.kind != "gateway":
+            msg = f"a simulated gateway is of kind gateway, not {endpoint.kind}"
+            raise ValueError(msg)
+        self._endpoint = endpoint
+        self.now = now
+        self.rng = random.Random(seed)  # noqa: S311 - simulated load, not secrets
+        self.last: float | None = None
+        self.fallback_mode = fallback_mode
+        self.counters = {"requests": 0.0, "local_requests": 0.0, "remote_requests": 0.0}
+
+    async def _mode(self) -> str:
+        """Read in a thread: the reader may open a file, and this may run on the TUI's loop."""
+        if self.fallback_mode is None:
+            return "auto"
+        try:
+            return await asyncio.to_thread(self.fallback_mode)
+        except Exception:  # noqa: BLE001 - a simulated sampler must keep ticking
+            return "auto"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    async def sample(self) -> EndpointReading:
+        mode = await self._mode()
+        t = self.now()
+        elapsed = 0.0 if self.last is None else max(0.0, t - self.last)
+        self.last = t
+        load = load_at(t)
+        rng = self.rng
+        requests = min(MAX_REQUESTS_PER_TICK, _poisson(rng, 9.0 * load * elapsed))
+        share = remote_share_at(load, mode)
+        for _ in range(requests):
+            self.counters["requests"] += 1
+            destination = "remote_requests" if rng.random() < share else "local_requests"
+            self.counters[destination] += 1
+        reading = MetricsReading(kind="gateway", counters=dict(self.counters))
+        return EndpointReading(self._endpoint, healthy=True, metrics=reading)
+
+
 @dataclass
 class _GpuState:
     index: int
@@ -270,13 +341,15 @@ def simulated_samplers(
     seed: int = 0,
     embeddings: bool = True,
     model: str = "simulated-chat",
+    fallback_mode: Callable[[], str] | None = None,
 ) -> SamplerSet:
-    """A whole simulated appliance: the GPUs of `box`, vLLM, TEI (unless `embeddings` is False).
+    """A whole simulated appliance: the GPUs of `box`, vLLM, TEI (unless `embeddings` is False)
+    and the gateway, routing by `fallback_mode()` (None: "auto").
 
     `now` is the monitor's monotonic clock (`Monitor.clock.monotonic`). Raises `BadInputError`
     for a box name the GPU catalog does not know.
     """
-    services = [
+    services: list[SimulatedEngineSampler | SimulatedGatewaySampler] = [
         SimulatedEngineSampler(
             Endpoint("vllm", "vllm", "http://127.0.0.1:8000"), now, seed=seed, model=model
         )
@@ -287,6 +360,14 @@ def simulated_samplers(
                 Endpoint("tei", "tei", "http://127.0.0.1:8001"), now, seed=seed + 1
             )
         )
+    services.append(
+        SimulatedGatewaySampler(
+            Endpoint("gateway", "gateway", "http://127.0.0.1:8080"),
+            now,
+            seed=seed + 2,
+            fallback_mode=fallback_mode,
+        )
+    )
     return SamplerSet(
         services=tuple(services),
         gpus=SimulatedGpuSampler(box, now, seed=seed),

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict
 
 from appliance.hardware.box import GpuProcess
 
-ServiceKind = Literal["vllm", "tei", "http"]
-"""vllm and tei are engines (health and metrics); http is health only (the gateway)."""
+ServiceKind = Literal["vllm", "tei", "gateway", "http"]
+"""vllm and tei are engines (health and metrics); gateway is the appliance's gateway (health and
+requests by destination); http is health only."""
 Severity = Literal["critical", "warning"]
 
 
@@ -102,6 +103,11 @@ class ServiceStats(_Frozen):
     e2e_p50_s: float | None = None
     e2e_p95_s: float | None = None
     queue_time_p95_s: float | None = None
+    # The gateway's requests by where it sent them: this box's engines, or the remote fallback
+    # (rates over the rate window; the remote share over the quantile window, like error_rate_pct).
+    local_requests_per_s: float | None = None
+    remote_requests_per_s: float | None = None
+    remote_share_pct: float | None = None
     # From the container runtime, when the monitor is given one; None otherwise.
     container_state: str | None = None
     restart_count: int | None = None

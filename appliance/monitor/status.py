@@ -63,7 +63,7 @@ _ANY_ADDRESS = frozenset({"0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})  # 
 
 
 def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoint, ...]:
-    """The profile's services: vLLM, TEI when enabled, and the gateway (health only).
+    """The profile's services: vLLM, TEI when enabled, and the gateway (health and requests).
 
     Engines listen on 127.0.0.1; the gateway is asked on its own address when it listens on
     one address only, and over HTTPS when it serves TLS.
@@ -77,9 +77,7 @@ def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoi
     if ":" in gateway_host:
         gateway_host = f"[{gateway_host}]"
     scheme = "https" if spec.gateway.tls is not None else "http"
-    endpoints.append(
-        Endpoint("gateway", "http", f"{scheme}://{gateway_host}:{ports.gateway}", metrics_path=None)
-    )
+    endpoints.append(Endpoint("gateway", "gateway", f"{scheme}://{gateway_host}:{ports.gateway}"))
     return tuple(endpoints)
 
 
@@ -157,11 +155,22 @@ def url_samplers(
 
 
 def simulated(
-    box: str = "rtx4090", *, clock: Clock | None = None, seed: int = 0, embeddings: bool = True
+    box: str = "rtx4090",
+    *,
+    clock: Clock | None = None,
+    seed: int = 0,
+    embeddings: bool = True,
+    fallback_mode: Callable[[], str] | None = None,
 ) -> tuple[SamplerSet, Clock]:
-    """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them."""
+    """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them.
+
+    `fallback_mode` is what the simulated gateway routes by (None: "auto").
+    """
     clock = clock or SystemClock()
-    return simulated_samplers(box, now=clock.monotonic, seed=seed, embeddings=embeddings), clock
+    samplers = simulated_samplers(
+        box, now=clock.monotonic, seed=seed, embeddings=embeddings, fallback_mode=fallback_mode
+    )
+    return samplers, clock
 
 
 # ---------------------------------------------------------------------------------- running

@@ -302,7 +302,7 @@ def simulated_services(
         from appliance.monitor.monitor import Monitor
         from appliance.monitor.status import simulated
 
-        samplers, used_clock = simulated(name, clock=clock, seed=seed)
+        samplers, used_clock = simulated(name, clock=clock, seed=seed, fallback_mode=gateway.read)
         return Monitor(samplers, clock=used_clock)
 
     gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=True)

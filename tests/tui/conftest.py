@@ -180,7 +180,7 @@ def fake_services(
     clock = ManualClock(hold_after=MONITOR_TICKS)
 
     def monitor() -> Monitor:
-        samplers, used = simulated(box, clock=clock, seed=7)
+        samplers, used = simulated(box, clock=clock, seed=7, fallback_mode=gateway.read)
         return Monitor(samplers, clock=used)
 
     gateway = FakeGateway()

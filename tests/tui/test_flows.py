@@ -340,3 +340,35 @@ def test_y_shows_the_chosen_candidate_as_profile_yaml(tmp_path: Path) -> None:
             assert "Why:" in yaml
 
     run(go)
+
+
+def test_monitor_shows_the_gateways_requests_by_destination(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from appliance.tui.widgets.panels import ServicesPanel
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 3)
+            await pilot.press("m")
+            await pilot.pause()
+            snapshot = app.snapshot
+            assert snapshot is not None
+            gateway = snapshot.service("gateway")
+            assert gateway is not None
+            assert gateway.local_requests_per_s is not None
+            panel = app.screen.query_one(ServicesPanel)
+            console = Console(width=60, record=True, file=io.StringIO())
+            console.print(panel.service(gateway, 60))
+            shown = console.export_text()
+            assert "UP  gateway" in shown
+            assert f"local     {gateway.local_requests_per_s:,.1f} requests/s" in shown
+            # The fake gateway's fallback is off, and the simulated gateway routes by it.
+            assert gateway.remote_requests_per_s == 0.0
+            assert "remote    0.0 requests/s" in shown
+            assert "fallback  0 % sent remote" in shown
+
+    run(go)

@@ -222,6 +222,85 @@ def test_quantiles_error_rate_and_prefix_hits_over_the_window() -> None:
     assert vllm.itl_p95_s is None  # this engine exposes no ITL histogram
 
 
+def gateway_text(*, local: float, remote: float, refused: float = 0) -> str:
+    """The gateway's requests counter as prometheus_client writes it."""
+    name = "appliance_gateway_requests_total"
+    return (
+        f"# TYPE {name} counter\n"
+        f'{name}{{destination="local",outcome="ok",route="/v1/chat/completions"}} {local}\n'
+        f'{name}{{destination="remote",outcome="ok",route="/v1/chat/completions"}} {remote}\n'
+        f'{name}{{destination="none",outcome="unauthorized",route="/v1/models"}} {refused}\n'
+    )
+
+
+GATEWAY = Endpoint("gateway", "gateway", "http://gateway.test")
+
+
+def test_gateway_requests_by_destination_across_ticks_and_a_restart() -> None:
+    engines, clock = Engines(), FakeClock()
+    monitor = Monitor(engines.samplers(GATEWAY), clock=clock)
+
+    def page(**values: float) -> Callable[[], None]:
+        return lambda: engines.pages.__setitem__("gateway.test", gateway_text(**values))
+
+    first, second, third = ticks(
+        monitor,
+        clock,
+        [
+            page(local=100, remote=0, refused=5),
+            page(local=106, remote=2, refused=9),
+            page(local=1, remote=1),  # the gateway restarted: counted from zero
+        ],
+    )
+    gateway = first.service("gateway")
+    assert gateway is not None
+    assert gateway.kind == "gateway"
+    assert not gateway.is_engine
+    assert gateway.local_requests_per_s is None  # one scrape says nothing about a rate
+    assert gateway.remote_share_pct is None
+    gateway = second.service("gateway")
+    assert gateway is not None
+    assert gateway.local_requests_per_s == 6.0
+    assert gateway.remote_requests_per_s == 2.0
+    assert gateway.requests_per_s == 12.0  # the 4 refused count here, not by destination
+    assert gateway.remote_share_pct == pytest.approx(25.0)  # 2 of 8 routed
+    gateway = third.service("gateway")
+    assert gateway is not None
+    # Over the 2 s window: local +6 then +1 after the restart, remote +2 then +1.
+    assert gateway.local_requests_per_s == (6 + 1) / 2
+    assert gateway.remote_requests_per_s == (2 + 1) / 2
+    assert gateway.remote_share_pct == pytest.approx(100 * 3 / 10)
+    assert monitor.history.values("gateway.remote_requests_per_s")[-1] == 1.5
+    text = render_status(third, monitor.history)
+    assert "requests/s local 3.50" in text
+    assert "remote 1.50" in text
+    assert "sent remote 30.0 %" in text
+
+
+def test_a_quiet_gateway_has_zero_rates_and_no_share() -> None:
+    engines, clock = Engines(), FakeClock()
+    engines.pages["gateway.test"] = gateway_text(local=10, remote=0)
+    (_, snapshot) = ticks(
+        Monitor(engines.samplers(GATEWAY), clock=clock), clock, [lambda: None] * 2
+    )
+    gateway = snapshot.service("gateway")
+    assert gateway is not None
+    assert gateway.local_requests_per_s == 0.0
+    assert gateway.remote_requests_per_s == 0.0
+    assert gateway.remote_share_pct is None  # nothing routed: no share to speak of
+
+
+def test_a_gateway_without_metrics_is_still_watched_for_health() -> None:
+    engines, clock = Engines(), FakeClock()  # no page: /metrics answers 404
+    (snapshot,) = ticks(Monitor(engines.samplers(GATEWAY), clock=clock), clock, [lambda: None])
+    gateway = snapshot.service("gateway")
+    assert gateway is not None
+    assert gateway.healthy
+    assert gateway.metrics_error == "http://gateway.test/metrics answered 404"
+    assert gateway.local_requests_per_s is None
+    assert "requests/s local -   remote -   sent remote -" in render_status(snapshot)
+
+
 def test_gauges_health_and_a_503() -> None:
     engines, clock = Engines(), FakeClock()
     engines.pages["vllm.test"] = vllm_text(waiting=7, kv=0.93)
@@ -482,7 +561,7 @@ def test_snapshot_round_trips_through_json() -> None:
     assert Snapshot.model_validate_json(text) == last
     document = json.loads(text)
     assert document["taken_at"] == {"monotonic": 1002.0, "wall": 1_800_001_002.0}
-    assert {service["name"] for service in document["services"]} == {"vllm", "tei"}
+    assert {service["name"] for service in document["services"]} == {"vllm", "tei", "gateway"}
 
 
 def test_engine_load_signal_is_what_the_gateway_reads() -> None:
@@ -523,6 +602,14 @@ def test_simulated_appliance_moves_plausibly_and_deterministically() -> None:
     assert 0 <= vllm.kv_cache_usage_pct <= 100
     assert tei.requests_per_s is not None
     assert tei.requests_per_s > 0
+    gateway = last.service("gateway")
+    assert gateway is not None
+    assert gateway.kind == "gateway"
+    assert gateway.local_requests_per_s is not None
+    assert gateway.local_requests_per_s > 0
+    assert gateway.remote_requests_per_s is not None
+    assert gateway.remote_share_pct is not None
+    assert 0 <= gateway.remote_share_pct <= 100
     (gpu,) = last.gpus
     assert gpu.name == "NVIDIA L40S"
     assert gpu.temperature_c is not None
@@ -611,7 +698,7 @@ def test_profile_endpoints() -> None:
     assert [(e.name, e.kind, e.base_url, e.metrics_path) for e in endpoints] == [
         ("vllm", "vllm", f"http://127.0.0.1:{ports.vllm}", "/metrics"),
         ("tei", "tei", f"http://127.0.0.1:{ports.tei}", "/metrics"),
-        ("gateway", "http", f"http://127.0.0.1:{ports.gateway}", None),
+        ("gateway", "gateway", f"http://127.0.0.1:{ports.gateway}", "/metrics"),
     ]
     config = MonitorConfig.from_profile(profile)
     assert config.interval_s == profile.spec.monitoring.interval_seconds
@@ -685,3 +772,29 @@ def test_clocks_throttling_and_ecc_are_taken_when_the_probe_reads_them() -> None
     plain = gpu_stats(NvmlDevice(index=0, name="NVIDIA L40S"))
     assert plain.sm_clock_mhz is None
     assert plain.throttle_reasons is None
+
+
+@pytest.mark.parametrize("mode", ["off", "always"])
+def test_the_simulated_gateway_routes_by_the_fallback_mode(mode: str) -> None:
+    clock = FakeClock(start=0.0)
+    samplers, _ = simulated("l40s", clock=clock, seed=3, fallback_mode=lambda: mode)
+    last = ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 5)[-1]
+    gateway = last.service("gateway")
+    assert gateway is not None
+    routed = gateway.remote_requests_per_s if mode == "off" else gateway.local_requests_per_s
+    assert routed == 0.0
+    assert gateway.remote_share_pct == (0.0 if mode == "off" else 100.0)
+
+
+def test_a_failing_fallback_reader_leaves_the_simulated_gateway_on_auto() -> None:
+    def broken() -> str:
+        raise OSError("state file unreadable")
+
+    clock = FakeClock(start=0.0)
+    samplers, _ = simulated("l40s", clock=clock, seed=3, fallback_mode=broken)
+    last = ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 5)[-1]
+    gateway = last.service("gateway")
+    assert gateway is not None
+    assert gateway.healthy
+    assert gateway.local_requests_per_s is not None
+    assert gateway.local_requests_per_s > 0

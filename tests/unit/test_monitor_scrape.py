@@ -251,3 +251,76 @@ def test_the_parse_cache_reuses_unchanged_families_and_reads_the_same(
     assert len(parsed) == families + 1  # only the changed family
     assert again.counters["generation_tokens"] == 20.0
     assert again == parse_metrics(changed)
+
+
+# ---------------------------------------------------------------------------------- the gateway
+
+# The gateway's counter as prometheus_client writes it: 5 chat and 2 embeddings requests served
+# here, 3 chat requests sent to the remote fallback, 4 refused before routing (destination none).
+GATEWAY_PAGE = """\
+# HELP appliance_gateway_requests_total Requests answered, by API route, destination and outcome.
+# TYPE appliance_gateway_requests_total counter
+appliance_gateway_requests_total{destination="local",outcome="ok",route="/v1/chat/completions"} 4.0
+appliance_gateway_requests_total{destination="local",outcome="upstream_error",route="/v1/chat/completions"} 1.0
+appliance_gateway_requests_total{destination="local",outcome="ok",route="/v1/embeddings"} 2.0
+appliance_gateway_requests_total{destination="remote",outcome="ok",route="/v1/chat/completions"} 3.0
+appliance_gateway_requests_total{destination="none",outcome="unauthorized",route="/v1/chat/completions"} 4.0
+# HELP appliance_gateway_requests_created Requests answered.
+# TYPE appliance_gateway_requests_created gauge
+appliance_gateway_requests_created{destination="local",outcome="ok",route="/v1/chat/completions"} 1.7e9
+"""  # noqa: E501
+
+
+def test_gateway_requests_are_read_by_destination() -> None:
+    reading = parse_metrics(GATEWAY_PAGE)
+    assert reading.kind == "gateway"
+    assert reading.counters == {"requests": 14.0, "local_requests": 7.0, "remote_requests": 3.0}
+    assert reading.sources["remote_requests"] == "appliance_gateway_requests"
+    assert reading.gauges == {}
+    assert reading.histograms == {}
+
+
+def test_a_gateway_that_has_not_routed_yet_counts_zero_not_unknown() -> None:
+    """prometheus_client writes a labelled counter's TYPE line before its first series exists."""
+    fresh = (
+        "# HELP appliance_gateway_requests_total Requests answered.\n"
+        "# TYPE appliance_gateway_requests_total counter\n"
+    )
+    assert parse_metrics(fresh, "gateway").counters == {
+        "requests": 0.0,
+        "local_requests": 0.0,
+        "remote_requests": 0.0,
+    }
+    local_only = GATEWAY_PAGE.replace('destination="remote"', 'destination="local"')
+    assert parse_metrics(local_only).counters["remote_requests"] == 0.0
+
+
+def test_the_real_gateways_metrics_are_read_under_the_shared_name() -> None:
+    """The gateway's own registry, counted as it counts, read by the monitor and the usage store."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from appliance.gateway.app import GatewayMetrics, Outcome
+    from appliance.monitor.scrape import GATEWAY_REQUESTS_METRIC
+    from appliance.usage_store import GatewayCounters, gateway_counters_from_metrics
+
+    metrics = GatewayMetrics(CollectorRegistry())
+    for _ in range(5):
+        metrics.count("/v1/chat/completions", "local", Outcome.OK)
+    metrics.count("/v1/embeddings", "local", Outcome.OK)
+    metrics.count("/v1/chat/completions", "remote", Outcome.OK)
+    metrics.count("/v1/completions", "remote", Outcome.UPSTREAM_ERROR)
+    metrics.count("/v1/models", "none", Outcome.OK)
+    text = generate_latest(metrics.registry).decode()
+    assert f"{GATEWAY_REQUESTS_METRIC}_total{{" in text
+    reading = parse_metrics(text, "gateway")
+    assert reading.counters == {"requests": 9.0, "local_requests": 6.0, "remote_requests": 2.0}
+    # The usage store prices chat only: the embeddings request is the one difference.
+    assert gateway_counters_from_metrics(text) == GatewayCounters(5.0, 2.0)
+
+
+def test_the_gateway_is_told_from_its_names_and_refused_as_an_engine() -> None:
+    assert detect_kind(["process_cpu_seconds", "appliance_gateway_requests"]) == "gateway"
+    with pytest.raises(MetricsFormatError, match=r"no vLLM \(vllm:\*\) .* gateway's"):
+        parse_metrics(GATEWAY_PAGE, "vllm")
+    with pytest.raises(MetricsFormatError, match=r"no gateway \(appliance_gateway_\*\) .* tei's"):
+        parse_metrics(TEI_18, "gateway")

@@ -95,7 +95,7 @@ class MonitorScreen(Screen[None]):
                         panel.border_title = "Alerts"
                         yield AlertsPanel()
                 with Vertical(classes="panel", id="monitor-services") as panel:
-                    panel.border_title = "Engines"
+                    panel.border_title = "Services"
                     yield ServicesPanel()
             with Grid(classes="panel", id="monitor-trends") as trends:
                 trends.border_title = "Last two minutes"

@@ -143,7 +143,9 @@ class GpuPanel(_SnapshotPanel):
 
 
 class ServicesPanel(_SnapshotPanel):
-    """Per engine: health, tokens/s, running/waiting, KV cache, TTFT and ITL, prefix cache."""
+    """Per engine: health, tokens/s, running/waiting, KV cache, TTFT and ITL, prefix cache; for
+    the gateway: requests/s sent to this box's engines and to the remote fallback, and the
+    fallback's share."""
 
     def service(self, service: ServiceStats, width: int) -> RenderableType:
         name = service.name
@@ -222,6 +224,30 @@ class ServicesPanel(_SnapshotPanel):
                             f"{number(service.running_requests)} running · "
                             f"{number(service.waiting_requests)} waiting",
                             v(f"{name}.waiting_requests"),
+                        ),
+                    ],
+                    width,
+                    "cyan",
+                )
+            )
+        elif service.kind == "gateway":
+            parts.append(
+                _rows(
+                    [
+                        (
+                            "local",
+                            number(service.local_requests_per_s, 1, "requests/s"),
+                            v(f"{name}.local_requests_per_s"),
+                        ),
+                        (
+                            "remote",
+                            number(service.remote_requests_per_s, 1, "requests/s"),
+                            v(f"{name}.remote_requests_per_s"),
+                        ),
+                        (
+                            "fallback",
+                            number(service.remote_share_pct, 0, "% sent remote"),
+                            (),
                         ),
                     ],
                     width,
