@@ -262,7 +262,7 @@ def _cmd_cost(args: argparse.Namespace) -> ExitCode:
 
     profile = load_profile(args.profile)
     prices = load_list_prices(args.prices)
-    base = load_cost_inputs(args.inputs) if args.inputs is not None else None
+    base = load_cost_inputs(args.inputs) if args.inputs is not None else profile.spec.cost
     inputs = cost_inputs_from(
         base,
         gpu_cost_per_hour=args.gpu_cost_per_hour,

@@ -56,6 +56,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 from yaml.reader import ReaderError
 
+from appliance.economics import CostInputs
 from appliance.errors import BadInputError
 
 __all__ = [
@@ -1067,6 +1068,11 @@ class Spec(_Model):
     gateway: GatewaySpec = Field(default=GatewaySpec(), description="The gateway.")
     monitoring: MonitoringSpec = Field(default=MonitoringSpec(), description="Monitoring.")
     storage: StorageSpec = Field(default=StorageSpec(), description="Directories on the box.")
+    cost: CostInputs | None = Field(
+        default=None,
+        description="What the box costs and which API it replaces, for `appliance cost` and the "
+        "TUI's cost view; flags of `appliance cost` override it.",
+    )
 
     @property
     def embeddings_enabled(self) -> bool:

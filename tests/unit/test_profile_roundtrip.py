@@ -54,6 +54,7 @@ def test_schema_shape() -> None:
         "gateway",
         "monitoring",
         "storage",
+        "cost",
     }
     # Editors get the vLLM bound, not only the type.
     utilisation = defs["EngineSpec"]["properties"]["gpu_memory_utilization"]
