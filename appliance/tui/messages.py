@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from appliance.recommend import Recommendation, Workload
     from appliance.runtime.apply import ApplyResult
     from appliance.runtime.plan import Plan
+    from appliance.tui.services import CostView
 
 
 @dataclass
@@ -143,3 +144,10 @@ class KeyCreated(Message):
 @dataclass
 class KeyRevoked(Message):
     info: KeyInfo
+
+
+@dataclass
+class CostComputed(Message, bubble=False):
+    """`appliance cost` for one window: the report as text, or why there is none."""
+
+    view: CostView

@@ -37,6 +37,32 @@ Deployer = Callable[
 ]
 
 FALLBACK_MODES = ("off", "auto", "always")
+COST_WINDOWS = ("hour", "day", "7d")
+
+NO_PROFILE_COST = (
+    "No profile is applied here, so there is no recorded usage to price. Start "
+    "`llm-appliance --profile PROFILE` on the box, or run `appliance cost PROFILE`."
+)
+NO_COST_INPUTS = (
+    "The profile says nothing about what the box costs: add spec.cost to the profile (see "
+    "docs/profile-reference.md) or run `appliance cost PROFILE --gpu-cost-per-hour X`."
+)
+SIMULATED_COST = (
+    "Cost needs recorded usage from a real box: a simulated one records none. On the box, "
+    "`llm-appliance --profile PROFILE` shows it here, and `appliance cost PROFILE` prints it."
+)
+
+
+@dataclass(frozen=True)
+class CostView:
+    """`appliance cost` over one window, as text: the report, or why there is none (`ok` False)."""
+
+    window: str
+    text: str
+    ok: bool = True
+
+
+CostSource = Callable[[str], CostView]
 
 
 class FallbackControl(Protocol):
@@ -212,6 +238,8 @@ class Services:
     - `deploy`: download the weights, then `appliance apply` with progress; `deploy_disabled`
       says why Deploy cannot apply here (a simulated box), or None.
     - `fallback`, `keys`, `logs`: the gateway and log views; None when not configured.
+    - `cost`: `appliance cost` for a window name (hour, day, 7d); None when no profile is
+      applied, so the Monitor's cost view says so.
     - `profiles_dir`: where Recommend saves profiles.
     """
 
@@ -226,6 +254,7 @@ class Services:
     fallback: FallbackControl | None = None
     keys: KeyStore | None = None
     logs: LogSource | None = None
+    cost: CostSource | None = None
     profiles_dir: Path = field(default_factory=Path.cwd)
     deployed_profile: Path | None = None
 
@@ -321,6 +350,7 @@ def simulated_services(
         fallback=gateway,
         keys=gateway,
         logs=SimulatedLogs(interval_s=log_interval_s),
+        cost=lambda window: CostView(window, SIMULATED_COST, ok=False),
         profiles_dir=profiles_dir or Path.cwd(),
     )
 
@@ -348,7 +378,7 @@ def live_services(
 
 
 def watching(services: Services, profile: Profile) -> Services:
-    """`services` with the Monitor, fallback and keys of a deployed profile (after a deploy)."""
+    """`services` with the Monitor, fallback, keys and cost of a deployed profile."""
 
     def make_monitor() -> Monitor:
         from appliance.monitor.monitor import Monitor, MonitorConfig
@@ -357,7 +387,39 @@ def watching(services: Services, profile: Profile) -> Services:
         return Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))
 
     gateway = _profile_gateway(profile)
-    return dataclasses.replace(services, monitor=make_monitor, fallback=gateway, keys=gateway)
+    return dataclasses.replace(
+        services,
+        monitor=make_monitor,
+        fallback=gateway,
+        keys=gateway,
+        cost=profile_cost(profile),
+    )
+
+
+def profile_cost(profile: Profile) -> CostSource:
+    """`appliance cost PROFILE --window W` with the profile's own `spec.cost` (as the CLI does)."""
+
+    def cost(window: str) -> CostView:
+        from appliance.cost import api_for_profile, cost_for_window, cost_inputs_from, render_cost
+        from appliance.errors import ApplianceError
+
+        base = profile.spec.cost
+        if base is None:
+            return CostView(window, NO_COST_INPUTS, ok=False)
+        if window not in COST_WINDOWS:
+            return CostView(window, f"unknown window {window!r}", ok=False)
+        try:
+            inputs = cost_inputs_from(base, api=None if base.api else api_for_profile(profile))
+            report = cost_for_window(
+                profile.spec.storage.state_dir,
+                inputs,
+                window="hour" if window == "hour" else "day" if window == "day" else "7d",
+            )
+        except ApplianceError as error:
+            return CostView(window, error.render(), ok=False)
+        return CostView(window, render_cost(report))
+
+    return cost
 
 
 def _profile_gateway(profile: Profile) -> GatewayFiles:

@@ -15,7 +15,13 @@ from appliance.hardware import detect_box
 from appliance.hardware.box import Box, Finding
 from appliance.monitor.monitor import Monitor
 from appliance.monitor.status import simulated
-from appliance.tui.services import ManualClock, Services, core_recommend, fresh_plan
+from appliance.tui.services import (
+    CostView,
+    ManualClock,
+    Services,
+    core_recommend,
+    fresh_plan,
+)
 
 MONITOR_TICKS = 40
 
@@ -144,6 +150,43 @@ class FakeLogs:
         self.stopped.set()
 
 
+@dataclass
+class FakeCost:
+    """`appliance cost` on fixed usage (a day of a busy L40S), real report and rendering."""
+
+    asked: list[str] = field(default_factory=list)
+
+    def __call__(self, window: str) -> CostView:
+        from appliance.cost import render_cost, resolve_price
+        from appliance.economics import CostInputs, Usage, cost_report
+
+        self.asked.append(window)
+        hours = {"hour": 1, "day": 24, "7d": 168}[window]
+        usage = Usage.model_validate(
+            {
+                "window": window,
+                "observed_seconds": hours * 3600.0,
+                "prompt_tokens": hours * 2.4e6,
+                "generation_tokens": hours * 6.0e5,
+                "engine_requests": hours * 900.0,
+                "gpu_count": 1,
+                "gpu_utilization_pct": 41.0,
+                "gpu_power_w": 190.0,
+                "gpu_power_limit_w": 350.0,
+                "local_requests": hours * 880.0,
+                "fallback_requests": hours * 20.0,
+            }
+        )
+        inputs = CostInputs(
+            gpu_cost_per_hour=1.1,
+            api="openai/gpt-4o",
+            api_input_per_million=2.5,
+            api_output_per_million=10.0,
+        )
+        report = cost_report(usage, inputs, resolve_price(inputs))
+        return CostView(window, render_cost(report))
+
+
 def no_gpu_box() -> Box:
     """This machine as a laptop without an NVIDIA GPU or Docker would report it."""
     box = detect_box(simulate="l40s")
@@ -196,6 +239,7 @@ def fake_services(
         fallback=None if no_gpu else gateway,
         keys=None if no_gpu else gateway,
         logs=FakeLogs(),
+        cost=None if no_gpu else FakeCost(),
         profiles_dir=tmp or Path("/nonexistent"),
     )
 

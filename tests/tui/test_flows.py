@@ -16,6 +16,7 @@ from appliance.profile import load_profile
 from appliance.tui.app import ApplianceApp
 from appliance.tui.messages import (
     BoxDetected,
+    CostComputed,
     DeployFinished,
     DeployProgressed,
     FallbackSwitched,
@@ -28,8 +29,15 @@ from appliance.tui.screens.box import SimulatePicker
 from appliance.tui.screens.deploy import DeployScreen
 from appliance.tui.screens.logs import LogsScreen
 from appliance.tui.screens.recommend import CandidateCard, RecommendScreen
-from appliance.tui.services import ManualClock, simulated_services
-from tests.tui.conftest import MONITOR_TICKS, FakeGateway, FakeLogs, fake_services
+from appliance.tui.services import (
+    NO_COST_INPUTS,
+    NO_PROFILE_COST,
+    SIMULATED_COST,
+    ManualClock,
+    profile_cost,
+    simulated_services,
+)
+from tests.tui.conftest import MONITOR_TICKS, FakeCost, FakeGateway, FakeLogs, fake_services
 
 
 async def until(pilot: Pilot[None], condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -372,3 +380,70 @@ def test_monitor_shows_the_gateways_requests_by_destination(tmp_path: Path) -> N
             assert "fallback  0 % sent remote" in shown
 
     run(go)
+
+
+def _cost_text(app: ApplianceApp) -> str:
+    return str(app.screen.query_one("#monitor-cost").render())
+
+
+def test_c_shows_the_cost_report_and_w_cycles_its_window(tmp_path: Path) -> None:
+    async def go() -> None:
+        services = fake_services(tmp_path)
+        assert isinstance(services.cost, FakeCost)
+        seen: list[Message] = []
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            await pilot.press("m")
+            await pilot.pause()
+            assert not app.screen.query_one("#monitor-cost").display
+            await pilot.press("c")
+            await until(pilot, lambda: "Paying for itself" in _cost_text(app))
+            assert "window          day (24.0 h recorded)" in _cost_text(app)
+            assert "last day" in str(app.screen.query_one("#monitor-cost").border_title)
+            await pilot.press("w")
+            await until(pilot, lambda: "window          7d" in _cost_text(app))
+            await pilot.press("w")
+            await until(pilot, lambda: "window          hour" in _cost_text(app))
+            assert services.cost.asked == ["day", "7d", "hour"]
+            windows = [m.view.window for m in seen if isinstance(m, CostComputed)]
+            assert windows == ["day", "7d", "hour"]
+            await pilot.press("c")
+            await pilot.pause()
+            assert not app.screen.query_one("#monitor-cost").display
+            await pilot.press("w")  # closed: `w` does nothing
+            await pilot.pause()
+            assert services.cost.asked == ["day", "7d", "hour"]
+
+    run(go)
+
+
+def test_c_says_why_there_is_no_cost(tmp_path: Path) -> None:
+    async def go() -> None:
+        for services, reason in [
+            (fake_services(tmp_path, no_gpu=True), NO_PROFILE_COST),
+            (
+                simulated_services(
+                    "l40s", clock=ManualClock(), state_dir=tmp_path, profiles_dir=tmp_path
+                ),
+                SIMULATED_COST,
+            ),
+        ]:
+            app = ApplianceApp(services=services)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("m", "c")
+                await until(pilot, lambda a=app, r=reason: r[:40] in _cost_text(a))
+
+    run(go)
+
+
+def test_profile_cost_reads_the_profiles_inputs_and_store(tmp_path: Path) -> None:
+    profile = load_profile(Path(__file__).parents[2] / "profiles" / "l40s-rag.yaml")
+    assert profile.spec.cost is not None
+    storage = profile.spec.storage.model_copy(update={"state_dir": tmp_path})
+    here = profile.model_copy(update={"spec": profile.spec.model_copy(update={"storage": storage})})
+    view = profile_cost(here)("day")
+    assert not view.ok
+    assert "no usage recorded yet" in view.text
+    bare = profile.model_copy(update={"spec": profile.spec.model_copy(update={"cost": None})})
+    view = profile_cost(bare)("hour")
+    assert (view.ok, view.text, view.window) == (False, NO_COST_INPUTS, "hour")

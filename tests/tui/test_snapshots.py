@@ -108,6 +108,11 @@ def test_monitor(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(app, terminal_size=size, run_before=_settled("m"))
 
 
+def test_monitor_cost(snap_compare: Any) -> None:
+    app = ApplianceApp(services=fake_services())
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settled("m", "c"))
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_logs(snap_compare: Any, size: tuple[int, int]) -> None:
     app = ApplianceApp(services=fake_services())

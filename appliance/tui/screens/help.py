@@ -22,7 +22,12 @@ INTRO = (
 
 def _rows(table: Table, where: str, bindings: list[BindingType]) -> None:
     for binding in bindings:
-        if not isinstance(binding, Binding) or not binding.description:
+        # `app.` actions on a screen only shadow an app-wide key (listed under "anywhere").
+        if (
+            not isinstance(binding, Binding)
+            or not binding.description
+            or binding.action.startswith("app.")
+        ):
             continue
         keys = binding.key_display or binding.key.replace("question_mark", "?")
         does = binding.description

@@ -1,7 +1,8 @@
 """Monitor: the GPUs and engines once a second, alerts with what to do, and the fallback switch.
 
 It draws the monitor's `Snapshot` (the one `appliance status` prints) and the history the app's
-monitor worker keeps; `f` switches the gateway's fallback mode off → auto → always.
+monitor worker keeps; `f` switches the gateway's fallback mode off → auto → always; `c` shows
+what the box costs against the API it replaces (`appliance cost`), `w` its window.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import datetime as dt
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
-from textual import events
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from appliance.tui.messages import CostComputed
+from appliance.tui.services import COST_WINDOWS, NO_PROFILE_COST, CostView
 from appliance.tui.widgets.panels import (
     TRENDS,
     AlertsPanel,
@@ -70,7 +73,13 @@ class MonitorScreen(Screen[None]):
         Binding(
             "f", "fallback", "Fallback", tooltip="Switch the gateway fallback: off → auto → always"
         ),
+        Binding("c", "cost", "Cost", tooltip="What the box costs against the API it replaces"),
+        Binding("w", "cost_window", "Window", tooltip="Cost over the last hour → day → 7 days"),
+        # Already here: the footer's room (80 columns) goes to keys that do something.
+        Binding("m", "app.show('monitor')", "Monitor", show=False),
     ]
+
+    cost_window = "day"
 
     @property
     def appliance(self) -> ApplianceApp:
@@ -85,6 +94,7 @@ class MonitorScreen(Screen[None]):
             yield TextLine(id="monitor-clock")
             yield Static(id="monitor-fallback")
         yield Static(id="monitor-idle", classes="callout")
+        yield Static(id="monitor-cost", classes="panel")
         with VerticalScroll(id="monitor-body"):
             with Horizontal(id="monitor-columns"):
                 with Vertical(id="monitor-left"):
@@ -158,3 +168,47 @@ class MonitorScreen(Screen[None]):
 
     def action_fallback(self) -> None:
         self.appliance.action_cycle_fallback()
+
+    # -- cost
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cost_window":  # only while the cost view is open
+            return self.query_one("#monitor-cost").display
+        return True
+
+    def action_cost(self) -> None:
+        panel = self.query_one("#monitor-cost", Static)
+        panel.display = not panel.display
+        self.refresh_bindings()
+        if panel.display:
+            self._show_cost()
+
+    def action_cost_window(self) -> None:
+        index = COST_WINDOWS.index(self.cost_window) if self.cost_window in COST_WINDOWS else -1
+        self.cost_window = COST_WINDOWS[(index + 1) % len(COST_WINDOWS)]
+        self._show_cost()
+
+    def _show_cost(self) -> None:
+        panel = self.query_one("#monitor-cost", Static)
+        panel.border_title = f"Cost · last {self.cost_window} · w: window"
+        if self.appliance.services.cost is None:
+            panel.update(Text(NO_PROFILE_COST, style="dim"))
+            return
+        panel.update(Text("computing …", style="dim"))
+        self.compute_cost(self.cost_window)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="cost")
+    def compute_cost(self, window: str) -> None:
+        cost = self.appliance.services.cost
+        assert cost is not None
+        self.post_message(CostComputed(cost(window)))
+
+    @on(CostComputed)
+    def _cost_computed(self, message: CostComputed) -> None:
+        view: CostView = message.view
+        if view.window != self.cost_window:
+            return  # an older window's answer, overtaken by `w`
+        text = Text(view.text) if view.ok else Text(view.text, style="italic")
+        if view.ok:  # the verdict first, in bold
+            text.stylize("bold", 0, len(view.text.split("\n", 1)[0]))
+        self.query_one("#monitor-cost", Static).update(text)
