@@ -94,6 +94,9 @@ def build_server(
         log_level=log_level,
         backlog=2048,
         timeout_keep_alive=30,
+        # SIGTERM (systemctl stop, apply restarting the unit) waits this long for requests in
+        # flight, then closes what is left: an idle keep-alive TLS connection held it forever.
+        timeout_graceful_shutdown=10,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

@@ -15,15 +15,15 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
+from appliance.tui.screens.base import ApplianceScreen
 from appliance.tui.widgets.format import DASH, gib
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box, DockerInfo, Finding, GpuInfo, HostInfo
-    from appliance.tui.app import ApplianceApp
 
 SIMULATED_BOXES = (
     ("rtx4090", "1 x RTX 4090, 24 GB: a workstation"),
@@ -161,20 +161,13 @@ class SimulatePicker(ModalScreen[str | None]):
         self.dismiss(event.option.id)
 
 
-class BoxScreen(Screen[None]):
+class BoxScreen(ApplianceScreen):
     """What this box has and what stands between it and serving."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("g", "redetect", "Re-detect", tooltip="Probe the GPUs, host and Docker again"),
         Binding("s", "simulate", "Simulate", tooltip="Explore a simulated GPU box"),
     ]
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -18,7 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 from textual.worker import Worker, get_current_worker
 
@@ -31,13 +31,13 @@ from appliance.tui.messages import (
     PlanFailed,
     ProfileChosen,
 )
+from appliance.tui.screens.base import ApplianceScreen
 from appliance.tui.widgets.format import DASH
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box
     from appliance.profile import Profile
     from appliance.runtime.plan import Plan
-    from appliance.tui.app import ApplianceApp
 
 _STEP_MARK = {"healthy": "✔", "done": "✔", "rollback": "↺", "remove": "✘", "set-aside": "⏸"}
 
@@ -135,20 +135,13 @@ def profile_summary(profile: Profile) -> Text:
     return text
 
 
-class DeployScreen(Screen[None]):
+class DeployScreen(ApplianceScreen):
     """What `appliance apply` would change for the chosen profile."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("g", "replan", "Re-plan"),
         Binding("a", "apply", "Apply"),
     ]
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

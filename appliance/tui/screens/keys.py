@@ -13,15 +13,15 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker
 
 from appliance.tui.messages import KeyCreated, KeyRevoked, KeysListed
+from appliance.tui.screens.base import ApplianceScreen
 
 if TYPE_CHECKING:
     from appliance.gateway.keys import CreatedKey, KeyInfo
-    from appliance.tui.app import ApplianceApp
 
 
 class NameKey(ModalScreen[str | None]):
@@ -87,19 +87,12 @@ class ConfirmRevoke(ModalScreen[bool]):
             yield Footer(compact=True, show_command_palette=False)
 
 
-class KeysScreen(Screen[None]):
+class KeysScreen(ApplianceScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "create", "New key"),
         Binding("delete,x", "revoke", "Revoke"),
         Binding("g", "reload", "Reload"),
     ]
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

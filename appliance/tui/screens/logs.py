@@ -16,20 +16,20 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog, Select, Static
 from textual.worker import Worker, get_current_worker
 
 from appliance.errors import ApplianceError
 from appliance.tui.messages import LogLines, LogsEnded
+from appliance.tui.screens.base import ApplianceScreen
 
 if TYPE_CHECKING:
-    from appliance.tui.app import ApplianceApp
+    pass
 
 KEEP_LINES = 5000
 
 
-class LogsScreen(Screen[None]):
+class LogsScreen(ApplianceScreen):
     """One service's log, live."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -45,13 +45,6 @@ class LogsScreen(Screen[None]):
         self.paused = False
         self.held = 0
         self.service: str | None = None
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -15,10 +15,10 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from appliance.tui.messages import CostComputed
+from appliance.tui.screens.base import ApplianceScreen
 from appliance.tui.services import COST_WINDOWS, NO_PROFILE_COST, CostView
 from appliance.tui.widgets.panels import (
     TRENDS,
@@ -31,7 +31,6 @@ from appliance.tui.widgets.panels import (
 
 if TYPE_CHECKING:
     from appliance.monitor.snapshot import Snapshot
-    from appliance.tui.app import ApplianceApp
 
 WIDE = 110  # columns from which GPUs and engines sit side by side
 TALL = 36  # rows from which the large trends are drawn
@@ -66,7 +65,7 @@ def status_line(snapshot: Snapshot | None, state: str) -> Text:
     return text
 
 
-class MonitorScreen(Screen[None]):
+class MonitorScreen(ApplianceScreen):
     """Live view of the deployed (or simulated) appliance."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -80,13 +79,6 @@ class MonitorScreen(Screen[None]):
     ]
 
     cost_window = "day"
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

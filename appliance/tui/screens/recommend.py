@@ -16,7 +16,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
-from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import (
     Checkbox,
@@ -38,12 +37,12 @@ from appliance.tui.messages import (
     RecommendationComputed,
     RecommendationFailed,
 )
+from appliance.tui.screens.base import ApplianceScreen
 from appliance.tui.widgets.memory_bar import MemoryBar
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box
     from appliance.recommend import Candidate, Recommendation, Workload
-    from appliance.tui.app import ApplianceApp
 
 NARROW = 100  # columns below which the knobs give the candidates every column they can
 KINDS = ("chat", "rag", "batch")
@@ -149,7 +148,7 @@ def rejected_text(recommendation: Recommendation) -> Text:
     return text or Text("Nothing was rejected.")
 
 
-class RecommendScreen(Screen[None]):
+class RecommendScreen(ApplianceScreen):
     """Pick a workload, see what fits, keep the one you want."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -167,13 +166,6 @@ class RecommendScreen(Screen[None]):
         super().__init__()
         self.recommendation: Recommendation | None = None
         self.workload: Workload | None = None
-
-    @property
-    def appliance(self) -> ApplianceApp:
-        from appliance.tui.app import ApplianceApp
-
-        assert isinstance(self.app, ApplianceApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -1,0 +1,103 @@
+"""`appliance gateway` as its own process on loopback, for tests that need the real thing."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from appliance.errors import ExitCode
+from tests.doubles import free_port
+
+APPLIANCE = str(Path(sys.executable).parent / "appliance")
+
+_PROFILE = """\
+apiVersion: llm-appliance/v1
+kind: Profile
+metadata:
+  name: gateway-test
+spec:
+  model:
+    repo: acme/tiny-chat
+    quantization: bf16
+    served_model_name: tiny
+  embeddings:
+    enabled: false
+  ports:
+    vllm: {vllm}
+    tei: {tei}
+    gateway: {gateway}
+  gateway:
+    host: 127.0.0.1
+{tls}  storage:
+    models_dir: {root}/models
+    state_dir: {root}/state
+"""
+
+
+def appliance(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [APPLIANCE, *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def write_profile(root: Path, engine_url: str, *, tls: bool = False) -> tuple[Path, int]:
+    """A profile whose chat engine is the double at `engine_url`; returns it, the gateway port."""
+    gateway_port = free_port()
+    tls_block = (
+        f"    tls:\n      cert_file: {root}/cert.pem\n      key_file: {root}/key.pem\n"
+        if tls
+        else ""
+    )
+    path = root / "gateway-test.yaml"
+    path.write_text(
+        _PROFILE.format(
+            vllm=httpx.URL(engine_url).port,
+            tei=free_port(),
+            gateway=gateway_port,
+            root=root,
+            tls=tls_block,
+        )
+    )
+    return path, gateway_port
+
+
+def create_key(profile: Path) -> str:
+    created = appliance("keys", "create", "test", "--json", "--profile", str(profile))
+    assert created.returncode == ExitCode.OK, created.stderr
+    key: str = json.loads(created.stdout)["key"]
+    return key
+
+
+@contextmanager
+def running_gateway(
+    profile: Path, base_url: str, verify: ssl.SSLContext | bool = True
+) -> Iterator[None]:
+    """Run `appliance gateway --profile`, wait for `base_url/health`, then stop it (SIGTERM)."""
+    gateway = subprocess.Popen(
+        [APPLIANCE, "gateway", "--profile", str(profile)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30  # a bound against hanging, not a timing assertion
+        while True:
+            try:
+                httpx.get(f"{base_url}/health", timeout=1, verify=verify)
+                break
+            except httpx.TransportError:
+                assert gateway.poll() is None, gateway.stderr.read() if gateway.stderr else ""
+                assert time.monotonic() < deadline, "the gateway did not come up"
+                time.sleep(0.1)
+        yield
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
