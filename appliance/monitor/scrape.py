@@ -16,9 +16,8 @@ things, checked against their sources and a real scrape:
 - TEI (router/src and core/src of text-embeddings-inference 1.x; the Rust `metrics` crate, so
   counters have no `_total` suffix): counters `te_request_count`, `te_request_success`,
   `te_request_failure{err}`; gauge `te_queue_size`; histograms `te_request_duration`,
-  `te_request_queue_duration`, `te_request_inference_duration`, `te_batch_next_size`.
-  `te_queue_duration`, `te_inference_duration` and the gauge `te_batch_current_size` are read
-  too, after the real names: the project's TEI test double exposes them.
+  `te_request_queue_duration`, `te_request_inference_duration`, `te_batch_next_size`. TEI has
+  no gauge of requests in a running batch, so "running" is unknown for it.
 - The appliance's gateway (`appliance.gateway.app.GatewayMetrics`): the counter
   `appliance_gateway_requests_total{route,destination,outcome}`, destination `local`, `remote`
   or `none` (refused before routing). Requests of every route and outcome are counted by where
@@ -116,10 +115,7 @@ VLLM = _EngineMetrics(
 )
 
 TEI = _EngineMetrics(
-    gauges=(
-        _Wanted("waiting_requests", ("te_queue_size",)),
-        _Wanted("running_requests", ("te_batch_current_size",)),
-    ),
+    gauges=(_Wanted("waiting_requests", ("te_queue_size",)),),
     counters=(
         _Wanted("requests", ("te_request_count",)),
         _Wanted("requests_succeeded", ("te_request_success",)),
@@ -127,8 +123,8 @@ TEI = _EngineMetrics(
     ),
     histograms=(
         _Wanted("e2e", ("te_request_duration",)),
-        _Wanted("queue_time", ("te_request_queue_duration", "te_queue_duration")),
-        _Wanted("inference_time", ("te_request_inference_duration", "te_inference_duration")),
+        _Wanted("queue_time", ("te_request_queue_duration",)),
+        _Wanted("inference_time", ("te_request_inference_duration",)),
         _Wanted("batch_size", ("te_batch_next_size",)),
     ),
 )
