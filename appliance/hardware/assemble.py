@@ -19,6 +19,7 @@ from appliance.hardware.box import (
     HostInfo,
     PcieTopology,
     PeerToPeerStatus,
+    watts,
 )
 from appliance.hardware.findings import assess
 from appliance.hardware.nvml import (
@@ -60,10 +61,6 @@ def cuda_version_text(value: int | None) -> str | None:
     return f"{value // 1000}.{value % 1000 // 10}"
 
 
-def _watts(milliwatts: int | None) -> float | None:
-    return None if milliwatts is None else milliwatts / 1000
-
-
 def gpu_info(
     device: NvmlDevice,
     *,
@@ -90,8 +87,8 @@ def gpu_info(
         pcie_generation_max=device.pcie_generation_max,
         pcie_width_max=device.pcie_width_max,
         temperature_c=device.temperature_c,
-        power_draw_w=_watts(device.power_usage_mw),
-        power_limit_w=_watts(device.enforced_power_limit_mw),
+        power_draw_w=watts(device.power_usage_mw),
+        power_limit_w=watts(device.enforced_power_limit_mw),
         utilization_gpu_pct=device.utilization_gpu_pct,
         utilization_memory_pct=device.utilization_memory_pct,
         mig_mode=None
@@ -100,17 +97,7 @@ def gpu_info(
         mig_mode_pending=None
         if device.mig_mode_pending is None
         else device.mig_mode_pending == MIG_ENABLED,
-        processes=None
-        if device.processes is None
-        else tuple(
-            GpuProcess(
-                pid=process.pid,
-                name=process.name,
-                used_memory_bytes=process.used_memory_bytes,
-                type=process.type,
-            )
-            for process in device.processes
-        ),
+        processes=GpuProcess.all_of(device.processes),
         nvlink_active_links=device.nvlink_active_links,
     )
 

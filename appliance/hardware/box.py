@@ -14,8 +14,9 @@ What must stay true:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,6 +50,19 @@ class _Snapshot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ProcessReading(Protocol):
+    """What NVML says of one process (`nvml.NvmlProcess`), read-only."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def used_memory_bytes(self) -> int | None: ...
+    @property
+    def type(self) -> ProcessType: ...
+
+
 class GpuProcess(_Snapshot):
     """A process holding memory on a GPU, as NVML lists it (host PIDs; empty inside a container)."""
 
@@ -56,6 +70,22 @@ class GpuProcess(_Snapshot):
     name: str | None = None
     used_memory_bytes: int | None = None
     type: ProcessType = "C"
+
+    @classmethod
+    def all_of(cls, readings: Iterable[ProcessReading] | None) -> tuple[GpuProcess, ...] | None:
+        """NVML's process readings (any objects with these fields) as snapshots; None stays
+        None ("not supported" is not "no processes")."""
+        if readings is None:
+            return None
+        return tuple(
+            cls(pid=r.pid, name=r.name, used_memory_bytes=r.used_memory_bytes, type=r.type)
+            for r in readings
+        )
+
+
+def watts(milliwatts: int | None) -> float | None:
+    """NVML reports power in milliwatts."""
+    return None if milliwatts is None else milliwatts / 1000
 
 
 class GpuInfo(_Snapshot):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import httpx
 
-from appliance.hardware.box import GpuProcess
+from appliance.hardware.box import GpuProcess, watts
 from appliance.monitor.scrape import (
     MetricsFormatError,
     MetricsKind,
@@ -216,10 +216,6 @@ class GpuSampler(Protocol):
     def close(self) -> None: ...
 
 
-def _watts(milliwatts: int | None) -> float | None:
-    return None if milliwatts is None else milliwatts / 1000
-
-
 def gpu_stats(device: NvmlDevice) -> GpuStats:
     """One NVML device reading as the monitor shows it.
 
@@ -240,24 +236,14 @@ def gpu_stats(device: NvmlDevice) -> GpuStats:
         memory_used_bytes=device.memory_used_bytes,
         memory_total_bytes=device.memory_total_bytes,
         temperature_c=device.temperature_c,
-        power_draw_w=_watts(device.power_usage_mw),
-        power_limit_w=_watts(device.enforced_power_limit_mw),
+        power_draw_w=watts(device.power_usage_mw),
+        power_limit_w=watts(device.enforced_power_limit_mw),
         sm_clock_mhz=getattr(device, "sm_clock_mhz", None),
         memory_clock_mhz=getattr(device, "memory_clock_mhz", None),
         throttle_reasons=None if reasons is None else throttle_reason_names(int(reasons)),
         ecc_errors_corrected=getattr(device, "ecc_errors_corrected", None),
         ecc_errors_uncorrected=getattr(device, "ecc_errors_uncorrected", None),
-        processes=None
-        if device.processes is None
-        else tuple(
-            GpuProcess(
-                pid=process.pid,
-                name=process.name,
-                used_memory_bytes=process.used_memory_bytes,
-                type=process.type,
-            )
-            for process in device.processes
-        ),
+        processes=GpuProcess.all_of(device.processes),
     )
 
 
