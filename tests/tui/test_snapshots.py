@@ -147,7 +147,10 @@ def test_deploy_progress(snap_compare: Any, size: tuple[int, int], outcome: bool
     app = ApplianceApp(services=fake_services(deploy=outcome))
 
     def done(app: ApplianceApp) -> bool:
-        return bool(str(app.screen.query_one("#deploy-result").render()))
+        # The result is shown, and scrolled into view after the re-plan that follows it.
+        screen = app.screen
+        shown = bool(str(screen.query_one("#deploy-result").render()))
+        return shown and not getattr(screen, "result_to_reveal", True)
 
     run_before = _settled("r", "escape", "p", "a", "y", extra=done)
     assert snap_compare(app, terminal_size=size, run_before=run_before)

@@ -175,6 +175,9 @@ class DeployScreen(ApplianceScreen):
         self.query_one("#deploy-progress").display = False
         self.plan: Plan | None = None
         self.deploying = False
+        # Set when a deploy ends: the re-plan that follows changes the layout, so the result line
+        # is scrolled into view once that plan is shown, not before (whichever comes first).
+        self.result_to_reveal = False
         self.query_one("#steps", Static).update(
             Text(
                 "1. check free disk, GPU access from Docker and free ports (nothing changes if any "
@@ -231,12 +234,20 @@ class DeployScreen(ApplianceScreen):
         self.plan = message.plan
         self.query_one("#plan", Static).update(plan_table(message.plan))
         self.refresh_bindings()
+        self._reveal_result()
 
     @on(PlanFailed)
     def _plan_failed(self, message: PlanFailed) -> None:
         self.query_one("#plan", Static).update(
             Group(Text("The plan could not be made:", style="bold red"), Text(message.reason))
         )
+        self._reveal_result()
+
+    def _reveal_result(self) -> None:
+        if self.result_to_reveal:
+            self.result_to_reveal = False
+            result_line = self.query_one("#deploy-result", Static)
+            self.call_after_refresh(result_line.scroll_visible, animate=False)
 
     def action_replan(self) -> None:
         self._chosen_changed(self.appliance.chosen)
@@ -370,9 +381,8 @@ class DeployScreen(ApplianceScreen):
                 "look again.",
                 style="bold yellow",
             )
-        result_line = self.query_one("#deploy-result", Static)
-        result_line.update(text)
-        self.call_after_refresh(result_line.scroll_visible, animate=False)
+        self.query_one("#deploy-result", Static).update(text)
+        self.result_to_reveal = True
         self.action_replan()
 
     @on(DeployFailed)
@@ -380,9 +390,9 @@ class DeployScreen(ApplianceScreen):
         self.deploying = False
         self.refresh_bindings()
         text = Text.assemble(("✘ Deploy failed\n", "bold red"), message.reason)
-        result_line = self.query_one("#deploy-result", Static)
-        result_line.update(text)
-        self.call_after_refresh(result_line.scroll_visible, animate=False)
+        self.query_one("#deploy-result", Static).update(text)
+        self.result_to_reveal = True
+        self._reveal_result()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         from appliance.tui.app import notify_worker_failure
