@@ -185,6 +185,12 @@ def _sliding_layers(
     return window, None  # Mistral v0.1 style: every layer slides
 
 
+def _mla_qk_head_dim(config: dict[str, Any]) -> int | None:
+    """DeepSeek MLA configs give the query/key width in two parts and no head_dim."""
+    nope, rope = _int(config, "qk_nope_head_dim"), _int(config, "qk_rope_head_dim")
+    return nope + rope if nope is not None and rope is not None else None
+
+
 def architecture_from_config(
     config: dict[str, Any], source: str = "config.json"
 ) -> ModelArchitecture:
@@ -203,6 +209,10 @@ def architecture_from_config(
     shared = _int(text, "n_shared_experts", "num_shared_experts")
     if shared is None and _int(text, "shared_expert_intermediate_size"):
         shared = 1
+    moe_layers: tuple[int, ...] | None = None
+    first_dense = _int(text, "first_k_dense_replace")
+    if experts is not None and first_dense:  # DeepSeek: the first k layers keep a dense MLP
+        moe_layers = tuple(range(first_dense, layers))
     chunk = _int(text, "attention_chunk_size")
     global_layers: tuple[int, ...] | None = None
     no_rope = text.get("no_rope_layers")
@@ -214,7 +224,7 @@ def architecture_from_config(
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": _int(text, "num_key_value_heads", "num_kv_heads") or heads,
-        "head_dim": _int(text, "head_dim") or hidden // heads,
+        "head_dim": _int(text, "head_dim") or _mla_qk_head_dim(text) or hidden // heads,
         "hidden_size": hidden,
         "intermediate_size": _int(text, "intermediate_size", "intermediate_size_mlp", "ffn_dim")
         or 4 * hidden,
@@ -229,6 +239,10 @@ def architecture_from_config(
         "num_experts_per_token": per_token if experts is not None else None,
         "moe_intermediate_size": _int(text, "moe_intermediate_size"),
         "num_shared_experts": shared,
+        "moe_layers": moe_layers,
+        # MLA (DeepSeek-V2/V3, Kimi K2): the cache holds the latent, not per-head K and V.
+        "kv_lora_rank": _int(text, "kv_lora_rank"),
+        "qk_rope_head_dim": _int(text, "qk_rope_head_dim") if _int(text, "kv_lora_rank") else None,
     }
     try:
         return ModelArchitecture.model_validate(numbers)

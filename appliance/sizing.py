@@ -23,7 +23,10 @@ vLLM's, line numbers drift):
 3. From v0.20.0 the estimated CUDA-graph pool (`profile_cudagraph_memory`) is subtracted too
    (`VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` defaults to 1 in the v0.20.0 wheel and to 0 in
    v0.19.1; vLLM's own comment and log line say "default since v0.21.0").
-4. `v1/core/kv_cache_utils.py`: the KV cache is cut into blocks of 16 tokens per layer group;
+4. `v1/core/kv_cache_utils.py`: the KV cache is cut into blocks of 16 tokens per layer group
+   (MLA models, `MLAAttentionSpec`: one kv_lora_rank + qk_rope_head_dim latent per token and
+   layer instead of per-head K and V, replicated on every TP rank; FlashMLA's 64-token blocks
+   on Hopper with an fp8 cache only change the rounding);
    num_blocks = available // bytes_per_block. Sliding-window and chunked-local layers only
    need a window's worth of blocks per request (`SlidingWindowSpec.max_memory_usage_bytes`),
    which the hybrid allocator (V1 from v0.10) turns into more requests per pool; the logged
@@ -32,8 +35,9 @@ vLLM's, line numbers drift):
    largest max_model_len that would fit (`estimate_max_model_len`, a binary search).
 
 The activation peak cannot be read from source alone: it is what the caching allocator saw.
-`_activation_bytes` models it as tokens x (MLP and hidden-state tensors) + the sampler's
-[max_num_seqs x vocab] buffers, with constants fitted on the real start-up logs in
+`_activation_bytes` models it as the largest of tokens x (MLP and hidden-state tensors), the
+sampler's [max_num_seqs x vocab] buffers, and, for multimodal checkpoints, the vision tower over
+the profile's dummy images (`_vision_items`), with constants fitted on the real start-up logs in
 `bench/data/vllm_memory_logs.csv` (see `bench/sizing_accuracy.py`).
 """
 
@@ -139,6 +143,8 @@ class VllmRules:
     b200_batch_defaults: bool  # >=160 GiB cards default to 16384 tokens (present in v0.32)
     null_block_reserved: bool  # the start-up check plans against num_blocks - 1 (v0.32)
     v0_driver_sampler_peak: bool  # V0 from v0.6.5: the driver's profile samples top-k/top-p
+    v1_native_sampler: bool  # V1 in v0.8.x: FlashInfer's top-k/top-p switched off
+    v1_context_is_non_torch: bool  # V1 before v0.9.2: its own CUDA context counted too
 
     @classmethod
     def for_version(
@@ -162,6 +168,14 @@ class VllmRules:
             b200_batch_defaults=v >= (0, 22, 0),
             null_block_reserved=v >= (0, 22, 0),
             v0_driver_sampler_peak=v >= (0, 6, 5),
+            # `TopKTopPSampler.__init__` in the v0.8.4 and v0.8.5 wheels: "FlashInfer top-p &
+            # top-k sampling sampler is disabled because FlashInfer>=v0.2.3 is not backward
+            # compatible", so the profile's sampler took the PyTorch path; v0.9.0 uses it again.
+            v1_native_sampler=v1 and (0, 8, 0) <= v < (0, 9, 0),
+            # The same V1 releases measured non-torch memory as (total - free) - torch
+            # allocated after the profile (`Worker.determine_available_memory`, v0.8.4): the
+            # worker's own CUDA context came out of the KV cache as well.
+            v1_context_is_non_torch=v1 and v < (0, 9, 2),
         )
 
 
@@ -238,7 +252,10 @@ def kv_dtype_bytes(kv_cache_dtype: KvCacheDtype) -> int:
 
 def kv_heads_per_gpu(architecture: ModelArchitecture, tensor_parallel_size: int) -> int:
     """KV heads are split across TP ranks; with more ranks than heads each rank keeps a
-    replica of one head (vLLM: max(1, num_kv_heads // tp))."""
+    replica of one head (vLLM: max(1, num_kv_heads // tp)). MLA caches one latent "head"
+    that every rank keeps whole."""
+    if architecture.uses_mla:
+        return 1
     return max(1, architecture.num_key_value_heads // tensor_parallel_size)
 
 
@@ -248,7 +265,13 @@ def kv_page_bytes_per_layer(
     kv_cache_dtype: KvCacheDtype = "auto",
     block_size: int = BLOCK_SIZE,
 ) -> int:
-    """One block of one layer: 2 (K and V) x block_size x heads x head_dim x dtype bytes."""
+    """One block of one layer: 2 (K and V) x block_size x heads x head_dim x dtype bytes.
+
+    MLA (`MLAAttentionSpec`): no separate K and V, one latent of kv_lora_rank +
+    qk_rope_head_dim per token, the same on every TP rank."""
+    if architecture.kv_lora_rank is not None and architecture.qk_rope_head_dim is not None:
+        latent = architecture.kv_lora_rank + architecture.qk_rope_head_dim
+        return block_size * latent * kv_dtype_bytes(kv_cache_dtype)
     return (
         2
         * block_size
@@ -402,12 +425,36 @@ def _per_token_activation_bytes(
     return dtype_bytes * (mlp + hidden)
 
 
+def _vision_items(
+    architecture: ModelArchitecture,
+    *,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    rules: VllmRules,
+) -> int:
+    """Dummy images the profile run pushes through the vision tower (0 for text models)."""
+    per_item = architecture.mm_tokens_per_item
+    if per_item is None:
+        return 0
+    if not rules.v1_engine:
+        # V0 `ModelRunner.profile_run`: max_num_seqs = min(max_num_seqs,
+        # max_num_batched_tokens // max_mm_tokens) dummy sequences, one image each.
+        return max(1, min(max_num_seqs, max_num_batched_tokens // per_item))
+    # V1 `MultiModalBudget._get_max_items` (v0.32): as many items as the encoder budget
+    # (max_num_batched_tokens, at least one item) holds, capped by what the decoder could take.
+    encoder_items = max(max_num_batched_tokens, per_item) // per_item
+    decoder_items = max_num_seqs * max(1, max_model_len // per_item)
+    return max(1, min(encoder_items, decoder_items))
+
+
 def _activation_bytes(
     architecture: ModelArchitecture,
     *,
     tensor_parallel_size: int,
     max_num_batched_tokens: int,
     max_num_seqs: int,
+    max_model_len: int,
     rules: VllmRules,
     flashinfer_sampler: bool,
     dtype_bytes: int = 2,
@@ -417,20 +464,46 @@ def _activation_bytes(
         architecture, tensor_parallel_size, dtype_bytes
     )
     rows = min(max_num_seqs, max_num_batched_tokens)
+    items = _vision_items(
+        architecture,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        rules=rules,
+    )
+    encoder = items * _vision_activation_bytes(architecture, tensor_parallel_size, dtype_bytes)
     if not rules.v1_engine:
+        if items:
+            rows = items  # V0 profiles multimodal models with one sequence per image
         if not rules.v0_driver_sampler_peak:
-            return int(forward)
+            return int(max(forward, encoder))
         # The driver worker's peak (see _SAMPLER_BYTES_PER_LOGIT_V0): it sets the KV cache.
         per_logit = _SAMPLER_BYTES_PER_LOGIT_V0
+    elif flashinfer_sampler and not rules.v1_native_sampler:
+        per_logit = _SAMPLER_BYTES_PER_LOGIT
     else:
-        per_logit = (
-            _SAMPLER_BYTES_PER_LOGIT if flashinfer_sampler else _SAMPLER_BYTES_PER_LOGIT_NATIVE
-        )
+        per_logit = _SAMPLER_BYTES_PER_LOGIT_NATIVE
     sampler = rows * architecture.vocab_size * per_logit
-    # The sampler runs after the forward pass has freed its activations: the peak is the
-    # larger of the two, the hidden states staying alive across both.
+    # The vision tower runs first and keeps only its outputs; the sampler runs after the forward
+    # pass has freed its activations: the peak is the largest of the three, the hidden states
+    # staying alive across the last two.
     kept = max_num_batched_tokens * architecture.hidden_size * dtype_bytes
-    return int(max(forward, sampler + kept))
+    return int(max(forward, sampler + kept, encoder))
+
+
+def _vision_activation_bytes(
+    architecture: ModelArchitecture, tensor_parallel_size: int, dtype_bytes: int
+) -> float:
+    """One dummy image through the vision tower: its patch tokens times the same per-token
+    activation model as the language layers (MLP sharded by TP as vLLM shards the tower)."""
+    if architecture.vision_patches_per_item is None:
+        return 0.0
+    width = architecture.vision_intermediate_size or 0
+    hidden = architecture.vision_hidden_size or 0
+    per_token = dtype_bytes * (
+        _MLP_ACTIVATION_FACTOR * width / tensor_parallel_size + _HIDDEN_ACTIVATION_FACTOR * hidden
+    )
+    return architecture.vision_patches_per_item * per_token
 
 
 def _cuda_graph_sizes(max_num_seqs: int) -> list[int]:
@@ -527,9 +600,12 @@ def _non_kv(
     rules: VllmRules,
     max_num_batched_tokens: int,
     max_num_seqs: int,
+    max_model_len: int,
 ) -> _NonKv:
     if rules.v1_engine:
         non_torch = _NON_TORCH_BYTES + (_NON_TORCH_TP_EXTRA_BYTES if tp > 1 else 0)
+        if rules.v1_context_is_non_torch:
+            non_torch += _CUDA_CONTEXT_BYTES
     elif rules.version < (0, 6, 5):
         non_torch = _NON_TORCH_V0_OLD_BYTES
     else:
@@ -545,6 +621,7 @@ def _non_kv(
             tensor_parallel_size=tp,
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
             rules=rules,
             flashinfer_sampler=flags.flashinfer_sampler,
         ),
@@ -611,6 +688,7 @@ def estimate_memory(
         rules=rules,
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
     )
     available = budget.available
     reason = ""
@@ -657,6 +735,18 @@ def estimate_memory(
     if fits:
         reason = (
             f"fits: {kv_tokens:,} KV tokens, {concurrency:.2f} requests of {max_model_len} tokens"
+        )
+    if architecture.kv_lora_rank is not None and architecture.qk_rope_head_dim is not None:
+        latent = architecture.kv_lora_rank + architecture.qk_rope_head_dim
+        notes.append(
+            f"multi-head latent attention: each layer caches one {latent}-value latent per "
+            "token, the whole of it on every GPU, so tensor parallelism frees weight memory but "
+            "does not shrink the KV cost per token"
+        )
+    if architecture.profiles_vision:
+        notes.append(
+            "multimodal: vLLM runs the vision tower over a batch of dummy images at start-up; "
+            "its activations are in the peak"
         )
     if compute_capability < (8, 0):
         notes.append("compute capability below 8.0: vLLM runs the model in fp16, not bf16")

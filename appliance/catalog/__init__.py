@@ -63,8 +63,26 @@ class ModelArchitecture(_Frozen):
     moe_intermediate_size: PositiveInt | None = None
     num_shared_experts: int | None = None
     moe_layers: tuple[int, ...] | None = None  # None with experts set: every layer is MoE
+    # Multi-head latent attention (DeepSeek-V2/V3, Kimi K2): each layer caches one compressed
+    # latent of kv_lora_rank + qk_rope_head_dim values per token, whole on every TP rank.
+    kv_lora_rank: PositiveInt | None = None
+    qk_rope_head_dim: PositiveInt | None = None
     # Multimodal checkpoints carry a vision tower whose weights count too.
     vision_params: int | None = None
+    # ... and vLLM runs that tower over a batch of dummy images at start-up: its width, the
+    # patch tokens one image is cut into, and the language-model tokens that image becomes.
+    vision_hidden_size: PositiveInt | None = None
+    vision_intermediate_size: PositiveInt | None = None
+    vision_patches_per_item: PositiveInt | None = None
+    mm_tokens_per_item: PositiveInt | None = None
+
+    @property
+    def uses_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def profiles_vision(self) -> bool:
+        return self.mm_tokens_per_item is not None
 
     @model_validator(mode="after")
     def _heads_group_evenly(self) -> ModelArchitecture:
@@ -89,6 +107,24 @@ class ModelArchitecture(_Frozen):
         if self.global_attention_layers is not None and self.attention_chunk_size is None:
             msg = "global_attention_layers is set but attention_chunk_size is not"
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _groups_complete(self) -> ModelArchitecture:
+        groups = (
+            ("kv_lora_rank", "qk_rope_head_dim"),
+            (
+                "vision_hidden_size",
+                "vision_intermediate_size",
+                "vision_patches_per_item",
+                "mm_tokens_per_item",
+            ),
+        )
+        for names in groups:
+            given = [getattr(self, name) is not None for name in names]
+            if any(given) and not all(given):
+                msg = f"{', '.join(names)} go together"
+                raise ValueError(msg)
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ EXPLICIT_HEAD_DIM = {
     "mistral-small-24b-instruct-2501",  # 32 x 128 = 4096 vs hidden 5120
     "gemma-2-9b-it",  # 16 x 256 = 4096 vs hidden 3584
     "gemma-2-27b-it",  # 32 x 128 = 4096 vs hidden 4608
+    "deepseek-v2-lite-chat",  # MLA: 16 x (128 nope + 64 rope) = 3072 vs hidden 2048
 }
 
 REQUIRED_MODELS = {

@@ -172,6 +172,38 @@ def test_multimodal_and_moe_configs() -> None:
     assert arch.global_attention_layers == (3,)
 
 
+def test_deepseek_mla_config() -> None:
+    # deepseek-ai/DeepSeek-V2-Lite-Chat config.json (the fields that decide memory).
+    config = {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 1408,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "n_routed_experts": 64,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": 512,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "vocab_size": 102400,
+        "max_position_embeddings": 163840,
+        "tie_word_embeddings": False,
+    }
+    arch = architecture_from_config(config)
+    assert (arch.kv_lora_rank, arch.qk_rope_head_dim, arch.head_dim) == (512, 64, 192)
+    assert arch.uses_mla
+    assert arch.moe_layers == tuple(range(1, 27))
+    assert (arch.num_experts, arch.num_shared_experts) == (64, 2)
+    assert architecture_from_config({**config, "kv_lora_rank": None}).uses_mla is False
+
+
 def test_quantization_from_config() -> None:
     assert quantization_from_config({"quantization_config": {"quant_method": "awq"}}) == "awq"
     assert quantization_from_config({"quantization_config": {"quant_method": "gptq"}}) == "gptq"

@@ -75,6 +75,46 @@ MIXTRAL = ModelArchitecture(
     num_experts_per_token=2,
     moe_intermediate_size=14336,
 )
+# DeepSeek-V2-Lite: multi-head latent attention (512 + 64 latent per token and layer), MoE.
+DEEPSEEK_V2_LITE = ModelArchitecture(
+    hf_architecture="DeepseekV2ForCausalLM",
+    model_type="deepseek_v2",
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    head_dim=192,
+    hidden_size=2048,
+    intermediate_size=10944,
+    vocab_size=102400,
+    max_position_embeddings=163840,
+    num_experts=64,
+    num_experts_per_token=6,
+    moe_intermediate_size=1408,
+    num_shared_experts=2,
+    moe_layers=tuple(range(1, 27)),
+    kv_lora_rank=512,
+    qk_rope_head_dim=64,
+)
+# Gemma 3 27B with its SigLIP tower: 896 px / 14 px patches = 4096 patch tokens per image,
+# pooled to 256 language-model tokens.
+GEMMA3_27B = ModelArchitecture(
+    hf_architecture="Gemma3ForConditionalGeneration",
+    model_type="gemma3",
+    num_hidden_layers=62,
+    num_attention_heads=32,
+    num_key_value_heads=16,
+    head_dim=128,
+    hidden_size=5376,
+    intermediate_size=21504,
+    vocab_size=262208,
+    max_position_embeddings=131072,
+    sliding_window=1024,
+    sliding_window_layers=tuple(i for i in range(62) if (i + 1) % 6),
+    vision_hidden_size=1152,
+    vision_intermediate_size=4304,
+    vision_patches_per_item=4096,
+    mm_tokens_per_item=256,
+)
 A100_80G = int(79.25 * GIB)  # what CUDA reports for an A100-SXM4-80GB
 RTX_3090 = int(23.58 * GIB)
 
@@ -189,6 +229,73 @@ def test_v1_before_0_9_2_took_other_processes_out_of_the_kv_cache() -> None:
         other_processes_bytes=1 * GIB,
     )
     assert shared.kv_cache_gib == pytest.approx(alone.kv_cache_gib - 1.0, abs=0.01)
+
+
+def test_v1_in_0_8_x_profiled_the_pytorch_sampler_and_counted_its_own_context() -> None:
+    # v0.8.4/v0.8.5 `TopKTopPSampler`: FlashInfer >= 0.2.3 switched off, so the profile sorted
+    # [max_num_seqs x vocab] fp32 logits; until v0.9.2 the worker's CUDA context was non-torch.
+    flags = EngineFlags(max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=2048)
+    old = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G, flags=flags, vllm_version="0.8.5")
+    new = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G, flags=flags, vllm_version="0.9.2")
+    assert VllmRules.for_version("0.8.4").v1_native_sampler
+    assert not VllmRules.for_version("0.9.0").v1_native_sampler
+    assert not VllmRules.for_version("0.8.4", v1_engine=False).v1_native_sampler
+    assert old.activation_gib > new.activation_gib + 0.5  # 256 x 128256 logits x 32 vs 4 B
+    assert old.non_torch_gib == pytest.approx(new.non_torch_gib + 0.45, abs=0.01)
+
+
+def test_mla_caches_one_latent_per_layer_on_every_tp_rank() -> None:
+    # vLLM's MLAAttentionSpec: num_kv_heads 1, head_size kv_lora_rank + qk_rope_head_dim, no V.
+    assert kv_bytes_per_token(DEEPSEEK_V2_LITE, 1) == 27 * 576 * 2
+    assert kv_bytes_per_token(DEEPSEEK_V2_LITE, 4) == 27 * 576 * 2  # replicated, not split
+    assert kv_bytes_per_token(DEEPSEEK_V2_LITE, 1, "fp8") == 27 * 576
+    # vllm#15871 (v0.8.3, DeepSeek-V2-Lite-Chat): "To serve at least one request with the
+    # models's max seq len (32768), (0.95 GiB KV cache is needed ...".
+    assert 32768 * kv_bytes_per_token(DEEPSEEK_V2_LITE, 1) / GIB == pytest.approx(0.95, abs=0.005)
+    # vllm#20665: a TP 2 x PP 2 stage of 14 of the 27 layers logged 12.13 GiB for 807,792
+    # tokens, 16,124 B per token = 14 x 1152 (block-rounded), at TP 2.
+    per_layer_at_tp2 = kv_bytes_per_token(DEEPSEEK_V2_LITE, 2) // 27
+    assert 14 * per_layer_at_tp2 == pytest.approx(12.13 * GIB / 807792, rel=0.001)
+    estimate = estimate_memory(
+        DEEPSEEK_V2_LITE, 31_412_996_096, 2 * RTX_3090, gpu_count=2, tensor_parallel_size=2
+    )
+    assert estimate.kv_bytes_per_token == 27 * 576 * 2
+    assert any("latent" in note for note in estimate.notes)
+
+
+def test_multimodal_profile_runs_the_vision_tower_over_dummy_images() -> None:
+    text_only = GEMMA3_27B.model_copy(
+        update={
+            "vision_hidden_size": None,
+            "vision_intermediate_size": None,
+            "vision_patches_per_item": None,
+            "mm_tokens_per_item": None,
+        }
+    )
+    flags = EngineFlags(gpu_memory_utilization=0.9, max_model_len=8192)
+    with_tower = estimate_memory(GEMMA3_27B, 17 * 10**9, A100_80G, flags=flags)
+    without = estimate_memory(text_only, 17 * 10**9, A100_80G, flags=flags)
+    # v0.32: the encoder budget (max_num_batched_tokens 2048) holds 8 images of 256 tokens,
+    # 8 x 4096 patch tokens through the tower: more than the 2048-token text pass.
+    assert with_tower.activation_gib > without.activation_gib
+    assert any("vision tower" in note for note in with_tower.notes)
+    # V0 (`ModelRunner.profile_run`): one dummy sequence per image, min(max_num_seqs,
+    # max_num_batched_tokens // 256) of them, so the sampler sees 16 rows, not 256.
+    flags_v0 = EngineFlags(gpu_memory_utilization=0.98, max_model_len=4096)
+
+    def v0(architecture: ModelArchitecture) -> float:
+        estimate = estimate_memory(
+            architecture,
+            17 * 10**9,
+            RTX_3090,
+            flags=flags_v0,
+            vllm_version="0.8.3",
+            v1_engine=False,
+        )
+        return estimate.activation_gib
+
+    v0_tower, v0_text = v0(GEMMA3_27B), v0(text_only)
+    assert v0_tower < v0_text  # 16 x 262208 logits, not 256 x
 
 
 def test_refusal_names_the_largest_max_model_len_that_fits() -> None:
@@ -415,7 +522,9 @@ def test_rules_for_heads_quantization_and_p2p() -> None:
 
 # --- Properties ------------------------------------------------------------------------------
 
-architectures = st.sampled_from([QWEN2_7B, LLAMA_31_8B, GEMMA2_9B, MIXTRAL])
+architectures = st.sampled_from(
+    [QWEN2_7B, LLAMA_31_8B, GEMMA2_9B, MIXTRAL, DEEPSEEK_V2_LITE, GEMMA3_27B]
+)
 versions = st.sampled_from(["0.32.0", "0.27.1", "0.19.1", "0.10.1.1", "0.8.5", "0.6.4", "0.6.3"])
 gpu_gib = st.sampled_from([8.0, 15.6, 23.6, 44.4, 47.4, 79.2, 93.1, 139.8])
 
