@@ -73,6 +73,11 @@ _HIDDEN_ACTIVATION_FACTOR = 1.15
 # modelled.
 _SAMPLER_BYTES_PER_LOGIT = 4
 _SAMPLER_BYTES_PER_LOGIT_NATIVE = 32
+# The Triton top-k/top-p kernel (v0.17 to v0.20 by default) masks the fp32 logits in place, so
+# the peak is the tensors the sampler keeps at once, not a fit: the bf16 logits of
+# `compute_logits` (2 bytes), their fp32 copy (4), the softmax probabilities (4) and
+# `random_sample`'s exponential noise (4).
+_SAMPLER_BYTES_PER_LOGIT_TRITON = 2 + 4 + 4 + 4
 # V0 (`vllm/worker/model_runner.py`, v0.6.5 to v0.10): `profile_run` samples every dummy
 # sequence with SamplingParams(top_p=0.99, top_k=vocab_size - 1), i.e. through the PyTorch
 # top-k/top-p path (`_apply_top_k_top_p`: sorted fp32 logits + int64 indices, softmax, cumsum,
@@ -126,6 +131,28 @@ def parse_version(version: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
+V1Sampler = Literal["flashinfer", "sort", "triton"]
+
+
+def _v1_sampler(v: tuple[int, int, int]) -> V1Sampler:
+    """The top-k/top-p path of V1's `TopKTopPSampler` by default, read from each release's
+    `v1/sample/ops/topk_topp_sampler.py` and `envs.py` (PyPI wheels):
+
+    - v0.8.x: FlashInfer >= 0.2.3 "is not backward compatible", so it is switched off: the
+      PyTorch sort path;
+    - v0.9 to v0.11: FlashInfer unless VLLM_USE_FLASHINFER_SAMPLER=0 (the image ships it);
+    - v0.12 to v0.20: FlashInfer only on opt-in (VLLM_USE_FLASHINFER_SAMPLER=1); the native path
+      sorts the logits until v0.16, and from v0.17 runs a Triton kernel in place for 8 or more
+      rows (`apply_top_k_top_p`: `HAS_TRITON and logits.shape[0] >= 8`);
+    - v0.21 on: FlashInfer by default again (the env var defaults to True).
+    """
+    if v < (0, 9, 0) or (0, 12, 0) <= v < (0, 17, 0):
+        return "sort"
+    if v < (0, 12, 0) or v >= (0, 21, 0):
+        return "flashinfer"
+    return "triton"
+
+
 @dataclass(frozen=True)
 class VllmRules:
     """The version-dependent behaviours that move the memory budget.
@@ -143,7 +170,7 @@ class VllmRules:
     b200_batch_defaults: bool  # >=160 GiB cards default to 16384 tokens (present in v0.32)
     null_block_reserved: bool  # the start-up check plans against num_blocks - 1 (v0.32)
     v0_driver_sampler_peak: bool  # V0 from v0.6.5: the driver's profile samples top-k/top-p
-    v1_native_sampler: bool  # V1 in v0.8.x: FlashInfer's top-k/top-p switched off
+    v1_sampler: V1Sampler  # which top-k/top-p path the profile's dummy sampler run takes
     v1_context_is_non_torch: bool  # V1 before v0.9.2: its own CUDA context counted too
 
     @classmethod
@@ -168,10 +195,7 @@ class VllmRules:
             b200_batch_defaults=v >= (0, 22, 0),
             null_block_reserved=v >= (0, 22, 0),
             v0_driver_sampler_peak=v >= (0, 6, 5),
-            # `TopKTopPSampler.__init__` in the v0.8.4 and v0.8.5 wheels: "FlashInfer top-p &
-            # top-k sampling sampler is disabled because FlashInfer>=v0.2.3 is not backward
-            # compatible", so the profile's sampler took the PyTorch path; v0.9.0 uses it again.
-            v1_native_sampler=v1 and (0, 8, 0) <= v < (0, 9, 0),
+            v1_sampler=_v1_sampler(v),
             # The same V1 releases measured non-torch memory as (total - free) - torch
             # allocated after the profile (`Worker.determine_available_memory`, v0.8.4): the
             # worker's own CUDA context came out of the KV cache as well.
@@ -479,10 +503,17 @@ def _activation_bytes(
             return int(max(forward, encoder))
         # The driver worker's peak (see _SAMPLER_BYTES_PER_LOGIT_V0): it sets the KV cache.
         per_logit = _SAMPLER_BYTES_PER_LOGIT_V0
-    elif flashinfer_sampler and not rules.v1_native_sampler:
-        per_logit = _SAMPLER_BYTES_PER_LOGIT
     else:
-        per_logit = _SAMPLER_BYTES_PER_LOGIT_NATIVE
+        path = rules.v1_sampler
+        if path == "flashinfer" and not flashinfer_sampler:
+            path = "sort"  # a wheel install without FlashInfer falls back to PyTorch
+        if path == "triton" and rows < 8:
+            path = "sort"
+        per_logit = {
+            "flashinfer": _SAMPLER_BYTES_PER_LOGIT,
+            "sort": _SAMPLER_BYTES_PER_LOGIT_NATIVE,
+            "triton": _SAMPLER_BYTES_PER_LOGIT_TRITON,
+        }[path]
     sampler = rows * architecture.vocab_size * per_logit
     # The vision tower runs first and keeps only its outputs; the sampler runs after the forward
     # pass has freed its activations: the peak is the largest of the three, the hidden states

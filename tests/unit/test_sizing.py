@@ -237,11 +237,38 @@ def test_v1_in_0_8_x_profiled_the_pytorch_sampler_and_counted_its_own_context() 
     flags = EngineFlags(max_model_len=8192, max_num_seqs=256, max_num_batched_tokens=2048)
     old = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G, flags=flags, vllm_version="0.8.5")
     new = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G, flags=flags, vllm_version="0.9.2")
-    assert VllmRules.for_version("0.8.4").v1_native_sampler
-    assert not VllmRules.for_version("0.9.0").v1_native_sampler
-    assert not VllmRules.for_version("0.8.4", v1_engine=False).v1_native_sampler
+    paths = {v: VllmRules.for_version(v).v1_sampler for v in ("0.8.4", "0.9.0", "0.11.0")}
+    assert paths == {"0.8.4": "sort", "0.9.0": "flashinfer", "0.11.0": "flashinfer"}
+    assert [VllmRules.for_version(v).v1_sampler for v in ("0.12.0", "0.16.0", "0.17.0")] == [
+        "sort",
+        "sort",
+        "triton",
+    ]
+    assert [VllmRules.for_version(v).v1_sampler for v in ("0.20.0", "0.21.0", "0.32.0")] == [
+        "triton",
+        "flashinfer",
+        "flashinfer",
+    ]
     assert old.activation_gib > new.activation_gib + 0.5  # 256 x 128256 logits x 32 vs 4 B
     assert old.non_torch_gib == pytest.approx(new.non_torch_gib + 0.45, abs=0.01)
+
+
+def test_v0_19_profiles_the_triton_sampler_over_every_sequence() -> None:
+    # llm-d-planner's v0.19.0 sweep on an H100 (79.19 GiB): Llama-3.1-8B-Instruct at
+    # gpu_memory_utilization 0.95 logged 14.99 GiB of weights, 1.89 GiB of peak activation and a
+    # 58.11 GiB KV pool. FlashInfer was opt-in then: the dummy sampler ran the Triton path over
+    # 1024 x 128256 logits (bf16 + fp32 + probabilities + noise = 14 bytes each).
+    estimate = estimate_memory(
+        LLAMA_31_8B,
+        int(14.99 * GIB),
+        int(79.19 * GIB),
+        flags=EngineFlags(gpu_memory_utilization=0.95, max_model_len=8192),
+        vllm_version="0.19.0",
+        gpu_name="NVIDIA H100 80GB HBM3",
+    )
+    assert (estimate.max_num_batched_tokens, estimate.max_num_seqs) == (8192, 1024)
+    assert estimate.activation_gib == pytest.approx(1.89, abs=0.15)
+    assert estimate.kv_cache_gib == pytest.approx(58.11, rel=0.01)
 
 
 def test_mla_caches_one_latent_per_layer_on_every_tp_rank() -> None:
