@@ -363,7 +363,7 @@ def nearest_fitting_settings(
     cc = target.compute_capability
     if flags.kv_cache_dtype == "auto" and cc >= (8, 9):
         attempt("--kv-cache-dtype fp8", dataclasses.replace(flags, kv_cache_dtype="fp8"))
-    if flags.gpu_memory_utilization < 0.95:
+    if estimate.gpu_memory_utilization < 0.95:
         attempt(
             "--gpu-memory-utilization 0.95",
             dataclasses.replace(flags, gpu_memory_utilization=0.95),
@@ -415,7 +415,8 @@ def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     )
     lines = [
         f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
-        f"  vLLM may use           {e.requested_gib:8.2f} GiB",
+        f"  vLLM may use           {e.requested_gib:8.2f} GiB"
+        f"  (gpu_memory_utilization {e.gpu_memory_utilization:g})",
         f"  weights              - {e.weights_gib:8.2f} GiB",
         f"  activations (peak)   - {e.activation_gib:8.2f} GiB",
         f"  non-torch            - {e.non_torch_gib:8.2f} GiB",

@@ -172,6 +172,7 @@ class VllmRules:
     v0_driver_sampler_peak: bool  # V0 from v0.6.5: the driver's profile samples top-k/top-p
     v1_sampler: V1Sampler  # which top-k/top-p path the profile's dummy sampler run takes
     v1_context_is_non_torch: bool  # V1 before v0.9.2: its own CUDA context counted too
+    default_gpu_memory_utilization: float  # CacheConfig's default: 0.92 from v0.20, 0.9 before
 
     @classmethod
     def for_version(
@@ -200,6 +201,7 @@ class VllmRules:
             # allocated after the profile (`Worker.determine_available_memory`, v0.8.4): the
             # worker's own CUDA context came out of the KV cache as well.
             v1_context_is_non_torch=v1 and v < (0, 9, 2),
+            default_gpu_memory_utilization=0.92 if v >= (0, 20, 0) else 0.9,
         )
 
 
@@ -208,7 +210,7 @@ class EngineFlags:
     """The vLLM flags that change the memory budget, with vLLM's own defaults (None = vLLM's
     default for this GPU and entry point)."""
 
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # None: the release's default (VllmRules)
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -221,7 +223,8 @@ class EngineFlags:
     flashinfer_sampler: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not 0.0 < utilization <= 1.0:
             msg = f"gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}"
             raise ValueError(msg)
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
@@ -240,6 +243,7 @@ class MemoryEstimate:
     vllm_version: str
     tensor_parallel_size: int
     gpu_memory_gib: float
+    gpu_memory_utilization: float  # as given, or the release's default
     requested_gib: float  # total x gpu_memory_utilization
     weights_gib: float
     activation_gib: float
@@ -628,6 +632,7 @@ def _non_kv(
     gpu_memory_bytes: int,
     tp: int,
     flags: EngineFlags,
+    utilization: float,
     rules: VllmRules,
     max_num_batched_tokens: int,
     max_num_seqs: int,
@@ -645,7 +650,7 @@ def _non_kv(
     if rules.cuda_graphs_in_budget and not flags.enforce_eager:
         cuda_graph = _cuda_graph_bytes(architecture, tp, max_num_seqs)
     return _NonKv(
-        requested=math.ceil(gpu_memory_bytes * flags.gpu_memory_utilization),
+        requested=math.ceil(gpu_memory_bytes * utilization),
         weights=math.ceil(weight_bytes / tp),
         activation=_activation_bytes(
             architecture,
@@ -710,12 +715,14 @@ def estimate_memory(
     max_num_batched_tokens, max_num_seqs, notes = _scheduler_limits(
         flags, max_model_len, gpu_memory_bytes, gpu_name, rules
     )
+    utilization = flags.gpu_memory_utilization or rules.default_gpu_memory_utilization
     budget = _non_kv(
         architecture,
         weight_bytes=weight_bytes,
         gpu_memory_bytes=gpu_memory_bytes,
         tp=tp,
         flags=flags,
+        utilization=utilization,
         rules=rules,
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
@@ -730,7 +737,7 @@ def estimate_memory(
         # is below the requested share; V0's (`vllm/worker/worker.py`) has no such check and
         # profiles against its own baseline snapshot, so other processes change neither.
         reason = _free_memory_refusal(
-            gpu_memory_bytes, other_processes_bytes, budget.requested, flags.gpu_memory_utilization
+            gpu_memory_bytes, other_processes_bytes, budget.requested, utilization
         )
 
     layout = _KvLayout(
@@ -790,6 +797,7 @@ def estimate_memory(
         vllm_version=".".join(str(p) for p in rules.version),
         tensor_parallel_size=tp,
         gpu_memory_gib=round(gpu_memory_bytes / GIB, 3),
+        gpu_memory_utilization=utilization,
         requested_gib=round(budget.requested / GIB, 3),
         weights_gib=round(budget.weights / GIB, 3),
         activation_gib=round(budget.activation / GIB, 3),

@@ -341,7 +341,7 @@ def evaluate(row: Row) -> Result:
         per_token_total,
         estimate.max_model_len,
         gpu_count=int(row.get("gpu_count")),
-        gpu_memory_utilization=flags.gpu_memory_utilization,
+        gpu_memory_utilization=estimate.gpu_memory_utilization,
     )
     logged_tokens = row.integer("logged_kv_tokens")
     kv_gib = row.number("logged_kv_cache_gib")

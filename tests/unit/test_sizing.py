@@ -271,6 +271,18 @@ def test_v0_19_profiles_the_triton_sampler_over_every_sequence() -> None:
     assert estimate.kv_cache_gib == pytest.approx(58.11, rel=0.01)
 
 
+def test_gpu_memory_utilization_defaults_to_the_releases_own() -> None:
+    # CacheConfig.gpu_memory_utilization: Field(default=0.92) from v0.20.0, 0.9 before.
+    new = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G)
+    old = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G, vllm_version="0.19.0")
+    given = estimate_memory(
+        LLAMA_31_8B, 16 * 10**9, A100_80G, flags=EngineFlags(gpu_memory_utilization=0.8)
+    )
+    assert (new.gpu_memory_utilization, old.gpu_memory_utilization) == (0.92, 0.9)
+    assert new.requested_gib == pytest.approx(0.92 * 79.25, abs=0.01)
+    assert given.gpu_memory_utilization == 0.8
+
+
 def test_mla_caches_one_latent_per_layer_on_every_tp_rank() -> None:
     # vLLM's MLAAttentionSpec: num_kv_heads 1, head_size kv_lora_rank + qk_rope_head_dim, no V.
     assert kv_bytes_per_token(DEEPSEEK_V2_LITE, 1) == 27 * 576 * 2
