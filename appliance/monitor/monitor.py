@@ -302,15 +302,24 @@ class _ServiceTracker:
 
 
 class _ThreadCall:
-    """A synchronous call run in a worker thread, never started again while still running."""
+    """A synchronous call run in a worker thread, never started again while still running.
 
-    def __init__(self, call: Callable[[], object], name: str) -> None:
+    `inline` calls run on the loop instead: simulated samplers compute their readings from the
+    monitor's clock, and a thread scheduled late would read a later time (or miss the tick)."""
+
+    def __init__(self, call: Callable[[], object], name: str, *, inline: bool = False) -> None:
         self.call = call
         self.name = name
+        self.inline = inline
         self.task: asyncio.Task[object] | None = None
         self.started: float = 0.0
 
     async def result(self, timeout_s: float, now: float) -> tuple[object | None, str | None]:
+        if self.inline:
+            try:
+                return self.call(), None
+            except Exception as error:  # noqa: BLE001 - a sampler's bug must not stop the monitor
+                return None, f"{self.name} failed: {type(error).__name__}: {error}"
         if self.task is None:
             self.task = asyncio.ensure_future(asyncio.to_thread(self.call))
             self.started = now
@@ -349,9 +358,19 @@ class Monitor:
         self._services: dict[str, _ServiceTracker] = {}
         self._alerts = AlertTracker(self.config.thresholds)
         gpus, runtime = samplers.gpus, samplers.runtime
-        self._gpu_call = None if gpus is None else _ThreadCall(gpus.read, "NVML")
+        self._gpu_call = (
+            None
+            if gpus is None
+            else _ThreadCall(gpus.read, "NVML", inline=getattr(gpus, "runs_inline", False))
+        )
         self._runtime_call = (
-            None if runtime is None else _ThreadCall(runtime.read, "the container runtime")
+            None
+            if runtime is None
+            else _ThreadCall(
+                runtime.read,
+                "the container runtime",
+                inline=getattr(runtime, "runs_inline", False),
+            )
         )
 
     async def __aenter__(self) -> Monitor:

@@ -15,6 +15,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from appliance.hardware.box import GpuProcess
 from appliance.monitor.maths import Histogram
@@ -259,6 +260,8 @@ class _GpuState:
 class SimulatedGpuSampler:
     """The GPUs of a simulated box (`hardware.simulate`), working under `load_at(t)`."""
 
+    runs_inline: ClassVar[bool] = True  # pure arithmetic on the monitor's clock: no thread
+
     def __init__(self, box: str, now: Callable[[], float], *, seed: int = 0) -> None:
         from pathlib import Path
 
@@ -326,6 +329,8 @@ class SimulatedGpuSampler:
 
 class SimulatedRuntime:
     """Every service's container running, never restarted."""
+
+    runs_inline: ClassVar[bool] = True
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
