@@ -102,6 +102,12 @@ _SAMPLER_BYTES_PER_LOGIT_V0 = 39
 # buffer per rank, IPC-shared) count as non-torch memory; the same TP extra is added there.
 _NON_TORCH_BYTES = int(0.28 * GIB)
 _NON_TORCH_TP_EXTRA_BYTES = int(0.12 * GIB)
+# Hopper under tensor parallelism: NCCL's first collectives on NVLink/NVSwitch (NVLS) leave
+# ~1.85 GiB per GPU of non-torch memory that Ampere and Ada boxes do not show. Logged non-torch
+# at TP 2 / TP 4 minus TP 1 on H100 80GB: 1.79 GiB (v0.6.5, Llama-3-8B, vllm#10511), 1.85 and
+# 1.96 GiB (v0.19.0, Llama-3.3-70B FP8), 1.83 and 1.89 GiB (v0.19.0, Qwen2.5-7B). A PCIe
+# H100 without NVSwitch may hold less: the estimate errs on the safe side there.
+_NCCL_HOPPER_TP_BYTES = int(1.85 * GIB)
 # V0 logged it directly: 0.35 GiB before the v0.6.5 profiling overhaul (RTX 3090), then
 # 0.01-0.08 GiB on one GPU (T4, RTX 4060, RTX 4090 D logs).
 _NON_TORCH_V0_OLD_BYTES = int(0.35 * GIB)
@@ -637,6 +643,7 @@ def _non_kv(
     max_num_batched_tokens: int,
     max_num_seqs: int,
     max_model_len: int,
+    compute_capability: tuple[int, int],
 ) -> _NonKv:
     if rules.v1_engine:
         non_torch = _NON_TORCH_BYTES + (_NON_TORCH_TP_EXTRA_BYTES if tp > 1 else 0)
@@ -646,6 +653,8 @@ def _non_kv(
         non_torch = _NON_TORCH_V0_OLD_BYTES
     else:
         non_torch = _NON_TORCH_V0_BYTES + (_NON_TORCH_TP_EXTRA_BYTES if tp > 1 else 0)
+    if tp > 1 and compute_capability >= (9, 0):
+        non_torch += _NCCL_HOPPER_TP_BYTES
     cuda_graph = 0
     if rules.cuda_graphs_in_budget and not flags.enforce_eager:
         cuda_graph = _cuda_graph_bytes(architecture, tp, max_num_seqs)
@@ -727,6 +736,7 @@ def estimate_memory(
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
+        compute_capability=compute_capability,
     )
     available = budget.available
     reason = ""

@@ -239,6 +239,19 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
         ),
         "Qwen/Qwen3-235B-A22B-Instruct-2507 config.json (every layer MoE, 128 experts, top-8)",
     ),
+    "llama-3.3-70b": (
+        _arch(
+            num_hidden_layers=80,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            head_dim=128,
+            hidden_size=8192,
+            intermediate_size=28672,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+        ),
+        "meta-llama/Llama-3.3-70B-Instruct config.json (as in the catalog)",
+    ),
     "gemma3-27b": (
         _arch(
             num_hidden_layers=62,
@@ -302,6 +315,11 @@ class Result:
         return abs(tokens - self.logged_tokens) / self.logged_tokens * 100
 
 
+def _compute_capability(gpu: str) -> tuple[int, int]:
+    """Only Hopper changes the budget (NCCL under TP); the rest are sized as Ampere or later."""
+    return (9, 0) if any(name in gpu.upper() for name in ("H100", "H200", "H20")) else (8, 0)
+
+
 def load_rows() -> list[Row]:
     with DATA.open(newline="", encoding="utf-8") as handle:
         return [Row(raw) for raw in csv.DictReader(handle)]
@@ -331,6 +349,7 @@ def evaluate(row: Row) -> Result:
         flags=flags,
         vllm_version=row.get("vllm_version"),
         gpu_name=row.get("gpu"),
+        compute_capability=_compute_capability(row.get("gpu")),
         v1_engine=False if row.get("id") in V0_ONLY else None,
     )
     per_token_total = kv_bytes_per_token(architecture, 1, flags.kv_cache_dtype)

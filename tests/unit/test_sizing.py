@@ -271,6 +271,38 @@ def test_v0_19_profiles_the_triton_sampler_over_every_sequence() -> None:
     assert estimate.kv_cache_gib == pytest.approx(58.11, rel=0.01)
 
 
+LLAMA_33_70B = LLAMA_31_8B.model_copy(
+    update={
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+    }
+)
+
+
+def test_hopper_under_tensor_parallelism_holds_nccl_memory() -> None:
+    # llm-d-planner's v0.19.0 sweep: Llama-3.3-70B FP8 at TP 2 on H100s logged 33.88 GiB of
+    # weights, 1.96 GiB of activation, 2.10 GiB of non-torch memory and a 37.28 GiB KV pool.
+    def tp2(compute_capability: tuple[int, int]) -> object:
+        return estimate_memory(
+            LLAMA_33_70B,
+            int(2 * 33.88 * GIB),
+            int(79.19 * GIB),
+            gpu_count=2,
+            tensor_parallel_size=2,
+            compute_capability=compute_capability,
+            flags=EngineFlags(gpu_memory_utilization=0.95, max_model_len=8192),
+            vllm_version="0.19.0",
+            gpu_name="NVIDIA H100 80GB HBM3",
+        )
+
+    hopper, ampere = tp2((9, 0)), tp2((8, 0))
+    assert hopper.non_torch_gib == pytest.approx(2.10, abs=0.2)  # type: ignore[attr-defined]
+    assert hopper.kv_cache_gib == pytest.approx(37.28, rel=0.01)  # type: ignore[attr-defined]
+    assert ampere.non_torch_gib < 0.5  # type: ignore[attr-defined]
+
+
 def test_gpu_memory_utilization_defaults_to_the_releases_own() -> None:
     # CacheConfig.gpu_memory_utilization: Field(default=0.92) from v0.20.0, 0.9 before.
     new = estimate_memory(LLAMA_31_8B, 16 * 10**9, A100_80G)
