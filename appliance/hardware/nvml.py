@@ -87,6 +87,13 @@ class NvmlDevice(_Reading):
     mig_mode_pending: int | None = None
     processes: tuple[NvmlProcess, ...] | None = None
     nvlink_active_links: int | None = None
+    sm_clock_mhz: int | None = None
+    memory_clock_mhz: int | None = None
+    # nvmlDeviceGetCurrentClocksEventReasons: a bit mask (power cap, thermal slowdown, ...).
+    clocks_event_reasons: int | None = None
+    # Volatile ECC error counts (since the driver loaded); None on cards without ECC.
+    ecc_errors_corrected: int | None = None
+    ecc_errors_uncorrected: int | None = None
 
 
 class NvmlPair(_Reading):
@@ -350,6 +357,25 @@ class LiveNvml:
             mig_mode_pending=None if mig is None else int(mig[1]),
             processes=self._processes(handle),
             nvlink_active_links=self._nvlink_links(handle),
+            sm_clock_mhz=self._int(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
+            memory_clock_mhz=self._int(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_MEM),
+            clocks_event_reasons=self._clocks_event_reasons(handle),
+            ecc_errors_corrected=self._ecc(handle, nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ecc_errors_uncorrected=self._ecc(handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        )
+
+    def _clocks_event_reasons(self, handle: Any) -> int | None:
+        """NVML 12.2 renamed "throttle reasons" to "clocks event reasons"; older bindings only
+        have the old name."""
+        nvml = self.nvml
+        query = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
+        return None if query is None else self._int(query, handle)
+
+    def _ecc(self, handle: Any, error_type: int) -> int | None:
+        return self._int(
+            self.nvml.nvmlDeviceGetTotalEccErrors, handle, error_type, self.nvml.NVML_VOLATILE_ECC
         )
 
     def _int(self, query: Callable[..., Any], *args: Any) -> int | None:

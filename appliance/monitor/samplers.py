@@ -217,16 +217,11 @@ class GpuSampler(Protocol):
 
 
 def gpu_stats(device: NvmlDevice) -> GpuStats:
-    """One NVML device reading as the monitor shows it.
-
-    Clocks, clock-event reasons and ECC counts are taken when the probe's reading carries them
-    (`sm_clock_mhz`, `memory_clock_mhz`, `clocks_event_reasons` bit mask,
-    `ecc_errors_corrected`, `ecc_errors_uncorrected`); otherwise they stay None.
-    """
+    """One NVML device reading as the monitor shows it (fields NVML does not support, or an
+    older recording did not carry, stay None)."""
     if device.error is not None:
         return GpuStats(index=device.index, error=device.error)
-    # Not every probe reading carries these yet; getattr keeps this adapter working either way.
-    reasons = getattr(device, "clocks_event_reasons", None)
+    reasons = device.clocks_event_reasons
     return GpuStats(
         index=device.index,
         name=device.name,
@@ -238,11 +233,11 @@ def gpu_stats(device: NvmlDevice) -> GpuStats:
         temperature_c=device.temperature_c,
         power_draw_w=watts(device.power_usage_mw),
         power_limit_w=watts(device.enforced_power_limit_mw),
-        sm_clock_mhz=getattr(device, "sm_clock_mhz", None),
-        memory_clock_mhz=getattr(device, "memory_clock_mhz", None),
-        throttle_reasons=None if reasons is None else throttle_reason_names(int(reasons)),
-        ecc_errors_corrected=getattr(device, "ecc_errors_corrected", None),
-        ecc_errors_uncorrected=getattr(device, "ecc_errors_uncorrected", None),
+        sm_clock_mhz=device.sm_clock_mhz,
+        memory_clock_mhz=device.memory_clock_mhz,
+        throttle_reasons=None if reasons is None else throttle_reason_names(reasons),
+        ecc_errors_corrected=device.ecc_errors_corrected,
+        ecc_errors_uncorrected=device.ecc_errors_uncorrected,
         processes=GpuProcess.all_of(device.processes),
     )
 

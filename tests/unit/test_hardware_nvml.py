@@ -48,6 +48,7 @@ class FakeDriver:
         pairs: dict[tuple[int, int], dict[str, Any]] | None = None,
         with_memory_v2: bool = True,
         with_temperature_v: bool = True,
+        with_clocks_event_reasons: bool = True,
     ) -> None:
         for name in dir(pynvml):
             if name.startswith("NVML") or name == "nvmlMemory_v2":
@@ -56,6 +57,11 @@ class FakeDriver:
             del self.nvmlMemory_v2
         if with_temperature_v:
             self.nvmlDeviceGetTemperatureV = self._temperature
+        # NVML 12.2 renamed "throttle reasons"; older bindings only have the old name.
+        if with_clocks_event_reasons:
+            self.nvmlDeviceGetCurrentClocksEventReasons = self._clocks_event_reasons
+        else:
+            self.nvmlDeviceGetCurrentClocksThrottleReasons = self._clocks_event_reasons
         self.devices = devices or []
         self.pairs = pairs or {}
         self.init_error = init_error
@@ -162,6 +168,16 @@ class FakeDriver:
             SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in self._answer(handle, "graphics")
         ]
 
+    def nvmlDeviceGetClockInfo(self, handle: int, clock: int) -> int:
+        return self._answer(handle, "clocks")[clock]
+
+    def _clocks_event_reasons(self, handle: int) -> int:
+        return self._answer(handle, "clocks_event_reasons")
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: int, error_type: int, counter: int) -> int:
+        assert counter == pynvml.NVML_VOLATILE_ECC
+        return self._answer(handle, "ecc")[error_type]
+
     def nvmlDeviceGetNvLinkState(self, handle: int, link: int) -> int:
         links = self._answer(handle, "nvlink")
         if link >= len(links):
@@ -204,6 +220,9 @@ def rtx4090(**overrides: Any) -> dict[str, Any]:
         "compute": [(4242, 19 * 1024 * MiB)],
         "graphics": [(1606, 300 * MiB), (4242, None)],
         "nvlink": nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        "clocks": {pynvml.NVML_CLOCK_SM: 2520, pynvml.NVML_CLOCK_MEM: 10501},
+        "clocks_event_reasons": 0x1,  # GPU idle
+        "ecc": nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED),  # GeForce: no ECC
     }
     device.update(overrides)
     return device
@@ -284,6 +303,9 @@ def test_a_full_reading_of_a_geforce_card() -> None:
     assert device.power_usage_mw == 37_123
     assert device.mig_mode_current is None
     assert device.nvlink_active_links is None
+    assert (device.sm_clock_mhz, device.memory_clock_mhz) == (2520, 10501)
+    assert device.clocks_event_reasons == 0x1
+    assert (device.ecc_errors_corrected, device.ecc_errors_uncorrected) == (None, None)
     processes = {p.pid: p for p in device.processes or ()}
     assert processes[4242].type == "C+G"
     assert processes[4242].name == "/usr/local/bin/ollama"
@@ -319,6 +341,26 @@ def test_not_supported_fields_become_none_and_the_rest_survives() -> None:
     assert gpu.mig_mode is None
     assert gpu.uuid == "unknown-uuid-0"
     assert box.can_serve
+
+
+def test_clocks_event_reasons_and_ecc_counts_reach_the_monitor() -> None:
+    from appliance.monitor.samplers import gpu_stats, throttle_reason_names
+
+    card = rtx4090(
+        name="NVIDIA A100-SXM4-80GB",
+        clocks_event_reasons=0x4 | 0x20,  # software power cap, software thermal slowdown
+        ecc={
+            pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED: 3,
+            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: 0,
+        },
+    )
+    driver = FakeDriver([card])
+    stats = gpu_stats(read_nvml(LiveNvml(driver)).devices[0])
+    assert (stats.ecc_errors_corrected, stats.ecc_errors_uncorrected) == (3, 0)
+    assert stats.sm_clock_mhz == 2520
+    assert stats.throttle_reasons == throttle_reason_names(0x4 | 0x20)
+    old_bindings = FakeDriver([card], with_clocks_event_reasons=False)
+    assert read_nvml(LiveNvml(old_bindings)).devices[0].clocks_event_reasons == 0x4 | 0x20
 
 
 def test_unified_memory_answers_not_supported_for_memory() -> None:
