@@ -12,7 +12,9 @@ modules only inside the functions that use them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -325,7 +327,11 @@ def simulated_services(
     from appliance.hardware.simulate import resolve
 
     resolve(name)
-    state = state_dir or Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
+    state = state_dir
+    if state is None:
+        state = Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
+        # Keys and the fallback mode of a simulated box are make-believe: gone with the process.
+        atexit.register(shutil.rmtree, state, ignore_errors=True)
 
     def monitor() -> Monitor:
         from appliance.monitor.monitor import Monitor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,16 @@ def test_arguments() -> None:
     args = build_parser().parse_args(["--simulate", "2x4090", "--profiles-dir", "/tmp"])
     assert args.simulate == "2x4090"
     assert args.profile is None
+
+
+def test_a_simulated_boxs_state_is_removed_when_the_process_ends() -> None:
+    code = (
+        "from appliance.tui.services import simulated_services; "
+        "print(simulated_services('l40s').fallback.state_file.parent)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    state = Path(out.strip())
+    assert state.name.startswith("llm-appliance-sim-")
+    assert not state.exists()
