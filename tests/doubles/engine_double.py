@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import decimal
 import hashlib
 import http.server
 import json
@@ -159,6 +160,12 @@ class VllmMetrics:
 # ---------------------------------------------------------------------------------- TEI metrics
 
 
+def _rust_float(value: float) -> str:
+    """A float as Rust's `Display` prints it (TEI's `le` labels): the shortest digits that
+    round-trip, never in exponent form, e.g. 0.000015000000000000002."""
+    return format(decimal.Decimal(repr(value)), "f")
+
+
 class TeiMetrics:
     """TEI's router exports through the Rust `metrics` crate: counters have no `_total` suffix."""
 
@@ -200,7 +207,7 @@ class TeiMetrics:
                 lines.append(f"# TYPE {name} histogram")
                 for edge in self.buckets:
                     count = sum(1 for s in samples if s <= edge)
-                    lines.append(f'{name}_bucket{{le="{edge}"}} {count}')
+                    lines.append(f'{name}_bucket{{le="{_rust_float(edge)}"}} {count}')
                 lines.append(f'{name}_bucket{{le="+Inf"}} {len(samples)}')
                 lines.append(f"{name}_sum {sum(samples)}")
                 lines.append(f"{name}_count {len(samples)}")

@@ -20,7 +20,8 @@ import pytest
 from appliance.monitor.maths import histogram_quantile
 from appliance.monitor.scrape import MetricsFormatError, detect_kind, parse_metrics
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32-cpu-metrics.txt"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "vllm-0.32-cpu-metrics.txt"
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,29 @@ def test_tei_1x_metrics_without_total_suffix() -> None:
     assert reading.histograms["e2e"].counts == (100.0, 148.0, 148.0)
     assert reading.sources["queue_time"] == "te_request_queue_duration"
     assert reading.sources["inference_time"] == "te_request_inference_duration"
+
+
+def test_a_published_tei_scrape() -> None:
+    """A real TEI `/metrics` page, verbatim as published (and cut short by its author after
+    three buckets): opea-project/GenAIComps comps/cores/telemetry/README.md, added in commit
+    2a2a93d9 (2024-08-21), a TEI embedding server of the cpu-1.5 image era on port 6006. The
+    `le` values are Rust's printing of TEI's 1e-5 x 1.5^n duration buckets."""
+    text = (FIXTURES / "tei-metrics-excerpt.txt").read_text()
+    reading = parse_metrics(text)
+    assert reading.kind == "tei"
+    assert reading.counters == {"requests": 4.0, "requests_succeeded": 2.0}
+    assert reading.gauges == {"waiting_requests": 0.0}
+    assert reading.histograms == {}  # the excerpt stops before +Inf: not a usable histogram
+
+
+def test_the_tei_double_prints_buckets_as_tei_does() -> None:
+    from tests.doubles.engine_double import TeiMetrics
+
+    published = (FIXTURES / "tei-metrics-excerpt.txt").read_text()
+    rendered = TeiMetrics().render().decode()
+    for line in published.splitlines():
+        if line.startswith("te_request_inference_duration_bucket"):
+            assert line.rsplit(" ", 1)[0] in rendered
 
 
 def test_names_tei_never_shipped_are_not_read() -> None:
