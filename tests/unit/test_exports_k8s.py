@@ -2,8 +2,10 @@
 
 Core objects are validated against Kubernetes' own OpenAPI schemas, strictly (unknown fields are
 errors), with the `kubernetes-validate` package, which ships them. The KEDA ScaledObject is a
-custom resource those schemas do not cover: it is checked against the fields of KEDA's CRD
-(`config/crd/bases/keda.sh_scaledobjects.yaml`, keda.sh/v1alpha1), written out below.
+custom resource those schemas do not cover: it is checked against KEDA's own CRD
+(`config/crd/bases/keda.sh_scaledobjects.yaml` at v2.20.2, vendored in tests/fixtures, made
+strict), and against the stricter rules written out below (enums and bounds the CRD only states
+in prose).
 production-stack values are checked against the key names of the chart's `values.schema.json`.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -44,6 +47,8 @@ API_VERSIONS = {
     "ScaledObject": "keda.sh/v1alpha1",
     "ConfigMap": "v1",
 }
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 # The fields of KEDA's ScaledObject CRD (keda.sh/v1alpha1) that matter here, as its
 # openAPIV3Schema has them: required fields, types, trigger metadata as string values only,
@@ -257,10 +262,45 @@ def test_core_objects_validate_against_kubernetes_schemas(
 def test_scaled_object_validates_against_kedas_crd_fields(
     exported: tuple[Profile, Box, list[dict[str, Any]]],
 ) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     _, _, documents = exported
     (scaled,) = _of_kind(documents, "ScaledObject")
     jsonschema.validate(scaled, SCALED_OBJECT_SCHEMA)
+
+
+def _strict(schema: Any) -> Any:
+    """An OpenAPI v3 CRD schema as the API server applies it to a create, made strict: objects
+    that declare their properties and do not preserve unknown fields reject any other key (the
+    server would silently prune it, so a typo would vanish without a word)."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if (
+        "properties" in strict
+        and "additionalProperties" not in strict
+        and not strict.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def test_scaled_object_validates_against_kedas_own_crd(
+    exported: tuple[Profile, Box, list[dict[str, Any]]],
+) -> None:
+    # tests/fixtures/keda-scaledobjects-crd.yaml: config/crd/bases/keda.sh_scaledobjects.yaml of
+    # kedacore/keda at tag v2.20.2, unchanged.
+    crd = yaml.safe_load((FIXTURES / "keda-scaledobjects-crd.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    _, _, documents = exported
+    (scaled,) = _of_kind(documents, "ScaledObject")
+    assert scaled["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
+    assert scaled["kind"] == crd["spec"]["names"]["kind"]
+    jsonschema.validate(scaled, schema)
+    typo = {**scaled, "spec": {**scaled["spec"], "cooldownPeriods": 300}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(typo, schema)
 
 
 def test_keda_scales_vllm_on_a_real_vllm_metric_with_a_five_minute_cooldown(
