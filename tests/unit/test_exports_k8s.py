@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -251,7 +252,6 @@ def test_kinds_and_api_versions(exported: tuple[Profile, Box, list[dict[str, Any
 def test_core_objects_validate_against_kubernetes_schemas(
     exported: tuple[Profile, Box, list[dict[str, Any]]],
 ) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     _, _, documents = exported
     for document in documents:
         if document["kind"] == "ScaledObject":
