@@ -62,6 +62,7 @@ from appliance.errors import (
     OperationFailedError,
     RefusedError,
 )
+from appliance.units import human_bytes
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -414,20 +415,11 @@ def _check_disk(
     free = free_bytes(models_dir)
     if free < needed + keep:
         raise EnvironmentNotReadyError(
-            f"not enough free disk under {models_dir}: the download needs {_size(needed)} "
-            f"plus {_size(keep)} headroom, and {_size(free)} is free",
+            f"not enough free disk under {models_dir}: the download needs {human_bytes(needed)} "
+            f"plus {human_bytes(keep)} headroom, and {human_bytes(free)} is free",
             "free some space (appliance weights list / rm), or point storage.models_dir at a "
             "larger filesystem",
         )
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
 
 
 # --- locking and atomic writes ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from appliance.hardware.box import DockerInfo, Finding, GpuInfo, GpuLink, HostInfo
 from appliance.hardware.nvml import NvmlUnavailable
+from appliance.units import gib
 
 if TYPE_CHECKING:
     from appliance.catalog import GpuSpec
@@ -76,10 +77,6 @@ _DRIVER_FIX_DEBIAN = """\
   sudo apt-get update
   sudo apt-get install -y linux-headers-$(uname -r) nvidia-driver firmware-misc-nonfree
   sudo reboot"""
-
-
-def _gib(value: int) -> str:
-    return f"{value / 2**30:.1f} GiB"
 
 
 def _driver_install_fix(host: HostInfo) -> str:
@@ -169,9 +166,7 @@ def _gpu_findings(gpu: GpuInfo) -> list[Finding]:
     found: list[Finding] = []
     index = (gpu.index,)
     if gpu.catalog_key is None:
-        memory = (
-            "unknown memory" if gpu.memory_total_bytes is None else _gib(gpu.memory_total_bytes)
-        )
+        memory = "unknown memory" if gpu.memory_total_bytes is None else gib(gpu.memory_total_bytes)
         capability = (
             "unknown compute capability"
             if gpu.compute_capability is None
@@ -202,16 +197,16 @@ def _gpu_findings(gpu: GpuInfo) -> list[Finding]:
         holders = [
             f"pid {p.pid}"
             + (f" {Path(p.name).name}" if p.name else "")
-            + (f" {_gib(p.used_memory_bytes)}" if p.used_memory_bytes is not None else "")
+            + (f" {gib(p.used_memory_bytes)}" if p.used_memory_bytes is not None else "")
             for p in sorted(gpu.processes or (), key=lambda p: -(p.used_memory_bytes or 0))[:3]
         ]
         by_whom = f" by {', '.join(holders)}" if holders else ""
-        total = "" if gpu.memory_total_bytes is None else f" of {_gib(gpu.memory_total_bytes)}"
+        total = "" if gpu.memory_total_bytes is None else f" of {gib(gpu.memory_total_bytes)}"
         found.append(
             Finding(
                 code=GPU_MEMORY_IN_USE,
                 severity="warning",
-                what=f"GPU {gpu.index}: {_gib(gpu.memory_used_bytes)}{total} already in use"
+                what=f"GPU {gpu.index}: {gib(gpu.memory_used_bytes)}{total} already in use"
                 f"{by_whom}",
                 fix="vLLM claims gpu_memory_utilization x total memory and refuses to start when "
                 "that much is not free. Stop those processes (`nvidia-smi` lists them) before "
@@ -366,7 +361,7 @@ def _disk_findings(host: HostInfo) -> list[Finding]:
         Finding(
             code=LOW_DISK,
             severity="warning",
-            what=f"only {_gib(host.disk_free_bytes)} free for model weights under {where}",
+            what=f"only {gib(host.disk_free_bytes)} free for model weights under {where}",
             fix="Weights need room: an 8B AWQ model takes about 6 GB, a 32B AWQ about 19 GB, a "
             "70B AWQ about 40 GB. Free space there, or store models elsewhere "
             "(`--models-dir`, and models_dir in the profile).",

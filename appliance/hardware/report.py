@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 
 from appliance.hardware.box import Box, DockerInfo, Finding, GpuInfo, HostInfo
+from appliance.units import gib
 
 _LABEL = {"error": "ERROR", "warning": "WARN ", "info": "INFO "}
 _WIDTH = 100
@@ -20,7 +21,7 @@ _COMMANDS = frozenset(
 
 
 def _gib(value: int | None) -> str:
-    return "?" if value is None else f"{value / 2**30:.1f} GiB"
+    return gib(value, missing="?")
 
 
 def _optional(value: object, suffix: str = "") -> str:

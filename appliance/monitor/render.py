@@ -7,10 +7,12 @@ SSH and inside rich's `Live` (which the CLI wraps it in). Pure: no IO.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 
 from appliance.monitor.series import History
 from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot
+from appliance.units import number, seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
 DASH = "-"
@@ -35,19 +37,9 @@ def sparkline(values: Sequence[float | None], width: int = 20) -> str:
     return "".join(bars)
 
 
-def _number(value: float | None, digits: int = 0, unit: str = "") -> str:
-    if value is None:
-        return DASH
-    text = f"{value:,.{digits}f}"
-    return f"{text} {unit}" if unit else text
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return DASH
-    if value < 1.0:
-        return f"{value * 1000:.0f} ms"
-    return f"{value:.2f} s"
+# A missing value prints as this text's own DASH, not the screens' en dash.
+_number = functools.partial(number, missing=DASH)
+_seconds = functools.partial(seconds, missing=DASH)
 
 
 def _gib(value: int | None) -> str:

@@ -20,7 +20,8 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from appliance.tui.screens.base import ApplianceScreen
-from appliance.tui.widgets.format import DASH, gib
+from appliance.units import EN_DASH as DASH
+from appliance.units import gib
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box, DockerInfo, Finding, GpuInfo, HostInfo

@@ -32,7 +32,8 @@ from appliance.tui.messages import (
     ProfileChosen,
 )
 from appliance.tui.screens.base import ApplianceScreen
-from appliance.tui.widgets.format import DASH
+from appliance.units import EN_DASH as DASH
+from appliance.units import human_bytes
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box
@@ -40,14 +41,6 @@ if TYPE_CHECKING:
     from appliance.runtime.plan import Plan
 
 _STEP_MARK = {"healthy": "✔", "done": "✔", "rollback": "↺", "remove": "✘", "set-aside": "⏸"}
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _duration(seconds: float | None) -> str:
@@ -337,10 +330,10 @@ class DeployScreen(ApplianceScreen):
             rate = (
                 DASH
                 if item.rate_bytes_per_second is None
-                else f"{_size(item.rate_bytes_per_second)}/s"
+                else f"{human_bytes(item.rate_bytes_per_second)}/s"
             )
             self.query_one("#weights-text", Static).update(
-                f"{item.repo}: {_size(item.bytes_done)} of {_size(item.bytes_total)} · "
+                f"{item.repo}: {human_bytes(item.bytes_done)} of {human_bytes(item.bytes_total)} · "
                 f"{item.files_done}/{item.files_total} files · {rate} · ETA "
                 f"{_duration(item.eta_seconds)} · {item.phase}"
             )
@@ -351,8 +344,8 @@ class DeployScreen(ApplianceScreen):
                 if pull.total_bytes:
                     bar.update(total=pull.total_bytes, progress=pull.downloaded_bytes)
                 self.query_one("#image-text", Static).update(
-                    f"{pull.image}: {pull.status} · {_size(pull.downloaded_bytes)}"
-                    + (f" of {_size(pull.total_bytes)}" if pull.total_bytes else "")
+                    f"{pull.image}: {pull.status} · {human_bytes(pull.downloaded_bytes)}"
+                    + (f" of {human_bytes(pull.total_bytes)}" if pull.total_bytes else "")
                 )
                 return
             if item.step == "plan":

@@ -17,7 +17,8 @@ from textual.widget import Widget
 from textual.widgets import Sparkline
 
 from appliance.monitor.render import sparkline
-from appliance.tui.widgets.format import DASH, gib, number, seconds
+from appliance.units import EN_DASH as DASH
+from appliance.units import gib, number, seconds
 
 if TYPE_CHECKING:
     from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot
