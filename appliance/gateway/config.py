@@ -21,6 +21,7 @@ from appliance.gateway.policy import FallbackMode, RoutingRules
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
+    from appliance.profile import Timeouts as ProfileTimeouts
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,49 @@ class GatewayConfig:
         embeddings_upstream: str | None = None,
         fallback_upstream: str | None = None,
     ) -> GatewayConfig:
-        """See `config_from_profile`."""
-        return config_from_profile(
-            profile,
-            state_dir=state_dir,
-            chat_upstream=chat_upstream,
-            embeddings_upstream=embeddings_upstream,
-            fallback_upstream=fallback_upstream,
+        """The gateway's configuration for the engines `profile` deploys on this box.
+
+        The overrides are `appliance gateway`'s flags: `state_dir` replaces `spec.storage.state_dir`
+        (keys and mode then live under it unless the profile names a keys file), and the three URLs
+        (OpenAI-style, ending in /v1) front engines the appliance did not start.
+        """
+        spec = profile.spec
+        gateway = spec.gateway
+        directory = gateway_state_dir(profile, state_dir)
+        keys_file = gateway.keys_file or directory / "keys.json"
+        admin_key = _secret(gateway.admin_key_env, gateway.admin_key_file)
+        if admin_key is None and (directory / "admin.key").exists():
+            # The default admin key file is optional: admin-scope keys from `keys create --admin`
+            # work without it.
+            admin_key = SecretSource(file=directory / "admin.key")
+        fallback = gateway.fallback
+        remote: RemoteConfig | None = None
+        if fallback.remote is not None or fallback_upstream is not None:
+            api = fallback.remote
+            remote = RemoteConfig(
+                base_url=fallback_upstream or str(api.base_url if api else ""),
+                api_key=_secret(api.api_key_env, api.api_key_file) if api else None,
+                model_map=dict(api.model_map) if api else {},
+                timeouts=_timeouts(api.timeouts) if api else Timeouts(connect_s=5.0),
+            )
+        embeddings = spec.embeddings if spec.embeddings_enabled else None
+        return cls(
+            chat_upstream=chat_upstream or f"http://127.0.0.1:{spec.ports.vllm}/v1",
+            chat_models=(spec.model.served_name, *(a.name for a in spec.model.lora_adapters)),
+            keys_file=keys_file,
+            state_file=directory / "fallback.json",
+            embeddings_upstream=(
+                embeddings_upstream
+                or (f"http://127.0.0.1:{spec.ports.tei}/v1" if embeddings else None)
+            ),
+            embeddings_model=embeddings.served_name if embeddings else None,
+            remote=remote,
+            admin_key=admin_key,
+            auth_required=gateway.require_api_key,
+            default_fallback_mode=FallbackMode(fallback.mode),
+            queue_threshold=fallback.queue_threshold,
+            max_signal_age_s=fallback.metrics_max_age_seconds,
+            local_timeouts=_timeouts(gateway.timeouts),
         )
 
     @property
@@ -175,6 +212,22 @@ class GatewayConfig:
             max_signal_age_s=self.max_signal_age_s,
             failure_cooldown_s=self.failure_cooldown_s,
         )
+
+
+def _secret(env: str | None, file: Path | None) -> SecretSource | None:
+    """A profile's `*_env` / `*_file` pair: the environment variable wins."""
+    if env is not None:
+        return SecretSource(env=env)
+    return None if file is None else SecretSource(file=file)
+
+
+def _timeouts(timeouts: ProfileTimeouts) -> Timeouts:
+    """The profile's connect/read seconds; the read bound covers the first byte and idle gaps."""
+    return Timeouts(
+        connect_s=timeouts.connect_seconds,
+        first_byte_s=timeouts.read_seconds,
+        idle_s=timeouts.read_seconds,
+    )
 
 
 def origin(base_url: str) -> str:
@@ -207,76 +260,3 @@ class Listen:
 def gateway_state_dir(profile: Profile, state_dir: Path | None = None) -> Path:
     """The gateway's own directory under the appliance's state directory."""
     return (state_dir or profile.spec.storage.state_dir) / "gateway"
-
-
-def config_from_profile(
-    profile: Profile,
-    *,
-    state_dir: Path | None = None,
-    chat_upstream: str | None = None,
-    embeddings_upstream: str | None = None,
-    fallback_upstream: str | None = None,
-) -> GatewayConfig:
-    """The gateway's configuration for the engines `profile` deploys on this box.
-
-    The overrides are `appliance gateway`'s flags: `state_dir` replaces `spec.storage.state_dir`
-    (keys and mode then live under it unless the profile names a keys file), and the three URLs
-    (OpenAI-style, ending in /v1) front engines the appliance did not start.
-    """
-    spec = profile.spec
-    gateway = spec.gateway
-    directory = gateway_state_dir(profile, state_dir)
-    keys_file = gateway.keys_file or directory / "keys.json"
-    admin_key: SecretSource | None = None
-    if gateway.admin_key_env is not None:
-        admin_key = SecretSource(env=gateway.admin_key_env)
-    elif gateway.admin_key_file is not None:
-        admin_key = SecretSource(file=gateway.admin_key_file)
-    elif (directory / "admin.key").exists():
-        # The default admin key file is optional: admin-scope keys from `keys create --admin`
-        # work without it.
-        admin_key = SecretSource(file=directory / "admin.key")
-    fallback = gateway.fallback
-    remote: RemoteConfig | None = None
-    if fallback.remote is not None or fallback_upstream is not None:
-        api = fallback.remote
-        key: SecretSource | None = None
-        if api is not None and api.api_key_env is not None:
-            key = SecretSource(env=api.api_key_env)
-        elif api is not None and api.api_key_file is not None:
-            key = SecretSource(file=api.api_key_file)
-        remote = RemoteConfig(
-            base_url=fallback_upstream or str(api.base_url if api else ""),
-            api_key=key,
-            model_map=dict(api.model_map) if api else {},
-            timeouts=Timeouts(
-                connect_s=api.timeouts.connect_seconds,
-                first_byte_s=api.timeouts.read_seconds,
-                idle_s=api.timeouts.read_seconds,
-            )
-            if api
-            else Timeouts(connect_s=5.0),
-        )
-    embeddings = spec.embeddings if spec.embeddings_enabled else None
-    local = gateway.timeouts
-    return GatewayConfig(
-        chat_upstream=chat_upstream or f"http://127.0.0.1:{spec.ports.vllm}/v1",
-        chat_models=(spec.model.served_name, *(a.name for a in spec.model.lora_adapters)),
-        keys_file=keys_file,
-        state_file=directory / "fallback.json",
-        embeddings_upstream=(
-            embeddings_upstream or (f"http://127.0.0.1:{spec.ports.tei}/v1" if embeddings else None)
-        ),
-        embeddings_model=embeddings.served_name if embeddings else None,
-        remote=remote,
-        admin_key=admin_key,
-        auth_required=gateway.require_api_key,
-        default_fallback_mode=FallbackMode(fallback.mode),
-        queue_threshold=fallback.queue_threshold,
-        max_signal_age_s=fallback.metrics_max_age_seconds,
-        local_timeouts=Timeouts(
-            connect_s=local.connect_seconds,
-            first_byte_s=local.read_seconds,
-            idle_s=local.read_seconds,
-        ),
-    )
