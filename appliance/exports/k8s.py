@@ -120,6 +120,16 @@ def _selector(profile: Profile, role: str) -> dict[str, str]:
     }
 
 
+def _keda_replicas(options: K8sOptions) -> dict[str, int]:
+    """The replica bounds and cadence KEDA scales vLLM with, in both export formats."""
+    return {
+        "minReplicaCount": options.min_replicas,
+        "maxReplicaCount": options.max_replicas,
+        "pollingInterval": 15,
+        "cooldownPeriod": _SCALE_DOWN_COOLDOWN_S,
+    }
+
+
 def _meta(profile: Profile, role: str, name: str, options: K8sOptions) -> dict[str, Any]:
     return {"name": name, "namespace": options.namespace, "labels": _labels(profile, role)}
 
@@ -381,10 +391,7 @@ def _scaled_object(profile: Profile, options: K8sOptions) -> dict[str, Any]:
                 "kind": "Deployment",
                 "name": _name(profile, "vllm"),
             },
-            "minReplicaCount": options.min_replicas,
-            "maxReplicaCount": options.max_replicas,
-            "pollingInterval": 15,
-            "cooldownPeriod": _SCALE_DOWN_COOLDOWN_S,
+            **_keda_replicas(options),
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": {
@@ -695,10 +702,7 @@ def production_stack_values(
         "hf_token": {"secretName": _name(profile, "hf-token"), "secretKey": "token"},
         "keda": {
             "enabled": True,
-            "minReplicaCount": options.min_replicas,
-            "maxReplicaCount": options.max_replicas,
-            "pollingInterval": 15,
-            "cooldownPeriod": _SCALE_DOWN_COOLDOWN_S,
+            **_keda_replicas(options),
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": {
