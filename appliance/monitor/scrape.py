@@ -32,14 +32,16 @@ the series has counted none yet.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.monitor.maths import Histogram
+
+_T = TypeVar("_T")
 
 EngineKind = Literal["vllm", "tei"]
 MetricsKind = Literal["vllm", "tei", "gateway"]
@@ -158,6 +160,26 @@ _API_PREFIX = "/v1/"
 
 def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(labels.get(name) == value for name, value in wanted.items())
+
+
+def _first_of(
+    families: Mapping[str, Metric],
+    wanted: Sequence[_Wanted],
+    metric_type: str,
+    read: Callable[[Metric, _Wanted], _T | None],
+    sources: dict[str, str],
+) -> dict[str, _T]:
+    """Each wanted figure from the first of its names present with this type; `sources` records
+    which name it came from."""
+    found: dict[str, _T] = {}
+    for want in wanted:
+        for name in want.names:
+            family = families.get(name)
+            value = None if family is None or family.type != metric_type else read(family, want)
+            if value is not None:
+                found[want.key], sources[want.key] = value, name
+                break
+    return found
 
 
 def _gauge(family: Metric, wanted: _Wanted) -> float | None:
@@ -327,31 +349,12 @@ def parse_metrics(
         raise MetricsFormatError(msg)
     kind = found
     spec = _SPECS[kind]
-    gauges: dict[str, float] = {}
-    counters: dict[str, float] = {}
-    histograms: dict[str, Histogram] = {}
     sources: dict[str, str] = {}
-    for wanted in spec.gauges:
-        for name in wanted.names:
-            family = families.get(name)
-            value = None if family is None or family.type != "gauge" else _gauge(family, wanted)
-            if value is not None:
-                gauges[wanted.key], sources[wanted.key] = value, name
-                break
-    for wanted in spec.counters:
-        for name in wanted.names:
-            family = families.get(name)
-            value = None if family is None or family.type != "counter" else _counter(family, wanted)
-            if value is not None:
-                counters[wanted.key], sources[wanted.key] = value, name
-                break
-    for wanted in spec.histograms:
-        for name in wanted.names:
-            family = families.get(name)
-            histogram = None if family is None or family.type != "histogram" else _histogram(family)
-            if histogram is not None:
-                histograms[wanted.key], sources[wanted.key] = histogram, name
-                break
+    gauges = _first_of(families, spec.gauges, "gauge", _gauge, sources)
+    counters = _first_of(families, spec.counters, "counter", _counter, sources)
+    histograms = _first_of(
+        families, spec.histograms, "histogram", lambda family, _: _histogram(family), sources
+    )
     if kind == "vllm":
         _read_http_requests(families.get(_HTTP_REQUESTS), counters, sources)
     models = sorted(
