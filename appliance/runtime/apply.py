@@ -558,10 +558,16 @@ def plan_profile(
     catalog: Catalog | None = None,
 ) -> Plan:
     """`appliance plan PROFILE`: what apply would do now. Changes nothing."""
-    specs = container_specs(
+    return make_plan(_desired(profile, box, catalog, options), engine.managed_containers())
+
+
+def _desired(
+    profile: Profile, box: Box, catalog: Catalog | None, options: SpecOptions | None
+) -> tuple[ContainerSpec, ...]:
+    """The containers the profile asks for, mounting the weights' commit directories."""
+    return container_specs(
         profile, box, catalog=catalog, options=options, weights_source=resolved_weights
     )
-    return make_plan(specs, engine.managed_containers())
 
 
 def apply_profile(
@@ -590,16 +596,14 @@ def apply_profile(
     report = progress or _quiet
     deadlines = {**DEFAULT_HEALTH_DEADLINES_S, **(deadlines_s or {})}
     with apply_lock(lock_file or lock_path(profile.spec.storage.state_dir)):
-        specs = container_specs(
-            profile, box, catalog=catalog, options=options, weights_source=resolved_weights
-        )
-        plan = make_plan(specs, engine.managed_containers())
+        current = engine.managed_containers()
+        plan = make_plan(_desired(profile, box, catalog, options), current)
         report(ApplyEvent("plan", plan.render()))
         if plan.is_noop:
             report(ApplyEvent("done", "no changes"))
-            return ApplyResult(plan, applied=False, containers=tuple(engine.managed_containers()))
+            return ApplyResult(plan, applied=False, containers=tuple(current))
         if confirm is not None and not confirm(plan):
-            return ApplyResult(plan, applied=False, containers=tuple(engine.managed_containers()))
+            return ApplyResult(plan, applied=False, containers=tuple(current))
         _preflight(plan, profile, box, engine, ports_busy=ports_busy, progress=report)
         _execute(plan, engine, deadlines=deadlines, clock=clock, probe=probe, progress=report)
         report(ApplyEvent("done", "applied"))
