@@ -11,7 +11,6 @@ modules only inside the functions that use them.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import dataclasses
 import shutil
@@ -196,35 +195,6 @@ class SimulatedLogs:
             yield line
             if stop.wait(self.interval_s):
                 return
-
-
-class ManualClock:
-    """A monitor clock for tests: `sleep` only moves the hands (and yields to the loop)."""
-
-    def __init__(
-        self,
-        start: float = 1_000.0,
-        wall: float = 1_767_225_600.0,
-        *,
-        hold_after: int | None = None,
-    ) -> None:
-        self._now = start
-        self._wall_offset = wall - start
-        self._sleeps = 0
-        self._hold_after = hold_after  # then `sleep` never returns: a monitor frozen mid-run
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def wall(self) -> float:
-        return self._now + self._wall_offset
-
-    async def sleep(self, seconds: float) -> None:
-        self._sleeps += 1
-        if self._hold_after is not None and self._sleeps >= self._hold_after:
-            await asyncio.Event().wait()
-        self._now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True)

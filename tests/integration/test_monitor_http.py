@@ -23,7 +23,7 @@ import pytest
 
 import tests.doubles
 from appliance.monitor.alerts import AlertThresholds
-from appliance.monitor.monitor import Monitor, MonitorConfig
+from appliance.monitor.monitor import ManualClock, Monitor, MonitorConfig
 from appliance.monitor.samplers import Endpoint, SamplerSet, http_samplers
 from appliance.monitor.scrape import parse_metrics
 from appliance.monitor.series import History
@@ -36,32 +36,17 @@ VLLM_ARGS = ("--model", "/models/tiny", "--served-model-name", "tiny")
 TEI_ARGS = ("--model-id", "BAAI/bge-small-en-v1.5")
 
 
-class FakeClock:
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return 1_800_000_000.0 + self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
 class Stepper:
     """Drives a monitor one tick at a time from synchronous test code, on one event loop."""
 
     def __init__(self, samplers: SamplerSet, config: MonitorConfig | None = None) -> None:
-        self.clock = FakeClock()
+        self.clock = ManualClock(0.0, 1_800_000_000.0)
         self.loop = asyncio.new_event_loop()
         self.monitor = Monitor(samplers, config=config, clock=self.clock)
 
     def tick(self, advance_s: float = 1.0) -> Snapshot:
         snapshot = self.loop.run_until_complete(self.monitor.tick())
-        self.clock.now += advance_s
+        self.clock.advance(advance_s)
         return snapshot
 
     def close(self) -> None:
@@ -364,7 +349,7 @@ def test_scrape_of_an_engine_the_appliance_did_not_start() -> None:
             url_samplers([f"{url}/metrics"]),
             between_ticks,
             count=2,
-            clock=FakeClock(),
+            clock=ManualClock(0.0, 1_800_000_000.0),
         )
     assert last is not None
     (engine,) = last.services

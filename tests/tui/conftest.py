@@ -13,11 +13,10 @@ import pytest
 from appliance.gateway.keys import CreatedKey, KeyInfo, Scope
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box, Finding
-from appliance.monitor.monitor import Monitor
+from appliance.monitor.monitor import ManualClock, Monitor
 from appliance.monitor.status import simulated
 from appliance.tui.services import (
     CostView,
-    ManualClock,
     Services,
     core_recommend,
     fresh_plan,

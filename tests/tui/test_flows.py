@@ -12,6 +12,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar, Select, TabbedContent
 
 from appliance.gateway.state import read_fallback
+from appliance.monitor.monitor import ManualClock
 from appliance.profile import load_profile
 from appliance.tui.app import ApplianceApp
 from appliance.tui.messages import (
@@ -33,7 +34,6 @@ from appliance.tui.services import (
     NO_COST_INPUTS,
     NO_PROFILE_COST,
     SIMULATED_COST,
-    ManualClock,
     profile_cost,
     simulated_services,
 )

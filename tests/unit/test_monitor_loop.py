@@ -18,7 +18,7 @@ import pytest
 from appliance.errors import BadInputError, ExitCode
 from appliance.hardware.nvml import NvmlDevice, NvmlSystem, NvmlUnavailable, RecordedNvml
 from appliance.monitor.alerts import AlertThresholds
-from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
+from appliance.monitor.monitor import EngineLoadSignal, ManualClock, Monitor, MonitorConfig
 from appliance.monitor.render import render_status, sparkline
 from appliance.monitor.samplers import (
     ContainersRuntimeSource,
@@ -49,19 +49,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NVML_FIXTURES = sorted((ROOT / "tests" / "fixtures" / "nvml").glob("*.json"))
 
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return 1_800_000_000.0 + self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+def clock_at(start: float = 1000.0) -> ManualClock:
+    """The monitor's manual clock, its wall time 1_800_000_000 s ahead of its monotonic one."""
+    return ManualClock(start, 1_800_000_000.0 + start)
 
 
 def vllm_text(
@@ -132,7 +122,7 @@ VLLM = Endpoint("vllm", "vllm", "http://vllm.test")
 TEI = Endpoint("tei", "tei", "http://tei.test")
 
 
-def ticks(monitor: Monitor, clock: FakeClock, pages: list[Callable[[], None]]) -> list[Snapshot]:
+def ticks(monitor: Monitor, clock: ManualClock, pages: list[Callable[[], None]]) -> list[Snapshot]:
     """One tick per step, one fake second apart; each step first changes the pages."""
 
     async def go() -> list[Snapshot]:
@@ -141,14 +131,14 @@ def ticks(monitor: Monitor, clock: FakeClock, pages: list[Callable[[], None]]) -
             for step in pages:
                 step()
                 taken.append(await monitor.tick())
-                clock.now += 1.0
+                clock.advance(1.0)
         return taken
 
     return asyncio.run(go())
 
 
 def test_rates_across_ticks_and_a_counter_reset() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     monitor = Monitor(engines.samplers(VLLM), clock=clock)
 
     def page(**values: float) -> Callable[[], None]:
@@ -181,7 +171,7 @@ def test_rates_across_ticks_and_a_counter_reset() -> None:
 
 
 def test_a_series_that_appears_after_the_first_scrape_counted_from_zero() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     monitor = Monitor(engines.samplers(VLLM), clock=clock)
     gauges_only = "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0\n"
     _, second = ticks(
@@ -202,7 +192,7 @@ def test_a_series_that_appears_after_the_first_scrape_counted_from_zero() -> Non
 
 
 def test_quantiles_error_rate_and_prefix_hits_over_the_window() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     monitor = Monitor(engines.samplers(VLLM), clock=clock)
     pages = [
         vllm_text(ok=100, errors=0, ttft=(100, 100, 100, 100), queries=1000, hits=0),
@@ -237,7 +227,7 @@ GATEWAY = Endpoint("gateway", "gateway", "http://gateway.test")
 
 
 def test_gateway_requests_by_destination_across_ticks_and_a_restart() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     monitor = Monitor(engines.samplers(GATEWAY), clock=clock)
 
     def page(**values: float) -> Callable[[], None]:
@@ -278,7 +268,7 @@ def test_gateway_requests_by_destination_across_ticks_and_a_restart() -> None:
 
 
 def test_a_quiet_gateway_has_zero_rates_and_no_share() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["gateway.test"] = gateway_text(local=10, remote=0)
     (_, snapshot) = ticks(
         Monitor(engines.samplers(GATEWAY), clock=clock), clock, [lambda: None] * 2
@@ -291,7 +281,7 @@ def test_a_quiet_gateway_has_zero_rates_and_no_share() -> None:
 
 
 def test_a_gateway_without_metrics_is_still_watched_for_health() -> None:
-    engines, clock = Engines(), FakeClock()  # no page: /metrics answers 404
+    engines, clock = Engines(), clock_at()  # no page: /metrics answers 404
     (snapshot,) = ticks(Monitor(engines.samplers(GATEWAY), clock=clock), clock, [lambda: None])
     gateway = snapshot.service("gateway")
     assert gateway is not None
@@ -302,7 +292,7 @@ def test_a_gateway_without_metrics_is_still_watched_for_health() -> None:
 
 
 def test_gauges_health_and_a_503() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text(waiting=7, kv=0.93)
     engines.health["vllm.test"] = 503
     (snapshot,) = ticks(Monitor(engines.samplers(VLLM), clock=clock), clock, [lambda: None])
@@ -317,7 +307,7 @@ def test_gauges_health_and_a_503() -> None:
 
 
 def test_metrics_that_are_not_an_engines_are_reported_not_raised() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = "<html>oops</html>"
     (snapshot,) = ticks(Monitor(engines.samplers(VLLM), clock=clock), clock, [lambda: None])
     vllm = snapshot.service("vllm")
@@ -344,7 +334,7 @@ class _StuckSampler:
 
 
 def test_one_stuck_endpoint_does_not_stall_the_others() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text(waiting=3)
     samplers = engines.samplers(VLLM)
     samplers.services = (*samplers.services, _StuckSampler(TEI))
@@ -378,16 +368,16 @@ class _HangingGpus:
 
 def test_hung_nvml_is_reported_and_never_called_twice_at_once() -> None:
     gpus = _HangingGpus()
-    clock = FakeClock()
+    clock = clock_at()
     monitor = Monitor(SamplerSet(gpus=gpus), config=MonitorConfig(timeout_s=0.05), clock=clock)
 
     async def go() -> tuple[Snapshot, Snapshot, Snapshot]:
         async with monitor:
             first = await monitor.tick()
-            clock.now += 1
+            clock.advance(1)
             second = await monitor.tick()  # the first read still hangs: not started again
             gpus.release.set()
-            clock.now += 1
+            clock.advance(1)
             third = await monitor.tick()
             return first, second, third
 
@@ -409,7 +399,7 @@ class _Runtime:
 
 
 def test_a_container_restart_raises_an_alert_at_once() -> None:
-    engines, clock, runtime = Engines(), FakeClock(), _Runtime()
+    engines, clock, runtime = Engines(), clock_at(), _Runtime()
     engines.pages["vllm.test"] = vllm_text()
     samplers = engines.samplers(VLLM, runtime=runtime)
     monitor = Monitor(samplers, clock=clock)
@@ -428,7 +418,7 @@ def test_a_container_restart_raises_an_alert_at_once() -> None:
 
 
 def test_unhealthy_engine_alerts_after_unhealthy_seconds_and_clears() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text()
     config = MonitorConfig(thresholds=AlertThresholds(unhealthy_seconds=2))
     monitor = Monitor(engines.samplers(VLLM), config=config, clock=clock)
@@ -452,7 +442,7 @@ def test_recorded_nvml_readings_are_replayed(fixture: Path) -> None:
         return original_open()
 
     source.open = counting_open
-    clock = FakeClock()
+    clock = clock_at()
     monitor = Monitor(SamplerSet(gpus=NvmlGpuSampler(source)), clock=clock)
     snapshots = ticks(monitor, clock, [lambda: None, lambda: None])
     assert len(opened) == 1  # the NVML session stays open between ticks
@@ -518,7 +508,7 @@ def test_container_status_comes_from_the_runtime_adapter_by_role() -> None:
 
 
 def test_history_stays_bounded() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text()
     monitor = Monitor(engines.samplers(VLLM), config=MonitorConfig(history_points=5), clock=clock)
     ticks(monitor, clock, [lambda: None] * 20)
@@ -528,7 +518,7 @@ def test_history_stays_bounded() -> None:
 
 
 def test_run_keeps_a_fixed_cadence_and_skips_missed_ticks() -> None:
-    clock = FakeClock(start=0.0)
+    clock = clock_at(start=0.0)
 
     class SlowOnce:
         def __init__(self) -> None:
@@ -537,7 +527,7 @@ def test_run_keeps_a_fixed_cadence_and_skips_missed_ticks() -> None:
         def read(self) -> GpuReadings:
             self.calls += 1
             if self.calls == 2:
-                clock.now += 2.5  # this tick took 2.5 s: the ticks due at 2 and 3 are missed
+                clock.advance(2.5)  # this tick took 2.5 s: the ticks due at 2 and 3 are missed
             return GpuReadings()
 
         def close(self) -> None:
@@ -553,7 +543,7 @@ def test_run_keeps_a_fixed_cadence_and_skips_missed_ticks() -> None:
 
 
 def test_snapshot_round_trips_through_json() -> None:
-    clock = FakeClock()
+    clock = clock_at()
     samplers, _ = simulated("2x4090", clock=clock)
     snapshots = ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 3)
     last = snapshots[-1]
@@ -565,7 +555,7 @@ def test_snapshot_round_trips_through_json() -> None:
 
 
 def test_engine_load_signal_is_what_the_gateway_reads() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text(waiting=9)
     monitor = Monitor(engines.samplers(VLLM), clock=clock)
     signal = EngineLoadSignal.of(monitor)
@@ -577,14 +567,14 @@ def test_engine_load_signal_is_what_the_gateway_reads() -> None:
     assert signal.healthy() is True
     assert signal.age_seconds == 1.0
     assert monitor.latest is not None
-    assert monitor.latest.is_fresh(clock.now, max_age_s=5)
-    assert not monitor.latest.is_fresh(clock.now + 10, max_age_s=5)
+    assert monitor.latest.is_fresh(clock.monotonic(), max_age_s=5)
+    assert not monitor.latest.is_fresh(clock.monotonic() + 10, max_age_s=5)
     assert EngineLoadSignal.of(monitor, "tei").waiting_requests() is None
 
 
 def test_simulated_appliance_moves_plausibly_and_deterministically() -> None:
     def run(seed: int) -> list[Snapshot]:
-        clock = FakeClock(start=0.0)
+        clock = clock_at(start=0.0)
         samplers, _ = simulated("l40s", clock=clock, seed=seed)
         return ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 15)
 
@@ -628,7 +618,7 @@ def test_simulated_unknown_box_is_bad_input() -> None:
 
 
 def test_sample_status_takes_two_ticks_for_rates() -> None:
-    clock = FakeClock()
+    clock = clock_at()
     samplers, _ = simulated(clock=clock)
     snapshot = sample_status(samplers, clock=clock)
     assert snapshot.tick == 2
@@ -638,7 +628,7 @@ def test_sample_status_takes_two_ticks_for_rates() -> None:
 
 
 def test_check_status_raises_with_the_alerts_judged_at_once() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text(kv=0.97)
     with pytest.raises(AlertsActiveError) as caught:
         check_status(engines.samplers(VLLM), clock=clock)
@@ -650,13 +640,13 @@ def test_check_status_raises_with_the_alerts_judged_at_once() -> None:
 
 
 def test_check_status_passes_a_quiet_box() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text()
     assert check_status(engines.samplers(VLLM), clock=clock).alerts == ()
 
 
 def test_watch_status_calls_back_every_tick_with_the_history() -> None:
-    clock = FakeClock()
+    clock = clock_at()
     samplers, _ = simulated(clock=clock)
     seen: list[tuple[int, int]] = []
     last = watch_status(
@@ -723,7 +713,7 @@ def test_gateway_endpoint_follows_its_address_and_tls() -> None:
 
 
 def test_render_shows_what_is_down_and_what_to_do() -> None:
-    engines, clock = Engines(), FakeClock()
+    engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text(kv=0.99)
     config = MonitorConfig(thresholds=AlertThresholds().immediate())
     samplers = engines.samplers(VLLM, TEI)
@@ -776,7 +766,7 @@ def test_clocks_throttling_and_ecc_are_taken_when_the_probe_reads_them() -> None
 
 @pytest.mark.parametrize("mode", ["off", "always"])
 def test_the_simulated_gateway_routes_by_the_fallback_mode(mode: str) -> None:
-    clock = FakeClock(start=0.0)
+    clock = clock_at(start=0.0)
     samplers, _ = simulated("l40s", clock=clock, seed=3, fallback_mode=lambda: mode)
     last = ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 5)[-1]
     gateway = last.service("gateway")
@@ -790,7 +780,7 @@ def test_a_failing_fallback_reader_leaves_the_simulated_gateway_on_auto() -> Non
     def broken() -> str:
         raise OSError("state file unreadable")
 
-    clock = FakeClock(start=0.0)
+    clock = clock_at(start=0.0)
     samplers, _ = simulated("l40s", clock=clock, seed=3, fallback_mode=broken)
     last = ticks(Monitor(samplers, clock=clock), clock, [lambda: None] * 5)[-1]
     gateway = last.service("gateway")
