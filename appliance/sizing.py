@@ -303,8 +303,8 @@ def kv_page_bytes_per_layer(
 
     MLA (`MLAAttentionSpec`): no separate K and V, one latent of kv_lora_rank +
     qk_rope_head_dim per token, the same on every TP rank."""
-    if architecture.kv_lora_rank is not None and architecture.qk_rope_head_dim is not None:
-        latent = architecture.kv_lora_rank + architecture.qk_rope_head_dim
+    latent = architecture.mla_latent_size
+    if latent is not None:
         return block_size * latent * kv_dtype_bytes(kv_cache_dtype)
     return (
         2
@@ -784,8 +784,8 @@ def estimate_memory(
         reason = (
             f"fits: {kv_tokens:,} KV tokens, {concurrency:.2f} requests of {max_model_len} tokens"
         )
-    if architecture.kv_lora_rank is not None and architecture.qk_rope_head_dim is not None:
-        latent = architecture.kv_lora_rank + architecture.qk_rope_head_dim
+    latent = architecture.mla_latent_size
+    if latent is not None:
         notes.append(
             f"multi-head latent attention: each layer caches one {latent}-value latent per "
             "token, the whole of it on every GPU, so tensor parallelism frees weight memory but "

@@ -77,8 +77,15 @@ class ModelArchitecture(_Frozen):
     mm_tokens_per_item: PositiveInt | None = None
 
     @property
+    def mla_latent_size(self) -> int | None:
+        """Values one MLA layer caches per token (None: per-head K and V instead)."""
+        if self.kv_lora_rank is None or self.qk_rope_head_dim is None:
+            return None
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
     def uses_mla(self) -> bool:
-        return self.kv_lora_rank is not None
+        return self.mla_latent_size is not None
 
     @property
     def profiles_vision(self) -> bool:
