@@ -38,6 +38,7 @@ import fcntl
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -78,6 +79,7 @@ __all__ = [
     "PullPlan",
     "RemoteFile",
     "WeightsRef",
+    "check_safetensors",
     "disk_free_bytes",
     "find_installed",
     "import_weights",
@@ -123,6 +125,28 @@ IGNORE_PATTERNS: Final = (
 )
 _COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
 _RESERVED_NAMES: Final = frozenset({"refs", "manifests", ".partial", ".lock"})
+# What `git check-ref-format` refuses (the Hub's branches and tags are git refs): control
+# characters, space, ~ ^ : ? * [ \, "..", "@{", "//", a component starting with "." or ending
+# with ".lock", a trailing "/" or ".".
+_BAD_REVISION: Final = re.compile(
+    r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|\.lock(/|$)|^/|[/.]$"
+)
+# A revision is one file name (refs/<name>, and the `.<name>.link` being renamed into place):
+# 255 bytes on every Linux filesystem, less the 6 of the temporary link's dot and suffix.
+_MAX_REVISION_BYTES: Final = 255 - len("..link")
+# Hidden siblings of the `<org>` directories: `_repo_parts` refuses an org starting with ".".
+_LOCKS_DIR: Final = ".locks"
+_STAGING_DIR: Final = ".staging"
+# safetensors' own bound on the JSON header (MAX_HEADER_SIZE, huggingface/safetensors
+# safetensors/src/tensor.rs), and its element widths in bits (`Dtype::bitsize` there).
+_SAFETENSORS_MAX_HEADER: Final = 100_000_000
+_SAFETENSORS_BITS: Final = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16,
+    "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}  # fmt: skip
+# An engine reads the model's architecture from config.json; a LoRA adapter has its own.
+_CONFIG_FILES: Final = ("config.json", "adapter_config.json")
 _MANIFEST_FORMAT: Final = 1
 _GIB: Final = 1024**3
 _PROGRESS_INTERVAL_S: Final = 0.1
@@ -288,11 +312,21 @@ def snapshot_dir(models_dir: Path, repo: str, sha: str) -> Path:
 
 
 def _revision_name(revision: str) -> str:
+    """The revision as one file name under `<org>/<name>/`; refused when git (so the Hub) would
+    not take it as a ref name, or when it cannot be a file name here."""
     name = revision.replace("/", "--")
-    if name in _RESERVED_NAMES or name.startswith(".") or ".." in revision or not name:
+    problem = None
+    if len(name.encode()) > _MAX_REVISION_BYTES:
+        problem = f"is {len(name.encode())} bytes long; at most {_MAX_REVISION_BYTES} fit here"
+    elif _BAD_REVISION.search(revision) or not name:
+        problem = "is not a git branch, tag or commit name"
+    elif name in _RESERVED_NAMES or name.startswith("."):
+        problem = "is a name the weights store keeps for itself"
+    if problem is not None:
+        shown = revision if len(revision) <= 60 else revision[:57] + "..."
         raise BadInputError(
-            f"'{revision}' cannot be used as a revision here",
-            "pull a branch, tag or full 40-character commit hash",
+            f"the revision '{shown}' {problem}",
+            "give a branch, tag or full 40-character commit hash, as the Hub shows them",
         )
     return name
 
@@ -427,14 +461,19 @@ def _check_disk(
 
 @contextlib.contextmanager
 def _repo_lock(models_dir: Path, repo: str) -> Iterator[None]:
-    """One writer per repo at a time (a CLI pull and a TUI pull must not interleave)."""
-    repo_dir = _repo_dir(models_dir, repo)
+    """One writer per repo at a time (a CLI pull and a TUI pull must not interleave).
+
+    The lock files live in `models_dir/.locks/`, not in the repo's directory, so an import that
+    is refused leaves no `<org>/<name>/` behind; they are never deleted (deleting a lock file
+    races with the next locker)."""
+    org, name = _repo_parts(repo)
+    locks = models_dir / _LOCKS_DIR
     try:
-        repo_dir.mkdir(parents=True, exist_ok=True)
-        handle = (repo_dir / ".lock").open("a")
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = (locks / f"{org}--{name}.lock").open("a")
     except OSError as exc:
         raise EnvironmentNotReadyError(
-            f"cannot write to {repo_dir}: {exc.strerror}",
+            f"cannot write to {models_dir}: {exc.strerror}",
             "run as a user that may write storage.models_dir, or change it in the profile",
         ) from None
     with handle:
@@ -1227,6 +1266,15 @@ def _execute(
                 "what has arrived is kept; pull again to resume",
             )
         progress.emit("verify")
+        try:
+            for f in plan.files:
+                if f.path.endswith(".safetensors"):
+                    check_safetensors(final / f.path, f"{plan.repo}: {f.path}")
+        except BadInputError as error:
+            # The bytes are the repo's (hashes matched), so fetching again would not help.
+            shutil.rmtree(final, ignore_errors=True)
+            error.hint = "the repo's own file is broken: pick another revision or repo"
+            raise
         installed = _write_manifest(
             models_dir,
             plan.repo,
@@ -1344,9 +1392,16 @@ def _extract_tarball(tarball: Path, into: Path, check_space: Callable[[int], Non
 
 
 def _model_root(directory: Path) -> Path:
-    """The directory with the weights: `directory`, or its single subdirectory if only that."""
+    """The directory with the weights: `directory`, or its single subdirectory if only that.
+
+    A link is never that subdirectory: the tree walk then finds it and refuses it."""
     entries = [e for e in directory.iterdir() if not e.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir() and not any(directory.glob("*.safetensors")):
+    if (
+        len(entries) == 1
+        and entries[0].is_dir()
+        and not entries[0].is_symlink()
+        and not any(directory.glob("*.safetensors"))
+    ):
         return entries[0]
     return directory
 
@@ -1383,6 +1438,12 @@ def import_weights(
     40-hex `revision`, a Hub cache snapshot directory, a `local_dir` download), else by a content
     id (sha1 over the files' names and SHA-256s). `revision` defaults to main, so a profile that
     says `revision: main` finds it offline.
+
+    What must stay true: links in a directory are refused, never followed (a Hub cache
+    snapshot's links into its own `blobs/` are the one exception); every safetensors header is
+    checked and a config is required before a byte is copied; the copy is staged in
+    `models_dir/.staging/` (same filesystem), renamed into place, and the manifest — what makes
+    `list_weights` show it — is written last. A failure at any step leaves nothing behind.
     """
     _repo_parts(repo)
     wanted_revision = revision or "main"
@@ -1396,8 +1457,10 @@ def import_weights(
         )
     repo_dir = _repo_dir(models_dir, repo)
     stop = threading.Event()
+    placed: Path | None = None
+    completed = False
     with _repo_lock(models_dir, repo):
-        staging = Path(tempfile.mkdtemp(prefix="import-", dir=_ensure(repo_dir / ".partial")))
+        staging = Path(tempfile.mkdtemp(prefix="import-", dir=_ensure(models_dir / _STAGING_DIR)))
         try:
             if source.is_dir():
                 root = _model_root(source)
@@ -1409,6 +1472,7 @@ def import_weights(
                 )
                 root = _model_root(staging / "extracted")
             files = _import_files(root, source, repo)
+            _check_import(files, source)
             total = sum(p.stat().st_size for _, p in files)
             if source.is_dir():
                 _check_disk(models_dir, total, free_bytes, margin_bytes)
@@ -1427,9 +1491,13 @@ def import_weights(
             manifest = _copy_into(files, staging / "snapshot", progress, move=not source.is_dir())
             commit = _commit_for(revision, root, manifest)
             final = snapshot_dir(models_dir, repo, commit)
-            if final.exists():
+            if final.exists():  # imported before: unlist it first, then replace it
+                _manifest_path(models_dir, repo, commit).unlink(missing_ok=True)
                 shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
             (staging / "snapshot").replace(final)
+            placed = final
+            _point_revision(models_dir, repo, wanted_revision, commit)
             installed = _write_manifest(
                 models_dir,
                 repo,
@@ -1442,15 +1510,23 @@ def import_weights(
                     "sha_is_commit": commit != _content_id(manifest),
                 },
             )
-            _point_revision(models_dir, repo, wanted_revision, commit)
+            completed = True
             progress.emit("done")
             return installed
         except _Cancelled:
             raise DownloadCancelledError(f"the import of {repo} was cancelled") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (repo_dir / ".partial").rmdir()
+            if not completed and placed is not None:
+                shutil.rmtree(placed, ignore_errors=True)
+            _remove_empty(models_dir / _STAGING_DIR, repo_dir, repo_dir.parent)
+
+
+def _remove_empty(*directories: Path) -> None:
+    """rmdir each directory that is empty (a failed import's leftovers); others stay."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _ensure(path: Path) -> Path:
@@ -1458,13 +1534,62 @@ def _ensure(path: Path) -> Path:
     return path
 
 
+def _hub_cache_blobs(root: Path) -> Path | None:
+    """`<cache>/models--org--name/blobs` when `root` is a snapshot of huggingface_hub's cache
+    (`…/snapshots/<commit>`), whose files are relative links into that `blobs/`."""
+    if _COMMIT_RE.match(root.name) and root.parent.name == "snapshots":
+        blobs = root.parent.parent / "blobs"
+        if blobs.is_dir() and not blobs.is_symlink():
+            return blobs.resolve()
+    return None
+
+
+def _refuse_link(source: Path, path: Path, root: Path) -> RefusedError:
+    rel = path.relative_to(root).as_posix()
+    try:
+        target = str(path.readlink())
+    except OSError:
+        target = "?"
+    return RefusedError(
+        f"{source} contains '{rel}', which is a link (to {target}); links are never followed "
+        "into the models directory",
+        "replace the link with the file itself (cp --dereference, after checking where it "
+        "points), or remove it, then import again",
+    )
+
+
 def _import_files(root: Path, source: Path, repo: str) -> list[tuple[str, Path]]:
+    """(path in the snapshot, file to read) of every file to import.
+
+    Walks without following links and refuses the first link it meets, file or directory,
+    wherever it is (what it points to, `/etc/shadow` or `/proc/self/environ`, must never land
+    in the models dir). A Hub cache snapshot's links into its own `blobs/` are read as the blob
+    they resolve to, and only when that is a regular file inside that `blobs/`.
+    """
+    blobs = _hub_cache_blobs(root)
     found: list[tuple[str, Path]] = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith(".cache/") or not path.is_file():
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(directory)
+        rel_dir = here.relative_to(root).as_posix()
+        if rel_dir == ".cache" or rel_dir.startswith(".cache/"):
+            dirnames.clear()  # huggingface_hub's download metadata: read by _source_commit only
             continue
-        found.append((rel, path))
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                raise _refuse_link(source, here / name, root)
+        for name in sorted(filenames):
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if not path.is_symlink():
+                if path.is_file():  # FIFOs, sockets and devices are not weights
+                    found.append((rel, path))
+                continue
+            target = Path(os.path.realpath(path))
+            if blobs is None or not target.is_relative_to(blobs) or target.is_symlink():
+                raise _refuse_link(source, path, root)
+            if target.is_file():
+                found.append((rel, target))
+    found.sort()
     keep = set(_select([rel for rel, _ in found]))
     chosen = [(rel, path) for rel, path in found if rel in keep]
     if not any(rel.endswith(".safetensors") for rel, _ in chosen):
@@ -1473,6 +1598,102 @@ def _import_files(root: Path, source: Path, repo: str) -> list[tuple[str, Path]]
             "point at the model directory itself (config.json and *.safetensors inside)",
         )
     return chosen
+
+
+def _check_import(files: Sequence[tuple[str, Path]], source: Path) -> None:
+    """What an engine would refuse, found before copying: a missing config, a damaged
+    safetensors file (truncated, not safetensors, offsets outside the file)."""
+    names = {rel for rel, _ in files}
+    if not names.intersection(_CONFIG_FILES):
+        raise BadInputError(
+            f"{source} has no config.json (nor adapter_config.json, for a LoRA adapter): an "
+            "engine cannot load weights without it",
+            "import the whole model directory as the Hub has it, config.json included",
+        )
+    for rel, path in files:
+        if rel.endswith(".safetensors"):
+            check_safetensors(path, rel)
+
+
+def check_safetensors(path: Path, name: str | None = None) -> None:
+    """Raise `BadInputError` naming the file unless its header is one the safetensors library
+    would load: 8-byte little-endian length within the file and within safetensors' bound,
+    a UTF-8 JSON object, every tensor of a known dtype with offsets that tile the data after
+    the header exactly and match shape x dtype (safetensors/src/tensor.rs, `read_metadata` and
+    `Metadata::validate`). Reads the header only."""
+    shown = name or str(path)
+
+    def broken(why: str) -> BadInputError:
+        return BadInputError(
+            f"{shown} is not a valid safetensors file: {why}",
+            "copy it again from the source (it may be truncated or damaged), or check that "
+            "it really is the model's weights",
+        )
+
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise broken(f"{size} bytes is too short for a header")
+            length = int.from_bytes(prefix, "little")
+            if length > min(size - 8, _SAFETENSORS_MAX_HEADER):
+                raise broken(f"its header claims {length} bytes, the file has {size}")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise EnvironmentNotReadyError(
+            f"cannot read {shown}: {exc.strerror}", "check its permissions"
+        ) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise broken("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise broken("its header is not a JSON object")
+    _check_tensors(header, size - 8 - length, broken)
+
+
+def _check_tensors(
+    header: dict[str, Any], data_bytes: int, broken: Callable[[str], BadInputError]
+) -> None:
+    """Each tensor's dtype, shape and offsets, and that together they tile the data exactly."""
+    spans: list[tuple[int, int, str]] = []
+    for tensor, info in header.items():
+        if tensor == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise broken(f"tensor '{tensor}' lacks dtype, shape or data_offsets") from None
+        if dtype not in _SAFETENSORS_BITS:
+            raise broken(f"tensor '{tensor}' has the unknown dtype {dtype!r}")
+        if not (
+            isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and type(begin) is int
+            and type(end) is int
+            and 0 <= begin <= end
+        ):
+            raise broken(f"tensor '{tensor}' has a malformed shape or data_offsets")
+        if end > data_bytes:
+            raise broken(
+                f"tensor '{tensor}' ends at byte {end} of the data, past the file's end "
+                f"({data_bytes} bytes of data): the file is truncated"
+            )
+        bits = math.prod(shape) * _SAFETENSORS_BITS[dtype]
+        if bits % 8 or end - begin != bits // 8:
+            raise broken(
+                f"tensor '{tensor}' ({dtype} {shape}) needs {bits / 8:g} bytes, its "
+                f"data_offsets span {end - begin}"
+            )
+        spans.append((begin, end, tensor))
+    position = 0
+    for begin, end, tensor in sorted(spans):
+        if begin != position:
+            raise broken(f"tensor '{tensor}' starts at byte {begin} of the data, not {position}")
+        position = end
+    if position != data_bytes:
+        raise broken(f"its tensors cover {position} bytes of data, the file holds {data_bytes}")
 
 
 def _copy_into(

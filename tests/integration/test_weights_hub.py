@@ -324,6 +324,21 @@ def test_a_repo_without_safetensors_is_refused_before_any_byte(
     assert not [r for r in hub.requests if "/resolve/" in r.path]
 
 
+def test_a_repo_with_a_broken_safetensors_file_is_not_installed(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    """The Hub's hashes only prove the bytes are the repo's; the header must still load."""
+    hub.add_repo(
+        "broken/weights", {"config.json": b"{}", "model.safetensors": b"\x14" + b"\0" * 19}
+    )
+
+    with pytest.raises(BadInputError, match=r"model\.safetensors is not a valid safetensors"):
+        pull_weights("broken/weights", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+    assert list_weights(models_dir) == []
+    assert find_installed(models_dir, "broken/weights", "main") is None
+
+
 def test_too_little_disk_is_refused_before_any_byte(hub: HubDouble, models_dir: Path) -> None:
     asked: list[Path] = []
 

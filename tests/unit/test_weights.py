@@ -472,3 +472,162 @@ def test_tarball_import_checks_the_unpacked_size_against_the_disk(tmp_path: Path
         import_weights(tarball, REPO, models_dir=tmp_path / "m", free_bytes=disk, margin_bytes=0)
     assert asked == [tmp_path / "m"]
     assert list_weights(tmp_path / "m") == []
+
+
+# --- hardening (#13 items 10, 12, 13) -----------------------------------------------------------
+
+
+def _leftovers(models: Path) -> list[str]:
+    """Everything an import left under `models` apart from the lock files."""
+    if not models.exists():
+        return []
+    return sorted(
+        p.relative_to(models).as_posix()
+        for p in models.rglob("*")
+        if ".locks" not in p.relative_to(models).parts
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_directory_import_refuses_links_and_copies_nothing_they_point_to(
+    tmp_path: Path, kind: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "vocab.txt").write_text("root:$6$hash")
+    source = _model_dir(tmp_path / "src")
+    if kind == "file":
+        (source / "vocab.txt").symlink_to(secret / "vocab.txt")
+        named = "vocab.txt"
+    else:
+        (source / "extra").symlink_to(secret)
+        named = "extra"
+    models = tmp_path / "m"
+
+    with pytest.raises(RefusedError, match=f"{named}.*link") as refused:
+        import_weights(source, REPO, models_dir=models, free_bytes=PLENTY)
+
+    assert str(secret) in refused.value.message  # where it points, so the admin can judge
+    assert list_weights(models) == []
+    assert _leftovers(models) == []
+    assert not any(
+        "root:" in p.read_text(errors="ignore") for p in models.rglob("*") if p.is_file()
+    )
+
+
+def test_a_link_deep_in_the_tree_is_refused(tmp_path: Path) -> None:
+    source = _model_dir(tmp_path / "src")
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").symlink_to("/proc/self/environ")
+    with pytest.raises(RefusedError, match=r"1_Pooling/config\.json.*link"):
+        import_weights(source, REPO, models_dir=tmp_path / "m", free_bytes=PLENTY)
+
+
+def test_a_hub_cache_link_out_of_its_blobs_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "models--tiny-org--tiny-model"
+    blobs = _model_dir(cache / "blobs")
+    snapshot = cache / "snapshots" / SHA
+    snapshot.mkdir(parents=True)
+    for blob in blobs.iterdir():
+        (snapshot / blob.name).symlink_to(Path("../../blobs") / blob.name)
+    (snapshot / "vocab.txt").symlink_to("/etc/hostname")
+    with pytest.raises(RefusedError, match=r"vocab\.txt.*link"):
+        import_weights(snapshot, REPO, models_dir=tmp_path / "m", free_bytes=PLENTY)
+
+
+def _header(tensors: dict[str, object]) -> bytes:
+    encoded = json.dumps(tensors).encode()
+    return len(encoded).to_bytes(8, "little") + encoded
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\x14" + b"\0" * 19, "header"),  # 20 bytes: a header of 20 bytes does not fit
+        (b"this is not safetensors at all, just text\n", "header"),
+        ((2**40).to_bytes(8, "little") + b"{}", "header"),
+        (_header([1, 2]), "JSON object"),  # type: ignore[arg-type]
+        (b"\x05\0\0\0\0\0\0\0{oops", "JSON"),
+        (_header({"w": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}) + b"\0" * 8, "Q7"),
+        (_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}) + b"\0" * 4, "w"),
+        (_header({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}) + b"\0" * 8, "w"),
+        (_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}) + b"\0" * 12, "w"),
+    ],
+)
+def test_broken_safetensors_are_refused_naming_the_file(
+    tmp_path: Path, payload: bytes, why: str
+) -> None:
+    source = _model_dir(tmp_path / "src")
+    (source / "model.safetensors").write_bytes(payload)
+    models = tmp_path / "m"
+    with pytest.raises(BadInputError, match=r"model\.safetensors") as refused:
+        import_weights(source, REPO, models_dir=models, free_bytes=PLENTY)
+    assert why in refused.value.message
+    assert list_weights(models) == []
+    assert _leftovers(models) == []
+
+
+def test_valid_safetensors_of_every_width_pass(tmp_path: Path) -> None:
+    from appliance.weights import check_safetensors
+
+    tensors = {
+        "a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]},
+        "b": {"dtype": "F4", "shape": [4], "data_offsets": [12, 14]},
+        "c": {"dtype": "U8", "shape": [], "data_offsets": [14, 15]},
+        "__metadata__": {"format": "pt"},
+    }
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(_header(tensors) + b"\0" * 15)
+    check_safetensors(path)
+
+
+def test_import_needs_a_config(tmp_path: Path) -> None:
+    source = _model_dir(tmp_path / "src")
+    (source / "config.json").unlink()
+    models = tmp_path / "m"
+    with pytest.raises(BadInputError, match=r"config\.json"):
+        import_weights(source, REPO, models_dir=models, free_bytes=PLENTY)
+    assert _leftovers(models) == []
+    # A LoRA adapter has adapter_config.json instead.
+    (source / "adapter_config.json").write_text('{"r": 8}')
+    assert import_weights(source, REPO, models_dir=models, free_bytes=PLENTY).files
+
+
+def test_refused_imports_leave_no_empty_repo_directories(tmp_path: Path) -> None:
+    models = tmp_path / "m"
+    models.mkdir()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_text("{}")  # no safetensors
+    with pytest.raises(BadInputError):
+        import_weights(source, REPO, models_dir=models, free_bytes=PLENTY)
+    with pytest.raises(BadInputError):
+        import_weights(tmp_path / "nope", REPO, models_dir=models, free_bytes=PLENTY)
+    assert _leftovers(models) == []
+
+
+@pytest.mark.parametrize("revision", ["r" * 300, "a b", "x..y", "v1~2", "main.lock", "a//b"])
+def test_revisions_git_would_not_accept_are_refused_up_front(tmp_path: Path, revision: str) -> None:
+    models = tmp_path / "m"
+    with pytest.raises(BadInputError, match="revision"):
+        import_weights(_model_dir(tmp_path / "src"), REPO, revision, models_dir=models)
+    with pytest.raises(BadInputError, match="revision"):
+        parse_repo_ref(f"{REPO}@{revision}")
+    assert list_weights(models) == []
+    assert _leftovers(models) == []
+
+
+def test_an_import_that_fails_at_its_last_step_is_never_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance import weights
+
+    def fail(*_args: object) -> None:
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(weights, "_point_revision", fail)
+    models = tmp_path / "m"
+    with pytest.raises(OSError, match="too long"):
+        import_weights(_model_dir(tmp_path / "src"), REPO, "v1", models_dir=models)
+    assert list_weights(models) == []
+    assert _leftovers(models) == []
