@@ -19,12 +19,17 @@ What must stay true:
   the gateway counters count the chat routes only.
 - SQLite errors never escape as tracebacks: they become `appliance.errors` exceptions that say
   which file and what to do.
+- A write that fails (disk full) never stops the recording: `record` keeps the minutes in
+  memory (a day at most), logs the failure once, and writes them at a later tick that succeeds.
+- The file and its -wal/-shm are 0600: per-minute usage shows who worked when.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.economics import Usage, WindowName
-from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.errors import ApplianceError, BadInputError, EnvironmentNotReadyError
 from appliance.monitor.scrape import GATEWAY_REQUESTS_METRIC
 
 if TYPE_CHECKING:
@@ -63,6 +68,10 @@ DEFAULT_RETENTION_SECONDS: Final = 8 * 86_400.0
 CHAT_ROUTES: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 _SCHEMA_VERSION: Final = 1
 _BUCKET_SECONDS: Final = 60
+# Minutes kept in memory while the store cannot be written: a day, a few hundred kilobytes.
+_MAX_PENDING_MINUTES: Final = 24 * 60
+
+log = logging.getLogger("appliance.usage")
 
 # Every column but `minute` is a sum, so merging a bucket into a row is `col = col + excluded.col`.
 _SUMS: Final = (
@@ -147,6 +156,20 @@ class _Bucket:
         self.sums[name] += value
 
 
+def _make_private(path: Path) -> None:
+    """Create the store 0600, or make an older world-readable one so, before SQLite opens it.
+
+    SQLite gives the -wal and -shm files it creates the database file's permissions
+    (`robust_open` / `findCreateFileMode` in os_unix.c), so they follow; ones left by an older
+    version are tightened here too. Usage by the minute shows who worked when: private like
+    the keys file.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (path.parent / name).chmod(0o600)
+
+
 class UsageStore:
     """The SQLite file of per-minute usage. Open one per process; close it (or use `with`)."""
 
@@ -155,6 +178,7 @@ class UsageStore:
         self.retention_seconds = retention_seconds
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
             self._db = sqlite3.connect(path, timeout=5.0)
             # WAL lets `appliance cost` read while the recorder writes; NORMAL sync may lose the
             # last minute on a power cut, never corrupt the file.
@@ -310,6 +334,8 @@ class UsageRecorder:
         self._last_flush: float | None = None
         self._counters: GatewayCounters | None = gateway_baseline
         self._pending: dict[int, _Bucket] = {}
+        # The last write failure, while writes fail (None when the store is being written).
+        self.write_error: str | None = None
 
     def record(self, snapshot: Snapshot, gateway: GatewayCounters | None = None) -> None:
         """Account for the time since the previous snapshot; flush about once a minute."""
@@ -365,7 +391,7 @@ class UsageRecorder:
         if self._last_flush is None:
             self._last_flush = wall
         if wall - self._last_flush >= self.flush_every_seconds or len(self._pending) > 1:
-            self.flush(wall)
+            self._flush_or_log(wall)
 
     def on_snapshot(self, snapshot: Snapshot, history: History) -> None:
         """`status.OnSnapshot`-shaped: record the tokens and GPUs of each tick (no gateway).
@@ -376,8 +402,39 @@ class UsageRecorder:
         self.record(snapshot)
 
     def flush(self, now_wall: float | None = None) -> None:
-        """Write what is pending, and drop rows past the retention."""
+        """Write what is pending, and drop rows past the retention.
+
+        When the write fails (disk full, a read-only remount) the rows stay pending, so the
+        next flush writes them; the error is raised. `record` calls it and does not raise.
+        """
         pending, self._pending = self._pending, {}
-        self.store.write({b.minute: b.sums for b in pending.values()}, prune_before=now_wall)
+        try:
+            self.store.write({b.minute: b.sums for b in pending.values()}, prune_before=now_wall)
+        except ApplianceError:
+            for minute, bucket in pending.items():
+                kept = self._pending.setdefault(minute, _Bucket(minute))
+                for name, value in bucket.sums.items():
+                    kept.add(name, value)
+            # Bounded however long the disk stays full: the oldest minutes go first.
+            while len(self._pending) > _MAX_PENDING_MINUTES:
+                del self._pending[min(self._pending)]
+            raise
         if now_wall is not None:
             self._last_flush = now_wall
+
+    def _flush_or_log(self, now_wall: float) -> None:
+        """Flush from `record`: a failure is logged once, and retried on every tick after."""
+        try:
+            self.flush(now_wall)
+        except ApplianceError as error:
+            if self.write_error is None:
+                log.warning(
+                    "%s; usage is kept in memory and written when that works again (%s)",
+                    error.message,
+                    error.hint,
+                )
+            self.write_error = error.message
+            return
+        if self.write_error is not None:
+            log.info("the usage store %s is written again", self.store.path)
+            self.write_error = None

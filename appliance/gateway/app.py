@@ -174,6 +174,16 @@ async def _send_bytes(
 # ---------------------------------------------------------------------------------- metrics
 
 
+def _monitor_state(reading: LoadReading, max_age_s: float, signal: LoadSignal | None) -> str:
+    """none (nothing watches the engine), starting (no reading yet), ok, or stale (the last
+    reading is older than routing trusts)."""
+    if signal is None:
+        return "none"
+    if reading.age_seconds is None:
+        return "starting"
+    return "stale" if reading.age_seconds > max_age_s else "ok"
+
+
 class GatewayMetrics:
     """The gateway's own Prometheus metrics, in a registry of its own (one per app)."""
 
@@ -649,8 +659,13 @@ class GatewayApp:
 
     async def _health(self, send: Send) -> None:
         reading = LoadReading.of(self._signal)
+        monitor = _monitor_state(reading, self.config.rules.max_signal_age_s, self._signal)
         body = {
-            "status": "ok",
+            # A stale monitor (its task died, the loop is wedged) means auto fallback has gone
+            # blind: 503, so `curl -f`, systemd checks and k8s probes see it, not just a field.
+            "status": "degraded" if monitor == "stale" else "ok",
+            "monitor": monitor,
+            "monitor_max_age_seconds": self.config.rules.max_signal_age_s,
             "version": __version__,
             "fallback_mode": self.mode.value,
             "remote_configured": self.config.remote is not None,
@@ -660,7 +675,8 @@ class GatewayApp:
                 "reading_age_seconds": reading.age_seconds,
             },
         }
-        await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
+        status = 503 if monitor == "stale" else 200
+        await _send_bytes(send, status, json.dumps(body).encode(), _LOCAL)
 
     async def _admin_fallback(
         self, scope: Scope_, receive: Receive, send: Send, method: str

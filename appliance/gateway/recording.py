@@ -27,14 +27,27 @@ log = logging.getLogger("appliance.gateway")
 async def monitor_and_record(
     app: GatewayApp, monitor: Monitor, recorder: UsageRecorder | None
 ) -> None:
-    """Tick the monitor until cancelled; record each snapshot with the gateway's counters."""
+    """Tick the monitor until cancelled; record each snapshot with the gateway's counters.
+
+    Recording never ends the loop: the monitor is what auto fallback and /health read, so a
+    failing store (the recorder logs and retries write errors itself) or a bug in recording is
+    logged once and the ticks go on.
+    """
+    failing = False
     try:
         async with monitor:
             async for snapshot in monitor.run():
                 if recorder is None:
                     continue
-                text = generate_latest(app.metrics.registry).decode()
-                recorder.record(snapshot, gateway_counters_from_metrics(text))
+                try:
+                    text = generate_latest(app.metrics.registry).decode()
+                    recorder.record(snapshot, gateway_counters_from_metrics(text))
+                except Exception:  # the monitor outlives any recording failure
+                    if not failing:
+                        log.exception("recording usage failed; the monitor keeps running")
+                    failing = True
+                else:
+                    failing = False
     finally:
         if recorder is not None:
             try:

@@ -547,3 +547,28 @@ def test_no_key_reaches_the_logs(tmp_path, monkeypatch, caplog) -> None:
     text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     for secret in (harness.key, REMOTE_KEY, ADMIN_KEY, "Bearer", "authorization"):
         assert secret not in text
+
+
+def test_health_says_when_the_monitor_has_gone_stale(tmp_path, monkeypatch) -> None:
+    """#13 item 17: a dead monitor task used to leave /health at 200 "ok" with an old reading."""
+
+    async def body(h: Harness) -> None:
+        h.signal.age = None  # no reading yet: starting, not a fault
+        starting = await h.client.get("/health")
+        assert starting.status_code == 200
+        assert starting.json()["monitor"] == "starting"
+
+        h.signal.age, h.signal.is_healthy = 1.0, True
+        fresh = await h.client.get("/health")
+        assert fresh.status_code == 200
+        assert (fresh.json()["status"], fresh.json()["monitor"]) == ("ok", "ok")
+
+        h.signal.age = 98.0  # far past metrics_max_age_seconds
+        stale = await h.client.get("/health")
+        assert stale.status_code == 503
+        document = stale.json()
+        assert (document["status"], document["monitor"]) == ("degraded", "stale")
+        assert document["local"]["reading_age_seconds"] == 98.0
+        assert document["monitor_max_age_seconds"] == h.config.rules.max_signal_age_s
+
+    run(tmp_path, monkeypatch, body)

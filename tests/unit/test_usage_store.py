@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -375,3 +377,107 @@ def test_the_simulated_monitor_feeds_the_recorder_and_the_cost_report(tmp_path: 
     assert report.cost_per_million_measured is not None
     assert report.cost_per_million_measured > 0
     assert report.verdict
+
+
+def test_the_store_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    """Usage per minute says who was busy when: private like the keys (#13 item 18)."""
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)  # a typical root umask: new files would be 0644
+    try:
+        path = tmp_path / "state" / "usage.sqlite3"
+        with UsageStore(path) as store:
+            store.add(int(T0 // 60), {"seconds": 1.0})
+            modes = {
+                p.name: stat.S_IMODE(p.stat().st_mode)
+                for p in path.parent.iterdir()
+                if p.name.startswith("usage.sqlite3")
+            }
+        assert {"usage.sqlite3", "usage.sqlite3-wal", "usage.sqlite3-shm"} <= set(modes)
+        assert all(mode == 0o600 for mode in modes.values()), modes
+
+        # A store created world-readable by an older version is made private when opened.
+        path.chmod(0o644)
+        UsageStore(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs (the tests run as root), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_full_disk_does_not_stop_the_gateways_monitor_and_loses_nothing(
+    tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#13 item 17: one disk-full moment used to kill the monitor task for good."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from appliance.gateway.recording import monitor_and_record
+    from appliance.monitor.monitor import ManualClock, Monitor
+    from appliance.monitor.status import simulated
+
+    clock = ManualClock(0.0, T0)
+    samplers, _ = simulated("rtx4090", clock=clock)
+    monitor = Monitor(samplers, clock=clock)
+    store = UsageStore(tiny_disk / "usage.sqlite3")
+    recorder = UsageRecorder(store, gateway_baseline=GatewayCounters(0.0, 0.0))
+    app = SimpleNamespace(metrics=GatewayMetrics(CollectorRegistry()))
+    filler = _fill(tiny_disk)
+
+    async def until(monotonic: float, task: asyncio.Task[None]) -> None:
+        for _ in range(100_000):  # bounded: a few hundred fake seconds of ticks
+            latest = monitor.latest
+            if task.done() or (latest is not None and latest.taken_at.monotonic >= monotonic):
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the monitor did not reach the wanted time")
+
+    async def go() -> float:
+        task = asyncio.get_running_loop().create_task(
+            monitor_and_record(app, monitor, recorder)  # type: ignore[arg-type]
+        )
+        try:
+            await until(180.0, task)  # three minutes on a full disk: three failed flushes
+            assert not task.done(), task.exception()
+            filler.unlink()
+            await until(240.0, task)
+            assert not task.done(), task.exception()
+            return clock.wall()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.INFO, logger="appliance.usage"):
+        now = asyncio.run(go())
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "usage store" in r.getMessage()]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said  # once each
+    assert "disk is full" in said[0][1]
+    assert "written again" in said[1][1]
+    usage = store.usage("hour", now)
+    assert usage.observed_seconds >= 240.0  # the minutes on the full disk were kept and written
+    store.close()
