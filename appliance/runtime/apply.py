@@ -275,12 +275,14 @@ def _preflight(
     box: Box,
     engine: DockerEngine,
     *,
+    options: SpecOptions | None,
     ports_busy: Callable[[int], bool],
     progress: Progress,
 ) -> None:
     specs = _starting(plan)
     if not specs:
         return
+    _check_gpus_visible(profile, box, options)
     progress(ApplyEvent("preflight", "checking ports, GPU, weights and images"))
     freed = {
         port
@@ -318,6 +320,24 @@ def _preflight(
         engine.pull(image, lambda step: progress(ApplyEvent("pull", step.status, pull=step)))
 
 
+def _check_gpus_visible(profile: Profile, box: Box, options: SpecOptions | None) -> None:
+    """`gpus: all` (or embeddings on the GPU) on a box where NVML sees no GPU would start the
+    engines with no GPU request at all; named GPUs are refused the same way by the specs."""
+    if (options or SpecOptions()).gpu_requests is False or box.gpus:
+        return
+    embeddings = profile.spec.embeddings
+    wanted = ["spec.gpus is all"] if profile.spec.gpus == "all" else []
+    if profile.spec.embeddings_enabled and embeddings is not None and embeddings.device == "gpu":
+        wanted.append("spec.embeddings.device is gpu")
+    if wanted:
+        raise EnvironmentNotReadyError(
+            f"{' and '.join(wanted)}, but this box has no GPU that NVML can see; "
+            "nothing was changed",
+            hint="run `appliance detect` for what is missing (driver, GPU), or plan for another "
+            "box with --simulate NAME",
+        )
+
+
 def _check_gpu_containers(specs: Sequence[ContainerSpec], box: Box) -> None:
     if any(spec.gpu_device_ids is not None for spec in specs) and not (
         box.docker.gpu_containers_possible
@@ -334,6 +354,7 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
     """What apply would refuse for reasons weights cannot fix: no GPU for containers, or a
     configuration vLLM would refuse. Run before a long download, so nobody waits an hour to
     learn the box could never have run it."""
+    _check_gpus_visible(profile, box, options)
     _check_gpu_containers(container_specs(profile, box, options=options), box)
     _check_fits(profile, box)
 
@@ -604,7 +625,9 @@ def apply_profile(
             return ApplyResult(plan, applied=False, containers=tuple(current))
         if confirm is not None and not confirm(plan):
             return ApplyResult(plan, applied=False, containers=tuple(current))
-        _preflight(plan, profile, box, engine, ports_busy=ports_busy, progress=report)
+        _preflight(
+            plan, profile, box, engine, options=options, ports_busy=ports_busy, progress=report
+        )
         _execute(plan, engine, deadlines=deadlines, clock=clock, probe=probe, progress=report)
         report(ApplyEvent("done", "applied"))
         return ApplyResult(plan, applied=True, containers=tuple(engine.managed_containers()))

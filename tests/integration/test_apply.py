@@ -335,6 +335,22 @@ def test_no_gpu_in_docker_and_missing_weights_are_refused_before_any_change(
     assert engine.managed_containers() == []
 
 
+def test_gpus_all_on_a_box_without_a_visible_gpu_is_refused_before_any_change(
+    engine: DockerEngine, stack: Stack
+) -> None:
+    """#13 item 16: `gpus: all` used to start vLLM with no GPU request at all."""
+    no_gpu = stack.box.model_copy(update={"gpus": []})
+    profile = stack.profile(embeddings=False)
+    assert profile.spec.gpus == "all"
+    with pytest.raises(EnvironmentNotReadyError, match="no GPU") as refused:
+        apply_profile(profile, no_gpu, engine, deadlines_s=DEADLINES)
+    assert "nothing was changed" in refused.value.message
+    assert "appliance detect" in (refused.value.hint or "")
+    assert engine.managed_containers() == []
+    # The test switch that turns GPU requests off is the one way past it.
+    assert apply_profile(profile, no_gpu, engine, options=NO_GPU, deadlines_s=DEADLINES).applied
+
+
 def test_an_image_that_cannot_be_pulled_stops_apply_before_any_change(
     engine: DockerEngine, stack: Stack
 ) -> None:
