@@ -41,7 +41,12 @@ from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.docker import DockerEngine, PullProgress
 from appliance.runtime.health import Clock, HealthOutcome, http_ok, wait_until_healthy
-from appliance.runtime.lock import apply_lock, lock_path
+from appliance.runtime.lock import (
+    LOCK_DIR,
+    apply_lock,
+    engine_lock_path,
+    shared_lock_dir_usable,
+)
 from appliance.runtime.model import ContainerSpec, ObservedContainer
 from appliance.runtime.plan import Action, Plan, make_plan
 from appliance.runtime.specs import SpecOptions, container_specs
@@ -616,7 +621,8 @@ def apply_profile(
     catalog = catalog or load_catalog()
     report = progress or _quiet
     deadlines = {**DEFAULT_HEALTH_DEADLINES_S, **(deadlines_s or {})}
-    with apply_lock(lock_file or lock_path(profile.spec.storage.state_dir)):
+    path = lock_file or engine_lock_path(engine.endpoint, profile.spec.storage.models_dir.parent)
+    with apply_lock(path, endpoint=engine.endpoint):
         current = engine.managed_containers()
         plan = make_plan(_desired(profile, box, catalog, options), current)
         report(ApplyEvent("plan", plan.render()))
@@ -692,12 +698,17 @@ def down(
 ) -> tuple[ObservedContainer, ...]:
     """`appliance down`: stop and remove every container the appliance manages, nothing else.
 
-    Takes the apply lock (from `lock_file`, else `state_dir`) when given one, so `down` never
-    races an apply. Weights are left alone (`--purge-weights` belongs to the weights module).
+    Takes the engine's apply lock (`lock_file` when given), so `down` never races an apply;
+    `state_dir` is where the lock goes when the shared lock directory cannot be written (without
+    it, and without that directory, `down` runs unlocked). Weights are left alone
+    (`--purge-weights` belongs to the weights module).
     """
     report = progress or _quiet
-    path = lock_file or (lock_path(state_dir) if state_dir is not None else None)
-    with apply_lock(path, "appliance down") if path else contextlib.nullcontext():
+    path = lock_file
+    if path is None and (state_dir is not None or shared_lock_dir_usable()):
+        path = engine_lock_path(engine.endpoint, state_dir or LOCK_DIR)
+    locked = apply_lock(path, "appliance down", endpoint=engine.endpoint) if path else None
+    with locked or contextlib.nullcontext():
         removed = tuple(engine.managed_containers())
         for container in removed:
             report(ApplyEvent("remove", f"removing {container.name}", container.role))

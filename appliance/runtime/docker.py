@@ -18,6 +18,7 @@ import docker.types  # noqa: TID251
 import requests.exceptions
 
 from appliance.errors import EnvironmentNotReadyError, OperationFailedError
+from appliance.runtime.lock import engine_endpoint
 from appliance.runtime.model import (
     LABEL_MANAGED_BY,
     LABEL_PROFILE,
@@ -66,6 +67,8 @@ class DockerEngine:
                 "socket (run as root or add the user to the docker group)",
             ) from error
         self.base_url = base_url
+        # One spelling per engine: what the apply lock is keyed by.
+        self.endpoint = engine_endpoint(base_url)
 
     def close(self) -> None:
         self._client.close()

@@ -1,4 +1,15 @@
-"""One apply at a time per box: an exclusive `flock` on a file in the state directory.
+"""One apply at a time per Docker engine: an exclusive `flock` on a file named after the engine.
+
+The lock is per engine, not per profile or state directory: two profiles with their own state
+directories on one engine share the GPU, the container names' namespace and the set-aside
+containers, so they must never apply at once.
+
+Where the file lives: `/run/llm-appliance/` (root, the normal case: `apply` runs as root to
+reach the Docker socket and write systemd units; /run is cleared at boot, which suits a lock).
+Where that cannot be written (a user in the docker group), the parent of the profile's models
+directory, which every profile on a box shares in practice. The name carries the endpoint
+(`DOCKER_HOST`, else the default socket), a unix socket resolved to its real path, so
+`/var/run/docker.sock` and `/run/docker.sock` are one engine.
 
 The kernel drops the lock when the holder exits, however it exits, so a crashed apply never
 leaves the box locked. The file keeps who holds it (pid, host, since) so the second apply can say
@@ -9,17 +20,32 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from appliance.errors import EnvironmentNotReadyError, RefusedError
 
-__all__ = ["LockHolder", "apply_lock", "lock_path"]
+__all__ = [
+    "DEFAULT_DOCKER_ENDPOINT",
+    "LOCK_DIR",
+    "LockHolder",
+    "apply_lock",
+    "engine_endpoint",
+    "engine_lock_path",
+    "shared_lock_dir_usable",
+]
+
+LOCK_DIR: Final = Path("/run/llm-appliance")
+# docker-py's default when DOCKER_HOST is unset (docker.constants.DEFAULT_UNIX_SOCKET).
+DEFAULT_DOCKER_ENDPOINT: Final = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -33,8 +59,33 @@ class LockHolder:
         return f"{self.what} (pid {self.pid} on {self.host}, since {self.since})"
 
 
-def lock_path(state_dir: Path) -> Path:
-    return state_dir / "apply.lock"
+def engine_endpoint(base_url: str | None, environ: dict[str, str] | None = None) -> str:
+    """The Docker engine a client with `base_url` talks to, one spelling per engine."""
+    env = os.environ if environ is None else environ
+    url = base_url or env.get("DOCKER_HOST") or DEFAULT_DOCKER_ENDPOINT
+    for prefix in ("unix://", "http+unix://"):
+        if url.startswith(prefix):
+            return "unix://" + os.path.realpath(url.removeprefix(prefix))
+    if url.startswith("/"):
+        return "unix://" + os.path.realpath(url)
+    return url.rstrip("/")
+
+
+def shared_lock_dir_usable(directory: Path = LOCK_DIR) -> bool:
+    """True when this user can keep lock files in `directory` (creating it if need be)."""
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def engine_lock_path(endpoint: str, fallback_dir: Path, lock_dir: Path = LOCK_DIR) -> Path:
+    """The lock file of the engine at `endpoint`: in `lock_dir`, else in `fallback_dir`."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", endpoint).strip("-")[-60:]
+    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:12]
+    directory = lock_dir if shared_lock_dir_usable(lock_dir) else fallback_dir
+    return directory / f"apply-{slug}-{digest}.lock"
 
 
 def _read_holder(handle: int) -> LockHolder | None:
@@ -50,8 +101,12 @@ def _read_holder(handle: int) -> LockHolder | None:
 
 
 @contextlib.contextmanager
-def apply_lock(path: Path, what: str = "appliance apply") -> Iterator[LockHolder]:
-    """Hold the box's apply lock for the `with` block, or refuse at once saying who holds it."""
+def apply_lock(
+    path: Path, what: str = "appliance apply", *, endpoint: str | None = None
+) -> Iterator[LockHolder]:
+    """Hold the apply lock for the `with` block, or refuse at once saying who holds it.
+
+    `endpoint` (the engine the lock is for) is only named in the refusal."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -66,8 +121,9 @@ def apply_lock(path: Path, what: str = "appliance apply") -> Iterator[LockHolder
         except BlockingIOError:
             holder = _read_holder(handle)
             who = holder.render() if holder else "another process"
+            where = f"on the Docker engine at {endpoint}" if endpoint else "on this box"
             raise RefusedError(
-                f"another apply is running on this box: {who}",
+                f"another apply is running {where}: {who}",
                 hint="wait for it to finish; the lock is released when that process exits "
                 f"(lock file {path})",
             ) from None

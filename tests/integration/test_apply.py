@@ -37,7 +37,7 @@ from appliance.runtime.apply import (
     status,
 )
 from appliance.runtime.docker import DockerEngine
-from appliance.runtime.lock import apply_lock
+from appliance.runtime.lock import apply_lock, engine_lock_path
 from appliance.runtime.model import ObservedContainer
 from appliance.runtime.specs import SpecOptions, weights_path
 from tests.doubles import EngineDoubleImages, free_port
@@ -265,10 +265,54 @@ def test_a_second_apply_is_refused_while_one_holds_the_lock(
 ) -> None:
     profile = stack.profile()
     with (
-        apply_lock(stack.root / "state" / "apply.lock", "a test holding the lock"),
+        apply_lock(
+            engine_lock_path(engine.endpoint, stack.root / "models"), "a test holding the lock"
+        ),
         pytest.raises(RefusedError, match="a test holding the lock"),
     ):
         _apply(stack, engine, profile)
+    assert engine.managed_containers() == []
+
+
+def test_two_profiles_with_their_own_state_dirs_cannot_apply_at_once_on_one_engine(
+    engine: DockerEngine, stack: Stack, tmp_path: Path
+) -> None:
+    """#13 item 15: the lock was per state dir, so two profiles applied at once on one engine
+    and stopped each other's set-aside containers. It is per Docker engine now."""
+    import threading
+
+    first = stack.profile(embeddings=False)
+    other_state = tmp_path / "other-state"
+    second = first.model_copy(
+        update={
+            "metadata": first.metadata.model_copy(update={"name": "other-team"}),
+            "spec": first.spec.model_copy(
+                update={
+                    "storage": first.spec.storage.model_copy(update={"state_dir": other_state}),
+                    "ports": first.spec.ports.model_copy(update={"vllm": free_port()}),
+                }
+            ),
+        }
+    )
+    assert first.spec.storage.state_dir != second.spec.storage.state_dir
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_plan: object) -> bool:  # apply asks `confirm` under its lock
+        holding.set()
+        release.wait(timeout=120)
+        return False
+
+    worker = threading.Thread(target=lambda: _apply(stack, engine, first, confirm=hold))
+    worker.start()
+    try:
+        assert holding.wait(timeout=120)
+        with pytest.raises(RefusedError, match="another apply is running") as refused:
+            _apply(stack, engine, second)
+        assert "Docker engine" in refused.value.message
+        assert f"pid {os.getpid()}" in refused.value.message
+    finally:
+        release.set()
+        worker.join(timeout=120)
     assert engine.managed_containers() == []
 
 
