@@ -406,7 +406,9 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
                 print(f"no weights under {models_dir}", file=sys.stderr)
         return ExitCode.OK
     if args.action == "rm":
-        removed = weights.remove_weights(models_dir, args.repo, _profiles(args.profiles))
+        removed = weights.remove_weights(
+            models_dir, args.repo, _profiles(args.profiles), mounted_by=_running_mounts()
+        )
         for item in removed:
             print(f"removed {item.repo}@{item.revision} ({item.sha[:12]})")
         return ExitCode.OK
@@ -447,6 +449,23 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
     for item in pulled:
         print(f"{item.repo}@{item.revision} ({item.sha[:12]}) -> {item.path}")
     return ExitCode.OK
+
+
+def _running_mounts() -> tuple[tuple[str, str], ...]:
+    """What the running engines mount, so `weights rm` spares it; () when Docker is not up."""
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.runtime.apply import weights_mounts
+    from appliance.runtime.docker import DockerEngine
+
+    try:
+        engine = DockerEngine()
+    except EnvironmentNotReadyError as error:
+        print(f"note: {error.message}; not checking what containers mount", file=sys.stderr)
+        return ()
+    try:
+        return weights_mounts(engine)
+    finally:
+        engine.close()
 
 
 def _profiles(paths: Sequence[Path]) -> list[Any]:

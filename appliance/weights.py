@@ -636,11 +636,16 @@ def list_weights(models_dir: Path, profiles: Sequence[Profile] = ()) -> list[Ins
 
 
 def remove_weights(
-    models_dir: Path, repo: str, in_use: Sequence[Profile] = ()
+    models_dir: Path,
+    repo: str,
+    in_use: Sequence[Profile] = (),
+    mounted_by: Sequence[tuple[str, str]] = (),
 ) -> list[InstalledWeights]:
     """Delete every snapshot (and partial download) of `repo`; returns what was removed.
 
-    Refused while a profile in `in_use` (the deployed ones) needs the repo.
+    Refused while a profile in `in_use` (the deployed ones) needs the repo, or while a container
+    in `mounted_by` — (container name, host path) of the running engines' mounts, from
+    `runtime.apply.weights_mounts` — mounts a directory of it (or one holding it).
     """
     repo_dir = _repo_dir(models_dir, repo)
     users = sorted({p.metadata.name for p in in_use for r in profile_weights(p) if r.repo == repo})
@@ -648,6 +653,21 @@ def remove_weights(
         raise RefusedError(
             f"{repo} is used by profile {', '.join(users)}",
             "stop or change that deployment first, then remove the weights",
+        )
+    held = repo_dir.resolve()
+    containers = sorted(
+        {
+            name
+            for name, source in mounted_by
+            if Path(source).resolve().is_relative_to(held)
+            or held.is_relative_to(Path(source).resolve())
+        }
+    )
+    if containers:
+        raise RefusedError(
+            f"{repo} is mounted by the running container {', '.join(containers)}",
+            "stop that deployment first (appliance down, or apply a profile without it), "
+            "then remove the weights",
         )
     if not repo_dir.is_dir():
         raise BadInputError(

@@ -67,6 +67,7 @@ __all__ = [
     "resolved_weights",
     "service_logs",
     "status",
+    "weights_mounts",
 ]
 
 # How long an engine may take to turn healthy: vLLM loading 70B from disk and capturing CUDA
@@ -687,6 +688,17 @@ def status(
             )
         )
     return tuple(result)
+
+
+def weights_mounts(engine: DockerEngine) -> tuple[tuple[str, str], ...]:
+    """(container name, host path) of every mount of the managed containers that run, restart
+    or are paused: what `weights.remove_weights` must not delete."""
+    return tuple(
+        (container.name, source)
+        for container in engine.managed_containers()
+        if container.state in ("running", "restarting", "paused")
+        for source in container.mounts
+    )
 
 
 def down(

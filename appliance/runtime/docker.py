@@ -124,6 +124,7 @@ class DockerEngine:
             started_at=state.get("StartedAt"),
             host_ports=ports,
             spec_json=labels.get(LABEL_SPEC),
+            mounts=tuple(str(m["Source"]) for m in attrs.get("Mounts") or () if m.get("Source")),
         )
 
     def logs(self, container_id: str, tail: int = 50) -> str:

@@ -115,3 +115,4 @@ class ObservedContainer(_Frozen):
     started_at: str | None = None
     host_ports: dict[int, int] = Field(default_factory=dict)  # container port -> host port
     spec_json: str | None = None  # the LABEL_SPEC label: the spec it was created from
+    mounts: tuple[str, ...] = ()  # host paths it mounts (the weights' directories)
