@@ -14,6 +14,15 @@ cannot be had), then executes it blue/green-safe:
 On any failure the new containers are removed and the set-aside ones get their names back and are
 started again if they were running before, so the box runs exactly what it ran before; the error
 (`ApplyFailedError`, exit 1) carries a diagnosis of the engine's log and its last lines.
+
+Interruptions: Ctrl-C, SIGTERM and SIGHUP (an SSH session that drops) roll back the same way
+(`ApplyInterrupted`, exit 130). While containers change they are acted on at the next safe
+point, never in the middle of a Docker call, so a container created half-way is never missed.
+A SIGKILL or a power cut cannot roll back: the set-aside container keeps its mark in its name
+(`-previous-<id>`, plus `-stopped` when it was not running; Docker cannot change a container's
+labels, and its spec hash label says what it runs), and the next apply, before planning,
+restores it unless the container that replaced it answers healthy. It is never removed as "an
+extra copy" while its replacement is not healthy.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import contextlib
 import errno
 import json
 import re
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +65,7 @@ __all__ = [
     "DEFAULT_HEALTH_DEADLINES_S",
     "ApplyEvent",
     "ApplyFailedError",
+    "ApplyInterrupted",
     "ApplyResult",
     "Diagnosis",
     "ServiceStatus",
@@ -76,8 +87,8 @@ DEFAULT_HEALTH_DEADLINES_S: Final[dict[str, float]] = {"vllm": 1800.0, "tei": 60
 LOG_LINES: Final = 40
 
 Step = Literal[
-    "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy", "remove",
-    "rollback", "done",
+    "recover", "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy",
+    "remove", "rollback", "done",
 ]  # fmt: skip
 
 
@@ -96,6 +107,74 @@ Progress = Callable[[ApplyEvent], None]
 
 def _quiet(_: ApplyEvent) -> None:
     return None
+
+
+def _tolerant(progress: Progress) -> Progress:
+    """A display that cannot be written (the SSH session behind SIGHUP is gone: EIO, EPIPE)
+    must never stop an apply or its rollback half-way."""
+
+    def report(event: ApplyEvent) -> None:
+        with contextlib.suppress(OSError):
+            progress(event)
+
+    return report
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP ended an apply; what it had changed was rolled back."""
+
+
+_INTERRUPTING: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Interrupts:
+    """The signals that end an apply, handled alike (SIGHUP is what a dropped SSH session
+    sends, SIGTERM what systemd and `kill` send).
+
+    Before anything changes they raise at once. While containers change (`deferred`), one is
+    only noted, and `check` raises it at the next safe point (between Docker calls, in the health
+    wait), so the rollback knows every container that exists. A second signal during the
+    rollback is ignored: the rollback finishes. Handlers can only be installed in the main
+    thread; elsewhere (the TUI's workers) this does nothing, and the previous handlers come back
+    when the apply ends.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._deferring = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in _INTERRUPTING:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.received is not None:
+            return
+        self.received = signal.Signals(signum).name
+        if not self._deferring:
+            raise ApplyInterrupted(self.received)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def stopping(self) -> bool:
+        return self.received is not None
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise ApplyInterrupted(self.received)
 
 
 @dataclass(frozen=True)
@@ -414,8 +493,18 @@ class _Journal:
     created: list[str] = field(default_factory=list)
 
 
+_ASIDE: Final = "-previous-"
+_NOT_RUNNING: Final = "-stopped"
+
+
+def _base_name(name: str) -> str:
+    return name.split(_ASIDE, maxsplit=1)[0]
+
+
 def _aside_name(container: ObservedContainer) -> str:
-    return f"{container.name.split('-previous-')[0]}-previous-{container.id[:12]}"
+    """`<name>-previous-<id>`: the last good one; `…-stopped` when it was not running."""
+    suffix = "" if container.state == "running" else _NOT_RUNNING
+    return f"{_base_name(container.name)}{_ASIDE}{container.id[:12]}{suffix}"
 
 
 def _set_aside(engine: DockerEngine, container: ObservedContainer, journal: _Journal) -> None:
@@ -435,19 +524,29 @@ def _start_new(
     clock: Clock | None,
     probe: Callable[[str], bool],
     progress: Progress,
+    interrupts: _Interrupts,
 ) -> None:
     progress(ApplyEvent("create", f"creating {spec.name} ({spec.image})", spec.role))
     container_id = engine.create(spec)
     journal.created.append(container_id)
+    interrupts.check()
     progress(ApplyEvent("start", f"starting {spec.name}", spec.role))
     engine.start(container_id)
+    interrupts.check()
     progress(ApplyEvent("wait", f"waiting for {spec.name} to turn healthy", spec.role))
     outcome = wait_until_healthy(
-        engine, container_id, spec.health_url, deadline_s=deadline_s, clock=clock, probe=probe
+        engine,
+        container_id,
+        spec.health_url,
+        deadline_s=deadline_s,
+        clock=clock,
+        probe=probe,
+        stop=interrupts.stopping,
     )
     if outcome.healthy:
         progress(ApplyEvent("healthy", f"{spec.name} is healthy", spec.role))
         return
+    interrupts.check()
     log_tail = engine.logs(container_id, tail=LOG_LINES)
     diagnosis = diagnose(log_tail, outcome)
     raise ApplyFailedError(
@@ -519,6 +618,7 @@ def _execute(
     clock: Clock | None,
     probe: Callable[[str], bool],
     progress: Progress,
+    interrupts: _Interrupts,
 ) -> None:
     journal = _Journal()
     order: Sequence[Action] = [a for a in plan.actions if a.kind == "remove"] + [
@@ -526,9 +626,11 @@ def _execute(
     ]
     try:
         for action in order:
+            interrupts.check()
             if action.container is not None:
                 progress(ApplyEvent("set-aside", f"stopping {action.container.name}", action.role))
                 _set_aside(engine, action.container, journal)
+                interrupts.check()
             if action.spec is not None:
                 _start_new(
                     engine,
@@ -538,6 +640,7 @@ def _execute(
                     clock=clock,
                     probe=probe,
                     progress=progress,
+                    interrupts=interrupts,
                 )
     except BaseException as error:
         problems = _rollback(
@@ -561,6 +664,8 @@ def _execute(
         if isinstance(error, ApplianceError):
             error.message = f"{error.message}; {note}"
             error.args = (error.message,)
+        if isinstance(error, ApplyInterrupted):
+            raise ApplyInterrupted(f"{error}: apply interrupted; {note}") from None
         raise
     for container in journal.set_aside:
         progress(ApplyEvent("remove", f"removing {_aside_name(container)}", container.role))
@@ -620,10 +725,15 @@ def apply_profile(
     `ApplyFailedError` after a rollback.
     """
     catalog = catalog or load_catalog()
-    report = progress or _quiet
+    report = _tolerant(progress or _quiet)
     deadlines = {**DEFAULT_HEALTH_DEADLINES_S, **(deadlines_s or {})}
     path = lock_file or engine_lock_path(engine.endpoint, profile.spec.storage.models_dir.parent)
-    with apply_lock(path, endpoint=engine.endpoint):
+    with _Interrupts() as interrupts, apply_lock(path, endpoint=engine.endpoint):
+        with interrupts.deferred():
+            _recover_set_aside(
+                engine, deadlines=deadlines, clock=clock, probe=probe, progress=report
+            )
+        interrupts.check()
         current = engine.managed_containers()
         plan = make_plan(_desired(profile, box, catalog, options), current)
         report(ApplyEvent("plan", plan.render()))
@@ -635,9 +745,73 @@ def apply_profile(
         _preflight(
             plan, profile, box, engine, options=options, ports_busy=ports_busy, progress=report
         )
-        _execute(plan, engine, deadlines=deadlines, clock=clock, probe=probe, progress=report)
+        with interrupts.deferred():
+            _execute(
+                plan,
+                engine,
+                deadlines=deadlines,
+                clock=clock,
+                probe=probe,
+                progress=report,
+                interrupts=interrupts,
+            )
         report(ApplyEvent("done", "applied"))
         return ApplyResult(plan, applied=True, containers=tuple(engine.managed_containers()))
+
+
+def _answers_healthy(container: ObservedContainer, probe: Callable[[str], bool]) -> bool:
+    if container.state != "running":
+        return False
+    url = _health_url(container)
+    return probe(url) if url is not None else container.health == "healthy"
+
+
+def _recover_set_aside(
+    engine: DockerEngine,
+    *,
+    deadlines: dict[str, float],
+    clock: Clock | None,
+    probe: Callable[[str], bool],
+    progress: Progress,
+) -> None:
+    """Undo what an apply that was killed (SIGKILL, power cut) left half-done, before planning.
+
+    A set-aside container is the last good one. Its replacement, when there is one, is kept only
+    if it answers healthy now (then the set-aside one is the extra copy the plan removes);
+    otherwise the replacement is removed and the set-aside container gets its name back, and is
+    started again when it was running. The plan then starts from what ran before the
+    interrupted apply, as a rollback would have left it.
+    """
+    for aside in [c for c in engine.managed_containers() if _ASIDE in c.name]:
+        base = _base_name(aside.name)
+        current = next((c for c in engine.managed_containers() if c.name == base), None)
+        if current is not None and _answers_healthy(current, probe):
+            continue
+        progress(
+            ApplyEvent(
+                "recover",
+                f"restoring {base}: an apply that did not finish left it set aside as "
+                f"{aside.name}" + (f" and {base} is not healthy" if current else ""),
+                aside.role,
+            )
+        )
+        if current is not None:
+            engine.remove(current.id)
+        engine.rename(aside.id, base)
+        if aside.name.endswith(_NOT_RUNNING):
+            continue
+        if aside.state != "running":
+            engine.start(aside.id)
+        outcome = wait_until_healthy(
+            engine,
+            aside.id,
+            _health_url(aside),
+            deadline_s=deadlines.get(aside.role, 600.0),
+            clock=clock,
+            probe=probe,
+        )
+        if not outcome.healthy:
+            progress(ApplyEvent("recover", f"{base} did not turn healthy: {outcome.reason}"))
 
 
 @dataclass(frozen=True)
@@ -731,7 +905,7 @@ def down(
 
 def _service(engine: DockerEngine, role: str) -> ObservedContainer:
     candidates = [c for c in engine.managed_containers() if c.role == role]
-    live = [c for c in candidates if "-previous-" not in c.name]
+    live = [c for c in candidates if _ASIDE not in c.name]
     if not (live or candidates):
         raise BadInputError(
             f"no {role} container is managed on this box",

@@ -60,28 +60,24 @@ def wait_until_healthy(
     clock: Clock | None = None,
     probe: Callable[[str], bool] = http_ok,
     poll_s: float = 0.5,
+    stop: Callable[[], bool] | None = None,
 ) -> HealthOutcome:
+    """`stop` is asked before each poll: True ends the wait as "interrupted" (apply's signals)."""
     clock = clock or SystemClock()
     end = clock.monotonic() + deadline_s
     observed: ObservedContainer | None = None
     first_restart_count: int | None = None
     while True:
+        if stop is not None and stop():
+            return HealthOutcome(False, "interrupted", observed)
         observed = inspector.inspect(container_id)
         if observed is None:
             return HealthOutcome(False, "the container was removed while starting", None)
         if first_restart_count is None:
             first_restart_count = observed.restart_count
-        # A restart policy turns an exit into "restarting": it died all the same. Compare with
-        # the count at the start: a container restarted back to life in a rollback has history.
-        died = observed.state in ("exited", "dead", "restarting")
-        if died or observed.restart_count > first_restart_count:
-            if observed.oom_killed:
-                return HealthOutcome(False, "killed: out of host memory (OOM)", observed)
-            if observed.exit_code is None:
-                reason = f"exited and was restarted by Docker ({observed.restart_count} restarts)"
-            else:
-                reason = f"exited with code {observed.exit_code}"
-            return HealthOutcome(False, reason, observed)
+        died = _death(observed, first_restart_count)
+        if died is not None:
+            return died
         if observed.state == "running":
             if health_url is not None:
                 if probe(health_url):
@@ -93,3 +89,21 @@ def wait_until_healthy(
                 False, f"not healthy after {deadline_s:.0f} s (state {observed.state})", observed
             )
         clock.sleep(poll_s)
+
+
+def _death(observed: ObservedContainer, first_restart_count: int) -> HealthOutcome | None:
+    """The outcome when the container died while we waited, else None.
+
+    A restart policy turns an exit into "restarting": it died all the same. Compare with the
+    count at the start: a container restarted back to life in a rollback has history.
+    """
+    died = observed.state in ("exited", "dead", "restarting")
+    if not died and observed.restart_count <= first_restart_count:
+        return None
+    if observed.oom_killed:
+        return HealthOutcome(False, "killed: out of host memory (OOM)", observed)
+    if observed.exit_code is None:
+        reason = f"exited and was restarted by Docker ({observed.restart_count} restarts)"
+    else:
+        reason = f"exited with code {observed.exit_code}"
+    return HealthOutcome(False, reason, observed)

@@ -211,11 +211,13 @@ def make_plan(desired: Sequence[ContainerSpec], observed: Sequence[ObservedConta
     for container in observed:
         if container.id in claimed:
             continue
-        reason = (
-            "no longer in the profile"
-            if container.role not in desired_roles
-            else "an extra copy of this role"
-        )
+        if container.role not in desired_roles:
+            reason = "no longer in the profile"
+        elif "-previous-" in container.name:
+            reason = "set aside by an apply that did not finish; apply restores it instead "
+            reason += "unless its replacement answers healthy"
+        else:
+            reason = "an extra copy of this role"
         actions.append(
             Action("remove", container.role, container.name, container=container, reason=reason)
         )
