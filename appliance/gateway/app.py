@@ -137,6 +137,20 @@ _PROXIED = {
 }
 
 
+# The `route` label's values: the gateway's own routes, and "other" for any path a client sends.
+# Never the path itself: labels from client text grow /metrics without bound and publish the
+# text (a key pasted into a URL, a prompt) on an endpoint that needs no key.
+ROUTES = frozenset(
+    {*(path.decode() for path in _PROXIED), "/v1/models", "/health", "/metrics", "/admin/fallback"}
+)
+
+
+def route_label(path: bytes) -> str:
+    """The `route` label for a request path: one of `ROUTES`, else "other"."""
+    label = path.decode("latin-1")
+    return label if label in ROUTES else "other"
+
+
 class _ClientGoneError(Exception):
     """The client disconnected while its request body was being read."""
 
@@ -526,7 +540,7 @@ class GatewayApp:
         kind = _PROXIED.get(path)
         if kind is not None:
             if method != "POST":
-                await self._refuse(send, path, 405, f"use POST for {path.decode()}", "not_allowed")
+                await self._refuse(send, path, 405, f"use POST for {_shown(path)}", "not_allowed")
                 return
             await self._proxy(scope, receive, send, kind, path)
         elif path == b"/v1/models" and method == "GET":
@@ -544,10 +558,10 @@ class GatewayApp:
         elif path == b"/admin/fallback" and method in ("GET", "PUT"):
             await self._admin_fallback(scope, receive, send, method)
         else:
-            await self._refuse(send, path, 404, f"no route {method} {path.decode()}", "not_found")
+            await self._refuse(send, path, 404, f"no route {method} {_shown(path)}", "not_found")
 
     async def _refuse(self, send: Send, path: bytes, status: int, message: str, code: str) -> None:
-        self.metrics.count(path.decode()[:64], "none", Outcome.BAD_REQUEST)
+        self.metrics.count(route_label(path), "none", Outcome.BAD_REQUEST)
         await _send_bytes(send, status, error_body(message, "invalid_request_error", code), _LOCAL)
 
     # -- auth
@@ -1089,6 +1103,11 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], exchange:
                 exchange.disconnected = True
                 task.cancel()
             return
+
+
+def _shown(path: bytes) -> str:
+    """A client's path, quoted back in an error: any bytes, at most 200 characters."""
+    return path[:200].decode("utf-8", "replace")
 
 
 def _parse_bearer(value: bytes) -> str | None:

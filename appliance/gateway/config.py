@@ -43,6 +43,33 @@ class Timeouts:
                 raise BadInputError(f"timeout {name} must be positive, not {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client connection may cost the gateway before it is cut off.
+
+    Every request crosses the gateway before a key is checked, so these bound what anyone who
+    can reach the port can hold: the size and count of request headers (431 beyond them), how
+    long a request head may take to arrive from its first byte (or from the connect), and how
+    long a request body may stall. Near the process's open-files limit, the connections that
+    are idle or still sending a head are closed oldest first to make room, keeping
+    `open_files_reserve` descriptors for upstreams, files and new clients.
+    """
+
+    max_header_bytes: int = 64 * 1024  # request line and headers; nginx allows 4 x 8 KiB
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    open_files_reserve: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_headers", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise BadInputError(f"client limit {name} must be positive, not {value}")
+        if self.open_files_reserve < 0:
+            raise BadInputError("open_files_reserve must be 0 or more descriptors")
+
+
 def _check_url(url: str, what: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -130,6 +157,7 @@ class GatewayConfig:
     local_timeouts: Timeouts = Timeouts()
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections_per_upstream: int = 1024
+    client: ClientLimits = ClientLimits()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
