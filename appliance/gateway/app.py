@@ -127,6 +127,7 @@ class Outcome(enum.StrEnum):
     DISCONNECTED = "disconnected"  # the client went away; the upstream request was cancelled
 
 
+_ADMIN_BODY_LIMIT = 64 * 1024  # {"mode": "auto"} needs a few bytes
 # Bodies of known length up to this size are sent with their head in one go (see `_forward`).
 _COLLECT_LIMIT = 256 * 1024
 
@@ -480,13 +481,10 @@ class GatewayApp:
     def refresh_files(self) -> None:
         """Re-read the keys file and the fallback state if they changed on disk."""
         config = self.config
-        signature = FileSignature.of(config.keys_file)
-        if signature != self._keys_signature or not self._started:
-            self._keys = load_keyring(config.keys_file)
-            self._keys_signature = signature
-            self._limiter.forget(set(self._keys.records))
+        self.refresh_keys()
         signature = FileSignature.of(config.state_file)
         if signature != self._state_signature or not self._started:
+            self._state_signature = signature  # a damaged version is reported once
             state = read_fallback(config.state_file, config.default_fallback_mode)
             if state.mode is not FallbackMode.OFF and config.remote is None:
                 log.error(
@@ -497,8 +495,29 @@ class GatewayApp:
             if state.mode is not self._state.mode:
                 log.info("fallback mode is now %s (by %s)", state.mode.value, state.changed_by)
             self._state = state
-            self._state_signature = signature
             self.metrics.set_mode(state.mode)
+
+    def refresh_keys(self) -> None:
+        """Swap in the keys file if it changed: a stat per key check, so a key revoked or
+        created by the CLI counts from the very next request.
+
+        A damaged file (hand-edited, half-restored) is reported once per version, and the keys
+        read before stay in force; at startup it is an error (`preflight` says so first).
+        """
+        path = self.config.keys_file
+        signature = FileSignature.of(path)
+        if signature == self._keys_signature and self._started:
+            return
+        self._keys_signature = signature
+        try:
+            ring = load_keyring(path)
+        except ApplianceError as error:
+            if not self._started:
+                raise
+            log.error("keeping the previous %d keys: %s", len(self._keys), error.message)
+            return
+        self._keys = ring
+        self._limiter.forget(set(ring.records))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -506,7 +525,7 @@ class GatewayApp:
             try:
                 self.refresh_files()
             except ApplianceError as error:
-                log.error("keeping the previous keys and mode: %s", error.message)
+                log.error("keeping the previous fallback mode: %s", error.message)
 
     # -- ASGI entry
 
@@ -589,6 +608,7 @@ class GatewayApp:
                 "Missing API key: send 'Authorization: Bearer <key>' "
                 "(create one with `appliance keys create NAME`)."
             )
+        self.refresh_keys()
         info = self._keys.verify(token, Scope.API)
         if info is None:
             return "Incorrect API key provided, or the key was revoked."
@@ -625,6 +645,7 @@ class GatewayApp:
             return False
         if self._admin_key is not None and self._admin_key.matches(token):
             return True
+        self.refresh_keys()
         return self._keys.verify(token, Scope.ADMIN) is not None
 
     # -- /v1/models, /health, /admin/fallback
@@ -685,9 +706,12 @@ class GatewayApp:
             return
         if method == "PUT":
             try:
-                raw = await _read_body(receive, 64 * 1024)
+                raw = await _read_body(receive, _ADMIN_BODY_LIMIT)
                 requested = json.loads(raw)["mode"]
                 mode = FallbackMode.parse(str(requested))
+            except _TooLargeError:
+                await self._too_large(send, route, _ADMIN_BODY_LIMIT)
+                return
             except (_ClientGoneError, ValueError, KeyError, TypeError, ApplianceError) as error:
                 message = (
                     error.render()
@@ -734,6 +758,19 @@ class GatewayApp:
         body = {**self._state.to_json(), "remote_configured": self.config.remote is not None}
         await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
 
+    async def _too_large(self, send: Send, route: str, limit: int) -> None:
+        self.metrics.count(route, "none", Outcome.BAD_REQUEST)
+        await _send_bytes(
+            send,
+            413,
+            error_body(
+                f"Request body larger than {limit} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            _LOCAL,
+        )
+
     # -- the proxy
 
     async def _proxy(
@@ -758,17 +795,7 @@ class GatewayApp:
             self.metrics.count(route, "none", Outcome.DISCONNECTED)
             return
         except _TooLargeError:
-            self.metrics.count(route, "none", Outcome.BAD_REQUEST)
-            await _send_bytes(
-                send,
-                413,
-                error_body(
-                    f"Request body larger than {self.config.max_body_bytes} bytes.",
-                    "invalid_request_error",
-                    "request_too_large",
-                ),
-                _LOCAL,
-            )
+            await self._too_large(send, route, self.config.max_body_bytes)
             return
         query: bytes = scope.get("query_string") or b""
         exchange = _Exchange(
