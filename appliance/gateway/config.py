@@ -28,14 +28,16 @@ if TYPE_CHECKING:
 class Timeouts:
     """Per-upstream deadlines, in seconds.
 
-    `first_byte_s` runs from sending the request to the response headers: for a non-streamed
-    completion the engine answers only when it has finished generating, so it must cover a long
-    generation. `idle_s` is the longest silence allowed between two chunks of a body.
+    `first_byte_s` runs from sending the request to the response headers, and from them to the
+    first body bytes: for a non-streamed completion the engine answers only when it has finished
+    generating, and a stream's first token waits for the queue and the prefill, so it must cover
+    a long wait. `idle_s` is the longest silence allowed between two chunks once the body has
+    begun: a person watching a stream gives up after seconds, not minutes.
     """
 
     connect_s: float = 2.0
     first_byte_s: float = 600.0
-    idle_s: float = 60.0
+    idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("connect_s", "first_byte_s", "idle_s"):
@@ -250,11 +252,11 @@ def _secret(env: str | None, file: Path | None) -> SecretSource | None:
 
 
 def _timeouts(timeouts: ProfileTimeouts) -> Timeouts:
-    """The profile's connect/read seconds; the read bound covers the first byte and idle gaps."""
+    """The profile's seconds: connect; read, up to the first body bytes; then stream idle."""
     return Timeouts(
         connect_s=timeouts.connect_seconds,
         first_byte_s=timeouts.read_seconds,
-        idle_s=timeouts.read_seconds,
+        idle_s=timeouts.stream_idle_seconds,
     )
 
 
