@@ -840,8 +840,15 @@ class Timeouts(_Model):
     )
     read_seconds: Annotated[StrictFloat, Gt(0), Le(3600)] = Field(
         default=300.0,
-        description="Longest silence between bytes of a response (covers time to first token).",
+        description="Longest wait for a response and its first bytes (covers queueing and time "
+        "to first token).",
         examples=[300],
+    )
+    stream_idle_seconds: Annotated[StrictFloat, Gt(0), Le(3600)] = Field(
+        default=30.0,
+        description="Longest silence between bytes once a response has begun; a stream silent "
+        "this long is ended with an error event.",
+        examples=[30],
     )
 
 

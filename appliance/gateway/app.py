@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +34,7 @@ from appliance.errors import ApplianceError
 from appliance.gateway.config import GatewayConfig, RemoteConfig, Timeouts, origin
 from appliance.gateway.files import FileSignature
 from appliance.gateway.keys import KeyInfo, KeyRing, Scope, StaticAdminKey, load_keyring
+from appliance.gateway.openai_errors import error_body, normalised
 from appliance.gateway.policy import (
     Destination,
     FallbackMode,
@@ -89,8 +90,10 @@ _DROP_REQUEST = frozenset(
         b"authorization",
     }
 )
-# Not for the remote API: they name the client's OpenAI account, not the appliance's.
-_DROP_REMOTE = frozenset({b"openai-organization", b"openai-project"})
+# The only client headers the third-party remote API receives (with the appliance's own key):
+# what the body is and what answer is wanted. Not cookies, not X-Forwarded-For, not the client's
+# OpenAI organisation, nothing a client or a proxy in front of the gateway adds.
+_REMOTE_ALLOWED = frozenset({b"content-type", b"accept"})
 # Never passed back: hop-by-hop, and what uvicorn sets itself (date) or we do not advertise.
 _DROP_RESPONSE = frozenset(
     {
@@ -127,6 +130,10 @@ class Outcome(enum.StrEnum):
     DISCONNECTED = "disconnected"  # the client went away; the upstream request was cancelled
 
 
+_ADMIN_BODY_LIMIT = 64 * 1024  # {"mode": "auto"} needs a few bytes
+_WATCH_INTERVAL_S = 0.25  # how often the engine watch reads the health signals (no IO)
+# A stream of an engine known down is ended once it has been silent this long.
+_DEAD_STREAM_SILENCE_S = 2.0
 # Bodies of known length up to this size are sent with their head in one go (see `_forward`).
 _COLLECT_LIMIT = 256 * 1024
 
@@ -137,18 +144,25 @@ _PROXIED = {
 }
 
 
+# The `route` label's values: the gateway's own routes, and "other" for any path a client sends.
+# Never the path itself: labels from client text grow /metrics without bound and publish the
+# text (a key pasted into a URL, a prompt) on an endpoint that needs no key.
+ROUTES = frozenset(
+    {*(path.decode() for path in _PROXIED), "/v1/models", "/health", "/metrics", "/admin/fallback"}
+)
+
+
+def route_label(path: bytes) -> str:
+    """The `route` label for a request path: one of `ROUTES`, else "other"."""
+    label = path.decode("latin-1")
+    return label if label in ROUTES else "other"
+
+
 class _ClientGoneError(Exception):
     """The client disconnected while its request body was being read."""
 
 
 # ---------------------------------------------------------------------------------- errors
-
-
-def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
-    """OpenAI's error shape, which every SDK knows how to show."""
-    return json.dumps(
-        {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    ).encode()
 
 
 async def _send_bytes(
@@ -297,15 +311,17 @@ class GatewayMetrics:
 
 @dataclass
 class _Target:
-    """One local upstream with its own passive circuit breaker."""
+    """One local upstream with its own passive circuit breaker, and its streams in flight."""
 
     name: str
     upstream: Upstream
     rules: RoutingRules
     last_failure: float | None = None
+    healthy: bool | None = None  # as last logged by the engine watch
+    streams: dict[_Exchange, UpstreamResponse] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False)  # one per request, hashed by identity (a key of `_Target.streams`)
 class _Exchange:
     """What one proxied request has done so far (for metrics and for the no-retry rule)."""
 
@@ -313,11 +329,13 @@ class _Exchange:
     started: float
     send: Send
     path: bytes  # relative to the upstream's base URL
+    query: bytes  # "?…" for the local engines; never sent to the remote API
     headers: Headers
     body: bytes
     destination: str = "none"
     status: int = 0
     body_bytes_sent: int = 0
+    last_chunk_at: float = 0.0  # when the upstream last sent body bytes (streams of engines)
     finished: bool = False
     disconnected: bool = False
 
@@ -330,6 +348,7 @@ class GatewayApp:
         config: GatewayConfig,
         *,
         load_signal: LoadSignal | None = None,
+        embeddings_signal: LoadSignal | None = None,
         chat_upstream: Upstream | None = None,
         embeddings_upstream: Upstream | None = None,
         remote_upstream: Upstream | None = None,
@@ -345,6 +364,7 @@ class GatewayApp:
         self._background = tuple(background)
         self._clock = clock
         self._signal = load_signal
+        self._embeddings_signal = embeddings_signal
         self._injected = {
             "chat": chat_upstream,
             "embeddings": embeddings_upstream,
@@ -370,7 +390,7 @@ class GatewayApp:
             and config.embeddings_model
             and config.embeddings_model in config.remote.model_map
         )
-        self._models_body = self._build_models_body()
+        self._models_bodies: dict[tuple[FallbackMode, bool, bool], bytes] = {}
         self._started = False
 
     # -- lifecycle
@@ -432,18 +452,34 @@ class GatewayApp:
                 )
             )
         loop = asyncio.get_running_loop()
+        # Short deadlines: an engine that cannot answer /health within two seconds is
+        # unhealthy, and a wedged probe must not leave a reading to go stale unnoticed.
+        quick = Timeouts(
+            connect_s=min(config.local_timeouts.connect_s, 2.0), first_byte_s=2.0, idle_s=2.0
+        )
         if self._signal is None and config.probe_interval_s > 0:
-            # Short deadlines: an engine that cannot answer /health within two seconds is
-            # unhealthy, and a wedged probe must not leave a reading to go stale unnoticed.
-            quick = Timeouts(
-                connect_s=min(config.local_timeouts.connect_s, 2.0), first_byte_s=2.0, idle_s=2.0
-            )
             probe_origin = self._injected["probe"] or self._own(
                 LeanPool(origin(config.chat_upstream), quick, max_connections=4)
             )
             probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
             self._signal = probe
             self._tasks.append(loop.create_task(probe.run(), name="gateway-engine-probe"))
+        if (
+            self._embeddings_signal is None
+            and config.embeddings_upstream is not None
+            and config.probe_interval_s > 0
+        ):
+            # Whether TEI answers decides whether /v1/models lists its model; its queue does not
+            # route anything, so /health is all this probe reads.
+            tei_origin = self._own(
+                LeanPool(origin(config.embeddings_upstream), quick, max_connections=2)
+            )
+            tei_probe = EngineProbe(
+                tei_origin, interval_s=config.probe_interval_s, clock=self._clock, queue=False
+            )
+            self._embeddings_signal = tei_probe
+            self._tasks.append(loop.create_task(tei_probe.run(), name="gateway-embeddings-probe"))
+        self._tasks.append(loop.create_task(self._watch_engines(), name="gateway-engine-watch"))
         self._tasks.append(loop.create_task(self._refresh_loop(), name="gateway-file-refresh"))
         for index, companion in enumerate(self._background):
             self._tasks.append(loop.create_task(companion(self), name=f"gateway-companion-{index}"))
@@ -476,13 +512,10 @@ class GatewayApp:
     def refresh_files(self) -> None:
         """Re-read the keys file and the fallback state if they changed on disk."""
         config = self.config
-        signature = FileSignature.of(config.keys_file)
-        if signature != self._keys_signature or not self._started:
-            self._keys = load_keyring(config.keys_file)
-            self._keys_signature = signature
-            self._limiter.forget(set(self._keys.records))
+        self.refresh_keys()
         signature = FileSignature.of(config.state_file)
         if signature != self._state_signature or not self._started:
+            self._state_signature = signature  # a damaged version is reported once
             state = read_fallback(config.state_file, config.default_fallback_mode)
             if state.mode is not FallbackMode.OFF and config.remote is None:
                 log.error(
@@ -493,8 +526,29 @@ class GatewayApp:
             if state.mode is not self._state.mode:
                 log.info("fallback mode is now %s (by %s)", state.mode.value, state.changed_by)
             self._state = state
-            self._state_signature = signature
             self.metrics.set_mode(state.mode)
+
+    def refresh_keys(self) -> None:
+        """Swap in the keys file if it changed: a stat per key check, so a key revoked or
+        created by the CLI counts from the very next request.
+
+        A damaged file (hand-edited, half-restored) is reported once per version, and the keys
+        read before stay in force; at startup it is an error (`preflight` says so first).
+        """
+        path = self.config.keys_file
+        signature = FileSignature.of(path)
+        if signature == self._keys_signature and self._started:
+            return
+        self._keys_signature = signature
+        try:
+            ring = load_keyring(path)
+        except ApplianceError as error:
+            if not self._started:
+                raise
+            log.error("keeping the previous %d keys: %s", len(self._keys), error.message)
+            return
+        self._keys = ring
+        self._limiter.forget(set(ring.records))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -502,7 +556,60 @@ class GatewayApp:
             try:
                 self.refresh_files()
             except ApplianceError as error:
-                log.error("keeping the previous keys and mode: %s", error.message)
+                log.error("keeping the previous fallback mode: %s", error.message)
+
+    # -- the engines' health
+
+    async def _watch_engines(self) -> None:
+        """Log each local engine's health transitions once, and end its silent streams as soon
+        as it is known to be down (whichever reads it: the monitor, or the gateway's probe)."""
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            for target, signal in (
+                (self._chat, self._signal),
+                (self._embeddings, self._embeddings_signal),
+            ):
+                if target is not None and signal is not None:
+                    self._watch(target, signal)
+
+    def _watch(self, target: _Target, signal: LoadSignal) -> None:
+        reading = LoadReading.of(signal)
+        age = reading.age_seconds
+        if reading.healthy is None or age is None or not 0 <= age <= target.rules.max_signal_age_s:
+            return  # nothing fresh known: no transition, and nothing to end streams on
+        problem_of = getattr(signal, "problem", None)
+        problem = problem_of() if callable(problem_of) else None
+        why = f" ({problem})" if problem else ""
+        if reading.healthy is not target.healthy:
+            if not reading.healthy:
+                log.warning("local %s engine is down%s", target.name, why)
+            elif target.healthy is False:
+                log.info("local %s engine is up again", target.name)
+            else:
+                log.info("local %s engine is up", target.name)
+            target.healthy = reading.healthy
+        if reading.healthy or not target.streams:
+            return
+        now = self._clock()
+        read_at = now - age
+        for exchange, response in list(target.streams.items()):
+            silent = now - exchange.last_chunk_at
+            # Only streams silent since before the reading, and for a while: a stream still
+            # sending proves its engine alive whatever one slow /health said.
+            if exchange.last_chunk_at < read_at and silent >= _DEAD_STREAM_SILENCE_S:
+                del target.streams[exchange]
+                response.abort(
+                    f"the local {target.name} engine is down{why}; no data for {silent:.0f} s"
+                )
+
+    def _known_down(self, signal: LoadSignal | None) -> bool:
+        """A fresh reading says the engine is not healthy."""
+        if signal is None:
+            return False
+        reading = LoadReading.of(signal)
+        age = reading.age_seconds
+        fresh = age is not None and 0 <= age <= self.config.max_signal_age_s
+        return fresh and reading.healthy is False
 
     # -- ASGI entry
 
@@ -536,7 +643,7 @@ class GatewayApp:
         kind = _PROXIED.get(path)
         if kind is not None:
             if method != "POST":
-                await self._refuse(send, path, 405, f"use POST for {path.decode()}", "not_allowed")
+                await self._refuse(send, path, 405, f"use POST for {_shown(path)}", "not_allowed")
                 return
             await self._proxy(scope, receive, send, kind, path)
         elif path == b"/v1/models" and method == "GET":
@@ -554,10 +661,10 @@ class GatewayApp:
         elif path == b"/admin/fallback" and method in ("GET", "PUT"):
             await self._admin_fallback(scope, receive, send, method)
         else:
-            await self._refuse(send, path, 404, f"no route {method} {path.decode()}", "not_found")
+            await self._refuse(send, path, 404, f"no route {method} {_shown(path)}", "not_found")
 
     async def _refuse(self, send: Send, path: bytes, status: int, message: str, code: str) -> None:
-        self.metrics.count(path.decode()[:64], "none", Outcome.BAD_REQUEST)
+        self.metrics.count(route_label(path), "none", Outcome.BAD_REQUEST)
         await _send_bytes(send, status, error_body(message, "invalid_request_error", code), _LOCAL)
 
     # -- auth
@@ -585,6 +692,7 @@ class GatewayApp:
                 "Missing API key: send 'Authorization: Bearer <key>' "
                 "(create one with `appliance keys create NAME`)."
             )
+        self.refresh_keys()
         info = self._keys.verify(token, Scope.API)
         if info is None:
             return "Incorrect API key provided, or the key was revoked."
@@ -621,31 +729,48 @@ class GatewayApp:
             return False
         if self._admin_key is not None and self._admin_key.matches(token):
             return True
+        self.refresh_keys()
         return self._keys.verify(token, Scope.ADMIN) is not None
 
     # -- /v1/models, /health, /admin/fallback
 
-    def _build_models_body(self) -> bytes:
+    def _models_body(self) -> bytes:
+        """What can be served right now, in OpenAI's list shape.
+
+        Listed, not marked: an OpenAI client has no field for "down", and a model a client
+        picks from the list should answer. A local model is listed while its engine is not
+        known to be down, or while fallback is on and the remote API takes it under a mapped
+        name; the remote API's own models while fallback is on (`auto` tries them there, a
+        local 404 sends them on). Unknown health (no fresh reading yet) counts as up.
+        """
+        mode = self.mode
+        key = (mode, self._known_down(self._signal), self._known_down(self._embeddings_signal))
+        body = self._models_bodies.get(key)
+        if body is None:
+            body = self._models_bodies[key] = self._build_models_body(*key)
+        return body
+
+    def _build_models_body(self, mode: FallbackMode, chat_down: bool, tei_down: bool) -> bytes:
         config = self.config
+        remote = config.remote if mode is not FallbackMode.OFF else None
+        mapped = remote.model_map if remote is not None else {}
+        local_too = mode is not FallbackMode.ALWAYS
         created = int(time.time())
+        names = [
+            name for name in config.chat_models if (local_too and not chat_down) or name in mapped
+        ]
+        embeddings = config.embeddings_model
+        if embeddings and ((local_too and not tei_down) or embeddings in mapped):
+            names.append(embeddings)
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "llm-appliance"}
-            for name in config.chat_models
+            for name in names
         ]
-        if config.embeddings_model:
-            data.append(
-                {
-                    "id": config.embeddings_model,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "llm-appliance",
-                }
-            )
-        if config.remote is not None:
-            local = {item["id"] for item in data}
+        if remote is not None:
+            local = set(config.chat_models) | {embeddings}
             data += [
                 {"id": name, "object": "model", "created": created, "owned_by": "remote"}
-                for name in config.remote.remote_models
+                for name in remote.remote_models
                 if name not in local
             ]
         return json.dumps({"object": "list", "data": data}).encode()
@@ -655,7 +780,7 @@ class GatewayApp:
         if not await self._admit(self._bearer(scope), route, send, self._clock()):
             return
         self.metrics.count(route, "none", Outcome.OK)
-        await _send_bytes(send, 200, self._models_body, _LOCAL)
+        await _send_bytes(send, 200, self._models_body(), _LOCAL)
 
     async def _health(self, send: Send) -> None:
         reading = LoadReading.of(self._signal)
@@ -687,9 +812,12 @@ class GatewayApp:
             return
         if method == "PUT":
             try:
-                raw = await _read_body(receive, 64 * 1024)
+                raw = await _read_body(receive, _ADMIN_BODY_LIMIT)
                 requested = json.loads(raw)["mode"]
                 mode = FallbackMode.parse(str(requested))
+            except _TooLargeError:
+                await self._too_large(send, route, _ADMIN_BODY_LIMIT)
+                return
             except (_ClientGoneError, ValueError, KeyError, TypeError, ApplianceError) as error:
                 message = (
                     error.render()
@@ -736,6 +864,19 @@ class GatewayApp:
         body = {**self._state.to_json(), "remote_configured": self.config.remote is not None}
         await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
 
+    async def _too_large(self, send: Send, route: str, limit: int) -> None:
+        self.metrics.count(route, "none", Outcome.BAD_REQUEST)
+        await _send_bytes(
+            send,
+            413,
+            error_body(
+                f"Request body larger than {limit} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            _LOCAL,
+        )
+
     # -- the proxy
 
     async def _proxy(
@@ -760,24 +901,15 @@ class GatewayApp:
             self.metrics.count(route, "none", Outcome.DISCONNECTED)
             return
         except _TooLargeError:
-            self.metrics.count(route, "none", Outcome.BAD_REQUEST)
-            await _send_bytes(
-                send,
-                413,
-                error_body(
-                    f"Request body larger than {self.config.max_body_bytes} bytes.",
-                    "invalid_request_error",
-                    "request_too_large",
-                ),
-                _LOCAL,
-            )
+            await self._too_large(send, route, self.config.max_body_bytes)
             return
         query: bytes = scope.get("query_string") or b""
         exchange = _Exchange(
             route=route,
             started=started,
             send=send,
-            path=path[3:] + (b"?" + query if query else b""),  # "/v1/x" -> "/x" on the base URL
+            path=path[3:],  # "/v1/x" -> "/x" on the base URL
+            query=b"?" + query if query else b"",
             headers=forwarded,
             body=body,
         )
@@ -821,7 +953,7 @@ class GatewayApp:
         failure: LocalFailure
         try:
             response = await target.upstream.send(
-                b"POST", exchange.path, exchange.headers, exchange.body
+                b"POST", exchange.path + exchange.query, exchange.headers, exchange.body
             )
         except UpstreamConnectError as error:
             failure, detail = LocalFailure.CONNECT, str(error)
@@ -900,7 +1032,7 @@ class GatewayApp:
         self.metrics.fallbacks.labels(route.reason.value).inc()
         log.debug("sending %s to the remote API (%s)", exchange.route, route.reason.value)
         exchange.destination = Destination.REMOTE.value
-        headers = [(n, v) for n, v in exchange.headers if n not in _DROP_REMOTE]
+        headers = [(n, v) for n, v in exchange.headers if n in _REMOTE_ALLOWED]
         if auth is not None:
             headers.append((b"authorization", auth))
         try:
@@ -950,23 +1082,16 @@ class GatewayApp:
         a busy 2-core box is a measurable part of the added latency. Streams never wait.
         """
         send = exchange.send
+        streams = target.streams if target is not None else None
         try:
             status = response.status
-            headers: Headers = []
-            length = -1
-            event_stream = False
-            for name, value in response.headers:
-                if name in _DROP_RESPONSE:
-                    continue
-                headers.append((name, value))
-                if name == b"content-length" and value.isdigit():
-                    length = int(value)
-                elif name == b"content-type" and value.startswith(b"text/event-stream"):
-                    event_stream = True
-            headers.append((ROUTE_HEADER, route))
+            headers, length, event_stream = _response_head(response, route)
             exchange.status = status
             if 0 <= length <= _COLLECT_LIMIT and not event_stream:
                 return await self._forward_whole(response, exchange, headers, length, target)
+            if streams is not None:  # the engine watch may end it (see `_watch`)
+                exchange.last_chunk_at = self._clock()
+                streams[exchange] = response
             # The head goes out with the first chunk (the client wakes once for both); until
             # then nothing has reached the client, and a failure is a clean error response.
             try:
@@ -980,11 +1105,13 @@ class GatewayApp:
             self.metrics.timings(exchange.route, exchange.destination)[0].observe(
                 self._clock() - exchange.started
             )
+            clock = self._clock
             try:
                 while chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     exchange.body_bytes_sent += len(chunk)
                     chunk = await response.next_chunk()
+                    exchange.last_chunk_at = clock()
             except UpstreamError as error:
                 log.warning(
                     "%s upstream broke after %d bytes: %s",
@@ -1011,6 +1138,8 @@ class GatewayApp:
             exchange.finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            if streams is not None:
+                streams.pop(exchange, None)
             await response.aclose()
         if status >= 500:
             return Outcome.UPSTREAM_ERROR
@@ -1050,6 +1179,8 @@ class GatewayApp:
             await response.aclose()
             return await self._broken_early(exchange, target, f"broke mid-answer: {error}")
         body = parts[0] if len(parts) == 1 else b"".join(parts)
+        if exchange.status >= 400:
+            body, headers = _in_openai_shape(exchange.status, body, headers)
         await exchange.send(
             {"type": "http.response.start", "status": exchange.status, "headers": headers}
         )
@@ -1105,6 +1236,43 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], exchange:
                 exchange.disconnected = True
                 task.cancel()
             return
+
+
+def _response_head(response: UpstreamResponse, route: bytes) -> tuple[Headers, int, bool]:
+    """The headers passed back to the client, the body's length (-1: not given), and whether
+    the body is an event stream."""
+    headers: Headers = []
+    length = -1
+    event_stream = False
+    for name, value in response.headers:
+        if name in _DROP_RESPONSE:
+            continue
+        headers.append((name, value))
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+        elif name == b"content-type" and value.startswith(b"text/event-stream"):
+            event_stream = True
+    headers.append((ROUTE_HEADER, route))
+    return headers, length, event_stream
+
+
+def _in_openai_shape(status: int, body: bytes, headers: Headers) -> tuple[bytes, Headers]:
+    """An upstream's error answer in OpenAI's shape, its message kept (vLLM's `code: 404`,
+    `type: NotFoundError`, TEI's `{"error": "…"}`), with the headers that now describe it.
+    A compressed body (the remote API's, already in that shape) is passed on as it is."""
+    if any(name == b"content-encoding" and value != b"identity" for name, value in headers):
+        return body, headers
+    shaped = normalised(status, body)
+    if shaped is body:
+        return body, headers
+    kept = [(n, v) for n, v in headers if n not in (b"content-length", b"content-type")]
+    kept += [(b"content-type", b"application/json"), (b"content-length", str(len(shaped)).encode())]
+    return shaped, kept
+
+
+def _shown(path: bytes) -> str:
+    """A client's path, quoted back in an error: any bytes, at most 200 characters."""
+    return path[:200].decode("utf-8", "replace")
 
 
 def _parse_bearer(value: bytes) -> str | None:

@@ -28,19 +28,48 @@ if TYPE_CHECKING:
 class Timeouts:
     """Per-upstream deadlines, in seconds.
 
-    `first_byte_s` runs from sending the request to the response headers: for a non-streamed
-    completion the engine answers only when it has finished generating, so it must cover a long
-    generation. `idle_s` is the longest silence allowed between two chunks of a body.
+    `first_byte_s` runs from sending the request to the response headers, and from them to the
+    first body bytes: for a non-streamed completion the engine answers only when it has finished
+    generating, and a stream's first token waits for the queue and the prefill, so it must cover
+    a long wait. `idle_s` is the longest silence allowed between two chunks once the body has
+    begun: a person watching a stream gives up after seconds, not minutes.
     """
 
     connect_s: float = 2.0
     first_byte_s: float = 600.0
-    idle_s: float = 60.0
+    idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("connect_s", "first_byte_s", "idle_s"):
             if not getattr(self, name) > 0:
                 raise BadInputError(f"timeout {name} must be positive, not {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client connection may cost the gateway before it is cut off.
+
+    Every request crosses the gateway before a key is checked, so these bound what anyone who
+    can reach the port can hold: the size and count of request headers (431 beyond them), how
+    long a request head may take to arrive from its first byte (or from the connect), and how
+    long a request body may stall. Near the process's open-files limit, the connections that
+    are idle or still sending a head are closed oldest first to make room, keeping
+    `open_files_reserve` descriptors for upstreams, files and new clients.
+    """
+
+    max_header_bytes: int = 64 * 1024  # request line and headers; nginx allows 4 x 8 KiB
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    open_files_reserve: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_headers", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise BadInputError(f"client limit {name} must be positive, not {value}")
+        if self.open_files_reserve < 0:
+            raise BadInputError("open_files_reserve must be 0 or more descriptors")
 
 
 def _check_url(url: str, what: str) -> str:
@@ -130,6 +159,7 @@ class GatewayConfig:
     local_timeouts: Timeouts = Timeouts()
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections_per_upstream: int = 1024
+    client: ClientLimits = ClientLimits()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
@@ -222,11 +252,11 @@ def _secret(env: str | None, file: Path | None) -> SecretSource | None:
 
 
 def _timeouts(timeouts: ProfileTimeouts) -> Timeouts:
-    """The profile's connect/read seconds; the read bound covers the first byte and idle gaps."""
+    """The profile's seconds: connect; read, up to the first body bytes; then stream idle."""
     return Timeouts(
         connect_s=timeouts.connect_seconds,
         first_byte_s=timeouts.read_seconds,
-        idle_s=timeouts.read_seconds,
+        idle_s=timeouts.stream_idle_seconds,
     )
 
 

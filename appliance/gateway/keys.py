@@ -10,7 +10,9 @@ Scopes keep the admin key separate: an `api` key calls `/v1/*`; an `admin` key c
 and nothing else.
 
 The file is rewritten atomically under a lock by `create_key` / `revoke_key` (the CLI) while the
-gateway may be running; the gateway notices the new file and swaps in a new `KeyRing`.
+gateway may be running; the gateway looks at the file's signature (inode, size, mtime) before
+each key check and swaps in a new `KeyRing` when it changed, so a revoked key is refused on the
+very next request.
 """
 
 from __future__ import annotations
@@ -121,6 +123,18 @@ class KeyRing:
         return len(self.records)
 
 
+def _rate_limit(item: Mapping[str, Any]) -> int | None:
+    """A record's requests-per-minute limit: a positive whole number, or absent (no limit)."""
+    value = item.get("rate_limit_per_minute")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        name = item.get("name")
+        msg = f"rate_limit_per_minute of key {name!r} is {value!r}, not a whole number above 0"
+        raise ValueError(msg)
+    return value
+
+
 def load_keyring(path: Path) -> KeyRing:
     """Read the keys file; a missing file is an empty ring (auth then refuses everyone)."""
     try:
@@ -141,7 +155,7 @@ def load_keyring(path: Path) -> KeyRing:
                 key_id=str(item["id"]),
                 scope=Scope(item.get("scope", "api")),
                 created_at=str(item["created_at"]),
-                rate_limit_per_minute=item.get("rate_limit_per_minute"),
+                rate_limit_per_minute=_rate_limit(item),
             )
             records[info.key_id] = _Record(
                 info, bytes.fromhex(item["salt"]), bytes.fromhex(item["sha256"])
@@ -215,7 +229,7 @@ def list_keys(keys_file: Path) -> list[KeyInfo]:
 
 
 def revoke_key(keys_file: Path, name: str) -> KeyInfo:
-    """Delete the key called `name`; a running gateway refuses it within about a second.
+    """Delete the key called `name`; a running gateway refuses it from its next request on.
 
     Raises `BadInputError` when there is no such key.
     """

@@ -34,7 +34,11 @@ def waiting_from_metrics(text: str, metric: str = WAITING_METRIC) -> int | None:
 
 
 class EngineProbe:
-    """A `LoadSignal` fed by polling the engine; run `run()` as a background task."""
+    """A `LoadSignal` fed by polling the engine; run `run()` as a background task.
+
+    `queue=False` reads only `/health` (TEI: its queue routes nothing). Health transitions are
+    logged by the gateway's engine watch, which sees this probe and the monitor alike.
+    """
 
     def __init__(
         self,
@@ -42,12 +46,15 @@ class EngineProbe:
         *,
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        queue: bool = True,
     ) -> None:
         self._origin = origin
         self._interval_s = interval_s
         self._clock = clock
+        self._queue = queue
         self._waiting: int | None = None
         self._healthy: bool | None = None
+        self._problem: str | None = None
         self._read_at: float | None = None
 
     def waiting_requests(self) -> int | None:
@@ -55,6 +62,10 @@ class EngineProbe:
 
     def healthy(self) -> bool | None:
         return self._healthy
+
+    def problem(self) -> str | None:
+        """Why the engine is not healthy, as last read (None while it is)."""
+        return self._problem
 
     @property
     def age_seconds(self) -> float | None:
@@ -78,7 +89,10 @@ class EngineProbe:
             return
         healthy = status == 200
         waiting: int | None = None
-        if healthy:
+        if not healthy:
+            self._record(False, None, f"/health answered {status}")
+            return
+        if self._queue:
             try:
                 status, text = await self._get(b"/metrics")
                 if status == 200:
@@ -87,13 +101,8 @@ class EngineProbe:
                 log.debug("engine metrics unreadable: %s", error)
         self._record(healthy, waiting)
 
-    def _record(self, healthy: bool, waiting: int | None, why: str = "") -> None:
-        if healthy is not self._healthy:
-            if healthy:
-                log.info("local engine is healthy")
-            else:
-                log.warning("local engine is unhealthy%s", f" ({why})" if why else "")
-        self._healthy, self._waiting = healthy, waiting
+    def _record(self, healthy: bool, waiting: int | None, why: str | None = None) -> None:
+        self._healthy, self._waiting, self._problem = healthy, waiting, why
         self._read_at = self._clock()
 
     async def run(self) -> None:

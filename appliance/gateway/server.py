@@ -22,6 +22,7 @@ from appliance.gateway.app import GatewayApp
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.keys import load_keyring
 from appliance.gateway.policy import LoadSignal
+from appliance.gateway.protocol import protocol_class
 from appliance.gateway.state import read_fallback
 
 log = logging.getLogger("appliance.gateway")
@@ -70,6 +71,14 @@ def preflight(
             ) from error
 
 
+def quiet_http_clients() -> None:
+    """httpx logs a line per request at INFO: the monitor the gateway hosts polls every engine
+    each second, which drowned the gateway's own lines. Its failures reach the log through the
+    monitor's health transitions instead."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build_server(
     app: GatewayApp,
     host: str,
@@ -85,7 +94,9 @@ def build_server(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with limits on what a client may hold (`ClientLimits`).
+        http=protocol_class(app.config.client),
+        ws="none",  # the gateway serves no WebSockets; an upgrade is answered as plain HTTP
         lifespan="on",
         access_log=False,  # a line per request costs latency; /metrics counts them instead
         server_header=False,
@@ -119,6 +130,7 @@ def run_gateway(
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    quiet_http_clients()
     preflight(config, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     app = GatewayApp(config, load_signal=load_signal, background=background)
     server = build_server(

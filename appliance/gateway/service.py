@@ -49,6 +49,10 @@ ExecStart={appliance_bin} gateway --profile {profile_copy}
 EnvironmentFile=-{env_file}
 Restart=always
 RestartSec=2
+# Each client connection is a descriptor, and each request in flight one more to an engine;
+# systemd's default soft limit (1024) is reached by a few hundred busy clients. Near the limit
+# the gateway closes idle connections first (ClientLimits in appliance/gateway/config.py).
+LimitNOFILE=65536
 NoNewPrivileges=yes
 PrivateTmp=yes
 

@@ -80,6 +80,11 @@ class UpstreamResponse(Protocol):
         """Give the connection back (fully read) or drop it (not); idempotent."""
         ...
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection now: the pending or next `next_chunk` raises
+        `UpstreamBrokenError(reason)` (the engine is known dead, a read would only wait)."""
+        ...
+
 
 class Upstream(Protocol):
     """A pooled client for one base URL. `path` is appended to the base URL's path."""
@@ -225,12 +230,15 @@ class _Connection(asyncio.Protocol):
 
 
 class _LeanResponse:
-    __slots__ = ("_connection", "_done", "_idle_s", "_pool", "headers", "status")
+    __slots__ = ("_connection", "_done", "_idle_s", "_pool", "_wait_s", "headers", "status")
 
-    def __init__(self, pool: LeanPool, connection: _Connection, idle_s: float) -> None:
+    def __init__(self, pool: LeanPool, connection: _Connection, timeouts: Timeouts) -> None:
         self._pool = pool
         self._connection = connection
-        self._idle_s = idle_s
+        # The first body bytes may wait as long as a response head (a stream's head comes at
+        # once, its first token after the queue and the prefill); later ones only `idle_s`.
+        self._wait_s = timeouts.first_byte_s
+        self._idle_s = timeouts.idle_s
         self._done = False
         self.status = connection.status
         self.headers = connection.headers
@@ -249,6 +257,7 @@ class _LeanResponse:
                 if connection.paused and connection.transport is not None:
                     connection.paused = False
                     connection.transport.resume_reading()
+                self._wait_s = self._idle_s
                 return data
             if connection.complete:
                 return b""
@@ -257,11 +266,11 @@ class _LeanResponse:
             waiter: asyncio.Future[None] = connection.loop.create_future()
             connection.waiter = waiter
             timer = connection.loop.call_later(
-                self._idle_s,
+                self._wait_s,
                 _expire,
                 waiter,
                 UpstreamTimeoutError(
-                    f"no data from upstream for {self._idle_s:g} s", before_response=False
+                    f"no data from upstream for {self._wait_s:g} s", before_response=False
                 ),
             )
             try:
@@ -272,6 +281,10 @@ class _LeanResponse:
 
     async def aclose(self) -> None:
         self.close()
+
+    def abort(self, reason: str) -> None:
+        self._connection._fail(UpstreamBrokenError(reason, before_response=False))
+        self._connection.abort()
 
     def close(self) -> None:
         if self._done:
@@ -385,7 +398,7 @@ class LeanPool:
                         connection = None
                         continue
                     raise
-                return _LeanResponse(self, connection, self._timeouts.idle_s)
+                return _LeanResponse(self, connection, self._timeouts)
             raise AssertionError("unreachable")  # pragma: no cover
         except BaseException:
             self._slots.release()
@@ -424,7 +437,7 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 class _HttpxResponse:
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, idle_s: float) -> None:
         self._response = response
         # A transport that hands over a finished body (MockTransport) has nothing to stream.
         self._stream = (
@@ -432,12 +445,33 @@ class _HttpxResponse:
         )
         self.status = response.status_code
         self.headers: Headers = [(k.lower(), v) for k, v in response.headers.raw]
+        self._idle_s = idle_s
+        self._started = False
+        self._aborted: UpstreamBrokenError | None = None
+        self._reader: asyncio.Task[object] | None = None
 
     async def next_chunk(self) -> bytes:
+        if self._aborted is not None:
+            raise self._aborted
+        reader = self._reader = asyncio.current_task()
         try:
-            return await anext(self._stream)
+            if self._started:  # httpx's read timeout covers the first byte; this, later gaps
+                chunk = await asyncio.wait_for(anext(self._stream), self._idle_s)
+            else:
+                chunk = await anext(self._stream)
+            self._started = True
+            return chunk
         except StopAsyncIteration:
             return b""
+        except asyncio.CancelledError:
+            if self._aborted is None or reader is None:
+                raise
+            reader.uncancel()  # the cancel was `abort`'s, not the request's
+            raise self._aborted from None
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"no data from upstream for {self._idle_s:g} s", before_response=False
+            ) from None
         except httpx.TimeoutException as error:
             raise UpstreamTimeoutError(
                 str(error) or "read timed out", before_response=False
@@ -446,9 +480,16 @@ class _HttpxResponse:
             raise UpstreamBrokenError(
                 str(error) or type(error).__name__, before_response=False
             ) from None
+        finally:
+            self._reader = None
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+    def abort(self, reason: str) -> None:
+        self._aborted = UpstreamBrokenError(reason, before_response=False)
+        if self._reader is not None:
+            self._reader.cancel()
 
 
 class HttpxPool:
@@ -464,12 +505,13 @@ class HttpxPool:
     ) -> None:
         self.base_url = base_url
         self._prefix = urllib.parse.urlsplit(base_url).path.rstrip("/")
+        self._idle_s = timeouts.idle_s
         self._client = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
             timeout=httpx.Timeout(
                 connect=timeouts.connect_s,
-                read=max(timeouts.first_byte_s, timeouts.idle_s),
+                read=timeouts.first_byte_s,
                 write=timeouts.idle_s,
                 pool=timeouts.connect_s,
             ),
@@ -500,7 +542,7 @@ class HttpxPool:
             raise UpstreamBrokenError(
                 str(error) or type(error).__name__, before_response=True
             ) from None
-        return _HttpxResponse(response)
+        return _HttpxResponse(response, self._idle_s)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -563,6 +563,11 @@ class EngineLoadSignal:
         stats = self._stats()
         return None if stats is None else stats.healthy
 
+    def problem(self) -> str | None:
+        """Why the engine is not healthy, in a person's words (the gateway logs it)."""
+        stats = self._stats()
+        return None if stats is None else stats.health_error
+
     @property
     def age_seconds(self) -> float | None:
         snapshot = self.latest()

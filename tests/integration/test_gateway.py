@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ RUNNER = textwrap.dedent(
     """
     import json, logging, sys
     from pathlib import Path
+    from appliance.gateway import config as gateway_config
     from appliance.gateway.config import GatewayConfig, RemoteConfig, SecretSource
     from appliance.gateway.policy import FallbackMode
     from appliance.gateway.server import run_gateway
@@ -60,7 +62,10 @@ RUNNER = textwrap.dedent(
                               remote["model_map"])
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                         format="%(levelname)s %(name)s %(message)s")
+    client = spec.pop("client")
+    limits = {"client": gateway_config.ClientLimits(**client)} if client else {}
     config = GatewayConfig(
+        **limits,
         chat_upstream=spec["chat"], chat_models=("tiny",),
         embeddings_upstream=spec["embeddings"], embeddings_model="bge",
         keys_file=Path(spec["state"]) / "keys.json",
@@ -140,6 +145,13 @@ def vllm(name: str = "tiny", **env: str) -> Any:
 
 
 @dataclass
+class Remote:
+    """A stand-in remote API that is not an engine double (only its /v1 base URL matters)."""
+
+    v1: str
+
+
+@dataclass
 class Gateway:
     url: str
     process: subprocess.Popen[bytes]
@@ -182,12 +194,17 @@ def gateway(
     key: str,
     chat: Engine,
     tei: Engine,
-    remote: Engine | None,
+    remote: Engine | Remote | None,
     *,
     mode: str = "off",
     cooldown: float = 2.0,
+    client: Mapping[str, float] | None = None,
+    open_files: int | None = None,
 ) -> Iterator[Gateway]:
+    """The gateway in its own process; `client` sets `ClientLimits` fields, `open_files` its
+    RLIMIT_NOFILE (soft and hard, as systemd's LimitNOFILE= would)."""
     spec = {
+        "client": dict(client or {}),
         "chat": chat.v1,
         "embeddings": tei.v1,
         "state": str(state),
@@ -220,6 +237,9 @@ def gateway(
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+    if open_files is not None:
+        # Set from outside (prlimit) rather than in a preexec_fn, which is unsafe with threads.
+        resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (open_files, open_files))
     running = Gateway(f"http://127.0.0.1:{port}", process, log, key)
     try:
         _wait_for(
@@ -267,7 +287,8 @@ def test_the_openai_sdk_works_through_the_gateway(state, api_key, tei, remote) -
         assert completion.choices[0].text == " tok0 tok1"
         vectors = client.embeddings.create(model="bge", input=["a", "b"])
         assert [len(item.embedding) for item in vectors.data] == [8, 8]
-        assert {m.id for m in client.models.list()} == {"tiny", "bge", "gpt-remote"}
+        # Fallback is off: the remote model is not servable through this gateway now.
+        assert {m.id for m in client.models.list()} == {"tiny", "bge"}
 
 
 def test_a_stream_is_forwarded_as_it_is_made_not_buffered(state, api_key, tei) -> None:
@@ -492,7 +513,7 @@ def test_no_secret_in_logs_metrics_errors_or_ps(state, api_key, tei, remote) -> 
     log = gw.log.read_text()
     assert "fallback mode set to off" in log  # the log is really being written
     assert "to the remote API" in log
-    assert "local engine is unhealthy" in log
+    assert "local chat engine is down" in log
     for secret in (api_key, api_key.split("-")[-1], REMOTE_KEY, ADMIN_KEY):
         for where, text in [("log", log), ("metrics", metrics), ("ps", ps.stdout)]:
             assert secret not in text, where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
@@ -78,15 +79,20 @@ def create_key(profile: Path) -> str:
 
 @contextmanager
 def running_gateway(
-    profile: Path, base_url: str, verify: ssl.SSLContext | bool = True
+    profile: Path, base_url: str, verify: ssl.SSLContext | bool = True, *, log: Path | None = None
 ) -> Iterator[None]:
-    """Run `appliance gateway --profile`, wait for `base_url/health`, then stop it (SIGTERM)."""
-    gateway = subprocess.Popen(
-        [APPLIANCE, "gateway", "--profile", str(profile)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """Run `appliance gateway --profile`, wait for `base_url/health`, then stop it (SIGTERM).
+
+    With `log`, its stderr (the gateway's log) is written there instead of kept in a pipe.
+    """
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("w")) if log is not None else subprocess.PIPE
+        gateway = subprocess.Popen(
+            [APPLIANCE, "gateway", "--profile", str(profile)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 30  # a bound against hanging, not a timing assertion
         while True:

@@ -274,7 +274,32 @@ def test_models_lists_local_and_remote_names(tmp_path, monkeypatch) -> None:
         }
         assert response.headers["x-appliance-route"] == "local"
 
-    run(tmp_path, monkeypatch, body)
+    run(tmp_path, monkeypatch, body, mode=FallbackMode.AUTO)
+
+
+async def _model_ids(h: Harness) -> set[str]:
+    response = await h.client.get("/v1/models", headers=h.auth())
+    return {m["id"] for m in response.json()["data"]}
+
+
+def test_models_lists_only_what_can_be_served_now(tmp_path, monkeypatch) -> None:
+    async def body(h: Harness) -> None:
+        # Off: the remote API is out of reach; a known-down engine's model is not servable.
+        assert await _model_ids(h) == {"tiny", "bge"}
+        h.signal.is_healthy, h.signal.age = False, 0.5
+        assert await _model_ids(h) == {"bge"}
+        h.signal.age = 60.0  # a stale reading says nothing
+        assert await _model_ids(h) == {"tiny", "bge"}
+        # Auto with the engine down: its name still answers, mapped to the remote API.
+        h.signal.age = 0.5
+        set_fallback(h.config.state_file, "auto", remote_configured=True)
+        h.app.refresh_files()
+        assert await _model_ids(h) == {"tiny", "bge", "gpt-remote", "remote-embed"}
+        set_fallback(h.config.state_file, "always", remote_configured=True)
+        h.app.refresh_files()
+        assert await _model_ids(h) == {"tiny", "bge", "gpt-remote", "remote-embed"}
+
+    run(tmp_path, monkeypatch, body, embeddings_mapped=True)
 
 
 def test_unknown_paths_and_methods_are_openai_errors(tmp_path, monkeypatch) -> None:

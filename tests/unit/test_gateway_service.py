@@ -68,3 +68,11 @@ def test_no_systemd_means_nothing_installed(tmp_path: Path) -> None:
 def test_a_failing_systemctl_is_reported(tmp_path: Path) -> None:
     with pytest.raises(OperationFailedError, match="systemctl restart"):
         _install(tmp_path, FakeSystemctl(fail_on="restart"))
+
+
+def test_the_unit_gives_the_gateway_room_for_many_connections(tmp_path: Path) -> None:
+    # systemd's default soft limit of 1024 open files let 1,000 half-sent requests lock every
+    # real user out (issue #13).
+    _install(tmp_path, FakeSystemctl())
+    unit = (tmp_path / "systemd" / UNIT_NAME).read_text()
+    assert "\nLimitNOFILE=65536\n" in unit
