@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from appliance import __version__
+from appliance import cli_options as opt
 from appliance.errors import ApplianceError, BadInputError, ExitCode
 
 DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
@@ -163,7 +164,7 @@ def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
         url_samplers(args.urls),
         show,
         count=args.count,
-        config=MonitorConfig(interval_s=args.interval),
+        config=MonitorConfig.for_interval(args.interval),
     )
     return ExitCode.OK
 
@@ -244,7 +245,9 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
         if args.output == Path("-"):
             sys.stdout.write(text)
         else:
-            args.output.write_text(text, encoding="utf-8")
+            from appliance.fileio import write_output
+
+            write_output(args.output, text)
             print(f"wrote {args.output} ({top.model_name}, {top.quantization})", file=sys.stderr)
     return ExitCode.OK
 
@@ -281,6 +284,15 @@ def _cmd_cost(args: argparse.Namespace) -> ExitCode:
 
 def _cmd_export(args: argparse.Namespace) -> ExitCode:
     from appliance.profile import load_profile
+
+    if args.output is not None:  # a directory for k8s, a file for the others
+        convert = opt.output_dir if args.target == "k8s" else opt.output_file
+        try:
+            args.output = convert(args.output)
+        except argparse.ArgumentTypeError as error:
+            raise BadInputError(
+                f"-o/--output: {error}", hint="see `appliance export --help`"
+            ) from None
 
     if args.target == "grafana":
         from appliance.exports.grafana import grafana_export
@@ -412,13 +424,16 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     if args.action == "import":
         repo, revision = weights.parse_repo_ref(args.as_repo)
-        with _ByteProgress() as progress:
-            installed = _cancellable(
-                lambda cancel: weights.import_weights(
-                    args.path, repo, revision, models_dir=models_dir,
-                    on_progress=progress, cancel=cancel,
-                )
-            )  # fmt: skip
+        try:
+            with _ByteProgress() as progress:
+                installed = _cancellable(
+                    lambda cancel: weights.import_weights(
+                        args.path, repo, revision, models_dir=models_dir,
+                        on_progress=progress, cancel=cancel,
+                    )
+                )  # fmt: skip
+        except OSError as error:
+            raise _import_error(error, args.path, models_dir) from None
         print(f"{installed.repo}@{installed.revision} -> {installed.path}")
         return ExitCode.OK
     token = weights.resolve_token(args.token_file)
@@ -447,6 +462,34 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
     for item in pulled:
         print(f"{item.repo}@{item.revision} ({item.sha[:12]}) -> {item.path}")
     return ExitCode.OK
+
+
+def _import_error(error: OSError, source: Path, models_dir: Path) -> ApplianceError:
+    """An OS error during `weights import` as one line: a full disk, or a file it may not use.
+
+    The import copies into a staging directory that it removes on any failure, so nothing half
+    copied is left behind; the message says so.
+    """
+    import errno
+
+    from appliance.errors import EnvironmentNotReadyError
+
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentNotReadyError(
+            f"the disk under {models_dir} filled up while importing {source}{where}; "
+            "what was copied so far is removed",
+            hint="free some space (appliance weights list / rm) or use a larger --models-dir",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentNotReadyError(
+            f"cannot import {source}: permission denied{where}",
+            hint=f"run as a user that can read {source} and write {models_dir} (e.g. with sudo)",
+        )
+    return EnvironmentNotReadyError(
+        f"cannot import {source}: {error.strerror or error}{where}",
+        hint=f"check {source} and the disk under {models_dir}, then import again",
+    )
 
 
 def _profiles(paths: Sequence[Path]) -> list[Any]:
@@ -826,23 +869,28 @@ def _add_estimate(commands: _Commands) -> None:
     )
     where = estimate.add_mutually_exclusive_group()
     where.add_argument("--gpu", metavar="NAME", help="a catalog GPU, e.g. rtx4090, l40s, h100")
-    where.add_argument("--gpu-memory-gib", type=float, metavar="N", help="one card's memory")
-    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="how many cards")
-    estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
+    where.add_argument(
+        "--gpu-memory-gib", type=opt.gpu_memory_gib, metavar="N", help="one card's memory"
+    )
+    estimate.add_argument(
+        "--gpus", type=opt.positive_int, default=1, metavar="N", help="how many cards"
+    )
+    estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
     estimate.add_argument(
         "--gpu-memory-utilization",
-        type=float,
+        type=opt.fraction,
         metavar="F",
         help="vLLM's default when omitted: 0.92 from v0.20, 0.9 before",
     )
-    estimate.add_argument("--max-model-len", type=int, metavar="N")
-    estimate.add_argument("--max-num-seqs", type=int, metavar="N")
-    estimate.add_argument("--max-num-batched-tokens", type=int, metavar="N")
+    estimate.add_argument("--max-model-len", type=opt.positive_int, metavar="N")
+    estimate.add_argument("--max-num-seqs", type=opt.positive_int, metavar="N")
+    estimate.add_argument("--max-num-batched-tokens", type=opt.positive_int, metavar="N")
     estimate.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
     estimate.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     estimate.add_argument(
         "--vllm-version",
+        type=opt.vllm_version,
         metavar="V",
         help="follow this vLLM release's memory rules (default: the pinned image's)",
     )
@@ -859,10 +907,14 @@ def _add_recommend(commands: _Commands) -> None:
     )
     rec.add_argument("--simulate", metavar="NAME", help="recommend for a simulated box")
     rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
-    rec.add_argument("--users", type=int, metavar="N", help="requests at once at peak")
-    rec.add_argument("--context", type=int, metavar="N", help="max_model_len wanted")
-    rec.add_argument("--prompt-tokens", type=int, metavar="N", help="typical prompt length")
-    rec.add_argument("--output-tokens", type=int, metavar="N", help="typical answer length")
+    rec.add_argument("--users", type=opt.positive_int, metavar="N", help="requests at once at peak")
+    rec.add_argument("--context", type=opt.positive_int, metavar="N", help="max_model_len wanted")
+    rec.add_argument(
+        "--prompt-tokens", type=opt.positive_int, metavar="N", help="typical prompt length"
+    )
+    rec.add_argument(
+        "--output-tokens", type=opt.positive_int, metavar="N", help="typical answer length"
+    )
     rec.add_argument("--prefer", choices=["quality", "balanced", "speed"], help="what wins ties")
     rec.add_argument(
         "--embeddings",
@@ -877,7 +929,11 @@ def _add_recommend(commands: _Commands) -> None:
     )
     rec.add_argument("--json", action="store_true", help="print the ranking as JSON")
     rec.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="write the top choice as a profile"
+        "-o",
+        "--output",
+        type=opt.output_file,
+        metavar="FILE",
+        help="write the top choice as a profile (- for stdout)",
     )
     rec.set_defaults(handler=_cmd_recommend)
 
@@ -907,8 +963,10 @@ def _add_scrape(commands: _Commands) -> None:
         description="Sample vLLM or TEI servers the appliance did not start, by base URL.",
     )
     scrape.add_argument("urls", nargs="+", metavar="URL")
-    scrape.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
-    scrape.add_argument("--count", type=int, default=None, help="stop after N samples")
+    scrape.add_argument(
+        "--interval", type=opt.interval_seconds, default=1.0, help="seconds between samples"
+    )
+    scrape.add_argument("--count", type=opt.positive_int, default=None, help="stop after N samples")
     scrape.add_argument("--json", action="store_true", help="one JSON snapshot per line")
     scrape.set_defaults(handler=_cmd_scrape)
 
@@ -922,14 +980,27 @@ def _add_cost(commands: _Commands) -> None:
     )
     cost.add_argument("profile", type=Path, metavar="PROFILE")
     cost.add_argument("--window", choices=["hour", "day", "7d"], default="day")
-    cost.add_argument("--inputs", type=Path, metavar="FILE", help="a YAML file of cost inputs")
-    cost.add_argument("--gpu-cost-per-hour", type=float, metavar="X", help="rented or cloud")
-    cost.add_argument("--purchase-price", type=float, metavar="X", help="an owned box")
-    cost.add_argument("--amortisation-months", type=int, metavar="N")
-    cost.add_argument("--electricity-per-kwh", type=float, metavar="X")
-    cost.add_argument("--overhead-pct", type=float, metavar="X", help="operations (default 30)")
+    cost.add_argument(
+        "--inputs", type=opt.input_file, metavar="FILE", help="a YAML file of cost inputs"
+    )
+    cost.add_argument(
+        "--gpu-cost-per-hour",
+        type=opt.finite_non_negative_float,
+        metavar="X",
+        help="rented or cloud",
+    )
+    cost.add_argument(
+        "--purchase-price", type=opt.finite_non_negative_float, metavar="X", help="an owned box"
+    )
+    cost.add_argument("--amortisation-months", type=opt.positive_int, metavar="N")
+    cost.add_argument("--electricity-per-kwh", type=opt.finite_non_negative_float, metavar="X")
+    cost.add_argument(
+        "--overhead-pct", type=opt.percent, metavar="X", help="operations (default 30)"
+    )
     cost.add_argument("--api", metavar="NAME", help="the API replaced, e.g. openai/gpt-4o")
-    cost.add_argument("--prices", type=Path, metavar="FILE", help="your own list-price table")
+    cost.add_argument(
+        "--prices", type=opt.input_file, metavar="FILE", help="your own list-price table"
+    )
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
     cost.set_defaults(handler=_cmd_cost)
 
@@ -943,7 +1014,7 @@ def _add_export(commands: _Commands) -> None:
     )
     export.add_argument("target", choices=["prometheus", "grafana", "k8s"])
     export.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
-    export.add_argument("-o", "--output", type=Path, metavar="PATH", help="file (dir for k8s)")
+    export.add_argument("-o", "--output", metavar="PATH", help="file (dir for k8s)")
     export.add_argument("--format", choices=["manifests", "production-stack"], default="manifests")
     export.add_argument("--simulate", metavar="NAME", help="the GPU type for k8s node selection")
     export.set_defaults(handler=_cmd_export)
@@ -1030,7 +1101,9 @@ def _add_runtime(commands: _Commands) -> None:
     logs = commands.add_parser("logs", help="a service's container logs")
     logs.add_argument("service", choices=["vllm", "tei", "gateway"])
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
-    logs.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines")
+    logs.add_argument(
+        "--tail", type=opt.non_negative_int, default=100, metavar="N", help="last N lines"
+    )
     logs.set_defaults(handler=_cmd_logs)
 
     compose = commands.add_parser("compose", help="export the profile as a docker compose file")
@@ -1038,7 +1111,7 @@ def _add_runtime(commands: _Commands) -> None:
     compose_actions.required = True
     export = compose_actions.add_parser("export", help="write the compose file")
     export.add_argument("profile", type=Path, metavar="PROFILE")
-    export.add_argument("-o", "--output", type=Path, metavar="FILE")
+    export.add_argument("-o", "--output", type=opt.output_file, metavar="FILE")
     export.add_argument("--simulate", metavar="NAME", help="the box the file is for")
     compose.set_defaults(handler=_cmd_compose)
 
@@ -1052,12 +1125,17 @@ def _add_gateway(commands: _Commands) -> None:
     )
     gateway.add_argument("--profile", dest="profile_file", type=Path, required=True, metavar="FILE")
     gateway.add_argument("--host", help="listen address (default: the profile's)")
-    gateway.add_argument("--port", type=int, help="listen port (default: the profile's)")
+    gateway.add_argument("--port", type=opt.port, help="listen port (default: the profile's)")
     gateway.add_argument("--state-dir", type=Path, help="keys and fallback mode live here")
-    gateway.add_argument("--chat-upstream", metavar="URL", help="a vLLM base URL ending in /v1")
-    gateway.add_argument("--embeddings-upstream", metavar="URL", help="a TEI base URL (/v1)")
+    gateway.add_argument(
+        "--chat-upstream", type=opt.http_url, metavar="URL", help="a vLLM base URL ending in /v1"
+    )
+    gateway.add_argument(
+        "--embeddings-upstream", type=opt.http_url, metavar="URL", help="a TEI base URL (/v1)"
+    )
     gateway.add_argument(
         "--fallback-upstream",
+        type=opt.http_url,
         metavar="URL",
         help="the remote API's base URL, overriding the profile",
     )
@@ -1078,7 +1156,9 @@ def _add_gateway(commands: _Commands) -> None:
     create = actions.add_parser("create", help="make a key; it is shown once")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--admin", action="store_true", help="for /admin endpoints only")
-    create.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute")
+    create.add_argument(
+        "--rate-limit", type=opt.positive_int, metavar="N", help="requests per minute"
+    )
     create.add_argument("--json", action="store_true")
     which_box(create)
     listing = actions.add_parser("list", help="the keys (names and ids, never the keys)")

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-from appliance.exports._files import write_text
+from appliance.fileio import write_output as write_text
 from appliance.profile import PortsSpec, Profile
 
 __all__ = [
