@@ -293,7 +293,8 @@ def _peer_to_peer_findings(
     ]
 
 
-def _docker_unreachable(docker: DockerInfo) -> Finding:
+def docker_unreachable_finding(docker: DockerInfo) -> Finding:
+    """What to tell about an engine that does not answer (also every Docker command's error)."""
     url = docker.base_url or "the default socket"
     if docker.problem == "not-installed":
         return Finding(
@@ -336,7 +337,7 @@ def _docker_findings(docker: DockerInfo, *, gpus_present: bool) -> list[Finding]
     if docker.simulated:
         return []
     if not docker.reachable:
-        return [_docker_unreachable(docker)]
+        return [docker_unreachable_finding(docker)]
     if gpus_present and not docker.gpu_containers_possible:
         missing = "no nvidia runtime, no nvidia-container-runtime-hook, no CDI devices"
         return [

@@ -225,3 +225,24 @@ def test_directory_import_running_out_of_space_is_clean_and_leaves_nothing(
         assert "filled up" in output
         left = [p for p in models.rglob("*") if p.is_file() and p.name != ".lock"]
         assert left == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("status",), ("logs", "vllm"), ("down",), ("apply", PROFILE, "-y")],
+    ids=["status", "logs", "down", "apply"],
+)
+def test_docker_unreachable_is_one_plain_line_naming_docker_host(
+    argv: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # #16 item 15: docker-py's "('Connection aborted.', FileNotFoundError(2, …))" is not for people.
+    host = f"unix://{tmp_path}/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", host)
+    code, output = run(argv, capsys)
+    assert_clean(code, output, allowed=(ExitCode.ENVIRONMENT,))
+    assert host in output
+    assert "Connection aborted" not in output
+    assert "FileNotFoundError" not in output
