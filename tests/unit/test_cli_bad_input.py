@@ -246,3 +246,41 @@ def test_docker_unreachable_is_one_plain_line_naming_docker_host(
     assert host in output
     assert "Connection aborted" not in output
     assert "FileNotFoundError" not in output
+
+
+def _profile_with_state_dir(tmp_path: Path) -> Path:
+    import yaml
+
+    data = yaml.safe_load(Path(PROFILE).read_text(encoding="utf-8"))
+    data["spec"].setdefault("storage", {})["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_cost_without_usage_says_the_gateway_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # #16 item 1: the advice named the monitor (status --watch, the TUI), which records nothing.
+    profile = _profile_with_state_dir(tmp_path)
+    code, output = run(["cost", str(profile), "--gpu-cost-per-hour", "2"], capsys)
+    assert code == ExitCode.BAD_INPUT
+    assert "gateway" in output
+    assert "status --watch" not in output
+    assert "Monitor screen" not in output
+
+
+def test_cost_example_names_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profile = _profile_with_state_dir(tmp_path)
+    code, output = run(["cost", str(profile)], capsys)
+    assert code == ExitCode.BAD_INPUT
+    assert "appliance cost PROFILE --gpu-cost-per-hour" in output
+
+
+def test_the_cost_report_says_what_records_usage() -> None:
+    from appliance.cost import render_cost
+    from appliance.economics import ApiPrice, CostInputs, Usage, cost_report
+
+    price = ApiPrice(name="x/y", input_per_million=3.0, output_per_million=15.0, source="test")
+    text = render_cost(cost_report(Usage(), CostInputs(gpu_cost_per_hour=2.0), price))
+    assert "recorded by the gateway" in text
