@@ -130,6 +130,10 @@ def _cmd_status(args: argparse.Namespace) -> ExitCode:
     from appliance.monitor.status import check_status, sample_status, watch_status
 
     samplers, config, clock = _monitor_samplers(args)
+    if args.watch and not sys.stdout.isatty():
+        # Into a file or a pipe: one frame per interval, as `scrape` prints, not a live redraw.
+        watch_status(samplers, _frame_printer(args.json), config=config, clock=clock)
+        return ExitCode.OK
     if args.watch:
         from rich.console import Console
         from rich.live import Live
@@ -151,18 +155,24 @@ def _cmd_status(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
-def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
-    from appliance.monitor.monitor import MonitorConfig
+def _frame_printer(as_json: bool) -> Callable[[Any, Any], None]:
+    """A monitor callback that prints each snapshot as it comes: a frame, or a JSON line."""
     from appliance.monitor.render import render_status
-    from appliance.monitor.status import url_samplers, watch_status
 
     def show(snapshot: Any, history: Any) -> None:
-        print(snapshot.model_dump_json() if args.json else render_status(snapshot, history))
+        print(snapshot.model_dump_json() if as_json else render_status(snapshot, history))
         sys.stdout.flush()
+
+    return show
+
+
+def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
+    from appliance.monitor.monitor import MonitorConfig
+    from appliance.monitor.status import url_samplers, watch_status
 
     watch_status(
         url_samplers(args.urls),
-        show,
+        _frame_printer(args.json),
         count=args.count,
         config=MonitorConfig.for_interval(args.interval),
     )

@@ -284,3 +284,27 @@ def test_the_cost_report_says_what_records_usage() -> None:
     price = ApiPrice(name="x/y", input_per_million=3.0, output_per_million=15.0, source="test")
     text = render_cost(cost_report(Usage(), CostInputs(gpu_cost_per_hour=2.0), price))
     assert "recorded by the gateway" in text
+
+
+def test_status_watch_into_a_file_prints_one_frame_per_interval(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # #16 item 14: with stdout not a terminal, `status --watch > file` wrote nothing until Ctrl-C.
+    from appliance.monitor import status as monitor_status
+
+    real = monitor_status.watch_status
+    frames: list[str] = []
+
+    def two_ticks(samplers: object, on_snapshot: object, **kwargs: object) -> object:
+        def each(snapshot: object, history: object) -> None:
+            on_snapshot(snapshot, history)  # type: ignore[operator]
+            frames.append(capsys.readouterr().out)  # what had reached stdout by this tick
+
+        kwargs["count"] = 2
+        return real(samplers, each, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(monitor_status, "watch_status", two_ticks)
+    assert cli.run(["status", "--simulate", "rtx4090", "--watch"]) == ExitCode.OK
+    assert len(frames) == 2
+    assert all("Alerts (" in frame for frame in frames), frames
+    assert "\x1b[" not in "".join(frames)  # no cursor movement into a file
