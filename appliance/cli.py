@@ -799,6 +799,8 @@ def _cmd_keys(args: argparse.Namespace) -> ExitCode:
         keys = list_keys(keys_file)
         if args.json:
             print(json.dumps([key.to_json() for key in keys], indent=2))
+        if keys and not args.json:
+            print(f"{'NAME':24} {'ID':12} {'SCOPE':6} {'LIMIT':>8}  CREATED")
         for key in [] if args.json else keys:
             limit = f"{key.rate_limit_per_minute}/min" if key.rate_limit_per_minute else "-"
             print(f"{key.name:24} {key.key_id:12} {key.scope.value:6} {limit:>8}  {key.created_at}")
@@ -1046,6 +1048,7 @@ def _add_weights(commands: _Commands) -> None:
             type=Path,
             default=None,
             dest="models_dir_given",
+            metavar="DIR",
             help=f"where weights live (default: the profile's, else {DEFAULT_MODELS_DIR})",
         )
 

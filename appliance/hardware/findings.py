@@ -116,8 +116,7 @@ def nvml_findings(unavailable: NvmlUnavailable, host: HostInfo) -> list[Finding]
                     fix="This machine shows no NVIDIA GPU, so it cannot serve models on one: run "
                     "the appliance on the GPU box (to plan for one from here: `appliance detect "
                     "--simulate l40s`). If it does have a GPU that sysfs hides (a VM, a "
-                    "container), install the driver on the machine that owns it.\n"
-                    + _driver_install_fix(host),
+                    "container), install the driver on the machine that owns it.",
                 )
             ]
         seen = ""

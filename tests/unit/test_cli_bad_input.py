@@ -308,3 +308,36 @@ def test_status_watch_into_a_file_prints_one_frame_per_interval(
     assert len(frames) == 2
     assert all("Alerts (" in frame for frame in frames), frames
     assert "\x1b[" not in "".join(frames)  # no cursor movement into a file
+
+
+def test_scrape_of_a_name_that_does_not_resolve_does_not_say_connection_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # #16 item 17: `scrape notaurl` blamed a refused connection for a DNS failure.
+    import json
+
+    code, output = run(["scrape", "notaurl.invalid", "--count", "1", "--json"], capsys)
+    assert code == ExitCode.OK
+    [service] = json.loads(output.splitlines()[0])["services"]
+    assert "refused" not in service["health_error"]
+    assert "resolve" in service["health_error"]
+
+
+def test_weights_help_names_the_models_dir_value_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["weights", "import", "--help"])
+    text = capsys.readouterr().out
+    assert "MODELS_DIR_GIVEN" not in text
+    assert "--models-dir DIR" in text
+
+
+def test_keys_list_has_a_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = ["--profile", PROFILE, "--state-dir", str(tmp_path)]
+    assert cli.run(["keys", "create", "alice", *state]) == ExitCode.OK
+    capsys.readouterr()
+    assert cli.run(["keys", "list", *state]) == ExitCode.OK
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "ID", "SCOPE", "LIMIT", "CREATED"]
+    assert row.startswith("alice")
