@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,5 +74,5 @@ def test_every_file_the_readme_points_to_is_in_the_clone() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     targets = re.findall(r"\]\(([^)#:]+)\)", readme)  # relative markdown links
     targets += re.findall(r"`((?:\.\./|docs/)[^`\s]+\.md)`", readme)  # paths written as code
-    missing = [t for t in targets if not (ROOT / t).exists()]
+    missing = [t for t in targets if not (ROOT / urllib.parse.unquote(t)).exists()]
     assert missing == []
