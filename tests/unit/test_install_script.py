@@ -74,5 +74,6 @@ def test_every_file_the_readme_points_to_is_in_the_clone() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     targets = re.findall(r"\]\(([^)#:]+)\)", readme)  # relative markdown links
     targets += re.findall(r"`((?:\.\./|docs/)[^`\s]+\.md)`", readme)  # paths written as code
-    missing = [t for t in targets if not (ROOT / urllib.parse.unquote(t)).exists()]
+    paths = [(ROOT / urllib.parse.unquote(t)).resolve() for t in targets]
+    missing = [p for p in paths if not p.is_relative_to(ROOT) or not p.exists()]
     assert missing == []
