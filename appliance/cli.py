@@ -851,7 +851,7 @@ def _add_detect(commands: _Commands) -> None:
     )
     detect.add_argument(
         "--models-dir",
-        type=Path,
+        type=opt.directory,
         default=DEFAULT_MODELS_DIR,
         help=f"where weights are stored, for the free-disk check (default {DEFAULT_MODELS_DIR})",
     )
@@ -1045,7 +1045,7 @@ def _add_weights(commands: _Commands) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--models-dir",
-            type=Path,
+            type=opt.directory,
             default=None,
             dest="models_dir_given",
             metavar="DIR",
@@ -1139,7 +1139,7 @@ def _add_gateway(commands: _Commands) -> None:
     gateway.add_argument("--profile", dest="profile_file", type=Path, required=True, metavar="FILE")
     gateway.add_argument("--host", help="listen address (default: the profile's)")
     gateway.add_argument("--port", type=opt.port, help="listen port (default: the profile's)")
-    gateway.add_argument("--state-dir", type=Path, help="keys and fallback mode live here")
+    gateway.add_argument("--state-dir", type=opt.directory, help="keys and fallback mode live here")
     gateway.add_argument(
         "--chat-upstream", type=opt.http_url, metavar="URL", help="a vLLM base URL ending in /v1"
     )
@@ -1161,7 +1161,9 @@ def _add_gateway(commands: _Commands) -> None:
         parser.add_argument(
             "--profile", type=Path, help="the applied profile (or $LLM_APPLIANCE_PROFILE)"
         )
-        parser.add_argument("--state-dir", type=Path, help="override the profile's state_dir")
+        parser.add_argument(
+            "--state-dir", type=opt.directory, help="override the profile's state_dir"
+        )
 
     keys = commands.add_parser("keys", help="create, list and revoke gateway API keys")
     actions = keys.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

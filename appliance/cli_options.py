@@ -119,6 +119,7 @@ def output_file(text: str) -> Path:
     path = Path(text)
     if text == "-":
         return path
+    _usable(text, path)
     if path.is_dir():
         raise _fail(text, f"is a directory: name a file in it, e.g. -o {path / 'out.yaml'}")
     parent = path.parent
@@ -134,9 +135,34 @@ def output_dir(text: str) -> Path:
     if not text.strip():
         raise _fail(text, "is not a directory name: give one, e.g. -o k8s/")
     path = Path(text)
+    _usable(text, path)
     if path.exists() and not path.is_dir():
         raise _fail(text, "is a file, not a directory: give a directory, e.g. -o k8s/")
     return path
+
+
+def directory(text: str) -> Path:
+    """A directory the command keeps things in (models, state); made when missing."""
+    if not text.strip():
+        raise _fail(text, "is not a directory name: give one, e.g. /var/lib/llm-appliance/state")
+    path = Path(text)
+    _usable(text, path)
+    if path.exists() and not path.is_dir():
+        raise _fail(text, "is a file, not a directory: give a directory")
+    return path
+
+
+def _usable(text: str, path: Path) -> None:
+    """Refuse a name the OS rejects before anything is looked up (too long, a NUL byte)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        if isinstance(error, NotADirectoryError):
+            raise _fail(text, "lies under a file, not a directory: fix the path") from None
+        reason = getattr(error, "strerror", None) or str(error)
+        raise _fail(text[:80], f"cannot be used as a path ({reason})") from None
 
 
 def input_file(text: str) -> Path:
@@ -144,8 +170,9 @@ def input_file(text: str) -> Path:
     path = Path(text)
     try:
         mode = path.stat().st_mode
-    except OSError as error:
-        raise _fail(text, f"cannot be read ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise _fail(text[:80], f"cannot be read ({reason})") from None
     if not stat.S_ISREG(mode):
         raise _fail(text, "is not a regular file: give the file itself")
     if not os.access(path, os.R_OK):
