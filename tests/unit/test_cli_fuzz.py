@@ -170,6 +170,9 @@ def _vectors() -> Iterator[tuple[str, list[str]]]:
             if not options:  # hostile positional instead
                 argv[-1] = rng.choice(HOSTILE)
             yield name, argv
+        if PROFILE in base:  # the profile itself: missing, a directory, not YAML, too long
+            for _ in range(3):
+                yield name, [rng.choice(HOSTILE) if arg == PROFILE else arg for arg in base]
 
 
 VECTORS = list(_vectors())
