@@ -411,6 +411,34 @@ def _cancellable(work: Callable[[threading.Event], Any]) -> Any:
     return outcome.get("value")
 
 
+def _import_error(error: OSError, source: Path, models_dir: Path) -> ApplianceError:
+    """An OS error during `weights import` as one line: a full disk, or a file it may not use.
+
+    The import copies into a staging directory that it removes on any failure, so nothing half
+    copied is left behind; the message says so.
+    """
+    import errno
+
+    from appliance.errors import EnvironmentNotReadyError
+
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentNotReadyError(
+            f"the disk under {models_dir} filled up while importing {source}{where}; "
+            "what was copied so far is removed",
+            hint="free some space (appliance weights list / rm) or use a larger --models-dir",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentNotReadyError(
+            f"cannot import {source}: permission denied{where}",
+            hint=f"run as a user that can read {source} and write {models_dir} (e.g. with sudo)",
+        )
+    return EnvironmentNotReadyError(
+        f"cannot import {source}: {error.strerror or error}{where}",
+        hint=f"check {source} and the disk under {models_dir}, then import again",
+    )
+
+
 def _cmd_weights(args: argparse.Namespace) -> ExitCode:
     from appliance import weights
 
@@ -472,34 +500,6 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
     for item in pulled:
         print(f"{item.repo}@{item.revision} ({item.sha[:12]}) -> {item.path}")
     return ExitCode.OK
-
-
-def _import_error(error: OSError, source: Path, models_dir: Path) -> ApplianceError:
-    """An OS error during `weights import` as one line: a full disk, or a file it may not use.
-
-    The import copies into a staging directory that it removes on any failure, so nothing half
-    copied is left behind; the message says so.
-    """
-    import errno
-
-    from appliance.errors import EnvironmentNotReadyError
-
-    where = f" ({error.filename})" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EnvironmentNotReadyError(
-            f"the disk under {models_dir} filled up while importing {source}{where}; "
-            "what was copied so far is removed",
-            hint="free some space (appliance weights list / rm) or use a larger --models-dir",
-        )
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return EnvironmentNotReadyError(
-            f"cannot import {source}: permission denied{where}",
-            hint=f"run as a user that can read {source} and write {models_dir} (e.g. with sudo)",
-        )
-    return EnvironmentNotReadyError(
-        f"cannot import {source}: {error.strerror or error}{where}",
-        hint=f"check {source} and the disk under {models_dir}, then import again",
-    )
 
 
 def _profiles(paths: Sequence[Path]) -> list[Any]:

@@ -18,7 +18,6 @@ import docker.types  # noqa: TID251
 import requests.exceptions
 
 from appliance.errors import EnvironmentNotReadyError, OperationFailedError
-from appliance.hardware.docker_probe import unreachable_error
 from appliance.runtime.model import (
     LABEL_MANAGED_BY,
     LABEL_PROFILE,
@@ -61,6 +60,8 @@ class DockerEngine:
             self._client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
             # Worded as `detect` words it, with the address really used, not docker-py's text.
+            from appliance.hardware.docker_probe import unreachable_error
+
             raise unreachable_error(error, base_url) from error
         self.base_url = base_url
 
