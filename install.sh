@@ -6,6 +6,8 @@
 #                         NVIDIA Container Toolkit and print the exact commands for what is missing.
 #   ./install.sh --dev    the same, editable, plus the test tools, Debian's docker.io and
 #                         Debian's python3.11 (the tests build their engine doubles from it).
+#   --force-links         point existing `appliance` links at this checkout even when they
+#                         lead to another checkout that still exists (default: leave them).
 #
 # Idempotent: run it again at any time. It never changes the system Python and never installs
 # GPU drivers: those need a reboot and a decision by the admin, so it prints the commands instead.
@@ -14,14 +16,16 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv=${LLM_APPLIANCE_VENV:-$here/.venv}
 dev=0
+force_links=0
 
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 for arg in "$@"; do
     case $arg in
         --dev) dev=1 ;;
+        --force-links) force_links=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
     esac
@@ -118,25 +122,57 @@ if [ "$dev" -eq 1 ]; then
 fi
 
 # ----------------------------------------------------------------------------- PATH
+kept=0
+# Put a link to $1 at $2 (with $3, e.g. sudo, in front). A link that leads to another checkout
+# that still exists is that checkout's, so it is left alone unless --force-links; a dangling one
+# (its venv is gone) is re-pointed. Returns 1 when it left the link as it was.
+place_link() {
+    local target=$1 link=$2 runner=${3:-}
+    if [ -L "$link" ] && [ "$(readlink "$link")" != "$target" ] && [ -e "$link" ] \
+        && [ "$force_links" -eq 0 ]; then
+        warn "$link leads to $(readlink "$link") (another checkout); left as it is." \
+            "Run ./install.sh --force-links to point it at $target"
+        return 1
+    fi
+    if [ -e "$link" ] && [ ! -L "$link" ] && [ "$force_links" -eq 0 ]; then
+        warn "$link exists and is not a link; left as it is (./install.sh --force-links replaces it)"
+        return 1
+    fi
+    $runner ln -sfn "$target" "$link"
+}
+
 if [ "$as_root" = "" ] || { [ "$as_root" = "sudo" ] && sudo -n true 2>/dev/null; }; then
     bin_dir=/usr/local/bin
     for tool in appliance llm-appliance; do
-        $as_root ln -sfn "$venv/bin/$tool" "$bin_dir/$tool"
+        place_link "$venv/bin/$tool" "$bin_dir/$tool" "$as_root" || kept=1
     done
 else
     bin_dir=$HOME/.local/bin
     mkdir -p "$bin_dir"
     for tool in appliance llm-appliance; do
-        ln -sfn "$venv/bin/$tool" "$bin_dir/$tool"
+        place_link "$venv/bin/$tool" "$bin_dir/$tool" || kept=1
     done
     case ":$PATH:" in
         *":$bin_dir:"*) ;;
         *) warn "$bin_dir is not on PATH: add  export PATH=\"$bin_dir:\$PATH\"  to your shell profile" ;;
     esac
 fi
-say "installed: $bin_dir/appliance and $bin_dir/llm-appliance -> $venv/bin"
+if [ "$kept" -eq 0 ]; then
+    say "installed: $bin_dir/appliance and $bin_dir/llm-appliance -> $venv/bin"
+else
+    say "installed into $venv/bin; $bin_dir keeps its links (see the warning above)"
+fi
 
 # ----------------------------------------------------------------------------- readiness
+# The fixes for an engine that does not answer, for user id $1: the docker group only helps a
+# user who is not root (as root, $USER is root and the group changes nothing).
+docker_fix_lines() {
+    echo "systemctl enable --now docker"
+    if [ "$1" -ne 0 ]; then
+        echo "usermod -aG docker \"\$USER\"        # then log in again, or run the appliance as root"
+    fi
+}
+
 # What the box still needs before it can serve. Printed, never done silently.
 problems=0
 report() { problems=$((problems + 1)); printf '\n[%d] %s\n' "$problems" "$1" >&2; shift; for line in "$@"; do printf '      %s\n' "$line" >&2; done; }
@@ -146,9 +182,9 @@ if ! command -v docker >/dev/null 2>&1; then
         "apt-get install -y docker.io        # Debian's engine, or Docker CE from Docker's apt repository" \
         "systemctl enable --now docker"
 elif ! docker info >/dev/null 2>&1; then
+    mapfile -t fixes < <(docker_fix_lines "$(id -u)")
     report "The Docker engine is not reachable (not running, or no permission on its socket)." \
-        "systemctl enable --now docker" \
-        "usermod -aG docker \"\$USER\"        # then log in again, or run the appliance as root"
+        "${fixes[@]}"
 fi
 
 has_gpu=0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from appliance import __version__
+from appliance import cli_options as opt
 from appliance.errors import ApplianceError, BadInputError, ExitCode
 
 DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
@@ -129,6 +130,10 @@ def _cmd_status(args: argparse.Namespace) -> ExitCode:
     from appliance.monitor.status import check_status, sample_status, watch_status
 
     samplers, config, clock = _monitor_samplers(args)
+    if args.watch and not sys.stdout.isatty():
+        # Into a file or a pipe: one frame per interval, as `scrape` prints, not a live redraw.
+        watch_status(samplers, _frame_printer(args.json), config=config, clock=clock)
+        return ExitCode.OK
     if args.watch:
         from rich.console import Console
         from rich.live import Live
@@ -150,20 +155,26 @@ def _cmd_status(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
-def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
-    from appliance.monitor.monitor import MonitorConfig
+def _frame_printer(as_json: bool) -> Callable[[Any, Any], None]:
+    """A monitor callback that prints each snapshot as it comes: a frame, or a JSON line."""
     from appliance.monitor.render import render_status
-    from appliance.monitor.status import url_samplers, watch_status
 
     def show(snapshot: Any, history: Any) -> None:
-        print(snapshot.model_dump_json() if args.json else render_status(snapshot, history))
+        print(snapshot.model_dump_json() if as_json else render_status(snapshot, history))
         sys.stdout.flush()
+
+    return show
+
+
+def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
+    from appliance.monitor.monitor import MonitorConfig
+    from appliance.monitor.status import url_samplers, watch_status
 
     watch_status(
         url_samplers(args.urls),
-        show,
+        _frame_printer(args.json),
         count=args.count,
-        config=MonitorConfig(interval_s=args.interval),
+        config=MonitorConfig.for_interval(args.interval),
     )
     return ExitCode.OK
 
@@ -244,7 +255,9 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
         if args.output == Path("-"):
             sys.stdout.write(text)
         else:
-            args.output.write_text(text, encoding="utf-8")
+            from appliance.fileio import write_output
+
+            write_output(args.output, text)
             print(f"wrote {args.output} ({top.model_name}, {top.quantization})", file=sys.stderr)
     return ExitCode.OK
 
@@ -281,6 +294,15 @@ def _cmd_cost(args: argparse.Namespace) -> ExitCode:
 
 def _cmd_export(args: argparse.Namespace) -> ExitCode:
     from appliance.profile import load_profile
+
+    if args.output is not None:  # a directory for k8s, a file for the others
+        convert = opt.output_dir if args.target == "k8s" else opt.output_file
+        try:
+            args.output = convert(args.output)
+        except argparse.ArgumentTypeError as error:
+            raise BadInputError(
+                f"-o/--output: {error}", hint="see `appliance export --help`"
+            ) from None
 
     if args.target == "grafana":
         from appliance.exports.grafana import grafana_export
@@ -389,6 +411,34 @@ def _cancellable(work: Callable[[threading.Event], Any]) -> Any:
     return outcome.get("value")
 
 
+def _import_error(error: OSError, source: Path, models_dir: Path) -> ApplianceError:
+    """An OS error during `weights import` as one line: a full disk, or a file it may not use.
+
+    The import copies into a staging directory that it removes on any failure, so nothing half
+    copied is left behind; the message says so.
+    """
+    import errno
+
+    from appliance.errors import EnvironmentNotReadyError
+
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentNotReadyError(
+            f"the disk under {models_dir} filled up while importing {source}{where}; "
+            "what was copied so far is removed",
+            hint="free some space (appliance weights list / rm) or use a larger --models-dir",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentNotReadyError(
+            f"cannot import {source}: permission denied{where}",
+            hint=f"run as a user that can read {source} and write {models_dir} (e.g. with sudo)",
+        )
+    return EnvironmentNotReadyError(
+        f"cannot import {source}: {error.strerror or error}{where}",
+        hint=f"check {source} and the disk under {models_dir}, then import again",
+    )
+
+
 def _cmd_weights(args: argparse.Namespace) -> ExitCode:
     from appliance import weights
 
@@ -414,13 +464,16 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     if args.action == "import":
         repo, revision = weights.parse_repo_ref(args.as_repo)
-        with _ByteProgress() as progress:
-            installed = _cancellable(
-                lambda cancel: weights.import_weights(
-                    args.path, repo, revision, models_dir=models_dir,
-                    on_progress=progress, cancel=cancel,
-                )
-            )  # fmt: skip
+        try:
+            with _ByteProgress() as progress:
+                installed = _cancellable(
+                    lambda cancel: weights.import_weights(
+                        args.path, repo, revision, models_dir=models_dir,
+                        on_progress=progress, cancel=cancel,
+                    )
+                )  # fmt: skip
+        except OSError as error:
+            raise _import_error(error, args.path, models_dir) from None
         print(f"{installed.repo}@{installed.revision} -> {installed.path}")
         return ExitCode.OK
     token = weights.resolve_token(args.token_file)
@@ -765,6 +818,8 @@ def _cmd_keys(args: argparse.Namespace) -> ExitCode:
         keys = list_keys(keys_file)
         if args.json:
             print(json.dumps([key.to_json() for key in keys], indent=2))
+        if keys and not args.json:
+            print(f"{'NAME':24} {'ID':12} {'SCOPE':6} {'LIMIT':>8}  CREATED")
         for key in [] if args.json else keys:
             limit = f"{key.rate_limit_per_minute}/min" if key.rate_limit_per_minute else "-"
             print(f"{key.name:24} {key.key_id:12} {key.scope.value:6} {limit:>8}  {key.created_at}")
@@ -815,7 +870,7 @@ def _add_detect(commands: _Commands) -> None:
     )
     detect.add_argument(
         "--models-dir",
-        type=Path,
+        type=opt.directory,
         default=DEFAULT_MODELS_DIR,
         help=f"where weights are stored, for the free-disk check (default {DEFAULT_MODELS_DIR})",
     )
@@ -845,23 +900,28 @@ def _add_estimate(commands: _Commands) -> None:
     )
     where = estimate.add_mutually_exclusive_group()
     where.add_argument("--gpu", metavar="NAME", help="a catalog GPU, e.g. rtx4090, l40s, h100")
-    where.add_argument("--gpu-memory-gib", type=float, metavar="N", help="one card's memory")
-    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="how many cards")
-    estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
+    where.add_argument(
+        "--gpu-memory-gib", type=opt.gpu_memory_gib, metavar="N", help="one card's memory"
+    )
+    estimate.add_argument(
+        "--gpus", type=opt.positive_int, default=1, metavar="N", help="how many cards"
+    )
+    estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
     estimate.add_argument(
         "--gpu-memory-utilization",
-        type=float,
+        type=opt.fraction,
         metavar="F",
         help="vLLM's default when omitted: 0.92 from v0.20, 0.9 before",
     )
-    estimate.add_argument("--max-model-len", type=int, metavar="N")
-    estimate.add_argument("--max-num-seqs", type=int, metavar="N")
-    estimate.add_argument("--max-num-batched-tokens", type=int, metavar="N")
+    estimate.add_argument("--max-model-len", type=opt.positive_int, metavar="N")
+    estimate.add_argument("--max-num-seqs", type=opt.positive_int, metavar="N")
+    estimate.add_argument("--max-num-batched-tokens", type=opt.positive_int, metavar="N")
     estimate.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
     estimate.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     estimate.add_argument(
         "--vllm-version",
+        type=opt.vllm_version,
         metavar="V",
         help="follow this vLLM release's memory rules (default: the pinned image's)",
     )
@@ -878,10 +938,14 @@ def _add_recommend(commands: _Commands) -> None:
     )
     rec.add_argument("--simulate", metavar="NAME", help="recommend for a simulated box")
     rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
-    rec.add_argument("--users", type=int, metavar="N", help="requests at once at peak")
-    rec.add_argument("--context", type=int, metavar="N", help="max_model_len wanted")
-    rec.add_argument("--prompt-tokens", type=int, metavar="N", help="typical prompt length")
-    rec.add_argument("--output-tokens", type=int, metavar="N", help="typical answer length")
+    rec.add_argument("--users", type=opt.positive_int, metavar="N", help="requests at once at peak")
+    rec.add_argument("--context", type=opt.positive_int, metavar="N", help="max_model_len wanted")
+    rec.add_argument(
+        "--prompt-tokens", type=opt.positive_int, metavar="N", help="typical prompt length"
+    )
+    rec.add_argument(
+        "--output-tokens", type=opt.positive_int, metavar="N", help="typical answer length"
+    )
     rec.add_argument("--prefer", choices=["quality", "balanced", "speed"], help="what wins ties")
     rec.add_argument(
         "--embeddings",
@@ -896,7 +960,11 @@ def _add_recommend(commands: _Commands) -> None:
     )
     rec.add_argument("--json", action="store_true", help="print the ranking as JSON")
     rec.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="write the top choice as a profile"
+        "-o",
+        "--output",
+        type=opt.output_file,
+        metavar="FILE",
+        help="write the top choice as a profile (- for stdout)",
     )
     rec.set_defaults(handler=_cmd_recommend)
 
@@ -926,8 +994,10 @@ def _add_scrape(commands: _Commands) -> None:
         description="Sample vLLM or TEI servers the appliance did not start, by base URL.",
     )
     scrape.add_argument("urls", nargs="+", metavar="URL")
-    scrape.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
-    scrape.add_argument("--count", type=int, default=None, help="stop after N samples")
+    scrape.add_argument(
+        "--interval", type=opt.interval_seconds, default=1.0, help="seconds between samples"
+    )
+    scrape.add_argument("--count", type=opt.positive_int, default=None, help="stop after N samples")
     scrape.add_argument("--json", action="store_true", help="one JSON snapshot per line")
     scrape.set_defaults(handler=_cmd_scrape)
 
@@ -941,14 +1011,27 @@ def _add_cost(commands: _Commands) -> None:
     )
     cost.add_argument("profile", type=Path, metavar="PROFILE")
     cost.add_argument("--window", choices=["hour", "day", "7d"], default="day")
-    cost.add_argument("--inputs", type=Path, metavar="FILE", help="a YAML file of cost inputs")
-    cost.add_argument("--gpu-cost-per-hour", type=float, metavar="X", help="rented or cloud")
-    cost.add_argument("--purchase-price", type=float, metavar="X", help="an owned box")
-    cost.add_argument("--amortisation-months", type=int, metavar="N")
-    cost.add_argument("--electricity-per-kwh", type=float, metavar="X")
-    cost.add_argument("--overhead-pct", type=float, metavar="X", help="operations (default 30)")
+    cost.add_argument(
+        "--inputs", type=opt.input_file, metavar="FILE", help="a YAML file of cost inputs"
+    )
+    cost.add_argument(
+        "--gpu-cost-per-hour",
+        type=opt.finite_non_negative_float,
+        metavar="X",
+        help="rented or cloud",
+    )
+    cost.add_argument(
+        "--purchase-price", type=opt.finite_non_negative_float, metavar="X", help="an owned box"
+    )
+    cost.add_argument("--amortisation-months", type=opt.positive_int, metavar="N")
+    cost.add_argument("--electricity-per-kwh", type=opt.finite_non_negative_float, metavar="X")
+    cost.add_argument(
+        "--overhead-pct", type=opt.percent, metavar="X", help="operations (default 30)"
+    )
     cost.add_argument("--api", metavar="NAME", help="the API replaced, e.g. openai/gpt-4o")
-    cost.add_argument("--prices", type=Path, metavar="FILE", help="your own list-price table")
+    cost.add_argument(
+        "--prices", type=opt.input_file, metavar="FILE", help="your own list-price table"
+    )
     cost.add_argument("--json", action="store_true", help="print the report as JSON")
     cost.set_defaults(handler=_cmd_cost)
 
@@ -962,7 +1045,7 @@ def _add_export(commands: _Commands) -> None:
     )
     export.add_argument("target", choices=["prometheus", "grafana", "k8s"])
     export.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
-    export.add_argument("-o", "--output", type=Path, metavar="PATH", help="file (dir for k8s)")
+    export.add_argument("-o", "--output", metavar="PATH", help="file (dir for k8s)")
     export.add_argument("--format", choices=["manifests", "production-stack"], default="manifests")
     export.add_argument("--simulate", metavar="NAME", help="the GPU type for k8s node selection")
     export.set_defaults(handler=_cmd_export)
@@ -981,9 +1064,10 @@ def _add_weights(commands: _Commands) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--models-dir",
-            type=Path,
+            type=opt.directory,
             default=None,
             dest="models_dir_given",
+            metavar="DIR",
             help=f"where weights live (default: the profile's, else {DEFAULT_MODELS_DIR})",
         )
 
@@ -1049,7 +1133,9 @@ def _add_runtime(commands: _Commands) -> None:
     logs = commands.add_parser("logs", help="a service's container logs")
     logs.add_argument("service", choices=["vllm", "tei", "gateway"])
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
-    logs.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines")
+    logs.add_argument(
+        "--tail", type=opt.non_negative_int, default=100, metavar="N", help="last N lines"
+    )
     logs.set_defaults(handler=_cmd_logs)
 
     compose = commands.add_parser("compose", help="export the profile as a docker compose file")
@@ -1057,7 +1143,7 @@ def _add_runtime(commands: _Commands) -> None:
     compose_actions.required = True
     export = compose_actions.add_parser("export", help="write the compose file")
     export.add_argument("profile", type=Path, metavar="PROFILE")
-    export.add_argument("-o", "--output", type=Path, metavar="FILE")
+    export.add_argument("-o", "--output", type=opt.output_file, metavar="FILE")
     export.add_argument("--simulate", metavar="NAME", help="the box the file is for")
     compose.set_defaults(handler=_cmd_compose)
 
@@ -1071,12 +1157,17 @@ def _add_gateway(commands: _Commands) -> None:
     )
     gateway.add_argument("--profile", dest="profile_file", type=Path, required=True, metavar="FILE")
     gateway.add_argument("--host", help="listen address (default: the profile's)")
-    gateway.add_argument("--port", type=int, help="listen port (default: the profile's)")
-    gateway.add_argument("--state-dir", type=Path, help="keys and fallback mode live here")
-    gateway.add_argument("--chat-upstream", metavar="URL", help="a vLLM base URL ending in /v1")
-    gateway.add_argument("--embeddings-upstream", metavar="URL", help="a TEI base URL (/v1)")
+    gateway.add_argument("--port", type=opt.port, help="listen port (default: the profile's)")
+    gateway.add_argument("--state-dir", type=opt.directory, help="keys and fallback mode live here")
+    gateway.add_argument(
+        "--chat-upstream", type=opt.http_url, metavar="URL", help="a vLLM base URL ending in /v1"
+    )
+    gateway.add_argument(
+        "--embeddings-upstream", type=opt.http_url, metavar="URL", help="a TEI base URL (/v1)"
+    )
     gateway.add_argument(
         "--fallback-upstream",
+        type=opt.http_url,
         metavar="URL",
         help="the remote API's base URL, overriding the profile",
     )
@@ -1089,7 +1180,9 @@ def _add_gateway(commands: _Commands) -> None:
         parser.add_argument(
             "--profile", type=Path, help="the applied profile (or $LLM_APPLIANCE_PROFILE)"
         )
-        parser.add_argument("--state-dir", type=Path, help="override the profile's state_dir")
+        parser.add_argument(
+            "--state-dir", type=opt.directory, help="override the profile's state_dir"
+        )
 
     keys = commands.add_parser("keys", help="create, list and revoke gateway API keys")
     actions = keys.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -1097,7 +1190,9 @@ def _add_gateway(commands: _Commands) -> None:
     create = actions.add_parser("create", help="make a key; it is shown once")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--admin", action="store_true", help="for /admin endpoints only")
-    create.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute")
+    create.add_argument(
+        "--rate-limit", type=opt.positive_int, metavar="N", help="requests per minute"
+    )
     create.add_argument("--json", action="store_true")
     which_box(create)
     listing = actions.add_parser("list", help="the keys (names and ids, never the keys)")

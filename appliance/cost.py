@@ -4,9 +4,9 @@ Thin glue over the pure `appliance.economics`: it reads the list-price table (pa
 file the operator edits), a small YAML cost file, and the usage store, and returns a `CostReport`.
 It never prints and never exits; everything a person must fix is an `appliance.errors` exception.
 
-`appliance cost [PROFILE] [--window hour|day|7d] [--json] [--cost-file FILE]
+`appliance cost PROFILE [--window hour|day|7d] [--json] [--inputs FILE]
 [--gpu-cost-per-hour X | --purchase-price X --electricity-per-kwh Y [--amortisation-months N]]
-[--overhead-pct P] [--api NAME | --api-input-price X --api-output-price Y] [--prices FILE]`
+[--overhead-pct P] [--api NAME] [--prices FILE]`
 maps onto `cost_inputs_from(load_cost_inputs(FILE) or None, gpu_cost_per_hour=…, api=… or
 api_for_profile(profile), …)` and `cost_for_window(profile.spec.storage.state_dir, inputs,
 window=…, prices=load_list_prices(FILE or None))`; `render_cost(report)` is the text and
@@ -26,6 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.economics import ApiPrice, CostInputs, CostReport, WindowName, cost_report
 from appliance.errors import BadInputError
+
+# Only the gateway process records usage (its monitor samples the engines and its own counters
+# into the usage store); `status --watch` and the TUI's Monitor only look.
+RECORDED_BY: Final = (
+    "usage is recorded by the gateway (`appliance gateway --profile PROFILE`, which `apply` "
+    "runs as the llm-appliance-gateway systemd unit) while it fronts the profile's engines"
+)
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -153,8 +160,8 @@ def cost_inputs_from(base: CostInputs | None = None, **flags: object) -> CostInp
         messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise BadInputError(
             f"cost inputs are incomplete or wrong: {messages}",
-            hint="e.g. appliance cost --gpu-cost-per-hour 2.0, or --purchase-price 9000 "
-            "--electricity-per-kwh 0.30 (or a cost file with those keys)",
+            hint="e.g. appliance cost PROFILE --gpu-cost-per-hour 2.0, or --purchase-price 9000 "
+            "--electricity-per-kwh 0.30 (or --inputs FILE with those keys)",
         ) from None
 
 
@@ -218,8 +225,8 @@ def cost_for_window(
     if not path.exists():
         raise BadInputError(
             f"no usage recorded yet ({path} does not exist)",
-            hint="usage is recorded while the monitor runs (the TUI's Monitor screen or "
-            "`appliance status --watch`); come back after it has run a while",
+            hint=f"{RECORDED_BY}; check it runs (systemctl status llm-appliance-gateway) and "
+            "come back after it has served traffic a while",
         )
     with UsageStore(path) as store:
         usage = store.usage(window, time.time() if now_wall is None else now_wall)
@@ -275,4 +282,5 @@ def render_cost(report: CostReport) -> str:
         f"about {_fmt_money(report.fallback_spend_estimate, c)}",
     ]
     lines += [f"note: {note}" for note in report.notes]
+    lines.append(f"source          {RECORDED_BY}")
     return "\n".join(lines)

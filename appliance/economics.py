@@ -365,7 +365,7 @@ def cost_report(usage: Usage, inputs: CostInputs, price: ApiPrice) -> CostReport
         )
     tokens_per_day = total / usage.observed_seconds * _SECONDS_PER_DAY if hours > 0 else None
     if hours <= 0:
-        notes.append("nothing was recorded in this window; is the monitor's recorder running?")
+        notes.append("nothing was recorded in this window: the gateway records usage; is it up?")
 
     capacity, capacity_source = _capacity(usage, inputs, notes)
     per_million_measured = box_cost / total * _MILLION if total > 0 and hours > 0 else None

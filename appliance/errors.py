@@ -37,7 +37,8 @@ class ApplianceError(Exception):
     def render(self) -> str:
         """The text shown to the user: the message, then the hint on its own line."""
         if self.hint:
-            return f"{self.message}\n  → {self.hint}"
+            hint = self.hint.replace("\n", "\n    ")  # a multi-line fix stays under its arrow
+            return f"{self.message}\n  → {hint}"
         return self.message
 
 

@@ -8,9 +8,15 @@ renamed over the old one (then the directory is synced, so the rename itself sur
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from appliance.errors import BadInputError, EnvironmentNotReadyError
+
+# A write that fails for these is the box's state, not the name the operator gave.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -40,3 +46,23 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fsync(directory_descriptor)
     finally:
         os.close(directory_descriptor)
+
+
+def write_output(output: Path, text: str) -> None:
+    """Write a file the operator named (`-o FILE`); an OS error becomes one line naming it.
+
+    A full, read-only or failing disk is the environment (exit 3); anything else (a directory,
+    a missing parent, no rights) is the name given (exit 2).
+    """
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in _DISK_ERRNOS:
+            raise EnvironmentNotReadyError(
+                f"cannot write {output}: {reason}", hint="free space or pick another disk"
+            ) from None
+        raise BadInputError(
+            f"cannot write {output}: {reason}",
+            hint="name a file in a directory that exists and that you may write",
+        ) from None

@@ -397,7 +397,13 @@ def resolve_token(
     if token_file is not None:
         try:
             mode = token_file.stat().st_mode
-            text = token_file.read_text(encoding="utf-8").strip()
+            # utf-8-sig: Windows editors start files with a byte-order mark, never part of a token
+            text = token_file.read_text(encoding="utf-8-sig").strip()
+        except UnicodeDecodeError:
+            raise BadInputError(
+                f"token file {token_file} is not UTF-8 text",
+                "save it as plain text holding only the token (hf_…)",
+            ) from None
         except FileNotFoundError:
             raise BadInputError(
                 f"token file {token_file} does not exist",
@@ -415,6 +421,12 @@ def resolve_token(
             )
         if not text:
             raise BadInputError(f"token file {token_file} is empty", "write the token into it")
+        if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+            # An HTTP header cannot carry it; never echo the text, it may be the token itself.
+            raise BadInputError(
+                f"token file {token_file} holds more than a token (spaces, lines or non-ASCII)",
+                "put only the token in it, on one line (hf_…)",
+            )
         return HubToken(text, f"token file {token_file}")
     if value := env.get("HF_TOKEN", "").strip():
         return HubToken(value, "HF_TOKEN")

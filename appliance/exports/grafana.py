@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.exports._files import write_text
+from appliance.fileio import write_output as write_text
 
 __all__ = [
     "DASHBOARD_UID",

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-from appliance.exports._files import write_text
+from appliance.fileio import write_output as write_text
 from appliance.profile import PortsSpec, Profile
 
 __all__ = [
@@ -33,6 +33,9 @@ JOB_VLLM: Final = "llm-appliance-vllm"
 JOB_TEI: Final = "llm-appliance-tei"
 JOB_GATEWAY: Final = "llm-appliance-gateway"
 JOB_DCGM: Final = "dcgm-exporter"
+# NVIDIA/dcgm-exporter's latest release tag (4.5.3-4.8.2 = DCGM 4.5.3, exporter 4.8.2), as its
+# README's Quickstart runs it (github.com/NVIDIA/dcgm-exporter, README.md at d5e5f51, May 2026).
+DCGM_EXPORTER_IMAGE: Final = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
 
 
 def _job(name: str, target: str, labels: dict[str, str], *, scheme: str = "http") -> dict[str, Any]:
@@ -84,7 +87,7 @@ def prometheus_text(config: dict[str, Any]) -> str:
         "# Engines listen on 127.0.0.1: run Prometheus on the box, or change the targets.\n"
         "# GPU metrics need NVIDIA's dcgm-exporter (listens on :9400 by default), e.g.\n"
         "#   docker run -d --gpus all --cap-add SYS_ADMIN -p 127.0.0.1:9400:9400 "
-        "nvcr.io/nvidia/k8s/dcgm-exporter:<tag>\n"
+        f"{DCGM_EXPORTER_IMAGE}\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import EnvironmentNotReadyError
 from appliance.hardware.box import DockerInfo, DockerProblem
+from appliance.hardware.findings import docker_unreachable_finding
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,16 @@ def _unreachable(url: str, error: BaseException) -> DockerInfo:
     problem = classify_connection_error(error, url)
     log.debug("docker at %s unreachable (%s): %s", url, problem, error)
     return DockerInfo(base_url=url, reachable=False, problem=problem, error=str(error))
+
+
+def unreachable_error(
+    error: BaseException, base_url: str | None = None
+) -> EnvironmentNotReadyError:
+    """A failed connection to the engine as `detect` words it: what, where (the real
+    DOCKER_HOST), and the fix; for every command that needs Docker."""
+    url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    finding = docker_unreachable_finding(_unreachable(url, error))
+    return EnvironmentNotReadyError(finding.what, hint=finding.fix)
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

@@ -116,8 +116,7 @@ def nvml_findings(unavailable: NvmlUnavailable, host: HostInfo) -> list[Finding]
                     fix="This machine shows no NVIDIA GPU, so it cannot serve models on one: run "
                     "the appliance on the GPU box (to plan for one from here: `appliance detect "
                     "--simulate l40s`). If it does have a GPU that sysfs hides (a VM, a "
-                    "container), install the driver on the machine that owns it.\n"
-                    + _driver_install_fix(host),
+                    "container), install the driver on the machine that owns it.",
                 )
             ]
         seen = ""
@@ -293,7 +292,8 @@ def _peer_to_peer_findings(
     ]
 
 
-def _docker_unreachable(docker: DockerInfo) -> Finding:
+def docker_unreachable_finding(docker: DockerInfo) -> Finding:
+    """What to tell about an engine that does not answer (also every Docker command's error)."""
     url = docker.base_url or "the default socket"
     if docker.problem == "not-installed":
         return Finding(
@@ -336,7 +336,7 @@ def _docker_findings(docker: DockerInfo, *, gpus_present: bool) -> list[Finding]
     if docker.simulated:
         return []
     if not docker.reachable:
-        return [_docker_unreachable(docker)]
+        return [docker_unreachable_finding(docker)]
     if gpus_present and not docker.gpu_containers_possible:
         missing = "no nvidia runtime, no nvidia-container-runtime-hook, no CDI devices"
         return [

@@ -157,13 +157,22 @@ class MonitorConfig:
     @classmethod
     def from_profile(cls, profile: Profile) -> MonitorConfig:
         """The profile's interval and alert thresholds; a sampler gets at most 80 % of a tick."""
-        interval = profile.spec.monitoring.interval_seconds
-        return cls(
-            interval_s=interval,
-            timeout_s=min(0.5, 0.4 * interval),
-            rate_window_s=max(10.0, interval),
-            quantile_window_s=max(60.0, interval),
+        return cls.for_interval(
+            profile.spec.monitoring.interval_seconds,
             thresholds=AlertThresholds.from_profile(profile),
+        )
+
+    @classmethod
+    def for_interval(
+        cls, interval_s: float, thresholds: AlertThresholds | None = None
+    ) -> MonitorConfig:
+        """Sampling every `interval_s`: windows at least one interval wide, timeouts within it."""
+        return cls(
+            interval_s=interval_s,
+            timeout_s=min(0.5, 0.4 * interval_s),
+            rate_window_s=max(10.0, interval_s),
+            quantile_window_s=max(60.0, interval_s),
+            thresholds=thresholds or AlertThresholds(),
         )
 
 

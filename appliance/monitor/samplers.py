@@ -18,6 +18,7 @@ What must stay true: a sampler reports failure as a value (`healthy=False` with 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -110,10 +111,36 @@ def describe_http_error(error: httpx.HTTPError, url: str) -> str:
     if isinstance(error, httpx.TimeoutException):
         return f"no answer from {url} in time"
     if isinstance(error, httpx.ConnectError):
-        return f"nothing is listening at {url} (connection refused)"
+        if _is_name_failure(error):
+            host = httpx.URL(url).host
+            return f"cannot resolve the host name {host!r} of {url}: check the URL"
+        if _is_refused(error):
+            return f"nothing is listening at {url} (connection refused)"
+        return f"cannot connect to {url} ({error})"
     if isinstance(error, httpx.RemoteProtocolError):
         return f"{url} closed the connection ({error})"
     return f"{url}: {type(error).__name__}: {error}"
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _is_name_failure(error: BaseException) -> bool:
+    """A DNS failure: httpx wraps the resolver's `socket.gaierror` in its ConnectError."""
+    return any(isinstance(cause, socket.gaierror) for cause in _chain(error))
+
+
+def _is_refused(error: BaseException) -> bool:
+    chain = _chain(error)
+    return any(isinstance(cause, ConnectionRefusedError) for cause in chain) or any(
+        "refused" in str(cause).lower() for cause in chain
+    )
 
 
 class HttpPool:

@@ -200,11 +200,17 @@ def sample_status(
     config: MonitorConfig | None = None,
     clock: Clock | None = None,
 ) -> Snapshot:
-    """The snapshot after `ticks` ticks (one interval apart). Blocks about `ticks - 1` seconds."""
+    """The snapshot after `ticks` ticks (one interval apart). Blocks about `ticks - 1` seconds.
+
+    A one-shot look cannot wait out the sustain delays, so alerts are judged at once: `status`
+    and `status --check` (which is this plus an exit code) always show the same alerts.
+    """
     if ticks < 1:
         raise BadInputError(f"ticks must be at least 1, got {ticks}")
+    config = config or MonitorConfig()
+    immediate = replace(config, thresholds=config.thresholds.immediate())
     snapshot = asyncio.run(
-        _collect(samplers, count=ticks, config=config, clock=clock, on_snapshot=None)
+        _collect(samplers, count=ticks, config=immediate, clock=clock, on_snapshot=None)
     )
     assert snapshot is not None
     return snapshot
@@ -244,7 +250,5 @@ def check_status(
     config: MonitorConfig | None = None,
     clock: Clock | None = None,
 ) -> Snapshot:
-    """`status --check`: a snapshot with alerts judged at once; `AlertsActiveError` if any."""
-    config = config or MonitorConfig()
-    immediate = replace(config, thresholds=config.thresholds.immediate())
-    return check_snapshot(sample_status(samplers, ticks=ticks, config=immediate, clock=clock))
+    """`status --check`: `sample_status`'s snapshot; `AlertsActiveError` if any alert is active."""
+    return check_snapshot(sample_status(samplers, ticks=ticks, config=config, clock=clock))

@@ -14,6 +14,7 @@ from typing import Any, Final
 import yaml
 
 from appliance.catalog import Catalog
+from appliance.fileio import write_output
 from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.model import ContainerSpec
@@ -126,7 +127,7 @@ def compose_export(
     name = box_name or box.simulated or (box.host.hostname if box.host else "this box")
     text = compose_text(compose_document(profile, box, catalog=catalog), profile, name)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
     return text
 
 

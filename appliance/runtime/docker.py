@@ -60,12 +60,10 @@ class DockerEngine:
                 self._client = docker.DockerClient(base_url=base_url, timeout=int(timeout_s))
             self._client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-            where = base_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
-            raise EnvironmentNotReadyError(
-                f"cannot reach the Docker engine at {where}: {error}",
-                hint="start it (systemctl enable --now docker) and check permissions on its "
-                "socket (run as root or add the user to the docker group)",
-            ) from error
+            # Worded as `detect` words it, with the address really used, not docker-py's text.
+            from appliance.hardware.docker_probe import unreachable_error
+
+            raise unreachable_error(error, base_url) from error
         self.base_url = base_url
         # One spelling per engine: what the apply lock is keyed by.
         self.endpoint = engine_endpoint(base_url)

@@ -217,3 +217,14 @@ def test_scrape_config_follows_the_profile(path: Path, tmp_path: Path) -> None:
     assert gateway.get("scheme", "http") == ("https" if profile.spec.gateway.tls else "http")
     labels = jobs[prometheus.JOB_VLLM]["static_configs"][0]["labels"]
     assert labels == {"appliance": profile.metadata.name, "role": "vllm"}
+
+
+def test_the_dcgm_exporter_hint_names_a_real_pinned_image() -> None:
+    # #16 item 17: the hint said `dcgm-exporter:<tag>`, which no one can run.
+    text = prometheus.prometheus_export(None)
+    assert "<tag>" not in text
+    assert prometheus.DCGM_EXPORTER_IMAGE in text
+    assert re.fullmatch(
+        r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-\S+",
+        prometheus.DCGM_EXPORTER_IMAGE,
+    )

@@ -639,6 +639,18 @@ def test_check_status_raises_with_the_alerts_judged_at_once() -> None:
     assert "max_num_seqs" in error.render()
 
 
+def test_status_and_status_check_read_the_same_alerts() -> None:
+    # #15: `status PROFILE` showed "Alerts (0)" while `status --check` on the same state reported
+    # them: the one-shot view waited for the sustain delay that a two-tick sample never reaches.
+    engines, clock = Engines(), clock_at()
+    engines.pages["vllm.test"] = vllm_text(kv=0.97)
+    shown = sample_status(engines.samplers(VLLM), clock=clock)
+    with pytest.raises(AlertsActiveError) as caught:
+        check_status(engines.samplers(VLLM), clock=clock_at())
+    assert [a.code for a in shown.alerts] == [a.code for a in caught.value.snapshot.alerts]
+    assert [a.code for a in shown.alerts] == ["kv-cache-full"]
+
+
 def test_check_status_passes_a_quiet_box() -> None:
     engines, clock = Engines(), clock_at()
     engines.pages["vllm.test"] = vllm_text()
