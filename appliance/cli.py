@@ -466,27 +466,24 @@ def _box_for(args: argparse.Namespace, profile: Any) -> Any:
 def _cmd_plan(args: argparse.Namespace) -> ExitCode:
     from appliance.errors import EnvironmentNotReadyError
     from appliance.profile import load_profile
-    from appliance.runtime.apply import resolved_weights
+    from appliance.runtime.apply import plan_profile
     from appliance.runtime.docker import DockerEngine
-    from appliance.runtime.plan import make_plan
-    from appliance.runtime.specs import container_specs
 
     profile = load_profile(args.profile)
-    specs = container_specs(profile, _box_for(args, profile), weights_source=resolved_weights)
+    box = _box_for(args, profile)
     try:
-        engine = DockerEngine()
+        engine: DockerEngine | None = DockerEngine()
     except EnvironmentNotReadyError as error:
         if not args.simulate:
             raise
         # A simulated box is usually planned on a laptop with no engine: plan from nothing.
         print(f"note: {error.message}; planning against an empty box", file=sys.stderr)
-        observed = []
-    else:
-        try:
-            observed = engine.managed_containers()
-        finally:
+        engine = None
+    try:
+        plan = plan_profile(profile, box, engine)  # refuses (exit 4) what vLLM would refuse
+    finally:
+        if engine is not None:
             engine.close()
-    plan = make_plan(specs, observed)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
     return ExitCode.OK
 

@@ -384,6 +384,35 @@ def nearest_fitting_settings(
     return found[:limit]
 
 
+# `nearest_fitting_settings` speaks `appliance estimate`'s flags; a profile's reader needs keys.
+_PROFILE_KEYS = {
+    "max-model-len": "spec.engine.max_model_len",
+    "kv-cache-dtype": "spec.engine.kv_cache_dtype",
+    "gpu-memory-utilization": "spec.engine.gpu_memory_utilization",
+    "tp": "spec.engine.tensor_parallel_size",
+    "quantization": "spec.model.quantization",
+}
+
+
+def in_profile_terms(setting: str, model: ResolvedModel) -> str:
+    """One of `nearest_fitting_settings`' answers as profile keys: `--quantization awq --gpus 2
+    --tp 2 (on 2 such GPUs)` becomes `spec.model.repo: …-AWQ, spec.model.quantization: awq,
+    spec.gpus: [0, 1], spec.engine.tensor_parallel_size: 2 (on 2 such GPUs)`."""
+    where = re.search(r"\(on .*?\)", setting)
+    parts: list[str] = []
+    for flag, value in re.findall(r"--([a-z-]+) (\S+)", setting):
+        if flag == "gpus":
+            parts.append(f"spec.gpus: {list(range(int(value)))}")
+        elif flag == "quantization" and model.model is not None:
+            repos = [v.repo for v in model.model.variants if v.quantization == value]
+            if repos:
+                parts.append(f"spec.model.repo: {repos[0]}")
+            parts.append(f"spec.model.quantization: {value}")
+        else:
+            parts.append(f"{_PROFILE_KEYS.get(flag, '--' + flag)}: {value}")
+    return ", ".join(parts) + (f" {where.group(0)}" if where else "")
+
+
 def _resolved_variant(model: ChatModel, variant: ModelVariant) -> ResolvedModel:
     return ResolvedModel(
         architecture=model.architecture,

@@ -310,7 +310,7 @@ def _preflight(
             hint="download them first (appliance weights pull PROFILE), or import them on an "
             "air-gapped box (appliance weights import PATH --as owner/name)",
         )
-    _check_fits(profile, box)
+    check_fits(profile, box)
     for image in sorted({spec.image for spec in specs}):
         if engine.image_present(image):
             continue
@@ -335,15 +335,21 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
     configuration vLLM would refuse. Run before a long download, so nobody waits an hour to
     learn the box could never have run it."""
     _check_gpu_containers(container_specs(profile, box, options=options), box)
-    _check_fits(profile, box)
+    check_fits(profile, box)
 
 
-def _check_fits(profile: Profile, box: Box) -> None:
+def check_fits(profile: Profile, box: Box) -> None:
     """vLLM's refusals that sizing predicts: hard rules (TP vs heads, quantization vs GPU) and
     a KV cache too small for one max_model_len sequence. Models the catalog does not know, and
-    boxes without GPUs, are not sized (nothing to say)."""
+    boxes without GPUs, are not sized (nothing to say). `plan` and apply's preflight both run
+    it; the nearest settings that fit are worded as profile keys."""
     from appliance.local_model import resolve_model
-    from appliance.recommend import estimate_for, gpu_target_from_box
+    from appliance.recommend import (
+        DoesNotFitError,
+        estimate_for,
+        gpu_target_from_box,
+        in_profile_terms,
+    )
     from appliance.sizing import EngineFlags
 
     spec = profile.spec
@@ -370,6 +376,10 @@ def _check_fits(profile: Profile, box: Box) -> None:
             flags=flags,
         )
     except RefusedError as error:
+        if isinstance(error, DoesNotFitError) and error.nearest:
+            error.hint = "nearest settings that fit: " + "; ".join(
+                in_profile_terms(setting, model) for setting in error.nearest
+            )
         error.message = f"vLLM would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"
         error.args = (error.message,)
@@ -552,13 +562,20 @@ def resolved_weights(path: Path) -> Path:
 def plan_profile(
     profile: Profile,
     box: Box,
-    engine: DockerEngine,
+    engine: DockerEngine | None,
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
 ) -> Plan:
-    """`appliance plan PROFILE`: what apply would do now. Changes nothing."""
-    return make_plan(_desired(profile, box, catalog, options), engine.managed_containers())
+    """`appliance plan PROFILE`: what apply would do now. Changes nothing.
+
+    First the fit check apply's preflight runs (`check_fits`: RefusedError, exit 4, with the
+    nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
+    engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
+    """
+    check_fits(profile, box)
+    observed = engine.managed_containers() if engine is not None else []
+    return make_plan(_desired(profile, box, catalog, options), observed)
 
 
 def _desired(
