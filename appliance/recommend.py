@@ -38,6 +38,7 @@ from appliance.local_model import ResolvedModel
 from appliance.profile import EmbeddingsSpec, EngineSpec, ModelSpec, Profile, Spec
 from appliance.sizing import (
     DECODE_MODEL_TEXT,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
     PINNED_VLLM_VERSION,
     DecodeSpeed,
@@ -56,9 +57,6 @@ from appliance.sizing import (
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
-# vLLM's own default; above it the (1 - utilization) headroom no longer covers PyTorch's
-# fragmentation and the sampler's spikes on a busy server.
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # Kept free beside TEI and vLLM's own CUDA context, so neither start-up races the other.
 _START_UP_MARGIN_BYTES = int(0.25 * GIB)
 _CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free-memory check
@@ -434,6 +432,16 @@ def estimate_json(estimate: MemoryEstimate) -> dict[str, object]:
     return estimate.to_json_dict()
 
 
+def _utilization_text(utilization: float) -> str:
+    """A gpu_memory_utilization with where it came from: the one default (the pinned vLLM
+    release's, which `estimate`, `recommend` and a profile share) or a choice."""
+    if utilization == DEFAULT_GPU_MEMORY_UTILIZATION:
+        return f"{utilization:g}, vLLM {PINNED_VLLM_VERSION}'s default"
+    if utilization < DEFAULT_GPU_MEMORY_UTILIZATION:
+        return f"{utilization:g}, below the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
+    return f"{utilization:g}, above the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
+
+
 def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     """The estimate as an operator reads it: the per-GPU split, then the verdict."""
     e = estimate
@@ -445,7 +453,7 @@ def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     lines = [
         f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
         f"  vLLM may use           {e.requested_gib:8.2f} GiB"
-        f"  (gpu_memory_utilization {e.gpu_memory_utilization:g})",
+        f"  (gpu_memory_utilization {_utilization_text(e.gpu_memory_utilization)})",
         f"  weights              - {e.weights_gib:8.2f} GiB",
         f"  activations (peak)   - {e.activation_gib:8.2f} GiB",
         f"  non-torch            - {e.non_torch_gib:8.2f} GiB",
@@ -568,11 +576,20 @@ class Candidate:
     tei_reserved_gib: float
     estimate: MemoryEstimate
     concurrency_at_context: float  # requests of max_model_len held at once
-    concurrency_at_request: float  # requests of prompt + output tokens held at once
+    concurrency_at_request: int  # whole requests of prompt + output tokens the KV cache holds
+    running_at_once: int  # requests decoding together in `decode`: the users, up to max_num_seqs
     decode: DecodeSpeed
     score: float
     why: str
     warnings: tuple[str, ...] = ()
+
+    def at_once_text(self) -> str:
+        """The card's numbers, from the same fields as the profile and the why: what vLLM runs
+        at once (the profile's max_num_seqs) and the decode speed each user sees."""
+        return (
+            f"{self.max_num_seqs} at once · "
+            f"{self.decode.tokens_per_second_per_request:.0f} tok/s per user"
+        )
 
     def to_json_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
@@ -985,11 +1002,20 @@ def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: 
         f"{variant.quantization.upper()}: {estimate.weights_gib:.1f} GiB of weights per GPU "
         f"leave {estimate.kv_cache_gib:.1f} GiB of KV cache = {estimate.kv_cache_tokens:,} "
         "tokens",
-        f"{chosen.held:.0f} requests of {workload.request_tokens} tokens at once "
+        f"the KV cache holds {math.floor(chosen.held)} requests of {workload.request_tokens} "
+        "tokens at once "
         + ("(all " if score.margin >= 1 else "(only part of the ")
         + f"{workload.users} users)",
+        f"max_num_seqs {chosen.max_num_seqs} "
+        + (
+            "(no more than the KV cache holds, so the rest queue instead of being preempted)"
+            if chosen.max_num_seqs >= math.floor(chosen.held)
+            else "(at least 64 for batch throughput)"
+            if workload.kind == "batch"
+            else "(the users with a quarter to spare)"
+        ),
         f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
-        f"~{score.speed.tokens_per_second_total:.0f} in total at {score.batch} running",
+        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running",
     ]
     if option.tp > 1:
         parts.append(
@@ -1052,7 +1078,8 @@ def _size_candidate(option: _Option) -> Candidate | Rejected:
         tei_reserved_gib=round(option.tei_bytes / GIB, 2),
         estimate=estimate,
         concurrency_at_context=estimate.max_concurrency,
-        concurrency_at_request=round(chosen.held, 1),
+        concurrency_at_request=math.floor(chosen.held),
+        running_at_once=score.batch,
         decode=score.speed,
         score=score.total,
         why=_why(option, chosen, score, fp8_note, no_p2p),
@@ -1086,16 +1113,18 @@ def render_recommendation(
         )
         lines.append(
             f"   max_model_len {c.max_model_len}, max_num_seqs {c.max_num_seqs}, "
-            f"gpu_memory_utilization {c.gpu_memory_utilization}, kv_cache_dtype "
+            f"gpu_memory_utilization {_utilization_text(c.gpu_memory_utilization)}, "
+            "kv_cache_dtype "
             f"{c.kv_cache_dtype}, prefix caching {'on' if c.enable_prefix_caching else 'off'}"
             + (", disable_custom_all_reduce" if c.disable_custom_all_reduce else "")
         )
         lines.append(f"   memory per GPU: {_split_text(c.estimate)}")
         lines.append(
-            f"   concurrency: {c.concurrency_at_request:.1f} requests of {w.request_tokens} "
-            f"tokens, {c.concurrency_at_context:.2f} of {c.max_model_len}; decode "
+            f"   concurrency: {c.max_num_seqs} at once (max_num_seqs); the KV cache holds "
+            f"{c.concurrency_at_request} requests of {w.request_tokens} tokens, "
+            f"{c.concurrency_at_context:.2f} of {c.max_model_len}; decode "
             f"~{c.decode.tokens_per_second_per_request:.0f} tok/s per user, "
-            f"~{c.decode.tokens_per_second_total:.0f} total"
+            f"~{c.decode.tokens_per_second_total:.0f} total with {c.running_at_once} running"
         )
         lines.append(f"   why: {c.why}")
         lines.extend(f"   warning: {warning}" for warning in c.warnings)
