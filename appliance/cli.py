@@ -219,7 +219,7 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
 
 def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     from appliance.hardware import detect_box
-    from appliance.profile import dump_profile
+    from appliance.profile import StorageSpec, dump_profile
     from appliance.recommend import Workload, recommend, render_recommendation
 
     box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
@@ -240,7 +240,15 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     else:
         print(render_recommendation(recommendation))
     if args.output is not None:
-        text = dump_profile(recommendation.to_profile(), comment=recommendation.profile_comment())
+        storage = StorageSpec.model_validate(
+            {
+                key: value
+                for key, value in (("models_dir", args.models_dir), ("state_dir", args.state_dir))
+                if value is not None
+            }
+        )
+        profile = recommendation.to_profile(storage=storage)
+        text = dump_profile(profile, comment=recommendation.profile_comment())
         if args.output == Path("-"):
             sys.stdout.write(text)
         else:
@@ -876,6 +884,14 @@ def _add_recommend(commands: _Commands) -> None:
     rec.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="write the top choice as a profile"
     )
+    for kind, default in (("models", DEFAULT_MODELS_DIR), ("state", DEFAULT_STATE_DIR)):
+        rec.add_argument(
+            f"--{kind}-dir",
+            type=lambda text: Path(text).resolve(),
+            metavar="DIR",
+            help=f"the profile's storage.{kind}_dir (default {default}); e.g. a directory "
+            "you own, to try a simulated box without root",
+        )
     rec.set_defaults(handler=_cmd_recommend)
 
 

@@ -35,7 +35,17 @@ from appliance.catalog import (
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box
 from appliance.local_model import ResolvedModel
-from appliance.profile import EmbeddingsSpec, EngineSpec, ModelSpec, Profile, Spec
+from appliance.profile import (
+    EmbeddingsSpec,
+    EngineSpec,
+    FallbackSpec,
+    GatewaySpec,
+    ModelSpec,
+    Profile,
+    RemoteApi,
+    Spec,
+    StorageSpec,
+)
 from appliance.sizing import (
     DECODE_MODEL_TEXT,
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -57,6 +67,12 @@ from appliance.sizing import (
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+# The remote API a recommended profile names for fallback, left off until an admin switches it
+# on: OpenAI's, which most teams already hold a key for. The key is named, never written; the
+# admin changes base_url, model_map and api_key_env for another OpenAI-compatible API.
+FALLBACK_BASE_URL = "https://api.openai.com/v1"
+FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
+FALLBACK_REMOTE_MODEL = "gpt-4o-mini"  # in the list-price table, so `appliance cost` prices it
 # Kept free beside TEI and vLLM's own CUDA context, so neither start-up races the other.
 _START_UP_MARGIN_BYTES = int(0.25 * GIB)
 _CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free-memory check
@@ -629,8 +645,11 @@ class Recommendation:
             )
         return self.candidates[0]
 
-    def to_profile(self, name: str | None = None, index: int = 0) -> Profile:
-        """The chosen candidate (the top one by default) as a valid profile."""
+    def to_profile(
+        self, name: str | None = None, index: int = 0, storage: StorageSpec | None = None
+    ) -> Profile:
+        """The chosen candidate (the top one by default) as a valid profile; `storage` where the
+        box keeps weights and state, when not the defaults under /var/lib/llm-appliance."""
         chosen = self.top if index == 0 else self.candidates[index]
         engine = EngineSpec(
             max_model_len=chosen.max_model_len,
@@ -658,6 +677,8 @@ class Recommendation:
             engine=engine,
             gpus=list(chosen.gpus),
             embeddings=embeddings,
+            gateway=GatewaySpec(fallback=_fallback_to_complete(chosen.model_key)),
+            storage=storage or StorageSpec(),
         )
         description = (
             f"{self.target.label} — {chosen.model_name} {chosen.quantization.upper()} for "
@@ -678,6 +699,11 @@ class Recommendation:
             f"Why: {chosen.why}",
             f"Memory per GPU: {_split_text(chosen.estimate)}.",
             f"Speed model: {self.decode_model}.",
+            f"Fallback is off. To overflow to the remote API below when the box is down or "
+            f"busy, set {FALLBACK_API_KEY_ENV} in the gateway's environment "
+            "(/etc/llm-appliance/gateway.env for its systemd unit), then run `appliance fallback "
+            "auto`. For another OpenAI-compatible API, change base_url, model_map and "
+            "api_key_env (or api_key_file).",
         ]
         return "\n".join(
             textwrap.fill(text, width=96, subsequent_indent="  ") for text in paragraphs
@@ -692,6 +718,17 @@ class Recommendation:
             "candidates": [c.to_json_dict() for c in self.candidates],
             "rejected": [dataclasses.asdict(r) for r in self.rejected],
         }
+
+
+def _fallback_to_complete(served_model_name: str) -> FallbackSpec:
+    """A remote API block an admin completes by setting one environment variable (mode off)."""
+    return FallbackSpec(
+        remote=RemoteApi(
+            base_url=FALLBACK_BASE_URL,
+            api_key_env=FALLBACK_API_KEY_ENV,
+            model_map={served_model_name: FALLBACK_REMOTE_MODEL},
+        )
+    )
 
 
 def profile_name(target: GpuTarget, workload: Workload) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,3 +72,23 @@ def test_one_gpu_memory_utilization_default_stated_in_estimate_and_recommend() -
     rec = recommend(_box("rtx4090"), Workload.for_kind("chat", embeddings=False))
     assert rec.top.gpu_memory_utilization == DEFAULT_GPU_MEMORY_UTILIZATION
     assert stated in render_recommendation(rec)
+
+
+def test_a_recommended_profile_carries_a_fallback_block_to_complete(tmp_path: Path) -> None:
+    """#16 item 2: `fallback auto` needs a remote API; recommend names one, off until switched."""
+    from appliance.gateway.config import GatewayConfig
+    from appliance.gateway.state import set_fallback
+
+    rec = recommend(_box("l40s"), Workload.for_kind("rag", users=30, context=16384))
+    text = dump_profile(rec.to_profile(), comment=rec.profile_comment())
+    profile = parse_profile(text, "box.yaml")
+    fallback = profile.spec.gateway.fallback
+    assert fallback.mode == "off"  # nothing leaves the box until an admin switches it
+    assert fallback.remote is not None
+    assert fallback.remote.api_key_env == "OPENAI_API_KEY"
+    assert fallback.remote.api_key_file is None
+    assert set(fallback.remote.model_map) == {profile.spec.model.served_name}
+    assert "appliance fallback auto" in text  # the comment says how to complete it
+    config = GatewayConfig.from_profile(profile, state_dir=tmp_path)
+    state = set_fallback(config.state_file, "auto", remote_configured=config.remote is not None)
+    assert state.mode.value == "auto"
