@@ -329,6 +329,44 @@ def estimate_for(
     )
 
 
+def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
+    """The memory split of a profile's chat engine on a box, as `estimate` computes it from the
+    profile's own engine flags; None for what is not sized (a model the catalog does not know,
+    a box without GPUs). Raises as `estimate_for` does, with the nearest settings that fit
+    worded as profile keys."""
+    from appliance.local_model import resolve_model
+
+    spec = profile.spec
+    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
+        return None
+    try:
+        model = resolve_model(spec.model.repo, spec.model.quantization)
+    except BadInputError:
+        return None
+    engine = spec.engine
+    flags = EngineFlags(
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+        enforce_eager=engine.enforce_eager,
+    )
+    try:
+        return estimate_for(
+            model,
+            gpu_target_from_box(box),
+            tensor_parallel_size=engine.tensor_parallel_size,
+            flags=flags,
+        )
+    except DoesNotFitError as error:
+        if error.nearest:
+            error.hint = "nearest settings that fit: " + "; ".join(
+                in_profile_terms(setting, model) for setting in error.nearest
+            )
+        raise
+
+
 def nearest_fitting_settings(
     model: ResolvedModel,
     target: GpuTarget,

@@ -339,47 +339,14 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
 
 
 def check_fits(profile: Profile, box: Box) -> None:
-    """vLLM's refusals that sizing predicts: hard rules (TP vs heads, quantization vs GPU) and
-    a KV cache too small for one max_model_len sequence. Models the catalog does not know, and
-    boxes without GPUs, are not sized (nothing to say). `plan` and apply's preflight both run
-    it; the nearest settings that fit are worded as profile keys."""
-    from appliance.local_model import resolve_model
-    from appliance.recommend import (
-        DoesNotFitError,
-        estimate_for,
-        gpu_target_from_box,
-        in_profile_terms,
-    )
-    from appliance.sizing import EngineFlags
+    """vLLM's refusals that sizing predicts (`recommend.estimate_profile`): hard rules (TP vs
+    heads, quantization vs GPU) and a KV cache too small for one max_model_len sequence. `plan`
+    and apply's preflight both run it; the nearest settings that fit are profile keys."""
+    from appliance.recommend import estimate_profile
 
-    spec = profile.spec
-    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
-        return
     try:
-        model = resolve_model(spec.model.repo, spec.model.quantization)
-    except BadInputError:
-        return
-    engine = spec.engine
-    flags = EngineFlags(
-        gpu_memory_utilization=engine.gpu_memory_utilization,
-        max_model_len=engine.max_model_len,
-        max_num_seqs=engine.max_num_seqs,
-        max_num_batched_tokens=engine.max_num_batched_tokens,
-        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
-        enforce_eager=engine.enforce_eager,
-    )
-    try:
-        estimate_for(
-            model,
-            gpu_target_from_box(box),
-            tensor_parallel_size=engine.tensor_parallel_size,
-            flags=flags,
-        )
+        estimate_profile(profile, box)
     except RefusedError as error:
-        if isinstance(error, DoesNotFitError) and error.nearest:
-            error.hint = "nearest settings that fit: " + "; ".join(
-                in_profile_terms(setting, model) for setting in error.nearest
-            )
         error.message = f"vLLM would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"
         error.args = (error.message,)
