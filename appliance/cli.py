@@ -230,7 +230,7 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
 
 def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     from appliance.hardware import detect_box
-    from appliance.profile import dump_profile
+    from appliance.profile import StorageSpec, dump_profile
     from appliance.recommend import Workload, recommend, render_recommendation
 
     box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
@@ -251,7 +251,15 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     else:
         print(render_recommendation(recommendation))
     if args.output is not None:
-        text = dump_profile(recommendation.to_profile(), comment=recommendation.profile_comment())
+        storage = StorageSpec.model_validate(
+            {
+                key: value
+                for key, value in (("models_dir", args.models_dir), ("state_dir", args.state_dir))
+                if value is not None
+            }
+        )
+        profile = recommendation.to_profile(storage=storage)
+        text = dump_profile(profile, comment=recommendation.profile_comment())
         if args.output == Path("-"):
             sys.stdout.write(text)
         else:
@@ -538,27 +546,24 @@ def _box_for(args: argparse.Namespace, profile: Any) -> Any:
 def _cmd_plan(args: argparse.Namespace) -> ExitCode:
     from appliance.errors import EnvironmentNotReadyError
     from appliance.profile import load_profile
-    from appliance.runtime.apply import resolved_weights
+    from appliance.runtime.apply import plan_profile
     from appliance.runtime.docker import DockerEngine
-    from appliance.runtime.plan import make_plan
-    from appliance.runtime.specs import container_specs
 
     profile = load_profile(args.profile)
-    specs = container_specs(profile, _box_for(args, profile), weights_source=resolved_weights)
+    box = _box_for(args, profile)
     try:
-        engine = DockerEngine()
+        engine: DockerEngine | None = DockerEngine()
     except EnvironmentNotReadyError as error:
         if not args.simulate:
             raise
         # A simulated box is usually planned on a laptop with no engine: plan from nothing.
         print(f"note: {error.message}; planning against an empty box", file=sys.stderr)
-        observed = []
-    else:
-        try:
-            observed = engine.managed_containers()
-        finally:
+        engine = None
+    try:
+        plan = plan_profile(profile, box, engine)  # refuses (exit 4) what vLLM would refuse
+    finally:
+        if engine is not None:
             engine.close()
-    plan = make_plan(specs, observed)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
     return ExitCode.OK
 
@@ -966,6 +971,14 @@ def _add_recommend(commands: _Commands) -> None:
         metavar="FILE",
         help="write the top choice as a profile (- for stdout)",
     )
+    for kind, default in (("models", DEFAULT_MODELS_DIR), ("state", DEFAULT_STATE_DIR)):
+        rec.add_argument(
+            f"--{kind}-dir",
+            type=lambda text: Path(text).resolve(),
+            metavar="DIR",
+            help=f"the profile's storage.{kind}_dir (default {default}); e.g. a directory "
+            "you own, to try a simulated box without root",
+        )
     rec.set_defaults(handler=_cmd_recommend)
 
 

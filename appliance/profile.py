@@ -58,6 +58,7 @@ from yaml.reader import ReaderError
 
 from appliance.economics import CostInputs
 from appliance.errors import BadInputError
+from appliance.sizing import DEFAULT_GPU_MEMORY_UTILIZATION
 
 __all__ = [
     "API_VERSION",
@@ -629,10 +630,10 @@ class EngineSpec(_Model):
         examples=[8192],
     )
     gpu_memory_utilization: Annotated[StrictFloat, Gt(0), Le(0.98)] = Field(
-        default=0.9,
+        default=DEFAULT_GPU_MEMORY_UTILIZATION,
         description="Share of each GPU's memory vLLM may take (weights + KV cache); leave room "
-        "for TEI when it shares the GPU.",
-        examples=[0.9],
+        "for TEI when it shares the GPU. The default is the pinned vLLM release's.",
+        examples=[DEFAULT_GPU_MEMORY_UTILIZATION],
     )
     enable_prefix_caching: StrictBool = Field(
         default=True,

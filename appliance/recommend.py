@@ -35,9 +35,20 @@ from appliance.catalog import (
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box
 from appliance.local_model import ResolvedModel
-from appliance.profile import EmbeddingsSpec, EngineSpec, ModelSpec, Profile, Spec
+from appliance.profile import (
+    EmbeddingsSpec,
+    EngineSpec,
+    FallbackSpec,
+    GatewaySpec,
+    ModelSpec,
+    Profile,
+    RemoteApi,
+    Spec,
+    StorageSpec,
+)
 from appliance.sizing import (
     DECODE_MODEL_TEXT,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
     PINNED_VLLM_VERSION,
     DecodeSpeed,
@@ -56,9 +67,12 @@ from appliance.sizing import (
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
-# vLLM's own default; above it the (1 - utilization) headroom no longer covers PyTorch's
-# fragmentation and the sampler's spikes on a busy server.
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# The remote API a recommended profile names for fallback, left off until an admin switches it
+# on: OpenAI's, which most teams already hold a key for. The key is named, never written; the
+# admin changes base_url, model_map and api_key_env for another OpenAI-compatible API.
+FALLBACK_BASE_URL = "https://api.openai.com/v1"
+FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
+FALLBACK_REMOTE_MODEL = "gpt-4o-mini"  # in the list-price table, so `appliance cost` prices it
 # Kept free beside TEI and vLLM's own CUDA context, so neither start-up races the other.
 _START_UP_MARGIN_BYTES = int(0.25 * GIB)
 _CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free-memory check
@@ -315,6 +329,44 @@ def estimate_for(
     )
 
 
+def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
+    """The memory split of a profile's chat engine on a box, as `estimate` computes it from the
+    profile's own engine flags; None for what is not sized (a model the catalog does not know,
+    a box without GPUs). Raises as `estimate_for` does, with the nearest settings that fit
+    worded as profile keys."""
+    from appliance.local_model import resolve_model
+
+    spec = profile.spec
+    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
+        return None
+    try:
+        model = resolve_model(spec.model.repo, spec.model.quantization)
+    except BadInputError:
+        return None
+    engine = spec.engine
+    flags = EngineFlags(
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+        enforce_eager=engine.enforce_eager,
+    )
+    try:
+        return estimate_for(
+            model,
+            gpu_target_from_box(box),
+            tensor_parallel_size=engine.tensor_parallel_size,
+            flags=flags,
+        )
+    except DoesNotFitError as error:
+        if error.nearest:
+            error.hint = "nearest settings that fit: " + "; ".join(
+                in_profile_terms(setting, model) for setting in error.nearest
+            )
+        raise
+
+
 def nearest_fitting_settings(
     model: ResolvedModel,
     target: GpuTarget,
@@ -384,6 +436,35 @@ def nearest_fitting_settings(
     return found[:limit]
 
 
+# `nearest_fitting_settings` speaks `appliance estimate`'s flags; a profile's reader needs keys.
+_PROFILE_KEYS = {
+    "max-model-len": "spec.engine.max_model_len",
+    "kv-cache-dtype": "spec.engine.kv_cache_dtype",
+    "gpu-memory-utilization": "spec.engine.gpu_memory_utilization",
+    "tp": "spec.engine.tensor_parallel_size",
+    "quantization": "spec.model.quantization",
+}
+
+
+def in_profile_terms(setting: str, model: ResolvedModel) -> str:
+    """One of `nearest_fitting_settings`' answers as profile keys: `--quantization awq --gpus 2
+    --tp 2 (on 2 such GPUs)` becomes `spec.model.repo: …-AWQ, spec.model.quantization: awq,
+    spec.gpus: [0, 1], spec.engine.tensor_parallel_size: 2 (on 2 such GPUs)`."""
+    where = re.search(r"\(on .*?\)", setting)
+    parts: list[str] = []
+    for flag, value in re.findall(r"--([a-z-]+) (\S+)", setting):
+        if flag == "gpus":
+            parts.append(f"spec.gpus: {list(range(int(value)))}")
+        elif flag == "quantization" and model.model is not None:
+            repos = [v.repo for v in model.model.variants if v.quantization == value]
+            if repos:
+                parts.append(f"spec.model.repo: {repos[0]}")
+            parts.append(f"spec.model.quantization: {value}")
+        else:
+            parts.append(f"{_PROFILE_KEYS.get(flag, '--' + flag)}: {value}")
+    return ", ".join(parts) + (f" {where.group(0)}" if where else "")
+
+
 def _resolved_variant(model: ChatModel, variant: ModelVariant) -> ResolvedModel:
     return ResolvedModel(
         architecture=model.architecture,
@@ -405,6 +486,16 @@ def estimate_json(estimate: MemoryEstimate) -> dict[str, object]:
     return estimate.to_json_dict()
 
 
+def _utilization_text(utilization: float) -> str:
+    """A gpu_memory_utilization with where it came from: the one default (the pinned vLLM
+    release's, which `estimate`, `recommend` and a profile share) or a choice."""
+    if utilization == DEFAULT_GPU_MEMORY_UTILIZATION:
+        return f"{utilization:g}, vLLM {PINNED_VLLM_VERSION}'s default"
+    if utilization < DEFAULT_GPU_MEMORY_UTILIZATION:
+        return f"{utilization:g}, below the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
+    return f"{utilization:g}, above the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
+
+
 def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     """The estimate as an operator reads it: the per-GPU split, then the verdict."""
     e = estimate
@@ -416,7 +507,7 @@ def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     lines = [
         f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
         f"  vLLM may use           {e.requested_gib:8.2f} GiB"
-        f"  (gpu_memory_utilization {e.gpu_memory_utilization:g})",
+        f"  (gpu_memory_utilization {_utilization_text(e.gpu_memory_utilization)})",
         f"  weights              - {e.weights_gib:8.2f} GiB",
         f"  activations (peak)   - {e.activation_gib:8.2f} GiB",
         f"  non-torch            - {e.non_torch_gib:8.2f} GiB",
@@ -539,11 +630,20 @@ class Candidate:
     tei_reserved_gib: float
     estimate: MemoryEstimate
     concurrency_at_context: float  # requests of max_model_len held at once
-    concurrency_at_request: float  # requests of prompt + output tokens held at once
+    concurrency_at_request: int  # whole requests of prompt + output tokens the KV cache holds
+    running_at_once: int  # requests decoding together in `decode`: the users, up to max_num_seqs
     decode: DecodeSpeed
     score: float
     why: str
     warnings: tuple[str, ...] = ()
+
+    def at_once_text(self) -> str:
+        """The card's numbers, from the same fields as the profile and the why: what vLLM runs
+        at once (the profile's max_num_seqs) and the decode speed each user sees."""
+        return (
+            f"{self.max_num_seqs} at once · "
+            f"{self.decode.tokens_per_second_per_request:.0f} tok/s per user"
+        )
 
     def to_json_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
@@ -583,8 +683,11 @@ class Recommendation:
             )
         return self.candidates[0]
 
-    def to_profile(self, name: str | None = None, index: int = 0) -> Profile:
-        """The chosen candidate (the top one by default) as a valid profile."""
+    def to_profile(
+        self, name: str | None = None, index: int = 0, storage: StorageSpec | None = None
+    ) -> Profile:
+        """The chosen candidate (the top one by default) as a valid profile; `storage` where the
+        box keeps weights and state, when not the defaults under /var/lib/llm-appliance."""
         chosen = self.top if index == 0 else self.candidates[index]
         engine = EngineSpec(
             max_model_len=chosen.max_model_len,
@@ -612,6 +715,8 @@ class Recommendation:
             engine=engine,
             gpus=list(chosen.gpus),
             embeddings=embeddings,
+            gateway=GatewaySpec(fallback=_fallback_to_complete(chosen.model_key)),
+            storage=storage or StorageSpec(),
         )
         description = (
             f"{self.target.label} — {chosen.model_name} {chosen.quantization.upper()} for "
@@ -632,6 +737,11 @@ class Recommendation:
             f"Why: {chosen.why}",
             f"Memory per GPU: {_split_text(chosen.estimate)}.",
             f"Speed model: {self.decode_model}.",
+            f"Fallback is off. To overflow to the remote API below when the box is down or "
+            f"busy, set {FALLBACK_API_KEY_ENV} in the gateway's environment "
+            "(/etc/llm-appliance/gateway.env for its systemd unit), then run `appliance fallback "
+            "auto`. For another OpenAI-compatible API, change base_url, model_map and "
+            "api_key_env (or api_key_file).",
         ]
         return "\n".join(
             textwrap.fill(text, width=96, subsequent_indent="  ") for text in paragraphs
@@ -646,6 +756,17 @@ class Recommendation:
             "candidates": [c.to_json_dict() for c in self.candidates],
             "rejected": [dataclasses.asdict(r) for r in self.rejected],
         }
+
+
+def _fallback_to_complete(served_model_name: str) -> FallbackSpec:
+    """A remote API block an admin completes by setting one environment variable (mode off)."""
+    return FallbackSpec(
+        remote=RemoteApi(
+            base_url=FALLBACK_BASE_URL,
+            api_key_env=FALLBACK_API_KEY_ENV,
+            model_map={served_model_name: FALLBACK_REMOTE_MODEL},
+        )
+    )
 
 
 def profile_name(target: GpuTarget, workload: Workload) -> str:
@@ -956,11 +1077,20 @@ def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: 
         f"{variant.quantization.upper()}: {estimate.weights_gib:.1f} GiB of weights per GPU "
         f"leave {estimate.kv_cache_gib:.1f} GiB of KV cache = {estimate.kv_cache_tokens:,} "
         "tokens",
-        f"{chosen.held:.0f} requests of {workload.request_tokens} tokens at once "
+        f"the KV cache holds {math.floor(chosen.held)} requests of {workload.request_tokens} "
+        "tokens at once "
         + ("(all " if score.margin >= 1 else "(only part of the ")
         + f"{workload.users} users)",
+        f"max_num_seqs {chosen.max_num_seqs} "
+        + (
+            "(no more than the KV cache holds, so the rest queue instead of being preempted)"
+            if chosen.max_num_seqs >= math.floor(chosen.held)
+            else "(at least 64 for batch throughput)"
+            if workload.kind == "batch"
+            else "(the users with a quarter to spare)"
+        ),
         f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
-        f"~{score.speed.tokens_per_second_total:.0f} in total at {score.batch} running",
+        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running",
     ]
     if option.tp > 1:
         parts.append(
@@ -1023,7 +1153,8 @@ def _size_candidate(option: _Option) -> Candidate | Rejected:
         tei_reserved_gib=round(option.tei_bytes / GIB, 2),
         estimate=estimate,
         concurrency_at_context=estimate.max_concurrency,
-        concurrency_at_request=round(chosen.held, 1),
+        concurrency_at_request=math.floor(chosen.held),
+        running_at_once=score.batch,
         decode=score.speed,
         score=score.total,
         why=_why(option, chosen, score, fp8_note, no_p2p),
@@ -1057,16 +1188,18 @@ def render_recommendation(
         )
         lines.append(
             f"   max_model_len {c.max_model_len}, max_num_seqs {c.max_num_seqs}, "
-            f"gpu_memory_utilization {c.gpu_memory_utilization}, kv_cache_dtype "
+            f"gpu_memory_utilization {_utilization_text(c.gpu_memory_utilization)}, "
+            "kv_cache_dtype "
             f"{c.kv_cache_dtype}, prefix caching {'on' if c.enable_prefix_caching else 'off'}"
             + (", disable_custom_all_reduce" if c.disable_custom_all_reduce else "")
         )
         lines.append(f"   memory per GPU: {_split_text(c.estimate)}")
         lines.append(
-            f"   concurrency: {c.concurrency_at_request:.1f} requests of {w.request_tokens} "
-            f"tokens, {c.concurrency_at_context:.2f} of {c.max_model_len}; decode "
+            f"   concurrency: {c.max_num_seqs} at once (max_num_seqs); the KV cache holds "
+            f"{c.concurrency_at_request} requests of {w.request_tokens} tokens, "
+            f"{c.concurrency_at_context:.2f} of {c.max_model_len}; decode "
             f"~{c.decode.tokens_per_second_per_request:.0f} tok/s per user, "
-            f"~{c.decode.tokens_per_second_total:.0f} total"
+            f"~{c.decode.tokens_per_second_total:.0f} total with {c.running_at_once} running"
         )
         lines.append(f"   why: {c.why}")
         lines.extend(f"   warning: {warning}" for warning in c.warnings)

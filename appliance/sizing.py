@@ -211,6 +211,11 @@ class VllmRules:
         )
 
 
+# The pinned release's default (`CacheConfig.gpu_memory_utilization` in vllm/config/cache.py:
+# 0.92 from v0.20): the one default a profile, `estimate` and `recommend` all start from.
+DEFAULT_GPU_MEMORY_UTILIZATION = VllmRules.for_version().default_gpu_memory_utilization
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineFlags:
     """The vLLM flags that change the memory budget, with vLLM's own defaults (None = vLLM's

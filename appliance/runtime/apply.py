@@ -397,7 +397,7 @@ def _preflight(
             hint="download them first (appliance weights pull PROFILE), or import them on an "
             "air-gapped box (appliance weights import PATH --as owner/name)",
         )
-    _check_fits(profile, box)
+    check_fits(profile, box)
     for image in sorted({spec.image for spec in specs}):
         if engine.image_present(image):
             continue
@@ -441,40 +441,17 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
     learn the box could never have run it."""
     _check_gpus_visible(profile, box, options)
     _check_gpu_containers(container_specs(profile, box, options=options), box)
-    _check_fits(profile, box)
+    check_fits(profile, box)
 
 
-def _check_fits(profile: Profile, box: Box) -> None:
-    """vLLM's refusals that sizing predicts: hard rules (TP vs heads, quantization vs GPU) and
-    a KV cache too small for one max_model_len sequence. Models the catalog does not know, and
-    boxes without GPUs, are not sized (nothing to say)."""
-    from appliance.local_model import resolve_model
-    from appliance.recommend import estimate_for, gpu_target_from_box
-    from appliance.sizing import EngineFlags
+def check_fits(profile: Profile, box: Box) -> None:
+    """vLLM's refusals that sizing predicts (`recommend.estimate_profile`): hard rules (TP vs
+    heads, quantization vs GPU) and a KV cache too small for one max_model_len sequence. `plan`
+    and apply's preflight both run it; the nearest settings that fit are profile keys."""
+    from appliance.recommend import estimate_profile
 
-    spec = profile.spec
-    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
-        return
     try:
-        model = resolve_model(spec.model.repo, spec.model.quantization)
-    except BadInputError:
-        return
-    engine = spec.engine
-    flags = EngineFlags(
-        gpu_memory_utilization=engine.gpu_memory_utilization,
-        max_model_len=engine.max_model_len,
-        max_num_seqs=engine.max_num_seqs,
-        max_num_batched_tokens=engine.max_num_batched_tokens,
-        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
-        enforce_eager=engine.enforce_eager,
-    )
-    try:
-        estimate_for(
-            model,
-            gpu_target_from_box(box),
-            tensor_parallel_size=engine.tensor_parallel_size,
-            flags=flags,
-        )
+        estimate_profile(profile, box)
     except RefusedError as error:
         error.message = f"vLLM would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"
@@ -684,13 +661,20 @@ def resolved_weights(path: Path) -> Path:
 def plan_profile(
     profile: Profile,
     box: Box,
-    engine: DockerEngine,
+    engine: DockerEngine | None,
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
 ) -> Plan:
-    """`appliance plan PROFILE`: what apply would do now. Changes nothing."""
-    return make_plan(_desired(profile, box, catalog, options), engine.managed_containers())
+    """`appliance plan PROFILE`: what apply would do now. Changes nothing.
+
+    First the fit check apply's preflight runs (`check_fits`: RefusedError, exit 4, with the
+    nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
+    engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
+    """
+    check_fits(profile, box)
+    observed = engine.managed_containers() if engine is not None else []
+    return make_plan(_desired(profile, box, catalog, options), observed)
 
 
 def _desired(

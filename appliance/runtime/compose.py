@@ -1,8 +1,12 @@
 """`appliance compose export`: the same containers as a docker compose file.
 
 Built from the very `ContainerSpec`s that apply creates, so the two cannot drift: same images,
-flags, ports on 127.0.0.1, read-only weights, GPU reservations by UUID, healthchecks, restart
-policy and log rotation. The compose file carries no appliance labels on purpose: containers that
+flags, ports on 127.0.0.1, read-only weights, the same GPUs, healthchecks, restart policy and log
+rotation. GPUs are reserved by UUID only when the file is exported on the box itself (stable
+across reboots there, meaningless anywhere else); for a simulated or recorded box they are
+reserved by index, as `nvidia-smi -L` numbers them, which any box with that many GPUs satisfies.
+
+The compose file carries no appliance labels on purpose: containers that
 compose starts are the operator's, and `appliance apply`/`down` never adopt or remove them.
 """
 
@@ -42,7 +46,22 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _service(spec: ContainerSpec, depends_on: str | None) -> dict[str, Any]:
+def _gpu_reservation(spec: ContainerSpec, box: Box) -> dict[str, Any] | None:
+    """The compose `deploy.resources.reservations.devices` entry for the spec's GPUs."""
+    if spec.gpu_device_ids is None:
+        return None
+    device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
+    if spec.gpu_device_ids == "all":
+        device["count"] = "all"
+    elif box.source == "nvml":
+        device["device_ids"] = list(spec.gpu_device_ids)
+    else:
+        index = {gpu.uuid: str(gpu.index) for gpu in box.gpus}
+        device["device_ids"] = [index.get(uuid, uuid) for uuid in spec.gpu_device_ids]
+    return device
+
+
+def _service(spec: ContainerSpec, depends_on: str | None, box: Box) -> dict[str, Any]:
     service: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,
@@ -74,12 +93,8 @@ def _service(spec: ContainerSpec, depends_on: str | None) -> dict[str, Any]:
             "retries": check.retries,
             "start_period": _seconds(check.start_period_s),
         }
-    if spec.gpu_device_ids is not None:
-        device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
-        if spec.gpu_device_ids == "all":
-            device["count"] = "all"
-        else:
-            device["device_ids"] = list(spec.gpu_device_ids)
+    device = _gpu_reservation(spec, box)
+    if device is not None:
         service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
     if depends_on is not None:
         service["depends_on"] = {depends_on: {"condition": "service_healthy"}}
@@ -100,7 +115,7 @@ def compose_document(
         # TEI starts after vLLM is healthy, as apply does: vLLM sizes its KV cache from the
         # GPU memory free when it starts.
         first = "vllm" if spec.role != "vllm" and "vllm" in services else None
-        services[spec.role] = _service(spec, first)
+        services[spec.role] = _service(spec, first, box)
     # No top-level `name`: Debian's docker-compose 1.29 refuses it; container_name fixes names.
     return {"services": services}
 

@@ -103,7 +103,7 @@ def test_minimal_profile_gets_documented_defaults() -> None:
     spec = profile.spec
     assert spec.model.revision == "main"
     assert spec.model.served_name == "Qwen2.5-7B-Instruct-AWQ"
-    assert spec.engine.gpu_memory_utilization == 0.9
+    assert spec.engine.gpu_memory_utilization == 0.92  # the pinned vLLM release's default
     assert spec.engine.enable_prefix_caching is True
     assert spec.engine.tensor_parallel_size == 1
     assert spec.gpus == "all"

@@ -50,7 +50,8 @@ def test_compose_mirrors_the_specs(profile_name: str) -> None:
         assert all(volume["read_only"] for volume in service["volumes"])
         if spec.gpu_device_ids is not None:
             [device] = service["deploy"]["resources"]["reservations"]["devices"]
-            assert device["device_ids"] == list(spec.gpu_device_ids)
+            index = {gpu.uuid: str(gpu.index) for gpu in box.gpus}
+            assert device["device_ids"] == [index[uuid] for uuid in spec.gpu_device_ids]
     if "tei" in document["services"]:
         assert document["services"]["tei"]["depends_on"] == {
             "vllm": {"condition": "service_healthy"}
@@ -68,3 +69,31 @@ def test_docker_compose_accepts_the_file(profile_name: str, tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(path.read_text(encoding="utf-8"))["services"]["vllm"]
+
+
+def _reservations(document: dict[str, object]) -> dict[str, list[str]]:
+    services = document["services"]
+    assert isinstance(services, dict)
+    return {
+        role: service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        for role, service in services.items()
+        if "deploy" in service
+    }
+
+
+def test_ready_made_files_reserve_gpus_a_real_box_has() -> None:
+    """#16 item 3: simulated cards' UUIDs exist on no real box; indices do."""
+    for path in sorted((ROOT / "compose").glob("*.yaml")):
+        assert "GPU-" not in path.read_text(encoding="utf-8"), path
+    two = load_profile(ROOT / "profiles" / "2x4090-chat.yaml")
+    document = compose_document(two, detect_box(simulate="2x4090"))
+    assert _reservations(document) == {"vllm": ["0", "1"], "tei": ["0"]}
+
+
+def test_export_on_the_box_itself_reserves_by_uuid() -> None:
+    """On the box itself UUIDs are right: they survive reboots and reordered PCI slots."""
+    seen = detect_box(simulate="2x4090")
+    here = seen.model_copy(update={"source": "nvml", "simulated": None})
+    two = load_profile(ROOT / "profiles" / "2x4090-chat.yaml")
+    uuids = [gpu.uuid for gpu in here.gpus]
+    assert _reservations(compose_document(two, here)) == {"vllm": uuids, "tei": uuids[:1]}

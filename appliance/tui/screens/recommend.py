@@ -70,11 +70,7 @@ def candidate_title(rank: int, candidate: Candidate) -> Text:
     )
     if candidate.tensor_parallel_size > 1:
         title.append(f" TP{candidate.tensor_parallel_size}")
-    title.append(
-        f" · {candidate.concurrency_at_request:.0f} at once"
-        f" · {candidate.decode.tokens_per_second_per_request:.0f} tok/s",
-        style="dim",
-    )
+    title.append(f" · {candidate.at_once_text()}", style="dim")
     return title
 
 
