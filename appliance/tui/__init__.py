@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_TERMINAL = (
+    "error: llm-appliance is an interactive app and needs a terminal (stdin and stdout are not "
+    "one here); from scripts and cron use the `appliance` commands instead, e.g. "
+    "`appliance status PROFILE --check` or `appliance apply PROFILE` (see `appliance --help`)"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from appliance.tui.services import live_services, simulated_services
@@ -52,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     except ApplianceError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         sys.exit(error.exit_code)
+    # Without a terminal Textual would write escape codes into a log and spin on a dead input:
+    # refuse before any screen starts (bad arguments above are still named first).
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(NO_TERMINAL, file=sys.stderr)
+        sys.exit(ExitCode.BAD_INPUT)
 
     from appliance.tui.app import ApplianceApp
 

@@ -69,6 +69,11 @@ CostSource = Callable[[str], CostView]
 class FallbackControl(Protocol):
     """The gateway's fallback mode: read it, switch it (`appliance fallback` does the same)."""
 
+    @property
+    def remote_configured(self) -> bool:
+        """The profile names a remote API: only then can the mode be auto or always."""
+        ...
+
     def read(self) -> str: ...
 
     def switch(self, mode: str) -> str: ...

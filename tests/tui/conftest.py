@@ -104,6 +104,7 @@ class FakeGateway:
         ]
     )
     switches: list[str] = field(default_factory=list)
+    remote_configured: bool = True  # the profile names a remote API for auto and always
 
     def read(self) -> str:
         return self.mode

@@ -49,3 +49,24 @@ def test_a_simulated_boxs_state_is_removed_when_the_process_ends() -> None:
     state = Path(out.strip())
     assert state.name.startswith("llm-appliance-sim-")
     assert not state.exists()
+
+
+def test_without_a_terminal_it_refuses_in_one_line_and_exits_at_once(tmp_path: Path) -> None:
+    """From cron or a script (stdin and stdout not a TTY) the app would draw escape codes into a
+    log and spin; it says what to use instead and exits 2. The timeout only bounds a hang."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "llm-appliance"), "--simulate", "l40s"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == ExitCode.BAD_INPUT
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "terminal" in lines[0]
+    assert "appliance status" in lines[0]
+    assert "\x1b" not in done.stderr

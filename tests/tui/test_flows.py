@@ -445,3 +445,72 @@ def test_profile_cost_reads_the_profiles_inputs_and_store(tmp_path: Path) -> Non
     bare = profile.model_copy(update={"spec": profile.spec.model_copy(update={"cost": None})})
     view = profile_cost(bare)("hour")
     assert (view.ok, view.text, view.window) == (False, NO_COST_INPUTS, "hour")
+
+
+def _notices(app: ApplianceApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+def test_pressing_the_greyed_apply_says_why(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app.screen.query(CandidateCard)))
+            await pilot.press("escape", "p")
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await until(pilot, lambda: screen.plan is not None)
+            assert screen.check_action("apply", ()) is None  # still greyed out in the footer
+            await pilot.press("a")
+            await until(pilot, lambda: any("simulated" in n for n in _notices(app)))
+            assert type(app.screen).__name__ == "DeployScreen"  # and nothing was asked
+
+    run(go)
+
+
+def test_the_simulate_picker_offers_every_box_the_cli_knows(tmp_path: Path) -> None:
+    from textual.widgets import OptionList
+
+    from appliance.catalog import load_catalog
+    from appliance.hardware.simulate import EXAMPLES, resolve
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, no_gpu=True))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.box is not None)
+            await pilot.press("s")
+            assert isinstance(app.screen, SimulatePicker)
+            options = app.screen.query_one(OptionList)
+            names = [options.get_option_at_index(i).id for i in range(options.option_count)]
+            await pilot.press("escape")
+        catalog = {gpu.key for gpu in load_catalog().gpus}
+        assert {resolve(str(name))[1].key for name in names} == catalog
+        assert set(EXAMPLES) <= set(names)  # 2x4090 too: a box of several cards
+        assert len(names) == len(set(names))
+
+    run(go)
+
+
+def test_f_does_not_offer_a_fallback_the_profile_cannot_serve(tmp_path: Path) -> None:
+    async def go() -> None:
+        services = fake_services(tmp_path)
+        gateway = services.fallback
+        assert isinstance(gateway, FakeGateway)
+        gateway.remote_configured = False
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("m")
+            await until(pilot, lambda: app.fallback_mode == "off")
+            await pilot.press("f")
+            await until(pilot, lambda: any("names no remote API" in n for n in _notices(app)))
+            assert gateway.switches == []
+            assert app.fallback_mode == "off"
+            gateway.mode = "auto"  # set by hand in the state file before the remote was removed
+            app.read_fallback()
+            await until(pilot, lambda: app.fallback_mode == "auto")
+            await pilot.press("f")
+            await until(pilot, lambda: app.fallback_mode == "off")
+            assert gateway.switches == ["off"]
+
+    run(go)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -272,6 +272,18 @@ class DeployScreen(ApplianceScreen):
         if action == "apply" and self.disabled_reason() is not None:
             return None  # shown greyed out in the footer
         return True
+
+    def key_a(self, event: events.Key) -> None:
+        """A greyed-out key does nothing in Textual; this one says why it is greyed out.
+
+        Runs before the app's bindings (the key reaches the screen first); when Apply is
+        available it leaves the key alone, so the binding acts.
+        """
+        reason = self.disabled_reason()
+        if reason is not None:
+            event.stop()
+            event.prevent_default()
+            self.notify(f"Apply is not available: {reason}", severity="warning")
 
     def action_apply(self) -> None:
         reason = self.disabled_reason()
