@@ -9,6 +9,8 @@ inside `Monitor`). A worker that fails becomes a notice, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
@@ -109,6 +111,9 @@ class ApplianceApp(App[None]):
     # -- start-up
 
     def on_mount(self) -> None:
+        profile = self.services.profile
+        if profile is not None:  # Deploy shows the applied profile until Recommend picks another
+            self.chosen = ProfileChosen(profile, "", self.services.deployed_profile)
         self.start_services()
         self.switch_mode("monitor" if self.services.deployed_profile else "box")
 
@@ -147,14 +152,15 @@ class ApplianceApp(App[None]):
         self.start_services()
         self.notify(f"Now simulating {name}: nothing on this machine is probed or changed.")
 
-    def watch_deployed(self, profile: Profile) -> None:
+    def watch_deployed(self, profile: Profile, source: Path | None) -> None:
         """After a deploy on a real box: monitor what now runs, and make Monitor the default."""
         from appliance.tui.services import watching
 
         if self.services.simulate is not None:
             return
         self.workers.cancel_group(self, "monitor")
-        self.services = watching(self.services, profile)
+        applied = dataclasses.replace(self.services, deployed_profile=source, profile=profile)
+        self.services = watching(applied, profile)
         self.run_monitor()
         self.read_fallback()
 

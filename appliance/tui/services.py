@@ -22,20 +22,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from appliance.deploy import Deployment, GatewayInstaller
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
     from appliance.monitor.monitor import Clock, Monitor
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
-    from appliance.runtime.apply import ApplyResult
     from appliance.runtime.plan import Plan
+    from appliance.runtime.specs import SpecOptions
 
 # One progress report of a deploy: a weights `DownloadProgress` or a runtime `ApplyEvent`. They
 # come from worker threads; the Deploy screen posts them as messages.
 DeployReport = Callable[[object], None]
-Deployer = Callable[
-    ["Profile", "Box", DeployReport, threading.Event, Callable[["Plan"], bool]], "ApplyResult"
-]
+
+
+class Deployer(Protocol):
+    """Deploy a profile: weights, apply (after `confirm` with the plan), the gateway's unit.
+    `source` is the profile's file when it has one (the gateway runs its text)."""
+
+    def __call__(
+        self,
+        profile: Profile,
+        box: Box,
+        report: DeployReport,
+        cancel: threading.Event,
+        confirm: Callable[[Plan], bool],
+        *,
+        source: Path | None = None,
+    ) -> Deployment: ...
+
 
 FALLBACK_MODES = ("off", "auto", "always")
 COST_WINDOWS = ("hour", "day", "7d")
@@ -218,6 +233,8 @@ class Services:
     - `cost`: `appliance cost` for a window name (hour, day, 7d); None when no profile is
       applied, so the Monitor's cost view says so.
     - `profiles_dir`: where Recommend saves profiles.
+    - `deployed_profile`, `profile`: the applied profile's file (`--profile`, or the one
+      `apply` keeps) and its contents; the app opens on its Monitor and Deploy shows it.
     """
 
     detect_box: Callable[[], Box]
@@ -234,6 +251,7 @@ class Services:
     cost: CostSource | None = None
     profiles_dir: Path = field(default_factory=Path.cwd)
     deployed_profile: Path | None = None
+    profile: Profile | None = None
 
 
 def core_recommend(box: Box, workload: Workload) -> Recommendation:
@@ -250,38 +268,66 @@ def fresh_plan(profile: Profile, box: Box) -> Plan:
     return make_plan(container_specs(profile, box), [])
 
 
-def docker_plan(profile: Profile, box: Box) -> Plan:
-    """`appliance plan PROFILE` against the Docker engine of this machine."""
-    from appliance.runtime.apply import plan_profile
-    from appliance.runtime.docker import DockerEngine
+def docker_planner(
+    base_url: str | None = None, *, options: SpecOptions | None = None
+) -> Callable[[Profile, Box], Plan]:
+    """`appliance plan PROFILE` against a Docker engine (this machine's by default)."""
 
-    return plan_profile(profile, box, DockerEngine(timeout_s=10))
+    def plan(profile: Profile, box: Box) -> Plan:
+        from appliance.runtime.apply import plan_profile
+        from appliance.runtime.docker import DockerEngine
+
+        engine = DockerEngine(base_url, timeout_s=10)
+        try:
+            return plan_profile(profile, box, engine, options=options)
+        finally:
+            engine.close()
+
+    return plan
 
 
-def docker_deploy(
-    profile: Profile,
-    box: Box,
-    report: DeployReport,
-    cancel: threading.Event,
-    confirm: Callable[[Plan], bool],
-) -> ApplyResult:
-    """The core's deploy (weights, then apply under its lock) on this box's Docker engine."""
-    from appliance.deploy import deploy_profile
-    from appliance.runtime.docker import DockerEngine
+def docker_deployer(
+    base_url: str | None = None,
+    *,
+    options: SpecOptions | None = None,
+    deadlines_s: dict[str, float] | None = None,
+    gateway: GatewayInstaller | None = None,
+) -> Deployer:
+    """The core's deploy (weights, apply under its lock, the gateway's unit) on a Docker engine,
+    the one `appliance apply` runs. The profile's file, when Deploy shows one, is what the
+    gateway runs."""
 
-    engine = DockerEngine()
-    try:
-        return deploy_profile(
-            profile,
-            box,
-            engine,
-            confirm=confirm,
-            progress=report,
-            weights_progress=report,
-            cancel=cancel,
-        )
-    finally:
-        engine.close()
+    def deploy(
+        profile: Profile,
+        box: Box,
+        report: DeployReport,
+        cancel: threading.Event,
+        confirm: Callable[[Plan], bool],
+        *,
+        source: Path | None = None,
+    ) -> Deployment:
+        from appliance.deploy import deploy_profile, install_gateway
+        from appliance.runtime.docker import DockerEngine
+
+        engine = DockerEngine(base_url)
+        try:
+            return deploy_profile(
+                profile,
+                box,
+                engine,
+                source=source,
+                confirm=confirm,
+                progress=report,
+                weights_progress=report,
+                cancel=cancel,
+                options=options,
+                deadlines_s=deadlines_s,
+                gateway=gateway or install_gateway,
+            )
+        finally:
+            engine.close()
+
+    return deploy
 
 
 def simulated_services(
@@ -342,20 +388,25 @@ def live_services(
     """This machine. With the applied profile, the Monitor, fallback and keys come alive."""
     from appliance.hardware import DEFAULT_MODELS_DIR, detect_box
 
+    profile = None
+    if profile_path is not None:
+        from appliance.profile import load_profile
+
+        profile = load_profile(profile_path)
+    # The disk that matters is the one the profile keeps its weights on.
+    models_dir = DEFAULT_MODELS_DIR if profile is None else profile.spec.storage.models_dir
     services = Services(
-        detect_box=lambda: detect_box(models_dir=DEFAULT_MODELS_DIR),
+        detect_box=lambda: detect_box(models_dir=models_dir),
         recommend=core_recommend,
-        plan=docker_plan,
-        deploy=docker_deploy,
+        plan=docker_planner(),
+        deploy=docker_deployer(),
         logs=DockerLogs(),
         profiles_dir=profiles_dir or Path.cwd(),
-        deployed_profile=profile_path,
     )
-    if profile_path is None:
+    if profile is None:
         return services
-    from appliance.profile import load_profile
-
-    return watching(services, load_profile(profile_path))
+    applied = dataclasses.replace(services, deployed_profile=profile_path, profile=profile)
+    return watching(applied, profile)
 
 
 def watching(services: Services, profile: Profile) -> Services:

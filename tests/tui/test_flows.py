@@ -514,3 +514,27 @@ def test_f_does_not_offer_a_fallback_the_profile_cannot_serve(tmp_path: Path) ->
             assert gateway.switches == ["off"]
 
     run(go)
+
+
+def test_the_profile_given_with_profile_is_what_deploy_shows(tmp_path: Path) -> None:
+    import dataclasses
+
+    path = Path(__file__).parents[2] / "profiles" / "l40s-rag.yaml"
+    services = dataclasses.replace(
+        fake_services(tmp_path), deployed_profile=path, profile=load_profile(path)
+    )
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.current_mode == "monitor"  # what runs, first
+            await pilot.press("d")
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await until(pilot, lambda: screen.plan is not None)
+            shown = str(screen.query_one("#deploy-profile").render())
+            assert "No profile chosen" not in shown
+            assert "l40s-rag" in shown
+            assert str(path) in shown
+
+    run(go)
