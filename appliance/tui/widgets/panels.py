@@ -76,7 +76,8 @@ class _SnapshotPanel(Widget):
                 (s.name, s.healthy, s.metrics_error is None, s.health_error)
                 for s in snapshot.services
             ),
-            tuple((a.code, a.subject) for a in snapshot.alerts),
+            # An alert's line grows when it starts clearing: its length may change its height.
+            tuple((a.code, a.subject, len(a.headline())) for a in snapshot.alerts),
         )
 
     def show(self, snapshot: Snapshot | None, series: Series) -> None:
@@ -287,7 +288,7 @@ class AlertsPanel(_SnapshotPanel):
         ordered = sorted(snapshot.alerts, key=lambda alert: alert.severity != "critical")
         for alert in ordered:
             style = "bold red" if alert.severity == "critical" else "bold yellow"
-            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.message))
+            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.headline()))
             lines.append(Text(f"         → {alert.suggestion}", style="italic"))
         return Group(*lines)
 
