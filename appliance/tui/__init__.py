@@ -51,8 +51,10 @@ def services_for(args: argparse.Namespace) -> Services:
     from appliance.applied import applied_profile_path
     from appliance.tui.services import live_services, simulated_services
 
-    if args.simulate:
-        return simulated_services(args.simulate, profiles_dir=args.profiles_dir)
+    if args.simulate:  # the profile to simulate, if any: nothing of this machine is read
+        return simulated_services(
+            args.simulate, profile_path=args.profile, profiles_dir=args.profiles_dir
+        )
     return live_services(applied_profile_path(args.profile), profiles_dir=args.profiles_dir)
 
 

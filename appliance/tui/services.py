@@ -333,6 +333,7 @@ def docker_deployer(
 def simulated_services(
     name: str,
     *,
+    profile_path: Path | None = None,
     clock: Clock | None = None,
     seed: int = 0,
     state_dir: Path | None = None,
@@ -342,12 +343,21 @@ def simulated_services(
 ) -> Services:
     """`--simulate NAME`: a catalog box, simulated engines, and a gateway state in a temp dir.
 
-    Raises `BadInputError` for a name the GPU catalog does not know (before any screen opens).
+    With `profile_path` (`--profile`), the simulation is of that profile on that box: its model
+    name, TEI only when it has embeddings, its alert thresholds, its fallback — and, when the
+    profile cannot run there (sizing says it does not fit), nothing running and why.
+    Raises `BadInputError` for a name the GPU catalog does not know, and `ProfileError` for a
+    bad profile (before any screen opens).
     """
     from appliance.hardware import detect_box
     from appliance.hardware.simulate import resolve
 
     resolve(name)
+    profile = None
+    if profile_path is not None:
+        from appliance.profile import load_profile
+
+        profile = load_profile(profile_path)
     state = state_dir
     if state is None:
         state = Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
@@ -355,13 +365,28 @@ def simulated_services(
         atexit.register(shutil.rmtree, state, ignore_errors=True)
 
     def monitor() -> Monitor:
-        from appliance.monitor.monitor import Monitor
+        from appliance.monitor.monitor import Monitor, MonitorConfig
         from appliance.monitor.status import simulated
 
-        samplers, used_clock = simulated(name, clock=clock, seed=seed, fallback_mode=gateway.read)
-        return Monitor(samplers, clock=used_clock)
+        if profile is None:
+            samplers, used_clock = simulated(
+                name, clock=clock, seed=seed, fallback_mode=gateway.read
+            )
+            return Monitor(samplers, clock=used_clock)
+        samplers, used_clock = simulated(
+            name,
+            clock=clock,
+            seed=seed,
+            fallback_mode=gateway.read,
+            embeddings=profile.spec.embeddings_enabled,
+            model=profile.spec.model.served_name,
+            not_running=why_not_running(profile, detect_box(simulate=name)),
+        )
+        config = MonitorConfig.from_profile(profile)
+        return Monitor(samplers, config=config, clock=used_clock)
 
-    gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=True)
+    remote = True if profile is None else _profile_gateway(profile).remote_configured
+    gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=remote)
     return Services(
         detect_box=lambda: detect_box(simulate=name),
         simulate=name,
@@ -379,7 +404,24 @@ def simulated_services(
         logs=SimulatedLogs(interval_s=log_interval_s),
         cost=lambda window: CostView(window, SIMULATED_COST, ok=False),
         profiles_dir=profiles_dir or Path.cwd(),
+        deployed_profile=profile_path,
+        profile=profile,
     )
+
+
+def why_not_running(profile: Profile, box: Box) -> str | None:
+    """Why `apply` would start nothing of `profile` on `box` (its refusal, e.g. sizing's "does
+    not fit", with the nearest settings), or None when it would run."""
+    from appliance.errors import ApplianceError
+    from appliance.runtime.apply import check_box_can_run
+
+    try:
+        check_box_can_run(profile, box)
+    except ApplianceError as error:
+        reason = error.message.removesuffix("; nothing was changed")
+        hint = f" → {error.hint}" if error.hint else ""
+        return f"not running: apply refuses this profile here: {reason}{hint}"
+    return None
 
 
 def live_services(

@@ -538,3 +538,77 @@ def test_the_profile_given_with_profile_is_what_deploy_shows(tmp_path: Path) -> 
             assert str(path) in shown
 
     run(go)
+
+
+def test_a_simulated_box_monitors_the_chosen_profile_and_a_model_that_cannot_fit(
+    tmp_path: Path,
+) -> None:
+    """`--simulate rtx4090 --profile profiles/h100-70b-fp8.yaml`: 70B in FP8 cannot fit in 24 GB,
+    so vLLM is not running (with sizing's reason), the GPU is idle, and the gateway is shown as
+    the systemd unit it is, not a container."""
+    import io
+
+    from rich.console import Console
+
+    from appliance.tui import build_parser, services_for
+    from appliance.tui.widgets.panels import ServicesPanel
+
+    profile = Path(__file__).parents[2] / "profiles" / "h100-70b-fp8.yaml"
+    args = build_parser().parse_args(["--simulate", "rtx4090", "--profile", str(profile)])
+    services = services_for(args)
+    assert services.profile is not None
+    assert services.deployed_profile == profile
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.current_mode == "monitor"
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 2)
+            snapshot = app.snapshot
+            assert snapshot is not None
+            vllm = snapshot.service("vllm")
+            assert vllm is not None
+            assert not vllm.healthy
+            assert vllm.health_error is not None
+            assert "not running" in vllm.health_error
+            assert "does not fit on rtx4090" in vllm.health_error  # sizing's own words
+            assert vllm.running_requests is None
+            assert all((gpu.utilization_gpu_pct or 0) < 10 for gpu in snapshot.gpus)
+            # Apply refuses the whole profile: nothing was started, not TEI, not the gateway.
+            assert [(s.name, s.healthy) for s in snapshot.services] == [
+                ("vllm", False), ("tei", False), ("gateway", False),
+            ]  # fmt: skip
+            gateway = snapshot.service("gateway")
+            assert gateway is not None
+            assert gateway.container_state is None
+            panel = app.screen.query_one(ServicesPanel)
+            console = Console(width=100, record=True, file=io.StringIO())
+            console.print(panel.service(gateway, 100))
+            shown = console.export_text()
+            assert "systemd" in shown
+            assert "container" not in shown
+
+    run(go)
+
+
+def test_a_simulated_box_with_a_profile_that_fits_serves_its_model(tmp_path: Path) -> None:
+    from appliance.tui import build_parser, services_for
+
+    profile = Path(__file__).parents[2] / "profiles" / "rtx4090-chat.yaml"
+
+    args = build_parser().parse_args(["--simulate", "rtx4090", "--profile", str(profile)])
+    services = services_for(args)
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 2)
+            snapshot = app.snapshot
+            assert snapshot is not None
+            vllm = snapshot.service("vllm")
+            assert vllm is not None
+            assert vllm.healthy
+            assert vllm.model_names == (load_profile(profile).spec.model.served_name,)
+            assert vllm.container_state == "running"
+
+    run(go)

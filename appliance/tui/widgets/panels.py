@@ -154,7 +154,9 @@ class ServicesPanel(_SnapshotPanel):
         title = Text.assemble(health_badge(service), " ", (name, "bold"))
         if service.model_names:
             title.append(f"  {', '.join(service.model_names)}")
-        if service.container_state is not None:
+        if service.kind == "gateway":  # the appliance's own process, not a container
+            title.append("  systemd unit", style="dim")
+        elif service.container_state is not None:
             title.append(f"  container {service.container_state}", style="dim")
             if service.restart_count:
                 title.append(f", {service.restart_count} restarts", style="yellow")
