@@ -25,7 +25,6 @@ from appliance import cli_options as opt
 from appliance.errors import ApplianceError, BadInputError, ExitCode
 
 DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
-DEFAULT_STATE_DIR = Path("/var/lib/llm-appliance/state")
 
 log = logging.getLogger("appliance")
 
@@ -602,38 +601,21 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
                 profile,
                 box,
                 engine,
+                source=args.profile,
                 confirm=confirm,
                 progress=show,
                 weights_progress=progress,
             )
     finally:
         engine.close()
-    if result.applied:
-        _install_gateway(args.profile, profile.spec.storage.state_dir)
+    gateway = result.gateway_line()
+    if gateway is not None and (result.gateway is None or result.gateway.changed):
+        print(gateway, file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     elif not result.applied:
         print("nothing applied", file=sys.stderr)
     return ExitCode.OK
-
-
-def _install_gateway(profile_path: Path, state_dir: Path) -> None:
-    """Run the gateway for the applied profile under systemd, when the box has systemd."""
-    from appliance.gateway.service import appliance_executable, install_gateway_service
-
-    service = install_gateway_service(
-        profile_path.read_text(encoding="utf-8"),
-        state_dir,
-        appliance_bin=appliance_executable(),
-    )
-    if service is None:
-        print(
-            "no systemd here: run the gateway yourself with "
-            f"`appliance gateway --profile {profile_path}`",
-            file=sys.stderr,
-        )
-    elif service.changed:
-        print(f"gateway (re)started: {service.unit_path}", file=sys.stderr)
 
 
 def _cmd_down(args: argparse.Namespace) -> ExitCode:
@@ -728,20 +710,17 @@ def _container_status(args: argparse.Namespace) -> ExitCode:
 
 def _gateway_config(args: argparse.Namespace) -> Any:
     """The gateway's configuration from `--profile` (or $LLM_APPLIANCE_PROFILE)."""
+    from appliance.applied import applied_profile_path
     from appliance.gateway.config import GatewayConfig
-    from appliance.gateway.service import APPLIED_PROFILE
     from appliance.profile import load_profile
 
-    applied = DEFAULT_STATE_DIR / APPLIED_PROFILE  # kept there by `apply`
-    path = args.profile or os.environ.get("LLM_APPLIANCE_PROFILE")
-    if not path and applied.exists():
-        path = str(applied)
-    if not path:
+    path = applied_profile_path(args.profile)
+    if path is None:
         raise BadInputError(
             "which box's gateway? no profile has been applied here",
             hint="add --profile profiles/my-box.yaml, or export LLM_APPLIANCE_PROFILE=…",
         )
-    return GatewayConfig.from_profile(load_profile(Path(path)), state_dir=args.state_dir)
+    return GatewayConfig.from_profile(load_profile(path), state_dir=args.state_dir)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> ExitCode:

@@ -96,6 +96,34 @@ class AlertThresholds:
 
 
 @dataclass(frozen=True)
+class RunningProfile:
+    """What the running profile already does, so that advice never suggests it again (and never
+    points at a fallback the profile cannot use). None is unknown (`scrape`, `--simulate`
+    without a profile): then every option is offered."""
+
+    prefix_caching: bool | None = None
+    kv_cache_fp8: bool | None = None
+    remote_fallback: bool | None = None
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> RunningProfile:
+        engine = profile.spec.engine
+        return cls(
+            prefix_caching=engine.enable_prefix_caching,
+            kv_cache_fp8=engine.kv_cache_dtype != "auto",
+            remote_fallback=profile.spec.gateway.fallback.remote is not None,
+        )
+
+
+def _advice(*options: tuple[str, bool | None]) -> str:
+    """The options that still apply (`(text, already done)`), as one line: "a, b, or c"."""
+    kept = [text for text, done in options if done is not True]
+    if len(kept) <= 2:
+        return " or ".join(kept)
+    return f"{', '.join(kept[:-1])}, or {kept[-1]}"
+
+
+@dataclass(frozen=True)
 class Rule:
     """How one kind of alert is raised and cleared, and what it tells the operator."""
 
@@ -107,6 +135,7 @@ class Rule:
     clear_after_s: float
     what: str  # "{subject}" and "{value}" are filled in
     suggestion: str
+    level: str = ""  # how a threshold is written ("{:.1f} s"); "" for yes/no conditions
 
 
 @dataclass(frozen=True)
@@ -118,10 +147,15 @@ class Observation:
     value: float | None
 
 
-def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
-    """Every rule, by code, at these thresholds."""
+def rules(thresholds: AlertThresholds, running: RunningProfile | None = None) -> dict[str, Rule]:
+    """Every rule, by code, at these thresholds, advising for the profile that runs."""
     t = thresholds
+    r = running or RunningProfile()
     sustain = t.sustain_seconds
+    no_remote = None if r.remote_fallback is None else not r.remote_fallback
+    # Gateway fallback sends traffic to the remote API: advice only where the profile names one.
+    fallback = ("set gateway fallback to auto", no_remote)
+    fp8 = ("set kv_cache_dtype: fp8", r.kv_cache_fp8)
     return {
         rule.code: rule
         for rule in (
@@ -130,6 +164,7 @@ def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
                 sustain, sustain,
                 "{subject} is at {value:.0f} °C",
                 "check the fans and the airflow around the card; a hot GPU slows its clocks",
+                "{:.0f} °C",
             ),
             Rule(
                 "gpu-memory", "warning", t.gpu_memory_used_pct, t.gpu_memory_used_clear_pct,
@@ -137,6 +172,7 @@ def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
                 "{subject} memory is {value:.1f} % used",
                 "another process holds GPU memory (see its processes), or lower "
                 "spec.engine.gpu_memory_utilization",
+                "{:.0f} %",
             ),
             Rule(
                 "gpu-throttled", "warning", 0.5, 0.5, sustain, sustain,
@@ -146,15 +182,15 @@ def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
             Rule(
                 "gpu-ecc-errors", "critical", 0.0, 0.0, 0.0, 0.0,
                 "{subject} has {value:.0f} uncorrectable memory errors",
-                "drain the box and reset the GPU (nvidia-smi -r), or have the card checked; "
-                "gateway fallback auto keeps serving meanwhile",
+                "drain the box and reset the GPU (nvidia-smi -r), or have the card checked"
+                + ("" if no_remote else "; gateway fallback auto keeps serving meanwhile"),
             ),
             Rule(
                 "service-unhealthy", "critical", 0.5, 0.5, t.unhealthy_seconds,
                 t.unhealthy_seconds,
                 "{subject} is not healthy",
-                "read its container logs (docker logs); set gateway fallback to auto to keep "
-                "serving",
+                "read its container logs (docker logs)"
+                + ("" if no_remote else "; set gateway fallback to auto to keep serving"),
             ),
             Rule(
                 "container-restarts", "critical", 0.0, 0.0, 0.0, 0.0,
@@ -166,20 +202,23 @@ def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
                 "kv-cache-full", "warning", t.kv_cache_usage_pct, t.kv_cache_usage_clear_pct,
                 sustain, sustain,
                 "{subject} KV cache is {value:.0f} % full",
-                "lower spec.engine.max_num_seqs, set kv_cache_dtype: fp8, or set gateway "
-                "fallback to auto",
+                _advice(("lower spec.engine.max_num_seqs", False), fp8, fallback),
+                "{:.0f} %",
             ),
             Rule(
                 "preemptions", "warning", 0.0, 0.0, sustain, sustain,
                 "{subject} is preempting requests ({value:.2f}/s) for lack of KV cache",
-                "lower spec.engine.max_num_seqs or max_model_len, or set kv_cache_dtype: fp8",
+                _advice(("lower spec.engine.max_num_seqs or max_model_len", False), fp8),
             ),
             Rule(
                 "requests-waiting", "warning", t.waiting_requests, t.waiting_requests_clear,
                 sustain, sustain,
                 "{subject} has {value:.0f} requests waiting",
-                "set gateway fallback to auto to overflow the queue, or lower "
-                "spec.engine.max_model_len so more requests fit at once",
+                _advice(
+                    ("set gateway fallback to auto to overflow the queue", no_remote),
+                    ("lower spec.engine.max_model_len so more requests fit at once", False),
+                ),
+                "{:.0f}",
             ),
             Rule(
                 "embeddings-waiting", "warning", t.waiting_requests, t.waiting_requests_clear,
@@ -187,20 +226,27 @@ def rules(thresholds: AlertThresholds) -> dict[str, Rule]:
                 "{subject} has {value:.0f} embedding requests queued",
                 "raise spec.embeddings.max_batch_tokens if GPU memory allows, or give TEI "
                 "its own GPU",
+                "{:.0f}",
             ),
             Rule(
                 "ttft-slow", "warning", t.ttft_p95_seconds, t.ttft_p95_clear_seconds,
                 sustain, sustain,
                 "{subject} time to first token p95 is {value:.2f} s",
-                "set enable_prefix_caching: true, lower spec.engine.max_num_seqs, or set "
-                "gateway fallback to auto",
+                _advice(
+                    ("set enable_prefix_caching: true", r.prefix_caching),
+                    ("lower spec.engine.max_num_seqs", False),
+                    fallback,
+                ),
+                "{:.1f} s",
             ),
             Rule(
                 "error-rate", "warning", t.error_rate_pct, t.error_rate_clear_pct,
                 sustain, sustain,
                 "{subject} is failing {value:.1f} % of requests",
-                "read the engine's container logs (docker logs); gateway fallback auto sends "
-                "traffic elsewhere meanwhile",
+                "read the engine's container logs (docker logs)"
+                + ("" if no_remote else "; gateway fallback auto sends traffic elsewhere "
+                   "meanwhile"),
+                "{:.1f} %",
             ),
         )
     }  # fmt: skip
@@ -264,15 +310,19 @@ class _State:
 class AlertTracker:
     """The hysteresis state of every (rule, subject), updated once per tick. No IO, no clock."""
 
-    def __init__(self, thresholds: AlertThresholds | None = None) -> None:
+    def __init__(
+        self, thresholds: AlertThresholds | None = None, running: RunningProfile | None = None
+    ) -> None:
         self.thresholds = thresholds or AlertThresholds()
-        self.rules = rules(self.thresholds)
+        self.rules = rules(self.thresholds, running)
         self._states: dict[tuple[str, str], _State] = {}
+        self._now = 0.0  # the last tick judged: how long an alert has been clearing
 
     def update(
         self, observations: Sequence[Observation], *, now: float, now_wall: float
     ) -> tuple[Alert, ...]:
         """Judge this tick's observations (`now` monotonic); return the alerts now active."""
+        self._now = now
         seen: set[tuple[str, str]] = set()
         for observation in observations:
             rule = self.rules[observation.code]
@@ -318,9 +368,11 @@ class AlertTracker:
         order = {"critical": 0, "warning": 1}
         return tuple(sorted(alerts, key=lambda a: (order[a.severity], a.subject, a.code)))
 
-    @staticmethod
-    def _alert(rule: Rule, subject: str, state: _State) -> Alert:
+    def _alert(self, rule: Rule, subject: str, state: _State) -> Alert:
         value = state.value
+        clears_in = None
+        if state.below_since is not None:  # at or below the clear level: counting down
+            clears_in = max(0.0, rule.clear_after_s - (self._now - state.below_since))
         return Alert(
             code=rule.code,
             severity=rule.severity,
@@ -330,4 +382,8 @@ class AlertTracker:
             value=value,
             threshold=rule.raise_above,
             since=state.raised_at_wall,
+            clear_threshold=rule.clear_at_or_below,
+            limit=f"> {rule.level.format(rule.raise_above)}" if rule.level else "",
+            clear_limit=f"≤ {rule.level.format(rule.clear_at_or_below)}" if rule.level else "",
+            clears_in_s=clears_in,
         )

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.monitor.alerts import AlertThresholds, AlertTracker, observe
+from appliance.monitor.alerts import AlertThresholds, AlertTracker, RunningProfile, observe
 from appliance.monitor.maths import (
     Histogram,
     counter_increase,
@@ -139,6 +139,8 @@ class MonitorConfig:
     quantile_window_s: float = 60.0
     history_points: int = 300
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    # What the running profile already does, so alert advice never suggests it again.
+    running: RunningProfile = field(default_factory=RunningProfile)
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.timeout_s <= 0:
@@ -160,6 +162,7 @@ class MonitorConfig:
         return cls.for_interval(
             profile.spec.monitoring.interval_seconds,
             thresholds=AlertThresholds.from_profile(profile),
+            running=RunningProfile.from_profile(profile),
         )
 
     @classmethod
@@ -398,7 +401,7 @@ class Monitor:
         self.latest: Snapshot | None = None
         self._tick = 0
         self._services: dict[str, _ServiceTracker] = {}
-        self._alerts = AlertTracker(self.config.thresholds)
+        self._alerts = AlertTracker(self.config.thresholds, self.config.running)
         gpus, runtime = samplers.gpus, samplers.runtime
         self._gpu_call = (
             None

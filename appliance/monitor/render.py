@@ -175,6 +175,6 @@ def render_status(snapshot: Snapshot, history: History | None = None, *, spark: 
     if not snapshot.alerts:
         lines.append("  none")
     for alert in snapshot.alerts:
-        lines.append(f"  [{alert.severity}] {alert.message}")
+        lines.append(f"  [{alert.severity}] {alert.headline()}")
         lines.append(f"      → {alert.suggestion}")
     return "\n".join(lines)

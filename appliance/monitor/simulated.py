@@ -262,7 +262,9 @@ class SimulatedGpuSampler:
 
     runs_inline: ClassVar[bool] = True  # pure arithmetic on the monitor's clock: no thread
 
-    def __init__(self, box: str, now: Callable[[], float], *, seed: int = 0) -> None:
+    def __init__(
+        self, box: str, now: Callable[[], float], *, seed: int = 0, busy: bool = True
+    ) -> None:
         from pathlib import Path
 
         from appliance.hardware.simulate import simulate
@@ -271,6 +273,7 @@ class SimulatedGpuSampler:
         self.now = now
         self.rng = random.Random(seed)  # noqa: S311 - simulated load, not secrets
         self.last: float | None = None
+        self.busy = busy  # False: no engine runs on these GPUs (idle, nothing in memory)
         self.gpus = [
             _GpuState(
                 index=device.index,
@@ -286,7 +289,7 @@ class SimulatedGpuSampler:
         t = self.now()
         elapsed = 0.0 if self.last is None else max(0.0, t - self.last)
         self.last = t
-        load = load_at(t)
+        load = load_at(t) if self.busy else 0.0
         readings = []
         for gpu in self.gpus:
             # Temperature follows load with a lag of about half a minute.
@@ -296,7 +299,7 @@ class SimulatedGpuSampler:
             reasons: tuple[str, ...] = (
                 ("sw_power_cap",) if power >= 0.97 * gpu.power_limit_w else ()
             )
-            engine_memory = int(gpu.memory_total_bytes * 0.9)
+            engine_memory = int(gpu.memory_total_bytes * 0.9) if self.busy else 0
             readings.append(
                 GpuStats(
                     index=gpu.index,
@@ -304,7 +307,8 @@ class SimulatedGpuSampler:
                     uuid=gpu.uuid,
                     utilization_gpu_pct=round(min(100.0, 8 + 90 * load), 1),
                     utilization_memory_pct=round(min(100.0, 5 + 60 * load), 1),
-                    memory_used_bytes=engine_memory + (1 << 30 if gpu.index == 0 else 0),
+                    memory_used_bytes=engine_memory
+                    + (1 << 30 if gpu.index == 0 and self.busy else 0),
                     memory_total_bytes=gpu.memory_total_bytes,
                     temperature_c=round(gpu.temperature_c, 1),
                     power_draw_w=round(power, 1),
@@ -318,7 +322,9 @@ class SimulatedGpuSampler:
                         GpuProcess(
                             pid=4242, name="python3", used_memory_bytes=engine_memory, type="C"
                         ),
-                    ),
+                    )
+                    if self.busy
+                    else (),
                 )
             )
         return GpuReadings(gpus=tuple(readings))
@@ -327,8 +333,24 @@ class SimulatedGpuSampler:
         return None
 
 
+class StoppedServiceSampler:
+    """A service that does not run, and why: on a simulated box whose profile `apply` would
+    refuse (a model that cannot fit), nothing is started, so nothing answers."""
+
+    def __init__(self, endpoint: Endpoint, reason: str) -> None:
+        self._endpoint = endpoint
+        self.reason = reason
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    async def sample(self) -> EndpointReading:
+        return EndpointReading(self._endpoint, healthy=False, health_error=self.reason)
+
+
 class SimulatedRuntime:
-    """Every service's container running, never restarted."""
+    """Every engine's container running, never restarted (the gateway is a systemd unit)."""
 
     runs_inline: ClassVar[bool] = True
 
@@ -347,35 +369,39 @@ def simulated_samplers(
     embeddings: bool = True,
     model: str = "simulated-chat",
     fallback_mode: Callable[[], str] | None = None,
+    not_running: str | None = None,
 ) -> SamplerSet:
     """A whole simulated appliance: the GPUs of `box`, vLLM, TEI (unless `embeddings` is False)
     and the gateway, routing by `fallback_mode()` (None: "auto").
 
-    `now` is the monitor's monotonic clock (`Monitor.clock.monotonic`). Raises `BadInputError`
-    for a box name the GPU catalog does not know.
+    `not_running` is why nothing runs (the profile cannot fit the box, so `apply` would refuse
+    it): then every service answers with that reason and the GPUs sit idle. `now` is the
+    monitor's monotonic clock (`Monitor.clock.monotonic`). Raises `BadInputError` for a box
+    name the GPU catalog does not know.
     """
+    endpoints = [Endpoint("vllm", "vllm", "http://127.0.0.1:8000")]
+    if embeddings:
+        endpoints.append(Endpoint("tei", "tei", "http://127.0.0.1:8001"))
+    gateway = Endpoint("gateway", "gateway", "http://127.0.0.1:8080")
+    gpus = SimulatedGpuSampler(box, now, seed=seed, busy=not_running is None)
+    if not_running is not None:
+        stopped = tuple(StoppedServiceSampler(e, not_running) for e in (*endpoints, gateway))
+        return SamplerSet(services=stopped, gpus=gpus, runtime=SimulatedRuntime(()), simulated=True)
     services: list[SimulatedEngineSampler | SimulatedGatewaySampler] = [
         SimulatedEngineSampler(
-            Endpoint("vllm", "vllm", "http://127.0.0.1:8000"), now, seed=seed, model=model
-        )
-    ]
-    if embeddings:
-        services.append(
-            SimulatedEngineSampler(
-                Endpoint("tei", "tei", "http://127.0.0.1:8001"), now, seed=seed + 1
-            )
-        )
-    services.append(
-        SimulatedGatewaySampler(
-            Endpoint("gateway", "gateway", "http://127.0.0.1:8080"),
+            endpoint,
             now,
-            seed=seed + 2,
-            fallback_mode=fallback_mode,
+            seed=seed + index,
+            model=model,
         )
+        for index, endpoint in enumerate(endpoints)
+    ]
+    services.append(
+        SimulatedGatewaySampler(gateway, now, seed=seed + 2, fallback_mode=fallback_mode)
     )
     return SamplerSet(
         services=tuple(services),
-        gpus=SimulatedGpuSampler(box, now, seed=seed),
-        runtime=SimulatedRuntime([service.endpoint.name for service in services]),
+        gpus=gpus,
+        runtime=SimulatedRuntime([endpoint.name for endpoint in endpoints]),
         simulated=True,
     )

@@ -128,9 +128,23 @@ class Alert(_Frozen):
     value: float | None = None
     threshold: float
     since: float  # Unix time the alert was raised
+    clear_threshold: float | None = None  # it clears once at or below this for a while
+    limit: str = ""  # the raise threshold in words ("> 2.0 s"); "" for yes/no conditions
+    clear_limit: str = ""  # the clear threshold in words ("≤ 1.5 s")
+    clears_in_s: float | None = None  # at or below the clear level: seconds until it clears
+
+    def headline(self) -> str:
+        """The message with its threshold and, once the value is back down, when it clears:
+        "vllm time to first token p95 is 0.71 s (> 2.0 s) — clearing in 24 s"."""
+        text = f"{self.message} ({self.limit})" if self.limit else self.message
+        if self.clears_in_s is not None:
+            return f"{text} — clearing in {self.clears_in_s:.0f} s"
+        if self.clear_limit and self.value is not None and self.value <= self.threshold:
+            return f"{text} — clears once {self.clear_limit}"
+        return text
 
     def render(self) -> str:
-        return f"[{self.severity}] {self.message}\n  → {self.suggestion}"
+        return f"[{self.severity}] {self.headline()}\n  → {self.suggestion}"
 
 
 class Snapshot(_Frozen):

@@ -161,14 +161,23 @@ def simulated(
     seed: int = 0,
     embeddings: bool = True,
     fallback_mode: Callable[[], str] | None = None,
+    model: str = "simulated-chat",
+    not_running: str | None = None,
 ) -> tuple[SamplerSet, Clock]:
     """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them.
 
-    `fallback_mode` is what the simulated gateway routes by (None: "auto").
+    `fallback_mode` is what the simulated gateway routes by (None: "auto"); `model`, the name
+    vLLM serves; `not_running`, why nothing runs (the profile cannot fit this box).
     """
     clock = clock or SystemClock()
     samplers = simulated_samplers(
-        box, now=clock.monotonic, seed=seed, embeddings=embeddings, fallback_mode=fallback_mode
+        box,
+        now=clock.monotonic,
+        seed=seed,
+        embeddings=embeddings,
+        fallback_mode=fallback_mode,
+        model=model,
+        not_running=not_running,
     )
     return samplers, clock
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError, ExitCode
+
+if TYPE_CHECKING:
+    from appliance.tui.services import Services
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         type=Path,
         metavar="FILE",
-        help="the profile that was applied: the Monitor, fallback and keys watch its services",
+        help="the profile that was applied: the Monitor, fallback and keys watch its services "
+        "(default: $LLM_APPLIANCE_PROFILE, else the copy `appliance apply` keeps)",
     )
     parser.add_argument(
         "--profiles-dir",
@@ -40,18 +45,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def services_for(args: argparse.Namespace) -> Services:
+    """What the app works on: a simulated box, or this machine and the profile applied here
+    (`--profile`, else the one `appliance apply` keeps: the app then opens on its Monitor)."""
+    from appliance.applied import applied_profile_path
     from appliance.tui.services import live_services, simulated_services
 
+    if args.simulate:  # the profile to simulate, if any: nothing of this machine is read
+        return simulated_services(
+            args.simulate, profile_path=args.profile, profiles_dir=args.profiles_dir
+        )
+    return live_services(applied_profile_path(args.profile), profiles_dir=args.profiles_dir)
+
+
+NO_TERMINAL = (
+    "error: llm-appliance is an interactive app and needs a terminal (stdin and stdout are not "
+    "one here); from scripts and cron use the `appliance` commands instead, e.g. "
+    "`appliance status PROFILE --check` or `appliance apply PROFILE` (see `appliance --help`)"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
-        if args.simulate:
-            services = simulated_services(args.simulate, profiles_dir=args.profiles_dir)
-        else:
-            services = live_services(args.profile, profiles_dir=args.profiles_dir)
+        services = services_for(args)
     except ApplianceError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         sys.exit(error.exit_code)
+    # Without a terminal Textual would write escape codes into a log and spin on a dead input:
+    # refuse before any screen starts (bad arguments above are still named first).
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(NO_TERMINAL, file=sys.stderr)
+        sys.exit(ExitCode.BAD_INPUT)
 
     from appliance.tui.app import ApplianceApp
 

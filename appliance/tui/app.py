@@ -9,6 +9,8 @@ inside `Monitor`). A worker that fails becomes a notice, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     from appliance.monitor.snapshot import Snapshot
     from appliance.profile import Profile
 
+NO_REMOTE_FALLBACK = (
+    "auto and always send requests to a remote API, and this profile names no remote API. Add "
+    "spec.gateway.fallback.remote (base_url, api_key_env) to the profile and apply it."
+)
 SPARK_POINTS = 120  # history handed to the Monitor screen per series: two minutes at 1 Hz
 
 
@@ -105,6 +111,9 @@ class ApplianceApp(App[None]):
     # -- start-up
 
     def on_mount(self) -> None:
+        profile = self.services.profile
+        if profile is not None:  # Deploy shows the applied profile until Recommend picks another
+            self.chosen = ProfileChosen(profile, "", self.services.deployed_profile)
         self.start_services()
         self.switch_mode("monitor" if self.services.deployed_profile else "box")
 
@@ -143,14 +152,15 @@ class ApplianceApp(App[None]):
         self.start_services()
         self.notify(f"Now simulating {name}: nothing on this machine is probed or changed.")
 
-    def watch_deployed(self, profile: Profile) -> None:
+    def watch_deployed(self, profile: Profile, source: Path | None) -> None:
         """After a deploy on a real box: monitor what now runs, and make Monitor the default."""
         from appliance.tui.services import watching
 
         if self.services.simulate is not None:
             return
         self.workers.cancel_group(self, "monitor")
-        self.services = watching(self.services, profile)
+        applied = dataclasses.replace(self.services, deployed_profile=source, profile=profile)
+        self.services = watching(applied, profile)
         self.run_monitor()
         self.read_fallback()
 
@@ -218,13 +228,15 @@ class ApplianceApp(App[None]):
     # -- actions
 
     def next_fallback_mode(self) -> str | None:
-        """off → auto → always → off; None when the gateway is not configured or not read yet."""
-        if self.services.fallback is None or self.fallback_mode is None:
+        """off → auto → always → off, skipping the modes the profile cannot serve (auto and
+        always need a remote API); None when the gateway is not configured or not read yet."""
+        control = self.services.fallback
+        if control is None or self.fallback_mode is None:
             return None
-        index = (
-            FALLBACK_MODES.index(self.fallback_mode) if self.fallback_mode in FALLBACK_MODES else -1
-        )
-        return FALLBACK_MODES[(index + 1) % len(FALLBACK_MODES)]
+        modes = FALLBACK_MODES if control.remote_configured else ("off",)
+        index = FALLBACK_MODES.index(self.fallback_mode) if self.fallback_mode in modes else -1
+        following = FALLBACK_MODES[index + 1 :] + FALLBACK_MODES[: index + 1]
+        return next(mode for mode in following if mode in modes)
 
     def action_cycle_fallback(self) -> None:
         mode = self.next_fallback_mode()
@@ -233,6 +245,9 @@ class ApplianceApp(App[None]):
                 self.notify("The gateway is not configured here: there is no fallback to switch.")
             else:
                 self.notify("Still reading the gateway's fallback mode; try again in a moment.")
+            return
+        if mode == self.fallback_mode:
+            self.notify(NO_REMOTE_FALLBACK, title="Fallback stays off", severity="warning")
             return
         self.switch_fallback(mode)
 

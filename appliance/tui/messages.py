@@ -7,17 +7,18 @@ nothing the receiver could mutate behind the sender's back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 if TYPE_CHECKING:
+    from appliance.deploy import Deployment
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
     from appliance.monitor.snapshot import Snapshot
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
-    from appliance.runtime.apply import ApplyResult
     from appliance.runtime.plan import Plan
     from appliance.tui.services import CostView
 
@@ -60,10 +61,11 @@ class RecommendationFailed(Message):
 
 @dataclass
 class ProfileChosen(Message):
-    """Recommend picked a candidate; Deploy plans it."""
+    """Recommend picked a candidate (or `--profile` gave one); Deploy plans it."""
 
     profile: Profile
     comment: str
+    source: Path | None = None  # the profile's file, when it has one
 
 
 @dataclass
@@ -101,7 +103,7 @@ class DeployProgressed(Message):
 
 @dataclass
 class DeployFinished(Message):
-    result: ApplyResult
+    result: Deployment
 
 
 @dataclass

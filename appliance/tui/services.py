@@ -22,20 +22,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from appliance.deploy import Deployment, GatewayInstaller
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
     from appliance.monitor.monitor import Clock, Monitor
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
-    from appliance.runtime.apply import ApplyResult
     from appliance.runtime.plan import Plan
+    from appliance.runtime.specs import SpecOptions
 
 # One progress report of a deploy: a weights `DownloadProgress` or a runtime `ApplyEvent`. They
 # come from worker threads; the Deploy screen posts them as messages.
 DeployReport = Callable[[object], None]
-Deployer = Callable[
-    ["Profile", "Box", DeployReport, threading.Event, Callable[["Plan"], bool]], "ApplyResult"
-]
+
+
+class Deployer(Protocol):
+    """Deploy a profile: weights, apply (after `confirm` with the plan), the gateway's unit.
+    `source` is the profile's file when it has one (the gateway runs its text)."""
+
+    def __call__(
+        self,
+        profile: Profile,
+        box: Box,
+        report: DeployReport,
+        cancel: threading.Event,
+        confirm: Callable[[Plan], bool],
+        *,
+        source: Path | None = None,
+    ) -> Deployment: ...
+
 
 FALLBACK_MODES = ("off", "auto", "always")
 COST_WINDOWS = ("hour", "day", "7d")
@@ -68,6 +83,11 @@ CostSource = Callable[[str], CostView]
 
 class FallbackControl(Protocol):
     """The gateway's fallback mode: read it, switch it (`appliance fallback` does the same)."""
+
+    @property
+    def remote_configured(self) -> bool:
+        """The profile names a remote API: only then can the mode be auto or always."""
+        ...
 
     def read(self) -> str: ...
 
@@ -213,6 +233,8 @@ class Services:
     - `cost`: `appliance cost` for a window name (hour, day, 7d); None when no profile is
       applied, so the Monitor's cost view says so.
     - `profiles_dir`: where Recommend saves profiles.
+    - `deployed_profile`, `profile`: the applied profile's file (`--profile`, or the one
+      `apply` keeps) and its contents; the app opens on its Monitor and Deploy shows it.
     """
 
     detect_box: Callable[[], Box]
@@ -229,6 +251,7 @@ class Services:
     cost: CostSource | None = None
     profiles_dir: Path = field(default_factory=Path.cwd)
     deployed_profile: Path | None = None
+    profile: Profile | None = None
 
 
 def core_recommend(box: Box, workload: Workload) -> Recommendation:
@@ -245,43 +268,72 @@ def fresh_plan(profile: Profile, box: Box) -> Plan:
     return make_plan(container_specs(profile, box), [])
 
 
-def docker_plan(profile: Profile, box: Box) -> Plan:
-    """`appliance plan PROFILE` against the Docker engine of this machine."""
-    from appliance.runtime.apply import plan_profile
-    from appliance.runtime.docker import DockerEngine
+def docker_planner(
+    base_url: str | None = None, *, options: SpecOptions | None = None
+) -> Callable[[Profile, Box], Plan]:
+    """`appliance plan PROFILE` against a Docker engine (this machine's by default)."""
 
-    return plan_profile(profile, box, DockerEngine(timeout_s=10))
+    def plan(profile: Profile, box: Box) -> Plan:
+        from appliance.runtime.apply import plan_profile
+        from appliance.runtime.docker import DockerEngine
+
+        engine = DockerEngine(base_url, timeout_s=10)
+        try:
+            return plan_profile(profile, box, engine, options=options)
+        finally:
+            engine.close()
+
+    return plan
 
 
-def docker_deploy(
-    profile: Profile,
-    box: Box,
-    report: DeployReport,
-    cancel: threading.Event,
-    confirm: Callable[[Plan], bool],
-) -> ApplyResult:
-    """The core's deploy (weights, then apply under its lock) on this box's Docker engine."""
-    from appliance.deploy import deploy_profile
-    from appliance.runtime.docker import DockerEngine
+def docker_deployer(
+    base_url: str | None = None,
+    *,
+    options: SpecOptions | None = None,
+    deadlines_s: dict[str, float] | None = None,
+    gateway: GatewayInstaller | None = None,
+) -> Deployer:
+    """The core's deploy (weights, apply under its lock, the gateway's unit) on a Docker engine,
+    the one `appliance apply` runs. The profile's file, when Deploy shows one, is what the
+    gateway runs."""
 
-    engine = DockerEngine()
-    try:
-        return deploy_profile(
-            profile,
-            box,
-            engine,
-            confirm=confirm,
-            progress=report,
-            weights_progress=report,
-            cancel=cancel,
-        )
-    finally:
-        engine.close()
+    def deploy(
+        profile: Profile,
+        box: Box,
+        report: DeployReport,
+        cancel: threading.Event,
+        confirm: Callable[[Plan], bool],
+        *,
+        source: Path | None = None,
+    ) -> Deployment:
+        from appliance.deploy import deploy_profile, install_gateway
+        from appliance.runtime.docker import DockerEngine
+
+        engine = DockerEngine(base_url)
+        try:
+            return deploy_profile(
+                profile,
+                box,
+                engine,
+                source=source,
+                confirm=confirm,
+                progress=report,
+                weights_progress=report,
+                cancel=cancel,
+                options=options,
+                deadlines_s=deadlines_s,
+                gateway=gateway or install_gateway,
+            )
+        finally:
+            engine.close()
+
+    return deploy
 
 
 def simulated_services(
     name: str,
     *,
+    profile_path: Path | None = None,
     clock: Clock | None = None,
     seed: int = 0,
     state_dir: Path | None = None,
@@ -291,12 +343,21 @@ def simulated_services(
 ) -> Services:
     """`--simulate NAME`: a catalog box, simulated engines, and a gateway state in a temp dir.
 
-    Raises `BadInputError` for a name the GPU catalog does not know (before any screen opens).
+    With `profile_path` (`--profile`), the simulation is of that profile on that box: its model
+    name, TEI only when it has embeddings, its alert thresholds, its fallback — and, when the
+    profile cannot run there (sizing says it does not fit), nothing running and why.
+    Raises `BadInputError` for a name the GPU catalog does not know, and `ProfileError` for a
+    bad profile (before any screen opens).
     """
     from appliance.hardware import detect_box
     from appliance.hardware.simulate import resolve
 
     resolve(name)
+    profile = None
+    if profile_path is not None:
+        from appliance.profile import load_profile
+
+        profile = load_profile(profile_path)
     state = state_dir
     if state is None:
         state = Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
@@ -304,13 +365,28 @@ def simulated_services(
         atexit.register(shutil.rmtree, state, ignore_errors=True)
 
     def monitor() -> Monitor:
-        from appliance.monitor.monitor import Monitor
+        from appliance.monitor.monitor import Monitor, MonitorConfig
         from appliance.monitor.status import simulated
 
-        samplers, used_clock = simulated(name, clock=clock, seed=seed, fallback_mode=gateway.read)
-        return Monitor(samplers, clock=used_clock)
+        if profile is None:
+            samplers, used_clock = simulated(
+                name, clock=clock, seed=seed, fallback_mode=gateway.read
+            )
+            return Monitor(samplers, clock=used_clock)
+        samplers, used_clock = simulated(
+            name,
+            clock=clock,
+            seed=seed,
+            fallback_mode=gateway.read,
+            embeddings=profile.spec.embeddings_enabled,
+            model=profile.spec.model.served_name,
+            not_running=why_not_running(profile, detect_box(simulate=name)),
+        )
+        config = MonitorConfig.from_profile(profile)
+        return Monitor(samplers, config=config, clock=used_clock)
 
-    gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=True)
+    remote = True if profile is None else _profile_gateway(profile).remote_configured
+    gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=remote)
     return Services(
         detect_box=lambda: detect_box(simulate=name),
         simulate=name,
@@ -328,7 +404,24 @@ def simulated_services(
         logs=SimulatedLogs(interval_s=log_interval_s),
         cost=lambda window: CostView(window, SIMULATED_COST, ok=False),
         profiles_dir=profiles_dir or Path.cwd(),
+        deployed_profile=profile_path,
+        profile=profile,
     )
+
+
+def why_not_running(profile: Profile, box: Box) -> str | None:
+    """Why `apply` would start nothing of `profile` on `box` (its refusal, e.g. sizing's "does
+    not fit", with the nearest settings), or None when it would run."""
+    from appliance.errors import ApplianceError
+    from appliance.runtime.apply import check_box_can_run
+
+    try:
+        check_box_can_run(profile, box)
+    except ApplianceError as error:
+        reason = error.message.removesuffix("; nothing was changed")
+        hint = f" → {error.hint}" if error.hint else ""
+        return f"not running: apply refuses this profile here: {reason}{hint}"
+    return None
 
 
 def live_services(
@@ -337,20 +430,25 @@ def live_services(
     """This machine. With the applied profile, the Monitor, fallback and keys come alive."""
     from appliance.hardware import DEFAULT_MODELS_DIR, detect_box
 
+    profile = None
+    if profile_path is not None:
+        from appliance.profile import load_profile
+
+        profile = load_profile(profile_path)
+    # The disk that matters is the one the profile keeps its weights on.
+    models_dir = DEFAULT_MODELS_DIR if profile is None else profile.spec.storage.models_dir
     services = Services(
-        detect_box=lambda: detect_box(models_dir=DEFAULT_MODELS_DIR),
+        detect_box=lambda: detect_box(models_dir=models_dir),
         recommend=core_recommend,
-        plan=docker_plan,
-        deploy=docker_deploy,
+        plan=docker_planner(),
+        deploy=docker_deployer(),
         logs=DockerLogs(),
         profiles_dir=profiles_dir or Path.cwd(),
-        deployed_profile=profile_path,
     )
-    if profile_path is None:
+    if profile is None:
         return services
-    from appliance.profile import load_profile
-
-    return watching(services, load_profile(profile_path))
+    applied = dataclasses.replace(services, deployed_profile=profile_path, profile=profile)
+    return watching(applied, profile)
 
 
 def watching(services: Services, profile: Profile) -> Services:

@@ -31,7 +31,8 @@ def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
     from appliance.runtime.docker import PullProgress
     from appliance.weights import DownloadProgress
 
-    def deploy(profile, box, report, cancel, confirm):  # type: ignore[no-untyped-def]
+    def deploy(profile, box, report, cancel, confirm, *, source=None):  # type: ignore[no-untyped-def]
+        from appliance.deploy import Deployment
         from appliance.runtime.plan import make_plan
         from appliance.runtime.specs import container_specs
 
@@ -87,7 +88,7 @@ def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
                 )
             report(ApplyEvent("healthy", f"{action.name} is healthy", action.role))
         report(ApplyEvent("done", "applied"))
-        return ApplyResult(plan, applied=True)
+        return Deployment(ApplyResult(plan, applied=True), gateway_note=None)
 
     return deploy
 
@@ -104,6 +105,7 @@ class FakeGateway:
         ]
     )
     switches: list[str] = field(default_factory=list)
+    remote_configured: bool = True  # the profile names a remote API for auto and always
 
     def read(self) -> str:
         return self.mode

@@ -445,3 +445,170 @@ def test_profile_cost_reads_the_profiles_inputs_and_store(tmp_path: Path) -> Non
     bare = profile.model_copy(update={"spec": profile.spec.model_copy(update={"cost": None})})
     view = profile_cost(bare)("hour")
     assert (view.ok, view.text, view.window) == (False, NO_COST_INPUTS, "hour")
+
+
+def _notices(app: ApplianceApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+def test_pressing_the_greyed_apply_says_why(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app.screen.query(CandidateCard)))
+            await pilot.press("escape", "p")
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await until(pilot, lambda: screen.plan is not None)
+            assert screen.check_action("apply", ()) is None  # still greyed out in the footer
+            await pilot.press("a")
+            await until(pilot, lambda: any("simulated" in n for n in _notices(app)))
+            assert type(app.screen).__name__ == "DeployScreen"  # and nothing was asked
+
+    run(go)
+
+
+def test_the_simulate_picker_offers_every_box_the_cli_knows(tmp_path: Path) -> None:
+    from textual.widgets import OptionList
+
+    from appliance.catalog import load_catalog
+    from appliance.hardware.simulate import EXAMPLES, resolve
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, no_gpu=True))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.box is not None)
+            await pilot.press("s")
+            assert isinstance(app.screen, SimulatePicker)
+            options = app.screen.query_one(OptionList)
+            names = [options.get_option_at_index(i).id for i in range(options.option_count)]
+            await pilot.press("escape")
+        catalog = {gpu.key for gpu in load_catalog().gpus}
+        assert {resolve(str(name))[1].key for name in names} == catalog
+        assert set(EXAMPLES) <= set(names)  # 2x4090 too: a box of several cards
+        assert len(names) == len(set(names))
+
+    run(go)
+
+
+def test_f_does_not_offer_a_fallback_the_profile_cannot_serve(tmp_path: Path) -> None:
+    async def go() -> None:
+        services = fake_services(tmp_path)
+        gateway = services.fallback
+        assert isinstance(gateway, FakeGateway)
+        gateway.remote_configured = False
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("m")
+            await until(pilot, lambda: app.fallback_mode == "off")
+            await pilot.press("f")
+            await until(pilot, lambda: any("names no remote API" in n for n in _notices(app)))
+            assert gateway.switches == []
+            assert app.fallback_mode == "off"
+            gateway.mode = "auto"  # set by hand in the state file before the remote was removed
+            app.read_fallback()
+            await until(pilot, lambda: app.fallback_mode == "auto")
+            await pilot.press("f")
+            await until(pilot, lambda: app.fallback_mode == "off")
+            assert gateway.switches == ["off"]
+
+    run(go)
+
+
+def test_the_profile_given_with_profile_is_what_deploy_shows(tmp_path: Path) -> None:
+    import dataclasses
+
+    path = Path(__file__).parents[2] / "profiles" / "l40s-rag.yaml"
+    services = dataclasses.replace(
+        fake_services(tmp_path), deployed_profile=path, profile=load_profile(path)
+    )
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.current_mode == "monitor"  # what runs, first
+            await pilot.press("d")
+            screen = app.screen
+            assert isinstance(screen, DeployScreen)
+            await until(pilot, lambda: screen.plan is not None)
+            shown = str(screen.query_one("#deploy-profile").render())
+            assert "No profile chosen" not in shown
+            assert "l40s-rag" in shown
+            assert str(path) in shown
+
+    run(go)
+
+
+def test_a_simulated_box_monitors_the_chosen_profile_and_a_model_that_cannot_fit(
+    tmp_path: Path,
+) -> None:
+    """`--simulate rtx4090 --profile profiles/h100-70b-fp8.yaml`: 70B in FP8 cannot fit in 24 GB,
+    so vLLM is not running (with sizing's reason), the GPU is idle, and the gateway is shown as
+    the systemd unit it is, not a container."""
+    import io
+
+    from rich.console import Console
+
+    from appliance.tui import build_parser, services_for
+    from appliance.tui.widgets.panels import ServicesPanel
+
+    profile = Path(__file__).parents[2] / "profiles" / "h100-70b-fp8.yaml"
+    args = build_parser().parse_args(["--simulate", "rtx4090", "--profile", str(profile)])
+    services = services_for(args)
+    assert services.profile is not None
+    assert services.deployed_profile == profile
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.current_mode == "monitor"
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 2)
+            snapshot = app.snapshot
+            assert snapshot is not None
+            vllm = snapshot.service("vllm")
+            assert vllm is not None
+            assert not vllm.healthy
+            assert vllm.health_error is not None
+            assert "not running" in vllm.health_error
+            assert "does not fit on rtx4090" in vllm.health_error  # sizing's own words
+            assert vllm.running_requests is None
+            assert all((gpu.utilization_gpu_pct or 0) < 10 for gpu in snapshot.gpus)
+            # Apply refuses the whole profile: nothing was started, not TEI, not the gateway.
+            assert [(s.name, s.healthy) for s in snapshot.services] == [
+                ("vllm", False), ("tei", False), ("gateway", False),
+            ]  # fmt: skip
+            gateway = snapshot.service("gateway")
+            assert gateway is not None
+            assert gateway.container_state is None
+            panel = app.screen.query_one(ServicesPanel)
+            console = Console(width=100, record=True, file=io.StringIO())
+            console.print(panel.service(gateway, 100))
+            shown = console.export_text()
+            assert "systemd" in shown
+            assert "container" not in shown
+
+    run(go)
+
+
+def test_a_simulated_box_with_a_profile_that_fits_serves_its_model(tmp_path: Path) -> None:
+    from appliance.tui import build_parser, services_for
+
+    profile = Path(__file__).parents[2] / "profiles" / "rtx4090-chat.yaml"
+
+    args = build_parser().parse_args(["--simulate", "rtx4090", "--profile", str(profile)])
+    services = services_for(args)
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 2)
+            snapshot = app.snapshot
+            assert snapshot is not None
+            vllm = snapshot.service("vllm")
+            assert vllm is not None
+            assert vllm.healthy
+            assert vllm.model_names == (load_profile(profile).spec.model.served_name,)
+            assert vllm.container_state == "running"
+
+    run(go)

@@ -185,3 +185,64 @@ def test_defaults_match_the_profile_schema_defaults() -> None:
     assert ours.ttft_p95_seconds == theirs.ttft_p95_seconds
     assert ours.error_rate_pct == theirs.error_rate_pct
     assert ours.sustain_seconds == theirs.sustain_seconds
+
+
+def _ttft(tracker: AlertTracker, values: list[float]) -> tuple[object, ...]:
+    alerts: tuple[object, ...] = ()
+    for t, value in enumerate(values):
+        alerts = tracker.update(
+            [Observation("ttft-slow", "vllm", value)], now=float(t), now_wall=1e9 + t
+        )
+    return alerts
+
+
+def test_an_alert_shows_its_threshold_and_when_it_clears() -> None:
+    tracker = AlertTracker(AlertThresholds(ttft_p95_seconds=2.0, sustain_seconds=30))
+    # Raised after 30 s above 2.0 s; then back at 0.71 s for 6 s: 24 s left until it clears.
+    (alert,) = _ttft(tracker, [2.5] * 31 + [0.71] * 7)
+    assert alert.headline() == (  # type: ignore[attr-defined]
+        "vllm time to first token p95 is 0.71 s (> 2.0 s) — clearing in 24 s"
+    )
+    assert alert.clear_threshold == 1.5  # type: ignore[attr-defined]
+    # Below the threshold but above the clear level: it holds, and says what clears it.
+    (alert,) = _ttft(tracker, [1.8])
+    assert alert.headline().endswith("is 1.80 s (> 2.0 s) — clears once ≤ 1.5 s")  # type: ignore[attr-defined]
+    (alert,) = _ttft(tracker, [2.4])
+    assert alert.headline().endswith("is 2.40 s (> 2.0 s)")  # type: ignore[attr-defined]
+
+
+def test_advice_reads_the_running_profile() -> None:
+    from appliance.monitor.alerts import RunningProfile
+
+    everything = rules(AlertThresholds())["ttft-slow"].suggestion
+    assert "enable_prefix_caching: true" in everything
+    assert "fallback" in everything
+    profile = load_profile(PROFILES / "rtx4090-chat.yaml")
+    running = RunningProfile.from_profile(profile)
+    assert running.prefix_caching is True  # the default: already on
+    advice = rules(AlertThresholds(), running)
+    assert "enable_prefix_caching" not in advice["ttft-slow"].suggestion
+    assert "max_num_seqs" in advice["ttft-slow"].suggestion
+    if profile.spec.gateway.fallback.remote is None:  # fallback auto would be refused
+        assert not [r.code for r in advice.values() if "fallback" in r.suggestion]
+    fp8 = RunningProfile(kv_cache_fp8=True, remote_fallback=True)
+    kv = rules(AlertThresholds(), fp8)["kv-cache-full"].suggestion
+    assert "fp8" not in kv
+    assert kv == "lower spec.engine.max_num_seqs or set gateway fallback to auto"
+
+
+def test_status_and_the_monitor_config_carry_the_same_advice_and_thresholds() -> None:
+    from appliance.monitor.monitor import MonitorConfig
+    from appliance.monitor.render import render_status
+    from appliance.monitor.snapshot import Snapshot, Timestamp
+
+    profile = load_profile(PROFILES / "rtx4090-chat.yaml")
+    config = MonitorConfig.from_profile(profile)
+    tracker = AlertTracker(config.thresholds.immediate(), config.running)
+    alerts = tracker.update([Observation("ttft-slow", "vllm", 9.0)], now=0.0, now_wall=1e9)
+    snapshot = Snapshot(tick=1, taken_at=Timestamp(monotonic=0, wall=1e9), interval_s=1.0,
+                        alerts=alerts)  # fmt: skip
+    text = render_status(snapshot)
+    threshold = config.thresholds.ttft_p95_seconds
+    assert f"vllm time to first token p95 is 9.00 s (> {threshold:.1f} s)" in text
+    assert "enable_prefix_caching" not in text

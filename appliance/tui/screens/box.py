@@ -26,13 +26,29 @@ from appliance.units import gib
 if TYPE_CHECKING:
     from appliance.hardware.box import Box, DockerInfo, Finding, GpuInfo, HostInfo
 
-SIMULATED_BOXES = (
-    ("rtx4090", "1 x RTX 4090, 24 GB: a workstation"),
-    ("2x4090", "2 x RTX 4090 without P2P: tensor parallel on consumer cards"),
-    ("l40s", "1 x L40S, 48 GB: a rack server"),
-    ("a100-80g", "1 x A100 80 GB"),
-    ("h100", "1 x H100 80 GB"),
-)
+_SEGMENT = {"consumer": "consumer card", "workstation": "workstation card", "datacenter": "server"}
+
+
+def simulated_boxes() -> tuple[tuple[str, str], ...]:
+    """Every box `--simulate` knows, as (name, what it is): the README's examples first (the
+    boxes most people plan for), then every other GPU of the catalog, one card each."""
+    from appliance.catalog import load_catalog
+    from appliance.hardware.simulate import EXAMPLES, resolve
+
+    def what(name: str) -> str:
+        count, spec = resolve(name)
+        card = spec.name.removeprefix("NVIDIA ").removeprefix("GeForce ")
+        text = f"{count} x {card}, {gib(spec.memory_total_bytes, 0)}"
+        if count > 1:
+            peer = "with" if spec.p2p_default else "without"
+            return f"{text} each, {peer} P2P: tensor parallel"
+        return f"{text}: {_SEGMENT[spec.segment]}"
+
+    examples = {resolve(name)[1].key for name in EXAMPLES if resolve(name)[0] == 1}
+    names = [*EXAMPLES, *(gpu.key for gpu in load_catalog().gpus if gpu.key not in examples)]
+    return tuple((name, what(name)) for name in names)
+
+
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 _SEVERITY_LABEL = {"error": "ERROR", "warning": "WARN", "info": "INFO"}
 
@@ -154,7 +170,7 @@ class SimulatePicker(ModalScreen[str | None]):
         with Vertical(id="picker"):
             yield Static("Simulate which box? Nothing on this machine is changed.", classes="title")
             yield OptionList(
-                *(Option(f"{name:<9} {what}", id=name) for name, what in SIMULATED_BOXES)
+                *(Option(f"{name:<11} {what}", id=name) for name, what in simulated_boxes())
             )
 
     @on(OptionList.OptionSelected)

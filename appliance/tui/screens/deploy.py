@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -36,6 +36,8 @@ from appliance.units import EN_DASH as DASH
 from appliance.units import human_bytes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from appliance.hardware.box import Box
     from appliance.profile import Profile
     from appliance.runtime.plan import Plan
@@ -113,9 +115,11 @@ def plan_table(plan: Plan) -> RenderableType:
     return table
 
 
-def profile_summary(profile: Profile) -> Text:
+def profile_summary(profile: Profile, source: Path | None = None) -> Text:
     spec = profile.spec
     text = Text.assemble(("Profile ", "bold"), (profile.metadata.name, "bold"))
+    if source is not None:
+        text.append(f" ({source})", style="dim")
     text.append(f"\n{spec.model.repo} ({spec.model.quantization or 'auto'})")
     engine = spec.engine
     text.append(
@@ -201,7 +205,8 @@ class DeployScreen(ApplianceScreen):
             self.query_one("#deploy-plan").display = False
             return
         self.query_one("#deploy-plan").display = True
-        self.query_one("#deploy-profile", Static).update(profile_summary(chosen.profile))
+        summary = profile_summary(chosen.profile, chosen.source)
+        self.query_one("#deploy-profile", Static).update(summary)
         if box is None:
             self.query_one("#plan", Static).update("Waiting for the box…")
             return
@@ -273,6 +278,18 @@ class DeployScreen(ApplianceScreen):
             return None  # shown greyed out in the footer
         return True
 
+    def key_a(self, event: events.Key) -> None:
+        """A greyed-out key does nothing in Textual; this one says why it is greyed out.
+
+        Runs before the app's bindings (the key reaches the screen first); when Apply is
+        available it leaves the key alone, so the binding acts.
+        """
+        reason = self.disabled_reason()
+        if reason is not None:
+            event.stop()
+            event.prevent_default()
+            self.notify(f"Apply is not available: {reason}", severity="warning")
+
     def action_apply(self) -> None:
         reason = self.disabled_reason()
         chosen = self.appliance.chosen
@@ -284,11 +301,11 @@ class DeployScreen(ApplianceScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.start_deploy(chosen.profile, box, shown)
+                self.start_deploy(chosen, box, shown)
 
         self.app.push_screen(ConfirmApply(chosen.profile, shown), confirmed)
 
-    def start_deploy(self, profile: Profile, box: Box, shown: Plan) -> None:
+    def start_deploy(self, chosen: ProfileChosen, box: Box, shown: Plan) -> None:
         self.deploying = True
         self.refresh_bindings()
         self.query_one("#deploy-steps").display = False
@@ -297,10 +314,10 @@ class DeployScreen(ApplianceScreen):
         self.query_one("#deploy-log", RichLog).clear()
         progress = self.query_one("#deploy-progress")
         self.call_after_refresh(progress.scroll_visible, top=True, animate=False)
-        self.deploy(profile, box, shown)
+        self.deploy(chosen, box, shown)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="deploy")
-    def deploy(self, profile: Profile, box: Box, shown: Plan) -> None:
+    def deploy(self, chosen: ProfileChosen, box: Box, shown: Plan) -> None:
         deployer = self.appliance.services.deploy
         assert deployer is not None
         cancel = get_current_worker().cancelled_event
@@ -312,7 +329,7 @@ class DeployScreen(ApplianceScreen):
             return plan.to_json() == shown.to_json()
 
         try:
-            result = deployer(profile, box, report, cancel, same_plan)
+            result = deployer(chosen.profile, box, report, cancel, same_plan, source=chosen.source)
         except ApplianceError as error:
             self.post_message(DeployFailed(error.render()))
             return
@@ -361,11 +378,15 @@ class DeployScreen(ApplianceScreen):
         if result.applied:
             chosen = self.appliance.chosen
             if chosen is not None:
-                self.appliance.watch_deployed(chosen.profile)
+                copy = None if result.gateway is None else result.gateway.profile_copy
+                self.appliance.watch_deployed(chosen.profile, copy or chosen.source)
             text = Text.assemble(
                 ("✔ Deployed: every engine answers /health. ", "bold green"),
                 "The Monitor (m) shows it live.",
             )
+            gateway = result.gateway_line()
+            if gateway is not None:
+                text.append(f"\n{gateway}", style="green" if result.gateway else "yellow")
         elif result.plan.is_noop:
             text = Text("Nothing to do: every container already runs as the profile asks.")
         else:

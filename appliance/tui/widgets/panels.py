@@ -76,7 +76,8 @@ class _SnapshotPanel(Widget):
                 (s.name, s.healthy, s.metrics_error is None, s.health_error)
                 for s in snapshot.services
             ),
-            tuple((a.code, a.subject) for a in snapshot.alerts),
+            # An alert's line grows when it starts clearing: its length may change its height.
+            tuple((a.code, a.subject, len(a.headline())) for a in snapshot.alerts),
         )
 
     def show(self, snapshot: Snapshot | None, series: Series) -> None:
@@ -153,7 +154,9 @@ class ServicesPanel(_SnapshotPanel):
         title = Text.assemble(health_badge(service), " ", (name, "bold"))
         if service.model_names:
             title.append(f"  {', '.join(service.model_names)}")
-        if service.container_state is not None:
+        if service.kind == "gateway":  # the appliance's own process, not a container
+            title.append("  systemd unit", style="dim")
+        elif service.container_state is not None:
             title.append(f"  container {service.container_state}", style="dim")
             if service.restart_count:
                 title.append(f", {service.restart_count} restarts", style="yellow")
@@ -287,7 +290,7 @@ class AlertsPanel(_SnapshotPanel):
         ordered = sorted(snapshot.alerts, key=lambda alert: alert.severity != "critical")
         for alert in ordered:
             style = "bold red" if alert.severity == "critical" else "bold yellow"
-            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.message))
+            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.headline()))
             lines.append(Text(f"         → {alert.suggestion}", style="italic"))
         return Group(*lines)
 
