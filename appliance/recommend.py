@@ -275,6 +275,7 @@ def estimate_for(
             f"--tp {tp} needs {tp} GPUs but --gpus is {target.count}",
             hint=f"add --gpus {tp}, or lower --tp",
         )
+    _refuse_beyond_model_limit(model, flags)
     findings = _findings(model, target, tp)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
@@ -312,6 +313,27 @@ def estimate_for(
         hint,
         estimate,
         tuple(nearest),
+    )
+
+
+def _refuse_beyond_model_limit(model: ResolvedModel, flags: EngineFlags) -> None:
+    """vLLM refuses a max_model_len above the length its config allows (see
+    `ModelArchitecture.max_model_len_limit`) before it looks at memory."""
+    limit = model.architecture.max_model_len_limit
+    wanted = flags.max_model_len
+    if wanted is None or wanted <= limit:
+        return
+    architecture = model.architecture
+    rope = architecture.rope_scaling
+    basis = f"max_position_embeddings {architecture.max_position_embeddings}"
+    if rope is not None and limit != architecture.max_position_embeddings:
+        if rope.rope_type == "yarn" and rope.original_max_position_embeddings:
+            basis = f"original_max_position_embeddings {rope.original_max_position_embeddings}"
+        basis += f" x {rope.rope_type} RoPE factor {rope.factor or 1:g}"
+    raise RefusedError(
+        f"max_model_len {wanted} is longer than {model.label} allows: {limit} tokens ({basis} "
+        "in its config.json); vLLM refuses to start with it",
+        hint=f"use --max-model-len {limit} or less",
     )
 
 
@@ -854,7 +876,7 @@ def _option(
         embeddings_gpu=embeddings_gpu,
         tei_bytes=tei_bytes,
         utilization=_utilization(target, tei_bytes),
-        max_model_len=min(workload.context, model.architecture.max_position_embeddings),
+        max_model_len=min(workload.context, model.architecture.max_model_len_limit),
     )
 
 

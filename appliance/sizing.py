@@ -217,7 +217,7 @@ class EngineFlags:
     default for this GPU and entry point)."""
 
     gpu_memory_utilization: float | None = None  # None: the release's default (VllmRules)
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_model_len: int | None = None  # None: the model's own limit (max_model_len_limit)
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
@@ -720,7 +720,7 @@ def estimate_memory(
     if tp <= 0 or gpu_count <= 0:
         msg = "gpu_count and tensor_parallel_size must be positive"
         raise ValueError(msg)
-    max_model_len = flags.max_model_len or architecture.max_position_embeddings
+    max_model_len = flags.max_model_len or architecture.max_model_len_limit
     max_num_batched_tokens, max_num_seqs, notes = _scheduler_limits(
         flags, max_model_len, gpu_memory_bytes, gpu_name, rules
     )

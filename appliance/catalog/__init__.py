@@ -32,6 +32,15 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RopeScaling(_Frozen):
+    """config.json's `rope_scaling` (`rope_parameters` in Transformers v5), the part that
+    decides how long a context vLLM accepts."""
+
+    rope_type: str  # "yarn", "linear", "dynamic", "llama3", "longrope", ...
+    factor: float | None = None
+    original_max_position_embeddings: PositiveInt | None = None
+
+
 class ModelArchitecture(_Frozen):
     """The numbers from a model's `config.json` that decide its memory footprint."""
 
@@ -46,6 +55,7 @@ class ModelArchitecture(_Frozen):
     vocab_size: PositiveInt
     max_position_embeddings: PositiveInt
     tie_word_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None
     # Sliding-window attention: the window size, and which layers use it. `sliding_window_layers`
     # lists layer indices; None with a window set means every layer slides (Mistral v0.1 style).
     sliding_window: PositiveInt | None = None
@@ -75,6 +85,23 @@ class ModelArchitecture(_Frozen):
     vision_intermediate_size: PositiveInt | None = None
     vision_patches_per_item: PositiveInt | None = None
     mm_tokens_per_item: PositiveInt | None = None
+
+    @property
+    def max_model_len_limit(self) -> int:
+        """The longest max_model_len vLLM accepts for this config, as its
+        `_get_and_verify_max_len` derives it (vllm/config/model.py): max_position_embeddings,
+        times the RoPE scaling factor unless the type already counts it (llama3, longrope, su)
+        or the model is Gemma 3 (whose max_position_embeddings is the scaled length); YaRN
+        scales original_max_position_embeddings instead. Above it vLLM refuses to start unless
+        VLLM_ALLOW_LONG_MAX_MODEL_LEN=1."""
+        derived = float(self.max_position_embeddings)
+        rope = self.rope_scaling
+        scales = rope is not None and rope.rope_type not in ("su", "longrope", "llama3")
+        if rope is not None and scales and "gemma3" not in self.model_type:
+            if rope.rope_type == "yarn" and rope.original_max_position_embeddings:
+                derived = float(rope.original_max_position_embeddings)
+            derived *= rope.factor or 1.0
+        return int(derived)
 
     @property
     def mla_latent_size(self) -> int | None:

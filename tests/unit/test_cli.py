@@ -233,3 +233,14 @@ def test_keys_and_fallback_through_the_cli(tmp_path: Path) -> None:
     assert appliance("fallback", "sometimes", *box).returncode == ExitCode.BAD_INPUT
     assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.OK
     assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.BAD_INPUT
+
+
+def test_estimate_refuses_a_max_model_len_above_the_models_limit() -> None:
+    result = appliance(
+        "estimate", "qwen2.5-7b-instruct", "--gpu", "l40s", "--max-model-len", "65536"
+    )
+    assert result.returncode == ExitCode.REFUSED, result.stdout
+    assert "FITS" not in result.stdout
+    assert "65536" in result.stderr
+    assert "32768" in result.stderr
+    assert_no_traceback(result)

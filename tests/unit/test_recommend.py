@@ -365,3 +365,30 @@ def test_recommend_and_local_model_load_no_vendor_sdk() -> None:
     ).stdout
     heavy = {"textual", "docker", "pynvml", "huggingface_hub", "httpx", "starlette", "uvicorn"}
     assert not heavy & {m.split(".")[0] for m in json.loads(out)}
+
+
+# --- the model's own context limit (vLLM's _get_and_verify_max_len) ---------------------------
+
+
+def test_estimate_refuses_a_max_model_len_above_the_models_limit() -> None:
+    # Qwen2.5-7B-Instruct's config.json: max_position_embeddings 32768, no rope_scaling; vLLM
+    # refuses --max-model-len 65536 ("User-specified max_model_len (65536) is greater than the
+    # derived max_model_len (max_position_embeddings=32768 ...)") however much memory is free.
+    model = resolve_model("qwen2.5-7b-instruct")
+    with pytest.raises(RefusedError) as caught:
+        estimate_for(model, resolve_gpu("l40s"), flags=EngineFlags(max_model_len=65536))
+    error = caught.value
+    assert not isinstance(error, DoesNotFitError)
+    assert "65536" in error.message
+    assert "32768" in error.message
+    assert error.hint is not None
+    assert "--max-model-len 32768" in error.hint
+    # The limit itself is accepted.
+    assert estimate_for(model, resolve_gpu("l40s"), flags=EngineFlags(max_model_len=32768)).fits
+
+
+def test_recommend_never_asks_for_more_context_than_the_model_holds() -> None:
+    rec = _recommend("h100", "chat", context=131072)
+    for candidate in rec.candidates:
+        model = resolve_model(candidate.model_key, candidate.quantization)
+        assert candidate.max_model_len <= model.architecture.max_model_len_limit
