@@ -281,7 +281,7 @@ def quantization_from_config(config: dict[str, Any]) -> Quantization | None:
     quant = config.get("quantization_config")
     if isinstance(quant, dict):
         method = str(quant.get("quant_method", "")).lower()
-        if method in ("awq", "gptq", "fp8"):
+        if method in ("awq", "gptq", "fp8", "mxfp4"):
             return method  # type: ignore[return-value]
         if method == "compressed-tensors":
             for group in (quant.get("config_groups") or {}).values():

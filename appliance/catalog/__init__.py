@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
 # "copied": a published `model.safetensors.index.json` `total_size`; "computed": exact from the
 # config and the format's tensor layout; "estimated": computed, but on an assumed layout (named in
 # `source`) that could not be confirmed from the repo itself.
@@ -191,6 +191,15 @@ class ModelVariant(_Frozen):
     repo_evidence: str | None = None
 
 
+class QualityEvidence(_Frozen):
+    """A public leaderboard's score for the model, kept with where and when it was read."""
+
+    board: str  # e.g. "Artificial Analysis Intelligence Index v4"
+    score: float
+    as_of: str  # the date the source states for the figure (YYYY-MM-DD or YYYY-MM)
+    source: str  # the page the figure was read on, and what it says
+
+
 class ChatModel(_Frozen):
     key: str  # short id used in profiles and on the CLI, e.g. "llama-3.1-8b-instruct"
     name: str
@@ -203,6 +212,8 @@ class ChatModel(_Frozen):
     license: str
     gated: bool
     quality_tier: QualityTier
+    # The leaderboard figure the recommender ranks by where one was found (see models.yaml).
+    quality_evidence: QualityEvidence | None = None
     # Tags the recommender uses for workloads, e.g. "multilingual", "tool-calling", "long-context".
     strengths: tuple[str, ...] = ()
 
