@@ -36,6 +36,7 @@ EXPLICIT_HEAD_DIM = {
     "deepseek-v2-lite-chat",  # MLA: 16 x (128 nope + 64 rope) = 3072 vs hidden 2048
     "gpt-oss-20b",  # 64 x 64 = 4096 vs hidden 2880
     "gpt-oss-120b",  # 64 x 64 = 4096 vs hidden 2880
+    "qwen3-30b-a3b-instruct-2507",  # 32 x 128 = 4096 vs hidden 2048
 }
 # Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
 NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
