@@ -25,6 +25,7 @@ from appliance import cli_options as opt
 from appliance.errors import ApplianceError, BadInputError, ExitCode
 
 DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
+DEFAULT_STATE_DIR = Path("/var/lib/llm-appliance/state")
 
 log = logging.getLogger("appliance")
 
@@ -891,7 +892,7 @@ def _add_estimate(commands: _Commands) -> None:
         "--gpus", type=opt.positive_int, default=1, metavar="N", help="how many cards"
     )
     estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
-    estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
+    estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"])
     estimate.add_argument(
         "--gpu-memory-utilization",
         type=opt.fraction,

@@ -191,6 +191,29 @@ def _mla_qk_head_dim(config: dict[str, Any]) -> int | None:
     return nope + rope if nope is not None and rope is not None else None
 
 
+def _rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
+    """config.json's `rope_scaling` (or Transformers v5's `rope_parameters`), with the legacy
+    `type` key read as `rope_type`, as vLLM's patch_rope_parameters does."""
+    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_type" not in rope and "type" not in rope:
+        # v5 per layer type ({"full_attention": {...}, "sliding_attention": {...}}): vLLM
+        # assumes one scaling factor for all; the scaled one is the one that counts.
+        per_type = [p for p in rope.values() if isinstance(p, dict)]
+        rope = next((p for p in per_type if p.get("factor")), per_type[0] if per_type else None)
+    if not isinstance(rope, dict):
+        return None
+    rope_type = rope.get("rope_type") or rope.get("type")
+    if not isinstance(rope_type, str) or rope_type == "default":
+        return None
+    factor = rope.get("factor")
+    original = _int(rope, "original_max_position_embeddings")
+    return {
+        "rope_type": rope_type,
+        "factor": float(factor) if isinstance(factor, int | float) else None,
+        "original_max_position_embeddings": original,
+    }
+
+
 def architecture_from_config(
     config: dict[str, Any], source: str = "config.json"
 ) -> ModelArchitecture:
@@ -231,6 +254,7 @@ def architecture_from_config(
         "vocab_size": _int(text, "vocab_size"),
         "max_position_embeddings": _int(text, "max_position_embeddings", "n_positions") or 2048,
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
+        "rope_scaling": _rope_scaling(text),
         "sliding_window": window,
         "sliding_window_layers": sliding,
         "attention_chunk_size": chunk,
@@ -257,7 +281,7 @@ def quantization_from_config(config: dict[str, Any]) -> Quantization | None:
     quant = config.get("quantization_config")
     if isinstance(quant, dict):
         method = str(quant.get("quant_method", "")).lower()
-        if method in ("awq", "gptq", "fp8"):
+        if method in ("awq", "gptq", "fp8", "mxfp4"):
             return method  # type: ignore[return-value]
         if method == "compressed-tensors":
             for group in (quant.get("config_groups") or {}).values():

@@ -61,6 +61,7 @@ from appliance.sizing import (
     decode_speed,
     estimate_memory,
     kv_bytes_per_token,
+    loaded_weight_bytes,
     tei_memory_bytes,
 )
 
@@ -255,7 +256,13 @@ def _estimate(
 ) -> MemoryEstimate:
     return estimate_memory(
         model.architecture,
-        model.weight_bytes,
+        loaded_weight_bytes(
+            model.architecture,
+            model.weight_bytes,
+            model.quantization,
+            target.compute_capability,
+            tp,
+        ),
         target.memory_bytes,
         gpu_count=max(tp, target.count),
         tensor_parallel_size=tp,
@@ -289,6 +296,7 @@ def estimate_for(
             f"--tp {tp} needs {tp} GPUs but --gpus is {target.count}",
             hint=f"add --gpus {tp}, or lower --tp",
         )
+    _refuse_beyond_model_limit(model, flags)
     findings = _findings(model, target, tp)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
@@ -365,6 +373,27 @@ def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
                 in_profile_terms(setting, model) for setting in error.nearest
             )
         raise
+
+
+def _refuse_beyond_model_limit(model: ResolvedModel, flags: EngineFlags) -> None:
+    """vLLM refuses a max_model_len above the length its config allows (see
+    `ModelArchitecture.max_model_len_limit`) before it looks at memory."""
+    limit = model.architecture.max_model_len_limit
+    wanted = flags.max_model_len
+    if wanted is None or wanted <= limit:
+        return
+    architecture = model.architecture
+    rope = architecture.rope_scaling
+    basis = f"max_position_embeddings {architecture.max_position_embeddings}"
+    if rope is not None and limit != architecture.max_position_embeddings:
+        if rope.rope_type == "yarn" and rope.original_max_position_embeddings:
+            basis = f"original_max_position_embeddings {rope.original_max_position_embeddings}"
+        basis += f" x {rope.rope_type} RoPE factor {rope.factor or 1:g}"
+    raise RefusedError(
+        f"max_model_len {wanted} is longer than {model.label} allows: {limit} tokens ({basis} "
+        "in its config.json); vLLM refuses to start with it",
+        hint=f"use --max-model-len {limit} or less",
+    )
 
 
 def nearest_fitting_settings(
@@ -786,7 +815,15 @@ def _split_text(e: MemoryEstimate) -> str:
 # --- Scoring ---------------------------------------------------------------------------------
 
 _TIER_POINTS = {"good": 0.0, "better": 1.0, "best": 2.0}
-_QUANT_PENALTY: dict[str, float] = {"bf16": 0.0, "fp16": 0.0, "fp8": 0.1, "awq": 0.3, "gptq": 0.35}
+# MXFP4 is gpt-oss's only published checkpoint, the one its benchmark scores were measured on.
+_QUANT_PENALTY: dict[str, float] = {
+    "bf16": 0.0,
+    "fp16": 0.0,
+    "mxfp4": 0.0,
+    "fp8": 0.1,
+    "awq": 0.3,
+    "gptq": 0.35,
+}
 _FP8_KV_PENALTY = 0.1
 # (quality weight, speed weight) per preference.
 _WEIGHTS: dict[str, tuple[float, float]] = {
@@ -802,14 +839,43 @@ _READING_SPEED = 10.0  # tokens/s per user below which chat feels stuck
 _QUEUE_PENALTY = 10.0
 _UNKNOWN_BANDWIDTH_GB_S = 1000.0  # a card the catalog does not know: an RTX 4090's figure
 SCORE_TEXT = (
-    "score = q x quality + s x speed + fit; quality = 3 x size class (small <= 10B, medium "
-    "<= 35B, large) + tier (good 0, better 1, best 2) - format (fp8 0.1, awq 0.3, gptq 0.35, "
+    "score = q x quality + s x speed + fit; quality = the model's Artificial Analysis "
+    "Intelligence Index x 8/14 where the catalog cites one, else 3 x size class (small <= 10B, "
+    "medium <= 35B, large) + tier (good 0, better 1, best 2); minus format (fp8 0.1, awq 0.3, "
+    "gptq 0.35, "
     "fp8 KV 0.1); speed = log2(decode tokens/s per user / 20) (batch: total / 500), within "
     "+-3; fit = -10 x (1 - held / users) when fewer than the users' requests fit at once, else "
     "+0.3 x log2(held / users) up to 0.6; -2 x the share of the wanted context a model cannot "
     "hold; -2 when chat decodes under 10 tokens/s per user; (q, s) = quality (1, 0.25), "
     "balanced (1, 0.6), speed (0.5, 1.5)"
 )
+
+
+# A leaderboard score becomes quality points on the same scale as the size-class rule: the
+# Artificial Analysis Intelligence Index of Llama 3.3 70B (14, the catalog's "large best", 8
+# points under the old rule) anchors it, so 1 index point = 8/14 quality points. Models without
+# a cited score keep the size-class rule; an MoE's total size no longer decides where a score
+# exists (Mixtral 8x7B: index 8 -> 4.6 points, below Qwen3 32B's 5).
+_POINTS_PER_INDEX_POINT = 8 / 14
+
+
+def _quality_points(model: ChatModel) -> float:
+    evidence = model.quality_evidence
+    if evidence is not None:
+        return round(evidence.score * _POINTS_PER_INDEX_POINT, 2)
+    _, size_index = _size_class(model.params_billion)
+    return 3 * size_index + _TIER_POINTS[model.quality_tier]
+
+
+def _quality_text(model: ChatModel, size_class: str) -> str:
+    evidence = model.quality_evidence
+    if evidence is None:
+        return f"{model.quality_tier} {size_class} model ({model.params_billion:g} B)"
+    active = f", {model.active_params_billion:g} B active" if model.active_params_billion else ""
+    return (
+        f"{size_class} model ({model.params_billion:g} B{active}) scoring {evidence.score:g} on "
+        f"the {evidence.board} ({evidence.as_of})"
+    )
 
 
 def _size_class(params_billion: float) -> tuple[str, int]:
@@ -975,7 +1041,7 @@ def _option(
         embeddings_gpu=embeddings_gpu,
         tei_bytes=tei_bytes,
         utilization=_utilization(target, tei_bytes),
-        max_model_len=min(workload.context, model.architecture.max_position_embeddings),
+        max_model_len=min(workload.context, model.architecture.max_model_len_limit),
     )
 
 
@@ -1042,8 +1108,8 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
         tensor_parallel_size=option.tp,
         p2p=option.target.p2p,
     )
-    size_name, size_index = _size_class(model.params_billion)
-    quality = 3 * size_index + _TIER_POINTS[model.quality_tier]
+    size_name, _ = _size_class(model.params_billion)
+    quality = _quality_points(model)
     quality -= _QUANT_PENALTY[variant.quantization]
     if chosen.kv_dtype == "fp8":
         quality -= _FP8_KV_PENALTY
@@ -1073,7 +1139,7 @@ def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: 
         chosen.estimate,
     )
     parts = [
-        f"{model.quality_tier} {score.size_class} model ({model.params_billion:g} B) in "
+        f"{_quality_text(model, score.size_class)} in "
         f"{variant.quantization.upper()}: {estimate.weights_gib:.1f} GiB of weights per GPU "
         f"leave {estimate.kv_cache_gib:.1f} GiB of KV cache = {estimate.kv_cache_tokens:,} "
         "tokens",

@@ -222,7 +222,7 @@ class EngineFlags:
     default for this GPU and entry point)."""
 
     gpu_memory_utilization: float | None = None  # None: the release's default (VllmRules)
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_model_len: int | None = None  # None: the model's own limit (max_model_len_limit)
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
@@ -725,7 +725,7 @@ def estimate_memory(
     if tp <= 0 or gpu_count <= 0:
         msg = "gpu_count and tensor_parallel_size must be positive"
         raise ValueError(msg)
-    max_model_len = flags.max_model_len or architecture.max_position_embeddings
+    max_model_len = flags.max_model_len or architecture.max_model_len_limit
     max_num_batched_tokens, max_num_seqs, notes = _scheduler_limits(
         flags, max_model_len, gpu_memory_bytes, gpu_name, rules
     )
@@ -963,7 +963,7 @@ def rule_of_thumb(
 
 
 Severity = Literal["error", "warning", "info"]
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
 
 
 @dataclass(frozen=True)
@@ -975,6 +975,94 @@ class RuleFinding:
     severity: Severity
     message: str
     flag: str | None = None
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+# Hopper's Triton MXFP4 path pads nothing in `create_weights`, yet vLLM v0.14.1 logged "Model
+# loading took 64.38 GiB" for gpt-oss-120b on an H100 ("Using Triton backend", vLLM issue
+# #33155) against 60.77 GiB of checkpoint: the swizzled layout holds the experts 6.4 % larger.
+# Measured on that one log, not derived.
+_HOPPER_MXFP4_EXPERT_GROWTH = 1.0636
+
+
+def mxfp4_backend(compute_capability: tuple[int, int]) -> str:
+    """The MoE kernel vLLM picks for MXFP4 experts (`get_mxfp4_backend`, vllm/model_executor/
+    layers/quantization/mxfp4.py): FlashInfer on Blackwell data-centre cards (10.x), the
+    Triton kernels on Hopper (confirmed on 9.0-10.x only), Marlin weight-only W4A16
+    everywhere else from 8.0 (Ampere, Ada, GeForce/RTX PRO Blackwell 12.x)."""
+    if compute_capability[0] == 10:
+        return "flashinfer"
+    if compute_capability[0] == 9:
+        return "triton"
+    return "marlin"
+
+
+def loaded_weight_bytes(
+    architecture: ModelArchitecture,
+    weight_bytes: int,
+    quantization: str | None,
+    compute_capability: tuple[int, int],
+    tensor_parallel_size: int = 1,
+) -> int:
+    """What the checkpoint occupies once vLLM has loaded it (all ranks together).
+
+    Equal to the safetensors payload except for MXFP4 experts, whose kernels pad each
+    expert matrix (`Mxfp4MoEMethod.create_weights`): Marlin rounds hidden_size up to 256 and
+    each rank's intermediate size up to 128, FlashInfer both to 256 (gpt-oss's 2880 becomes
+    3072 x 2944 or 3072 x 3072). For gpt-oss-120b on Marlin this gives 65.90 GiB against the
+    65.97 GiB vLLM logged (issue #23278).
+    """
+    experts = architecture.num_experts
+    if quantization != "mxfp4" or experts is None:
+        return weight_bytes
+    hidden = architecture.hidden_size
+    inter = architecture.moe_intermediate_size or architecture.intermediate_size
+    moe_layers = len(architecture.moe_layers or range(architecture.num_hidden_layers))
+
+    def expert_bytes(h: int, i: int) -> int:
+        # gate_up (2i x h) and down (h x i): 4-bit values, one UE8 scale per 32, BF16 biases.
+        values = 3 * h * i
+        return moe_layers * experts * (values // 2 + values // 32 + (2 * i + h) * 2)
+
+    stored = expert_bytes(hidden, inter)
+    backend = mxfp4_backend(compute_capability)
+    if backend == "triton":
+        return weight_bytes + round(stored * (_HOPPER_MXFP4_EXPERT_GROWTH - 1))
+    tp = tensor_parallel_size
+    hidden_align, inter_align = (256, 128) if backend == "marlin" else (256, 256)
+    padded = expert_bytes(_round_up(hidden, hidden_align), _round_up(inter // tp, inter_align) * tp)
+    return weight_bytes + padded - stored
+
+
+def _mxfp4_findings(cc: tuple[int, int]) -> list[RuleFinding]:
+    cc_text = f"{cc[0]}.{cc[1]}"
+    found: list[RuleFinding] = []
+    # vLLM's Mxfp4Config.get_min_capability is 80; below Hopper (and on 11.x/12.x) the
+    # experts run through Marlin as weight-only W4A16 (its log: "Your GPU does not have
+    # native support for FP4 computation ... Weight-only FP4 compression will be used
+    # leveraging the Marlin kernel").
+    if cc < (8, 0):
+        found.append(
+            RuleFinding(
+                "mxfp4",
+                "error",
+                f"MXFP4 checkpoints need compute capability 8.0+ in vLLM; this GPU is {cc_text}.",
+            )
+        )
+    elif mxfp4_backend(cc) == "marlin":
+        found.append(
+            RuleFinding(
+                "mxfp4-marlin",
+                "warning",
+                f"MXFP4 runs weight-only through the Marlin kernel on {cc_text} (native FP4 "
+                "MoE kernels need Hopper 9.0 or Blackwell 10.x): memory as planned, "
+                "compute-heavy prefill slower.",
+            )
+        )
+    return found
 
 
 def check_rules(
@@ -1065,6 +1153,7 @@ def check_rules(
                     f"8.9+ for W8A8; this GPU is {cc_text}.",
                 )
             )
+    findings.extend(_mxfp4_findings(cc) if quantization == "mxfp4" else ())
     if quantization == "bf16" and cc < (8, 0):
         findings.append(
             RuleFinding(

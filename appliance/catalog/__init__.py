@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
 # "copied": a published `model.safetensors.index.json` `total_size`; "computed": exact from the
 # config and the format's tensor layout; "estimated": computed, but on an assumed layout (named in
 # `source`) that could not be confirmed from the repo itself.
@@ -30,6 +30,15 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RopeScaling(_Frozen):
+    """config.json's `rope_scaling` (`rope_parameters` in Transformers v5), the part that
+    decides how long a context vLLM accepts."""
+
+    rope_type: str  # "yarn", "linear", "dynamic", "llama3", "longrope", ...
+    factor: float | None = None
+    original_max_position_embeddings: PositiveInt | None = None
 
 
 class ModelArchitecture(_Frozen):
@@ -46,6 +55,7 @@ class ModelArchitecture(_Frozen):
     vocab_size: PositiveInt
     max_position_embeddings: PositiveInt
     tie_word_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None
     # Sliding-window attention: the window size, and which layers use it. `sliding_window_layers`
     # lists layer indices; None with a window set means every layer slides (Mistral v0.1 style).
     sliding_window: PositiveInt | None = None
@@ -75,6 +85,23 @@ class ModelArchitecture(_Frozen):
     vision_intermediate_size: PositiveInt | None = None
     vision_patches_per_item: PositiveInt | None = None
     mm_tokens_per_item: PositiveInt | None = None
+
+    @property
+    def max_model_len_limit(self) -> int:
+        """The longest max_model_len vLLM accepts for this config, as its
+        `_get_and_verify_max_len` derives it (vllm/config/model.py): max_position_embeddings,
+        times the RoPE scaling factor unless the type already counts it (llama3, longrope, su)
+        or the model is Gemma 3 (whose max_position_embeddings is the scaled length); YaRN
+        scales original_max_position_embeddings instead. Above it vLLM refuses to start unless
+        VLLM_ALLOW_LONG_MAX_MODEL_LEN=1."""
+        derived = float(self.max_position_embeddings)
+        rope = self.rope_scaling
+        scales = rope is not None and rope.rope_type not in ("su", "longrope", "llama3")
+        if rope is not None and scales and "gemma3" not in self.model_type:
+            if rope.rope_type == "yarn" and rope.original_max_position_embeddings:
+                derived = float(rope.original_max_position_embeddings)
+            derived *= rope.factor or 1.0
+        return int(derived)
 
     @property
     def mla_latent_size(self) -> int | None:
@@ -164,6 +191,15 @@ class ModelVariant(_Frozen):
     repo_evidence: str | None = None
 
 
+class QualityEvidence(_Frozen):
+    """A public leaderboard's score for the model, kept with where and when it was read."""
+
+    board: str  # e.g. "Artificial Analysis Intelligence Index v4"
+    score: float
+    as_of: str  # the date the source states for the figure (YYYY-MM-DD or YYYY-MM)
+    source: str  # the page the figure was read on, and what it says
+
+
 class ChatModel(_Frozen):
     key: str  # short id used in profiles and on the CLI, e.g. "llama-3.1-8b-instruct"
     name: str
@@ -176,6 +212,8 @@ class ChatModel(_Frozen):
     license: str
     gated: bool
     quality_tier: QualityTier
+    # The leaderboard figure the recommender ranks by where one was found (see models.yaml).
+    quality_evidence: QualityEvidence | None = None
     # Tags the recommender uses for workloads, e.g. "multilingual", "tool-calling", "long-context".
     strengths: tuple[str, ...] = ()
 

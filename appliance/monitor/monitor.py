@@ -167,7 +167,10 @@ class MonitorConfig:
 
     @classmethod
     def for_interval(
-        cls, interval_s: float, thresholds: AlertThresholds | None = None
+        cls,
+        interval_s: float,
+        thresholds: AlertThresholds | None = None,
+        running: RunningProfile | None = None,
     ) -> MonitorConfig:
         """Sampling every `interval_s`: windows at least one interval wide, timeouts within it."""
         return cls(
@@ -176,6 +179,7 @@ class MonitorConfig:
             rate_window_s=max(10.0, interval_s),
             quantile_window_s=max(60.0, interval_s),
             thresholds=thresholds or AlertThresholds(),
+            running=running or RunningProfile(),
         )
 
 

@@ -34,7 +34,12 @@ EXPLICIT_HEAD_DIM = {
     "gemma-2-9b-it",  # 16 x 256 = 4096 vs hidden 3584
     "gemma-2-27b-it",  # 32 x 128 = 4096 vs hidden 4608
     "deepseek-v2-lite-chat",  # MLA: 16 x (128 nope + 64 rope) = 3072 vs hidden 2048
+    "gpt-oss-20b",  # 64 x 64 = 4096 vs hidden 2880
+    "gpt-oss-120b",  # 64 x 64 = 4096 vs hidden 2880
+    "qwen3-30b-a3b-instruct-2507",  # 32 x 128 = 4096 vs hidden 2048
 }
+# Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
+NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
 
 REQUIRED_MODELS = {
     "llama-3.1-8b-instruct",
@@ -215,9 +220,9 @@ def test_architecture_refuses_inconsistent_layer_and_expert_fields() -> None:
 
 @pytest.mark.parametrize("model", CATALOG.models, ids=lambda m: m.key)
 def test_every_model_has_a_bf16_variant_with_the_models_gating(model: ChatModel) -> None:
-    bf16 = model.variant("bf16")
-    assert bf16 is not None
-    assert bf16.gated == model.gated
+    original = model.variant(NATIVELY_QUANTISED.get(model.key, "bf16"))  # type: ignore[arg-type]
+    assert original is not None
+    assert original.gated == model.gated
     assert len({v.quantization for v in model.variants}) == len(model.variants)
 
 
@@ -236,6 +241,8 @@ BYTES_PER_LINEAR_PARAM = {
     "awq": (0.49, 0.57),
     "gptq": (0.49, 0.57),
     "fp8": (0.99, 1.03),
+    # gpt-oss: experts at 4.25 bits (E2M1 + one UE8 scale per 32) while attention stays BF16.
+    "mxfp4": (0.53, 0.60),
 }
 
 
@@ -256,7 +263,7 @@ def test_variant_bytes_fit_parameters_and_format(pair: tuple[ChatModel, ModelVar
 @pytest.mark.parametrize("pair", _variants(), ids=_variant_id)
 def test_variant_bits_match_quantization(pair: tuple[ChatModel, ModelVariant]) -> None:
     _, variant = pair
-    expected = {"awq": 4, "gptq": 4, "fp8": 8}.get(variant.quantization)
+    expected = {"awq": 4, "gptq": 4, "fp8": 8, "mxfp4": 4}.get(variant.quantization)
     assert variant.bits == expected
     if variant.quantization == "awq":
         assert variant.group_size == 128

@@ -171,9 +171,12 @@ def test_recommend_writes_a_valid_profile(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == ExitCode.OK, result.stderr
     assert appliance("validate", str(out)).returncode == ExitCode.OK
-    chat = appliance("recommend", "--simulate", "rtx4090", "--workload", "chat", "--json")
-    top_chat = json.loads(chat.stdout)["candidates"][0]
-    assert top_chat["model_key"] not in out.read_text()  # a different, explained top choice
+    ranked = appliance(
+        "recommend", "--simulate", "l40s", "--workload", "rag", "--users", "30",
+        "--context", "16384", "--json",
+    )  # fmt: skip
+    top = json.loads(ranked.stdout)["candidates"][0]
+    assert top["repo"] in out.read_text()  # the profile is the explained top choice
 
 
 def test_output_into_a_closed_pipe_is_not_an_error() -> None:
@@ -233,3 +236,14 @@ def test_keys_and_fallback_through_the_cli(tmp_path: Path) -> None:
     assert appliance("fallback", "sometimes", *box).returncode == ExitCode.BAD_INPUT
     assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.OK
     assert appliance("keys", "revoke", "alice", *box).returncode == ExitCode.BAD_INPUT
+
+
+def test_estimate_refuses_a_max_model_len_above_the_models_limit() -> None:
+    result = appliance(
+        "estimate", "qwen2.5-7b-instruct", "--gpu", "l40s", "--max-model-len", "65536"
+    )
+    assert result.returncode == ExitCode.REFUSED, result.stdout
+    assert "FITS" not in result.stdout
+    assert "65536" in result.stderr
+    assert "32768" in result.stderr
+    assert_no_traceback(result)

@@ -259,3 +259,38 @@ def test_resolve_model_by_key_repo_and_errors() -> None:
         resolve_model(by_key.variant.repo, "fp8")
     with pytest.raises(BadInputError, match="has no gptq variant"):
         resolve_model("mistral-small-24b-instruct-2501", "gptq")
+
+
+def test_max_model_len_limit_follows_vllm_rope_scaling() -> None:
+    # vLLM's _get_and_verify_max_len: YaRN scales original_max_position_embeddings by factor;
+    # llama3 and longrope do not scale; Gemma 3's max_position_embeddings is already scaled.
+    plain = architecture_from_config(QWEN25_7B_CONFIG)
+    assert plain.max_model_len_limit == 32768
+    yarn = {
+        **QWEN25_7B_CONFIG,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 32768,
+        },
+    }
+    assert architecture_from_config(yarn).max_model_len_limit == 131072
+    legacy_key = {**yarn, "rope_scaling": {"type": "yarn", **{
+        k: v for k, v in yarn["rope_scaling"].items() if k != "rope_type"  # type: ignore[attr-defined]
+    }}}  # fmt: skip
+    assert architecture_from_config(legacy_key).max_model_len_limit == 131072
+    llama3 = {
+        **QWEN25_7B_CONFIG,
+        "max_position_embeddings": 131072,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+    }
+    assert architecture_from_config(llama3).max_model_len_limit == 131072
+    linear = {**QWEN25_7B_CONFIG, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    assert architecture_from_config(linear).max_model_len_limit == 65536
+    gemma3 = {
+        **QWEN25_7B_CONFIG,
+        "model_type": "gemma3_text",
+        "max_position_embeddings": 131072,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+    }
+    assert architecture_from_config(gemma3).max_model_len_limit == 131072

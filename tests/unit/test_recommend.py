@@ -58,18 +58,37 @@ def test_rtx4090_chat_picks_a_model_that_holds_every_user() -> None:
     assert top.max_num_seqs >= 10
     assert top.tensor_parallel_size == 1
     assert top.enable_prefix_caching
-    # 24 GB: a 14B-class INT4 model, not a 32B squeezed in, not an 8B that wastes the card.
+    # 24 GB: a medium model in a 4-bit format, not a 32B squeezed in, not an 8B that wastes it.
     assert 10 < top.params_billion <= 35
-    assert top.quantization in ("awq", "gptq")
+    assert top.quantization in ("awq", "gptq", "mxfp4")
     assert "requests of 2000 tokens at once (all 10 users)" in top.why
     _round_trips(rec)
 
 
-def test_l40s_rag_differs_from_the_4090_and_reserves_tei() -> None:
-    chat = _recommend("rtx4090", "chat", users=10).top
+def test_rtx4090_chat_considers_the_models_of_late_2026_and_says_why() -> None:
+    rec = _recommend("rtx4090", "chat", users=10)
+    considered = {c.model_key for c in rec.candidates} | {r.model_key for r in rec.rejected}
+    assert "gpt-oss-20b" in considered
+    # gpt-oss-20b (Artificial Analysis Intelligence Index 24.5) outranks every model the
+    # catalog scores by size class alone on this card, and the why names the evidence.
+    assert rec.top.model_key == "gpt-oss-20b"
+    assert "Artificial Analysis Intelligence Index" in rec.top.why
+    assert "3.61 B active" in rec.top.why
+    _round_trips(rec)
+
+
+def test_an_moe_is_not_ranked_by_its_total_size() -> None:
+    # Mixtral 8x7B (46.7 B total, 12.9 B active; index 8) below Qwen3 32B on an L40S when
+    # quality leads (balanced preference may still favour its faster decode).
+    workload = Workload.for_kind("chat", allow_gated=True, preference="quality")
+    rec = recommend(_box("l40s"), workload)
+    order = [c.model_key for c in rec.candidates]
+    assert order.index("qwen3-32b") < order.index("mixtral-8x7b-instruct-v0.1")
+
+
+def test_l40s_rag_reserves_tei_and_holds_every_user() -> None:
     rec = _recommend("l40s", "rag", users=30, context=16384)
     top = rec.top
-    assert (top.model_key, top.quantization) != (chat.model_key, chat.quantization)
     assert top.max_model_len == 16384
     assert top.concurrency_at_request >= 30
     assert top.embeddings_gpu == 0
@@ -85,8 +104,11 @@ def test_l40s_rag_differs_from_the_4090_and_reserves_tei() -> None:
 
 
 def test_fp8_kv_cache_is_chosen_only_when_it_buys_the_users() -> None:
-    rag = _recommend("l40s", "rag", users=30, context=16384).top
-    assert rag.kv_cache_dtype == "fp8"
+    rag = next(
+        c
+        for c in _recommend("l40s", "rag", users=30, context=16384).candidates
+        if c.kv_cache_dtype == "fp8"
+    )
     assert "fp8 KV cache because" in rag.why
     relaxed = _recommend("l40s", "rag", users=2, context=16384)
     same = next(
@@ -186,14 +208,14 @@ def test_consumer_cards_get_custom_all_reduce_off_under_tp() -> None:
     target = gpu_target_from_box(_box("2x4090"))
     assert target.p2p is False
     rec = _recommend("2x4090", "chat")
-    top = rec.top
-    assert top.tensor_parallel_size == 2
+    index, top = next((i, c) for i, c in enumerate(rec.candidates) if c.tensor_parallel_size == 2)
     assert top.disable_custom_all_reduce
-    assert rec.to_profile().spec.engine.disable_custom_all_reduce
-    datacenter = _recommend("2xl40s", "chat").top
-    assert datacenter.tensor_parallel_size == 2
+    assert rec.to_profile(index=index).spec.engine.disable_custom_all_reduce
+    datacenter = next(
+        c for c in _recommend("2xl40s", "chat").candidates if c.tensor_parallel_size == 2
+    )
     assert not datacenter.disable_custom_all_reduce
-    _round_trips(rec)
+    _round_trips(rec, index)
 
 
 def test_fp8_checkpoints_are_rejected_below_compute_capability_8_9() -> None:
@@ -365,3 +387,30 @@ def test_recommend_and_local_model_load_no_vendor_sdk() -> None:
     ).stdout
     heavy = {"textual", "docker", "pynvml", "huggingface_hub", "httpx", "starlette", "uvicorn"}
     assert not heavy & {m.split(".")[0] for m in json.loads(out)}
+
+
+# --- the model's own context limit (vLLM's _get_and_verify_max_len) ---------------------------
+
+
+def test_estimate_refuses_a_max_model_len_above_the_models_limit() -> None:
+    # Qwen2.5-7B-Instruct's config.json: max_position_embeddings 32768, no rope_scaling; vLLM
+    # refuses --max-model-len 65536 ("User-specified max_model_len (65536) is greater than the
+    # derived max_model_len (max_position_embeddings=32768 ...)") however much memory is free.
+    model = resolve_model("qwen2.5-7b-instruct")
+    with pytest.raises(RefusedError) as caught:
+        estimate_for(model, resolve_gpu("l40s"), flags=EngineFlags(max_model_len=65536))
+    error = caught.value
+    assert not isinstance(error, DoesNotFitError)
+    assert "65536" in error.message
+    assert "32768" in error.message
+    assert error.hint is not None
+    assert "--max-model-len 32768" in error.hint
+    # The limit itself is accepted.
+    assert estimate_for(model, resolve_gpu("l40s"), flags=EngineFlags(max_model_len=32768)).fits
+
+
+def test_recommend_never_asks_for_more_context_than_the_model_holds() -> None:
+    rec = _recommend("h100", "chat", context=131072)
+    for candidate in rec.candidates:
+        model = resolve_model(candidate.model_key, candidate.quantization)
+        assert candidate.max_model_len <= model.architecture.max_model_len_limit
