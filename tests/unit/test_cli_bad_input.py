@@ -224,7 +224,7 @@ def test_directory_import_running_out_of_space_is_clean_and_leaves_nothing(
         assert_clean(code, output, allowed=(ExitCode.ENVIRONMENT,))
         assert "filled up" in output
         # Lock files (under .locks/) stay by design; no weight byte may.
-            left = [p for p in models.rglob("*") if p.is_file() and ".locks" not in p.parts]
+        left = [p for p in models.rglob("*") if p.is_file() and ".locks" not in p.parts]
         assert left == []
 
 
