@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -341,3 +342,56 @@ def test_keys_list_has_a_header(tmp_path: Path, capsys: pytest.CaptureFixture[st
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["NAME", "ID", "SCOPE", "LIMIT", "CREATED"]
     assert row.startswith("alice")
+
+
+def test_an_engine_that_goes_away_mid_way_is_named_not_a_python_exception(
+    tmp_path: Path,
+) -> None:
+    # #16 item 15, mid-operation: a daemon that answered the ping, then stopped (restarted,
+    # socket removed), is an environment error naming the engine, not requests' exception text.
+    import http.server
+    import json
+    import socketserver
+    import threading
+
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.runtime.docker import DockerEngine
+
+    class Daemon(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"OK" if self.path.endswith("/_ping") else json.dumps({"ApiVersion": "1.45"})
+            data = body if isinstance(body, bytes) else body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Api-Version", "1.45")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class UnixHttp(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            request, _ = super().get_request()
+            return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
+
+    sock = tmp_path / "docker.sock"
+    server = UnixHttp(str(sock), Daemon)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    engine = DockerEngine(f"unix://{sock}", timeout_s=5)
+    server.shutdown()
+    server.server_close()
+    sock.unlink()
+    try:
+        with pytest.raises(EnvironmentNotReadyError) as caught:
+            engine.managed_containers()
+    finally:
+        engine.close()
+    text = caught.value.render()
+    assert f"unix://{sock}" in text
+    assert "list containers" in text
+    assert "Connection aborted" not in text
+    assert "FileNotFoundError" not in text
