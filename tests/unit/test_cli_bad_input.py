@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,15 +161,25 @@ def _as_nobody() -> list[str] | None:
     return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can reach (pytest's own tmp root is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="appliance-unreadable-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.parametrize("what", ["file", "dir"])
 def test_weights_import_of_an_unreadable_source_is_an_environment_error(
-    what: str, tmp_path: Path
+    what: str, shared_dir: Path
 ) -> None:
     prefix = _as_nobody()
     if prefix is None:
         pytest.skip("needs root to run the import as another user")
-    tmp_path.chmod(0o755)
-    source = _model(tmp_path / "src")
+    source = _model(shared_dir / "src")
     source.chmod(0o755)
     for child in source.iterdir():
         child.chmod(0o644)
@@ -176,8 +187,8 @@ def test_weights_import_of_an_unreadable_source_is_an_environment_error(
         (source / "config.json").chmod(0o000)
     else:
         source.chmod(0o311)  # can enter, cannot list
-    models = tmp_path / "models"
-    models.mkdir(mode=0o777)
+    models = shared_dir / "models"
+    models.mkdir()
     models.chmod(0o777)
     argv = ["weights", "import", str(source), "--as", "acme/tiny", "--models-dir", str(models)]
     result = subprocess.run(
@@ -185,14 +196,13 @@ def test_weights_import_of_an_unreadable_source_is_an_environment_error(
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")},
+        env={**os.environ, "HOME": str(shared_dir), "XDG_STATE_HOME": str(shared_dir / "st")},
         timeout=120,
     )
-    assert_clean(
-        result.returncode,
-        result.stdout + result.stderr,
-        allowed=(ExitCode.BAD_INPUT, ExitCode.ENVIRONMENT),
-    )
+    output = result.stdout + result.stderr
+    assert_clean(result.returncode, output, allowed=(ExitCode.ENVIRONMENT,))
+    assert "permission denied" in output.lower()
+    assert str(source) in output
 
 
 @contextlib.contextmanager
