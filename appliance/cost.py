@@ -33,6 +33,7 @@ RECORDED_BY: Final = (
     "usage is recorded by the gateway (`appliance gateway --profile PROFILE`, which `apply` "
     "runs as the llm-appliance-gateway systemd unit) while it fronts the profile's engines"
 )
+RECORDED_SHORT: Final = "usage recorded by the gateway (`appliance gateway`; apply runs it)"
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -282,5 +283,5 @@ def render_cost(report: CostReport) -> str:
         f"about {_fmt_money(report.fallback_spend_estimate, c)}",
     ]
     lines += [f"note: {note}" for note in report.notes]
-    lines.append(f"source          {RECORDED_BY}")
+    lines.append(f"source          {RECORDED_SHORT}")
     return "\n".join(lines)

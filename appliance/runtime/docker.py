@@ -17,7 +17,7 @@ import docker.errors  # noqa: TID251
 import docker.types  # noqa: TID251
 import requests.exceptions
 
-from appliance.errors import EnvironmentNotReadyError, OperationFailedError
+from appliance.errors import ApplianceError, EnvironmentNotReadyError, OperationFailedError
 from appliance.runtime.lock import engine_endpoint
 from appliance.runtime.model import (
     LABEL_MANAGED_BY,
@@ -44,7 +44,18 @@ class PullProgress:
     total_bytes: int | None
 
 
-def _engine_error(action: str, error: Exception) -> OperationFailedError:
+# What a call to the engine can raise: its refusal, or the connection lost under it.
+_ENGINE_ERRORS = (docker.errors.APIError, requests.exceptions.ConnectionError)
+
+
+def _engine_error(action: str, error: Exception, base_url: str | None = None) -> ApplianceError:
+    if isinstance(error, requests.exceptions.ConnectionError):
+        # The engine went away mid-way (restarted, socket gone): say so as `detect` does.
+        from appliance.hardware.docker_probe import unreachable_error
+
+        lost = unreachable_error(error, base_url)
+        lost.message = f"Docker stopped answering while trying to {action}: {lost.message}"
+        return lost
     explanation = getattr(error, "explanation", None) or str(error)
     return OperationFailedError(f"Docker could not {action}: {explanation}")
 
@@ -80,8 +91,8 @@ class DockerEngine:
             filters.append(f"{LABEL_PROFILE}={profile}")
         try:
             containers = self._client.containers.list(all=True, filters={"label": filters})
-        except docker.errors.APIError as error:
-            raise _engine_error("list containers", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error("list containers", error, self.base_url) from error
         observed = [self._observe(c.attrs) for c in containers]
         return sorted(observed, key=lambda c: (c.role, c.name))
 
@@ -90,8 +101,10 @@ class DockerEngine:
             attrs = self._client.api.inspect_container(container_id)
         except docker.errors.NotFound:
             return None
-        except docker.errors.APIError as error:
-            raise _engine_error(f"inspect container {container_id[:12]}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(
+                f"inspect container {container_id[:12]}", error, self.base_url
+            ) from error
         return self._observe(attrs)
 
     @staticmethod
@@ -130,8 +143,10 @@ class DockerEngine:
             raw = self._client.api.logs(container_id, tail=tail, stdout=True, stderr=True)
         except docker.errors.NotFound:
             return ""
-        except docker.errors.APIError as error:
-            raise _engine_error(f"read logs of {container_id[:12]}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(
+                f"read logs of {container_id[:12]}", error, self.base_url
+            ) from error
         return bytes(raw).decode("utf-8", errors="replace")
 
     def follow_logs(
@@ -142,8 +157,10 @@ class DockerEngine:
             stream = self._client.api.logs(
                 container_id, stream=True, follow=True, tail=tail, stdout=True, stderr=True
             )
-        except docker.errors.APIError as error:
-            raise _engine_error(f"follow logs of {container_id[:12]}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(
+                f"follow logs of {container_id[:12]}", error, self.base_url
+            ) from error
         # A quiet container sends nothing for minutes; closing the stream from a watcher is what
         # ends the blocked read at once when the operator quits (the TUI, Ctrl-C).
         done = threading.Event()
@@ -179,8 +196,8 @@ class DockerEngine:
             self._client.images.get(image)
         except docker.errors.ImageNotFound:
             return False
-        except docker.errors.APIError as error:
-            raise _engine_error(f"look up image {image}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(f"look up image {image}", error, self.base_url) from error
         return True
 
     def pull(self, image: str, progress: Callable[[PullProgress], None] | None = None) -> None:
@@ -257,8 +274,8 @@ class DockerEngine:
                 hint=f"pull it (docker pull {spec.image}) or, on an air-gapped box, "
                 f"`docker load -i image.tar` a copy saved elsewhere with `docker save`",
             ) from error
-        except docker.errors.APIError as error:
-            raise _engine_error(f"create container {spec.name}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(f"create container {spec.name}", error, self.base_url) from error
         return str(created["Id"])
 
     def start(self, container_id: str) -> None:
@@ -273,27 +290,35 @@ class DockerEngine:
                     "apt-get install -y nvidia-container-toolkit && "
                     "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker",
                 ) from error
-            raise _engine_error(f"start container {container_id[:12]}", error) from error
+            raise _engine_error(
+                f"start container {container_id[:12]}", error, self.base_url
+            ) from error
 
     def stop(self, container_id: str, timeout_s: int = 30) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             try:
                 self._client.api.stop(container_id, timeout=timeout_s)
-            except docker.errors.APIError as error:
-                raise _engine_error(f"stop container {container_id[:12]}", error) from error
+            except _ENGINE_ERRORS as error:
+                raise _engine_error(
+                    f"stop container {container_id[:12]}", error, self.base_url
+                ) from error
 
     def remove(self, container_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             try:
                 self._client.api.remove_container(container_id, force=True)
-            except docker.errors.APIError as error:
-                raise _engine_error(f"remove container {container_id[:12]}", error) from error
+            except _ENGINE_ERRORS as error:
+                raise _engine_error(
+                    f"remove container {container_id[:12]}", error, self.base_url
+                ) from error
 
     def rename(self, container_id: str, name: str) -> None:
         try:
             self._client.api.rename(container_id, name)
-        except docker.errors.APIError as error:
-            raise _engine_error(f"rename container {container_id[:12]} to {name}", error) from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(
+                f"rename container {container_id[:12]} to {name}", error, self.base_url
+            ) from error
 
 
 def _device_requests(spec: ContainerSpec) -> list[docker.types.DeviceRequest] | None:

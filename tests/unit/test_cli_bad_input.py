@@ -10,8 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,15 +161,25 @@ def _as_nobody() -> list[str] | None:
     return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can reach (pytest's own tmp root is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="appliance-unreadable-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.parametrize("what", ["file", "dir"])
 def test_weights_import_of_an_unreadable_source_is_an_environment_error(
-    what: str, tmp_path: Path
+    what: str, shared_dir: Path
 ) -> None:
     prefix = _as_nobody()
     if prefix is None:
         pytest.skip("needs root to run the import as another user")
-    tmp_path.chmod(0o755)
-    source = _model(tmp_path / "src")
+    source = _model(shared_dir / "src")
     source.chmod(0o755)
     for child in source.iterdir():
         child.chmod(0o644)
@@ -175,8 +187,8 @@ def test_weights_import_of_an_unreadable_source_is_an_environment_error(
         (source / "config.json").chmod(0o000)
     else:
         source.chmod(0o311)  # can enter, cannot list
-    models = tmp_path / "models"
-    models.mkdir(mode=0o777)
+    models = shared_dir / "models"
+    models.mkdir()
     models.chmod(0o777)
     argv = ["weights", "import", str(source), "--as", "acme/tiny", "--models-dir", str(models)]
     result = subprocess.run(
@@ -184,14 +196,13 @@ def test_weights_import_of_an_unreadable_source_is_an_environment_error(
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")},
+        env={**os.environ, "HOME": str(shared_dir), "XDG_STATE_HOME": str(shared_dir / "st")},
         timeout=120,
     )
-    assert_clean(
-        result.returncode,
-        result.stdout + result.stderr,
-        allowed=(ExitCode.BAD_INPUT, ExitCode.ENVIRONMENT),
-    )
+    output = result.stdout + result.stderr
+    assert_clean(result.returncode, output, allowed=(ExitCode.ENVIRONMENT,))
+    assert "permission denied" in output.lower()
+    assert str(source) in output
 
 
 @contextlib.contextmanager
@@ -342,3 +353,56 @@ def test_keys_list_has_a_header(tmp_path: Path, capsys: pytest.CaptureFixture[st
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["NAME", "ID", "SCOPE", "LIMIT", "CREATED"]
     assert row.startswith("alice")
+
+
+def test_an_engine_that_goes_away_mid_way_is_named_not_a_python_exception(
+    tmp_path: Path,
+) -> None:
+    # #16 item 15, mid-operation: a daemon that answered the ping, then stopped (restarted,
+    # socket removed), is an environment error naming the engine, not requests' exception text.
+    import http.server
+    import json
+    import socketserver
+    import threading
+
+    from appliance.errors import EnvironmentNotReadyError
+    from appliance.runtime.docker import DockerEngine
+
+    class Daemon(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"OK" if self.path.endswith("/_ping") else json.dumps({"ApiVersion": "1.45"})
+            data = body if isinstance(body, bytes) else body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Api-Version", "1.45")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class UnixHttp(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            request, _ = super().get_request()
+            return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
+
+    sock = tmp_path / "docker.sock"
+    server = UnixHttp(str(sock), Daemon)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    engine = DockerEngine(f"unix://{sock}", timeout_s=5)
+    server.shutdown()
+    server.server_close()
+    sock.unlink()
+    try:
+        with pytest.raises(EnvironmentNotReadyError) as caught:
+            engine.managed_containers()
+    finally:
+        engine.close()
+    text = caught.value.render()
+    assert f"unix://{sock}" in text
+    assert "list containers" in text
+    assert "Connection aborted" not in text
+    assert "FileNotFoundError" not in text

@@ -25,7 +25,7 @@ from appliance.errors import ExitCode
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = str(ROOT / "profiles" / "rtx4090-chat.yaml")
 SEED = 13
-VECTORS_PER_COMMAND = 14
+VECTORS_PER_COMMAND = 10
 
 # {tmp}: the test's directory; placeholders are filled in per test.
 HOSTILE = [
