@@ -15,8 +15,6 @@ import string
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -81,22 +79,6 @@ def _closed_by_gateway(sock: socket.socket) -> bool:
         return True
     finally:
         sock.setblocking(True)
-
-
-@pytest.fixture(scope="module")
-def tei() -> Iterator[Any]:
-    with engine("tei", "--model-id", "bge", env={"DOUBLE_DIMENSIONS": "8"}) as double:
-        yield double
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def api_key(state: Path) -> str:
-    return create_key(state / "keys.json", "team").key
 
 
 # ---------------------------------------------------------------------------------- 1: headers
