@@ -9,5 +9,7 @@ submodule you need:
 * `appliance.gateway.server` — `run_gateway` (foreground, uvicorn), `preflight`;
 * `appliance.gateway.policy` — the pure routing policy and the `LoadSignal` protocol;
 * `appliance.gateway.app` — the ASGI application itself;
-* `appliance.gateway.upstream` — the pooled upstream clients (`LeanPool`, `HttpxPool`).
+* `appliance.gateway.upstream` — the pooled upstream clients (`LeanPool`, `HttpxPool`);
+* `appliance.gateway.protocol` — uvicorn's HTTP protocol with limits on what a client may hold;
+* `appliance.gateway.openai_errors` — every error answered in OpenAI's shape.
 """

@@ -5,14 +5,17 @@ request/response objects, middleware stack and header models cost more than the 
 (≤ 1 ms added at p50; see `bench/gateway_overhead.py`). What the hot path does, and only that:
 
 * one pass over the request headers, which both finds `Authorization` and builds the forwarded
-  list; a key check that is a dict lookup plus one sha256 and a constant-time compare;
+  list; a key check that is a stat of the keys file (so revocation counts at once), a dict
+  lookup, one sha256 and a constant-time compare;
 * the body is forwarded as received, never parsed, except when it goes to the remote API (the
   model name is mapped) or a local 404 must be told apart;
 * the response is forwarded chunk by chunk as the upstream sends it, never buffered.
 
 What must stay true: nothing is retried once a byte reached the client; every response carries
-`x-appliance-route`; every error is OpenAI's error JSON; no key and no `Authorization` value is
-ever logged, counted or echoed.
+`x-appliance-route`; every error is OpenAI's error JSON (the engines' own errors are reshaped,
+their message kept); no key and no `Authorization` value is ever logged, counted or echoed; a
+metric label never holds client text. What a connection may hold before it reaches this code is
+bounded in `appliance.gateway.protocol`.
 """
 
 from __future__ import annotations

@@ -148,8 +148,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
+        super().on_response_complete()  # starts the next pipelined request, if one is waiting
+        if not self.transport.is_closing() and self._answered():
             idle = type(self).idle
             idle.pop(self, None)
             idle[self] = None  # to the end: idle since now
@@ -240,7 +240,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if silent < self.limits.body_timeout_s:
                 self._arm("body", self.limits.body_timeout_s - silent)
                 return
-        elif what != "head" or (self.cycle is not None and not self.cycle.response_complete):
+        elif what != "head" or not self._answered():
             return  # a request is being answered: not this deadline's business
         limits = self.limits
         self._burst(
@@ -249,14 +249,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             f"{limits.header_timeout_s:g} s for a request head, {limits.body_timeout_s:g} s of "
             "silence in a body: stalled clients, or someone holding connections open",
         ).note()
-        if self._messages or what == "body":
+        started = self.cycle is not None and self.cycle.response_started
+        if (what == "head" and self._messages) or (what == "body" and not started):
             self._answer_and_close(
                 408,
                 f"The request did not arrive within {self._timeout(what):g} s.",
                 "request_timeout",
             )
         else:
-            self.transport.close()  # it never sent a byte: there is nothing to answer
+            # It never sent a byte, or its request was answered already (a 401 before the
+            # body was read): there is nothing to answer.
+            self.transport.close()
+
+    def _answered(self) -> bool:
+        """No request of this connection is being answered now."""
+        return self.cycle is None or self.cycle.response_complete
 
     def _timeout(self, what: str) -> float:
         return self.limits.body_timeout_s if what == "body" else self.limits.header_timeout_s

@@ -172,22 +172,6 @@ def remote() -> Iterator[Engine]:
         yield double
 
 
-@pytest.fixture(scope="module")
-def tei() -> Iterator[Engine]:
-    with engine("tei", "--model-id", "bge", env={"DOUBLE_DIMENSIONS": "8"}) as double:
-        yield double
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def api_key(state: Path) -> str:
-    return create_key(state / "keys.json", "team").key
-
-
 @contextmanager
 def gateway(
     state: Path,

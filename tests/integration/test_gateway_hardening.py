@@ -15,8 +15,6 @@ import string
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -81,22 +79,6 @@ def _closed_by_gateway(sock: socket.socket) -> bool:
         return True
     finally:
         sock.setblocking(True)
-
-
-@pytest.fixture(scope="module")
-def tei() -> Iterator[Any]:
-    with engine("tei", "--model-id", "bge", env={"DOUBLE_DIMENSIONS": "8"}) as double:
-        yield double
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def api_key(state: Path) -> str:
-    return create_key(state / "keys.json", "team").key
 
 
 # ---------------------------------------------------------------------------------- 1: headers
@@ -285,7 +267,7 @@ def test_models_lists_only_what_can_be_served_now(state, api_key, remote_stand_i
 # ---------------------------------------------------------------------------------- 6: admin, keys
 
 
-def test_an_oversized_admin_body_and_a_damaged_keys_file_are_clean_refusals(state, api_key, tei):
+def test_an_admin_body_over_64_kib_is_a_413_not_a_500(state, api_key, tei):
     with vllm() as chat, gateway(state, api_key, chat, tei, None) as gw:
         admin = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
         big = httpx.put(
@@ -295,7 +277,12 @@ def test_an_oversized_admin_body_and_a_damaged_keys_file_are_clean_refusals(stat
         )
         assert big.status_code == 413
         assert big.json()["error"]["code"] == "request_too_large"
+        assert httpx.get(f"{gw.url}/admin/fallback", headers=admin).status_code == 200
+    assert "Traceback" not in gw.log.read_text()
 
+
+def test_a_hand_damaged_keys_file_keeps_the_old_keys_with_one_log_line(state, api_key, tei):
+    with vllm() as chat, gateway(state, api_key, chat, tei, None) as gw:
         keys_file = state / "keys.json"
         good = json.loads(keys_file.read_text())
         damaged = json.loads(keys_file.read_text())

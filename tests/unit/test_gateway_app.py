@@ -59,12 +59,20 @@ class _Stream(httpx.AsyncByteStream):
         raise httpx.ReadError("connection reset")
 
 
+class _Silent(httpx.AsyncByteStream):
+    """An event stream that sends one event and then nothing, like an engine that froze."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'data: {"n": 1}\n\n'
+        await asyncio.Event().wait()
+
+
 @dataclass
 class Upstream:
     """A programmable MockTransport handler that records what it was sent."""
 
     name: str
-    behaviour: str = "ok"  # ok | 500 | 404 | connect | timeout | broken | midstream
+    behaviour: str = "ok"  # ok | 500 | 404 | connect | timeout | broken | midstream | silent
     requests: list[httpx.Request] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -79,6 +87,9 @@ class Upstream:
             chunks = [b'data: {"n": 1}\n\n'] if self.behaviour == "midstream" else []
             headers = {"content-type": "text/event-stream"}
             return httpx.Response(200, headers=headers, stream=_Stream(chunks))
+        if self.behaviour == "silent":
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=_Silent())
         if self.behaviour == "404":
             return httpx.Response(404, json={"error": {"message": "no such model"}})
         body = json.loads(request.content or b"{}")
@@ -385,6 +396,23 @@ def test_a_stream_that_breaks_midway_ends_with_an_error_event_and_no_retry(
         assert not h.remote.requests
 
     run(tmp_path, monkeypatch, body, mode=FallbackMode.AUTO)
+
+
+def test_a_silent_stream_of_an_engine_known_down_is_ended_with_upstream_broken(
+    tmp_path, monkeypatch
+) -> None:
+    async def body(h: Harness) -> None:
+        h.local.behaviour = "silent"
+        h.signal.is_healthy, h.signal.age = False, 0.0  # the monitor reads it down, freshly
+        response = await asyncio.wait_for(h.chat(stream=True), 30)  # a bound, not a timing
+        events = [e for e in response.text.split("\n\n") if e.startswith("data: ")]
+        assert events[0] == 'data: {"n": 1}'
+        error = json.loads(events[-1][6:])["error"]
+        assert error["code"] == "upstream_broken"
+        assert "local chat engine is down" in error["message"]
+        assert not h.app._chat or not h.app._chat.streams  # nothing left registered
+
+    run(tmp_path, monkeypatch, body)
 
 
 def test_auto_follows_the_load_signal_only_while_it_is_fresh(tmp_path, monkeypatch) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import BadInputError
-from appliance.gateway.config import GatewayConfig, Listen, RemoteConfig, SecretSource, origin
+from appliance.gateway.config import (
+    ClientLimits,
+    GatewayConfig,
+    Listen,
+    RemoteConfig,
+    SecretSource,
+    origin,
+)
 from appliance.gateway.policy import FallbackMode
 from appliance.profile import load_profile
 
@@ -28,6 +35,9 @@ def test_every_profile_gives_a_gateway_config(path: Path, tmp_path: Path) -> Non
         assert dict(config.remote.model_map) == spec.gateway.fallback.remote.model_map
     listen = Listen.from_profile(profile)
     assert listen.port == spec.ports.gateway
+    # read_seconds waits for the first bytes; a stream that has begun may only go quiet briefly.
+    assert config.local_timeouts.first_byte_s == spec.gateway.timeouts.read_seconds
+    assert config.local_timeouts.idle_s == spec.gateway.timeouts.stream_idle_seconds
 
 
 def test_overrides_front_engines_the_appliance_did_not_start(tmp_path: Path) -> None:
@@ -92,3 +102,12 @@ def test_preflight_names_what_stops_the_gateway(
     with pytest.raises(BadInputError, match="both a certificate and a key"):
         preflight(config, "127.0.0.1", 0, ssl_certfile=tmp_path / "cert.pem")
     preflight(config, "127.0.0.1", 0)
+
+
+def test_client_limits_refuse_what_would_disable_them() -> None:
+    with pytest.raises(BadInputError, match="header_timeout_s"):
+        ClientLimits(header_timeout_s=0)
+    with pytest.raises(BadInputError, match="max_header_bytes"):
+        ClientLimits(max_header_bytes=-1)
+    with pytest.raises(BadInputError, match="open_files_reserve"):
+        ClientLimits(open_files_reserve=-1)
