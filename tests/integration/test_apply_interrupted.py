@@ -131,6 +131,8 @@ def test_sighup_and_sigterm_roll_back_like_ctrl_c(
     _, stderr = cli.communicate(timeout=300)
 
     assert cli.returncode == ExitCode.INTERRUPTED, stderr
+    assert f"interrupted: {signum.name}" in stderr
+    assert "previous containers run again" in stderr
     assert "Traceback" not in stderr
     [after] = _vllm(engine)
     assert (after.id, after.name, after.state) == (good.id, VLLM, "running")
