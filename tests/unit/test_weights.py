@@ -631,3 +631,67 @@ def test_an_import_that_fails_at_its_last_step_is_never_listed(
         import_weights(_model_dir(tmp_path / "src"), REPO, "v1", models_dir=models)
     assert list_weights(models) == []
     assert _leftovers(models) == []
+
+
+def test_an_unreadable_file_or_directory_is_one_clear_line(tmp_path: Path) -> None:
+    import os
+
+    from appliance.errors import EnvironmentNotReadyError
+
+    if os.geteuid() == 0:
+        # root reads everything: drop to nobody for the import itself, in a tree it may enter.
+        import shutil
+        import tempfile
+
+        tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))
+        tmp_path.chmod(0o755)
+        request_cleanup = shutil.rmtree
+        code = (
+            "import os, sys; from pathlib import Path\n"
+            "from appliance.weights import import_weights\n"
+            "from appliance.errors import ApplianceError\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "try: import_weights(Path(sys.argv[1]), 'x/y', models_dir=Path(sys.argv[2]))\n"
+            "except ApplianceError as e: print(type(e).__name__, e.message)\n"
+        )
+        for kind in ("file", "dir"):
+            source = _model_dir(tmp_path / kind / "src")
+            secret = source / "tokenizer.json" if kind == "file" else source / "1_Pooling"
+            if kind == "dir":
+                secret.mkdir()
+                (secret / "config.json").write_text("{}")
+            secret.chmod(0)
+            models = tmp_path / kind / "m"
+            models.mkdir()
+            os.chown(models, 65534, 65534)
+            (tmp_path / kind).chmod(0o755)
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(source), str(models)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert out.stdout.startswith("EnvironmentNotReadyError cannot read"), out
+            assert secret.name in out.stdout
+        request_cleanup(tmp_path)
+        return
+    source = _model_dir(tmp_path / "src")
+    (source / "tokenizer.json").chmod(0)
+    with pytest.raises(EnvironmentNotReadyError, match="cannot read"):
+        import_weights(source, REPO, models_dir=tmp_path / "m", free_bytes=PLENTY)
+
+
+def test_a_disk_that_fills_up_during_a_directory_import_is_one_clear_line(tmp_path: Path) -> None:
+    from appliance.errors import EnvironmentNotReadyError
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        source = _model_dir(tmp_path / "src")  # 64 KiB of weights and the rest: more than fits
+        with pytest.raises(EnvironmentNotReadyError, match="filled up"):
+            import_weights(source, REPO, models_dir=mount / "models", free_bytes=PLENTY)
+        assert list_weights(mount / "models") == []
+        assert _leftovers(mount / "models") == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
