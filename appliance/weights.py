@@ -1535,29 +1535,11 @@ def import_weights(
             return installed
         except _Cancelled:
             raise DownloadCancelledError(f"the import of {repo} was cancelled") from None
-        except OSError as exc:
-            raise _import_os_error(exc, source, models_dir) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if not completed and placed is not None:
                 shutil.rmtree(placed, ignore_errors=True)
             _remove_empty(models_dir / _STAGING_DIR, repo_dir, repo_dir.parent)
-
-
-def _import_os_error(exc: OSError, source: Path, models_dir: Path) -> Exception:
-    """A full disk or an unreadable source as one line a person can act on; others as they are."""
-    if exc.errno == errno.ENOSPC:
-        return EnvironmentNotReadyError(
-            f"the disk under {models_dir} filled up while importing {source}; nothing was kept",
-            "free some space (appliance weights list / rm) and import again",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return EnvironmentNotReadyError(
-            f"cannot read {exc.filename or source}: {exc.strerror}",
-            "run the import as a user that can read every file of the model, or fix the "
-            "permissions (chmod -R a+rX)",
-        )
-    return exc
 
 
 def _remove_empty(*directories: Path) -> None:
@@ -1608,7 +1590,7 @@ def _import_files(root: Path, source: Path, repo: str) -> list[tuple[str, Path]]
     found: list[tuple[str, Path]] = []
 
     def unreadable(error: OSError) -> None:
-        raise error
+        raise error  # os.walk would skip a directory it cannot read; the caller says so
 
     for directory, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(directory)
