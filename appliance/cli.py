@@ -1260,8 +1260,9 @@ def run(argv: Sequence[str] | None = None) -> ExitCode:
     except ApplianceError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        # An apply says which signal and what it restored (`ApplyInterrupted`).
+        print(f"interrupted: {error}" if str(error) else "interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # `appliance … | head` closed the pipe: not an error. Silence the flush at exit too.

@@ -1600,7 +1600,11 @@ def _import_files(root: Path, source: Path, repo: str) -> list[tuple[str, Path]]
     """
     blobs = _hub_cache_blobs(root)
     found: list[tuple[str, Path]] = []
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(error: OSError) -> None:
+        raise error  # os.walk would skip a directory it cannot read; the caller says so
+
+    for directory, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(directory)
         rel_dir = here.relative_to(root).as_posix()
         if rel_dir == ".cache" or rel_dir.startswith(".cache/"):

@@ -117,8 +117,10 @@ def _wait_for_the_new_engine(engine: DockerEngine, box: Box, cli: subprocess.Pop
     raise AssertionError("the CLI never started the new vLLM")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
-def test_sighup_and_sigterm_roll_back_like_ctrl_c(
+@pytest.mark.parametrize(
+    "signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
+def test_sighup_sigterm_and_ctrl_c_roll_back_alike(
     engine: DockerEngine, box: Box, signum: signal.Signals
 ) -> None:
     box.apply(engine, "ok")
@@ -131,6 +133,8 @@ def test_sighup_and_sigterm_roll_back_like_ctrl_c(
     _, stderr = cli.communicate(timeout=300)
 
     assert cli.returncode == ExitCode.INTERRUPTED, stderr
+    assert f"interrupted: {signum.name}" in stderr
+    assert "previous containers run again" in stderr
     assert "Traceback" not in stderr
     [after] = _vllm(engine)
     assert (after.id, after.name, after.state) == (good.id, VLLM, "running")

@@ -631,3 +631,64 @@ def test_an_import_that_fails_at_its_last_step_is_never_listed(
         import_weights(_model_dir(tmp_path / "src"), REPO, "v1", models_dir=models)
     assert list_weights(models) == []
     assert _leftovers(models) == []
+
+
+def test_an_unreadable_file_or_directory_is_raised_not_skipped(tmp_path: Path) -> None:
+    """The CLI turns the OSError into one line (`cli._import_error`); nothing is skipped
+    silently and nothing is left behind."""
+    import errno
+    import os
+    import shutil
+    import tempfile
+
+    # root reads everything: the import runs as nobody, in a tree it may enter.
+    code = (
+        "import os, sys; from pathlib import Path\n"
+        "from appliance.weights import import_weights, list_weights\n"
+        "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+        "try: import_weights(Path(sys.argv[1]), 'x/y', models_dir=Path(sys.argv[2]))\n"
+        "except OSError as e:\n"
+        "    print(e.errno, Path(e.filename).name, list_weights(Path(sys.argv[2])))\n"
+    )
+    root = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        for kind in ("file", "dir"):
+            source = _model_dir(root / kind / "src")
+            secret = source / "tokenizer.json" if kind == "file" else source / "1_Pooling"
+            if kind == "dir":
+                secret.mkdir()
+                (secret / "config.json").write_text("{}")
+            secret.chmod(0)
+            models = root / kind / "m"
+            models.mkdir()
+            if os.geteuid() == 0:
+                os.chown(models, 65534, 65534)
+            (root / kind).chmod(0o755)
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(source), str(models)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert out.stdout.split() == [str(errno.EACCES), secret.name, "[]"], out
+            assert _leftovers(models) == []
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_disk_that_fills_up_during_a_directory_import_leaves_nothing(tmp_path: Path) -> None:
+    import errno
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        source = _model_dir(tmp_path / "src")  # 64 KiB of weights and the rest: more than fits
+        with pytest.raises(OSError, match="No space left") as full:
+            import_weights(source, REPO, models_dir=mount / "models", free_bytes=PLENTY)
+        assert full.value.errno == errno.ENOSPC  # the CLI says "the disk … filled up"
+        assert list_weights(mount / "models") == []
+        assert _leftovers(mount / "models") == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
