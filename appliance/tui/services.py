@@ -250,11 +250,7 @@ def docker_plan(profile: Profile, box: Box) -> Plan:
     from appliance.runtime.apply import plan_profile
     from appliance.runtime.docker import DockerEngine
 
-    engine = DockerEngine(timeout_s=10)
-    try:
-        return plan_profile(profile, box, engine)
-    finally:
-        engine.close()
+    return plan_profile(profile, box, DockerEngine(timeout_s=10))
 
 
 def docker_deploy(
