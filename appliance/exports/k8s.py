@@ -815,8 +815,18 @@ def _readme(profile: Profile, options: K8sOptions, fmt: K8sFormat, notes: Sequen
     if fmt == "manifests":
         lines += [
             f"Then `kubectl apply -f .`; the Job `{name}-weights` fills the weights volume, and",
-            "vLLM becomes ready once it has. The gateway image (`llm-appliance`) is built from",
-            "this repository.",
+            "vLLM becomes ready once it has.",
+            "",
+            f"The gateway runs the image `{options.gateway_image}`. Build it from the appliance's",
+            "checkout with its `Containerfile` (non-root, pinned Python base), push it to a",
+            "registry the cluster pulls from, and name it in the gateway's Deployment",
+            f"(`image:` in `*-deployment-{_name(profile, 'gateway')}.yaml`) before applying:",
+            "",
+            "```sh",
+            "pip wheel . -w dist        # the appliance and its pinned dependencies, as wheels",
+            f"docker build -f Containerfile -t REGISTRY/{options.gateway_image} .",
+            f"docker push REGISTRY/{options.gateway_image}",
+            "```",
         ]
     else:
         lines += [

@@ -261,11 +261,11 @@ def core_recommend(box: Box, workload: Workload) -> Recommendation:
 
 
 def fresh_plan(profile: Profile, box: Box) -> Plan:
-    """The plan on a box where nothing runs yet: every container is created (`--simulate`)."""
-    from appliance.runtime.plan import make_plan
-    from appliance.runtime.specs import container_specs
+    """The plan on a box where nothing runs yet: every container is created (`--simulate`).
+    Like `appliance plan`, it refuses a profile vLLM would refuse on this box."""
+    from appliance.runtime.apply import plan_profile
 
-    return make_plan(container_specs(profile, box), [])
+    return plan_profile(profile, box, None)
 
 
 def docker_planner(

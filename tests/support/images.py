@@ -23,7 +23,8 @@ BASE_IMAGE = f"{BASE_REPOSITORY}:{BASE_TAG}"
 _SKIP = {"test", "idlelib", "tkinter", "ensurepip", "__pycache__", "lib2to3", "turtledemo"}
 
 
-def _shared_libraries(paths: list[Path]) -> set[Path]:
+def shared_libraries(paths: list[Path]) -> set[Path]:
+    """The shared libraries `ldd` resolves for these binaries (to copy into an image)."""
     libraries: set[Path] = set()
     for path in paths:
         out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=False)
@@ -45,7 +46,7 @@ def _rootfs_tar() -> bytes:
             tar.add(path.resolve(), arcname=str(path).lstrip("/"), recursive=False)
 
         add(PYTHON)
-        for library in _shared_libraries([PYTHON, *extensions]):
+        for library in shared_libraries([PYTHON, *extensions]):
             add(library)
         for path in sorted(STDLIB.rglob("*")):
             relative = path.relative_to(STDLIB)

@@ -501,3 +501,24 @@ def test_production_stack_values_use_the_charts_keys(path: Path, tmp_path: Path)
     assert all(isinstance(arg, str) for arg in extra)
     if profile.spec.embeddings_enabled:
         assert any("TEI" in note for note in notes)
+
+
+def test_readme_says_how_to_build_and_push_the_gateway_image(tmp_path: Path) -> None:
+    """#16 item 4: the image the gateway Deployment names can be built from the checkout."""
+    profile = load_profile(ROOT / "profiles" / "l40s-rag.yaml")
+    written = k8s_export(profile, box_for_export(profile), tmp_path / "out")
+    readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    image = K8sOptions().gateway_image
+    assert "built from this repository" not in readme
+    assert f"docker build -f Containerfile -t REGISTRY/{image} ." in readme
+    assert f"docker push REGISTRY/{image}" in readme
+    assert "pip wheel . -w dist" in readme
+    [deployment] = [p for p in written if p.match("*-deployment-l40s-rag-gateway.yaml")]
+    containers = yaml.safe_load(deployment.read_text())["spec"]["template"]["spec"]["containers"]
+    assert containers[0]["image"] == image
+    containerfile = (ROOT / "Containerfile").read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["appliance", "gateway"]' in containerfile
+    assert "USER 10001:10001" in containerfile  # numeric: runAsNonRoot can verify it
+    assert re.search(
+        r"ARG BASE_IMAGE=\S+:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}\n", containerfile
+    )

@@ -48,3 +48,19 @@ def test_plan_still_plans_a_profile_that_fits() -> None:
     result = appliance("plan", "profiles/h100-70b-fp8.yaml", "--simulate", "h100", "--json")
     assert result.returncode == ExitCode.OK, result.stderr
     assert {a["action"] for a in json.loads(result.stdout)["actions"]} == {"create"}
+
+
+def test_the_tuis_plan_refuses_the_same_profile() -> None:
+    """Both faces plan through `plan_profile`, so the TUI's Deploy screen refuses it too."""
+    import pytest
+
+    from appliance.errors import RefusedError
+    from appliance.hardware import detect_box
+    from appliance.profile import load_profile
+    from appliance.tui.services import fresh_plan
+
+    profile = load_profile(ROOT / "profiles" / "h100-70b-fp8.yaml")
+    with pytest.raises(RefusedError, match="does not fit") as refused:
+        fresh_plan(profile, detect_box(simulate="rtx4090"))
+    assert refused.value.exit_code == ExitCode.REFUSED
+    assert fresh_plan(profile, detect_box(simulate="h100")).actions
