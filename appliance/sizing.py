@@ -854,9 +854,10 @@ def cuda_total_bytes(nvml_total_bytes: int, nvml_reserved_bytes: int | None = No
 TEI_RUNTIME_OVERHEAD_BYTES = int(1.5 * GIB)
 
 
-def tei_memory_bytes(params_million: float) -> int:
-    """GPU memory a TEI container holds for an embedding model of this size."""
-    return int(params_million * 1e6 * 2) + TEI_RUNTIME_OVERHEAD_BYTES
+def tei_memory_bytes(params_million: float, bytes_per_param: int = 2) -> int:
+    """GPU memory a TEI container holds for an embedding model of this size (fp16 weights
+    unless the model must run in float32)."""
+    return int(params_million * 1e6 * bytes_per_param) + TEI_RUNTIME_OVERHEAD_BYTES
 
 
 # Decode is memory-bound: every step reads the active weights once and each running request's

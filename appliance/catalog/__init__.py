@@ -237,6 +237,15 @@ class EmbeddingModel(_Frozen):
     source: str
     license: str
     multilingual: bool
+    gated: bool = False  # the Hub asks for the licence to be accepted (a token is needed)
+    # TEI runs the model in this dtype; None is TEI's default (float16 on a GPU). TEI 1.9.3
+    # refuses Gemma3 in anything but float32 ("Gemma3 is only supported in fp32 precision",
+    # backends/candle/src/lib.rs).
+    tei_dtype: Literal["float32"] | None = None
+
+    @property
+    def tei_bytes_per_param(self) -> int:
+        return 4 if self.tei_dtype == "float32" else 2
 
 
 class GpuSpec(_Frozen):
