@@ -293,6 +293,19 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
         "openai/gpt-oss-20b config.json (as in appliance/catalog/models.yaml: sliding 128 on even "
         "layers, full attention on odd ones, 32 experts, 4 active, head_dim 64)",
     ),
+    "phi-4": (
+        _arch(
+            num_hidden_layers=40,
+            num_attention_heads=40,
+            num_key_value_heads=10,
+            head_dim=128,
+            hidden_size=5120,
+            intermediate_size=17920,
+            vocab_size=100352,
+            max_position_embeddings=16384,
+        ),
+        "microsoft/phi-4 config.json (as in appliance/catalog/models.yaml)",
+    ),
 }
 
 V0_ONLY = {
