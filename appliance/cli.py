@@ -829,7 +829,10 @@ def _add_estimate(commands: _Commands) -> None:
     where.add_argument("--gpu-memory-gib", type=float, metavar="N", help="one card's memory")
     estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="how many cards")
     estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
-    estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"])
+    estimate.add_argument(
+        "--quantization",
+        choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"],
+    )
     estimate.add_argument(
         "--gpu-memory-utilization",
         type=float,

@@ -703,6 +703,8 @@ _QUANT_PENALTY: dict[str, float] = {
     "fp16": 0.0,
     "mxfp4": 0.0,
     "fp8": 0.1,
+    "int8": 0.15,
+    "nvfp4": 0.25,
     "awq": 0.3,
     "gptq": 0.35,
 }
