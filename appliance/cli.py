@@ -892,7 +892,10 @@ def _add_estimate(commands: _Commands) -> None:
         "--gpus", type=opt.positive_int, default=1, metavar="N", help="how many cards"
     )
     estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
-    estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"])
+    estimate.add_argument(
+        "--quantization",
+        choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"],
+    )
     estimate.add_argument(
         "--gpu-memory-utilization",
         type=opt.fraction,

@@ -276,6 +276,25 @@ def architecture_from_config(
         raise BadInputError(f"{source}: {where}: {first['msg']}", hint=_CONFIG_FIELDS_HINT) from exc
 
 
+# compressed-tensors weight schemes by (num_bits, type): FP8, W8A8-INT8 (or W8A16), NVFP4 (FP4
+# values with FP8 scales per 16), and INT4 W4A16, which runs on the same Marlin kernels as GPTQ.
+_COMPRESSED_TENSORS_FORMATS: dict[tuple[object, object], Quantization] = {
+    (8, "float"): "fp8",
+    (8, "int"): "int8",
+    (4, "float"): "nvfp4",
+    (4, "int"): "gptq",
+}
+
+
+def _compressed_tensors_format(quant: dict[str, Any]) -> Quantization | None:
+    for group in (quant.get("config_groups") or {}).values():
+        weights = group.get("weights", {}) if isinstance(group, dict) else {}
+        found = _COMPRESSED_TENSORS_FORMATS.get((weights.get("num_bits"), weights.get("type")))
+        if found is not None:
+            return found
+    return None
+
+
 def quantization_from_config(config: dict[str, Any]) -> Quantization | None:
     """The checkpoint format vLLM will load, from `quantization_config` and `torch_dtype`."""
     quant = config.get("quantization_config")
@@ -283,13 +302,10 @@ def quantization_from_config(config: dict[str, Any]) -> Quantization | None:
         method = str(quant.get("quant_method", "")).lower()
         if method in ("awq", "gptq", "fp8", "mxfp4"):
             return method  # type: ignore[return-value]
+        if method == "modelopt" and "FP4" in str(quant.get("quant_algo", "")).upper():
+            return "nvfp4"
         if method == "compressed-tensors":
-            for group in (quant.get("config_groups") or {}).values():
-                weights = group.get("weights", {}) if isinstance(group, dict) else {}
-                if weights.get("num_bits") == 8 and weights.get("type") == "float":
-                    return "fp8"
-                if weights.get("num_bits") == 4:
-                    return "gptq"  # W4A16 runs on the same Marlin kernels
+            return _compressed_tensors_format(quant)
         return None
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
     return "fp16" if dtype in ("float16", "half") else "bf16"

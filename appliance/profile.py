@@ -95,7 +95,7 @@ KIND: Final = "Profile"
 MAX_PROFILE_BYTES: Final = 1024 * 1024  # a profile is a page of YAML; anything larger is a mistake
 _MAX_DEPTH: Final = 64  # real profiles nest 5 deep; deeper input is hostile or broken
 
-Quantization: TypeAlias = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
+Quantization: TypeAlias = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
 KvCacheDtype: TypeAlias = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 FallbackMode: TypeAlias = Literal["off", "auto", "always"]
 Pooling: TypeAlias = Literal["cls", "mean", "splade", "last-token"]
@@ -555,7 +555,8 @@ class ModelSpec(_Model):
     )
     quantization: Quantization = Field(
         description="Weight format of the checkpoint: bf16/fp16 for unquantised weights, awq or "
-        "gptq for INT4 checkpoints, fp8 for FP8 checkpoints, mxfp4 for MXFP4 ones (gpt-oss).",
+        "gptq for INT4 checkpoints, fp8 for FP8 checkpoints, mxfp4 for MXFP4 ones (gpt-oss), "
+        "nvfp4 for NVFP4 ones, int8 for W8A8-INT8 ones.",
         examples=["awq"],
     )
     served_model_name: ServedName | None = Field(

@@ -734,6 +734,9 @@ class Recommendation:
                 served_model_name=self.embedding.key,
                 device="gpu" if chosen.embeddings_gpu is not None else "cpu",
                 gpu=chosen.embeddings_gpu,
+                extra_args=(
+                    ("--dtype", self.embedding.tei_dtype) if self.embedding.tei_dtype else ()
+                ),
             )
         spec = Spec(
             model=ModelSpec(
@@ -821,6 +824,8 @@ _QUANT_PENALTY: dict[str, float] = {
     "fp16": 0.0,
     "mxfp4": 0.0,
     "fp8": 0.1,
+    "int8": 0.15,
+    "nvfp4": 0.25,
     "awq": 0.3,
     "gptq": 0.35,
 }
@@ -929,6 +934,11 @@ def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendatio
                 f"{workload.embedding_model!r} is not an embedding model in the catalog",
                 hint=f"use one of: {keys}",
             )
+        if embedding.gated and not workload.allow_gated:
+            raise RefusedError(
+                f"{embedding.repo} is gated: the Hub needs a token with its licence accepted",
+                hint="set HF_TOKEN and allow gated models, or pick another embedding model",
+            )
     candidates: list[Candidate] = []
     rejected: list[Rejected] = []
     cc = target.compute_capability
@@ -1030,7 +1040,7 @@ def _option(
     if embedding is not None:
         embeddings_gpu = tp if tp < target.count else 0
         if embeddings_gpu == 0:
-            tei_bytes = tei_memory_bytes(embedding.params_million)
+            tei_bytes = tei_memory_bytes(embedding.params_million, embedding.tei_bytes_per_param)
     return _Option(
         target=target,
         workload=workload,

@@ -859,9 +859,10 @@ def cuda_total_bytes(nvml_total_bytes: int, nvml_reserved_bytes: int | None = No
 TEI_RUNTIME_OVERHEAD_BYTES = int(1.5 * GIB)
 
 
-def tei_memory_bytes(params_million: float) -> int:
-    """GPU memory a TEI container holds for an embedding model of this size."""
-    return int(params_million * 1e6 * 2) + TEI_RUNTIME_OVERHEAD_BYTES
+def tei_memory_bytes(params_million: float, bytes_per_param: int = 2) -> int:
+    """GPU memory a TEI container holds for an embedding model of this size (fp16 weights
+    unless the model must run in float32)."""
+    return int(params_million * 1e6 * bytes_per_param) + TEI_RUNTIME_OVERHEAD_BYTES
 
 
 # Decode is memory-bound: every step reads the active weights once and each running request's
@@ -963,7 +964,7 @@ def rule_of_thumb(
 
 
 Severity = Literal["error", "warning", "info"]
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
 
 
 @dataclass(frozen=True)
@@ -1065,6 +1066,48 @@ def _mxfp4_findings(cc: tuple[int, int]) -> list[RuleFinding]:
     return found
 
 
+def _format_findings(quantization: str, cc: tuple[int, int]) -> list[RuleFinding]:
+    """NVFP4 and W8A8-INT8 as vLLM gates them.
+
+    NVFP4 (vllm/model_executor/layers/quantization/modelopt.py at c9a5990,
+    ModelOptNvFp4Config.get_min_capability 75): FP4 tensor cores only on Blackwell (10.x
+    data-centre, 12.x GeForce/RTX PRO); below, the weights run through the FP4 Marlin kernel with
+    16-bit activations (W4A16_NVFP4 -> Marlin). W8A8-INT8 (compressed-tensors
+    CompressedTensorsW8A8Int8, cutlass scaled_mm) needs 7.5.
+    """
+    cc_text = f"{cc[0]}.{cc[1]}"
+    if quantization == "nvfp4":
+        if cc < (7, 5):
+            return [
+                RuleFinding(
+                    "nvfp4",
+                    "error",
+                    f"NVFP4 checkpoints need compute capability 7.5+ in vLLM; this GPU is "
+                    f"{cc_text}.",
+                )
+            ]
+        if cc[0] not in (10, 12):
+            return [
+                RuleFinding(
+                    "nvfp4-marlin",
+                    "warning",
+                    f"NVFP4 has FP4 tensor cores only on Blackwell (10.x, 12.x); on {cc_text} "
+                    "vLLM runs it weight-only through the FP4 Marlin kernel: memory as "
+                    "planned, no FP4 speed-up.",
+                )
+            ]
+    if quantization == "int8" and cc < (7, 5):
+        return [
+            RuleFinding(
+                "int8-w8a8",
+                "error",
+                f"W8A8-INT8 checkpoints need compute capability 7.5+ in vLLM; this GPU is "
+                f"{cc_text}.",
+            )
+        ]
+    return []
+
+
 def check_rules(
     architecture: ModelArchitecture,
     *,
@@ -1154,6 +1197,7 @@ def check_rules(
                 )
             )
     findings.extend(_mxfp4_findings(cc) if quantization == "mxfp4" else ())
+    findings.extend(_format_findings(quantization, cc))
     if quantization == "bf16" and cc < (8, 0):
         findings.append(
             RuleFinding(

@@ -34,6 +34,7 @@ from appliance.sizing import (  # noqa: E402
     EngineFlags,
     estimate_memory,
     kv_bytes_per_token,
+    parse_version,
     rule_of_thumb,
 )
 
@@ -273,6 +274,38 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
         "layer; V0 keeps full attention everywhere) and vision_config (SigLIP: hidden 1152, "
         "intermediate 4304, image 896 / patch 14 = 4096 patches; mm_tokens_per_image 256)",
     ),
+    "gpt-oss-20b": (
+        _arch(
+            num_hidden_layers=24,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            head_dim=64,
+            hidden_size=2880,
+            intermediate_size=2880,
+            vocab_size=201088,
+            max_position_embeddings=131072,
+            sliding_window=128,
+            sliding_window_layers=tuple(range(0, 24, 2)),  # type: ignore[arg-type]
+            num_experts=32,
+            num_experts_per_token=4,
+            moe_intermediate_size=2880,
+        ),
+        "openai/gpt-oss-20b config.json (as in appliance/catalog/models.yaml: sliding 128 on even "
+        "layers, full attention on odd ones, 32 experts, 4 active, head_dim 64)",
+    ),
+    "phi-4": (
+        _arch(
+            num_hidden_layers=40,
+            num_attention_heads=40,
+            num_key_value_heads=10,
+            head_dim=128,
+            hidden_size=5120,
+            intermediate_size=17920,
+            vocab_size=100352,
+            max_position_embeddings=16384,
+        ),
+        "microsoft/phi-4 config.json (as in appliance/catalog/models.yaml)",
+    ),
 }
 
 V0_ONLY = {
@@ -387,6 +420,11 @@ def check_architectures(rows: list[Row]) -> list[str]:
         if not kv_gib or not tokens or kv_gib <= 0:
             continue
         architecture, _ = ARCHITECTURES[row.get("arch")]
+        hybrid = architecture.sliding_window_layers or architecture.attention_chunk_size
+        if hybrid and parse_version(row.get("vllm_version")) >= (0, 10, 0):
+            # The hybrid allocator's "GPU KV cache size" is max_concurrency x max_model_len
+            # over groups of unequal growth, not GiB / bytes per token.
+            continue
         tp = int(row.get("tensor_parallel_size"))
         dtype = "fp8" if row.get("kv_cache_dtype") == "fp8" else "auto"
         expected = kv_bytes_per_token(architecture, tp, dtype)

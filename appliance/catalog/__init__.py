@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4"]
+Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
 # "copied": a published `model.safetensors.index.json` `total_size`; "computed": exact from the
 # config and the format's tensor layout; "estimated": computed, but on an assumed layout (named in
 # `source`) that could not be confirmed from the repo itself.
@@ -237,6 +237,15 @@ class EmbeddingModel(_Frozen):
     source: str
     license: str
     multilingual: bool
+    gated: bool = False  # the Hub asks for the licence to be accepted (a token is needed)
+    # TEI runs the model in this dtype; None is TEI's default (float16 on a GPU). TEI 1.9.3
+    # refuses Gemma3 in anything but float32 ("Gemma3 is only supported in fp32 precision",
+    # backends/candle/src/lib.rs).
+    tei_dtype: Literal["float32"] | None = None
+
+    @property
+    def tei_bytes_per_param(self) -> int:
+        return 4 if self.tei_dtype == "float32" else 2
 
 
 class GpuSpec(_Frozen):

@@ -119,7 +119,7 @@ def _quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]
             return ["--dtype", "bfloat16"]
         case "fp16":
             return ["--dtype", "float16"]
-        case _:  # fp8, mxfp4: the checkpoint's quantization_config decides (see the module doc)
+        case _:  # fp8, mxfp4, nvfp4, int8: the checkpoint's quantization_config decides
             return []
 
 

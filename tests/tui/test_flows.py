@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar, Select, TabbedContent
 
+from appliance.catalog import load_catalog
 from appliance.gateway.state import read_fallback
 from appliance.monitor.monitor import ManualClock
 from appliance.profile import load_profile
@@ -113,7 +114,14 @@ def test_changing_a_knob_re_estimates_the_candidates(tmp_path: Path) -> None:
             )
             after = screen.recommendation
             assert after is not None
-            assert all(c.max_model_len == 32768 for c in after.candidates)
+            # Every candidate asks for the new context, or its model's own limit below it
+            # (Phi-4 stops at 16384).
+            catalog = load_catalog()
+            assert all(
+                c.max_model_len
+                == min(32768, catalog.model(c.model_key).architecture.max_model_len_limit)  # type: ignore[union-attr]
+                for c in after.candidates
+            )
             cards = list(screen.query(CandidateCard))
             assert [card.candidate for card in cards] == list(after.candidates)
             # A knob that makes no sense says which one, and keeps the last good list.

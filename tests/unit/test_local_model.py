@@ -294,3 +294,22 @@ def test_max_model_len_limit_follows_vllm_rope_scaling() -> None:
         "rope_scaling": {"rope_type": "linear", "factor": 8.0},
     }
     assert architecture_from_config(gemma3).max_model_len_limit == 131072
+
+
+def test_quantization_of_the_late_2026_formats() -> None:
+    def ct(bits: int, kind: str) -> dict[str, object]:
+        group = {"weights": {"num_bits": bits, "type": kind}}
+        return {
+            "quantization_config": {
+                "quant_method": "compressed-tensors",
+                "config_groups": {"group_0": group},
+            }
+        }
+
+    assert quantization_from_config(ct(4, "float")) == "nvfp4"  # NVFP4, not INT4 W4A16
+    assert quantization_from_config(ct(8, "int")) == "int8"  # W8A8-INT8
+    assert quantization_from_config(ct(4, "int")) == "gptq"  # W4A16 on the Marlin kernels
+    modelopt = {"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4"}}
+    assert quantization_from_config(modelopt) == "nvfp4"
+    # gpt-oss's published quantization_config.
+    assert quantization_from_config({"quantization_config": {"quant_method": "mxfp4"}}) == "mxfp4"

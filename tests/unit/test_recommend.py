@@ -29,7 +29,7 @@ from appliance.recommend import (
     render_recommendation,
     resolve_gpu,
 )
-from appliance.sizing import GIB, EngineFlags, cuda_total_bytes, decode_speed
+from appliance.sizing import GIB, EngineFlags, cuda_total_bytes, decode_speed, tei_memory_bytes
 
 
 @functools.cache
@@ -414,3 +414,25 @@ def test_recommend_never_asks_for_more_context_than_the_model_holds() -> None:
     for candidate in rec.candidates:
         model = resolve_model(candidate.model_key, candidate.quantization)
         assert candidate.max_model_len <= model.architecture.max_model_len_limit
+
+
+def test_embeddinggemma_runs_tei_in_float32_and_needs_the_licence() -> None:
+    # TEI 1.9.3 refuses Gemma3 in anything but float32; the Gemma repos are gated.
+    with pytest.raises(RefusedError, match="gated"):
+        _recommend_rag_with("embeddinggemma-300m", allow_gated=False)
+    rec = _recommend_rag_with("embeddinggemma-300m", allow_gated=True)
+    embeddings = rec.to_profile().spec.embeddings
+    assert embeddings is not None
+    assert embeddings.extra_args == ("--dtype", "float32")
+    # 307.58 M parameters held at 4 bytes, not 2.
+    assert rec.top.tei_reserved_gib == pytest.approx(tei_memory_bytes(307.58, 4) / GIB, abs=0.01)
+    qwen = _recommend_rag_with("qwen3-embedding-0.6b", allow_gated=False).to_profile()
+    assert qwen.spec.embeddings is not None
+    assert qwen.spec.embeddings.extra_args == ()
+
+
+def _recommend_rag_with(embedding: str, *, allow_gated: bool) -> Recommendation:
+    workload = Workload.for_kind(
+        "rag", users=10, embedding_model=embedding, allow_gated=allow_gated
+    )
+    return recommend(_box("rtx4090"), workload)

@@ -702,3 +702,55 @@ def test_longer_max_model_len_never_turns_no_fit_into_fit(
     long = _run(scenario, gpu_bytes=gpu_bytes, max_model_len=shorter + more)
     if not short.fits:  # type: ignore[attr-defined]
         assert not long.fits  # type: ignore[attr-defined]
+
+
+def _rule_ids(quantization: str, cc: tuple[int, int]) -> dict[str, str]:
+    arch = ModelArchitecture(
+        hf_architecture="GptOssForCausalLM",
+        model_type="gpt_oss",
+        num_hidden_layers=24,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        hidden_size=2880,
+        intermediate_size=2880,
+        vocab_size=201088,
+        max_position_embeddings=131072,
+    )
+    findings = check_rules(arch, quantization=quantization, compute_capability=cc)  # type: ignore[arg-type]
+    return {f.rule: f.severity for f in findings}
+
+
+def test_formats_are_gated_by_compute_capability_as_vllm_does() -> None:
+    # MXFP4: Mxfp4Config.get_min_capability 80; Marlin weight-only below Hopper and on 12.x.
+    assert _rule_ids("mxfp4", (7, 5)) == {"mxfp4": "error"}
+    assert _rule_ids("mxfp4", (8, 9)) == {"mxfp4-marlin": "warning"}
+    assert _rule_ids("mxfp4", (12, 0)) == {"mxfp4-marlin": "warning"}
+    assert _rule_ids("mxfp4", (9, 0)) == {}
+    assert _rule_ids("mxfp4", (10, 0)) == {}
+    # NVFP4: 7.5 minimum, FP4 tensor cores on Blackwell 10.x / 12.x only.
+    assert _rule_ids("nvfp4", (7, 0)) == {"nvfp4": "error"}
+    assert _rule_ids("nvfp4", (9, 0)) == {"nvfp4-marlin": "warning"}
+    assert _rule_ids("nvfp4", (12, 0)) == {}
+    assert _rule_ids("nvfp4", (10, 0)) == {}
+    # W8A8-INT8 from 7.5; FP8 W8A8 from 8.9, weight-only through Marlin on Ampere.
+    assert _rule_ids("int8", (7, 0)) == {"int8-w8a8": "error"}
+    assert _rule_ids("int8", (7, 5)) == {}
+    assert _rule_ids("fp8", (8, 0)) == {"fp8-w8a8": "warning"}
+    assert _rule_ids("fp8", (8, 9)) == {}
+
+
+def test_mxfp4_experts_take_the_padding_their_kernel_needs() -> None:
+    from appliance.catalog import load_catalog
+    from appliance.sizing import loaded_weight_bytes
+
+    model = load_catalog().model("gpt-oss-120b")
+    assert model is not None
+    stored = model.variants[0].weight_bytes
+    # vLLM #23278 (H100, Marlin): "Model loading took 65.9651 GiB".
+    marlin = loaded_weight_bytes(model.architecture, stored, "mxfp4", (8, 9))
+    assert marlin / GIB == pytest.approx(65.9651, rel=0.002)
+    # vLLM #33155 (H100, v0.14.1, Triton): "Model loading took 64.38 GiB".
+    triton = loaded_weight_bytes(model.architecture, stored, "mxfp4", (9, 0))
+    assert triton / GIB == pytest.approx(64.38, rel=0.002)
+    assert loaded_weight_bytes(model.architecture, stored, "bf16", (9, 0)) == stored
