@@ -227,6 +227,33 @@ class GpuSpec(_Frozen):
         return self
 
 
+CompatRouteName = Literal["minor", "forward"]
+# What the GPU catalog calls a card's `segment`: GeForce/TITAN cards are "consumer", and NVIDIA
+# gives them no compatibility route for an older driver.
+CardClass = Literal["consumer", "workstation", "datacenter"]
+
+
+class CudaBuild(_Frozen):
+    """One CUDA build of an engine image and the drivers that can start it (see images.yaml)."""
+
+    tag: str  # TEI's `{prefix}` stands for the architecture prefix of its tags
+    cuda: str  # "13.0", "12.9"
+    min_driver: str  # the Linux driver this CUDA needs natively, e.g. "580.65.06"
+    # Older driver branches the image admits, and the route that makes them work there.
+    older_branches: tuple[int, ...] = ()
+    older_branches_by: CompatRouteName | None = None
+    source: str
+
+
+class CompatRoute(_Frozen):
+    """How a build runs on a driver older than its CUDA: who may, and what it then needs."""
+
+    name: str
+    card_classes: tuple[CardClass, ...]
+    environment: dict[str, str] = Field(default_factory=dict)
+    source: str
+
+
 class TeiImages(_Frozen):
     """TEI publishes one image per GPU architecture; the tag must match the card."""
 
@@ -241,18 +268,36 @@ class TeiImages(_Frozen):
     # Blackwell images (experimental in TEI): 10.x data-centre cards, 12.x GeForce/RTX PRO.
     blackwell_100: str | None = None
     blackwell_120: str | None = None
+    gpu_build: CudaBuild  # every GPU tag of a TEI release is one build recipe
 
 
 class VllmImage(_Frozen):
     repository: str
-    tag: str
+    tag: str  # the default build's tag
     version: str  # the vLLM release inside the image; sizing follows this version's rules
+    builds: tuple[CudaBuild, ...]  # newest CUDA first: the one chosen when the driver allows
+
+    @model_validator(mode="after")
+    def _default_is_a_build(self) -> VllmImage:
+        if self.tag not in {build.tag for build in self.builds}:
+            msg = f"the default tag {self.tag} is not one of the builds"
+            raise ValueError(msg)
+        return self
 
 
 class EngineImages(_Frozen):
     vllm: VllmImage
     tei: TeiImages
+    compatibility: dict[CompatRouteName, CompatRoute]
     source: str
+
+    @model_validator(mode="after")
+    def _routes_exist(self) -> EngineImages:
+        for build in (*self.vllm.builds, self.tei.gpu_build):
+            if build.older_branches and build.older_branches_by not in self.compatibility:
+                msg = f"{build.tag} names no known compatibility route for its older branches"
+                raise ValueError(msg)
+        return self
 
 
 class Catalog(_Frozen):

@@ -22,9 +22,11 @@ from appliance.hardware.nvml import NvmlDevice, NvmlPair, NvmlRecording, NvmlSys
 
 EXAMPLES = ("rtx4090", "2x4090", "l40s", "a100-80g", "h100")
 MAX_GPUS = 8
-# A current production driver (R570, CUDA 12.8): what a freshly installed GPU box runs.
-SIMULATED_DRIVER = "570.133.20"
-SIMULATED_CUDA_DRIVER = 12080
+# A current long-term-support driver (R580, CUDA 13.0), as a freshly installed GPU box runs it:
+# the version a real H200 reported (shared reference h200-detect.json). It runs every pinned
+# engine build natively, so a simulated box plans what a well-kept box would run.
+SIMULATED_DRIVER = "580.159.04"
+SIMULATED_CUDA_DRIVER = 13000
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/llm-appliance/simulated-gpu")
 _NAME = re.compile(r"^(?:(?P<count>\d+)\s*x\s*)?(?P<gpu>[a-z0-9][a-z0-9.\-]*)$")
 # NVML_P2P_STATUS_*: what the stock driver reports for cards with and without P2P.
