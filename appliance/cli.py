@@ -785,8 +785,9 @@ def _add_detect(commands: _Commands) -> None:
     )
     detect.add_argument(
         "--simulate",
-        metavar="NAME",
-        help="describe a simulated box instead, e.g. rtx4090, 2x4090, l40s, a100-80g, h100",
+        metavar="NAME|FILE",
+        help="describe a simulated box instead, e.g. rtx4090, 2x4090, l40s, a100-80g, h100, or "
+        "a file `appliance detect --json` wrote on the GPU box",
     )
     detect.add_argument("--json", action="store_true", help="print the report as JSON")
     detect.add_argument(
@@ -857,7 +858,9 @@ def _add_recommend(commands: _Commands) -> None:
         description="Rank (model, quantization, flags) for the box and workload, each with its "
         "memory split and one line of why; the top choice can be written as a profile.",
     )
-    rec.add_argument("--simulate", metavar="NAME", help="recommend for a simulated box")
+    rec.add_argument(
+        "--simulate", metavar="NAME|FILE", help="recommend for a simulated box or a detect file"
+    )
     rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
     rec.add_argument("--users", type=int, metavar="N", help="requests at once at peak")
     rec.add_argument("--context", type=int, metavar="N", help="max_model_len wanted")
@@ -945,7 +948,9 @@ def _add_export(commands: _Commands) -> None:
     export.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
     export.add_argument("-o", "--output", type=Path, metavar="PATH", help="file (dir for k8s)")
     export.add_argument("--format", choices=["manifests", "production-stack"], default="manifests")
-    export.add_argument("--simulate", metavar="NAME", help="the GPU type for k8s node selection")
+    export.add_argument(
+        "--simulate", metavar="NAME|FILE", help="the nodes' GPUs and driver, or a detect file"
+    )
     export.set_defaults(handler=_cmd_export)
 
 
@@ -1002,7 +1007,9 @@ def _add_runtime(commands: _Commands) -> None:
         "what apply would do, with the fields that changed. Changes nothing.",
     )
     plan.add_argument("profile", type=Path, metavar="PROFILE")
-    plan.add_argument("--simulate", metavar="NAME", help="plan for a simulated box")
+    plan.add_argument(
+        "--simulate", metavar="NAME|FILE", help="plan for a simulated box or a detect file"
+    )
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=_cmd_plan)
 
@@ -1039,7 +1046,9 @@ def _add_runtime(commands: _Commands) -> None:
     export = compose_actions.add_parser("export", help="write the compose file")
     export.add_argument("profile", type=Path, metavar="PROFILE")
     export.add_argument("-o", "--output", type=Path, metavar="FILE")
-    export.add_argument("--simulate", metavar="NAME", help="the box the file is for")
+    export.add_argument(
+        "--simulate", metavar="NAME|FILE", help="the box the file is for, or its detect file"
+    )
     compose.set_defaults(handler=_cmd_compose)
 
 

@@ -289,14 +289,18 @@ def simulated_services(
     monitor_ticks: int | None = None,
     log_interval_s: float = 0.5,
 ) -> Services:
-    """`--simulate NAME`: a catalog box, simulated engines, and a gateway state in a temp dir.
+    """`--simulate NAME|FILE`: a catalog box (or one another machine's `appliance detect --json`
+    wrote), simulated engines, and a gateway state in a temp dir.
 
-    Raises `BadInputError` for a name the GPU catalog does not know (before any screen opens).
+    Raises `BadInputError` for a name the GPU catalog does not know, or a file that is not a
+    detect file of catalog GPUs (before any screen opens).
     """
     from appliance.hardware import detect_box
-    from appliance.hardware.simulate import resolve
+    from appliance.hardware.simulate import catalog_name, resolve
 
-    resolve(name)
+    # A detect file gives the box; its catalog GPU drives the simulated engines.
+    engines = catalog_name(name)
+    resolve(engines)
     state = state_dir
     if state is None:
         state = Path(tempfile.mkdtemp(prefix="llm-appliance-sim-"))
@@ -307,7 +311,9 @@ def simulated_services(
         from appliance.monitor.monitor import Monitor
         from appliance.monitor.status import simulated
 
-        samplers, used_clock = simulated(name, clock=clock, seed=seed, fallback_mode=gateway.read)
+        samplers, used_clock = simulated(
+            engines, clock=clock, seed=seed, fallback_mode=gateway.read
+        )
         return Monitor(samplers, clock=used_clock)
 
     gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=True)
