@@ -181,12 +181,7 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
 
     model = resolve_model(args.model, args.quantization)
-    if args.gpu is None and args.gpu_memory_gib is None:
-        from appliance.hardware import detect_box
-
-        target = gpu_target_from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
-    else:
-        target = resolve_gpu(args.gpu, args.gpu_memory_gib, args.gpus)
+    target = _estimate_target(args, gpu_target_from_box, resolve_gpu)
     try:
         flags = EngineFlags(
             gpu_memory_utilization=args.gpu_memory_utilization,
@@ -215,6 +210,30 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     else:
         print(render_estimate(estimate, model.label))
     return ExitCode.OK
+
+
+def _estimate_target(args: argparse.Namespace, from_box: Any, from_flags: Any) -> Any:
+    """The GPUs `estimate` sizes for: `--simulate NAME|FILE` (one way to name a box, as in
+    recommend, plan and compose), `--gpu-memory-gib N` for a card the catalog lacks, the
+    deprecated `--gpu NAME`, or this machine."""
+    from appliance.hardware import detect_box
+
+    if args.gpu is not None:
+        print(
+            "note: --gpu is deprecated: use --simulate NAME (it also takes 2x4090 and a file "
+            "`appliance detect --json` wrote)",
+            file=sys.stderr,
+        )
+    if args.simulate is not None:
+        if args.gpus != 1:
+            raise BadInputError(
+                "--gpus does not combine with --simulate",
+                hint=f"say the count in the name, e.g. --simulate {args.gpus}x{args.simulate}",
+            )
+        return from_box(detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR))
+    if args.gpu is None and args.gpu_memory_gib is None:
+        return from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
+    return from_flags(args.gpu, args.gpu_memory_gib, args.gpus)
 
 
 def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
@@ -826,9 +845,22 @@ def _add_estimate(commands: _Commands) -> None:
         "model", metavar="MODEL", help="catalog id, a Hugging Face repo the catalog knows, or a dir"
     )
     where = estimate.add_mutually_exclusive_group()
-    where.add_argument("--gpu", metavar="NAME", help="a catalog GPU, e.g. rtx4090, l40s, h100")
-    where.add_argument("--gpu-memory-gib", type=float, metavar="N", help="one card's memory")
-    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="how many cards")
+    where.add_argument(
+        "--simulate",
+        metavar="NAME|FILE",
+        help="size for a simulated box (rtx4090, 2x4090, l40s, h100, …) or a detect file "
+        "(default: this machine)",
+    )
+    where.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        metavar="N",
+        help="one card's memory, for a card the catalog lacks",
+    )
+    where.add_argument("--gpu", metavar="NAME", help="deprecated: use --simulate NAME")
+    estimate.add_argument(
+        "--gpus", type=int, default=1, metavar="N", help="how many cards (with --gpu-memory-gib)"
+    )
     estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
     estimate.add_argument(

@@ -131,7 +131,7 @@ def resolve_gpu(
     if memory is None:
         raise BadInputError(
             "no GPU to size for",
-            hint="give --gpu NAME (e.g. rtx4090, l40s, h100) or --gpu-memory-gib N",
+            hint="give --simulate NAME (e.g. rtx4090, 2x4090, l40s, h100) or --gpu-memory-gib N",
         )
     return GpuTarget(
         label=f"{gpus}x {gpu_memory_gib:g} GiB GPU" if gpus > 1 else f"{gpu_memory_gib:g} GiB GPU",
