@@ -201,6 +201,13 @@ class EmbeddingModel(_Frozen):
     multilingual: bool
 
 
+class DenseTflops(_Frozen):
+    """A card's dense (no 2:4 sparsity) tensor-core peak, FP32 accumulate, in TFLOP/s."""
+
+    bf16: float = Field(gt=0)  # also the INT4 path: Marlin W4A16 multiplies in 16 bits
+    fp8: float | None = Field(default=None, gt=0)  # None: no FP8 tensor cores, or not sourced
+
+
 class GpuSpec(_Frozen):
     key: str  # used by --simulate, e.g. "rtx4090", "a100-80g"
     name: str  # as NVML reports it, e.g. "NVIDIA GeForce RTX 4090"
@@ -218,6 +225,20 @@ class GpuSpec(_Frozen):
     segment: Literal["consumer", "workstation", "datacenter"]
     # Where bandwidth, TDP and the rest came from (memory has its own `memory_source`).
     spec_source: str | None = None
+    # Dense tensor TFLOP/s for the compute bound of decode speed; None where no vendor figure
+    # was found (the speed model then has only the bandwidth bound for the card).
+    dense_tflops: DenseTflops | None = None
+    compute_source: str | None = None
+
+    def tflops_for(self, quantization: str) -> float | None:
+        """The dense TFLOP/s the weights' GEMMs run at: FP8 checkpoints on FP8 tensor cores
+        (W8A8, 8.9+), everything else (BF16/FP16, INT4 AWQ/GPTQ through Marlin's W4A16, FP8
+        as W8A16 on Ampere) on the 16-bit ones."""
+        if self.dense_tflops is None:
+            return None
+        if quantization == "fp8" and self.fp8 and self.dense_tflops.fp8 is not None:
+            return self.dense_tflops.fp8
+        return self.dense_tflops.bf16
 
     @model_validator(mode="after")
     def _fp8_follows_compute_capability(self) -> GpuSpec:
