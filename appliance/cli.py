@@ -87,7 +87,9 @@ def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from appliance.monitor.status import profile_samplers, simulated
 
     if args.simulate:
-        samplers, clock = simulated(args.simulate)
+        from appliance.hardware.simulate import catalog_name
+
+        samplers, clock = simulated(catalog_name(args.simulate))
         return samplers, MonitorConfig(), clock
     if args.profile is None:
         raise BadInputError(
@@ -925,7 +927,7 @@ def _add_status(commands: _Commands) -> None:
         "tokens/s, TTFT and inter-token latency p50/p95, KV-cache use, queue, alerts.",
     )
     status.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
-    status.add_argument("--simulate", metavar="NAME", help="show a simulated box's services")
+    status.add_argument("--simulate", metavar="NAME|FILE", help="show a simulated box's services")
     status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     mode = status.add_mutually_exclusive_group()
     mode.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")

@@ -126,7 +126,7 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def test_detect_recommend_plan_and_compose_take_a_file() -> None:
+def test_detect_recommend_plan_compose_and_status_take_a_file() -> None:
     old = str(DETECT / "h200-driver-550.json")
     assert "Engine image vllm/vllm-openai:v0.32.0-cu129" in _ok(
         appliance("detect", "--simulate", old)
@@ -139,6 +139,7 @@ def test_detect_recommend_plan_and_compose_take_a_file() -> None:
     compose = _ok(appliance("compose", "export", str(PROFILE), "--simulate", old))
     assert "image: vllm/vllm-openai:v0.32.0-cu129" in compose
     assert "# vLLM image: driver 550.163.01 is older than CUDA 12.9 needs" in compose
+    assert "SIMULATED" in _ok(appliance("status", "--simulate", str(H200)))
 
 
 def test_export_k8s_says_which_build_and_why_in_a_comment(tmp_path: Path) -> None:
