@@ -29,6 +29,7 @@ NVML_ERROR = "nvml-error"
 NO_GPU = "no-gpu"
 GPU_UNREADABLE = "gpu-unreadable"
 DRIVER_TOO_OLD = "driver-too-old"
+TEI_DRIVER_TOO_OLD = "tei-driver-too-old"
 DOCKER_NOT_INSTALLED = "docker-not-installed"
 DOCKER_NOT_RUNNING = "docker-not-running"
 DOCKER_PERMISSION_DENIED = "docker-permission-denied"
@@ -118,20 +119,39 @@ def _engine_image_findings(
     gpus: Sequence[GpuInfo], driver: str | None, host: HostInfo
 ) -> list[Finding]:
     """DRIVER_TOO_OLD when no pinned vLLM build starts on this driver and these cards."""
-    from appliance.engine_images import UPGRADE_BRANCH, NoImageRuns, gpus_card_class, vllm_image_for
+    from appliance.engine_images import (
+        UPGRADE_BRANCH,
+        NoImageRuns,
+        gpus_card_class,
+        tei_image_for,
+        vllm_image_for,
+    )
 
     if not gpus or driver is None:
         return []
-    choice = vllm_image_for(driver, gpus_card_class(gpus))
-    if not isinstance(choice, NoImageRuns):
+    card_class = gpus_card_class(gpus)
+    choice = vllm_image_for(driver, card_class)
+    if isinstance(choice, NoImageRuns):
+        return [
+            Finding(
+                code=DRIVER_TOO_OLD,
+                severity="error",
+                what=choice.what,
+                fix=driver_upgrade_fix(host, UPGRADE_BRANCH),
+                gpus=tuple(gpu.index for gpu in gpus),
+            )
+        ]
+    tei = tei_image_for(gpus[0].compute_capability, driver, card_class)
+    if not isinstance(tei, NoImageRuns):
         return []
     return [
         Finding(
-            code=DRIVER_TOO_OLD,
-            severity="error",
-            what=choice.what,
-            fix=driver_upgrade_fix(host, UPGRADE_BRANCH),
-            gpus=tuple(gpu.index for gpu in gpus),
+            code=TEI_DRIVER_TOO_OLD,
+            severity="warning",
+            what=f"vLLM can start here, but embeddings on the GPU cannot: {tei.what}",
+            fix="Run the embeddings on the CPU (spec.embeddings.device: cpu), or upgrade the "
+            "driver.\n" + driver_upgrade_fix(host, UPGRADE_BRANCH),
+            gpus=(gpus[0].index,),
         )
     ]
 

@@ -17,7 +17,7 @@ from appliance.errors import BadInputError, EnvironmentNotReadyError, ExitCode
 from appliance.hardware import detect_box, findings
 from appliance.hardware.simulate import catalog_name
 from appliance.profile import load_profile
-from appliance.runtime.specs import container_specs
+from appliance.runtime.specs import container_specs, vllm_image_choice
 from tests.unit.test_cli import ROOT, appliance, assert_no_traceback
 
 DETECT = ROOT / "tests" / "fixtures" / "detect"
@@ -163,3 +163,33 @@ def test_plan_for_a_box_no_pinned_build_can_start_on_exits_3_with_the_upgrade(
     assert result.returncode == ExitCode.ENVIRONMENT
     assert "570.195.03 is too old" in result.stderr
     assert "nvidia:580-server" in result.stderr
+
+
+def test_forward_compatibility_sets_vllms_switch_and_tei_without_a_route_is_refused(
+    tmp_path: Path,
+) -> None:
+    # R575 before CUDA 12.9 GA: only the CUDA 13.0 build admits branch 575 (cuda-compat, a
+    # data-centre card); TEI's CUDA 12.9 build admits no 575 branch at all.
+    document = json.loads(H200.read_text())
+    document["driver_version"], document["cuda_driver_version"] = "575.40.01", "12.9"
+    path = tmp_path / "h200-575-beta.json"
+    path.write_text(json.dumps(document))
+    box = detect_box(simulate=str(path))
+    warning = box.finding(findings.TEI_DRIVER_TOO_OLD)
+    assert warning is not None
+    assert warning.severity == "warning"
+    assert "spec.embeddings.device: cpu" in (warning.fix or "")
+    profile = load_profile(PROFILE)
+    choice = vllm_image_choice(profile, box)
+    assert choice is not None
+    assert (choice.image, choice.route) == ("vllm/vllm-openai:v0.32.0", "forward")
+    without_tei = profile.model_copy(
+        update={"spec": profile.spec.model_copy(update={"embeddings": None})}
+    )
+    (vllm,) = container_specs(without_tei, box)
+    assert vllm.environment["VLLM_ENABLE_CUDA_COMPATIBILITY"] == "1"
+    tei_on_gpu = load_profile(ROOT / "profiles" / "rtx4090-chat.yaml")
+    assert tei_on_gpu.spec.embeddings is not None
+    assert tei_on_gpu.spec.embeddings.device == "gpu"
+    with pytest.raises(EnvironmentNotReadyError, match=r"pinned TEI 1\.9\.3 image"):
+        container_specs(tei_on_gpu, box)
