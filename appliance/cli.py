@@ -227,12 +227,24 @@ def _estimate_target(args: argparse.Namespace, from_box: Any, from_flags: Any) -
             file=sys.stderr,
         )
     if args.simulate is not None:
+        name = args.simulate
         if args.gpus != 1:
-            raise BadInputError(
-                "--gpus does not combine with --simulate",
-                hint=f"say the count in the name, e.g. --simulate {args.gpus}x{args.simulate}",
-            )
-        return from_box(detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR))
+            # `--simulate rtx4090 --gpus 2` is 2x rtx4090: estimate's own "nearest settings"
+            # suggest --gpus N, and they must work as printed.
+            import re
+
+            from appliance.hardware.simulate import is_detect_file
+
+            counted = is_detect_file(name) or re.match(r"\s*\d+\s*x", name, re.IGNORECASE)
+            if counted:
+                raise BadInputError(
+                    f"--gpus {args.gpus} does not combine with --simulate {name}, which already "
+                    "says how many GPUs",
+                    hint="name a single card with --gpus N (--simulate rtx4090 --gpus 2), or "
+                    "drop --gpus",
+                )
+            name = f"{args.gpus}x{name}"
+        return from_box(detect_box(simulate=name, models_dir=DEFAULT_MODELS_DIR))
     if args.gpu is None and args.gpu_memory_gib is None:
         return from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
     return from_flags(args.gpu, args.gpu_memory_gib, args.gpus)

@@ -31,11 +31,24 @@ def test_gpu_still_works_but_says_it_is_deprecated() -> None:
     assert "--gpu is deprecated: use --simulate NAME" in result.stderr
 
 
-def test_a_count_goes_in_the_name_not_in_gpus() -> None:
-    result = appliance("estimate", "qwen2.5-7b-instruct", "--simulate", "rtx4090", "--gpus", "2")
-    assert_no_traceback(result)
-    assert result.returncode == ExitCode.BAD_INPUT
-    assert "--simulate 2xrtx4090" in result.stderr
+def test_gpus_multiplies_a_single_card_but_not_a_counted_box() -> None:
+    two = appliance("estimate", "qwen2.5-7b-instruct", "--simulate", "rtx4090", "--gpus", "2")
+    assert two.returncode == ExitCode.OK, two.stderr
+    assert "tensor parallel 2" in two.stdout
+    clash = appliance("estimate", "qwen2.5-7b-instruct", "--simulate", "2x4090", "--gpus", "4")
+    assert_no_traceback(clash)
+    assert clash.returncode == ExitCode.BAD_INPUT
+    assert "already says how many GPUs" in clash.stderr
+
+
+def test_the_nearest_settings_estimate_prints_work_as_printed() -> None:
+    base = ("estimate", "llama-3.3-70b-instruct", "--quantization", "awq")
+    refused = appliance(*base, "--simulate", "rtx4090")
+    assert refused.returncode == ExitCode.REFUSED
+    hint = refused.stderr.split("nearest settings that fit: ", 1)[1].strip()
+    first = re.sub(r"\([^)]*\)", "", hint.split(";")[0]).split()
+    result = appliance(*base, "--simulate", "rtx4090", *first)
+    assert result.returncode == ExitCode.OK, result.stderr
 
 
 def test_the_suggestion_in_estimates_own_errors_is_accepted_by_estimate() -> None:
