@@ -873,7 +873,11 @@ def _add_estimate(commands: _Commands) -> None:
     )
     where.add_argument("--gpu", metavar="NAME", help="deprecated: use --simulate NAME")
     estimate.add_argument(
-        "--gpus", type=int, default=1, metavar="N", help="how many cards (with --gpu-memory-gib)"
+        "--gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many cards (with --gpu-memory-gib or one card named by --simulate)",
     )
     estimate.add_argument("--tp", type=int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument("--quantization", choices=["bf16", "fp16", "awq", "gptq", "fp8"])
