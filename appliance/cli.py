@@ -88,7 +88,9 @@ def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from appliance.monitor.status import profile_samplers, simulated
 
     if args.simulate:
-        samplers, clock = simulated(args.simulate)
+        from appliance.hardware.simulate import catalog_name
+
+        samplers, clock = simulated(catalog_name(args.simulate))
         return samplers, MonitorConfig(), clock
     if args.profile is None:
         raise BadInputError(
@@ -192,12 +194,7 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
 
     model = resolve_model(args.model, args.quantization)
-    if args.gpu is None and args.gpu_memory_gib is None:
-        from appliance.hardware import detect_box
-
-        target = gpu_target_from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
-    else:
-        target = resolve_gpu(args.gpu, args.gpu_memory_gib, args.gpus)
+    target = _estimate_target(args, gpu_target_from_box, resolve_gpu)
     try:
         flags = EngineFlags(
             gpu_memory_utilization=args.gpu_memory_utilization,
@@ -226,6 +223,42 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     else:
         print(render_estimate(estimate, model.label))
     return ExitCode.OK
+
+
+def _estimate_target(args: argparse.Namespace, from_box: Any, from_flags: Any) -> Any:
+    """The GPUs `estimate` sizes for: `--simulate NAME|FILE` (one way to name a box, as in
+    recommend, plan and compose), `--gpu-memory-gib N` for a card the catalog lacks, the
+    deprecated `--gpu NAME`, or this machine."""
+    from appliance.hardware import detect_box
+
+    if args.gpu is not None:
+        print(
+            "note: --gpu is deprecated: use --simulate NAME (it also takes 2x4090 and a file "
+            "`appliance detect --json` wrote)",
+            file=sys.stderr,
+        )
+    if args.simulate is not None:
+        name = args.simulate
+        if args.gpus != 1:
+            # `--simulate rtx4090 --gpus 2` is 2x rtx4090: estimate's own "nearest settings"
+            # suggest --gpus N, and they must work as printed.
+            import re
+
+            from appliance.hardware.simulate import is_detect_file
+
+            counted = is_detect_file(name) or re.match(r"\s*\d+\s*x", name, re.IGNORECASE)
+            if counted:
+                raise BadInputError(
+                    f"--gpus {args.gpus} does not combine with --simulate {name}, which already "
+                    "says how many GPUs",
+                    hint="name a single card with --gpus N (--simulate rtx4090 --gpus 2), or "
+                    "drop --gpus",
+                )
+            name = f"{args.gpus}x{name}"
+        return from_box(detect_box(simulate=name, models_dir=DEFAULT_MODELS_DIR))
+    if args.gpu is None and args.gpu_memory_gib is None:
+        return from_box(detect_box(models_dir=DEFAULT_MODELS_DIR))
+    return from_flags(args.gpu, args.gpu_memory_gib, args.gpus)
 
 
 def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
@@ -844,8 +877,9 @@ def _add_detect(commands: _Commands) -> None:
     )
     detect.add_argument(
         "--simulate",
-        metavar="NAME",
-        help="describe a simulated box instead, e.g. rtx4090, 2x4090, l40s, a100-80g, h100",
+        metavar="NAME|FILE",
+        help="describe a simulated box instead, e.g. rtx4090, 2x4090, l40s, a100-80g, h100, or "
+        "a file `appliance detect --json` wrote on the GPU box",
     )
     detect.add_argument("--json", action="store_true", help="print the report as JSON")
     detect.add_argument(
@@ -884,12 +918,25 @@ def _add_estimate(commands: _Commands) -> None:
         "model", metavar="MODEL", help="catalog id, a Hugging Face repo the catalog knows, or a dir"
     )
     where = estimate.add_mutually_exclusive_group()
-    where.add_argument("--gpu", metavar="NAME", help="a catalog GPU, e.g. rtx4090, l40s, h100")
     where.add_argument(
-        "--gpu-memory-gib", type=opt.gpu_memory_gib, metavar="N", help="one card's memory"
+        "--simulate",
+        metavar="NAME|FILE",
+        help="size for a simulated box (rtx4090, 2x4090, l40s, h100, …) or a detect file "
+        "(default: this machine)",
     )
+    where.add_argument(
+        "--gpu-memory-gib",
+        type=opt.gpu_memory_gib,
+        metavar="N",
+        help="one card's memory, for a card the catalog lacks",
+    )
+    where.add_argument("--gpu", metavar="NAME", help="deprecated: use --simulate NAME")
     estimate.add_argument(
-        "--gpus", type=opt.positive_int, default=1, metavar="N", help="how many cards"
+        "--gpus",
+        type=opt.positive_int,
+        default=1,
+        metavar="N",
+        help="how many cards (with --gpu-memory-gib or one card named by --simulate)",
     )
     estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument(
@@ -924,7 +971,9 @@ def _add_recommend(commands: _Commands) -> None:
         description="Rank (model, quantization, flags) for the box and workload, each with its "
         "memory split and one line of why; the top choice can be written as a profile.",
     )
-    rec.add_argument("--simulate", metavar="NAME", help="recommend for a simulated box")
+    rec.add_argument(
+        "--simulate", metavar="NAME|FILE", help="recommend for a simulated box or a detect file"
+    )
     rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
     rec.add_argument("--users", type=opt.positive_int, metavar="N", help="requests at once at peak")
     rec.add_argument("--context", type=opt.positive_int, metavar="N", help="max_model_len wanted")
@@ -973,7 +1022,7 @@ def _add_status(commands: _Commands) -> None:
         "tokens/s, TTFT and inter-token latency p50/p95, KV-cache use, queue, alerts.",
     )
     status.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
-    status.add_argument("--simulate", metavar="NAME", help="show a simulated box's services")
+    status.add_argument("--simulate", metavar="NAME|FILE", help="show a simulated box's services")
     status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     mode = status.add_mutually_exclusive_group()
     mode.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
@@ -1043,7 +1092,9 @@ def _add_export(commands: _Commands) -> None:
     export.add_argument("profile", nargs="?", type=Path, metavar="PROFILE")
     export.add_argument("-o", "--output", metavar="PATH", help="file (dir for k8s)")
     export.add_argument("--format", choices=["manifests", "production-stack"], default="manifests")
-    export.add_argument("--simulate", metavar="NAME", help="the GPU type for k8s node selection")
+    export.add_argument(
+        "--simulate", metavar="NAME|FILE", help="the nodes' GPUs and driver, or a detect file"
+    )
     export.set_defaults(handler=_cmd_export)
 
 
@@ -1101,7 +1152,9 @@ def _add_runtime(commands: _Commands) -> None:
         "what apply would do, with the fields that changed. Changes nothing.",
     )
     plan.add_argument("profile", type=Path, metavar="PROFILE")
-    plan.add_argument("--simulate", metavar="NAME", help="plan for a simulated box")
+    plan.add_argument(
+        "--simulate", metavar="NAME|FILE", help="plan for a simulated box or a detect file"
+    )
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=_cmd_plan)
 
@@ -1140,7 +1193,9 @@ def _add_runtime(commands: _Commands) -> None:
     export = compose_actions.add_parser("export", help="write the compose file")
     export.add_argument("profile", type=Path, metavar="PROFILE")
     export.add_argument("-o", "--output", type=opt.output_file, metavar="FILE")
-    export.add_argument("--simulate", metavar="NAME", help="the box the file is for")
+    export.add_argument(
+        "--simulate", metavar="NAME|FILE", help="the box the file is for, or its detect file"
+    )
     compose.set_defaults(handler=_cmd_compose)
 
 

@@ -146,7 +146,7 @@ def resolve_gpu(
     if memory is None:
         raise BadInputError(
             "no GPU to size for",
-            hint="give --gpu NAME (e.g. rtx4090, l40s, h100) or --gpu-memory-gib N",
+            hint="give --simulate NAME (e.g. rtx4090, 2x4090, l40s, h100) or --gpu-memory-gib N",
         )
     return GpuTarget(
         label=f"{gpus}x {gpu_memory_gib:g} GiB GPU" if gpus > 1 else f"{gpu_memory_gib:g} GiB GPU",
@@ -982,6 +982,7 @@ def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendatio
         workload=workload,
         candidates=tuple(candidates),
         rejected=tuple(rejected),
+        decode_model=f"{DECODE_MODEL_TEXT}; {COMPUTE_MODEL_TEXT}",
         score_model=SCORE_TEXT,
         embedding=embedding,
     )
@@ -1118,6 +1119,13 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
         tensor_parallel_size=option.tp,
         p2p=option.target.p2p,
     )
+    speed = compute_bound(
+        speed,
+        option.target,
+        active_params_billion=model.active_params_billion or model.params_billion,
+        quantization=variant.quantization,
+        tensor_parallel_size=option.tp,
+    )
     size_name, _ = _size_class(model.params_billion)
     quality = _quality_points(model)
     quality -= _QUANT_PENALTY[variant.quantization]
@@ -1139,6 +1147,66 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
         penalties -= 2
     total = round(q_weight * quality + s_weight * speed_score + fit + penalties, 3)
     return _Score(total, size_name, speed, batch, margin, slow)
+
+
+# --- The compute bound of decode speed (#14 part 4) -----------------------------------------
+
+# Decode runs the weight GEMMs for every token: 2 FLOPs per active parameter. At a large batch
+# that, not memory bandwidth, is the limit. Vendor peaks are not reached by skinny decode GEMMs;
+# half the dense peak is the planning figure used here (stated, not measured).
+COMPUTE_EFFICIENCY = 0.5
+COMPUTE_MODEL_TEXT = (
+    "decode is also capped at (dense tensor TFLOP/s of the weights' path x "
+    f"{COMPUTE_EFFICIENCY} x GPUs) / (2 x active parameters) tokens/s in total (BF16/FP16 and "
+    "INT4 AWQ/GPTQ on the 16-bit tensor cores, FP8 on FP8 ones from compute capability 8.9; "
+    "vendor datasheet figures without sparsity); the slower of the two bounds applies"
+)
+
+
+def compute_bound(
+    speed: DecodeSpeed,
+    target: GpuTarget,
+    *,
+    active_params_billion: float,
+    quantization: Quantization,
+    tensor_parallel_size: int,
+) -> DecodeSpeed:
+    """`speed` (the bandwidth bound), slowed to the compute bound where that is lower. A card
+    without a catalog compute figure keeps the bandwidth bound alone."""
+    spec = load_catalog().gpu(target.key) if target.key else None
+    tflops = spec.tflops_for(quantization) if spec is not None else None
+    if tflops is None or active_params_billion <= 0:
+        return speed
+    flops_per_token = 2 * active_params_billion * 1e9
+    ceiling = tflops * 1e12 * COMPUTE_EFFICIENCY * tensor_parallel_size / flops_per_token
+    if speed.tokens_per_second_total <= ceiling:
+        return speed
+    return DecodeSpeed(
+        batch=speed.batch,
+        step_ms=round(speed.batch / ceiling * 1000, 2),
+        tokens_per_second_per_request=round(ceiling / speed.batch, 1),
+        tokens_per_second_total=round(ceiling, 1),
+        bound="compute",
+    )
+
+
+def _bound_text(option: _Option, speed: DecodeSpeed) -> str:
+    """Which bound sets the speed, with the numbers behind a compute bound."""
+    if speed.bound != "compute":
+        return "(memory-bandwidth-bound)"
+    spec = load_catalog().gpu(option.target.key) if option.target.key else None
+    tflops = spec.tflops_for(option.variant.quantization) if spec is not None else None
+    model = option.model
+    active = model.active_params_billion or model.params_billion
+    path = (
+        "FP8"
+        if spec is not None and tflops == (spec.dense_tflops and spec.dense_tflops.fp8)
+        else "16-bit"
+    )
+    return (
+        f"(compute-bound: 2 x {active:g} B active parameters per token against {tflops:g} dense "
+        f"TFLOP/s {path} per GPU x {COMPUTE_EFFICIENCY})"
+    )
 
 
 def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: bool) -> str:
@@ -1166,7 +1234,8 @@ def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: 
             else "(the users with a quarter to spare)"
         ),
         f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
-        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running",
+        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running "
+        + _bound_text(option, score.speed),
     ]
     if option.tp > 1:
         parts.append(

@@ -886,6 +886,7 @@ class DecodeSpeed:
     step_ms: float
     tokens_per_second_per_request: float
     tokens_per_second_total: float
+    bound: str = "memory bandwidth"  # or "compute": which limit sets the speed
 
 
 def decode_speed(

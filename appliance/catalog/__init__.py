@@ -248,6 +248,13 @@ class EmbeddingModel(_Frozen):
         return 4 if self.tei_dtype == "float32" else 2
 
 
+class DenseTflops(_Frozen):
+    """A card's dense (no 2:4 sparsity) tensor-core peak, FP32 accumulate, in TFLOP/s."""
+
+    bf16: float = Field(gt=0)  # also the INT4 path: Marlin W4A16 multiplies in 16 bits
+    fp8: float | None = Field(default=None, gt=0)  # None: no FP8 tensor cores, or not sourced
+
+
 class GpuSpec(_Frozen):
     key: str  # used by --simulate, e.g. "rtx4090", "a100-80g"
     name: str  # as NVML reports it, e.g. "NVIDIA GeForce RTX 4090"
@@ -265,6 +272,20 @@ class GpuSpec(_Frozen):
     segment: Literal["consumer", "workstation", "datacenter"]
     # Where bandwidth, TDP and the rest came from (memory has its own `memory_source`).
     spec_source: str | None = None
+    # Dense tensor TFLOP/s for the compute bound of decode speed; None where no vendor figure
+    # was found (the speed model then has only the bandwidth bound for the card).
+    dense_tflops: DenseTflops | None = None
+    compute_source: str | None = None
+
+    def tflops_for(self, quantization: str) -> float | None:
+        """The dense TFLOP/s the weights' GEMMs run at: FP8 checkpoints on FP8 tensor cores
+        (W8A8, 8.9+), everything else (BF16/FP16, INT4 AWQ/GPTQ through Marlin's W4A16, FP8
+        as W8A16 on Ampere) on the 16-bit ones."""
+        if self.dense_tflops is None:
+            return None
+        if quantization == "fp8" and self.fp8 and self.dense_tflops.fp8 is not None:
+            return self.dense_tflops.fp8
+        return self.dense_tflops.bf16
 
     @model_validator(mode="after")
     def _fp8_follows_compute_capability(self) -> GpuSpec:
@@ -272,6 +293,33 @@ class GpuSpec(_Frozen):
             msg = f"fp8 must be true exactly for compute capability 8.9 and up, not {self.fp8}"
             raise ValueError(msg)
         return self
+
+
+CompatRouteName = Literal["minor", "forward"]
+# What the GPU catalog calls a card's `segment`: GeForce/TITAN cards are "consumer", and NVIDIA
+# gives them no compatibility route for an older driver.
+CardClass = Literal["consumer", "workstation", "datacenter"]
+
+
+class CudaBuild(_Frozen):
+    """One CUDA build of an engine image and the drivers that can start it (see images.yaml)."""
+
+    tag: str  # TEI's `{prefix}` stands for the architecture prefix of its tags
+    cuda: str  # "13.0", "12.9"
+    min_driver: str  # the Linux driver this CUDA needs natively, e.g. "580.65.06"
+    # Older driver branches the image admits, and the route that makes them work there.
+    older_branches: tuple[int, ...] = ()
+    older_branches_by: CompatRouteName | None = None
+    source: str
+
+
+class CompatRoute(_Frozen):
+    """How a build runs on a driver older than its CUDA: who may, and what it then needs."""
+
+    name: str
+    card_classes: tuple[CardClass, ...]
+    environment: dict[str, str] = Field(default_factory=dict)
+    source: str
 
 
 class TeiImages(_Frozen):
@@ -288,18 +336,36 @@ class TeiImages(_Frozen):
     # Blackwell images (experimental in TEI): 10.x data-centre cards, 12.x GeForce/RTX PRO.
     blackwell_100: str | None = None
     blackwell_120: str | None = None
+    gpu_build: CudaBuild  # every GPU tag of a TEI release is one build recipe
 
 
 class VllmImage(_Frozen):
     repository: str
-    tag: str
+    tag: str  # the default build's tag
     version: str  # the vLLM release inside the image; sizing follows this version's rules
+    builds: tuple[CudaBuild, ...]  # newest CUDA first: the one chosen when the driver allows
+
+    @model_validator(mode="after")
+    def _default_is_a_build(self) -> VllmImage:
+        if self.tag not in {build.tag for build in self.builds}:
+            msg = f"the default tag {self.tag} is not one of the builds"
+            raise ValueError(msg)
+        return self
 
 
 class EngineImages(_Frozen):
     vllm: VllmImage
     tei: TeiImages
+    compatibility: dict[CompatRouteName, CompatRoute]
     source: str
+
+    @model_validator(mode="after")
+    def _routes_exist(self) -> EngineImages:
+        for build in (*self.vllm.builds, self.tei.gpu_build):
+            if build.older_branches and build.older_branches_by not in self.compatibility:
+                msg = f"{build.tag} names no known compatibility route for its older branches"
+                raise ValueError(msg)
+        return self
 
 
 class Catalog(_Frozen):

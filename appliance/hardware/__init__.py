@@ -3,7 +3,8 @@
 `detect_box()` is the whole public entry point; the CLI (`appliance detect`) and the TUI's Box
 screen call it and print or draw the `Box` it returns (`render_box()` for text, the model's JSON
 otherwise). It never raises for the state of the machine: no driver, no Docker, no toolkit are
-findings with fixes. It raises `BadInputError` only for an unknown `--simulate` name.
+findings with fixes. It raises `BadInputError` only for an unknown `--simulate` name or an
+unreadable detect file.
 
 Importing this package is cheap: pynvml, docker-py and psutil are imported by the probes when
 they run, never at import time (`tests/unit/test_imports.py`).
@@ -55,7 +56,8 @@ def detect_box(
 ) -> Box:
     """Probe this machine (or build a simulated one) and say what stands in the way of serving.
 
-    - `simulate`: a `[Nx]<gpu>` name from the GPU catalog; nothing on this machine is probed.
+    - `simulate`: a `[Nx]<gpu>` name from the GPU catalog, or a file `appliance detect --json`
+      wrote on another box; nothing on this machine is probed.
     - `nvml`: where GPU readings come from; default the driver's NVML. A `RecordedNvml` makes a
       "recorded" box from a fixture, on the same code path as a live reading.
     - `docker_base_url`: the engine to ask (default $DOCKER_HOST, else the system socket).
@@ -66,7 +68,11 @@ def detect_box(
     from appliance.hardware.nvml import LiveNvml, read_nvml
 
     if simulate is not None:
+        from appliance.hardware.simulate import is_detect_file, read_detect_file
         from appliance.hardware.simulate import simulate as simulated_parts
+
+        if is_detect_file(simulate):
+            return read_detect_file(Path(simulate))
 
         parts = simulated_parts(simulate, models_dir)
         return build_box(

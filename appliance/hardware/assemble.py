@@ -160,6 +160,7 @@ def build_box(
         specs=specs,
         cuda_driver_version=cuda,
         simulated=simulated,
+        driver_version=driver_version,
     )
     label = None
     if source == "recorded" and recording.source is not None:

@@ -29,6 +29,7 @@ NVML_ERROR = "nvml-error"
 NO_GPU = "no-gpu"
 GPU_UNREADABLE = "gpu-unreadable"
 DRIVER_TOO_OLD = "driver-too-old"
+TEI_DRIVER_TOO_OLD = "tei-driver-too-old"
 DOCKER_NOT_INSTALLED = "docker-not-installed"
 DOCKER_NOT_RUNNING = "docker-not-running"
 DOCKER_PERMISSION_DENIED = "docker-permission-denied"
@@ -49,8 +50,6 @@ SIMULATED = "simulated"
 MEMORY_IN_USE_BYTES = 1 << 30
 # Below this, even a 32B-class AWQ model (about 19 GB) plus an embedding model will not fit.
 LOW_DISK_BYTES = 30 << 30
-# CUDA 12 needs driver 525 or newer; the engine images (vLLM, TEI) are CUDA 12 builds.
-MINIMUM_CUDA_DRIVER = (12, 0)
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -77,6 +76,84 @@ _DRIVER_FIX_DEBIAN = """\
   sudo apt-get update
   sudo apt-get install -y linux-headers-$(uname -r) nvidia-driver firmware-misc-nonfree
   sudo reboot"""
+
+
+def driver_upgrade_fix(host: HostInfo, branch: int) -> str:
+    """The commands that put driver branch `branch` on this host (Ubuntu or Debian)."""
+    ubuntu = (
+        "  sudo apt-get update && sudo apt-get install -y ubuntu-drivers-common\n"
+        f"  sudo ubuntu-drivers install --gpgpu nvidia:{branch}-server\n"
+        f"  sudo apt-get install -y nvidia-utils-{branch}-server\n"
+        "  sudo reboot"
+    )
+    # Debian's own archive stops below this branch (bookworm 535, trixie 550): NVIDIA's CUDA
+    # repository, with its pinning package holding the branch (NVIDIA driver installation guide,
+    # "Version locking" for APT).
+    release = (
+        f"debian{host.os_version_id}"
+        if host.os_id == "debian" and host.os_version_id
+        else "debian$(. /etc/os-release; echo $VERSION_ID)"
+    )
+    debian = (
+        "  # first remove Debian's own driver if installed: sudo apt-get purge 'nvidia-*'\n"
+        "  wget https://developer.download.nvidia.com/compute/cuda/repos/"
+        f"{release}/x86_64/cuda-keyring_1.1-1_all.deb\n"
+        "  sudo dpkg -i cuda-keyring_1.1-1_all.deb && sudo apt-get update\n"
+        f"  sudo apt-get install -y nvidia-driver-pinning-{branch}\n"
+        "  sudo apt-get install -y linux-headers-$(uname -r) nvidia-open\n"
+        "  sudo reboot"
+    )
+    lines = [f"Upgrade the NVIDIA driver to the {branch} branch (the appliance never does it):"]
+    family = (host.os_id, *host.os_like)
+    if "ubuntu" in family:
+        lines.append(ubuntu)
+    elif "debian" in family:
+        lines.append(debian)
+    else:
+        lines += ["  on Ubuntu:", ubuntu, "  on Debian:", debian]
+    lines.append("Then `nvidia-smi` must show the new driver; run `appliance detect` again.")
+    return "\n".join(lines)
+
+
+def _engine_image_findings(
+    gpus: Sequence[GpuInfo], driver: str | None, host: HostInfo
+) -> list[Finding]:
+    """DRIVER_TOO_OLD when no pinned vLLM build starts on this driver and these cards."""
+    from appliance.engine_images import (
+        UPGRADE_BRANCH,
+        NoImageRuns,
+        gpus_card_class,
+        tei_image_for,
+        vllm_image_for,
+    )
+
+    if not gpus or driver is None:
+        return []
+    card_class = gpus_card_class(gpus)
+    choice = vllm_image_for(driver, card_class)
+    if isinstance(choice, NoImageRuns):
+        return [
+            Finding(
+                code=DRIVER_TOO_OLD,
+                severity="error",
+                what=choice.what,
+                fix=driver_upgrade_fix(host, UPGRADE_BRANCH),
+                gpus=tuple(gpu.index for gpu in gpus),
+            )
+        ]
+    tei = tei_image_for(gpus[0].compute_capability, driver, card_class)
+    if not isinstance(tei, NoImageRuns):
+        return []
+    return [
+        Finding(
+            code=TEI_DRIVER_TOO_OLD,
+            severity="warning",
+            what=f"vLLM can start here, but embeddings on the GPU cannot: {tei.what}",
+            fix="Run the embeddings on the CPU (spec.embeddings.device: cpu), or upgrade the "
+            "driver.\n" + driver_upgrade_fix(host, UPGRADE_BRANCH),
+            gpus=(gpus[0].index,),
+        )
+    ]
 
 
 def _driver_install_fix(host: HostInfo) -> str:
@@ -239,16 +316,6 @@ def _gpu_findings(gpu: GpuInfo) -> list[Finding]:
     return found
 
 
-def _cuda_version(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    major, _, minor = text.partition(".")
-    try:
-        return int(major), int(minor or 0)
-    except ValueError:
-        return None
-
-
 def _peer_to_peer_findings(
     gpus: Sequence[GpuInfo], links: Sequence[GpuLink], specs: Mapping[int, GpuSpec | None]
 ) -> list[Finding]:
@@ -380,6 +447,7 @@ def assess(
     specs: Mapping[int, GpuSpec | None],
     cuda_driver_version: str | None,
     simulated: str | None = None,
+    driver_version: str | None = None,
 ) -> tuple[Finding, ...]:
     """Every finding for one box, errors first."""
     found: list[Finding] = []
@@ -416,18 +484,7 @@ def assess(
                 gpus=(index,),
             )
         )
-    cuda = _cuda_version(cuda_driver_version)
-    if gpus and cuda is not None and cuda < MINIMUM_CUDA_DRIVER:
-        found.append(
-            Finding(
-                code=DRIVER_TOO_OLD,
-                severity="warning",
-                what=f"the NVIDIA driver supports CUDA up to {cuda_driver_version}; the engine "
-                "images are CUDA 12 builds",
-                fix="Upgrade the driver to 525 or newer (550+ recommended), then reboot. "
-                + _driver_install_fix(host).split("\n", 1)[1],
-            )
-        )
+    found += _engine_image_findings(gpus, driver_version, host)
     for gpu in gpus:
         found += _gpu_findings(gpu)
     found += _peer_to_peer_findings(gpus, links, specs)

@@ -138,19 +138,36 @@ def _finding_lines(finding: Finding) -> list[str]:
     return lines
 
 
+def _engine_image_lines(box: Box) -> list[str]:
+    """The vLLM build this driver runs (a refusal is a finding, shown below)."""
+    if not box.gpus or not box.driver_version:
+        return []
+    from appliance.engine_images import NoImageRuns, box_vllm_image
+
+    choice = box_vllm_image(box)
+    if isinstance(choice, NoImageRuns):
+        return []
+    return [f"Engine image {choice.image}: {choice.why}"]
+
+
+def _heading(box: Box) -> str:
+    if box.source == "simulated":
+        return f"Box: simulated {box.simulated!r} (from the GPU catalog; nothing was probed)"
+    if box.source == "recorded" and box.recording and not box.recording.startswith("http"):
+        return f"Box: read from {box.recording}"  # another machine's `appliance detect --json`
+    if box.source == "recorded":
+        return f"Box: recorded NVML reading ({box.recording or 'unknown source'})"
+    return "Box: this machine"
+
+
 def render_box(box: Box) -> str:
     """A readable report of the box: GPUs, links, host, Docker, findings, and the verdict."""
-    if box.source == "simulated":
-        heading = f"Box: simulated {box.simulated!r} (from the GPU catalog; nothing was probed)"
-    elif box.source == "recorded":
-        heading = f"Box: recorded NVML reading ({box.recording or 'unknown source'})"
-    else:
-        heading = "Box: this machine"
-    lines = [heading]
+    lines = [_heading(box)]
     if box.driver_version:
         lines.append(f"NVIDIA driver {box.driver_version} · CUDA {box.cuda_driver_version or '?'}")
     elif box.nvml_error:
         lines.append(f"NVIDIA driver: not available ({box.nvml_error})")
+    lines += _engine_image_lines(box)
     lines += ["", f"GPUs ({len(box.gpus)})"]
     if not box.gpus:
         lines.append("  none")

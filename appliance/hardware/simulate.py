@@ -1,4 +1,5 @@
-"""`--simulate NAME`: a box built from the GPU catalog, so everything up to `plan` runs on a laptop.
+"""`--simulate NAME|FILE`: a box built from the GPU catalog, or read from a file `appliance detect
+--json` wrote on another machine, so everything up to `plan` runs on a laptop.
 
 NAME is `[Nx]<gpu>`: `rtx4090`, `2x4090`, `l40s`, `a100-80g`, `4xh100`, … where <gpu> is a catalog
 key, with or without its "rtx" prefix. The simulated GPUs are NVML readings made from the catalog
@@ -17,14 +18,16 @@ from pathlib import Path
 
 from appliance.catalog import GpuSpec, load_catalog
 from appliance.errors import BadInputError
-from appliance.hardware.box import DockerInfo, HostInfo
+from appliance.hardware.box import Box, DockerInfo, HostInfo
 from appliance.hardware.nvml import NvmlDevice, NvmlPair, NvmlRecording, NvmlSystem
 
 EXAMPLES = ("rtx4090", "2x4090", "l40s", "a100-80g", "h100")
 MAX_GPUS = 8
-# A current production driver (R570, CUDA 12.8): what a freshly installed GPU box runs.
-SIMULATED_DRIVER = "570.133.20"
-SIMULATED_CUDA_DRIVER = 12080
+# A current long-term-support driver (R580, CUDA 13.0), as a freshly installed GPU box runs it:
+# the version a real H200 reported (shared reference h200-detect.json). It runs every pinned
+# engine build natively, so a simulated box plans what a well-kept box would run.
+SIMULATED_DRIVER = "580.159.04"
+SIMULATED_CUDA_DRIVER = 13000
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/llm-appliance/simulated-gpu")
 _NAME = re.compile(r"^(?:(?P<count>\d+)\s*x\s*)?(?P<gpu>[a-z0-9][a-z0-9.\-]*)$")
 # NVML_P2P_STATUS_*: what the stock driver reports for cards with and without P2P.
@@ -174,3 +177,82 @@ def simulate(name: str, models_dir: Path) -> SimulatedBox:
         ),
         docker=simulated_docker(),
     )
+
+
+# --- `--simulate FILE`: a box another machine detected ---------------------------------------
+
+
+def is_detect_file(name: str) -> bool:
+    """Whether `--simulate` names a file (`appliance detect --json` output) rather than a box
+    from the catalog: catalog names never hold a path separator or a `.json` suffix."""
+    return "/" in name or name.lower().endswith(".json") or Path(name).is_file()
+
+
+def read_detect_file(path: Path) -> Box:
+    """The box in a file written by `appliance detect --json` on another machine, so a GPU box
+    can be planned for from a laptop. The GPUs are matched against this catalog and the findings
+    are made again by this version's rules (a driver fine for older images may not be now)."""
+    from pydantic import ValidationError
+
+    from appliance.hardware.findings import assess
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise BadInputError(
+            f"cannot read {path}: {error.strerror or error}",
+            hint="give a file written by `appliance detect --json > box.json` on the GPU box",
+        ) from None
+    try:
+        box = Box.model_validate_json(text)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        raise BadInputError(
+            f"{path} is not `appliance detect --json` output ({where}: {first['msg']})",
+            hint="write it on the GPU box with `appliance detect --json > box.json`",
+        ) from None
+    catalog = load_catalog()
+    gpus = tuple(
+        gpu.model_copy(update={"catalog_key": spec.key if spec else None})
+        for gpu in box.gpus
+        for spec in [catalog.gpu_by_name(gpu.name)]
+    )
+    findings = box.findings
+    if box.nvml_error is None:
+        findings = assess(
+            gpus=gpus,
+            links=box.gpu_links,
+            host=box.host,
+            docker=box.docker,
+            unavailable=None,
+            unreadable={},
+            specs={gpu.index: catalog.gpu_by_name(gpu.name) for gpu in gpus},
+            cuda_driver_version=box.cuda_driver_version,
+            driver_version=box.driver_version,
+        )
+    return box.model_copy(
+        update={
+            "source": "recorded",
+            "simulated": None,
+            "recording": f"{path}, written by `appliance detect --json` on {box.host.hostname}",
+            "gpus": gpus,
+            "findings": findings,
+        }
+    )
+
+
+def catalog_name(name: str) -> str:
+    """The `[Nx]<gpu>` catalog name for `--simulate NAME|FILE` (a file: its GPUs' entry), for
+    what only the catalog can simulate (the TUI's engines)."""
+    if not is_detect_file(name):
+        return name
+    box = read_detect_file(Path(name))
+    keys = {gpu.catalog_key for gpu in box.gpus}
+    if not box.gpus or None in keys or len(keys) != 1:
+        names = ", ".join(sorted({gpu.name for gpu in box.gpus})) or "no GPU"
+        raise BadInputError(
+            f"{name} holds {names}: the simulated engines need one kind of catalog GPU",
+            hint="GPUs in the catalog: " + ", ".join(gpu.key for gpu in load_catalog().gpus),
+        )
+    return f"{len(box.gpus)}x{box.gpus[0].catalog_key}"

@@ -11,6 +11,9 @@ can compare it and `compose export` can print it:
   the host only. The gateway is the one way in from the network.
 - Weights are mounted read-only from `weights_path(models_dir, repo, revision)`; the engines run
   with `HF_HUB_OFFLINE=1`, so they never reach for the Hub, and no token is ever passed to them.
+- Images: of each engine's pinned builds, the one the box's driver and cards can start
+  (`appliance.engine_images`), with the environment its compatibility route needs; when none can,
+  EnvironmentNotReadyError carries the driver upgrade commands. A profile's `spec.images` wins.
 - GPUs are requested by UUID (stable across reboots and driver reorders), the ones the profile
   assigns. `SpecOptions(gpu_requests=False)` is the single switch that turns the requests off;
   only the tests (on machines without a GPU) use it.
@@ -24,6 +27,13 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Final, Literal, TypeVar
 
 from appliance.catalog import Catalog, load_catalog
+from appliance.engine_images import (
+    ImageChoice,
+    NoImageRuns,
+    gpus_card_class,
+    tei_image_for,
+    vllm_image_for,
+)
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import EmbeddingsSpec, Profile
@@ -39,6 +49,7 @@ __all__ = [
     "container_specs",
     "tei_command",
     "vllm_command",
+    "vllm_image_choice",
     "weights_path",
 ]
 
@@ -235,11 +246,40 @@ def _weights_mount(models_dir: Path, repo: str, revision: str, source: WeightsSo
     )
 
 
+def _refuse_old_driver(box: Box, refusal: NoImageRuns) -> EnvironmentNotReadyError:
+    from appliance.engine_images import UPGRADE_BRANCH
+    from appliance.hardware.findings import driver_upgrade_fix
+
+    return EnvironmentNotReadyError(
+        refusal.what,
+        hint=driver_upgrade_fix(box.host, UPGRADE_BRANCH)
+        + "\n(or pin an image yourself in the profile's spec.images)",
+    )
+
+
+def vllm_image_choice(
+    profile: Profile, box: Box, catalog: Catalog | None = None
+) -> ImageChoice | None:
+    """The vLLM build this box's driver and cards run (None: the profile pins its own image).
+
+    EnvironmentNotReadyError, with the driver upgrade commands, when no pinned build starts.
+    """
+    if profile.spec.images.vllm:
+        return None
+    chosen = _select_gpus(profile, box) if box.gpus else ()
+    choice = vllm_image_for(box.driver_version, gpus_card_class(chosen, catalog), catalog)
+    if isinstance(choice, NoImageRuns):
+        raise _refuse_old_driver(box, choice)
+    return choice
+
+
 def _vllm_spec(
     profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
 ) -> ContainerSpec:
     spec = profile.spec
-    image = spec.images.vllm or f"{catalog.images.vllm.repository}:{catalog.images.vllm.tag}"
+    choice = vllm_image_choice(profile, box, catalog)
+    image = spec.images.vllm or (choice.image if choice else "")
+    compat_env = choice.environment if choice else {}
     models_dir = spec.storage.models_dir
     mounts = [_weights_mount(models_dir, spec.model.repo, spec.model.revision, source)]
     mounts += [
@@ -255,7 +295,12 @@ def _vllm_spec(
         name=container_name(profile.metadata.name, "vllm"),
         image=image,
         command=vllm_command(profile, box),
-        environment={**_OFFLINE_ENV, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+        environment={
+            **_OFFLINE_ENV,
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            **compat_env,
+        },
         ports=(PortBinding(container_port=VLLM_CONTAINER_PORT, host_port=port),),
         mounts=tuple(mounts),
         gpu_device_ids=_device_ids(_select_gpus(profile, box), options),
@@ -291,7 +336,17 @@ def _tei_spec(
     assert embeddings is not None
     assert embeddings.repo is not None
     gpu = _tei_gpu(profile, box)
-    image = spec.images.tei or catalog.tei_tag(gpu.compute_capability if gpu else None)
+    image = spec.images.tei
+    if not image:
+        choice = tei_image_for(
+            gpu.compute_capability if gpu else None,
+            box.driver_version,
+            gpus_card_class([gpu] if gpu else [], catalog),
+            catalog,
+        )
+        if isinstance(choice, NoImageRuns):
+            raise _refuse_old_driver(box, choice)
+        image = choice.image
     port = spec.ports.tei
     return ContainerSpec(
         role="tei",

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--simulate",
-        metavar="NAME",
-        help="run on a simulated box (rtx4090, 2x4090, l40s, a100-80g, h100, …): nothing on "
-        "this machine is probed or changed",
+        metavar="NAME|FILE",
+        help="run on a simulated box (rtx4090, 2x4090, l40s, a100-80g, h100, …, or a file "
+        "`appliance detect --json` wrote on the GPU box): nothing on this machine is probed or "
+        "changed",
     )
     parser.add_argument(
         "--profile",

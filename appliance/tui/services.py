@@ -341,18 +341,21 @@ def simulated_services(
     monitor_ticks: int | None = None,
     log_interval_s: float = 0.5,
 ) -> Services:
-    """`--simulate NAME`: a catalog box, simulated engines, and a gateway state in a temp dir.
+    """`--simulate NAME|FILE`: a catalog box (or one another machine's `appliance detect --json`
+    wrote), simulated engines, and a gateway state in a temp dir.
 
     With `profile_path` (`--profile`), the simulation is of that profile on that box: its model
     name, TEI only when it has embeddings, its alert thresholds, its fallback — and, when the
     profile cannot run there (sizing says it does not fit), nothing running and why.
-    Raises `BadInputError` for a name the GPU catalog does not know, and `ProfileError` for a
-    bad profile (before any screen opens).
+    Raises `BadInputError` for a name the GPU catalog does not know or a file that is not a
+    detect file of catalog GPUs, and `ProfileError` for a bad profile (before any screen opens).
     """
     from appliance.hardware import detect_box
-    from appliance.hardware.simulate import resolve
+    from appliance.hardware.simulate import catalog_name, resolve
 
-    resolve(name)
+    # A detect file gives the box; its catalog GPU drives the simulated engines.
+    engines = catalog_name(name)
+    resolve(engines)
     profile = None
     if profile_path is not None:
         from appliance.profile import load_profile
@@ -370,11 +373,11 @@ def simulated_services(
 
         if profile is None:
             samplers, used_clock = simulated(
-                name, clock=clock, seed=seed, fallback_mode=gateway.read
+                engines, clock=clock, seed=seed, fallback_mode=gateway.read
             )
             return Monitor(samplers, clock=used_clock)
         samplers, used_clock = simulated(
-            name,
+            engines,
             clock=clock,
             seed=seed,
             fallback_mode=gateway.read,

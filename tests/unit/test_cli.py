@@ -141,7 +141,7 @@ def test_debug_shows_the_traceback(
 
 def test_estimate_json_has_the_budget_fields() -> None:
     result = appliance(
-        "estimate", "llama-3.1-8b-instruct", "--quantization", "awq", "--gpu", "rtx4090",
+        "estimate", "llama-3.1-8b-instruct", "--quantization", "awq", "--simulate", "rtx4090",
         "--max-model-len", "8192", "--json",
     )  # fmt: skip
     assert result.returncode == ExitCode.OK, result.stderr
@@ -155,7 +155,7 @@ def test_estimate_json_has_the_budget_fields() -> None:
 
 def test_70b_bf16_on_one_4090_is_refused_with_the_reason_and_what_fits() -> None:
     result = appliance(
-        "estimate", "llama-3.3-70b-instruct", "--quantization", "bf16", "--gpu", "rtx4090"
+        "estimate", "llama-3.3-70b-instruct", "--quantization", "bf16", "--simulate", "rtx4090"
     )
     assert result.returncode == ExitCode.REFUSED
     assert "does not fit" in result.stderr

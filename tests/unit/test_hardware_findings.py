@@ -99,11 +99,14 @@ def make_device(index: int = 0, **overrides: Any) -> NvmlDevice:
 
 
 def recording(
-    *devices: NvmlDevice, pairs: tuple[NvmlPair, ...] = (), cuda: int = 12040
+    *devices: NvmlDevice,
+    pairs: tuple[NvmlPair, ...] = (),
+    cuda: int = 12040,
+    driver: str = "550.127.05",
 ) -> NvmlRecording:
     return NvmlRecording(
         system=NvmlSystem(
-            driver_version="550.127.05", cuda_driver_version=cuda, device_count=len(devices)
+            driver_version=driver, cuda_driver_version=cuda, device_count=len(devices)
         ),
         devices=devices,
         pairs=pairs,
@@ -250,13 +253,49 @@ def test_a_lost_gpu_is_an_error_and_the_others_are_still_reported() -> None:
     assert "nvidia-smi -i 1 -r" in finding.fix
 
 
-def test_a_driver_older_than_cuda_12_is_a_warning() -> None:
-    box = box_of(recording(make_device(), cuda=11040))
+def test_a_geforce_card_on_a_driver_older_than_every_pinned_vllm_build_cannot_serve() -> None:
+    # Ubuntu 24.04's nvidia-driver-570: the 4090 cannot start v0.32.0 (CUDA 13.0) nor -cu129.
+    box = box_of(
+        recording(make_device(name="NVIDIA GeForce RTX 4090"), cuda=12080, driver="570.195.03")
+    )
     finding = box.finding(rules.DRIVER_TOO_OLD)
     assert finding is not None
-    assert finding.severity == "warning"
-    assert "11.4" in finding.what
-    assert box.can_serve
+    assert finding.severity == "error"
+    assert "570.195.03" in finding.what
+    assert "v0.32.0-cu129 needs 575.51.03" in finding.what
+    assert "v0.32.0 needs 580.65.06" in finding.what
+    assert "GeForce" in finding.what
+    assert finding.fix is not None
+    assert "sudo ubuntu-drivers install --gpgpu nvidia:580-server" in finding.fix
+    assert not box.can_serve
+
+
+def test_the_driver_upgrade_on_debian_uses_nvidias_repository_pinned_to_the_branch() -> None:
+    debian = make_host(os_id="debian", os_like=(), os_version_id="12")
+    box = box_of(
+        recording(make_device(name="NVIDIA GeForce RTX 4090"), driver="550.163.01"), host=debian
+    )
+    finding = box.finding(rules.DRIVER_TOO_OLD)
+    assert finding is not None
+    assert finding.fix is not None
+    assert "cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb" in finding.fix
+    assert "sudo apt-get install -y nvidia-driver-pinning-580" in finding.fix
+    assert "ubuntu-drivers" not in finding.fix
+
+
+@pytest.mark.parametrize("driver", ["550.127.05", "570.195.03", "535.261.03"])
+def test_a_datacenter_card_on_an_admitted_older_branch_runs_the_cuda_12_9_build(
+    driver: str,
+) -> None:
+    box = box_of(recording(make_device(), driver=driver))  # an L40S
+    assert rules.DRIVER_TOO_OLD not in codes(box)
+
+
+def test_a_branch_the_images_do_not_admit_is_refused_even_on_a_datacenter_card() -> None:
+    box = box_of(recording(make_device(), driver="555.42.06"))  # R555: end of life, not listed
+    finding = box.finding(rules.DRIVER_TOO_OLD)
+    assert finding is not None
+    assert "branch 555" in finding.what
 
 
 # ---------------------------------------------------------------------------------- per GPU
@@ -343,7 +382,14 @@ def _two_4090s(pair: NvmlPair) -> NvmlRecording:
         "memory_free_bytes": 24564 * MiB,
         "memory_reserved_bytes": None,
     }
-    return recording(make_device(0, **card), make_device(1, **card), pairs=(pair,))
+    # R580: a GeForce box that can start the engines, so only the P2P caveat remains.
+    return recording(
+        make_device(0, **card),
+        make_device(1, **card),
+        pairs=(pair,),
+        cuda=13000,
+        driver="580.95.05",
+    )
 
 
 @pytest.mark.parametrize("status", [2, 5, 1])
