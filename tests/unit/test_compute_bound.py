@@ -25,8 +25,11 @@ def test_a_4090_no_longer_promises_9000_tokens_per_second_from_a_7b_model() -> N
         # 2 FLOPs per active parameter per token, at the stated share of the dense peak.
         ceiling = tflops * 1e12 * COMPUTE_EFFICIENCY * candidate.tensor_parallel_size
         assert candidate.decode.tokens_per_second_total <= ceiling / (2 * active * 1e9) * 1.001
-    # Before the compute bound: qwen2.5-7b AWQ first at ~9,043 tokens/s on one 4090.
-    assert ranked.top.decode.tokens_per_second_total < 8000
+    # Before the compute bound: qwen2.5-7b AWQ first at ~9,043 tokens/s on one 4090. (The top
+    # is now an MoE with 3.6 B active parameters, whose ceiling is higher: the loop above.)
+    sevens = [c for c in ranked.candidates if c.model_key == "qwen2.5-7b-instruct"]
+    assert sevens
+    assert all(c.decode.tokens_per_second_total < 8000 for c in sevens)
     awq = next(
         c
         for c in ranked.candidates
