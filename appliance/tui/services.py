@@ -420,7 +420,7 @@ def why_not_running(profile: Profile, box: Box) -> str | None:
     except ApplianceError as error:
         reason = error.message.removesuffix("; nothing was changed")
         hint = f" → {error.hint}" if error.hint else ""
-        return f"not running: apply refuses this profile here: {reason}{hint}"
+        return f"{reason}{hint}"
     return None
 
 

@@ -31,7 +31,7 @@ from appliance.tui.messages import (
     PlanFailed,
     ProfileChosen,
 )
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.units import EN_DASH as DASH
 from appliance.units import human_bytes
 
@@ -138,6 +138,7 @@ class DeployScreen(ApplianceScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("g", "replan", "Re-plan"),
         Binding("a", "apply", "Apply"),
+        this_screen("d", "deploy", "Deploy"),
     ]
 
     def compose(self) -> ComposeResult:

@@ -6,6 +6,8 @@ width on every redraw, so a wide terminal shows a longer history.
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
@@ -26,6 +28,21 @@ if TYPE_CHECKING:
 Series = dict[str, tuple[float | None, ...]]
 _LABEL_WIDTH = 9
 _VALUE_WIDTH = 24
+
+
+# The space between a number and its unit ("2.0 s", "85 °C", "93 %"), or a limit's sign and its
+# number ("> 2.0 s"): a wrap never breaks it.
+_UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:s|ms|°C|%|W|GiB|requests)(?!\w))|(?<=[>≤]) (?=\d)")
+_GLUE = "\u2060"  # a word joiner: not whitespace to textwrap, swapped back for a space
+
+
+def wrap_keeping_units(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` cells, never parting a number from its unit."""
+    if width <= 0:
+        return [text]
+    glued = _UNIT_SPACE.sub(_GLUE, text)
+    lines = textwrap.wrap(glued, width, break_long_words=False, break_on_hyphens=False)
+    return [line.replace(_GLUE, " ") for line in lines] or [""]
 
 
 def health_badge(service: ServiceStats) -> Text:
@@ -288,10 +305,14 @@ class AlertsPanel(_SnapshotPanel):
             return Text("✔ no alerts", style="green")
         lines: list[RenderableType] = []
         ordered = sorted(snapshot.alerts, key=lambda alert: alert.severity != "critical")
+        indent = " " * 9
         for alert in ordered:
             style = "bold red" if alert.severity == "critical" else "bold yellow"
-            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.headline()))
-            lines.append(Text(f"         → {alert.suggestion}", style="italic"))
+            what = wrap_keeping_units(alert.headline(), self.size.width - len(indent))
+            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), what[0]))
+            lines += [Text(indent + line) for line in what[1:]]
+            advice = wrap_keeping_units(f"→ {alert.suggestion}", self.size.width - len(indent))
+            lines += [Text(indent + line, style="italic") for line in advice]
         return Group(*lines)
 
 
