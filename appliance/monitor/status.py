@@ -49,7 +49,7 @@ class AlertsActiveError(OperationFailedError):
     def __init__(self, snapshot: Snapshot) -> None:
         alerts = snapshot.alerts
         message = f"{len(alerts)} alert(s) active:\n" + "\n".join(
-            f"  [{alert.severity}] {alert.message}" for alert in alerts
+            f"  [{alert.severity}] {alert.headline()}" for alert in alerts
         )
         hint = "\n  → ".join(dict.fromkeys(alert.suggestion for alert in alerts))
         super().__init__(message, hint=hint)

@@ -261,3 +261,14 @@ def test_an_unhealthy_gateway_is_pointed_at_its_systemd_unit_not_docker() -> Non
     assert UNIT_NAME.removesuffix(".service") in advice["gateway"]
     assert "docker" not in advice["gateway"]
     assert "docker logs" in advice["vllm"]
+
+
+def test_status_check_names_the_threshold_as_status_and_the_tui_do() -> None:
+    from appliance.monitor.snapshot import Snapshot, Timestamp
+    from appliance.monitor.status import AlertsActiveError
+
+    tracker = AlertTracker(AlertThresholds(kv_cache_usage_pct=90).immediate())
+    alerts = tracker.update([Observation("kv-cache-full", "vllm", 97.0)], now=0.0, now_wall=1e9)
+    snapshot = Snapshot(tick=1, taken_at=Timestamp(monotonic=0, wall=1e9), interval_s=1.0,
+                        alerts=alerts)  # fmt: skip
+    assert "[warning] vllm KV cache is 97 % full (> 90 %)" in AlertsActiveError(snapshot).message
