@@ -18,6 +18,7 @@ import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 
+from appliance.deploy import deploy_profile
 from appliance.gateway.service import UNIT_NAME, install_gateway_service
 from appliance.hardware import detect_box
 from appliance.profile import load_profile
@@ -160,3 +161,27 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
     assert copy.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
     assert systemctl.calls == [["daemon-reload"], ["enable", UNIT_NAME], ["restart", UNIT_NAME]]
     assert [c.role for c in engine.managed_containers()] == ["vllm"]
+
+    # `appliance apply` runs the same operation: the same profile again changes nothing, and
+    # the gateway is left alone.
+    again = deploy_profile(
+        profile, box, engine, source=path, options=NO_GPU, deadlines_s=DEADLINES, gateway=gateway
+    )
+    assert (again.applied, again.gateway, again.gateway_line()) == (False, None, None)
+    assert len(systemctl.calls) == 3
+    # On a box without systemd, the operator is told how to run the gateway of that file.
+    path.write_text(path.read_text().replace("max_num_seqs: 8", "max_num_seqs: 4"))
+    changed = deploy_profile(
+        load_profile(path),
+        box,
+        engine,
+        source=path,
+        options=NO_GPU,
+        deadlines_s=DEADLINES,
+        gateway=lambda text, state_dir: None,
+    )
+    assert changed.applied
+    assert changed.gateway_line() == (
+        f"no systemd here: run the gateway yourself with `appliance gateway --profile {path}`"
+    )
+    assert changed.to_json()["gateway_note"] == changed.gateway_line()
