@@ -14,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Sparkline
@@ -297,23 +298,31 @@ class ServicesPanel(_SnapshotPanel):
 class AlertsPanel(_SnapshotPanel):
     """Active alerts, worst first, each with the monitor's one-line suggestion."""
 
-    def render(self) -> RenderableType:
+    def lines(self, width: int) -> list[Text]:
+        """The alerts as lines of at most `width` cells, wrapped by hand so that a figure stays
+        whole (the height Textual asks for is counted from the same lines)."""
         snapshot = self.snapshot
         if snapshot is None:
-            return Text(DASH, style="dim")
+            return [Text(DASH, style="dim")]
         if not snapshot.alerts:
-            return Text("✔ no alerts", style="green")
-        lines: list[RenderableType] = []
+            return [Text("✔ no alerts", style="green")]
+        lines: list[Text] = []
         ordered = sorted(snapshot.alerts, key=lambda alert: alert.severity != "critical")
         indent = " " * 9
         for alert in ordered:
             style = "bold red" if alert.severity == "critical" else "bold yellow"
-            what = wrap_keeping_units(alert.headline(), self.size.width - len(indent))
+            what = wrap_keeping_units(alert.headline(), width - len(indent))
             lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), what[0]))
             lines += [Text(indent + line) for line in what[1:]]
-            advice = wrap_keeping_units(f"→ {alert.suggestion}", self.size.width - len(indent))
+            advice = wrap_keeping_units(f"→ {alert.suggestion}", width - len(indent))
             lines += [Text(indent + line, style="italic") for line in advice]
-        return Group(*lines)
+        return lines
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.lines(width))
+
+    def render(self) -> RenderableType:
+        return Group(*self.lines(self.size.width))
 
 
 # (history key, title, unit) of the trends drawn large on tall terminals.
