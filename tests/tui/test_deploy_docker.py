@@ -31,6 +31,7 @@ from appliance.tui.services import Services, docker_deployer, docker_planner
 from appliance.weights import import_weights
 from tests.doubles import EngineDoubleImages, free_port
 from tests.support.dockerd import PrivateDockerd
+from tests.support.hub_double import safetensors_bytes
 
 pytestmark = pytest.mark.docker
 
@@ -91,7 +92,8 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
     weights = tmp_path / "weights-from-usb"
     weights.mkdir()
     (weights / "config.json").write_text("{}")
-    (weights / "model.safetensors").write_bytes(b"\0" * 64)
+    one_tensor = {"lm_head.weight": ("F32", (16,), b"\0" * 64)}
+    (weights / "model.safetensors").write_bytes(safetensors_bytes(one_tensor))
     import_weights(weights, CHAT_REPO, "main", models_dir=tmp_path / "models")
     box = detect_box(simulate="rtx4090", models_dir=tmp_path / "models")
     systemd = tmp_path / "systemd"
