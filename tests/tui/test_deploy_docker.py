@@ -121,6 +121,7 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
         profiles_dir=tmp_path,
         deployed_profile=path,
         profile=profile,
+        docker_url=docker_engine.base_url,
     )
     seen: list[Message] = []
 
@@ -151,6 +152,8 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
                     app.snapshot is not None
                     and (vllm := app.snapshot.service("vllm")) is not None
                     and vllm.healthy
+                    # and its container, as Docker reports it (the CLI's status reads the same)
+                    and vllm.container_state == "running"
                 ),
             )
 
