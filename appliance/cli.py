@@ -108,16 +108,11 @@ def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _runtime_source(profile_name: str) -> Any:
-    """Container states and restart counts, when the Docker engine answers; else None."""
-    from appliance.errors import EnvironmentNotReadyError
-    from appliance.monitor.samplers import ContainersRuntimeSource
-    from appliance.runtime.docker import DockerEngine
+    """Container states and restart counts from the Docker engine, as the TUI's Monitor gets
+    them (a tick where the engine does not answer shows none)."""
+    from appliance.monitor.status import DockerRuntime
 
-    try:
-        return ContainersRuntimeSource(DockerEngine(timeout_s=3), profile_name)
-    except EnvironmentNotReadyError as error:
-        log.debug("no container states in status: %s", error.message)
-        return None
+    return DockerRuntime(profile_name)
 
 
 def _cmd_status(args: argparse.Namespace) -> ExitCode:

@@ -121,9 +121,12 @@ def deploy_profile(
     service = gateway(text, profile.spec.storage.state_dir)
     if service is not None:
         return Deployment(result, gateway=service)
-    where = source or "PROFILE (save it first: s in Recommend)"
-    return Deployment(
-        result,
-        gateway_note="no systemd here: run the gateway yourself with "
-        f"`appliance gateway --profile {where}`",
-    )
+    if source is None:
+        note = (
+            "no systemd here: save the profile (s in Recommend) and run the gateway yourself "
+            "with `appliance gateway --profile FILE`"
+        )
+    else:
+        command = f"appliance gateway --profile {source}"
+        note = f"no systemd here: run the gateway yourself with `{command}`"
+    return Deployment(result, gateway_note=note)

@@ -115,6 +115,14 @@ class RunningProfile:
         )
 
 
+# The gateway is no container but the appliance's systemd unit (`gateway.service.UNIT_NAME`,
+# not imported: this module stays pure); its logs are the journal's.
+GATEWAY_UNHEALTHY = (
+    "systemctl status llm-appliance-gateway and journalctl -u llm-appliance-gateway say why; "
+    "`appliance apply PROFILE` installs and starts it"
+)
+
+
 def _advice(*options: tuple[str, bool | None]) -> str:
     """The options that still apply (`(text, already done)`), as one line: "a, b, or c"."""
     kept = [text for text, done in options if done is not True]
@@ -378,7 +386,11 @@ class AlertTracker:
             severity=rule.severity,
             subject=subject,
             message=rule.what.format(subject=subject, value=value if value is not None else 0.0),
-            suggestion=rule.suggestion,
+            suggestion=(
+                GATEWAY_UNHEALTHY
+                if (rule.code, subject) == ("service-unhealthy", "gateway")
+                else rule.suggestion
+            ),
             value=value,
             threshold=rule.raise_above,
             since=state.raised_at_wall,

@@ -368,6 +368,9 @@ class SamplerSet:
             await self.pool.aclose()
         if self.gpus is not None:
             self.gpus.close()
+        close = getattr(self.runtime, "close", None)  # a runtime holding a connection
+        if callable(close):
+            close()
 
 
 def http_samplers(

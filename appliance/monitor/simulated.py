@@ -384,8 +384,15 @@ def simulated_samplers(
         endpoints.append(Endpoint("tei", "tei", "http://127.0.0.1:8001"))
     gateway = Endpoint("gateway", "gateway", "http://127.0.0.1:8080")
     gpus = SimulatedGpuSampler(box, now, seed=seed, busy=not_running is None)
-    if not_running is not None:
-        stopped = tuple(StoppedServiceSampler(e, not_running) for e in (*endpoints, gateway))
+    if not_running is not None:  # apply starts nothing: the first service says why
+        first, *others = (*endpoints, gateway)
+        stopped = (
+            StoppedServiceSampler(first, f"not running: {not_running}"),
+            *(
+                StoppedServiceSampler(e, f"not running: nothing was started (see {first.name})")
+                for e in others
+            ),
+        )
         return SamplerSet(services=stopped, gpus=gpus, runtime=SimulatedRuntime(()), simulated=True)
     services: list[SimulatedEngineSampler | SimulatedGatewaySampler] = [
         SimulatedEngineSampler(

@@ -17,15 +17,17 @@ quantiles need two scrapes to say anything.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import httpx
 
-from appliance.errors import BadInputError, OperationFailedError
+from appliance.errors import ApplianceError, BadInputError, OperationFailedError
 from appliance.monitor.monitor import Clock, Monitor, MonitorConfig, SystemClock
 from appliance.monitor.samplers import (
+    ContainersRuntimeSource,
+    ContainerStatus,
     Endpoint,
     GpuSampler,
     NvmlGpuSampler,
@@ -39,6 +41,7 @@ from appliance.monitor.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
+    from appliance.runtime.docker import DockerEngine
 
 OnSnapshot = Callable[[Snapshot, History], None]
 
@@ -49,7 +52,7 @@ class AlertsActiveError(OperationFailedError):
     def __init__(self, snapshot: Snapshot) -> None:
         alerts = snapshot.alerts
         message = f"{len(alerts)} alert(s) active:\n" + "\n".join(
-            f"  [{alert.severity}] {alert.message}" for alert in alerts
+            f"  [{alert.severity}] {alert.headline()}" for alert in alerts
         )
         hint = "\n  → ".join(dict.fromkeys(alert.suggestion for alert in alerts))
         super().__init__(message, hint=hint)
@@ -57,6 +60,38 @@ class AlertsActiveError(OperationFailedError):
 
 
 # ---------------------------------------------------------------------------------- samplers
+
+
+class DockerRuntime:
+    """Container states and restart counts of a profile's containers, from the Docker engine:
+    the `RuntimeSource` that `status` and the TUI's Monitor both give the monitor.
+
+    It connects on its first read, which the monitor makes in a worker thread (never on the
+    caller's event loop), and again after the engine stopped answering; a read that fails is
+    "unknown this tick", so restart alerts hold their state.
+    """
+
+    def __init__(self, profile_name: str, base_url: str | None = None) -> None:
+        self.profile_name = profile_name
+        self.base_url = base_url
+        self._engine: DockerEngine | None = None
+
+    def read(self) -> Mapping[str, ContainerStatus]:
+        engine = self._engine
+        if engine is None:
+            from appliance.runtime.docker import DockerEngine
+
+            engine = self._engine = DockerEngine(self.base_url, timeout_s=3)
+        try:
+            return ContainersRuntimeSource(engine, self.profile_name).read()
+        except ApplianceError:
+            self.close()  # reconnect on the next read
+            raise
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
 
 
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})  # noqa: S104

@@ -252,6 +252,7 @@ class Services:
     profiles_dir: Path = field(default_factory=Path.cwd)
     deployed_profile: Path | None = None
     profile: Profile | None = None
+    docker_url: str | None = None  # the Docker engine the Monitor reads container states from
 
 
 def core_recommend(box: Box, workload: Workload) -> Recommendation:
@@ -423,7 +424,7 @@ def why_not_running(profile: Profile, box: Box) -> str | None:
     except ApplianceError as error:
         reason = error.message.removesuffix("; nothing was changed")
         hint = f" → {error.hint}" if error.hint else ""
-        return f"not running: apply refuses this profile here: {reason}{hint}"
+        return f"{reason}{hint}"
     return None
 
 
@@ -459,9 +460,11 @@ def watching(services: Services, profile: Profile) -> Services:
 
     def make_monitor() -> Monitor:
         from appliance.monitor.monitor import Monitor, MonitorConfig
-        from appliance.monitor.status import profile_samplers
+        from appliance.monitor.status import DockerRuntime, profile_samplers
 
-        return Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))
+        runtime = DockerRuntime(profile.metadata.name, services.docker_url)
+        samplers = profile_samplers(profile, runtime=runtime)
+        return Monitor(samplers, config=MonitorConfig.from_profile(profile))
 
     gateway = _profile_gateway(profile)
     return dataclasses.replace(

@@ -18,6 +18,7 @@ import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 
+from appliance.deploy import deploy_profile
 from appliance.gateway.service import UNIT_NAME, install_gateway_service
 from appliance.hardware import detect_box
 from appliance.profile import load_profile
@@ -30,6 +31,7 @@ from appliance.tui.services import Services, docker_deployer, docker_planner
 from appliance.weights import import_weights
 from tests.doubles import EngineDoubleImages, free_port
 from tests.support.dockerd import PrivateDockerd
+from tests.support.hub_double import safetensors_bytes
 
 pytestmark = pytest.mark.docker
 
@@ -90,7 +92,8 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
     weights = tmp_path / "weights-from-usb"
     weights.mkdir()
     (weights / "config.json").write_text("{}")
-    (weights / "model.safetensors").write_bytes(b"\0" * 64)
+    one_tensor = {"lm_head.weight": ("F32", (16,), b"\0" * 64)}
+    (weights / "model.safetensors").write_bytes(safetensors_bytes(one_tensor))
     import_weights(weights, CHAT_REPO, "main", models_dir=tmp_path / "models")
     box = detect_box(simulate="rtx4090", models_dir=tmp_path / "models")
     systemd = tmp_path / "systemd"
@@ -118,6 +121,7 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
         profiles_dir=tmp_path,
         deployed_profile=path,
         profile=profile,
+        docker_url=docker_engine.base_url,
     )
     seen: list[Message] = []
 
@@ -148,6 +152,8 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
                     app.snapshot is not None
                     and (vllm := app.snapshot.service("vllm")) is not None
                     and vllm.healthy
+                    # and its container, as Docker reports it (the CLI's status reads the same)
+                    and vllm.container_state == "running"
                 ),
             )
 
@@ -160,3 +166,27 @@ def test_a_tui_deploy_installs_the_gateway_unit_and_monitors_the_profile(
     assert copy.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
     assert systemctl.calls == [["daemon-reload"], ["enable", UNIT_NAME], ["restart", UNIT_NAME]]
     assert [c.role for c in engine.managed_containers()] == ["vllm"]
+
+    # `appliance apply` runs the same operation: the same profile again changes nothing, and
+    # the gateway is left alone.
+    again = deploy_profile(
+        profile, box, engine, source=path, options=NO_GPU, deadlines_s=DEADLINES, gateway=gateway
+    )
+    assert (again.applied, again.gateway, again.gateway_line()) == (False, None, None)
+    assert len(systemctl.calls) == 3
+    # On a box without systemd, the operator is told how to run the gateway of that file.
+    path.write_text(path.read_text().replace("max_num_seqs: 8", "max_num_seqs: 4"))
+    changed = deploy_profile(
+        load_profile(path),
+        box,
+        engine,
+        source=path,
+        options=NO_GPU,
+        deadlines_s=DEADLINES,
+        gateway=lambda text, state_dir: None,
+    )
+    assert changed.applied
+    assert changed.gateway_line() == (
+        f"no systemd here: run the gateway yourself with `appliance gateway --profile {path}`"
+    )
+    assert changed.to_json()["gateway_note"] == changed.gateway_line()

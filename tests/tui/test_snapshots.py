@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 
+from appliance.monitor.monitor import ManualClock
 from appliance.tui.app import ApplianceApp
 from appliance.tui.screens.recommend import CandidateCard
+from appliance.tui.services import simulated_services
 from tests.tui.conftest import MONITOR_TICKS, fake_services
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
@@ -160,3 +165,32 @@ def test_deploy_progress(snap_compare: Any, size: tuple[int, int], outcome: bool
 def test_recommend_rejected(snap_compare: Any, size: tuple[int, int]) -> None:
     app = ApplianceApp(services=fake_services())
     assert snap_compare(app, terminal_size=size, run_before=_settled("r", "escape", "x"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_simulate_picker(snap_compare: Any, size: tuple[int, int]) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, ApplianceApp)
+        await _until(pilot, lambda: app.box is not None)
+        await pilot.press("s")
+        await pilot.pause()
+
+    app = ApplianceApp(services=fake_services(no_gpu=True))
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_monitor_of_a_profile_that_cannot_fit(
+    snap_compare: Any, size: tuple[int, int], tmp_path: Path
+) -> None:
+    """`--simulate rtx4090 --profile profiles/h100-70b-fp8.yaml`: nothing runs, and why."""
+    services = simulated_services(
+        "rtx4090",
+        profile_path=PROFILES / "h100-70b-fp8.yaml",
+        clock=ManualClock(hold_after=MONITOR_TICKS),
+        state_dir=tmp_path,
+        profiles_dir=tmp_path,
+    )
+    app = ApplianceApp(services=services)
+    assert snap_compare(app, terminal_size=size, run_before=_settled())

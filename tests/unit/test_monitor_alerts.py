@@ -246,3 +246,29 @@ def test_status_and_the_monitor_config_carry_the_same_advice_and_thresholds() ->
     threshold = config.thresholds.ttft_p95_seconds
     assert f"vllm time to first token p95 is 9.00 s (> {threshold:.1f} s)" in text
     assert "enable_prefix_caching" not in text
+
+
+def test_an_unhealthy_gateway_is_pointed_at_its_systemd_unit_not_docker() -> None:
+    from appliance.gateway.service import UNIT_NAME
+
+    tracker = AlertTracker(AlertThresholds().immediate())
+    alerts = tracker.update(
+        [Observation("service-unhealthy", name, 1.0) for name in ("gateway", "vllm")],
+        now=0.0,
+        now_wall=1e9,
+    )
+    advice = {alert.subject: alert.suggestion for alert in alerts}
+    assert UNIT_NAME.removesuffix(".service") in advice["gateway"]
+    assert "docker" not in advice["gateway"]
+    assert "docker logs" in advice["vllm"]
+
+
+def test_status_check_names_the_threshold_as_status_and_the_tui_do() -> None:
+    from appliance.monitor.snapshot import Snapshot, Timestamp
+    from appliance.monitor.status import AlertsActiveError
+
+    tracker = AlertTracker(AlertThresholds(kv_cache_usage_pct=90).immediate())
+    alerts = tracker.update([Observation("kv-cache-full", "vllm", 97.0)], now=0.0, now_wall=1e9)
+    snapshot = Snapshot(tick=1, taken_at=Timestamp(monotonic=0, wall=1e9), interval_s=1.0,
+                        alerts=alerts)  # fmt: skip
+    assert "[warning] vllm KV cache is 97 % full (> 90 %)" in AlertsActiveError(snapshot).message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from textual.binding import Binding
 from textual.screen import Screen
 
 if TYPE_CHECKING:
@@ -18,3 +19,9 @@ class ApplianceScreen(Screen[None]):
 
         assert isinstance(self.app, ApplianceApp)
         return self.app
+
+
+def this_screen(key: str, mode: str, name: str) -> Binding:
+    """The app's key for the screen one is on, hidden from its footer: at 80 columns the
+    footer has room only for keys that do something (and Quit must stay in sight)."""
+    return Binding(key, f"app.show('{mode}')", name, show=False)

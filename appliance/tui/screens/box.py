@@ -19,14 +19,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.units import EN_DASH as DASH
 from appliance.units import gib
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box, DockerInfo, Finding, GpuInfo, HostInfo
-
-_SEGMENT = {"consumer": "consumer card", "workstation": "workstation card", "datacenter": "server"}
 
 
 def simulated_boxes() -> tuple[tuple[str, str], ...]:
@@ -38,11 +36,10 @@ def simulated_boxes() -> tuple[tuple[str, str], ...]:
     def what(name: str) -> str:
         count, spec = resolve(name)
         card = spec.name.removeprefix("NVIDIA ").removeprefix("GeForce ")
-        text = f"{count} x {card}, {gib(spec.memory_total_bytes, 0)}"
+        text = f"{count} x {card} · {gib(spec.memory_total_bytes, 0)}"
         if count > 1:
-            peer = "with" if spec.p2p_default else "without"
-            return f"{text} each, {peer} P2P: tensor parallel"
-        return f"{text}: {_SEGMENT[spec.segment]}"
+            return f"{text} each · {'P2P' if spec.p2p_default else 'no P2P'}"
+        return text
 
     examples = {resolve(name)[1].key for name in EXAMPLES if resolve(name)[0] == 1}
     names = [*EXAMPLES, *(gpu.key for gpu in load_catalog().gpus if gpu.key not in examples)]
@@ -182,8 +179,9 @@ class BoxScreen(ApplianceScreen):
     """What this box has and what stands between it and serving."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("g", "redetect", "Re-detect", tooltip="Probe the GPUs, host and Docker again"),
+        Binding("g", "redetect", "Detect", tooltip="Probe the GPUs, host and Docker again"),
         Binding("s", "simulate", "Simulate", tooltip="Explore a simulated GPU box"),
+        this_screen("b", "box", "Box"),
     ]
 
     def compose(self) -> ComposeResult:

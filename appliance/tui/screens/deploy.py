@@ -31,7 +31,7 @@ from appliance.tui.messages import (
     PlanFailed,
     ProfileChosen,
 )
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.units import EN_DASH as DASH
 from appliance.units import human_bytes
 
@@ -76,8 +76,9 @@ class ConfirmApply(ModalScreen[bool]):
                 Text.assemble(
                     ("Apply ", "bold"),
                     (self.profile.metadata.name, "bold"),
-                    f"? {summary}. The weights are downloaded first (resumable); if an engine "
-                    "does not turn healthy, what ran before is put back. (y/n)",
+                    f"? {summary}. The weights are downloaded first (resumable), the gateway's "
+                    "systemd unit is (re)started last; if an engine does not turn healthy, what "
+                    "ran before is put back. (y/n)",
                 )
             )
             yield Footer(compact=True, show_command_palette=False)
@@ -138,6 +139,7 @@ class DeployScreen(ApplianceScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("g", "replan", "Re-plan"),
         Binding("a", "apply", "Apply"),
+        this_screen("d", "deploy", "Deploy"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -180,7 +182,8 @@ class DeployScreen(ApplianceScreen):
                 "1. check free disk, GPU access from Docker and free ports (nothing changes if any "
                 "fails)\n2. download the weights (bytes, rate, ETA) and pull the pinned images\n"
                 "3. create and start the containers, vLLM first, then TEI\n4. wait until each "
-                "answers /health, within its deadline\n5. on failure: the diagnosis, the last log "
+                "answers /health, within its deadline\n5. install and (re)start the gateway's "
+                "systemd unit, the team's endpoint\n6. on failure: the diagnosis, the last log "
                 "lines, and the previous containers put back"
             )
         )

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker
 
 from appliance.tui.messages import KeyCreated, KeyRevoked, KeysListed
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 
 if TYPE_CHECKING:
     from appliance.gateway.keys import CreatedKey, KeyInfo
@@ -91,7 +91,8 @@ class KeysScreen(ApplianceScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "create", "New key"),
         Binding("delete,x", "revoke", "Revoke"),
-        Binding("g", "reload", "Reload"),
+        Binding("g", "reload", "Reload", show=False, tooltip="Read the keys file again"),
+        this_screen("k", "keys", "Keys"),
     ]
 
     def compose(self) -> ComposeResult:

@@ -21,7 +21,7 @@ from textual.worker import Worker, get_current_worker
 
 from appliance.errors import ApplianceError
 from appliance.tui.messages import LogLines, LogsEnded
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 
 if TYPE_CHECKING:
     pass
@@ -33,10 +33,11 @@ class LogsScreen(ApplianceScreen):
     """One service's log, live."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("p", "pause", "Pause/resume"),
+        Binding("p", "pause", "Pause", tooltip="Pause or resume following"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "focus_log", "To log", show=False),
-        Binding("c", "clear", "Clear"),
+        Binding("c", "clear", "Clear", show=False, tooltip="Clear the lines shown"),
+        this_screen("l", "logs", "Logs"),
     ]
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
 from appliance.tui.messages import CostComputed
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.tui.services import COST_WINDOWS, NO_PROFILE_COST, CostView
 from appliance.tui.widgets.panels import (
     TRENDS,
@@ -73,9 +73,15 @@ class MonitorScreen(ApplianceScreen):
             "f", "fallback", "Fallback", tooltip="Switch the gateway fallback: off → auto → always"
         ),
         Binding("c", "cost", "Cost", tooltip="What the box costs against the API it replaces"),
-        Binding("w", "cost_window", "Window", tooltip="Cost over the last hour → day → 7 days"),
-        # Already here: the footer's room (80 columns) goes to keys that do something.
-        Binding("m", "app.show('monitor')", "Monitor", show=False),
+        # The cost panel's title shows `w`, so the 80-column footer need not.
+        Binding(
+            "w",
+            "cost_window",
+            "Window",
+            show=False,
+            tooltip="Cost over the last hour → day → 7 days",
+        ),
+        this_screen("m", "monitor", "Monitor"),
     ]
 
     cost_window = "day"

@@ -37,7 +37,7 @@ from appliance.tui.messages import (
     RecommendationComputed,
     RecommendationFailed,
 )
-from appliance.tui.screens.base import ApplianceScreen
+from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.tui.widgets.memory_bar import MemoryBar
 
 if TYPE_CHECKING:
@@ -74,6 +74,33 @@ def candidate_title(rank: int, candidate: Candidate) -> Text:
     return title
 
 
+class CardTitle(Widget):
+    """A card's title on one line when it fits; otherwise the figures (everything from the first
+    " · ") move whole to a second line, so a number is never parted from its unit."""
+
+    DEFAULT_CSS = """
+    CardTitle {
+        height: auto;
+    }
+    """
+
+    def __init__(self, title: Text, *, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self.title = title
+
+    def render(self) -> Text:
+        title = self.title
+        cut = title.plain.find(" · ")
+        width = self.size.width
+        if cut < 0 or width == 0 or title.cell_len <= width:
+            return title
+        figures = title[cut + len(" · ") :]
+        lines = Text.assemble(title[:cut], "\n", Text("   ", style="dim"), figures)
+        lines.no_wrap = True
+        lines.overflow = "ellipsis"
+        return lines
+
+
 class CandidateCard(Widget, can_focus=True):
     """One ranked candidate: title, stacked memory bar with legend, and its why on one line."""
 
@@ -107,7 +134,7 @@ class CandidateCard(Widget, can_focus=True):
         self.candidate = candidate
 
     def compose(self) -> ComposeResult:
-        yield Static(candidate_title(self.rank, self.candidate))
+        yield CardTitle(candidate_title(self.rank, self.candidate), classes="title")
         yield MemoryBar(self.candidate.estimate)
         yield Static(f"why: {self.candidate.why}", classes="why")
 
@@ -149,11 +176,13 @@ class RecommendScreen(ApplianceScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "focus_candidates", "Candidates", show=False),
-        Binding("w", "focus_knobs", "Workload"),
-        Binding("y", "tab('profile')", "YAML"),
-        Binding("x", "tab('rejected')", "Rejected"),
-        Binding("s", "save", "Save profile"),
-        Binding("p", "plan", "Plan it"),
+        # Secondary keys stay out of the 80-column footer (Help lists them; tabs are visible).
+        Binding("w", "focus_knobs", "Workload", show=False, tooltip="Edit the workload knobs"),
+        Binding("y", "tab('profile')", "YAML", tooltip="The chosen candidate as a profile"),
+        Binding("x", "tab('rejected')", "Rejected", show=False, tooltip="What did not fit, why"),
+        Binding("s", "save", "Save", tooltip="Save the chosen candidate as a profile file"),
+        Binding("p", "plan", "Plan", tooltip="Plan the chosen candidate in Deploy"),
+        this_screen("r", "recommend", "Recommend"),
     ]
 
     selected: reactive[int] = reactive(0)

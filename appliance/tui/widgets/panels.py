@@ -6,12 +6,15 @@ width on every redraw, so a wide terminal shows a longer history.
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Sparkline
@@ -26,6 +29,21 @@ if TYPE_CHECKING:
 Series = dict[str, tuple[float | None, ...]]
 _LABEL_WIDTH = 9
 _VALUE_WIDTH = 24
+
+
+# The space between a number and its unit ("2.0 s", "85 °C", "93 %"), or a limit's sign and its
+# number ("> 2.0 s"): a wrap never breaks it.
+_UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:s|ms|°C|%|W|GiB|requests)(?!\w))|(?<=[>≤]) (?=\d)")
+_GLUE = "\u2060"  # a word joiner: not whitespace to textwrap, swapped back for a space
+
+
+def wrap_keeping_units(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` cells, never parting a number from its unit."""
+    if width <= 0:
+        return [text]
+    glued = _UNIT_SPACE.sub(_GLUE, text)
+    lines = textwrap.wrap(glued, width, break_long_words=False, break_on_hyphens=False)
+    return [line.replace(_GLUE, " ") for line in lines] or [""]
 
 
 def health_badge(service: ServiceStats) -> Text:
@@ -280,19 +298,31 @@ class ServicesPanel(_SnapshotPanel):
 class AlertsPanel(_SnapshotPanel):
     """Active alerts, worst first, each with the monitor's one-line suggestion."""
 
-    def render(self) -> RenderableType:
+    def lines(self, width: int) -> list[Text]:
+        """The alerts as lines of at most `width` cells, wrapped by hand so that a figure stays
+        whole (the height Textual asks for is counted from the same lines)."""
         snapshot = self.snapshot
         if snapshot is None:
-            return Text(DASH, style="dim")
+            return [Text(DASH, style="dim")]
         if not snapshot.alerts:
-            return Text("✔ no alerts", style="green")
-        lines: list[RenderableType] = []
+            return [Text("✔ no alerts", style="green")]
+        lines: list[Text] = []
         ordered = sorted(snapshot.alerts, key=lambda alert: alert.severity != "critical")
+        indent = " " * 9
         for alert in ordered:
             style = "bold red" if alert.severity == "critical" else "bold yellow"
-            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), alert.headline()))
-            lines.append(Text(f"         → {alert.suggestion}", style="italic"))
-        return Group(*lines)
+            what = wrap_keeping_units(alert.headline(), width - len(indent))
+            lines.append(Text.assemble((f"{alert.severity.upper():<8} ", style), what[0]))
+            lines += [Text(indent + line) for line in what[1:]]
+            advice = wrap_keeping_units(f"→ {alert.suggestion}", width - len(indent))
+            lines += [Text(indent + line, style="italic") for line in advice]
+        return lines
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.lines(width))
+
+    def render(self) -> RenderableType:
+        return Group(*self.lines(self.size.width))
 
 
 # (history key, title, unit) of the trends drawn large on tall terminals.
