@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, Quantization, load_catalog
+from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
 from appliance.errors import BadInputError
 
 # A safetensors header is JSON describing the tensors; real ones are well under 10 MB.
@@ -148,14 +149,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Multimodal checkpoints (Llama 4, Gemma 3, Mistral 3) nest the language model's numbers."""
+    """The language model's numbers, with what config.json omits filled as transformers fills it.
+
+    Multimodal checkpoints (Llama 4, Gemma 3, Mistral 3) nest them in `text_config`."""
     inner = config.get("text_config")
-    if isinstance(inner, dict) and "num_hidden_layers" in inner:
+    if isinstance(inner, dict) and ("num_hidden_layers" in inner or "model_type" in inner):
         merged = {k: v for k, v in config.items() if k != "text_config"}
         merged.update(inner)
         merged.setdefault("architectures", config.get("architectures"))
-        return merged
-    return config
+        if "model_type" not in inner:
+            outer = str(config.get("model_type"))
+            merged["model_type"] = TEXT_MODEL_TYPE.get(outer, outer)
+        return with_defaults(merged)
+    return with_defaults(config)
 
 
 def _int(config: dict[str, Any], *names: str) -> int | None:

@@ -294,3 +294,84 @@ def test_max_model_len_limit_follows_vllm_rope_scaling() -> None:
         "rope_scaling": {"rope_type": "linear", "factor": 8.0},
     }
     assert architecture_from_config(gemma3).max_model_len_limit == 131072
+
+
+# google/gemma-3-27b-it config.json as the Hub ships it (transformers 4.50.0.dev0 wrote it): the
+# text_config omits vocab_size, max_position_embeddings, tie_word_embeddings and
+# sliding_window_pattern, which transformers fills from Gemma3TextConfig's defaults. Copied from
+# NVIDIA/TensorRT-LLM's Gemma 3 test (its GEMMA3_27B_MINI_CONFIG, with the real layer count).
+GEMMA3_27B_CONFIG = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "eos_token_id": [1, 106],
+    "image_token_index": 262144,
+    "initializer_range": 0.02,
+    "mm_tokens_per_image": 256,
+    "model_type": "gemma3",
+    "text_config": {
+        "head_dim": 128,
+        "hidden_size": 5376,
+        "intermediate_size": 21504,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 62,
+        "num_key_value_heads": 16,
+        "query_pre_attn_scalar": 168,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"},
+}
+
+
+def test_gemma3_as_the_hub_ships_it_takes_transformers_defaults(tmp_path: Path) -> None:
+    arch = architecture_from_config(GEMMA3_27B_CONFIG)
+    # Gemma3TextConfig's defaults (transformers 5.19.0, models/gemma3/configuration_gemma3.py)
+    assert arch.vocab_size == 262_208
+    assert arch.max_position_embeddings == 131_072
+    assert arch.tie_word_embeddings is True
+    assert arch.sliding_window == 1024  # what the file says wins over the default 4096
+    # sliding_window_pattern 6: every sixth layer is global
+    assert arch.sliding_window_layers is not None
+    assert len(arch.sliding_window_layers) == 62 - 10
+    assert 5 not in arch.sliding_window_layers
+    assert 59 not in arch.sliding_window_layers
+    # and `estimate` on the directory sizes it instead of refusing
+    directory = _model_dir(tmp_path, GEMMA3_27B_CONFIG)
+    _write_safetensors(directory / "model.safetensors", {"w": ("BF16", [1024, 1024])})
+    model = read_local_model(directory)
+    assert model.architecture.vocab_size == 262_208
+
+
+def test_defaults_fill_only_what_config_json_omits() -> None:
+    # Qwen3: head_dim is a declared default (128), not hidden_size // heads.
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 2560,
+        "intermediate_size": 9728,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 151936,
+    }
+    arch = architecture_from_config(config)
+    assert arch.head_dim == 128
+    assert arch.max_position_embeddings == 32768
+    assert arch.sliding_window is None  # use_sliding_window defaults to False
+    # An explicit null stays null, as transformers keeps it.
+    mistral = {
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "sliding_window": None,
+    }
+    arch = architecture_from_config(mistral)
+    assert arch.sliding_window is None
+    assert arch.vocab_size == 32000
+    assert arch.num_key_value_heads == 8
+    assert arch.max_position_embeddings == 131072
