@@ -14,6 +14,8 @@ This is the IO half of sizing; `appliance.sizing` stays pure and takes what this
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,12 @@ from pydantic import ValidationError
 
 from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, Quantization, load_catalog
 from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
-from appliance.errors import BadInputError
+from appliance.errors import BadInputError, EnvironmentNotReadyError
 
+# owner/name[@revision], as the Hub spells repo ids (`weights.parse_repo_ref` checks it fully).
+_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?")
+# safetensors dtype → what vLLM runs an unquantised checkpoint as (its `--dtype auto`).
+_DTYPE_FORMAT: dict[str, Quantization] = {"BF16": "bf16", "F16": "fp16", "F8_E4M3": "fp8"}
 # A safetensors header is JSON describing the tensors; real ones are well under 10 MB.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _CONFIG_FIELDS_HINT = (
@@ -47,16 +53,19 @@ class ResolvedModel:
     weight_bytes: int
     label: str
     quantization: Quantization | None
-    source: str  # "catalog", "catalog-repo" or "local"
+    source: str  # "catalog", "catalog-repo", "hub" or "local"
     model: ChatModel | None = None
     variant: ModelVariant | None = None
     params_billion: float | None = None
     active_params_billion: float | None = None
+    # safetensors dtype → parameter count, where the headers were read (a Hub repo)
+    parameters_by_dtype: dict[str, int] | None = None
 
 
 def resolve_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
     """A catalog id (`llama-3.1-8b-instruct`, with `quantization` picking the variant, BF16 by
-    default), a Hugging Face repo id the catalog knows, or a local directory.
+    default), a Hugging Face repo id the catalog knows, a local directory, or any other Hub repo
+    (`ORG/NAME[@REVISION]`, read from its config.json and safetensors headers).
 
     Raises BadInputError naming what was tried when `name` is none of these.
     """
@@ -87,9 +96,11 @@ def resolve_model(name: str, quantization: Quantization | None = None) -> Resolv
                 f"{quantization}",
             )
         return _from_catalog(model, variant, "catalog-repo")
+    if _HUB_REPO.fullmatch(name):
+        return read_hub_model(name, quantization)
     keys = ", ".join(m.key for m in catalog.models)
     raise BadInputError(
-        f"{name!r} is not a catalog model, a repo the catalog knows, or a local directory",
+        f"{name!r} is not a catalog model, a Hub repo (ORG/NAME), or a local directory",
         hint=f"catalog models: {keys}; or pass a directory holding config.json and *.safetensors",
     )
 
@@ -105,6 +116,77 @@ def _from_catalog(model: ChatModel, variant: ModelVariant, source: str) -> Resol
         variant=variant,
         params_billion=model.params_billion,
         active_params_billion=model.active_params_billion,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub repos the catalog does not know
+
+
+def hub_cache_dir() -> Path:
+    """Where Hub readings (config.json, safetensors headers) are kept, keyed by commit."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-appliance"
+
+
+def quantization_from_dtypes(parameters: dict[str, int]) -> Quantization | None:
+    """The format of a checkpoint without `quantization_config`, from its tensors' dtypes: the
+    floating-point dtype holding most parameters (norms kept in F32 do not decide it)."""
+    floats = {d: n for d, n in parameters.items() if d in _DTYPE_FORMAT}
+    return _DTYPE_FORMAT[max(floats, key=lambda d: floats[d])] if floats else None
+
+
+def _parameter_counts(parameters: dict[str, int]) -> str:
+    """`7.61 B BF16 + 0.03 M F32` parameters, most first."""
+
+    def count(n: int) -> str:
+        if n >= 10**8:
+            return f"{n / 1e9:.2f} B"
+        return f"{n / 1e6:.2f} M" if n >= 10**5 else f"{n:,}"
+
+    ordered = sorted(parameters.items(), key=lambda item: -item[1])
+    return " + ".join(f"{count(n)} {dtype}" for dtype, n in ordered) + " parameters"
+
+
+def read_hub_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
+    """Architecture and exact weight bytes of any Hub repo, from config.json and the safetensors
+    headers (Range reads; no tensor is downloaded), cached by commit under `hub_cache_dir()`."""
+    from appliance import weights  # the Hub adapter; imported here so sizing stays offline
+
+    repo, revision = weights.parse_repo_ref(name)
+    try:
+        metadata = weights.hub_model_metadata(
+            repo, revision or "main", cache_dir=hub_cache_dir(), token=weights.resolve_token()
+        )
+    except EnvironmentNotReadyError as error:
+        raise EnvironmentNotReadyError(
+            f"{repo} is not in the catalog and was never read here; {error.message}",
+            hint="run it where the Hub is reachable once (the reading is cached), or point "
+            "estimate at a local copy: a directory holding config.json and *.safetensors",
+        ) from None
+    source = f"{repo} config.json"
+    architecture = architecture_from_config(metadata.config, source=source)
+    detected = (
+        quantization_from_config(metadata.config)
+        if isinstance(metadata.config.get("quantization_config"), dict)
+        else quantization_from_dtypes(metadata.parameters)
+    )
+    if quantization is not None and detected is not None and quantization != detected:
+        raise BadInputError(
+            f"{repo} is a {detected} checkpoint, not {quantization}",
+            hint="drop --quantization; to size another format, name that format's repo",
+        )
+    total = sum(metadata.parameters.values())
+    unpacked = detected in ("bf16", "fp16", "fp8")  # packed int4 tensors undercount
+    return ResolvedModel(
+        architecture=architecture,
+        weight_bytes=metadata.weight_bytes,
+        label=f"{repo}@{metadata.sha[:12]} ({detected or 'unknown format'}; "
+        f"{_parameter_counts(metadata.parameters)})",
+        quantization=quantization or detected,
+        source="hub",
+        params_billion=round(total / 1e9, 3) if unpacked and total else None,
+        parameters_by_dtype=dict(metadata.parameters),
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.catalog import load_catalog
-from appliance.errors import BadInputError
+from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.local_model import (
     architecture_from_config,
     local_weight_bytes,
@@ -254,6 +254,10 @@ def test_resolve_model_by_key_repo_and_errors() -> None:
     assert by_repo.quantization == "awq"
     assert resolve_model("qwen2.5-7b-instruct").quantization == "bf16"
     with pytest.raises(BadInputError, match="not a catalog model"):
+        resolve_model("nobody-nothing")
+    # ORG/NAME is a Hub repo: read from the Hub (tests/integration/test_hub_estimate.py), so
+    # offline (the conftest's HF_HUB_OFFLINE=1) and never read before, it is one line, exit 3.
+    with pytest.raises(EnvironmentNotReadyError, match="not in the catalog"):
         resolve_model("nobody/nothing")
     with pytest.raises(BadInputError, match="is the awq checkpoint"):
         resolve_model(by_key.variant.repo, "fp8")
