@@ -60,6 +60,9 @@ class ResolvedModel:
     active_params_billion: float | None = None
     # safetensors dtype → parameter count, where the headers were read (a Hub repo)
     parameters_by_dtype: dict[str, int] | None = None
+    repo: str | None = None  # the Hub repo read (source "hub")
+    sha: str | None = None
+    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.py)
 
 
 def resolve_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
@@ -187,7 +190,89 @@ def read_hub_model(name: str, quantization: Quantization | None = None) -> Resol
         source="hub",
         params_billion=round(total / 1e9, 3) if unpacked and total else None,
         parameters_by_dtype=dict(metadata.parameters),
+        repo=repo,
+        sha=metadata.sha,
+        linear_parameters=metadata.linear_parameters,
     )
+
+
+@dataclass(frozen=True)
+class HubCandidates:
+    """`recommend --model ORG/NAME`: the repo as a one-model catalog, and for a BF16/FP16 base
+    repo the quantised checkpoints it does not ship, sized so the admin knows what to look for."""
+
+    model: ChatModel
+    would_need: tuple[ChatModel, ...]  # each with one unpublished variant (repo says so)
+
+
+# Bytes per quantised linear parameter, with scales: FP8 W8A8 with one F32 scale per output
+# channel rounds to 1; INT4 with group size 128 stores 4 bits plus an F16 scale and a packed
+# 4-bit zero point per group of 128 (AWQ's layout): 0.5 + (2 + 0.5) / 128.
+_QUANTISED_BYTES_PER_PARAMETER: dict[Quantization, float] = {"fp8": 1.0, "awq": 0.5 + 2.5 / 128}
+
+
+def hub_candidates(name: str) -> HubCandidates:
+    """The Hub repo `name` ready to rank (BadInputError when its format is not one vLLM's
+    ranks here know), and what its quantised variants would need."""
+    resolved = read_hub_model(name)
+    repo, sha = resolved.repo or name, resolved.sha or ""
+    quantization = resolved.quantization
+    if quantization is None:
+        raise BadInputError(
+            f"{resolved.repo} is in a format the recommender does not model ({resolved.label})",
+            hint="`appliance estimate` still sizes it; recommend ranks bf16, fp16, fp8, awq, "
+            "gptq and mxfp4 checkpoints",
+        )
+    total = sum((resolved.parameters_by_dtype or {}).values())
+    params = resolved.params_billion or _packed_params_billion(resolved)
+    source = f"{resolved.repo}@{resolved.sha} safetensors headers"
+    own = ModelVariant(
+        quantization=quantization,
+        repo=resolved.repo,
+        weight_bytes=resolved.weight_bytes,
+        weight_bytes_from="copied",
+        source=source,
+    )
+
+    def model(variants: tuple[ModelVariant, ...]) -> ChatModel:
+        return ChatModel(
+            key=repo.rsplit("/", 1)[-1].lower(),
+            name=repo,
+            family=resolved.architecture.model_type,
+            params_billion=params,
+            architecture=resolved.architecture,
+            architecture_source=f"{repo}@{sha} config.json",
+            variants=variants,
+            license="see the repo's model card",
+            gated=False,  # it was readable with the token at hand
+            quality_tier="good",  # no evidence: one model, ranked only against its own options
+        )
+
+    would_need: list[ChatModel] = []
+    if quantization in ("bf16", "fp16") and resolved.linear_parameters and total:
+        kept = resolved.weight_bytes - resolved.linear_parameters * 2
+        for target, per_parameter in _QUANTISED_BYTES_PER_PARAMETER.items():
+            size = kept + round(resolved.linear_parameters * per_parameter)
+            variant = ModelVariant(
+                quantization=target,
+                repo=f"{resolved.repo} quantised to {target} (not published here)",
+                weight_bytes=size,
+                weight_bytes_from="estimated",
+                source=f"{source}: {resolved.linear_parameters:,} linear parameters at "
+                f"{per_parameter:g} bytes, the rest as shipped",
+                bits=8 if target == "fp8" else 4,
+                group_size=None if target == "fp8" else 128,
+            )
+            would_need.append(model((variant,)))
+    return HubCandidates(model((own,)), tuple(would_need))
+
+
+def _packed_params_billion(resolved: ResolvedModel) -> float:
+    """A quantised checkpoint packs several values per stored element; its size in parameters
+    follows from the architecture the way the catalog counts it: roughly 2 bytes per parameter
+    at BF16, so weight bytes scaled by the format's bits."""
+    bits = {"fp8": 8, "awq": 4, "gptq": 4, "mxfp4": 4}.get(resolved.quantization or "", 16)
+    return round(resolved.weight_bytes * 8 / bits / 1e9, 3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1802,6 +1802,9 @@ class HubModelMetadata:
     weight_bytes: int
     parameters: dict[str, int]
     shards: tuple[str, ...]
+    # Parameters in 2-D floating-point weights other than the embeddings and lm_head: what an
+    # FP8 or INT4 quantisation of this checkpoint would shrink (it keeps those two and norms).
+    linear_parameters: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "shards": list(self.shards)}
@@ -1816,6 +1819,7 @@ class HubModelMetadata:
             weight_bytes=int(data["weight_bytes"]),
             parameters={str(k): int(v) for k, v in dict(data["parameters"]).items()},
             shards=tuple(str(s) for s in data["shards"]),
+            linear_parameters=int(data.get("linear_parameters", 0)),
         )
 
 
@@ -1944,12 +1948,19 @@ def _model_metadata(
 
         with ThreadPoolExecutor(max_workers=_HEADER_READERS) as pool:
             headers = list(pool.map(header, shards))
-    weight_bytes = 0
+    weight_bytes = linear = 0
     parameters: dict[str, int] = {}
     for parsed in headers:
-        for tensor in parsed.tensors.values():
+        for name, tensor in parsed.tensors.items():
             begin, end = tensor.data_offsets
             weight_bytes += int(end) - int(begin)
+            if (
+                len(tensor.shape) == 2
+                and tensor.dtype in ("BF16", "F16", "F32")
+                and "embed" not in name
+                and "lm_head" not in name
+            ):
+                linear += int(tensor.parameter_count)
         for dtype, count in parsed.parameter_count.items():
             parameters[str(dtype)] = parameters.get(str(dtype), 0) + int(count)
-    return HubModelMetadata(repo, revision, sha, config, weight_bytes, parameters, shards)
+    return HubModelMetadata(repo, revision, sha, config, weight_bytes, parameters, shards, linear)

@@ -280,3 +280,60 @@ def test_the_cli_estimates_a_hub_repo_and_refuses_clearly(tmp_path: Path) -> Non
     assert offline.returncode == ExitCode.ENVIRONMENT
     assert "HF_HUB_OFFLINE" in offline.stderr
     assert "Traceback" not in offline.stderr
+
+
+def test_recommend_ranks_a_hub_repo_and_says_what_its_quantised_variants_need(
+    hub: HubDouble,
+) -> None:
+    from appliance.hardware import detect_box
+    from appliance.local_model import hub_candidates
+    from appliance.recommend import Workload, gpu_target_from_box, recommend, would_need_lines
+
+    candidates = hub_candidates(SINGLE)
+    assert [v.repo for v in candidates.model.variants] == [SINGLE]
+    bf16_bytes = candidates.model.variants[0].weight_bytes
+    needs = {m.variants[0].quantization: m.variants[0].weight_bytes for m in candidates.would_need}
+    # The small Llama's linear weights: 2 layers x (q, k, v, o, gate, up, down) parameters.
+    linear = 2 * (256 * 256 * 2 + 128 * 256 * 2 + 512 * 256 * 3)
+    kept = bf16_bytes - 2 * linear  # embeddings, lm_head and F32 norms stay as shipped
+    assert needs["fp8"] == kept + linear
+    assert needs["awq"] == kept + round(linear * (0.5 + 2.5 / 128))
+
+    box = detect_box(simulate="rtx4090")
+    workload = Workload.for_kind("chat", users=4)
+    ranked = recommend(box, workload, [candidates.model])
+    assert ranked.top.repo == SINGLE
+    assert {c.repo for c in ranked.candidates} == {SINGLE}  # nothing from the catalog
+    lines = would_need_lines(gpu_target_from_box(box), workload, candidates.would_need)
+    assert any(line.strip().startswith("FP8") and "would fit" in line for line in lines)
+
+    # A quantised repo has nothing more to say.
+    assert hub_candidates(FP8).would_need == ()
+
+
+def test_the_cli_recommends_a_hub_repo(tmp_path: Path) -> None:
+    hub = _double()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    env.pop("HF_TOKEN", None)
+    profile = tmp_path / "p.yaml"
+    with hub.running():
+        env["HF_ENDPOINT"] = hub.url
+        ranked = _appliance(
+            "recommend", "--simulate", "rtx4090", "--workload", "chat", "--users", "4",
+            "--model", SHARDED, "-o", str(profile), env=env,
+        )  # fmt: skip
+        assert ranked.returncode == ExitCode.OK, ranked.stderr
+        assert "1. small-llama-sharded BF16" in ranked.stdout
+        assert "Quantised variants this repo does not ship would need" in ranked.stdout
+        assert f"repo: {SHARDED}" in profile.read_text()
+
+        gated = _appliance(
+            "recommend", "--simulate", "rtx4090", "--workload", "chat", "--model", GATED, env=env
+        )
+        assert gated.returncode == ExitCode.REFUSED
+        assert "Traceback" not in gated.stderr
