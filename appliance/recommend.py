@@ -698,6 +698,7 @@ class Recommendation:
     decode_model: str = DECODE_MODEL_TEXT
     score_model: str = field(default="")
     embedding: EmbeddingModel | None = None
+    considered: str = "the catalog"  # what was ranked: the catalog, or `recommend --model`'s repo
 
     @property
     def top(self) -> Candidate:
@@ -705,7 +706,8 @@ class Recommendation:
         if not self.candidates:
             reasons = sorted({r.reason.split(":")[0] for r in self.rejected})
             raise RefusedError(
-                f"nothing in the catalog fits {self.target.label} for a {self.workload.kind} "
+                f"nothing in {self.considered} fits {self.target.label} for a "
+                f"{self.workload.kind} "
                 f"workload of {self.workload.users} users at {self.workload.context} tokens",
                 hint="rejected because: "
                 + "; ".join(reasons)
@@ -980,6 +982,7 @@ def recommend_for_target(
         rejected=tuple(rejected),
         score_model=SCORE_TEXT,
         embedding=embedding,
+        considered="the catalog" if models is None else " or ".join(m.name for m in models),
     )
 
 

@@ -337,3 +337,15 @@ def test_the_cli_recommends_a_hub_repo(tmp_path: Path) -> None:
         )
         assert gated.returncode == ExitCode.REFUSED
         assert "Traceback" not in gated.stderr
+
+
+def test_when_the_named_model_fits_nowhere_the_refusal_names_it() -> None:
+    from appliance.catalog import load_catalog
+    from appliance.hardware import detect_box
+    from appliance.recommend import Workload, recommend
+
+    big = load_catalog().model("llama-3.3-70b-instruct")
+    assert big is not None
+    ranked = recommend(detect_box(simulate="rtx4090"), Workload.for_kind("chat"), [big])
+    with pytest.raises(RefusedError, match=f"nothing in {big.name} fits"):
+        _ = ranked.top
