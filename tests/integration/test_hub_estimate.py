@@ -349,3 +349,26 @@ def test_when_the_named_model_fits_nowhere_the_refusal_names_it() -> None:
     ranked = recommend(detect_box(simulate="rtx4090"), Workload.for_kind("chat"), [big])
     with pytest.raises(RefusedError, match=f"nothing in {big.name} fits"):
         _ = ranked.top
+
+
+def test_a_header_larger_than_the_first_range_read_is_read_in_full(
+    online: None, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large MoE shards carry headers of a megabyte; huggingface_hub reads 100,000 bytes first,
+    # then asks for the rest of the header by Range.
+    tensors = {
+        f"model.layers.{i // 64}.mlp.experts.{i % 64}.down_proj.weight_scale": ("F32", (1,))
+        for i in range(3000)
+    }
+    files = {"config.json": json.dumps(CONFIG).encode(), "model.safetensors": _file(tensors)}
+    assert len(files["model.safetensors"]) > 100_000 + 3000 * 4
+    double = HubDouble()
+    double.add_repo("small-org/many-tensors", files)
+    with double.running():
+        monkeypatch.setenv("HF_ENDPOINT", double.url)
+        metadata = hub_model_metadata("small-org/many-tensors", cache_dir=cache)
+        reads = [r.header("Range") for r in double.requests_for("model.safetensors")]
+    assert metadata.weight_bytes == 3000 * 4
+    assert metadata.parameters == {"F32": 3000}
+    assert len(reads) == 2
+    assert reads[0] == "bytes=0-100000"
