@@ -272,12 +272,25 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
         embeddings=args.embeddings,
         allow_gated=args.allow_gated or bool(os.environ.get("HF_TOKEN")),
     )
-    recommendation = recommend(box, workload)
+    extra: list[str] = []
+    if args.model is None:
+        recommendation = recommend(box, workload)
+    else:  # one Hub repo, ranked against its own options; what quantising it would give
+        from appliance.local_model import hub_candidates
+        from appliance.recommend import gpu_target_from_box, would_need_lines
+
+        hub = hub_candidates(args.model)
+        recommendation = recommend(box, workload, [hub.model])
+        extra = would_need_lines(gpu_target_from_box(box), workload, hub.would_need)
+        if not recommendation.candidates and not args.json:
+            print("\n".join(extra))
     top = recommendation.top  # raises RefusedError (exit 4) when nothing fits
     if args.json:
-        print(json.dumps(recommendation.to_json_dict(), indent=2))
+        print(json.dumps({**recommendation.to_json_dict(), "would_need": extra}, indent=2))
     else:
-        print(render_recommendation(recommendation))
+        print(
+            "\n\n".join(t for t in (render_recommendation(recommendation), "\n".join(extra)) if t)
+        )
     if args.output is not None:
         storage = StorageSpec.model_validate(
             {
@@ -970,6 +983,12 @@ def _add_recommend(commands: _Commands) -> None:
         "--simulate", metavar="NAME|FILE", help="recommend for a simulated box or a detect file"
     )
     rec.add_argument("--workload", choices=["chat", "rag", "batch"], required=True)
+    rec.add_argument(
+        "--model",
+        metavar="ORG/NAME",
+        help="rank only this Hub repo (read from its config.json and safetensors headers) and "
+        "say what its quantised variants would need",
+    )
     rec.add_argument("--users", type=opt.positive_int, metavar="N", help="requests at once at peak")
     rec.add_argument("--context", type=opt.positive_int, metavar="N", help="max_model_len wanted")
     rec.add_argument(

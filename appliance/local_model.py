@@ -14,6 +14,8 @@ This is the IO half of sizing; `appliance.sizing` stays pure and takes what this
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, Quantization, load_catalog
-from appliance.errors import BadInputError
+from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
+from appliance.errors import BadInputError, EnvironmentNotReadyError
 
+# owner/name[@revision], as the Hub spells repo ids (`weights.parse_repo_ref` checks it fully).
+_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?")
+# safetensors dtype → what vLLM runs an unquantised checkpoint as (its `--dtype auto`).
+_DTYPE_FORMAT: dict[str, Quantization] = {"BF16": "bf16", "F16": "fp16", "F8_E4M3": "fp8"}
 # A safetensors header is JSON describing the tensors; real ones are well under 10 MB.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _CONFIG_FIELDS_HINT = (
@@ -46,16 +53,22 @@ class ResolvedModel:
     weight_bytes: int
     label: str
     quantization: Quantization | None
-    source: str  # "catalog", "catalog-repo" or "local"
+    source: str  # "catalog", "catalog-repo", "hub" or "local"
     model: ChatModel | None = None
     variant: ModelVariant | None = None
     params_billion: float | None = None
     active_params_billion: float | None = None
+    # safetensors dtype → parameter count, where the headers were read (a Hub repo)
+    parameters_by_dtype: dict[str, int] | None = None
+    repo: str | None = None  # the Hub repo read (source "hub")
+    sha: str | None = None
+    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.py)
 
 
 def resolve_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
     """A catalog id (`llama-3.1-8b-instruct`, with `quantization` picking the variant, BF16 by
-    default), a Hugging Face repo id the catalog knows, or a local directory.
+    default), a Hugging Face repo id the catalog knows, a local directory, or any other Hub repo
+    (`ORG/NAME[@REVISION]`, read from its config.json and safetensors headers).
 
     Raises BadInputError naming what was tried when `name` is none of these.
     """
@@ -86,9 +99,11 @@ def resolve_model(name: str, quantization: Quantization | None = None) -> Resolv
                 f"{quantization}",
             )
         return _from_catalog(model, variant, "catalog-repo")
+    if _HUB_REPO.fullmatch(name):
+        return read_hub_model(name, quantization)
     keys = ", ".join(m.key for m in catalog.models)
     raise BadInputError(
-        f"{name!r} is not a catalog model, a repo the catalog knows, or a local directory",
+        f"{name!r} is not a catalog model, a Hub repo (ORG/NAME), or a local directory",
         hint=f"catalog models: {keys}; or pass a directory holding config.json and *.safetensors",
     )
 
@@ -105,6 +120,159 @@ def _from_catalog(model: ChatModel, variant: ModelVariant, source: str) -> Resol
         params_billion=model.params_billion,
         active_params_billion=model.active_params_billion,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub repos the catalog does not know
+
+
+def hub_cache_dir() -> Path:
+    """Where Hub readings (config.json, safetensors headers) are kept, keyed by commit."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-appliance"
+
+
+def quantization_from_dtypes(parameters: dict[str, int]) -> Quantization | None:
+    """The format of a checkpoint without `quantization_config`, from its tensors' dtypes: the
+    floating-point dtype holding most parameters (norms kept in F32 do not decide it)."""
+    floats = {d: n for d, n in parameters.items() if d in _DTYPE_FORMAT}
+    return _DTYPE_FORMAT[max(floats, key=lambda d: floats[d])] if floats else None
+
+
+def _parameter_counts(parameters: dict[str, int]) -> str:
+    """`7.61 B BF16 + 0.03 M F32` parameters, most first."""
+
+    def count(n: int) -> str:
+        if n >= 10**8:
+            return f"{n / 1e9:.2f} B"
+        return f"{n / 1e6:.2f} M" if n >= 10**5 else f"{n:,}"
+
+    ordered = sorted(parameters.items(), key=lambda item: -item[1])
+    return " + ".join(f"{count(n)} {dtype}" for dtype, n in ordered) + " parameters"
+
+
+def read_hub_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
+    """Architecture and exact weight bytes of any Hub repo, from config.json and the safetensors
+    headers (Range reads; no tensor is downloaded), cached by commit under `hub_cache_dir()`."""
+    from appliance import weights  # the Hub adapter; imported here so sizing stays offline
+
+    repo, revision = weights.parse_repo_ref(name)
+    try:
+        metadata = weights.hub_model_metadata(
+            repo, revision or "main", cache_dir=hub_cache_dir(), token=weights.resolve_token()
+        )
+    except EnvironmentNotReadyError as error:
+        raise EnvironmentNotReadyError(
+            f"{repo} is not in the catalog and was never read here; {error.message}",
+            hint="run it where the Hub is reachable once (the reading is cached), or point "
+            "estimate at a local copy: a directory holding config.json and *.safetensors",
+        ) from None
+    source = f"{repo} config.json"
+    architecture = architecture_from_config(metadata.config, source=source)
+    detected = (
+        quantization_from_config(metadata.config)
+        if isinstance(metadata.config.get("quantization_config"), dict)
+        else quantization_from_dtypes(metadata.parameters)
+    )
+    if quantization is not None and detected is not None and quantization != detected:
+        raise BadInputError(
+            f"{repo} is a {detected} checkpoint, not {quantization}",
+            hint="drop --quantization; to size another format, name that format's repo",
+        )
+    total = sum(metadata.parameters.values())
+    unpacked = detected in ("bf16", "fp16", "fp8")  # packed int4 tensors undercount
+    return ResolvedModel(
+        architecture=architecture,
+        weight_bytes=metadata.weight_bytes,
+        label=f"{repo}@{metadata.sha[:12]} ({detected or 'unknown format'}; "
+        f"{_parameter_counts(metadata.parameters)})",
+        quantization=quantization or detected,
+        source="hub",
+        params_billion=round(total / 1e9, 3) if unpacked and total else None,
+        parameters_by_dtype=dict(metadata.parameters),
+        repo=repo,
+        sha=metadata.sha,
+        linear_parameters=metadata.linear_parameters,
+    )
+
+
+@dataclass(frozen=True)
+class HubCandidates:
+    """`recommend --model ORG/NAME`: the repo as a one-model catalog, and for a BF16/FP16 base
+    repo the quantised checkpoints it does not ship, sized so the admin knows what to look for."""
+
+    model: ChatModel
+    would_need: tuple[ChatModel, ...]  # each with one unpublished variant (repo says so)
+
+
+# Bytes per quantised linear parameter, with scales: FP8 W8A8 with one F32 scale per output
+# channel rounds to 1; INT4 with group size 128 stores 4 bits plus an F16 scale and a packed
+# 4-bit zero point per group of 128 (AWQ's layout): 0.5 + (2 + 0.5) / 128.
+_QUANTISED_BYTES_PER_PARAMETER: dict[Quantization, float] = {"fp8": 1.0, "awq": 0.5 + 2.5 / 128}
+
+
+def hub_candidates(name: str) -> HubCandidates:
+    """The Hub repo `name` ready to rank (BadInputError when its format is not one vLLM's
+    ranks here know), and what its quantised variants would need."""
+    resolved = read_hub_model(name)
+    repo, sha = resolved.repo or name, resolved.sha or ""
+    quantization = resolved.quantization
+    if quantization is None:
+        raise BadInputError(
+            f"{resolved.repo} is in a format the recommender does not model ({resolved.label})",
+            hint="`appliance estimate` still sizes it; recommend ranks bf16, fp16, fp8, awq, "
+            "gptq and mxfp4 checkpoints",
+        )
+    total = sum((resolved.parameters_by_dtype or {}).values())
+    params = resolved.params_billion or _packed_params_billion(resolved)
+    source = f"{resolved.repo}@{resolved.sha} safetensors headers"
+    own = ModelVariant(
+        quantization=quantization,
+        repo=resolved.repo,
+        weight_bytes=resolved.weight_bytes,
+        weight_bytes_from="copied",
+        source=source,
+    )
+
+    def model(variants: tuple[ModelVariant, ...]) -> ChatModel:
+        return ChatModel(
+            key=repo.rsplit("/", 1)[-1].lower(),
+            name=repo,
+            family=resolved.architecture.model_type,
+            params_billion=params,
+            architecture=resolved.architecture,
+            architecture_source=f"{repo}@{sha} config.json",
+            variants=variants,
+            license="see the repo's model card",
+            gated=False,  # it was readable with the token at hand
+            quality_tier="good",  # no evidence: one model, ranked only against its own options
+        )
+
+    would_need: list[ChatModel] = []
+    if quantization in ("bf16", "fp16") and resolved.linear_parameters and total:
+        kept = resolved.weight_bytes - resolved.linear_parameters * 2
+        for target, per_parameter in _QUANTISED_BYTES_PER_PARAMETER.items():
+            size = kept + round(resolved.linear_parameters * per_parameter)
+            variant = ModelVariant(
+                quantization=target,
+                repo=f"{resolved.repo} quantised to {target} (not published here)",
+                weight_bytes=size,
+                weight_bytes_from="estimated",
+                source=f"{source}: {resolved.linear_parameters:,} linear parameters at "
+                f"{per_parameter:g} bytes, the rest as shipped",
+                bits=8 if target == "fp8" else 4,
+                group_size=None if target == "fp8" else 128,
+            )
+            would_need.append(model((variant,)))
+    return HubCandidates(model((own,)), tuple(would_need))
+
+
+def _packed_params_billion(resolved: ResolvedModel) -> float:
+    """A quantised checkpoint packs several values per stored element; its size in parameters
+    follows from the architecture the way the catalog counts it: roughly 2 bytes per parameter
+    at BF16, so weight bytes scaled by the format's bits."""
+    bits = {"fp8": 8, "awq": 4, "gptq": 4, "mxfp4": 4}.get(resolved.quantization or "", 16)
+    return round(resolved.weight_bytes * 8 / bits / 1e9, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,14 +316,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Multimodal checkpoints (Llama 4, Gemma 3, Mistral 3) nest the language model's numbers."""
+    """The language model's numbers, with what config.json omits filled as transformers fills it.
+
+    Multimodal checkpoints (Llama 4, Gemma 3, Mistral 3) nest them in `text_config`."""
     inner = config.get("text_config")
-    if isinstance(inner, dict) and "num_hidden_layers" in inner:
+    if isinstance(inner, dict) and ("num_hidden_layers" in inner or "model_type" in inner):
         merged = {k: v for k, v in config.items() if k != "text_config"}
         merged.update(inner)
         merged.setdefault("architectures", config.get("architectures"))
-        return merged
-    return config
+        if "model_type" not in inner:
+            outer = str(config.get("model_type"))
+            merged["model_type"] = TEXT_MODEL_TYPE.get(outer, outer)
+        return with_defaults(merged)
+    return with_defaults(config)
 
 
 def _int(config: dict[str, Any], *names: str) -> int | None:

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import re
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -697,6 +698,7 @@ class Recommendation:
     decode_model: str = DECODE_MODEL_TEXT
     score_model: str = field(default="")
     embedding: EmbeddingModel | None = None
+    considered: str = "the catalog"  # what was ranked: the catalog, or `recommend --model`'s repo
 
     @property
     def top(self) -> Candidate:
@@ -704,7 +706,8 @@ class Recommendation:
         if not self.candidates:
             reasons = sorted({r.reason.split(":")[0] for r in self.rejected})
             raise RefusedError(
-                f"nothing in the catalog fits {self.target.label} for a {self.workload.kind} "
+                f"nothing in {self.considered} fits {self.target.label} for a "
+                f"{self.workload.kind} "
                 f"workload of {self.workload.users} users at {self.workload.context} tokens",
                 hint="rejected because: "
                 + "; ".join(reasons)
@@ -916,14 +919,19 @@ def _utilization(target: GpuTarget, tei_bytes: int) -> float:
     )
 
 
-def recommend(box: Box, workload: Workload) -> Recommendation:
+def recommend(
+    box: Box, workload: Workload, models: Sequence[ChatModel] | None = None
+) -> Recommendation:
     """Ranked choices for this box and workload (see `recommend_for_target`)."""
-    return recommend_for_target(gpu_target_from_box(box), workload)
+    return recommend_for_target(gpu_target_from_box(box), workload, models)
 
 
-def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendation:
-    """Every catalog model x variant x TP that vLLM can run here, sized for the workload,
-    ranked by `SCORE_TEXT`; the rest rejected with the reason."""
+def recommend_for_target(
+    target: GpuTarget, workload: Workload, models: Sequence[ChatModel] | None = None
+) -> Recommendation:
+    """Every catalog model (or only `models`: `recommend --model ORG/NAME`) x variant x TP that
+    vLLM can run here, sized for the workload, ranked by `SCORE_TEXT`; the rest rejected with
+    the reason."""
     catalog = load_catalog()
     embedding: EmbeddingModel | None = None
     if workload.embeddings:
@@ -942,7 +950,7 @@ def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendatio
     candidates: list[Candidate] = []
     rejected: list[Rejected] = []
     cc = target.compute_capability
-    for model in catalog.models:
+    for model in catalog.models if models is None else models:
         for variant in model.variants:
             if (variant.gated or model.gated) and not workload.allow_gated:
                 rejected.append(
@@ -985,6 +993,7 @@ def recommend_for_target(target: GpuTarget, workload: Workload) -> Recommendatio
         decode_model=f"{DECODE_MODEL_TEXT}; {COMPUTE_MODEL_TEXT}",
         score_model=SCORE_TEXT,
         embedding=embedding,
+        considered="the catalog" if models is None else " or ".join(m.name for m in models),
     )
 
 
@@ -1363,3 +1372,31 @@ def render_recommendation(
             lines.append(f"  … and {len(others) - rejected_limit} more (see --json)")
     lines += ["", f"Speed model: {r.decode_model}.", f"Ranking: {r.score_model}."]
     return "\n".join(lines)
+
+
+def would_need_lines(
+    target: GpuTarget, workload: Workload, models: Sequence[ChatModel]
+) -> list[str]:
+    """`recommend --model` on a BF16/FP16 base repo: for each quantised checkpoint it does not
+    ship (one unpublished variant per model, see `local_model.hub_candidates`), its estimated
+    weight size and whether it would fit this box for this workload, and at which TP."""
+    if not models:
+        return []
+    lines = ["Quantised variants this repo does not ship would need:"]
+    for model in models:
+        variant = model.variants[0]
+        ranked = recommend_for_target(target, workload, [model])
+        size = f"~{variant.weight_bytes / GIB:.1f} GiB of weights"
+        if ranked.candidates:
+            best = ranked.candidates[0]
+            tp = f" at TP{best.tensor_parallel_size}" if best.tensor_parallel_size > 1 else ""
+            verdict = f"would fit{tp}: max_model_len {best.max_model_len}, {best.at_once_text()}"
+        else:
+            reasons = sorted({r.reason.split(":")[0] for r in ranked.rejected})
+            verdict = "would not fit either: " + "; ".join(reasons)
+        lines.append(f"  {variant.quantization.upper()} ({size}): {verdict}")
+    lines.append(
+        "  (sizes estimated from the safetensors headers; look for a published "
+        "FP8 / AWQ / GPTQ repo of this model and run recommend --model on it)"
+    )
+    return lines

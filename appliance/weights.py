@@ -73,6 +73,7 @@ __all__ = [
     "IGNORE_PATTERNS",
     "DownloadCancelledError",
     "DownloadProgress",
+    "HubModelMetadata",
     "HubToken",
     "InstalledWeights",
     "ManifestFile",
@@ -82,6 +83,7 @@ __all__ = [
     "check_safetensors",
     "disk_free_bytes",
     "find_installed",
+    "hub_model_metadata",
     "import_weights",
     "list_weights",
     "parse_repo_ref",
@@ -963,6 +965,15 @@ class _Hub:
             raise OperationFailedError(f"the Hub gave no commit for {repo}@{revision}")
         return info.sha, bool(info.gated)
 
+    def model_files(self, repo: str, revision: str) -> tuple[str, frozenset[str]]:
+        """(commit sha, the repo's file names) for `revision`."""
+        return _model_files(self, repo, revision)
+
+    def model_metadata(
+        self, repo: str, revision: str, sha: str, files: frozenset[str], *, download_dir: Path
+    ) -> HubModelMetadata:
+        return _model_metadata(self, repo, revision, sha, files, download_dir=download_dir)
+
     def list_files(self, repo: str, revision: str, sha: str) -> list[RemoteFile]:
         from huggingface_hub.hf_api import RepoFile  # noqa: TID251 - this is the Hub adapter
 
@@ -1769,3 +1780,187 @@ def _commit_for(revision: str | None, root: Path, manifest: Sequence[ManifestFil
     if revision is not None and _COMMIT_RE.match(revision):
         return revision
     return _source_commit(root) or _content_id(manifest)
+
+
+# --- a model's shape and weight bytes from the Hub, without its weights -------------------------
+
+_SINGLE_FILE: Final = "model.safetensors"
+_INDEX_FILE: Final = "model.safetensors.index.json"
+_HEADER_READERS: Final = 8  # parallel Range reads of shard headers (DeepSeek-V3 has 163 shards)
+
+
+@dataclass(frozen=True)
+class HubModelMetadata:
+    """What `estimate ORG/NAME` needs from a Hub repo: its config.json and, from the safetensors
+    headers alone (Range reads of each shard's first bytes, as hf-mem does), the exact tensor
+    bytes and the parameter count per safetensors dtype ("BF16", "F8_E4M3", "I32", ...)."""
+
+    repo: str
+    revision: str
+    sha: str
+    config: dict[str, Any]
+    weight_bytes: int
+    parameters: dict[str, int]
+    shards: tuple[str, ...]
+    # Parameters in 2-D floating-point weights other than the embeddings and lm_head: what an
+    # FP8 or INT4 quantisation of this checkpoint would shrink (it keeps those two and norms).
+    linear_parameters: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "shards": list(self.shards)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HubModelMetadata:
+        return cls(
+            repo=str(data["repo"]),
+            revision=str(data["revision"]),
+            sha=str(data["sha"]),
+            config=dict(data["config"]),
+            weight_bytes=int(data["weight_bytes"]),
+            parameters={str(k): int(v) for k, v in dict(data["parameters"]).items()},
+            shards=tuple(str(s) for s in data["shards"]),
+            linear_parameters=int(data.get("linear_parameters", 0)),
+        )
+
+
+def _metadata_dir(cache_dir: Path, repo: str) -> Path:
+    org, name = _repo_parts(repo)
+    return cache_dir / "hub-models" / f"{org}--{name}"
+
+
+def _cached_metadata(where: Path, sha: str | None) -> HubModelMetadata | None:
+    if sha is None:
+        return None
+    try:
+        return HubModelMetadata.from_json(json.loads((where / f"{sha}.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: read the Hub again
+
+
+def _cached_ref(where: Path, revision: str) -> str | None:
+    with contextlib.suppress(OSError):
+        sha = (where / "refs" / _revision_name(revision)).read_text().strip()
+        return sha if _COMMIT_RE.match(sha) else None
+    return None
+
+
+def _remember(where: Path, revision: str, metadata: HubModelMetadata) -> None:
+    """Cache by commit (a commit never changes) and note which commit the revision named, so an
+    offline box can still size what it read before. Failing to cache never fails the command."""
+    with contextlib.suppress(OSError):
+        fileio.atomic_write(
+            where / f"{metadata.sha}.json", json.dumps(metadata.to_json()).encode(), mode=0o644
+        )
+        fileio.atomic_write(
+            where / "refs" / _revision_name(revision), metadata.sha.encode(), mode=0o644
+        )
+
+
+def hub_model_metadata(
+    repo: str,
+    revision: str = "main",
+    *,
+    cache_dir: Path,
+    token: HubToken | None = None,
+    endpoint: str | None = None,
+) -> HubModelMetadata:
+    """config.json and the safetensors headers of `repo`@`revision`, cached under `cache_dir`
+    by commit. Never downloads a tensor.
+
+    Raises BadInputError (bad name, no such repo or revision, not a safetensors repo),
+    RefusedError (gated, no access), EnvironmentNotReadyError (HF_HUB_OFFLINE or no network,
+    with nothing cached for this revision), OperationFailedError (the Hub failed).
+    """
+    _repo_parts(repo)
+    _revision_name(revision)
+    where = _metadata_dir(cache_dir, repo)
+    hub = _Hub(endpoint, token)
+    try:
+        sha, files = hub.model_files(repo, revision)
+    except EnvironmentNotReadyError:
+        cached = _cached_metadata(where, _cached_ref(where, revision))
+        if cached is None:
+            raise
+        return cached
+    metadata = _cached_metadata(where, sha) or hub.model_metadata(
+        repo, revision, sha, files, download_dir=where / "files"
+    )
+    _remember(where, revision, metadata)
+    return metadata
+
+
+def _model_files(hub: _Hub, repo: str, revision: str) -> tuple[str, frozenset[str]]:
+    with hub.errors(repo, revision):
+        info = hub.api.model_info(repo, revision=revision)
+    if not info.sha or not _COMMIT_RE.match(info.sha):
+        raise OperationFailedError(f"the Hub gave no commit for {repo}@{revision}")
+    return info.sha, frozenset(s.rfilename for s in info.siblings or ())
+
+
+def _model_metadata(
+    hub: _Hub, repo: str, revision: str, sha: str, files: frozenset[str], *, download_dir: Path
+) -> HubModelMetadata:
+    from huggingface_hub import hf_hub_download  # noqa: TID251 - this is the Hub adapter
+    from huggingface_hub.errors import SafetensorsParsingError  # noqa: TID251
+
+    page = f"{hub.endpoint}/{repo}"
+    if "config.json" not in files:
+        raise BadInputError(
+            f"{repo} has no config.json, so it is not a model vLLM can load",
+            f"check the repo at {page}",
+        )
+    if _SINGLE_FILE not in files and _INDEX_FILE not in files:
+        raise BadInputError(
+            f"{repo} has neither {_SINGLE_FILE} nor {_INDEX_FILE}",
+            f"vLLM loads safetensors checkpoints; look for a safetensors repo of it at {page}",
+        )
+
+    def download(name: str) -> dict[str, Any]:
+        path = hf_hub_download(
+            repo, name, revision=sha, cache_dir=download_dir, token=hub._auth,
+            endpoint=hub.endpoint,
+        )  # fmt: skip
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise OperationFailedError(f"{repo}'s {name} is not readable JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise OperationFailedError(f"{repo}'s {name} is not a JSON object")
+        return data
+
+    with hub.errors(repo, revision):
+        config = download("config.json")
+        if _SINGLE_FILE in files:
+            shards: tuple[str, ...] = (_SINGLE_FILE,)
+        else:
+            weight_map = download(_INDEX_FILE).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise OperationFailedError(f"{repo}'s {_INDEX_FILE} has no weight_map")
+            shards = tuple(sorted({str(v) for v in weight_map.values()}))
+
+        def header(shard: str) -> Any:
+            try:
+                return hub.api.parse_safetensors_file_metadata(repo, shard, revision=sha)
+            except SafetensorsParsingError as exc:
+                raise OperationFailedError(
+                    f"{repo}'s {shard} has no readable safetensors header ({exc})"
+                ) from None
+
+        with ThreadPoolExecutor(max_workers=_HEADER_READERS) as pool:
+            headers = list(pool.map(header, shards))
+    weight_bytes = linear = 0
+    parameters: dict[str, int] = {}
+    for parsed in headers:
+        for name, tensor in parsed.tensors.items():
+            begin, end = tensor.data_offsets
+            weight_bytes += int(end) - int(begin)
+            if (
+                len(tensor.shape) == 2
+                and tensor.dtype in ("BF16", "F16", "F32")
+                and "embed" not in name
+                and "lm_head" not in name
+            ):
+                linear += int(tensor.parameter_count)
+        for dtype, count in parsed.parameter_count.items():
+            parameters[str(dtype)] = parameters.get(str(dtype), 0) + int(count)
+    return HubModelMetadata(repo, revision, sha, config, weight_bytes, parameters, shards, linear)

@@ -11,9 +11,9 @@ server is fake. Endpoints, as read from huggingface_hub 2.4.0 (`hf_api.py`, `fil
   with a GitHub-style `Link: <…>; rel="next"` header (`page_size` entries a page).
 - `HEAD|GET /{repo}/resolve/{rev}/{path}` → `X-Repo-Commit`, `ETag` (the blob oid, or the sha256
   for LFS files with `X-Linked-Etag`/`X-Linked-Size` too), `Content-Length`, `Accept-Ranges`;
-  `Range: bytes=N-` answers 206 with `Content-Range`. Never any `X-Xet-*` header, so the client
-  stays on plain HTTP. Gated repos answer 401 (no token) or 403 (a token without access) with
-  `X-Error-Code: GatedRepo`; a missing file is 404 `EntryNotFound`.
+  `Range: bytes=N-` and `bytes=A-B` answer 206 with `Content-Range`. Never any `X-Xet-*` header,
+  so the client stays on plain HTTP. Gated repos answer 401 (no token) or 403 (a token without
+  access) with `X-Error-Code: GatedRepo`; a missing file is 404 `EntryNotFound`.
 
 With `lfs_redirect=True`, LFS files are answered as the real Hub does: `/resolve/` gives a 302 to a
 signed "CDN" URL on another host (a second listener on 127.0.0.2) carrying `X-Linked-Size`,
@@ -384,13 +384,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fail:
             self._error(503, None, "try again later")
             return
-        start = 0
+        start, end = 0, len(data)
         status = 200
-        if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+        # "bytes=N-" (a resume) or "bytes=A-B" (a header read: huggingface_hub's
+        # parse_safetensors_file_metadata asks for bytes=0-100000, then the rest of the header)
+        if match := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")):
             start = int(match[1])
+            end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        body = data[start:end]
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         if cut is not None:

