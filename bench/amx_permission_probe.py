@@ -1,6 +1,7 @@
 """What an x86 VM's kernel does with AMX tile instructions: the evidence behind cpu_engine.py.
 
-Run with any Python 3 (torch optional) on a machine whose CPU reports AMX:
+Run from the repository root with any Python 3 (torch optional) on a machine whose CPU reports
+AMX (on others every tile instruction is SIGILL, asked or not, and the cases say nothing):
 
     python3 bench/amx_permission_probe.py
 
@@ -15,7 +16,13 @@ so no compiler and no vLLM are needed. Cases:
 - forked_child: the parent asked, then forked;
 - other_thread: one thread asks, another thread then runs the tile code;
 - torch_*: what torch's own oneDNN does: does a bf16 matmul ask for the permission, and does
-  ONEDNN_MAX_CPU_ISA change that.
+  ONEDNN_MAX_CPU_ISA change that;
+- spawned_workers_*: the shape of a vLLM engine: 5 workers started by multiprocessing "spawn",
+  4 threads each running the tile code, without and with the appliance's hook
+  (`appliance/runtime/cpu_engine.py`) on PYTHONPATH; reports how many workers died.
+
+Measured 2026-12-04 on the `device` tool's Intel Xeon VM (a condensed copy of these cases, the
+tool takes a short command): see docs/test-infrastructure.md.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import mmap
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 SYS_ARCH_PRCTL = 158
 ARCH_GET_XCOMP_SUPP = 0x1021
 ARCH_GET_XCOMP_PERM = 0x1022
@@ -68,6 +77,27 @@ def run_tile_code() -> None:
     ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)(ctypes.addressof(config))
 
 
+def _tile_in_threads() -> None:
+    threads = [threading.Thread(target=run_tile_code) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def spawned_workers() -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    deaths = 0
+    for _ in range(5):
+        worker = context.Process(target=_tile_in_threads)
+        worker.start()
+        worker.join()
+        deaths += worker.exitcode != 0
+    print(json.dumps({"workers": 5, "died": deaths}), flush=True)
+
+
 def child(case: str) -> None:
     if case == "without_permission":
         run_tile_code()
@@ -100,6 +130,8 @@ def child(case: str) -> None:
         finally:
             asked.set()
             started.join()
+    elif case.startswith("spawned_workers"):
+        spawned_workers()
     elif case.startswith("torch_"):
         import torch
 
@@ -141,6 +173,16 @@ def main() -> None:
         ("other_thread", {}),
         ("torch_default", {}),
         ("torch_isa_capped", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+    ]
+    sys.path.insert(0, str(ROOT))
+    from appliance.runtime.cpu_engine import cpu_engine_env, hook_files
+
+    hook_dir = Path(tempfile.mkdtemp(prefix="cpu-engine-hook-"))
+    for name, content in hook_files().items():
+        (hook_dir / name).write_text(content)
+    cases += [
+        ("spawned_workers_without_hook", {"PYTHONPATH": ""}),
+        ("spawned_workers_with_hook", cpu_engine_env(hook_dir)),
     ]
     for case, extra in cases:
         done = subprocess.run(
