@@ -620,3 +620,26 @@ def test_a_simulated_box_with_a_profile_that_fits_serves_its_model(tmp_path: Pat
             assert vllm.container_state == "running"
 
     run(go)
+
+
+def test_a_key_made_on_a_simulated_box_says_it_is_throw_away(tmp_path: Path) -> None:
+    # #16.17: a simulated box's gateway state lives in a temporary directory removed on exit,
+    # so a key made there serves nothing; the screen and the shown-once dialog both say so.
+    services = simulated_services("rtx4090", state_dir=tmp_path / "state")
+
+    async def go() -> None:
+        app = ApplianceApp(services=services)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("k")
+            await pilot.pause(0.1)
+            note = app.screen.query_one("#keys-note")
+            assert note.display
+            assert "throw-away" in str(note.render())
+            await pilot.press("n", *"grafana", "enter")
+            await until(pilot, lambda: type(app.screen).__name__ == "ShowKeyOnce")
+            shown = " ".join(str(widget.render()) for widget in app.screen.query("Static"))
+            assert "throw-away" in shown
+            await pilot.press("escape")
+        await app.workers.wait_for_complete()
+
+    run(go)

@@ -45,9 +45,10 @@ class ShowKeyOnce(ModalScreen[None]):
         Binding("escape,enter", "dismiss(None)", "Done"),
     ]
 
-    def __init__(self, created: CreatedKey) -> None:
+    def __init__(self, created: CreatedKey, *, throw_away: bool = False) -> None:
         super().__init__()
         self.created = created
+        self.throw_away = throw_away
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -59,6 +60,8 @@ class ShowKeyOnce(ModalScreen[None]):
                 )
             )
             yield Input(self.created.key, id="new-key")
+            if self.throw_away:
+                yield Static(_THROW_AWAY, classes="hint")
             yield Static(
                 "c copies it (terminals with OSC 52), Enter or Escape closes.", classes="hint"
             )
@@ -67,6 +70,13 @@ class ShowKeyOnce(ModalScreen[None]):
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.created.key)
         self.notify("Key copied to the clipboard.")
+
+
+# A simulated box keeps its gateway state in a temporary directory removed when the app quits.
+_THROW_AWAY = (
+    "Simulated box: keys made here are throw-away. They live in a temporary directory removed "
+    "when the app quits and open no real gateway; make real ones on the box."
+)
 
 
 class ConfirmRevoke(ModalScreen[bool]):
@@ -116,7 +126,10 @@ class KeysScreen(ApplianceScreen):
                 "on the box (or `appliance keys …`)."
             )
             return
-        note.display = False
+        if self.appliance.services.simulate is None:
+            note.display = False
+        else:
+            note.update(_THROW_AWAY)
         self.action_reload()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -164,7 +177,8 @@ class KeysScreen(ApplianceScreen):
 
     @on(KeyCreated)
     def _created(self, message: KeyCreated) -> None:
-        self.app.push_screen(ShowKeyOnce(message.created))
+        throw_away = self.appliance.services.simulate is not None
+        self.app.push_screen(ShowKeyOnce(message.created, throw_away=throw_away))
         self.action_reload()
 
     def action_revoke(self) -> None:
