@@ -59,15 +59,24 @@ def preflight(
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+        except socket.gaierror as error:  # before OSError: a name, not a socket, is wrong
+            raise BadInputError(
+                f"cannot listen on {host}: the name does not resolve ({error.strerror or error})",
+                hint="give an address of this machine: 0.0.0.0 (every interface), 127.0.0.1, "
+                "or one `ip -brief address` lists",
+            ) from error
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise EnvironmentNotReadyError(
                     f"port {port} on {host} is already in use",
                     hint="stop what listens there (`ss -ltnp`) or choose another --port",
                 ) from error
+            if error.errno == errno.EACCES and port < 1024:
+                hint = "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+            else:
+                hint = "give an address of this machine (`ip -brief address`) or 0.0.0.0"
             raise EnvironmentNotReadyError(
-                f"cannot listen on {host}:{port}: {error.strerror or error}",
-                hint="ports below 1024 need root or CAP_NET_BIND_SERVICE",
+                f"cannot listen on {host}:{port}: {error.strerror or error}", hint=hint
             ) from error
 
 

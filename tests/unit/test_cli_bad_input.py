@@ -406,3 +406,15 @@ def test_an_engine_that_goes_away_mid_way_is_named_not_a_python_exception(
     assert "list containers" in text
     assert "Connection aborted" not in text
     assert "FileNotFoundError" not in text
+
+
+def test_a_listen_address_that_does_not_resolve_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to be refused as "cannot listen" with the hint about ports below 1024.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    argv = ["gateway", "--profile", PROFILE, "--host", "notahost.invalid", "--port", "18999"]
+    code, output = run([*argv, "--state-dir", str(tmp_path)], capsys)
+    assert_clean(code, output, allowed=(ExitCode.BAD_INPUT,))
+    assert "notahost.invalid" in output
+    assert "below 1024" not in output
