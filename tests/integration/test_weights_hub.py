@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -577,3 +578,244 @@ def test_offline_pull_of_weights_already_on_the_box_is_a_no_op(
     assert len(hub.requests) == seen
     with pytest.raises(EnvironmentNotReadyError, match="HF_HUB_OFFLINE"):
         pull_weights(REPO, "v2", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+
+# --- parallel range requests and Xet --------------------------------------------------------------
+
+PIECE = 256 * 1024  # chunk size for these tests: the 3 MiB weights file is 13 chunks
+
+
+def _ranges(hub: HubDouble, name: str) -> list[tuple[int, int]]:
+    """(start, end exclusive) of every ranged GET of `name`, in arrival order."""
+    found = []
+    for r in hub.requests_for(f"/{name}"):
+        a, _, b = (r.header("Range") or "").removeprefix("bytes=").partition("-")
+        found.append((int(a), int(b) + 1))
+    return found
+
+
+def _chunks(size: int) -> set[tuple[int, int]]:
+    return {(a, min(a + PIECE, size)) for a in range(0, size, PIECE)}
+
+
+def test_a_large_file_arrives_as_parallel_chunks_identical_and_verified(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    reports: list[DownloadProgress] = []
+    data = hub.repos[REPO].files["model.safetensors"]
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),  # every byte count is reported
+    )
+
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    assert {f.path: f.sha256 for f in installed.files}["model.safetensors"] == (
+        hashlib.sha256(data).hexdigest()
+    )
+    # One request per chunk, each a closed range; together exactly the file.
+    assert set(_ranges(hub, "model.safetensors")) == _chunks(len(data))
+    assert len(_ranges(hub, "model.safetensors")) == len(_chunks(len(data)))
+    # Small files are still one plain stream each.
+    assert [r.header("Range") for r in hub.requests_for("/config.json")] == [None]
+    # Byte progress is exact: never past the total, ending on it.
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert {r.bytes_total for r in reports} == {total}
+    assert max(r.bytes_done for r in reports) == total
+    assert reports[-1].bytes_done == total
+    assert not list((models_dir / REPO).rglob("*.chunks.json"))
+
+
+def test_cancel_mid_way_resumes_without_fetching_finished_chunks_again(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    cancel = threading.Event()
+    ticks = itertools.count()
+
+    def stop_midway(report: DownloadProgress) -> None:
+        if report.file == "model.safetensors" and report.bytes_done > len(data) // 2:
+            cancel.set()
+
+    with pytest.raises(DownloadCancelledError):
+        pull_weights(
+            REPO,
+            models_dir=models_dir,
+            endpoint=hub.url,
+            on_progress=stop_midway,
+            cancel=cancel,
+            free_bytes=PLENTY,
+            max_workers=2,
+            chunk_bytes=PIECE,
+            clock=lambda: float(next(ticks)),
+        )
+    first = len(hub.requests_for("/model.safetensors"))
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    recorded = json.loads(partial.with_name("model.safetensors.chunks.json").read_text())
+    kept = {(a, b) for a, b in recorded["done"]}
+    assert kept  # some chunks finished before the cancel…
+    kept_bytes = sum(b - a for a, b in kept)
+    assert kept_bytes < len(data)  # …and not all of them
+    plan = plan_pull(REPO, models_dir=models_dir, endpoint=hub.url)
+    snapshot = snapshot_dir(models_dir, REPO, hub.repos[REPO].sha)
+    finished = sum(p.stat().st_size for p in snapshot.rglob("*") if p.is_file())
+    assert plan.bytes_on_disk == finished + kept_bytes  # the full-size partial counts as recorded
+
+    reports: list[DownloadProgress] = []
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    again = _ranges(hub, "model.safetensors")[first:]
+    for a, b in again:  # nothing recorded as done is asked for again
+        assert not any(x < b and a < y for x, y in kept), (a, b)
+    assert sum(b - a for a, b in again) == len(data) - kept_bytes
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) == reports[-1].bytes_done == total
+
+
+def test_a_chunk_dropped_mid_way_is_asked_for_again_from_where_it_stopped(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.cut_once("model.safetensors", after_bytes=100_000)
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+    )
+
+    ranges = _ranges(hub, "model.safetensors")
+    assert len(ranges) == len(_chunks(len(data))) + 1
+    chunk_starts = {a for a, _ in _chunks(len(data))}
+    resumed = [(a, b) for a, b in ranges if a not in chunk_starts]
+    assert len(resumed) == 1
+    assert resumed[0][0] - 100_000 in chunk_starts  # the rest of the dropped chunk only
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_a_chunked_file_damaged_in_transit_is_fetched_again(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.corrupt_once("model.safetensors")
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    assert len(_ranges(hub, "model.safetensors")) == 2 * len(_chunks(len(data)))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+class _FakeXetGroup:
+    """hf_xet's download group as huggingface_hub's `xet_get` drives it; writes the Hub's bytes."""
+
+    def __init__(self, files: dict[str, bytes], calls: list[dict[str, object]], **kw: object):
+        self.files, self.calls, self.kw = files, calls, kw
+
+    def __enter__(self) -> _FakeXetGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def start_download_file(self, info: object, path: str) -> None:
+        import types
+
+        data = self.files[Path(path).name]
+        self.calls.append({"hash": info.hash, "size": info.file_size, "path": path, **self.kw})  # type: ignore[attr-defined]
+        done = 0
+        with open(path, "wb") as handle:  # noqa: PTH123 - as hf_xet writes it
+            for offset in range(0, len(data), PIECE):
+                handle.write(data[offset : offset + PIECE])
+                done = min(offset + PIECE, len(data))
+                report = types.SimpleNamespace(
+                    total_bytes=len(data),
+                    total_bytes_completed=done,
+                    total_transfer_bytes_completed=done // 2,
+                    total_bytes_completion_rate=0.0,
+                    total_transfer_bytes_completion_rate=0.0,
+                )
+                self.kw["progress_callback"](report, {})  # type: ignore[operator]
+
+
+@pytest.fixture
+def xet_hub(hub: HubDouble, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """The weights file is Xet-backed on the double; hf_xet's session is replaced by one that
+    writes the bytes (no CAS server is reachable here). Returns the downloads it was asked for."""
+    import types
+
+    import huggingface_hub.utils._xet as hub_xet  # noqa: TID251 - test setup
+
+    hub.mark_xet_backed(REPO, "model.safetensors")
+    calls: list[dict[str, object]] = []
+    files = hub.repos[REPO].files
+    session = types.SimpleNamespace(
+        new_file_download_group=lambda **kw: _FakeXetGroup(files, calls, **kw)
+    )
+    monkeypatch.setattr(hub_xet, "get_xet_session", lambda: session)
+    return calls
+
+
+def test_a_xet_backed_file_goes_through_hf_xet_with_progress_and_verification(
+    hub: HubDouble, xet_hub: list[dict[str, object]], models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    reports: list[DownloadProgress] = []
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    assert [c["hash"] for c in xet_hub] == [hashlib.sha256(b"xet" + data).hexdigest()]
+    assert xet_hub[0]["size"] == len(data)
+    assert str(xet_hub[0]["path"]).endswith(
+        "/.partial/" + hub.repos[REPO].sha + "/model.safetensors"
+    )
+    assert xet_hub[0]["token"] == "xet-read-token"
+    assert hub.requests_for("/model.safetensors") == []  # no HTTP GET of the bytes
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) == reports[-1].bytes_done == total
+
+
+def test_a_xet_backed_file_without_hf_xet_falls_back_to_parallel_ranges(
+    hub: HubDouble,
+    xet_hub: list[dict[str, object]],
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub.utils._runtime as hub_runtime  # noqa: TID251 - test setup
+
+    monkeypatch.setattr(hub_runtime, "is_xet_available", lambda: False)
+    data = hub.repos[REPO].files["model.safetensors"]
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    assert xet_hub == []
+    assert set(_ranges(hub, "model.safetensors")) == _chunks(len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data

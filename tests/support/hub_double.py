@@ -11,8 +11,10 @@ server is fake. Endpoints, as read from huggingface_hub 2.4.0 (`hf_api.py`, `fil
   with a GitHub-style `Link: <…>; rel="next"` header (`page_size` entries a page).
 - `HEAD|GET /{repo}/resolve/{rev}/{path}` → `X-Repo-Commit`, `ETag` (the blob oid, or the sha256
   for LFS files with `X-Linked-Etag`/`X-Linked-Size` too), `Content-Length`, `Accept-Ranges`;
-  `Range: bytes=N-` answers 206 with `Content-Range`. Never any `X-Xet-*` header, so the client
-  stays on plain HTTP. Gated repos answer 401 (no token) or 403 (a token without access) with
+  `Range: bytes=N-` or `bytes=N-M` answers 206 with `Content-Range`. No `X-Xet-*` header unless
+  a file was marked with `xet_backed` (then `X-Xet-Hash` and `X-Xet-Refresh-Route`, as the Hub
+  sends for a Xet-stored file; there is no CAS server behind them). Gated repos answer 401 (no
+  token) or 403 (a token without access) with
   `X-Error-Code: GatedRepo`; a missing file is 404 `EntryNotFound`.
 
 With `lfs_redirect=True`, LFS files are answered as the real Hub does: `/resolve/` gives a 302 to a
@@ -24,6 +26,9 @@ Faults are armed per file: `cut_once` sends the headers for the whole file, part
 then drops the connection; `fail_after_cut` also answers the follow-up request with
 503 (so the client gives up and the *next run* must resume); `corrupt_once` serves the right
 length with one byte flipped (`times` GETs in a row). Every request is recorded with its headers.
+
+`rate_bytes_per_second` caps each connection's body bandwidth (a token bucket per connection), as a
+CDN caps each of its streams: what makes several connections at once faster than one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,9 +126,17 @@ class _Faults:
 class HubDouble:
     """The server: add repos, arm faults, read `requests` afterwards."""
 
-    def __init__(self, page_size: int = 3, *, lfs_redirect: bool = False) -> None:
+    def __init__(
+        self,
+        page_size: int = 3,
+        *,
+        lfs_redirect: bool = False,
+        rate_bytes_per_second: int | None = None,
+    ) -> None:
         self.page_size = page_size
         self.lfs_redirect = lfs_redirect
+        self.rate_bytes_per_second = rate_bytes_per_second
+        self.xet_backed: set[tuple[str, str]] = set()  # (repo, path) the Hub says are Xet-stored
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[RequestRecord] = []
         self._faults = _Faults()
@@ -158,6 +172,9 @@ class HubDouble:
         with self._lock:
             self._faults.cut[path] = after_bytes
             self._faults.fail_after_cut.add(path)
+
+    def mark_xet_backed(self, repo_id: str, path: str) -> None:
+        self.xet_backed.add((repo_id, path))
 
     def corrupt_once(self, path: str, times: int = 1) -> None:
         with self._lock:
@@ -232,6 +249,7 @@ class HubDouble:
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<sha>[^/]+)/(?P<path>.+)$")
+_XET_TOKEN = re.compile(r"^/api/models/[^/]+/[^/]+/xet-read-token/[^/]+$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<kind>revision|tree)/(?P<rev>[^/?]+)$")
 
 
@@ -256,7 +274,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, *, head: bool) -> None:
         url = urlsplit(self.path)
         self.hub._record(self.command, unquote(url.path), dict(self.headers.items()))
-        if match := _API.match(url.path):
+        if match := _XET_TOKEN.match(url.path):
+            # The Hub's Xet read token: the CAS address it names is never reachable here.
+            headers = {
+                "X-Xet-Cas-Url": "http://127.0.0.1:9/cas",
+                "X-Xet-Access-Token": "xet-read-token",
+                "X-Xet-Token-Expiration": str(int(time.time()) + 3600),
+            }
+            self._send(200, headers, 0, b"")
+        elif match := _API.match(url.path):
             self._api(match, parse_qs(url.query))
         elif match := _CDN.match(url.path):
             self._cdn(match, head=head)
@@ -377,6 +403,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if repo.is_lfs(name):
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(len(data))
+        if (repo.repo_id, name) in self.hub.xet_backed:
+            headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + data).hexdigest()
+            headers["X-Xet-Refresh-Route"] = (
+                f"{self.hub.url}/api/models/{repo.repo_id}/xet-read-token/{sha}"
+            )
         if head:
             self._send(200, headers, len(data), b"")
             return
@@ -384,13 +415,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fail:
             self._error(503, None, "try again later")
             return
-        start = 0
+        start, end = 0, len(data)
         status = 200
-        if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+        if match := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")):
             start = int(match[1])
+            end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        body = data[start:end]
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         if cut is not None:
@@ -422,8 +454,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(length))
         self.end_headers()
-        if body:
+        rate = self.hub.rate_bytes_per_second
+        if not body:
+            return
+        if rate is None:
             self.wfile.write(body)
+            return
+        # A token bucket per connection: never ahead of `rate` since the body started.
+        piece = max(rate // 50, 16 * 1024)
+        started = time.monotonic()
+        view = memoryview(body)
+        for offset in range(0, len(view), piece):
+            ahead = (offset / rate) - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            self.wfile.write(view[offset : offset + piece])
 
 
 def quoted(revision: str) -> str:
