@@ -20,8 +20,11 @@ What must stay true:
   known, access checked (HEAD of every file still missing), free disk checked.
 - huggingface_hub 2.4's `hf_hub_download` downloads into a process-unique temporary file and
   deletes it on failure (`_download_to_tmp_and_move`), so an interrupted run could not resume on the
-  next one. The file-level transfer therefore goes through huggingface_hub's own `http_get` (its
-  Range requests, retries and error mapping) into a partial file that this module owns and keeps.
+  next one. The transfers therefore go into partial files that this module owns and keeps, through
+  huggingface_hub's own pieces: `http_get` (one stream, Range resume) for files up to ~1.5 chunks,
+  `http_stream_backoff` for parallel range requests (~64 MiB chunks, resumable per chunk, see
+  "parallel ranges"), and `xet_get` (hf_xet) for files the Hub says are Xet-backed. A CDN caps each
+  connection, so a pull keeps up to `_CONNECTIONS` transfers going at once, across files and chunks.
 - The token comes from a 0600 token file, `HF_TOKEN`, or huggingface_hub's login, in that order;
   it is only ever handed to huggingface_hub and never formatted into a message or a log line.
 - `huggingface_hub` is imported inside the functions that reach the Hub, so listing, removing and
@@ -154,10 +157,13 @@ _PROGRESS_INTERVAL_S: Final = 0.1
 _RATE_WINDOW_S: Final = 5.0
 _HASH_CHUNK: Final = 8 * 1024 * 1024
 # Parallel range downloads. A CDN caps each connection (tens of MiB/s), so a large file is fetched
-# as fixed 64 MiB chunks over several connections at once, as `hf download`'s 8 workers fetch
+# as fixed ~64 MiB chunks over several connections at once, as `hf download`'s 8 workers fetch
 # several files at once; `_CONNECTIONS` bounds all transfers of a pull together (files and chunks).
-_CHUNK_BYTES: Final = 64 * 1024 * 1024
-_CONNECTIONS: Final = 8
+_MIB: Final = 1024 * 1024
+_CHUNK_BYTES: Final = 64 * _MIB
+# 16 connections: hf_xet keeps a pool of 16 (xet-runtime 1.5.2 src/config/groups/client.rs, idle
+# connections "default value is 16"); `hf download` runs 8 workers of one stream each.
+_CONNECTIONS: Final = 16
 _CHUNK_ATTEMPTS: Final = 4  # a dropped chunk is asked for again from its last byte, this often
 _CHUNKS_SUFFIX: Final = ".chunks.json"
 
@@ -1278,7 +1284,7 @@ def _download_file(
                 progress=progress,
                 transfers=transfers,
             )
-        elif f.size > transfers.chunk_bytes:
+        elif len(_chunk_bounds(f.size, transfers.chunk_bytes)) > 1:
             digest = _download_chunked(
                 hub,
                 plan=plan,
@@ -1395,14 +1401,24 @@ def _download_xet(
 
 # --- parallel ranges ----------------------------------------------------------------------------
 #
-# A file larger than one chunk is fetched as fixed chunks [i*C, (i+1)*C) over up to `_CONNECTIONS`
-# connections, each written with pwrite into the partial file (made full-size, sparse, first). What
-# is on disk is recorded in a sidecar `<file>.chunks.json` ({"size", "done": [[start, end], …]}),
+# A file of at least ~1.5 chunks is cut into equal chunks of about C (`_chunk_bounds`), fetched
+# over up to `_CONNECTIONS` connections, each written with pwrite into the partial file (made
+# full-size, sparse, first). What is on disk is recorded in a sidecar `<file>.chunks.json` ({"size", "done": [[start, end], …]}),
 # rewritten atomically after each chunk was fdatasync'ed, so a crash never records unwritten bytes
 # and the next run fetches only what is missing, whatever its chunk size. A partial file without a
 # sidecar (a single-stream run) counts as its contiguous prefix. SHA-256 is computed in order by the
 # file's own worker as the contiguous prefix of finished chunks grows (read back from the page
 # cache while later chunks still arrive), so little hashing is left when the last chunk lands.
+
+
+def _chunk_bounds(size: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """`size` cut into the nearest whole number of equal chunks (1 MiB-aligned where they are
+    larger): no 64 MiB shard ends in a chunk of a few bytes."""
+    count = max(1, round(size / chunk_bytes))
+    step = -(-size // count)
+    if step > _MIB:
+        step = -(-step // _MIB) * _MIB
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
 
 
 def _chunks_path(partial: Path) -> Path:
@@ -1473,7 +1489,7 @@ class _ChunkedFile:
 
     def __init__(self, partial: Path, f: RemoteFile, chunk_bytes: int) -> None:
         self.partial, self.f = partial, f
-        self.chunks = [(a, min(a + chunk_bytes, f.size)) for a in range(0, f.size, chunk_bytes)]
+        self.chunks = _chunk_bounds(f.size, chunk_bytes)
         kept = _done_ranges(partial, f.size)
         # Bytes of a chunk already there: the part of a recorded range that starts at its start.
         self.have = [

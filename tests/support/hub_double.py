@@ -101,8 +101,17 @@ class HubRepo:
     gated: bool = False
     allowed_tokens: frozenset[str] = frozenset()
 
+    _digests: dict[str, tuple[str, str]] = field(default_factory=dict)
+
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
+
+    def digests(self, path: str) -> tuple[str, str]:
+        """(git blob oid, sha256) of a file, computed once: a benchmark's files are GiBs."""
+        if path not in self._digests:
+            data = self.files[path]
+            self._digests[path] = (git_blob_oid(data), hashlib.sha256(data).hexdigest())
+        return self._digests[path]
 
 
 @dataclass(frozen=True)
@@ -353,13 +362,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             data = repo.files[name]
             entry: dict[str, object] = {
                 "type": "file",
-                "oid": git_blob_oid(data),
+                "oid": repo.digests(name)[0],
                 "size": len(data),
                 "path": name,
             }
             if repo.is_lfs(name):
                 entry["lfs"] = {
-                    "oid": hashlib.sha256(data).hexdigest(),
+                    "oid": repo.digests(name)[1],
                     "size": len(data),
                     "pointerSize": 134,
                 }
@@ -382,7 +391,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", f"{name} does not exist", commit=sha)
             return
-        etag = hashlib.sha256(data).hexdigest() if repo.is_lfs(name) else git_blob_oid(data)
+        etag = repo.digests(name)[1] if repo.is_lfs(name) else repo.digests(name)[0]
         if self.hub.lfs_redirect and repo.is_lfs(name) and not cdn:
             location = f"{self.hub.cdn_url}/cdn/{repo.repo_id}/{sha}/{quote(name)}?signed=1"
             redirect = {
@@ -404,7 +413,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(len(data))
         if (repo.repo_id, name) in self.hub.xet_backed:
-            headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + data).hexdigest()
+            headers["X-Xet-Hash"] = hashlib.sha256(
+                b"xet" + repo.digests(name)[1].encode()
+            ).hexdigest()
             headers["X-Xet-Refresh-Route"] = (
                 f"{self.hub.url}/api/models/{repo.repo_id}/xet-read-token/{sha}"
             )
@@ -422,7 +433,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
-        body = data[start:end]
+        body = memoryview(data)[start:end]
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         if cut is not None:
@@ -448,7 +459,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["X-Repo-Commit"] = commit
         self._send(status, headers, len(body), b"" if self.command == "HEAD" else body)
 
-    def _send(self, status: int, headers: Mapping[str, str], length: int, body: bytes) -> None:
+    def _send(
+        self, status: int, headers: Mapping[str, str], length: int, body: bytes | memoryview
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
