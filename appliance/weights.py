@@ -1403,12 +1403,13 @@ def _download_xet(
 #
 # A file of at least ~1.5 chunks is cut into equal chunks of about C (`_chunk_bounds`), fetched
 # over up to `_CONNECTIONS` connections, each written with pwrite into the partial file (made
-# full-size, sparse, first). What is on disk is recorded in a sidecar `<file>.chunks.json` ({"size", "done": [[start, end], …]}),
-# rewritten atomically after each chunk was fdatasync'ed, so a crash never records unwritten bytes
-# and the next run fetches only what is missing, whatever its chunk size. A partial file without a
-# sidecar (a single-stream run) counts as its contiguous prefix. SHA-256 is computed in order by the
-# file's own worker as the contiguous prefix of finished chunks grows (read back from the page
-# cache while later chunks still arrive), so little hashing is left when the last chunk lands.
+# full-size, sparse, first). What is on disk is recorded in a sidecar `<file>.chunks.json`
+# ({"size", "done": [[start, end], …]}), rewritten atomically after each chunk was fdatasync'ed:
+# a crash never records unwritten bytes, and the next run fetches only what is missing, whatever
+# its chunk size. A partial file without a sidecar (from a single-stream run) counts as its
+# contiguous prefix. SHA-256 is computed in order by the file's own worker as the contiguous
+# prefix of finished chunks grows (read back from the page cache while later chunks still
+# arrive), so little hashing is left when the last chunk lands.
 
 
 def _chunk_bounds(size: int, chunk_bytes: int) -> list[tuple[int, int]]:
