@@ -1324,6 +1324,11 @@ def _download_stream(
     transfers: _Transfers,
 ) -> str:
     """One HTTP stream with Range resume (huggingface_hub's `http_get`), hashed while written."""
+    if _chunks_path(partial).exists():
+        # Left by a chunked run (another chunk size): full-size and sparse, so no prefix to resume.
+        progress.add(-_partial_bytes(partial, f))
+        partial.unlink(missing_ok=True)
+        _chunks_path(partial).unlink()
     for attempt in (1, 2):
         if partial.exists() and partial.stat().st_size > f.size:
             progress.add(-partial.stat().st_size)

@@ -585,10 +585,10 @@ def test_offline_pull_of_weights_already_on_the_box_is_a_no_op(
 PIECE = 256 * 1024  # chunk size for these tests: the 3 MiB weights file is 13 chunks
 
 
-def _ranges(hub: HubDouble, name: str) -> list[tuple[int, int]]:
-    """(start, end exclusive) of every ranged GET of `name`, in arrival order."""
+def _ranges(hub: HubDouble, name: str, since: int = 0) -> list[tuple[int, int]]:
+    """(start, end exclusive) of every ranged GET of `name` from the `since`-th on, in order."""
     found = []
-    for r in hub.requests_for(f"/{name}"):
+    for r in hub.requests_for(f"/{name}")[since:]:
         a, _, b = (r.header("Range") or "").removeprefix("bytes=").partition("-")
         found.append((int(a), int(b) + 1))
     return found
@@ -828,4 +828,26 @@ def test_a_xet_backed_file_without_hf_xet_falls_back_to_parallel_ranges(
 
     assert xet_hub == []
     assert _tiles(_ranges(hub, "model.safetensors"), len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_a_single_stream_partial_is_finished_by_chunks_from_where_it_stopped(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.fail_after_cut("model.safetensors", after_bytes=1_000_000)
+    with pytest.raises(OperationFailedError):  # one stream (the default chunk is 64 MiB)
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(data)
+    first = len(hub.requests_for("/model.safetensors"))
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    again = _ranges(hub, "model.safetensors", since=first)
+    assert min(a for a, _ in again) == kept  # the prefix is kept, mid-chunk included
+    assert sum(b - a for a, b in again) == len(data) - kept
     assert (installed.path / "model.safetensors").read_bytes() == data
