@@ -42,6 +42,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -71,6 +72,8 @@ from appliance.units import human_bytes
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
+
+_log = logging.getLogger("appliance.weights")
 
 __all__ = [
     "ALLOW_PATTERNS",
@@ -819,8 +822,11 @@ class _Progress:
             def __exit__(self, *exc: object) -> None:
                 return None
 
+            counted = 0  # bytes this file's bar added, to take back when its transfer is dropped
+
             def update(self, n: float | None = 1) -> None:
                 progress.add(int(n or 0), file)
+                type(self).counted += int(n or 0)
 
             def close(self) -> None:
                 return None
@@ -1274,6 +1280,7 @@ def _download_file(
     partial = _partial_dir(models_dir, plan.repo, plan.sha) / rel
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
+        digest: str | None = None
         if located.xet is not None and _xet_usable():
             digest = _download_xet(
                 hub,
@@ -1284,6 +1291,8 @@ def _download_file(
                 progress=progress,
                 transfers=transfers,
             )
+        if digest is not None:
+            pass
         elif len(_chunk_bounds(f.size, transfers.chunk_bytes)) > 1:
             digest = _download_chunked(
                 hub,
@@ -1376,29 +1385,48 @@ def _download_xet(
     located: _Located,
     progress: _Progress,
     transfers: _Transfers,
-) -> str:
+) -> str | None:
     """A Xet-backed file through huggingface_hub's `xet_get` (hf_xet: many chunk streams, its own
-    retries). hf_xet writes the whole file, so bytes an earlier HTTP run left in the partial file
-    are not reused: they leave the byte count, and hf_xet's chunk cache is what resumes. Verified
-    by reading the file back (hf_xet checks its chunks' hashes; ours is the Hub's SHA-256)."""
+    retries); None when hf_xet failed, and the caller fetches the file over HTTP instead (the Hub
+    serves Xet-backed files at the same URL). hf_xet writes the whole file, so bytes an earlier
+    HTTP run left in the partial file are not reused: they leave the byte count, and hf_xet's chunk
+    cache is what resumes. Verified by reading the file back (hf_xet checks its chunks' hashes;
+    ours is the Hub's SHA-256)."""
     for attempt in (1, 2):
         progress.add(-_partial_bytes(partial, f))
         partial.unlink(missing_ok=True)
         _chunks_path(partial).unlink(missing_ok=True)
+        bar: Any = progress.bar_class(f.path)
         try:
-            with transfers.slots, hub.errors(plan.repo, plan.revision):
-                hub.fetch_xet(
-                    located, partial=partial, expected_size=f.size, bar=progress.bar_class(f.path)
-                )
-        except OperationFailedError:
-            progress.check()  # a cancel shows in hf_xet as a failed progress callback
+            with transfers.slots:
+                hub.fetch_xet(located, partial=partial, expected_size=f.size, bar=bar)
+        except _Cancelled:
             raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            failure: Exception | None = exc
+        except Exception as exc:  # noqa: BLE001 - any hf_xet failure: HTTP still works
+            failure = exc
+        else:
+            failure = None
+        if failure is not None:
+            progress.check()  # a cancel shows in hf_xet as a failed progress callback
+            _log.warning(
+                "hf_xet could not fetch %s (%s); fetching it over HTTP",
+                f.path,
+                type(failure).__name__,
+            )
+            progress.add(-bar.counted)
+            partial.unlink(missing_ok=True)
+            return None
         digest = _sha256_of(partial)
         problem = _verify_digests(f, partial, digest, None)
         if problem is None:
             return digest
+        progress.add(f.size - bar.counted)  # the next round takes back the file's size
         if attempt == 2:
-            progress.add(-_partial_bytes(partial, f))
+            progress.add(-f.size)
             partial.unlink(missing_ok=True)
             raise _damaged(plan, f, problem)
     raise AssertionError("unreachable")  # pragma: no cover

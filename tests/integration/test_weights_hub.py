@@ -851,3 +851,38 @@ def test_a_single_stream_partial_is_finished_by_chunks_from_where_it_stopped(
     assert min(a for a, _ in again) == kept  # the prefix is kept, mid-chunk included
     assert sum(b - a for a, b in again) == len(data) - kept
     assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_when_hf_xet_fails_the_file_comes_over_http_with_exact_progress(
+    hub: HubDouble,
+    xet_hub: list[dict[str, object]],
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    fetch = _FakeXetGroup.start_download_file
+
+    def half_then_fail(self: _FakeXetGroup, info: object, path: str) -> None:
+        self.files = {Path(path).name: data[: len(data) // 2]}  # reports half the bytes…
+        fetch(self, info, path)
+        raise RuntimeError("CAS unreachable")  # …then hf_xet gives up
+
+    monkeypatch.setattr(_FakeXetGroup, "start_download_file", half_then_fail)
+    reports: list[DownloadProgress] = []
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    assert len(xet_hub) == 1
+    assert _tiles(_ranges(hub, "model.safetensors"), len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) <= total
+    assert reports[-1].bytes_done == total
