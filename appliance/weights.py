@@ -1388,10 +1388,10 @@ def _download_xet(
 ) -> str | None:
     """A Xet-backed file through huggingface_hub's `xet_get` (hf_xet: many chunk streams, its own
     retries); None when hf_xet failed, and the caller fetches the file over HTTP instead (the Hub
-    serves Xet-backed files at the same URL). hf_xet writes the whole file, so bytes an earlier
-    HTTP run left in the partial file are not reused: they leave the byte count, and hf_xet's chunk
-    cache is what resumes. Verified by reading the file back (hf_xet checks its chunks' hashes;
-    ours is the Hub's SHA-256)."""
+    serves Xet-backed files at the same URL). hf_xet writes the whole file, so a Xet-backed file
+    cut off mid-way starts again from its first byte on the next pull (complete files are kept;
+    bytes an earlier HTTP run left in the partial file leave the byte count). Verified by reading
+    the file back: hf_xet checks its chunks' hashes; ours is the Hub's SHA-256."""
     for attempt in (1, 2):
         progress.add(-_partial_bytes(partial, f))
         partial.unlink(missing_ok=True)
