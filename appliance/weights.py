@@ -1511,6 +1511,13 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
+def _refused(exc: Exception) -> bool:
+    from huggingface_hub import errors as hub_errors  # noqa: TID251 - this is the Hub adapter
+
+    response = exc.response if isinstance(exc, hub_errors.HfHubHTTPError) else None
+    return response is not None and response.status_code in (401, 403, 410)
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -1554,6 +1561,7 @@ class _ChunkedFile:
     ) -> None:
         start, end = self.chunks[i]
         position = start + self.have[i]
+        url, headers, renewed = located.url, located.headers, False
 
         def sink(data: bytes) -> None:
             nonlocal position
@@ -1569,17 +1577,23 @@ class _ChunkedFile:
             progress.check()
             try:
                 with slots:
-                    hub.fetch_range(
-                        located.url, headers=located.headers, start=position, end=end, sink=sink
-                    )
+                    hub.fetch_range(url, headers=headers, start=position, end=end, sink=sink)
             except _NoRanges:
                 raise OperationFailedError(
                     f"the server of {plan.repo} ignored a Range request for {self.f.path}",
                     "check the proxy in between (HTTPS_PROXY): it must pass Range requests",
                 ) from None
-            except (_Cancelled, ApplianceError, OSError):
+            except (_Cancelled, ApplianceError):
                 raise
             except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # the local disk (huggingface_hub's HTTP errors are OSErrors too)
+                if attempt < _CHUNK_ATTEMPTS and _refused(exc) and not renewed:
+                    # A signed CDN URL lives about an hour; a long pull asks the Hub for a new one
+                    # (and a real refusal shows on that HEAD, mapped as for any file).
+                    fresh = hub.locate(plan.repo, plan.revision, plan.sha, self.f.path)
+                    url, headers, renewed = fresh.url, fresh.headers, True
+                    continue
                 if attempt == _CHUNK_ATTEMPTS or not _transient(exc):
                     with hub.errors(plan.repo, plan.revision):
                         raise

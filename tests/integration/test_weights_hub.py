@@ -886,3 +886,26 @@ def test_when_hf_xet_fails_the_file_comes_over_http_with_exact_progress(
     total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
     assert max(r.bytes_done for r in reports) <= total
     assert reports[-1].bytes_done == total
+
+
+def test_a_signed_url_that_expires_during_a_long_pull_is_renewed(
+    online: None, models_dir: Path
+) -> None:
+    hub = HubDouble(page_size=3, lfs_redirect=True)
+    hub.add_repo(REPO, tiny_model_files())
+    data = hub.repos[REPO].files["model.safetensors"]
+    with hub.running():
+        hub.expire_cdn_urls(after_gets=3)  # a few chunks arrive, then the URL has expired
+
+        installed = pull_weights(
+            REPO,
+            models_dir=models_dir,
+            endpoint=hub.url,
+            free_bytes=PLENTY,
+            max_workers=1,
+            chunk_bytes=PIECE,
+        )
+
+        heads = [r for r in hub.requests if r.method == "HEAD" and "model.safetensors" in r.path]
+    assert len(heads) == 2  # the preflight HEAD, and one for a new signed URL
+    assert (installed.path / "model.safetensors").read_bytes() == data

@@ -146,6 +146,7 @@ class HubDouble:
         self.lfs_redirect = lfs_redirect
         self.rate_bytes_per_second = rate_bytes_per_second
         self.xet_backed: set[tuple[str, str]] = set()  # (repo, path) the Hub says are Xet-stored
+        self._cdn_gets_left: int | None = None
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[RequestRecord] = []
         self._faults = _Faults()
@@ -181,6 +182,26 @@ class HubDouble:
         with self._lock:
             self._faults.cut[path] = after_bytes
             self._faults.fail_after_cut.add(path)
+
+    def expire_cdn_urls(self, after_gets: int) -> None:
+        """The CDN answers 403 "expired" to every GET after the next `after_gets`, until a new
+        signed URL is handed out by `/resolve/` (as a real signed URL's lifetime ends)."""
+        with self._lock:
+            self._cdn_gets_left = after_gets
+
+    def _take_expiry(self) -> bool:
+        with self._lock:
+            if self._cdn_gets_left is None:
+                return False
+            if self._cdn_gets_left == 0:
+                return True
+            self._cdn_gets_left -= 1
+            return False
+
+    def _renew_cdn_urls(self) -> None:
+        with self._lock:
+            if self._cdn_gets_left == 0:  # only once expired: a new URL lives on
+                self._cdn_gets_left = None
 
     def mark_xet_backed(self, repo_id: str, path: str) -> None:
         self.xet_backed.add((repo_id, path))
@@ -323,6 +344,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if repo is None or unquote(match["path"]) not in repo.files:
             self._error(404, None, "no such object")
             return
+        if not head and self.hub._take_expiry():
+            self._error(403, None, "Request has expired")  # a signed URL past its lifetime
+            return
         self._resolve(repo, repo.sha, unquote(match["path"]), head=head, cdn=True)
 
     def _resolve_route(self, match: re.Match[str], *, head: bool) -> None:
@@ -401,6 +425,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "ETag": f'"{etag}"',
                 "Location": location,
             }
+            if head:
+                self.hub._renew_cdn_urls()
             self._send(302, redirect, 0, b"")
             return
         headers = {
