@@ -159,6 +159,7 @@ _GIB: Final = 1024**3
 _PROGRESS_INTERVAL_S: Final = 0.1
 _RATE_WINDOW_S: Final = 5.0
 _HASH_CHUNK: Final = 8 * 1024 * 1024
+_WRITEBACK_BYTES: Final = 32 * 1024 * 1024
 # Parallel range downloads. A CDN caps each connection (tens of MiB/s), so a large file is fetched
 # as fixed ~64 MiB chunks over several connections at once, as `hf download`'s 8 workers fetch
 # several files at once; `_CONNECTIONS` bounds all transfers of a pull together (files and chunks).
@@ -859,6 +860,7 @@ class _HashingWriter:
     def __init__(self, handle: IO[bytes], git_blob_size: int | None = None) -> None:
         self._handle = handle
         self._git_blob_size = git_blob_size
+        self._unflushed = 0
         self.sha256 = hashlib.sha256()
         self.sha1: hashlib._Hash | None = None
         self._restart()
@@ -881,7 +883,21 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self._update(data)
-        return self._handle.write(data)
+        written = self._handle.write(data)
+        self._unflushed += written
+        if self._unflushed >= _WRITEBACK_BYTES:
+            # Start writing what arrived to disk now (Linux: FADV_DONTNEED begins writeback of
+            # dirty pages without waiting), so the fsync before the rename has little left.
+            self._handle.flush()
+            end = self._handle.tell()
+            os.posix_fadvise(
+                self._handle.fileno(),
+                end - self._unflushed,
+                self._unflushed,
+                os.POSIX_FADV_DONTNEED,
+            )
+            self._unflushed = 0
+        return written
 
     def tell(self) -> int:
         return self._handle.tell()
@@ -890,6 +906,7 @@ class _HashingWriter:
         if (offset, whence) != (0, os.SEEK_SET):
             raise OSError(errno.ESPIPE, "partial downloads only rewind to the start")
         self._restart()
+        self._unflushed = 0
         return self._handle.seek(0)
 
     def truncate(self, size: int | None = None) -> int:
