@@ -159,7 +159,7 @@ _GIB: Final = 1024**3
 _PROGRESS_INTERVAL_S: Final = 0.1
 _RATE_WINDOW_S: Final = 5.0
 _HASH_CHUNK: Final = 8 * 1024 * 1024
-_WRITEBACK_BYTES: Final = 32 * 1024 * 1024
+_WRITEBACK_BYTES: Final = 8 * 1024 * 1024
 # Parallel range downloads. A CDN caps each connection (tens of MiB/s), so a large file is fetched
 # as fixed ~64 MiB chunks over several connections at once, as `hf download`'s 8 workers fetch
 # several files at once; `_CONNECTIONS` bounds all transfers of a pull together (files and chunks).
