@@ -20,8 +20,11 @@ What must stay true:
   known, access checked (HEAD of every file still missing), free disk checked.
 - huggingface_hub 2.4's `hf_hub_download` downloads into a process-unique temporary file and
   deletes it on failure (`_download_to_tmp_and_move`), so an interrupted run could not resume on the
-  next one. The file-level transfer therefore goes through huggingface_hub's own `http_get` (its
-  Range requests, retries and error mapping) into a partial file that this module owns and keeps.
+  next one. The transfers therefore go into partial files that this module owns and keeps, through
+  huggingface_hub's own pieces: `http_get` (one stream, Range resume) for files up to ~1.5 chunks,
+  `http_stream_backoff` for parallel range requests (~64 MiB chunks, resumable per chunk, see
+  "parallel ranges"), and `xet_get` (hf_xet) for files the Hub says are Xet-backed. A CDN caps each
+  connection, so a pull keeps up to `_CONNECTIONS` transfers going at once, across files and chunks.
 - The token comes from a 0600 token file, `HF_TOKEN`, or huggingface_hub's login, in that order;
   it is only ever handed to huggingface_hub and never formatted into a message or a log line.
 - `huggingface_hub` is imported inside the functions that reach the Hub, so listing, removing and
@@ -37,7 +40,9 @@ import errno
 import fcntl
 import fnmatch
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import re
@@ -67,6 +72,8 @@ from appliance.units import human_bytes
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
+
+_log = logging.getLogger("appliance.weights")
 
 __all__ = [
     "ALLOW_PATTERNS",
@@ -154,6 +161,17 @@ _GIB: Final = 1024**3
 _PROGRESS_INTERVAL_S: Final = 0.1
 _RATE_WINDOW_S: Final = 5.0
 _HASH_CHUNK: Final = 8 * 1024 * 1024
+_WRITEBACK_BYTES: Final = 8 * 1024 * 1024
+# Parallel range downloads. A CDN caps each connection (tens of MiB/s), so a large file is fetched
+# as fixed ~64 MiB chunks over several connections at once, as `hf download`'s 8 workers fetch
+# several files at once; `_CONNECTIONS` bounds all transfers of a pull together (files and chunks).
+_MIB: Final = 1024 * 1024
+_CHUNK_BYTES: Final = 64 * _MIB
+# 16 connections: hf_xet keeps a pool of 16 (xet-runtime 1.5.2 src/config/groups/client.rs, idle
+# connections "default value is 16"); `hf download` runs 8 workers of one stream each.
+_CONNECTIONS: Final = 16
+_CHUNK_ATTEMPTS: Final = 4  # a dropped chunk is asked for again from its last byte, this often
+_CHUNKS_SUFFIX: Final = ".chunks.json"
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -807,10 +825,25 @@ class _Progress:
             def __exit__(self, *exc: object) -> None:
                 return None
 
+            counted = 0  # bytes this file's bar added, to take back when its transfer is dropped
+
             def update(self, n: float | None = 1) -> None:
                 progress.add(int(n or 0), file)
+                type(self).counted += int(n or 0)
 
             def close(self) -> None:
+                return None
+
+            # huggingface_hub's Xet progress reporter: one bar (it calls `update` with the bytes
+            # written to the file) when the class has `update_transfer` (network bytes, not
+            # counted: with dedup they are not the file's bytes).
+            def update_transfer(self, n: float | None = 1) -> None:
+                progress.check()
+
+            def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+            def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
                 return None
 
         return _Bar
@@ -829,6 +862,7 @@ class _HashingWriter:
     def __init__(self, handle: IO[bytes], git_blob_size: int | None = None) -> None:
         self._handle = handle
         self._git_blob_size = git_blob_size
+        self._unflushed = 0
         self.sha256 = hashlib.sha256()
         self.sha1: hashlib._Hash | None = None
         self._restart()
@@ -851,7 +885,21 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self._update(data)
-        return self._handle.write(data)
+        written = self._handle.write(data)
+        self._unflushed += written
+        if self._unflushed >= _WRITEBACK_BYTES:
+            # Start writing what arrived to disk now (Linux: FADV_DONTNEED begins writeback of
+            # dirty pages without waiting), so the fsync before the rename has little left.
+            self._handle.flush()
+            end = self._handle.tell()
+            os.posix_fadvise(
+                self._handle.fileno(),
+                end - self._unflushed,
+                self._unflushed,
+                os.POSIX_FADV_DONTNEED,
+            )
+            self._unflushed = 0
+        return written
 
     def tell(self) -> int:
         return self._handle.tell()
@@ -860,6 +908,7 @@ class _HashingWriter:
         if (offset, whence) != (0, os.SEEK_SET):
             raise OSError(errno.ESPIPE, "partial downloads only rewind to the start")
         self._restart()
+        self._unflushed = 0
         return self._handle.seek(0)
 
     def truncate(self, size: int | None = None) -> int:
@@ -870,6 +919,20 @@ class _HashingWriter:
 
 
 # --- the Hub ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Where a file's bytes are: the URL to GET (a signed CDN URL for LFS files), the headers to
+    send there, and huggingface_hub's `XetFileData` when the Hub says the file is Xet-backed."""
+
+    url: str
+    headers: Mapping[str, str]
+    xet: Any | None = None
+
+
+class _NoRanges(Exception):  # noqa: N818 - a control-flow signal, never shown to anyone
+    """The server answered a Range request with the whole file."""
 
 
 def _select(paths: Sequence[str]) -> list[str]:
@@ -990,8 +1053,9 @@ class _Hub:
             if isinstance(e, RepoFile)
         ]
 
-    def locate(self, repo: str, revision: str, sha: str, path: str) -> tuple[str, dict[str, str]]:
-        """HEAD the file: (URL to GET, headers). Checks access before any byte is fetched."""
+    def locate(self, repo: str, revision: str, sha: str, path: str) -> _Located:
+        """HEAD the file: where to GET it, and whether it is Xet-backed. Checks access before any
+        byte is fetched."""
         from huggingface_hub import get_hf_file_metadata, hf_hub_url  # noqa: TID251
         from huggingface_hub.utils._headers import build_hf_headers  # noqa: TID251
 
@@ -1005,7 +1069,7 @@ class _Hub:
         if urlsplit(location).netloc != urlsplit(url).netloc:
             # A signed CDN URL: the token stays with the Hub.
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        return location, headers
+        return _Located(location, headers, meta.xet_file_data)
 
     def fetch(
         self,
@@ -1032,6 +1096,60 @@ class _Hub:
                 tqdm_class=bar,  # duck-typed progress bar (update, context manager)
             )
 
+    def fetch_range(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        start: int,
+        end: int,
+        sink: Callable[[bytes], None],
+    ) -> None:
+        """GET bytes [start, end) of `url` into `sink`, through huggingface_hub's HTTP client (its
+        retries on connect errors and 5xx/429). Raises `_NoRanges` when the server answers with the
+        whole file, and the client's own errors unmapped: the caller retries a dropped chunk."""
+        from huggingface_hub import constants  # noqa: TID251
+        from huggingface_hub.utils._http import (  # noqa: TID251
+            hf_raise_for_status,
+            http_stream_backoff,
+        )
+
+        with http_stream_backoff(
+            method="GET",
+            url=url,
+            headers={**headers, "Range": f"bytes={start}-{end - 1}"},
+            timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+            # A drop mid-body is retried by the caller from the last byte written, not here.
+            retry_on_exceptions=(),
+        ) as response:
+            hf_raise_for_status(response)
+            if response.status_code != 206:
+                raise _NoRanges
+            # As the socket delivers (no buffering to a size): bytes that arrived before a drop
+            # are written, so the retry asks only for the rest.
+            for data in response.iter_bytes():
+                sink(data)
+
+    def fetch_xet(self, located: _Located, *, partial: Path, expected_size: int, bar: type) -> None:
+        """Fetch a Xet-backed file into `partial` through hf_xet, as `hf download` does."""
+        from huggingface_hub.file_download import xet_get  # noqa: TID251
+
+        xet_get(
+            incomplete_path=partial,
+            xet_file_data=located.xet,  # type: ignore[arg-type]  # checked by the caller
+            headers=dict(located.headers),
+            expected_size=expected_size,
+            displayed_filename=partial.name,
+            tqdm_class=bar,
+        )
+
+
+def _xet_usable() -> bool:
+    """hf_xet importable and not switched off (HF_HUB_DISABLE_XET), as huggingface_hub decides."""
+    from huggingface_hub.utils._runtime import is_xet_available  # noqa: TID251
+
+    return is_xet_available()
+
 
 # --- pull ---------------------------------------------------------------------------------------
 
@@ -1052,12 +1170,11 @@ def _bytes_on_disk(models_dir: Path, repo: str, sha: str, files: Sequence[Remote
     final, partial = snapshot_dir(models_dir, repo, sha), _partial_dir(models_dir, repo, sha)
     for f in files:
         rel = _safe_relative(f.path)
-        for candidate in (final / rel, partial / rel):
-            with contextlib.suppress(OSError):
-                size = candidate.stat().st_size
-                if size <= f.size:
-                    done += size
-                    break
+        with contextlib.suppress(OSError):
+            if (final / rel).stat().st_size == f.size:
+                done += f.size
+                continue
+        done += _partial_bytes(partial / rel, f)
     return done
 
 
@@ -1116,12 +1233,16 @@ def plan_pull(
 
 def _verify(f: RemoteFile, path: Path, writer: _HashingWriter) -> str | None:
     """None when the file is what the Hub listed, else what is wrong."""
+    return _verify_digests(f, path, writer.sha256.hexdigest(), writer.sha1)
+
+
+def _verify_digests(f: RemoteFile, path: Path, sha256: str, sha1: Any | None) -> str | None:
     size = path.stat().st_size
     if size != f.size:
         return f"size {size} B, the Hub lists {f.size} B"
-    if f.sha256 is not None and writer.sha256.hexdigest() != f.sha256:
+    if f.sha256 is not None and sha256 != f.sha256:
         return "SHA-256 differs from the Hub's"
-    if writer.sha1 is not None and f.blob_id is not None and writer.sha1.hexdigest() != f.blob_id:
+    if sha1 is not None and f.blob_id is not None and sha1.hexdigest() != f.blob_id:
         return "git blob id differs from the Hub's"
     return None
 
@@ -1134,6 +1255,37 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Transfers:
+    """What all files of a pull share: at most `slots` HTTP transfers at once (files and chunks
+    together), the pool that fetches chunks, and the chunk size."""
+
+    slots: threading.BoundedSemaphore
+    chunk_pool: ThreadPoolExecutor
+    chunk_bytes: int
+    stop: threading.Event
+
+
+def _damaged(plan: PullPlan, f: RemoteFile, problem: str) -> OperationFailedError:
+    return OperationFailedError(
+        f"{plan.repo}: {f.path} arrived damaged twice ({problem})",
+        "the file was discarded; check the network or proxy and pull again",
+    )
+
+
+def _disk_full(models_dir: Path, f: RemoteFile) -> EnvironmentNotReadyError:
+    return EnvironmentNotReadyError(
+        f"the disk under {models_dir} filled up while downloading {f.path}",
+        "free some space and pull again; it resumes",
+    )
+
+
+def _install(partial: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(partial, 0o644)  # noqa: PTH101 - readable by the engine containers
+    partial.replace(final)
+
+
 def _download_file(
     hub: _Hub,
     plan: PullPlan,
@@ -1141,9 +1293,12 @@ def _download_file(
     *,
     models_dir: Path,
     progress: _Progress,
-    located: tuple[str, dict[str, str]],
+    located: _Located,
+    transfers: _Transfers,
 ) -> ManifestFile:
-    """Fetch (or resume) one file into .partial, verify it, move it into the snapshot."""
+    """Fetch (or resume) one file into .partial, verify it, move it into the snapshot: through
+    hf_xet when the Hub says the file is Xet-backed (and hf_xet is installed), as parallel range
+    requests when it is larger than a chunk, as one stream otherwise."""
     rel = _safe_relative(f.path)
     final = snapshot_dir(models_dir, plan.repo, plan.sha) / rel
     if final.is_file() and final.stat().st_size == f.size:
@@ -1152,7 +1307,65 @@ def _download_file(
         return ManifestFile(f.path, f.size, f.sha256 or _sha256_of(final))
     partial = _partial_dir(models_dir, plan.repo, plan.sha) / rel
     partial.parent.mkdir(parents=True, exist_ok=True)
-    url, headers = located
+    try:
+        digest: str | None = None
+        if located.xet is not None and _xet_usable():
+            digest = _download_xet(
+                hub,
+                plan=plan,
+                f=f,
+                partial=partial,
+                located=located,
+                progress=progress,
+                transfers=transfers,
+            )
+        if digest is not None:
+            pass
+        elif len(_chunk_bounds(f.size, transfers.chunk_bytes)) > 1:
+            digest = _download_chunked(
+                hub,
+                plan=plan,
+                f=f,
+                partial=partial,
+                located=located,
+                progress=progress,
+                transfers=transfers,
+            )
+        else:
+            digest = _download_stream(
+                hub,
+                plan=plan,
+                f=f,
+                partial=partial,
+                located=located,
+                progress=progress,
+                transfers=transfers,
+            )
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(models_dir, f) from None
+        raise
+    _install(partial, final)
+    progress.file_done(f.path)
+    return ManifestFile(f.path, f.size, digest)
+
+
+def _download_stream(
+    hub: _Hub,
+    *,
+    plan: PullPlan,
+    f: RemoteFile,
+    partial: Path,
+    located: _Located,
+    progress: _Progress,
+    transfers: _Transfers,
+) -> str:
+    """One HTTP stream with Range resume (huggingface_hub's `http_get`), hashed while written."""
+    if _chunks_path(partial).exists():
+        # Left by a chunked run (another chunk size): full-size and sparse, so no prefix to resume.
+        progress.add(-_partial_bytes(partial, f))
+        partial.unlink(missing_ok=True)
+        _chunks_path(partial).unlink()
     for attempt in (1, 2):
         if partial.exists() and partial.stat().st_size > f.size:
             progress.add(-partial.stat().st_size)
@@ -1163,22 +1376,18 @@ def _download_file(
             writer.absorb_existing()
             resume = handle.tell()
             try:
-                hub.fetch(
-                    plan.repo,
-                    plan.revision,
-                    url,
-                    headers=dict(headers),
-                    writer=writer,
-                    resume_size=resume,
-                    expected_size=f.size,
-                    bar=progress.bar_class(f.path),
-                )
+                with transfers.slots:
+                    hub.fetch(
+                        plan.repo,
+                        plan.revision,
+                        located.url,
+                        headers=dict(located.headers),
+                        writer=writer,
+                        resume_size=resume,
+                        expected_size=f.size,
+                        bar=progress.bar_class(f.path),
+                    )
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise EnvironmentNotReadyError(
-                        f"the disk under {models_dir} filled up while downloading {f.path}",
-                        "free some space and pull again; it resumes",
-                    ) from None
                 if exc.errno is not None:
                     raise
                 problem: str | None = str(exc).split("\n", 1)[0]  # http_get's size check
@@ -1187,18 +1396,331 @@ def _download_file(
                 os.fsync(handle.fileno())
                 problem = _verify(f, partial, writer)
         if problem is None:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(partial, 0o644)  # noqa: PTH101 - readable by the engine containers
-            partial.replace(final)
-            progress.file_done(f.path)
-            return ManifestFile(f.path, f.size, writer.sha256.hexdigest())
+            return writer.sha256.hexdigest()
         progress.add(-partial.stat().st_size if partial.exists() else 0)
         partial.unlink(missing_ok=True)
         if attempt == 2:
-            raise OperationFailedError(
-                f"{plan.repo}: {f.path} arrived damaged twice ({problem})",
-                "the file was discarded; check the network or proxy and pull again",
+            raise _damaged(plan, f, problem)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _download_xet(
+    hub: _Hub,
+    *,
+    plan: PullPlan,
+    f: RemoteFile,
+    partial: Path,
+    located: _Located,
+    progress: _Progress,
+    transfers: _Transfers,
+) -> str | None:
+    """A Xet-backed file through huggingface_hub's `xet_get` (hf_xet: many chunk streams, its own
+    retries); None when hf_xet failed, and the caller fetches the file over HTTP instead (the Hub
+    serves Xet-backed files at the same URL). hf_xet writes the whole file, so a Xet-backed file
+    cut off mid-way starts again from its first byte on the next pull (complete files are kept;
+    bytes an earlier HTTP run left in the partial file leave the byte count). Verified by reading
+    the file back: hf_xet checks its chunks' hashes; ours is the Hub's SHA-256."""
+    for attempt in (1, 2):
+        progress.add(-_partial_bytes(partial, f))
+        partial.unlink(missing_ok=True)
+        _chunks_path(partial).unlink(missing_ok=True)
+        bar: Any = progress.bar_class(f.path)
+        try:
+            with transfers.slots:
+                hub.fetch_xet(located, partial=partial, expected_size=f.size, bar=bar)
+        except _Cancelled:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            failure: Exception | None = exc
+        except Exception as exc:  # noqa: BLE001 - any hf_xet failure: HTTP still works
+            failure = exc
+        else:
+            failure = None
+        if failure is not None:
+            progress.check()  # a cancel shows in hf_xet as a failed progress callback
+            _log.warning(
+                "hf_xet could not fetch %s (%s); fetching it over HTTP",
+                f.path,
+                type(failure).__name__,
             )
+            progress.add(-bar.counted)
+            partial.unlink(missing_ok=True)
+            return None
+        digest = _sha256_of(partial)
+        problem = _verify_digests(f, partial, digest, None)
+        if problem is None:
+            return digest
+        progress.add(f.size - bar.counted)  # the next round takes back the file's size
+        if attempt == 2:
+            progress.add(-f.size)
+            partial.unlink(missing_ok=True)
+            raise _damaged(plan, f, problem)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- parallel ranges ----------------------------------------------------------------------------
+#
+# A file of at least ~1.5 chunks is cut into equal chunks of about C (`_chunk_bounds`), fetched
+# over up to `_CONNECTIONS` connections, each written with pwrite into the partial file (made
+# full-size, sparse, first). What is on disk is recorded in a sidecar `<file>.chunks.json`
+# ({"size", "done": [[start, end], …]}), rewritten atomically after each chunk was fdatasync'ed:
+# a crash never records unwritten bytes, and the next run fetches only what is missing, whatever
+# its chunk size. A partial file without a sidecar (from a single-stream run) counts as its
+# contiguous prefix. SHA-256 is computed in order by the file's own worker as the contiguous
+# prefix of finished chunks grows (read back from the page cache while later chunks still
+# arrive), so little hashing is left when the last chunk lands.
+
+
+def _chunk_bounds(size: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """`size` cut into the nearest whole number of equal chunks (1 MiB-aligned where they are
+    larger): no 64 MiB shard ends in a chunk of a few bytes."""
+    count = max(1, round(size / chunk_bytes))
+    step = -(-size // count)
+    if step > _MIB:
+        step = -(-step // _MIB) * _MIB
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+def _chunks_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + _CHUNKS_SUFFIX)
+
+
+def _merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _done_ranges(partial: Path, size: int) -> list[tuple[int, int]]:
+    """The byte ranges of `partial` an earlier run wrote and recorded, merged."""
+    try:
+        on_disk = partial.stat().st_size
+    except OSError:
+        return []
+    try:
+        recorded = json.loads(_chunks_path(partial).read_text())
+    except FileNotFoundError:
+        return [(0, on_disk)] if 0 < on_disk <= size else []
+    except (OSError, ValueError):
+        return []
+    if not isinstance(recorded, dict) or recorded.get("size") != size or on_disk != size:
+        return []
+    try:
+        ranges = [(int(a), int(b)) for a, b in recorded["done"]]
+    except (KeyError, TypeError, ValueError):
+        return []
+    return _merge([(a, b) for a, b in ranges if 0 <= a < b <= size])
+
+
+def _partial_bytes(partial: Path, f: RemoteFile) -> int:
+    """What `partial` holds of `f` that a resumed pull keeps (and progress counts as done)."""
+    return sum(b - a for a, b in _done_ranges(partial, f.size))
+
+
+def _record_chunks(partial: Path, size: int, done: Sequence[tuple[int, int]]) -> None:
+    payload = {"size": size, "done": [list(r) for r in _merge(done)]}
+    fileio.atomic_write(_chunks_path(partial), json.dumps(payload).encode(), mode=0o600)
+
+
+def _transient(exc: Exception) -> bool:
+    """Worth asking for the rest of the chunk again: a dropped connection, a timeout, a 5xx/429."""
+    import httpx2
+    from huggingface_hub import errors as hub_errors  # noqa: TID251 - this is the Hub adapter
+
+    if isinstance(exc, hub_errors.HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else 0
+        return status >= 500 or status in (408, 429)
+    return isinstance(exc, httpx2.TransportError)
+
+
+def _refused(exc: Exception) -> bool:
+    from huggingface_hub import errors as hub_errors  # noqa: TID251 - this is the Hub adapter
+
+    response = exc.response if isinstance(exc, hub_errors.HfHubHTTPError) else None
+    return response is not None and response.status_code in (401, 403, 410)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _ChunkedFile:
+    """One file's chunks: which are on disk, fetching the missing ones, hashing the prefix."""
+
+    def __init__(self, partial: Path, f: RemoteFile, chunk_bytes: int) -> None:
+        self.partial, self.f = partial, f
+        self.chunks = _chunk_bounds(f.size, chunk_bytes)
+        kept = _done_ranges(partial, f.size)
+        # Bytes of a chunk already there: the part of a recorded range that starts at its start.
+        self.have = [
+            next((min(y, b) - a for x, y in kept if x <= a < y), 0) for a, b in self.chunks
+        ]
+        self.done = {i for i, (a, b) in enumerate(self.chunks) if self.have[i] == b - a}
+        self.kept_bytes = sum(self.have)
+        self._recorded = [(a, a + h) for (a, _), h in zip(self.chunks, self.have, strict=True) if h]
+        self._cond = threading.Condition()
+        # The sidecar before the file is made full-size: a full-size file is never mistaken for
+        # a complete prefix.
+        _record_chunks(partial, f.size, self._recorded)
+        self.fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self.fd, f.size)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def fetch(
+        self,
+        i: int,
+        *,
+        hub: _Hub,
+        plan: PullPlan,
+        located: _Located,
+        progress: _Progress,
+        slots: threading.BoundedSemaphore,
+    ) -> None:
+        start, end = self.chunks[i]
+        position = start + self.have[i]
+        url, headers, renewed = located.url, located.headers, False
+
+        def sink(data: bytes) -> None:
+            nonlocal position
+            if position + len(data) > end:
+                raise OperationFailedError(
+                    f"{plan.repo}: the server sent more of {self.f.path} than asked"
+                )
+            _pwrite_all(self.fd, data, position)
+            position += len(data)
+            progress.add(len(data), self.f.path)
+
+        for attempt in range(1, _CHUNK_ATTEMPTS + 1):
+            progress.check()
+            try:
+                with slots:
+                    hub.fetch_range(url, headers=headers, start=position, end=end, sink=sink)
+            except _NoRanges:
+                raise OperationFailedError(
+                    f"the server of {plan.repo} ignored a Range request for {self.f.path}",
+                    "check the proxy in between (HTTPS_PROXY): it must pass Range requests",
+                ) from None
+            except (_Cancelled, ApplianceError):
+                raise
+            except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # the local disk (huggingface_hub's HTTP errors are OSErrors too)
+                if attempt < _CHUNK_ATTEMPTS and _refused(exc) and not renewed:
+                    # A signed CDN URL lives about an hour; a long pull asks the Hub for a new one
+                    # (and a real refusal shows on that HEAD, mapped as for any file).
+                    fresh = hub.locate(plan.repo, plan.revision, plan.sha, self.f.path)
+                    url, headers, renewed = fresh.url, fresh.headers, True
+                    continue
+                if attempt == _CHUNK_ATTEMPTS or not _transient(exc):
+                    with hub.errors(plan.repo, plan.revision):
+                        raise
+                time.sleep(0.25 * 2**attempt)
+                continue  # the rest of the chunk, from the byte it stopped at
+            if position == end:
+                break
+        else:
+            raise OperationFailedError(
+                f"{plan.repo}: a chunk of {self.f.path} kept arriving short",
+                "run the pull again; it resumes where it stopped",
+            )
+        os.fdatasync(self.fd)
+        with self._cond:
+            self._recorded.append((start, end))
+            _record_chunks(self.partial, self.f.size, self._recorded)
+            self.done.add(i)
+            self._cond.notify_all()
+
+    def wake(self, _future: object = None) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def hash_in_order(
+        self, futures: Sequence[Future[None]], progress: _Progress
+    ) -> _HashingWriter | None:
+        """SHA-256 (and the git blob id for a non-LFS file) over the chunks in order, each as soon
+        as it is on disk; None when a chunk failed or the pull was cancelled."""
+        hasher = _HashingWriter(io.BytesIO(), None if self.f.sha256 else self.f.size)
+        for i, (start, end) in enumerate(self.chunks):
+            with self._cond:
+                while i not in self.done:
+                    if any(fu.done() and fu.exception() is not None for fu in futures):
+                        return None
+                    self._cond.wait(1.0)
+            offset = start
+            while offset < end:
+                progress.check()
+                data = os.pread(self.fd, min(_HASH_CHUNK, end - offset), offset)
+                if not data:
+                    raise OperationFailedError(f"{self.partial} shrank while downloading")
+                hasher._update(data)
+                offset += len(data)
+        return hasher
+
+
+def _download_chunked(
+    hub: _Hub,
+    *,
+    plan: PullPlan,
+    f: RemoteFile,
+    partial: Path,
+    located: _Located,
+    progress: _Progress,
+    transfers: _Transfers,
+) -> str:
+    for attempt in (1, 2):
+        counted = _partial_bytes(partial, f)  # what preflight (or the failed try) counted as done
+        chunked = _ChunkedFile(partial, f, transfers.chunk_bytes)
+        try:
+            progress.add(chunked.kept_bytes - counted)
+            futures = [
+                transfers.chunk_pool.submit(
+                    chunked.fetch,
+                    i,
+                    hub=hub,
+                    plan=plan,
+                    located=located,
+                    progress=progress,
+                    slots=transfers.slots,
+                )
+                for i in range(len(chunked.chunks))
+                if i not in chunked.done
+            ]
+            for future in futures:
+                future.add_done_callback(chunked.wake)
+            try:
+                hasher = chunked.hash_in_order(futures, progress)
+            finally:
+                if any(fu.done() and fu.exception() is not None for fu in futures):
+                    transfers.stop.set()  # a real failure stops the whole pull, as for files
+                wait(futures)
+            errors = [e for fu in futures if (e := fu.exception()) is not None]
+            real = [e for e in errors if not isinstance(e, _Cancelled)]
+            if real:
+                raise real[0]
+            if errors or hasher is None:
+                raise _Cancelled
+            problem = _verify_digests(f, partial, hasher.sha256.hexdigest(), hasher.sha1)
+        finally:
+            chunked.close()
+        if problem is None:
+            _chunks_path(partial).unlink(missing_ok=True)
+            return hasher.sha256.hexdigest()
+        progress.add(-f.size)
+        partial.unlink(missing_ok=True)
+        _chunks_path(partial).unlink(missing_ok=True)
+        if attempt == 2:
+            raise _damaged(plan, f, problem)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -1213,7 +1735,8 @@ def pull_weights(
     cancel: threading.Event | None = None,
     free_bytes: Callable[[Path], int] = disk_free_bytes,
     margin_bytes: int | None = None,
-    max_workers: int = 4,
+    max_workers: int = _CONNECTIONS,
+    chunk_bytes: int = _CHUNK_BYTES,
     clock: Callable[[], float] = time.monotonic,
 ) -> InstalledWeights:
     """Download `repo` at `revision` into `models_dir`, or do nothing when it is there already.
@@ -1236,6 +1759,7 @@ def pull_weights(
         free_bytes=free_bytes,
         margin_bytes=margin_bytes,
         max_workers=max_workers,
+        chunk_bytes=chunk_bytes,
         clock=clock,
     )
 
@@ -1250,6 +1774,7 @@ def _execute(
     free_bytes: Callable[[Path], int],
     margin_bytes: int | None,
     max_workers: int,
+    chunk_bytes: int,
     clock: Callable[[], float],
 ) -> InstalledWeights:
     with _repo_lock(models_dir, plan.repo):
@@ -1278,7 +1803,14 @@ def _execute(
             if not ((final / f.path).is_file() and (final / f.path).stat().st_size == f.size)
         ]
         workers = max(1, min(max_workers, len(plan.files)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="weights") as pool:
+        connections = max(1, max_workers)
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="weights") as pool,
+            ThreadPoolExecutor(connections, thread_name_prefix="weights-chunk") as chunk_pool,
+        ):
+            transfers = _Transfers(
+                threading.BoundedSemaphore(connections), chunk_pool, chunk_bytes, stop
+            )
             # Access (gated, private) shows on the file HEADs: all of them before any GET.
             located = dict(
                 zip(
@@ -1298,7 +1830,8 @@ def _execute(
                     f,
                     models_dir=models_dir,
                     progress=progress,
-                    located=located.get(f.path, ("", {})),
+                    located=located.get(f.path, _Located("", {})),
+                    transfers=transfers,
                 )
                 for f in plan.files
             ]
@@ -1367,7 +1900,8 @@ def pull_profile(
     cancel: threading.Event | None = None,
     free_bytes: Callable[[Path], int] = disk_free_bytes,
     margin_bytes: int | None = None,
-    max_workers: int = 4,
+    max_workers: int = _CONNECTIONS,
+    chunk_bytes: int = _CHUNK_BYTES,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[InstalledWeights]:
     """Pull everything a profile needs; all preflights (and the disk check for the sum) first."""
@@ -1388,6 +1922,7 @@ def pull_profile(
             free_bytes=free_bytes,
             margin_bytes=margin_bytes,
             max_workers=max_workers,
+            chunk_bytes=chunk_bytes,
             clock=clock,
         )
         for p in plans

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -577,3 +578,334 @@ def test_offline_pull_of_weights_already_on_the_box_is_a_no_op(
     assert len(hub.requests) == seen
     with pytest.raises(EnvironmentNotReadyError, match="HF_HUB_OFFLINE"):
         pull_weights(REPO, "v2", models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+
+
+# --- parallel range requests and Xet --------------------------------------------------------------
+
+PIECE = 256 * 1024  # chunk size for these tests: the 3 MiB weights file is 13 chunks
+
+
+def _ranges(hub: HubDouble, name: str, since: int = 0) -> list[tuple[int, int]]:
+    """(start, end exclusive) of every ranged GET of `name` from the `since`-th on, in order."""
+    found = []
+    for r in hub.requests_for(f"/{name}")[since:]:
+        a, _, b = (r.header("Range") or "").removeprefix("bytes=").partition("-")
+        found.append((int(a), int(b) + 1))
+    return found
+
+
+def _tiles(ranges: list[tuple[int, int]], size: int) -> bool:
+    """The ranges cover [0, size) exactly, without overlap, in more than one piece."""
+    ordered = sorted(ranges)
+    return (
+        len(ordered) > 1
+        and ordered[0][0] == 0
+        and ordered[-1][1] == size
+        and all(a[1] == b[0] for a, b in itertools.pairwise(ordered))
+    )
+
+
+def test_a_large_file_arrives_as_parallel_chunks_identical_and_verified(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    reports: list[DownloadProgress] = []
+    data = hub.repos[REPO].files["model.safetensors"]
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),  # every byte count is reported
+    )
+
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    assert {f.path: f.sha256 for f in installed.files}["model.safetensors"] == (
+        hashlib.sha256(data).hexdigest()
+    )
+    # One request per chunk, each a closed range; together exactly the file.
+    assert _tiles(_ranges(hub, "model.safetensors"), len(data))
+    # Small files are still one plain stream each.
+    assert [r.header("Range") for r in hub.requests_for("/config.json")] == [None]
+    # Byte progress is exact: never past the total, ending on it.
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert {r.bytes_total for r in reports} == {total}
+    assert max(r.bytes_done for r in reports) == total
+    assert reports[-1].bytes_done == total
+    assert not list((models_dir / REPO).rglob("*.chunks.json"))
+
+
+def test_cancel_mid_way_resumes_without_fetching_finished_chunks_again(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    cancel = threading.Event()
+    ticks = itertools.count()
+
+    def stop_midway(report: DownloadProgress) -> None:
+        if report.file == "model.safetensors" and report.bytes_done > len(data) // 2:
+            cancel.set()
+
+    with pytest.raises(DownloadCancelledError):
+        pull_weights(
+            REPO,
+            models_dir=models_dir,
+            endpoint=hub.url,
+            on_progress=stop_midway,
+            cancel=cancel,
+            free_bytes=PLENTY,
+            max_workers=2,
+            chunk_bytes=PIECE,
+            clock=lambda: float(next(ticks)),
+        )
+    first = len(hub.requests_for("/model.safetensors"))
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    recorded = json.loads(partial.with_name("model.safetensors.chunks.json").read_text())
+    kept = {(a, b) for a, b in recorded["done"]}
+    assert kept  # some chunks finished before the cancel…
+    kept_bytes = sum(b - a for a, b in kept)
+    assert kept_bytes < len(data)  # …and not all of them
+    plan = plan_pull(REPO, models_dir=models_dir, endpoint=hub.url)
+    snapshot = snapshot_dir(models_dir, REPO, hub.repos[REPO].sha)
+    finished = sum(p.stat().st_size for p in snapshot.rglob("*") if p.is_file())
+    assert plan.bytes_on_disk == finished + kept_bytes  # the full-size partial counts as recorded
+
+    reports: list[DownloadProgress] = []
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    again = _ranges(hub, "model.safetensors")[first:]
+    for a, b in again:  # nothing recorded as done is asked for again
+        assert not any(x < b and a < y for x, y in kept), (a, b)
+    assert sum(b - a for a, b in again) == len(data) - kept_bytes
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) == reports[-1].bytes_done == total
+
+
+def test_a_chunk_dropped_mid_way_is_asked_for_again_from_where_it_stopped(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.cut_once("model.safetensors", after_bytes=100_000)
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+    )
+
+    ranges = _ranges(hub, "model.safetensors")
+    ends = {b for _, b in ranges}
+    resumed = [(a, b) for a, b in ranges if a != 0 and a not in ends]
+    assert len(resumed) == 1  # one chunk was asked for again: the rest of it only
+    chunks = [r for r in ranges if r not in resumed]
+    assert _tiles(chunks, len(data))
+    assert any(a + 100_000 == resumed[0][0] and b == resumed[0][1] for a, b in chunks)
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_a_chunked_file_damaged_in_transit_is_fetched_again(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.corrupt_once("model.safetensors")
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    ranges = _ranges(hub, "model.safetensors")
+    assert _tiles(ranges[: len(ranges) // 2], len(data))  # every chunk twice: the hash failed
+    assert _tiles(ranges[len(ranges) // 2 :], len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+class _FakeXetGroup:
+    """hf_xet's download group as huggingface_hub's `xet_get` drives it; writes the Hub's bytes."""
+
+    def __init__(self, files: dict[str, bytes], calls: list[dict[str, object]], **kw: object):
+        self.files, self.calls, self.kw = files, calls, kw
+
+    def __enter__(self) -> _FakeXetGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def start_download_file(self, info: object, path: str) -> None:
+        import types
+
+        data = self.files[Path(path).name]
+        self.calls.append({"hash": info.hash, "size": info.file_size, "path": path, **self.kw})  # type: ignore[attr-defined]
+        done = 0
+        with open(path, "wb") as handle:  # noqa: PTH123 - as hf_xet writes it
+            for offset in range(0, len(data), PIECE):
+                handle.write(data[offset : offset + PIECE])
+                done = min(offset + PIECE, len(data))
+                report = types.SimpleNamespace(
+                    total_bytes=len(data),
+                    total_bytes_completed=done,
+                    total_transfer_bytes_completed=done // 2,
+                    total_bytes_completion_rate=0.0,
+                    total_transfer_bytes_completion_rate=0.0,
+                )
+                self.kw["progress_callback"](report, {})  # type: ignore[operator]
+
+
+@pytest.fixture
+def xet_hub(hub: HubDouble, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """The weights file is Xet-backed on the double; hf_xet's session is replaced by one that
+    writes the bytes (no CAS server is reachable here). Returns the downloads it was asked for."""
+    import types
+
+    import huggingface_hub.utils._xet as hub_xet  # noqa: TID251 - test setup
+
+    hub.mark_xet_backed(REPO, "model.safetensors")
+    calls: list[dict[str, object]] = []
+    files = hub.repos[REPO].files
+    session = types.SimpleNamespace(
+        new_file_download_group=lambda **kw: _FakeXetGroup(files, calls, **kw)
+    )
+    monkeypatch.setattr(hub_xet, "get_xet_session", lambda: session)
+    return calls
+
+
+def test_a_xet_backed_file_goes_through_hf_xet_with_progress_and_verification(
+    hub: HubDouble, xet_hub: list[dict[str, object]], models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    reports: list[DownloadProgress] = []
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    xet_hash = hashlib.sha256(b"xet" + hashlib.sha256(data).hexdigest().encode()).hexdigest()
+    assert [c["hash"] for c in xet_hub] == [xet_hash]
+    assert xet_hub[0]["size"] == len(data)
+    assert str(xet_hub[0]["path"]).endswith(
+        "/.partial/" + hub.repos[REPO].sha + "/model.safetensors"
+    )
+    assert xet_hub[0]["token"] == "xet-read-token"
+    assert hub.requests_for("/model.safetensors") == []  # no HTTP GET of the bytes
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) == reports[-1].bytes_done == total
+
+
+def test_a_xet_backed_file_without_hf_xet_falls_back_to_parallel_ranges(
+    hub: HubDouble,
+    xet_hub: list[dict[str, object]],
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub.utils._runtime as hub_runtime  # noqa: TID251 - test setup
+
+    monkeypatch.setattr(hub_runtime, "is_xet_available", lambda: False)
+    data = hub.repos[REPO].files["model.safetensors"]
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    assert xet_hub == []
+    assert _tiles(_ranges(hub, "model.safetensors"), len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_a_single_stream_partial_is_finished_by_chunks_from_where_it_stopped(
+    hub: HubDouble, models_dir: Path
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    hub.fail_after_cut("model.safetensors", after_bytes=1_000_000)
+    with pytest.raises(OperationFailedError):  # one stream (the default chunk is 64 MiB)
+        pull_weights(REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY)
+    partial = models_dir / REPO / ".partial" / hub.repos[REPO].sha / "model.safetensors"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(data)
+    first = len(hub.requests_for("/model.safetensors"))
+
+    installed = pull_weights(
+        REPO, models_dir=models_dir, endpoint=hub.url, free_bytes=PLENTY, chunk_bytes=PIECE
+    )
+
+    again = _ranges(hub, "model.safetensors", since=first)
+    assert min(a for a, _ in again) == kept  # the prefix is kept, mid-chunk included
+    assert sum(b - a for a, b in again) == len(data) - kept
+    assert (installed.path / "model.safetensors").read_bytes() == data
+
+
+def test_when_hf_xet_fails_the_file_comes_over_http_with_exact_progress(
+    hub: HubDouble,
+    xet_hub: list[dict[str, object]],
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = hub.repos[REPO].files["model.safetensors"]
+    fetch = _FakeXetGroup.start_download_file
+
+    def half_then_fail(self: _FakeXetGroup, info: object, path: str) -> None:
+        self.files = {Path(path).name: data[: len(data) // 2]}  # reports half the bytes…
+        fetch(self, info, path)
+        raise RuntimeError("CAS unreachable")  # …then hf_xet gives up
+
+    monkeypatch.setattr(_FakeXetGroup, "start_download_file", half_then_fail)
+    reports: list[DownloadProgress] = []
+
+    installed = pull_weights(
+        REPO,
+        models_dir=models_dir,
+        endpoint=hub.url,
+        on_progress=reports.append,
+        free_bytes=PLENTY,
+        chunk_bytes=PIECE,
+        clock=lambda: float(len(reports)),
+    )
+
+    assert len(xet_hub) == 1
+    assert _tiles(_ranges(hub, "model.safetensors"), len(data))
+    assert (installed.path / "model.safetensors").read_bytes() == data
+    total = sum(len(hub.repos[REPO].files[n]) for n in WANTED)
+    assert max(r.bytes_done for r in reports) <= total
+    assert reports[-1].bytes_done == total
+
+
+def test_a_signed_url_that_expires_during_a_long_pull_is_renewed(
+    online: None, models_dir: Path
+) -> None:
+    hub = HubDouble(page_size=3, lfs_redirect=True)
+    hub.add_repo(REPO, tiny_model_files())
+    data = hub.repos[REPO].files["model.safetensors"]
+    with hub.running():
+        hub.expire_cdn_urls(after_gets=3)  # a few chunks arrive, then the URL has expired
+
+        installed = pull_weights(
+            REPO,
+            models_dir=models_dir,
+            endpoint=hub.url,
+            free_bytes=PLENTY,
+            max_workers=1,
+            chunk_bytes=PIECE,
+        )
+
+        heads = [r for r in hub.requests if r.method == "HEAD" and "model.safetensors" in r.path]
+    assert len(heads) == 2  # the preflight HEAD, and one for a new signed URL
+    assert (installed.path / "model.safetensors").read_bytes() == data

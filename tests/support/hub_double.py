@@ -11,9 +11,11 @@ server is fake. Endpoints, as read from huggingface_hub 2.4.0 (`hf_api.py`, `fil
   with a GitHub-style `Link: <…>; rel="next"` header (`page_size` entries a page).
 - `HEAD|GET /{repo}/resolve/{rev}/{path}` → `X-Repo-Commit`, `ETag` (the blob oid, or the sha256
   for LFS files with `X-Linked-Etag`/`X-Linked-Size` too), `Content-Length`, `Accept-Ranges`;
-  `Range: bytes=N-` and `bytes=A-B` answer 206 with `Content-Range`. Never any `X-Xet-*` header,
-  so the client stays on plain HTTP. Gated repos answer 401 (no token) or 403 (a token without
-  access) with `X-Error-Code: GatedRepo`; a missing file is 404 `EntryNotFound`.
+  `Range: bytes=N-` or `bytes=N-M` answers 206 with `Content-Range`. No `X-Xet-*` header unless
+  a file was marked with `xet_backed` (then `X-Xet-Hash` and `X-Xet-Refresh-Route`, as the Hub
+  sends for a Xet-stored file; there is no CAS server behind them). Gated repos answer 401 (no
+  token) or 403 (a token without access) with
+  `X-Error-Code: GatedRepo`; a missing file is 404 `EntryNotFound`.
 
 With `lfs_redirect=True`, LFS files are answered as the real Hub does: `/resolve/` gives a 302 to a
 signed "CDN" URL on another host (a second listener on 127.0.0.2) carrying `X-Linked-Size`,
@@ -24,6 +26,9 @@ Faults are armed per file: `cut_once` sends the headers for the whole file, part
 then drops the connection; `fail_after_cut` also answers the follow-up request with
 503 (so the client gives up and the *next run* must resume); `corrupt_once` serves the right
 length with one byte flipped (`times` GETs in a row). Every request is recorded with its headers.
+
+`rate_bytes_per_second` caps each connection's body bandwidth (a token bucket per connection), as a
+CDN caps each of its streams: what makes several connections at once faster than one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,8 +101,17 @@ class HubRepo:
     gated: bool = False
     allowed_tokens: frozenset[str] = frozenset()
 
+    _digests: dict[str, tuple[str, str]] = field(default_factory=dict)
+
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
+
+    def digests(self, path: str) -> tuple[str, str]:
+        """(git blob oid, sha256) of a file, computed once: a benchmark's files are GiBs."""
+        if path not in self._digests:
+            data = self.files[path]
+            self._digests[path] = (git_blob_oid(data), hashlib.sha256(data).hexdigest())
+        return self._digests[path]
 
 
 @dataclass(frozen=True)
@@ -120,9 +135,18 @@ class _Faults:
 class HubDouble:
     """The server: add repos, arm faults, read `requests` afterwards."""
 
-    def __init__(self, page_size: int = 3, *, lfs_redirect: bool = False) -> None:
+    def __init__(
+        self,
+        page_size: int = 3,
+        *,
+        lfs_redirect: bool = False,
+        rate_bytes_per_second: int | None = None,
+    ) -> None:
         self.page_size = page_size
         self.lfs_redirect = lfs_redirect
+        self.rate_bytes_per_second = rate_bytes_per_second
+        self.xet_backed: set[tuple[str, str]] = set()  # (repo, path) the Hub says are Xet-stored
+        self._cdn_gets_left: int | None = None
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[RequestRecord] = []
         self._faults = _Faults()
@@ -158,6 +182,29 @@ class HubDouble:
         with self._lock:
             self._faults.cut[path] = after_bytes
             self._faults.fail_after_cut.add(path)
+
+    def expire_cdn_urls(self, after_gets: int) -> None:
+        """The CDN answers 403 "expired" to every GET after the next `after_gets`, until a new
+        signed URL is handed out by `/resolve/` (as a real signed URL's lifetime ends)."""
+        with self._lock:
+            self._cdn_gets_left = after_gets
+
+    def _take_expiry(self) -> bool:
+        with self._lock:
+            if self._cdn_gets_left is None:
+                return False
+            if self._cdn_gets_left == 0:
+                return True
+            self._cdn_gets_left -= 1
+            return False
+
+    def _renew_cdn_urls(self) -> None:
+        with self._lock:
+            if self._cdn_gets_left == 0:  # only once expired: a new URL lives on
+                self._cdn_gets_left = None
+
+    def mark_xet_backed(self, repo_id: str, path: str) -> None:
+        self.xet_backed.add((repo_id, path))
 
     def corrupt_once(self, path: str, times: int = 1) -> None:
         with self._lock:
@@ -232,6 +279,7 @@ class HubDouble:
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<sha>[^/]+)/(?P<path>.+)$")
+_XET_TOKEN = re.compile(r"^/api/models/[^/]+/[^/]+/xet-read-token/[^/]+$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<kind>revision|tree)/(?P<rev>[^/?]+)$")
 
 
@@ -256,7 +304,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, *, head: bool) -> None:
         url = urlsplit(self.path)
         self.hub._record(self.command, unquote(url.path), dict(self.headers.items()))
-        if match := _API.match(url.path):
+        if match := _XET_TOKEN.match(url.path):
+            # The Hub's Xet read token: the CAS address it names is never reachable here.
+            headers = {
+                "X-Xet-Cas-Url": "http://127.0.0.1:9/cas",
+                "X-Xet-Access-Token": "xet-read-token",
+                "X-Xet-Token-Expiration": str(int(time.time()) + 3600),
+            }
+            self._send(200, headers, 0, b"")
+        elif match := _API.match(url.path):
             self._api(match, parse_qs(url.query))
         elif match := _CDN.match(url.path):
             self._cdn(match, head=head)
@@ -287,6 +343,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         repo = self.hub.repos.get(unquote(match["repo"]))
         if repo is None or unquote(match["path"]) not in repo.files:
             self._error(404, None, "no such object")
+            return
+        if not head and self.hub._take_expiry():
+            self._error(403, None, "Request has expired")  # a signed URL past its lifetime
             return
         self._resolve(repo, repo.sha, unquote(match["path"]), head=head, cdn=True)
 
@@ -327,13 +386,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             data = repo.files[name]
             entry: dict[str, object] = {
                 "type": "file",
-                "oid": git_blob_oid(data),
+                "oid": repo.digests(name)[0],
                 "size": len(data),
                 "path": name,
             }
             if repo.is_lfs(name):
                 entry["lfs"] = {
-                    "oid": hashlib.sha256(data).hexdigest(),
+                    "oid": repo.digests(name)[1],
                     "size": len(data),
                     "pointerSize": 134,
                 }
@@ -356,7 +415,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", f"{name} does not exist", commit=sha)
             return
-        etag = hashlib.sha256(data).hexdigest() if repo.is_lfs(name) else git_blob_oid(data)
+        etag = repo.digests(name)[1] if repo.is_lfs(name) else repo.digests(name)[0]
         if self.hub.lfs_redirect and repo.is_lfs(name) and not cdn:
             location = f"{self.hub.cdn_url}/cdn/{repo.repo_id}/{sha}/{quote(name)}?signed=1"
             redirect = {
@@ -366,6 +425,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "ETag": f'"{etag}"',
                 "Location": location,
             }
+            if head:
+                self.hub._renew_cdn_urls()
             self._send(302, redirect, 0, b"")
             return
         headers = {
@@ -377,6 +438,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if repo.is_lfs(name):
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(len(data))
+        if (repo.repo_id, name) in self.hub.xet_backed:
+            headers["X-Xet-Hash"] = hashlib.sha256(
+                b"xet" + repo.digests(name)[1].encode()
+            ).hexdigest()
+            headers["X-Xet-Refresh-Route"] = (
+                f"{self.hub.url}/api/models/{repo.repo_id}/xet-read-token/{sha}"
+            )
         if head:
             self._send(200, headers, len(data), b"")
             return
@@ -393,7 +461,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
-        body = data[start:end]
+        body = memoryview(data)[start:end]
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         if cut is not None:
@@ -419,14 +487,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["X-Repo-Commit"] = commit
         self._send(status, headers, len(body), b"" if self.command == "HEAD" else body)
 
-    def _send(self, status: int, headers: Mapping[str, str], length: int, body: bytes) -> None:
+    def _send(
+        self, status: int, headers: Mapping[str, str], length: int, body: bytes | memoryview
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(length))
         self.end_headers()
-        if body:
+        rate = self.hub.rate_bytes_per_second
+        if not body:
+            return
+        if rate is None:
             self.wfile.write(body)
+            return
+        # A token bucket per connection: never ahead of `rate` since the body started.
+        piece = max(rate // 50, 16 * 1024)
+        started = time.monotonic()
+        view = memoryview(body)
+        for offset in range(0, len(view), piece):
+            ahead = (offset / rate) - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            self.wfile.write(view[offset : offset + piece])
 
 
 def quoted(revision: str) -> str:
