@@ -15,6 +15,7 @@ from pathlib import Path
 import docker  # noqa: TID251 - test setup talks to the private engine directly
 import pytest
 
+from appliance.runtime.docker import DockerEngine
 from tests.doubles import EngineDoubleImages, build_engine_doubles
 from tests.support.dockerd import PrivateDockerd
 from tests.support.images import ensure_python_base
@@ -60,6 +61,16 @@ def engine_doubles(
     return build_engine_doubles(
         docker_client, python_base_image, tmp_path_factory.mktemp("doubles")
     )
+
+
+@pytest.fixture
+def engine(docker_engine: PrivateDockerd) -> Iterator[DockerEngine]:
+    """The appliance's Docker adapter on the private engine; its managed containers go after."""
+    adapter = DockerEngine(docker_engine.base_url)
+    yield adapter
+    for container in adapter.managed_containers():
+        adapter.remove(container.id)
+    adapter.close()
 
 
 @pytest.fixture(autouse=True)

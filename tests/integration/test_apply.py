@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,15 +87,6 @@ class Stack:
             f"  storage: {{models_dir: {self.root / 'models'}, state_dir: {self.root / 'state'}}}\n"
         )
         return parse_profile(text, "apply-test.yaml")
-
-
-@pytest.fixture
-def engine(docker_engine: PrivateDockerd) -> Iterator[DockerEngine]:
-    adapter = DockerEngine(docker_engine.base_url)
-    yield adapter
-    for container in adapter.managed_containers():
-        adapter.remove(container.id)
-    adapter.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +73,6 @@ class Box:
              str(self.profile(fault)), "--yes"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-
-
-@pytest.fixture
-def engine(docker_engine: PrivateDockerd) -> Iterator[DockerEngine]:
-    adapter = DockerEngine(docker_engine.base_url)
-    yield adapter
-    for container in adapter.managed_containers():
-        adapter.remove(container.id)
-    adapter.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.docker
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 REPO = "Qwen/Qwen2.5-7B-Instruct-AWQ"
-
-
-@pytest.fixture
-def engine(docker_engine: PrivateDockerd) -> Iterator[DockerEngine]:
-    adapter = DockerEngine(docker_engine.base_url)
-    yield adapter
-    for container in adapter.managed_containers():
-        adapter.remove(container.id)
-    adapter.close()
 
 
 def _rm(docker_engine: PrivateDockerd, models: Path) -> subprocess.CompletedProcess[str]:

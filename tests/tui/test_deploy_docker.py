@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,15 +47,6 @@ class RecordingSystemctl:
     def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         self.calls.append(list(args))
         return subprocess.CompletedProcess(list(args), 0, "", "")
-
-
-@pytest.fixture
-def engine(docker_engine: PrivateDockerd) -> Iterator[DockerEngine]:
-    adapter = DockerEngine(docker_engine.base_url)
-    yield adapter
-    for container in adapter.managed_containers():
-        adapter.remove(container.id)
-    adapter.close()
 
 
 def _profile_file(tmp_path: Path, doubles: EngineDoubleImages) -> Path:
