@@ -667,7 +667,12 @@ class GatewayApp:
             await self._refuse(send, path, 404, f"no route {method} {_shown(path)}", "not_found")
 
     async def _refuse(self, send: Send, path: bytes, status: int, message: str, code: str) -> None:
-        self.metrics.count(route_label(path), "none", Outcome.BAD_REQUEST)
+        await self._refuse_route(send, route_label(path), status, message, code)
+
+    async def _refuse_route(
+        self, send: Send, route: str, status: int, message: str, code: str
+    ) -> None:
+        self.metrics.count(route, "none", Outcome.BAD_REQUEST)
         await _send_bytes(send, status, error_body(message, "invalid_request_error", code), _LOCAL)
 
     # -- auth
@@ -868,16 +873,8 @@ class GatewayApp:
         await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
 
     async def _too_large(self, send: Send, route: str, limit: int) -> None:
-        self.metrics.count(route, "none", Outcome.BAD_REQUEST)
-        await _send_bytes(
-            send,
-            413,
-            error_body(
-                f"Request body larger than {limit} bytes.",
-                "invalid_request_error",
-                "request_too_large",
-            ),
-            _LOCAL,
+        await self._refuse_route(
+            send, route, 413, f"Request body larger than {limit} bytes.", "request_too_large"
         )
 
     # -- the proxy
