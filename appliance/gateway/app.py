@@ -201,6 +201,12 @@ def _monitor_state(reading: LoadReading, max_age_s: float, signal: LoadSignal | 
     return "stale" if reading.age_seconds > max_age_s else "ok"
 
 
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60)
+E2E_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600)
+OTHER_MODEL = "other"
+"""The model label of a request naming no served model: clients cannot add label values."""
+
+
 class GatewayMetrics:
     """The gateway's own Prometheus metrics, in a registry of its own (one per app)."""
 
@@ -259,6 +265,23 @@ class GatewayMetrics:
                 30,
                 60,
             ),
+            registry=registry,
+        )
+        # What users feel (issue #17): per destination and served model (a closed set, see
+        # `_model_label`). Buckets span LLM latencies: a warm local first token takes tens of
+        # milliseconds, a queued or remote one seconds; a whole answer runs up to minutes.
+        self.user_ttft = Histogram(
+            "appliance_gateway_ttft_seconds",
+            "Time from the request's arrival to the first body byte sent to the client.",
+            ["destination", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.user_e2e = Histogram(
+            "appliance_gateway_e2e_seconds",
+            "Time from the request's arrival to the last byte sent to the client.",
+            ["destination", "model"],
+            buckets=E2E_BUCKETS,
             registry=registry,
         )
         self.fallbacks = Counter(
@@ -339,6 +362,7 @@ class _Exchange:
     status: int = 0
     body_bytes_sent: int = 0
     last_chunk_at: float = 0.0  # when the upstream last sent body bytes (streams of engines)
+    first_body_at: float | None = None  # when the first body byte went to the client
     finished: bool = False
     disconnected: bool = False
 
@@ -931,6 +955,30 @@ class GatewayApp:
             self.metrics.in_flight.dec()
         self.metrics.count(route, exchange.destination, outcome)
         self.metrics.timings(route, exchange.destination)[1].observe(self._clock() - started)
+        self._observe_user_latency(exchange, self._clock())
+
+    def _observe_user_latency(self, exchange: _Exchange, now: float) -> None:
+        """TTFT and end-to-end latency as the client saw them, for answers that reached it."""
+        if exchange.destination not in (Destination.LOCAL.value, Destination.REMOTE.value):
+            return
+        if exchange.first_body_at is None:
+            return
+        model = self._model_label(exchange.body)
+        self.metrics.user_ttft.labels(exchange.destination, model).observe(
+            exchange.first_body_at - exchange.started
+        )
+        self.metrics.user_e2e.labels(exchange.destination, model).observe(now - exchange.started)
+
+    def _model_label(self, body: bytes) -> str:
+        config = self.config
+        known = {*config.chat_models}
+        if config.embeddings_model:
+            known.add(config.embeddings_model)
+        if config.remote is not None:
+            known.update(config.remote.model_map)
+            known.update(config.remote.remote_models)
+        model = _model_of(body)
+        return model if model is not None and model in known else OTHER_MODEL
 
     async def _route(self, kind: Kind, exchange: _Exchange) -> Outcome:
         target = self._chat if kind is Kind.CHAT else self._embeddings
@@ -1109,6 +1157,8 @@ class GatewayApp:
             try:
                 while chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if exchange.first_body_at is None:
+                        exchange.first_body_at = clock()
                     exchange.body_bytes_sent += len(chunk)
                     chunk = await response.next_chunk()
                     exchange.last_chunk_at = clock()
@@ -1189,6 +1239,7 @@ class GatewayApp:
         )
         exchange.finished = True
         await exchange.send({"type": "http.response.body", "body": body, "more_body": False})
+        exchange.first_body_at = self._clock()
         exchange.body_bytes_sent = len(body)
         if exchange.status >= 500:
             return Outcome.UPSTREAM_ERROR
