@@ -74,9 +74,12 @@ class Upstream:
     name: str
     behaviour: str = "ok"  # ok | 500 | 404 | connect | timeout | broken | midstream | silent
     requests: list[httpx.Request] = field(default_factory=list)
+    respond: Callable[[httpx.Request], httpx.Response] | None = None  # overrides `behaviour`
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.respond is not None:
+            return self.respond(request)
         if self.behaviour == "connect":
             raise httpx.ConnectError("connection refused", request=request)
         if self.behaviour == "timeout":
@@ -157,7 +160,14 @@ def _config(
 Body = Callable[[Harness], Coroutine[Any, Any, None]]
 
 
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: Body, **config: Any) -> Harness:
+def run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    body: Body,
+    *,
+    clock: Callable[[], float] | None = None,
+    **config: Any,
+) -> Harness:
     monkeypatch.setenv("GW_TEST_REMOTE_KEY", REMOTE_KEY)
     monkeypatch.setenv("GW_TEST_ADMIN_KEY", ADMIN_KEY)
     key = create_key(tmp_path / "keys.json", "alice").key
@@ -175,6 +185,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: Body, **config: A
             chat_upstream=pool(cfg.chat_upstream, local),
             embeddings_upstream=pool(cfg.embeddings_upstream or "", embeddings),
             remote_upstream=pool("https://remote.example/v1", remote),
+            **({"clock": clock} if clock is not None else {}),
         )
         async with (
             app.running(),
@@ -625,3 +636,69 @@ def test_health_says_when_the_monitor_has_gone_stale(tmp_path, monkeypatch) -> N
         assert document["monitor_max_age_seconds"] == h.config.rules.max_signal_age_s
 
     run(tmp_path, monkeypatch, body)
+
+
+# ---------------------------------------------------------------------------------- user latency
+
+
+class _Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _SlowStream(httpx.AsyncByteStream):
+    """A stand-in engine that thinks `first_s` before its first token and `rest_s` after."""
+
+    def __init__(self, clock: _Clock, first_s: float, rest_s: float) -> None:
+        self.clock, self.first_s, self.rest_s = clock, first_s, rest_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.clock.now += self.first_s
+        yield b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+        self.clock.now += self.rest_s
+        yield b"data: [DONE]\n\n"
+
+
+def _sample(h: Harness, name: str, destination: str, model: str) -> float | None:
+    labels = {"destination": destination, "model": model}
+    return h.app.metrics.registry.get_sample_value(name, labels)
+
+
+def test_user_ttft_and_e2e_reflect_the_engines_delays_per_destination(
+    tmp_path, monkeypatch
+) -> None:
+    clock = _Clock()
+
+    def slow(first_s: float, rest_s: float) -> Callable[[httpx.Request], httpx.Response]:
+        def handler(request: httpx.Request) -> httpx.Response:
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=_SlowStream(clock, first_s, rest_s))
+
+        return handler
+
+    async def body(h: Harness) -> None:
+        h.local.respond = slow(2.0, 3.0)
+        await h.chat(stream=True)
+        h.remote.respond = slow(4.0, 1.0)
+        h.local.respond = None
+        h.local.behaviour = "connect"
+        await h.chat(stream=True)
+        await h.chat(model="mallory-{i}", stream=True)
+        for destination, ttft, e2e in (("local", 2.0, 5.0), ("remote", 4.0, 5.0)):
+            got_ttft = _sample(h, "appliance_gateway_ttft_seconds_sum", destination, "tiny")
+            got_e2e = _sample(h, "appliance_gateway_e2e_seconds_sum", destination, "tiny")
+            assert got_ttft == pytest.approx(ttft), destination
+            assert got_e2e == pytest.approx(e2e), destination
+        text = (await h.client.get("/metrics")).text
+        models = {
+            line.split('model="', 1)[1].split('"', 1)[0]
+            for line in text.splitlines()
+            if line.startswith(("appliance_gateway_ttft_seconds", "appliance_gateway_e2e_seconds"))
+            and 'model="' in line
+        }
+        assert models <= {"tiny", "bge", "gpt-remote", "remote-embed", "other"}
+        assert not any("mallory" in line for line in text.splitlines())
+
+    run(tmp_path, monkeypatch, body, clock=clock, mode=FallbackMode.AUTO)
