@@ -286,6 +286,14 @@ def observe(
             ),
         ]
     restarts = recent_restarts or {}
+    services = tuple(services)
+    # TTFT as users feel it (the gateway's, issue #17) when the gateway measures it; else vLLM's
+    # server-side figure. The alert's subject says which one it read.
+    user_ttft = next(
+        (s for s in services if s.kind == "gateway" and s.ttft_p95_s is not None), None
+    )
+    if user_ttft is not None:
+        found.append(Observation("ttft-slow", user_ttft.name, user_ttft.ttft_p95_s))
     for service in services:
         name = service.name
         found.append(Observation("service-unhealthy", name, 0.0 if service.healthy else 1.0))
@@ -297,8 +305,9 @@ def observe(
                 Observation("kv-cache-full", name, kv),
                 Observation("preemptions", name, service.preemptions_per_s),
                 Observation("requests-waiting", name, service.waiting_requests),
-                Observation("ttft-slow", name, service.ttft_p95_s),
             ]
+            if user_ttft is None:
+                found.append(Observation("ttft-slow", name, service.ttft_p95_s))
         elif service.kind == "tei":
             found.append(Observation("embeddings-waiting", name, service.waiting_requests))
         if service.is_engine:

@@ -110,6 +110,12 @@ def _service_lines(service: ServiceStats, history: History | None, spark: int) -
             f"{_spark(history, f'{name}.remote_requests_per_s', spark)}"
             f"   sent remote {_number(service.remote_share_pct, 1, '%')}"
         )
+        lines.append(
+            f"{indent}users feel TTFT p50 {_seconds(service.ttft_p50_s)}"
+            f" p95 {_seconds(service.ttft_p95_s)}"
+            f"{_spark(history, f'{name}.ttft_p95_s', spark)}"
+            f"   e2e p50 {_seconds(service.e2e_p50_s)} p95 {_seconds(service.e2e_p95_s)}"
+        )
     if not service.is_engine:
         return lines
     load = (

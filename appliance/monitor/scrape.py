@@ -50,6 +50,9 @@ Aggregate = Literal["sum", "max"]
 
 GATEWAY_REQUESTS_METRIC: Final = "appliance_gateway_requests"  # a Counter: exposed with _total
 """The gateway's request counter family; the one place its name is written outside the gateway."""
+GATEWAY_TTFT_METRIC: Final = "appliance_gateway_ttft_seconds"
+GATEWAY_E2E_METRIC: Final = "appliance_gateway_e2e_seconds"
+"""The gateway's user-felt latency histograms (`gateway.app.GatewayMetrics`)."""
 _GATEWAY_PREFIX: Final = "appliance_gateway_"
 
 
@@ -148,7 +151,12 @@ GATEWAY = _EngineMetrics(
             zero_when_unseen=True,
         ),
     ),
-    histograms=(),
+    # What users feel, measured where their bytes leave (issue #17): all destinations and
+    # models together. The monitor's TTFT/e2e quantiles of the gateway service come from these.
+    histograms=(
+        _Wanted("ttft", (GATEWAY_TTFT_METRIC,)),
+        _Wanted("e2e", (GATEWAY_E2E_METRIC,)),
+    ),
 )
 
 _SPECS: Final[Mapping[MetricsKind, _EngineMetrics]] = {"vllm": VLLM, "tei": TEI, "gateway": GATEWAY}

@@ -272,3 +272,23 @@ def test_status_check_names_the_threshold_as_status_and_the_tui_do() -> None:
     snapshot = Snapshot(tick=1, taken_at=Timestamp(monotonic=0, wall=1e9), interval_s=1.0,
                         alerts=alerts)  # fmt: skip
     assert "[warning] vllm KV cache is 97 % full (> 90 %)" in AlertsActiveError(snapshot).message
+
+
+def test_ttft_alert_reads_the_users_figure_from_the_gateway_when_it_has_one() -> None:
+    vllm = ServiceStats(name="vllm", kind="vllm", url="u", healthy=True, ttft_p95_s=0.2)
+    gateway = ServiceStats(name="gateway", kind="gateway", url="u", healthy=True, ttft_p95_s=3.0)
+    ttft = {(o.subject, o.value) for o in observe([], [vllm, gateway]) if o.code == "ttft-slow"}
+    assert ttft == {("gateway", 3.0)}  # the subject names the source
+    (alert,) = AlertTracker(AlertThresholds().immediate()).update(
+        observe([], [vllm, gateway]), now=0, now_wall=0
+    )
+    assert (alert.code, alert.subject) == ("ttft-slow", "gateway")
+    assert alert.message.startswith("gateway time to first token p95")
+
+
+def test_ttft_alert_falls_back_to_vllm_without_gateway_figures() -> None:
+    vllm = ServiceStats(name="vllm", kind="vllm", url="u", healthy=True, ttft_p95_s=2.5)
+    quiet = ServiceStats(name="gateway", kind="gateway", url="u", healthy=True)
+    for services in ([vllm], [vllm, quiet]):
+        ttft = {(o.subject, o.value) for o in observe([], services) if o.code == "ttft-slow"}
+        assert ttft == {("vllm", 2.5)}
