@@ -40,7 +40,13 @@ from appliance.monitor.samplers import (
 )
 from appliance.monitor.scrape import MetricsReading
 from appliance.monitor.series import History, TimeWindow
-from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot, Timestamp
+from appliance.monitor.snapshot import (
+    GpuStats,
+    LatencySummary,
+    ServiceStats,
+    Snapshot,
+    Timestamp,
+)
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -502,6 +508,7 @@ class Monitor:
             gpu_error=None if gpu_readings is None else gpu_readings.error,
             services=tuple(stats),
             alerts=alerts,
+            latency=LatencySummary.of(stats),
         )
         self._record_history(snapshot)
         self.latest = snapshot

@@ -15,6 +15,7 @@ What must stay true:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -147,6 +148,56 @@ class Alert(_Frozen):
         return f"[{self.severity}] {self.headline()}\n  → {self.suggestion}"
 
 
+class Quantiles(_Frozen):
+    """p50 and p95 of one latency over the monitor's quantile window, in seconds."""
+
+    p50: float | None = None
+    p95: float | None = None
+
+
+class LatencyFigures(_Frozen):
+    """Time to first token and end-to-end latency as one place measured them."""
+
+    ttft_seconds: Quantiles = Quantiles()
+    e2e_seconds: Quantiles = Quantiles()
+
+
+class LatencySummary(_Frozen):
+    """What users feel beside what the engine measures (issue #17).
+
+    `gateway`: measured at the gateway, from a request's arrival to the first / last byte sent to
+    the client (`appliance_gateway_ttft_seconds`, `appliance_gateway_e2e_seconds`; all
+    destinations and models). `vllm`: vLLM's server-side figures. In `status --json` these are
+    `latency.gateway.ttft_seconds.p50`, `latency.gateway.ttft_seconds.p95`,
+    `latency.gateway.e2e_seconds.p50`, `latency.gateway.e2e_seconds.p95` and the same under
+    `latency.vllm`; `latency.ttft_source` names the one the TTFT alert reads ("gateway" when the
+    gateway has a figure, else "vllm", None with neither).
+    """
+
+    gateway: LatencyFigures = LatencyFigures()
+    vllm: LatencyFigures = LatencyFigures()
+    ttft_source: Literal["gateway", "vllm"] | None = None
+
+    @classmethod
+    def of(cls, services: Sequence[ServiceStats]) -> LatencySummary:
+        def figures(kind: str) -> LatencyFigures:
+            service = next((s for s in services if s.kind == kind), None)
+            if service is None:
+                return LatencyFigures()
+            return LatencyFigures(
+                ttft_seconds=Quantiles(p50=service.ttft_p50_s, p95=service.ttft_p95_s),
+                e2e_seconds=Quantiles(p50=service.e2e_p50_s, p95=service.e2e_p95_s),
+            )
+
+        gateway, vllm = figures("gateway"), figures("vllm")
+        source: Literal["gateway", "vllm"] | None = None
+        if gateway.ttft_seconds.p95 is not None:
+            source = "gateway"
+        elif vllm.ttft_seconds.p95 is not None:
+            source = "vllm"
+        return cls(gateway=gateway, vllm=vllm, ttft_source=source)
+
+
 class Snapshot(_Frozen):
     """The monitor's whole state at one tick."""
 
@@ -158,6 +209,7 @@ class Snapshot(_Frozen):
     gpu_error: str | None = None  # NVML could not be read at all this tick
     services: tuple[ServiceStats, ...] = ()
     alerts: tuple[Alert, ...] = ()
+    latency: LatencySummary = LatencySummary()
 
     def service(self, name: str) -> ServiceStats | None:
         """The service of this name (e.g. "vllm", "tei", "gateway"), or None."""
