@@ -52,10 +52,25 @@ PANELS: Final[tuple[Panel, ...]] = (
         "Time to first token (p50, p95)",
         "s",
         (
-            (_quantile(0.5, "vllm:time_to_first_token_seconds"), "p50"),
-            (_quantile(0.95, "vllm:time_to_first_token_seconds"), "p95"),
+            (_quantile(0.5, "appliance_gateway_ttft_seconds"), "users p50 (gateway)"),
+            (_quantile(0.95, "appliance_gateway_ttft_seconds"), "users p95 (gateway)"),
+            (_quantile(0.5, "vllm:time_to_first_token_seconds"), "vLLM p50"),
+            (_quantile(0.95, "vllm:time_to_first_token_seconds"), "vLLM p95"),
         ),
-        "What users feel as the model thinking; interactive use wants p95 under a second or two.",
+        "What users feel as the model thinking, measured where the gateway sends the first byte, "
+        "beside vLLM's server-side figure (the gap is queueing and transport before the engine); "
+        "interactive use wants p95 under a second or two.",
+    ),
+    Panel(
+        "End-to-end latency at the gateway (p50, p95)",
+        "s",
+        (
+            (_quantile(0.5, "appliance_gateway_e2e_seconds"), "users p50 (gateway)"),
+            (_quantile(0.95, "appliance_gateway_e2e_seconds"), "users p95 (gateway)"),
+            (_quantile(0.5, "vllm:e2e_request_latency_seconds"), "vLLM p50"),
+            (_quantile(0.95, "vllm:e2e_request_latency_seconds"), "vLLM p95"),
+        ),
+        "A request's arrival at the gateway to its last byte sent, beside vLLM's own e2e.",
     ),
     Panel(
         "Inter-token latency (p50, p95)",

@@ -271,6 +271,17 @@ class ServicesPanel(_SnapshotPanel):
                             number(service.remote_share_pct, 0, "% sent remote"),
                             (),
                         ),
+                        (  # what users feel: first/last byte sent to the client
+                            "user TTFT",
+                            f"p50 {seconds(service.ttft_p50_s)} · "
+                            f"p95 {seconds(service.ttft_p95_s)}",
+                            v(f"{name}.ttft_p95_s"),
+                        ),
+                        (
+                            "user e2e",
+                            f"p50 {seconds(service.e2e_p50_s)} · p95 {seconds(service.e2e_p95_s)}",
+                            (),
+                        ),
                     ],
                     width,
                     "cyan",
