@@ -216,6 +216,9 @@ class SimulatedGatewaySampler:
         self.last: float | None = None
         self.fallback_mode = fallback_mode
         self.counters = {"requests": 0.0, "local_requests": 0.0, "remote_requests": 0.0}
+        # What users feel at the gateway; its own generator keeps the routing draws as they were.
+        self.latency_rng = random.Random(seed + 1)  # noqa: S311 - simulated load, not secrets
+        self.histograms = {"ttft": _Histogram(TTFT_BOUNDS), "e2e": _Histogram(REQUEST_BOUNDS)}
 
     async def _mode(self) -> str:
         """Read in a thread: the reader may open a file, and this may run on the TUI's loop."""
@@ -230,6 +233,17 @@ class SimulatedGatewaySampler:
     def endpoint(self) -> Endpoint:
         return self._endpoint
 
+    def _observe_latency(self, load: float, *, remote: bool) -> None:
+        """A local answer waits like the engine's, plus the gateway's own hop; a remote one pays
+        the remote API's round trip whatever this box's load."""
+        rng = self.latency_rng
+        if remote:
+            ttft = 0.4 * rng.lognormvariate(0.0, 0.3)
+        else:
+            ttft = 0.02 + (0.05 + 0.9 * load**3) * rng.lognormvariate(0.0, 0.35)
+        self.histograms["ttft"].observe(ttft)
+        self.histograms["e2e"].observe(ttft + 150 * 0.03 * rng.lognormvariate(0.0, 0.3))
+
     async def sample(self) -> EndpointReading:
         mode = await self._mode()
         t = self.now()
@@ -243,7 +257,12 @@ class SimulatedGatewaySampler:
             self.counters["requests"] += 1
             destination = "remote_requests" if rng.random() < share else "local_requests"
             self.counters[destination] += 1
-        reading = MetricsReading(kind="gateway", counters=dict(self.counters))
+            self._observe_latency(load, remote=destination == "remote_requests")
+        reading = MetricsReading(
+            kind="gateway",
+            counters=dict(self.counters),
+            histograms={key: h.snapshot() for key, h in self.histograms.items()},
+        )
         return EndpointReading(self._endpoint, healthy=True, metrics=reading)
 
 
