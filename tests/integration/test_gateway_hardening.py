@@ -140,11 +140,23 @@ def test_metric_labels_come_from_a_closed_set_never_from_client_paths(state, api
         for path in paths:
             assert client.get(path).status_code == 404
         assert client.put("/v1/chat/completions").status_code == 405
+        headers = {"authorization": f"Bearer {api_key}"}
+        for model in ("tiny", "sk-appl-model-leak", "my secret plan model"):
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            client.post("/v1/chat/completions", json=body, headers=headers)
         metrics = client.get("/metrics").text
     assert "sk-appl" not in metrics
     assert "secret plan" not in metrics
     assert _route_labels(metrics) <= KNOWN_ROUTES
     assert 'route="other"' in metrics
+    models = {
+        sample.labels["model"]
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+    assert "other" in models  # the user-latency histograms label unknown models "other"
+    assert models <= {"tiny", "bge", "other"}  # the served names, nothing a client wrote
 
 
 # ---------------------------------------------------------------------------------- 3: slowloris
