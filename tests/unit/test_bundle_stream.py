@@ -70,3 +70,27 @@ def test_changed_manifest_refused(tmp_path: Path) -> None:
     flip(b, b'"sha256": "')
     with pytest.raises(Exception, match="manifest"):
         verify_into(b, tmp_path / "st")
+
+
+def test_cli_inspect_lists_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.cli import run as main
+
+    b = make(tmp_path)
+    assert main(["bundle", "inspect", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "images/a.tar" in out
+    assert "compute capability 8.9" in out
+    assert "digest" in out
+
+
+def test_cli_inspect_bad_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli import run as main
+
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar")
+    assert main(["bundle", "inspect", str(junk)]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "junk.tar" in err
