@@ -1268,6 +1268,10 @@ def _add_gateway(commands: _Commands) -> None:
     which_box(revoke)
     keys.set_defaults(handler=_cmd_keys)
 
+    from appliance.cli_bundle import add_bundle_parser  # the lead moves this into cli/
+
+    add_bundle_parser(commands)
+
     fallback = commands.add_parser(
         "fallback",
         help="show or switch the API fallback: off | auto | always (survives restarts)",
