@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from appliance.gateway.service import APPLIED_PROFILE
+from appliance.vocabulary import DEFAULT_STATE_DIR
 
-DEFAULT_STATE_DIR = Path("/var/lib/llm-appliance/state")  # the profile schema's default
 PROFILE_ENV = "LLM_APPLIANCE_PROFILE"
 
 

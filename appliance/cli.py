@@ -23,9 +23,7 @@ from typing import Any, NoReturn, TypeAlias
 from appliance import __version__
 from appliance import cli_options as opt
 from appliance.errors import ApplianceError, BadInputError, ExitCode
-
-DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
-DEFAULT_STATE_DIR = Path("/var/lib/llm-appliance/state")
+from appliance.vocabulary import DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR
 
 log = logging.getLogger("appliance")
 

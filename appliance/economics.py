@@ -34,6 +34,8 @@ from typing import Annotated, Final, Literal
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from appliance.vocabulary import WindowName
+
 __all__ = [
     "DEFAULT_INPUT_SHARE",
     "DEFAULT_OPERATIONS_OVERHEAD_PCT",
@@ -48,7 +50,6 @@ __all__ = [
     "cost_report",
 ]
 
-WindowName = Literal["hour", "day", "7d"]
 
 HOURS_PER_MONTH: Final = 8760.0 / 12  # 730: a calendar year's hours over its months
 DEFAULT_OPERATIONS_OVERHEAD_PCT: Final = 30.0

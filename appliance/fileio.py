@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.errors import BadInputError, EnvironmentNotReadyError
@@ -46,6 +48,35 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fsync(directory_descriptor)
     finally:
         os.close(directory_descriptor)
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: Path, *, wait: bool = True, hint: str, mode: int = 0o600
+) -> Iterator[int | None]:
+    """Hold an exclusive `flock` on `path` for the `with` block; yields its descriptor.
+
+    With `wait=False` it yields None at once when another process holds the lock, so the caller
+    can say who. The lock file is never deleted (deleting races with the next locker) and the
+    kernel drops the lock when the holder exits, even on kill -9. A lock file that cannot be
+    opened raises `EnvironmentNotReadyError` with the caller's `hint`.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    except OSError as error:
+        raise EnvironmentNotReadyError(
+            f"cannot open the lock file {path}: {error.strerror or error}", hint=hint
+        ) from error
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        yield descriptor
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def write_output(output: Path, text: str) -> None:

@@ -23,9 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, Quantization, load_catalog
+from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, load_catalog
 from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
 from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.vocabulary import Quantization
 
 # owner/name[@revision], as the Hub spells repo ids (`weights.parse_repo_ref` checks it fully).
 _HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?")

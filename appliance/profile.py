@@ -27,6 +27,7 @@ What must stay true:
 from __future__ import annotations
 
 import difflib
+import enum
 import ipaddress
 import json
 import math
@@ -59,6 +60,14 @@ from yaml.reader import ReaderError
 from appliance.economics import CostInputs
 from appliance.errors import BadInputError
 from appliance.sizing import DEFAULT_GPU_MEMORY_UTILIZATION
+from appliance.vocabulary import (
+    DEFAULT_MODELS_DIR,
+    DEFAULT_STATE_DIR,
+    Device,
+    FallbackMode,
+    KvCacheDtype,
+    Quantization,
+)
 
 __all__ = [
     "API_VERSION",
@@ -95,9 +104,6 @@ KIND: Final = "Profile"
 MAX_PROFILE_BYTES: Final = 1024 * 1024  # a profile is a page of YAML; anything larger is a mistake
 _MAX_DEPTH: Final = 64  # real profiles nest 5 deep; deeper input is hostile or broken
 
-Quantization: TypeAlias = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
-KvCacheDtype: TypeAlias = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
-FallbackMode: TypeAlias = Literal["off", "auto", "always"]
 Pooling: TypeAlias = Literal["cls", "mean", "splade", "last-token"]
 # vLLM accepts only these ranks (vllm/config/lora.py, MaxLoRARanks).
 LoraRank: TypeAlias = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
@@ -725,7 +731,7 @@ class EmbeddingsSpec(_Model):
         description="Model name clients send to /v1/embeddings; defaults to the repo's last part.",
         examples=["bge-m3"],
     )
-    device: Literal["gpu", "cpu"] = Field(
+    device: Device = Field(
         default="gpu",
         description="Run TEI on a GPU (the CUDA image for its architecture) or on the CPU.",
         examples=["gpu"],
@@ -903,7 +909,7 @@ class FallbackSpec(_Model):
     """When requests go to the remote API instead of the local engine."""
 
     mode: FallbackMode = Field(
-        default="off",
+        default=FallbackMode.OFF,
         description="off: local only; auto: overflow to the remote API when the local engine is "
         "down, failing or queued past queue_threshold; always: remote only (maintenance).",
         examples=["auto"],
@@ -1045,12 +1051,12 @@ class StorageSpec(_Model):
     """Where the appliance keeps weights and its own state on the box."""
 
     models_dir: AbsolutePath = Field(
-        default=Path("/var/lib/llm-appliance/models"),
+        default=DEFAULT_MODELS_DIR,
         description="Downloaded weights; mounted read-only into the engines.",
         examples=["/var/lib/llm-appliance/models"],
     )
     state_dir: AbsolutePath = Field(
-        default=Path("/var/lib/llm-appliance/state"),
+        default=DEFAULT_STATE_DIR,
         description="Gateway keys, the fallback mode, metric history.",
         examples=["/var/lib/llm-appliance/state"],
     )
@@ -1863,6 +1869,8 @@ def _literal_choices(info: FieldInfo | None) -> tuple[object, ...]:
     inner = _unwrap(info.annotation)
     if get_origin(inner) is Literal:
         return get_args(inner)
+    if isinstance(inner, type) and issubclass(inner, enum.Enum):  # a vocabulary StrEnum
+        return tuple(member.value for member in inner)
     return ()
 
 
@@ -1955,6 +1963,7 @@ def _explain_string(e: _ErrorView) -> tuple[str, str | None]:
 
 _EXPLAIN: Final[dict[str, typing.Callable[[_ErrorView], tuple[str, str | None]]]] = {
     "literal_error": _explain_literal,
+    "enum": _explain_literal,
     "int_type": _explain_number,
     "int_parsing": _explain_number,
     "int_from_float": _explain_number,

@@ -44,7 +44,8 @@ def _type(schema: dict[str, Any], node: dict[str, Any]) -> str:
         kinds = [_type(schema, option) for option in node["anyOf"]]
         return " or ".join(kind for kind in kinds if kind != "null") or "null"
     if "$ref" in node:
-        return "mapping"
+        target = _resolve(schema, node)
+        return _type(schema, target) if "enum" in target else "mapping"  # a vocabulary enum
     kind = node.get("type", "any")
     if kind == "array":
         return f"list of {_type(schema, node.get('items', {}))}"

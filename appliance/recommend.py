@@ -30,7 +30,6 @@ from appliance.catalog import (
     EmbeddingModel,
     GpuSpec,
     ModelVariant,
-    Quantization,
     load_catalog,
 )
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
@@ -54,7 +53,6 @@ from appliance.sizing import (
     PINNED_VLLM_VERSION,
     DecodeSpeed,
     EngineFlags,
-    KvCacheDtype,
     MemoryEstimate,
     RuleFinding,
     check_rules,
@@ -65,6 +63,7 @@ from appliance.sizing import (
     loaded_weight_bytes,
     tei_memory_bytes,
 )
+from appliance.vocabulary import KvCacheDtype, Quantization
 
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
@@ -358,7 +357,7 @@ def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
         max_model_len=engine.max_model_len,
         max_num_seqs=engine.max_num_seqs,
         max_num_batched_tokens=engine.max_num_batched_tokens,
-        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+        kv_cache_dtype=engine.kv_cache_dtype,
         enforce_eager=engine.enforce_eager,
     )
     try:

@@ -48,13 +48,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from appliance.catalog import ModelArchitecture
+from appliance.vocabulary import FindingSeverity, KvCacheDtype, Quantization, kv_cache_dtype_bytes
 
 GIB = 1 << 30
 GB = 1_000_000_000
 BLOCK_SIZE = 16
 PINNED_VLLM_VERSION = "0.32.0"
 
-KvCacheDtype = Literal["auto", "fp8"]
 EntryPoint = Literal["serve", "offline"]
 
 # --- Calibrated constants (fitted on bench/data/vllm_memory_logs.csv; see module docstring) ---
@@ -286,7 +286,7 @@ class MemoryEstimate:
 
 def kv_dtype_bytes(kv_cache_dtype: KvCacheDtype) -> int:
     """bf16/fp16 KV cache: 2 bytes per element; fp8 (e4m3/e5m2): 1."""
-    return 1 if kv_cache_dtype == "fp8" else 2
+    return kv_cache_dtype_bytes(kv_cache_dtype)
 
 
 def kv_heads_per_gpu(architecture: ModelArchitecture, tensor_parallel_size: int) -> int:
@@ -964,17 +964,13 @@ def rule_of_thumb(
     )
 
 
-Severity = Literal["error", "warning", "info"]
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
-
-
 @dataclass(frozen=True)
 class RuleFinding:
     """One hard rule's verdict: errors stop a deployment, warnings explain a trade-off, and
     `flag` names a vLLM flag the runtime must pass (e.g. `--disable-custom-all-reduce`)."""
 
     rule: str
-    severity: Severity
+    severity: FindingSeverity
     message: str
     flag: str | None = None
 

@@ -36,11 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from appliance.economics import Usage, WindowName
 from appliance.errors import ApplianceError, BadInputError, EnvironmentNotReadyError
-from appliance.monitor.scrape import GATEWAY_REQUESTS_METRIC
+from appliance.monitor.scrape import GATEWAY_REQUESTS_METRIC, family_samples
 
 if TYPE_CHECKING:
     import httpx
@@ -107,20 +105,17 @@ def gateway_counters_from_metrics(text: str) -> GatewayCounters | None:
     """
     found = False
     local = remote = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != GATEWAY_REQUESTS_METRIC:
+    for sample in family_samples(text, GATEWAY_REQUESTS_METRIC) or ():
+        if sample.name != f"{GATEWAY_REQUESTS_METRIC}_total":
             continue
-        for sample in family.samples:
-            if sample.name != f"{GATEWAY_REQUESTS_METRIC}_total":
-                continue
-            found = True
-            if sample.labels.get("route") not in CHAT_ROUTES:
-                continue
-            destination = sample.labels.get("destination")
-            if destination == "local":
-                local += sample.value
-            elif destination == "remote":
-                remote += sample.value
+        found = True
+        if sample.labels.get("route") not in CHAT_ROUTES:
+            continue
+        destination = sample.labels.get("destination")
+        if destination == "local":
+            local += sample.value
+        elif destination == "remote":
+            remote += sample.value
     return GatewayCounters(local, remote) if found else None
 
 

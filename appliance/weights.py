@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import fcntl
 import fnmatch
 import hashlib
 import io
@@ -499,27 +498,18 @@ def _repo_lock(models_dir: Path, repo: str) -> Iterator[None]:
     is refused leaves no `<org>/<name>/` behind; they are never deleted (deleting a lock file
     races with the next locker)."""
     org, name = _repo_parts(repo)
-    locks = models_dir / _LOCKS_DIR
-    try:
-        locks.mkdir(parents=True, exist_ok=True)
-        handle = (locks / f"{org}--{name}.lock").open("a")
-    except OSError as exc:
-        raise EnvironmentNotReadyError(
-            f"cannot write to {models_dir}: {exc.strerror}",
-            "run as a user that may write storage.models_dir, or change it in the profile",
-        ) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with fileio.exclusive_lock(
+        models_dir / _LOCKS_DIR / f"{org}--{name}.lock",
+        wait=False,
+        mode=0o644,
+        hint="run as a user that may write storage.models_dir, or change it in the profile",
+    ) as held:
+        if held is None:
             raise RefusedError(
                 f"another pull or import of {repo} is running",
                 "wait for it to finish, then run this again",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            )
+        yield
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -18,7 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quantization = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
+from appliance.vocabulary import Quantization
+
 # "copied": a published `model.safetensors.index.json` `total_size`; "computed": exact from the
 # config and the format's tensor layout; "estimated": computed, but on an assumed layout (named in
 # `source`) that could not be confirmed from the repo itself.

@@ -40,7 +40,6 @@ from appliance.gateway.keys import KeyInfo, KeyRing, Scope, StaticAdminKey, load
 from appliance.gateway.openai_errors import error_body, normalised
 from appliance.gateway.policy import (
     Destination,
-    FallbackMode,
     LoadReading,
     LoadSignal,
     LocalFailure,
@@ -63,6 +62,7 @@ from appliance.gateway.upstream import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
+from appliance.vocabulary import FallbackMode
 
 log = logging.getLogger("appliance.gateway")
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import read_private_secret
-from appliance.gateway.policy import FallbackMode, RoutingRules
+from appliance.gateway.policy import RoutingRules
+from appliance.vocabulary import FallbackMode
 
 if TYPE_CHECKING:
     from appliance.profile import Profile

@@ -8,8 +8,6 @@ rename it over the target, fsync the directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,19 +33,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside `path` so two writers do not lose each other's change."""
     lock_path = path.with_name(f".{path.name}.lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise EnvironmentNotReadyError(
-            f"cannot lock {path}: {error.strerror or error}",
-            hint=f"check that {path.parent} is writable by this user",
-        ) from error
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    with fileio.exclusive_lock(
+        lock_path, hint=f"check that {path.parent} is writable by this user"
+    ):
         yield
-    finally:
-        os.close(descriptor)  # closing releases the lock
 
 
 @dataclass(frozen=True)

@@ -20,25 +20,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from appliance.errors import BadInputError
-
-
-class FallbackMode(enum.StrEnum):
-    """The operator's switch: `off` (local only), `auto` (overflow), `always` (remote only)."""
-
-    OFF = "off"
-    AUTO = "auto"
-    ALWAYS = "always"
-
-    @classmethod
-    def parse(cls, value: str) -> FallbackMode:
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            choices = " | ".join(mode.value for mode in cls)
-            raise BadInputError(
-                f"unknown fallback mode {value!r}", hint=f"use one of: {choices}"
-            ) from None
+from appliance.vocabulary import FallbackMode
 
 
 class Destination(enum.StrEnum):

@@ -13,9 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from appliance.gateway.upstream import Upstream, UpstreamError
+from appliance.monitor.scrape import family_samples
 
 log = logging.getLogger("appliance.gateway")
 
@@ -24,13 +23,10 @@ WAITING_METRIC = "vllm:num_requests_waiting"
 
 def waiting_from_metrics(text: str, metric: str = WAITING_METRIC) -> int | None:
     """The sum of `metric` over all its series (one per engine), or None if it is absent."""
-    lines = [line for line in text.splitlines() if metric in line]
-    total: float | None = None
-    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        for sample in family.samples:
-            if sample.name == metric:
-                total = (total or 0.0) + sample.value
-    return None if total is None else int(total)
+    samples = family_samples(text, metric)
+    if not samples:
+        return None
+    return int(sum(sample.value for sample in samples if sample.name == metric))
 
 
 class EngineProbe:

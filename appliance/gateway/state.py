@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import atomic_write, locked
-from appliance.gateway.policy import FallbackMode
+from appliance.vocabulary import FallbackMode
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from appliance.hardware.box import (
 )
 from appliance.hardware.nvml import NvmlRecording, NvmlSource, RecordedNvml
 from appliance.hardware.report import render_box
-
-DEFAULT_MODELS_DIR = Path("/var/lib/llm-appliance/models")
+from appliance.vocabulary import DEFAULT_MODELS_DIR
 
 __all__ = [
     "DEFAULT_MODELS_DIR",

@@ -20,7 +20,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-Severity = Literal["error", "warning", "info"]
+from appliance.vocabulary import FindingSeverity
+
 BoxSource = Literal["nvml", "simulated", "recorded"]
 
 # What `nvidia-smi topo -p2p r` prints, in words: whether one GPU can read another's memory
@@ -194,7 +195,7 @@ class Finding(_Snapshot):
     """
 
     code: str
-    severity: Severity
+    severity: FindingSeverity
     what: str
     fix: str | None = None
     gpus: tuple[int, ...] = ()  # the GPU indexes it concerns, if any

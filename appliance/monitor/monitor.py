@@ -8,18 +8,19 @@ an earlier tick is waited on, never started twice, so a hung driver cannot pile 
 
 Counters and histograms go into short windows (`TimeWindow`), and rates, ratios and quantiles
 are computed over them by `maths`; a bounded `History` keeps the last few minutes of the figures
-drawn as sparklines. The clock is injected (`Clock`), so tests drive ticks without sleeping.
+drawn as sparklines. The clock is injected (`appliance.clock.AsyncClock`), so tests drive ticks
+without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from appliance.clock import AsyncClock, AsyncSystemClock
 from appliance.monitor.alerts import AlertThresholds, AlertTracker, RunningProfile, observe
 from appliance.monitor.maths import (
     Histogram,
@@ -74,60 +75,6 @@ SERVICE_SERIES = (
 def history_key(subject: str, figure: str) -> str:
     """The history key of a figure: `history_key("gpu0", "temperature_c")`."""
     return f"{subject}.{figure}"
-
-
-class Clock(Protocol):
-    """Time as the monitor sees it; tests pass a fake whose `sleep` only moves the hands."""
-
-    def monotonic(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class ManualClock:
-    """A monitor clock for tests: `sleep` only moves the hands (and yields to the loop)."""
-
-    def __init__(
-        self,
-        start: float = 1_000.0,
-        wall: float = 1_767_225_600.0,
-        *,
-        hold_after: int | None = None,
-    ) -> None:
-        self._now = start
-        self._wall_offset = wall - start
-        self._sleeps = 0
-        self._hold_after = hold_after  # then `sleep` never returns: a monitor frozen mid-run
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Time passes without a `sleep` (a tick that took long, a test stepping ahead)."""
-        self._now += seconds
-
-    def wall(self) -> float:
-        return self._now + self._wall_offset
-
-    async def sleep(self, seconds: float) -> None:
-        self._sleeps += 1
-        if self._hold_after is not None and self._sleeps >= self._hold_after:
-            await asyncio.Event().wait()
-        self._now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True)
@@ -402,11 +349,11 @@ class Monitor:
         samplers: SamplerSet,
         *,
         config: MonitorConfig | None = None,
-        clock: Clock | None = None,
+        clock: AsyncClock | None = None,
     ) -> None:
         self.samplers = samplers
         self.config = config or MonitorConfig()
-        self.clock: Clock = clock or SystemClock()
+        self.clock: AsyncClock = clock or AsyncSystemClock()
         self.history = History(capacity=self.config.history_points)
         self.latest: Snapshot | None = None
         self._tick = 0
@@ -564,11 +511,11 @@ class EngineLoadSignal:
         self,
         latest: Callable[[], Snapshot | None],
         service: str = "vllm",
-        clock: Clock | None = None,
+        clock: AsyncClock | None = None,
     ) -> None:
         self.latest = latest
         self.service = service
-        self.clock: Clock = clock or SystemClock()
+        self.clock: AsyncClock = clock or AsyncSystemClock()
 
     @classmethod
     def of(cls, monitor: Monitor, service: str = "vllm") -> EngineLoadSignal:

@@ -28,12 +28,12 @@ import httpx
 from appliance.hardware.box import GpuProcess, watts
 from appliance.monitor.scrape import (
     MetricsFormatError,
-    MetricsKind,
     MetricsReading,
     ParseCache,
     parse_metrics,
 )
 from appliance.monitor.snapshot import GpuStats
+from appliance.vocabulary import Role
 
 if TYPE_CHECKING:
     from appliance.hardware.nvml import NvmlDevice, NvmlSource
@@ -215,7 +215,7 @@ class HttpEndpointSampler:
         if not response.is_success:
             return None, f"{url} answered {response.status_code}"
         kind = self._endpoint.kind
-        wanted: MetricsKind | None = None
+        wanted: Role | None = None
         if kind in ("vllm", "tei", "gateway"):
             wanted = kind
         try:

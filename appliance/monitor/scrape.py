@@ -38,14 +38,13 @@ from typing import Final, Literal, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from appliance.monitor.maths import Histogram
+from appliance.vocabulary import Role
 
 _T = TypeVar("_T")
 
-EngineKind = Literal["vllm", "tei"]
-MetricsKind = Literal["vllm", "tei", "gateway"]
-"""Whose metrics a page holds: an engine's, or the appliance gateway's."""
 Aggregate = Literal["sum", "max"]
 
 GATEWAY_REQUESTS_METRIC: Final = "appliance_gateway_requests"  # a Counter: exposed with _total
@@ -68,7 +67,7 @@ class MetricsReading:
     for debugging an engine whose metric names changed.
     """
 
-    kind: MetricsKind
+    kind: Role
     model_names: tuple[str, ...] = ()
     gauges: Mapping[str, float] = field(default_factory=dict)
     counters: Mapping[str, float] = field(default_factory=dict)
@@ -159,7 +158,7 @@ GATEWAY = _EngineMetrics(
     ),
 )
 
-_SPECS: Final[Mapping[MetricsKind, _EngineMetrics]] = {"vllm": VLLM, "tei": TEI, "gateway": GATEWAY}
+_SPECS: Final[Mapping[Role, _EngineMetrics]] = {"vllm": VLLM, "tei": TEI, "gateway": GATEWAY}
 
 # vLLM's API server (prometheus-fastapi-instrumentator): what clients saw, 5xx included.
 _HTTP_REQUESTS = "http_requests"
@@ -264,22 +263,38 @@ def _relevant_blocks(text: str) -> dict[str, str]:
     """
     blocks: dict[str, list[str]] = {}
     for line in text.splitlines():
-        if line.startswith("#"):
-            parts = line.split(None, 3)
-            if len(parts) < 3 or parts[1] not in ("TYPE", "HELP"):
-                continue
-            name = parts[2]
-        else:
-            end = len(line)
-            for stop in ("{", " "):
-                position = line.find(stop)
-                if 0 <= position < end:
-                    end = position
-            name = line[:end]
-        family = _FAMILY_OF.get(name)
+        family = _FAMILY_OF.get(_line_name(line) or "")
         if family is not None:
             blocks.setdefault(family, []).append(line)
     return {family: "\n".join(lines) + "\n" for family, lines in blocks.items()}
+
+
+def _line_name(line: str) -> str | None:
+    """The metric name a sample, `# TYPE` or `# HELP` line is about; None for other comments."""
+    if line.startswith("#"):
+        parts = line.split(None, 3)
+        return parts[2] if len(parts) >= 3 and parts[1] in ("TYPE", "HELP") else None
+    end = len(line)
+    for stop in ("{", " "):
+        position = line.find(stop)
+        if 0 <= position < end:
+            end = position
+    return line[:end]
+
+
+def family_samples(text: str, family: str) -> tuple[Sample, ...] | None:
+    """The samples of one metric family on a `/metrics` page; None when the page has none.
+
+    The one reader for callers that need a single family (the gateway's queue probe, the usage
+    recorder): only that family's lines reach prometheus_client's parser, so a 50 kB vLLM page
+    costs a scan, not a parse. A counter's family is its name without `_total`. Raises
+    `MetricsFormatError` when those lines are not Prometheus text.
+    """
+    lines = [line for line in text.splitlines() if (_line_name(line) or "").startswith(family)]
+    for metric in _parse("\n".join(lines) + "\n"):
+        if metric.name == family:
+            return tuple(metric.samples)
+    return None
 
 
 class ParseCache:
@@ -319,7 +334,7 @@ def _families(text: str, cache: ParseCache | None) -> dict[str, Metric]:
     return {metric.name: metric for metric in _parse("".join(blocks.values()))}
 
 
-def detect_kind(names: Iterable[str]) -> MetricsKind | None:
+def detect_kind(names: Iterable[str]) -> Role | None:
     """vLLM, TEI or the appliance gateway from the metric names, or None for none of them."""
     tei = gateway = False
     for name in names:
@@ -333,7 +348,7 @@ def detect_kind(names: Iterable[str]) -> MetricsKind | None:
 
 
 def parse_metrics(
-    text: str, kind: MetricsKind | None = None, cache: ParseCache | None = None
+    text: str, kind: Role | None = None, cache: ParseCache | None = None
 ) -> MetricsReading:
     """Read a vLLM, TEI or gateway `/metrics` page; `kind` None means tell from the names.
 

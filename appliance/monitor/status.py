@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from appliance.clock import AsyncClock, AsyncSystemClock
 from appliance.errors import ApplianceError, BadInputError, OperationFailedError
-from appliance.monitor.monitor import Clock, Monitor, MonitorConfig, SystemClock
+from appliance.monitor.monitor import Monitor, MonitorConfig
 from appliance.monitor.samplers import (
     ContainersRuntimeSource,
     ContainerStatus,
@@ -192,19 +193,19 @@ def url_samplers(
 def simulated(
     box: str = "rtx4090",
     *,
-    clock: Clock | None = None,
+    clock: AsyncClock | None = None,
     seed: int = 0,
     embeddings: bool = True,
     fallback_mode: Callable[[], str] | None = None,
     model: str = "simulated-chat",
     not_running: str | None = None,
-) -> tuple[SamplerSet, Clock]:
+) -> tuple[SamplerSet, AsyncClock]:
     """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them.
 
     `fallback_mode` is what the simulated gateway routes by (None: "auto"); `model`, the name
     vLLM serves; `not_running`, why nothing runs (the profile cannot fit this box).
     """
-    clock = clock or SystemClock()
+    clock = clock or AsyncSystemClock()
     samplers = simulated_samplers(
         box,
         now=clock.monotonic,
@@ -225,7 +226,7 @@ async def _collect(
     *,
     count: int | None,
     config: MonitorConfig | None,
-    clock: Clock | None,
+    clock: AsyncClock | None,
     on_snapshot: OnSnapshot | None,
 ) -> Snapshot | None:
     last: Snapshot | None = None
@@ -242,7 +243,7 @@ def sample_status(
     *,
     ticks: int = 2,
     config: MonitorConfig | None = None,
-    clock: Clock | None = None,
+    clock: AsyncClock | None = None,
 ) -> Snapshot:
     """The snapshot after `ticks` ticks (one interval apart). Blocks about `ticks - 1` seconds.
 
@@ -266,7 +267,7 @@ def watch_status(
     *,
     count: int | None = None,
     config: MonitorConfig | None = None,
-    clock: Clock | None = None,
+    clock: AsyncClock | None = None,
 ) -> Snapshot | None:
     """Call `on_snapshot(snapshot, history)` every tick, `count` times (None: until Ctrl-C).
 
@@ -292,7 +293,7 @@ def check_status(
     *,
     ticks: int = 2,
     config: MonitorConfig | None = None,
-    clock: Clock | None = None,
+    clock: AsyncClock | None = None,
 ) -> Snapshot:
     """`status --check`: `sample_status`'s snapshot; `AlertsActiveError` if any alert is active."""
     return check_snapshot(sample_status(samplers, ticks=ticks, config=config, clock=clock))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from appliance.catalog import Catalog, load_catalog
+from appliance.clock import BlockingClock
 from appliance.errors import (
     ApplianceError,
     BadInputError,
@@ -50,7 +51,7 @@ from appliance.errors import (
 from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.docker import DockerEngine, PullProgress
-from appliance.runtime.health import Clock, HealthOutcome, http_ok, wait_until_healthy
+from appliance.runtime.health import HealthOutcome, http_ok, wait_until_healthy
 from appliance.runtime.lock import (
     LOCK_DIR,
     apply_lock,
@@ -498,7 +499,7 @@ def _start_new(
     journal: _Journal,
     *,
     deadline_s: float,
-    clock: Clock | None,
+    clock: BlockingClock | None,
     probe: Callable[[str], bool],
     progress: Progress,
     interrupts: _Interrupts,
@@ -541,7 +542,7 @@ def _rollback(
     engine: DockerEngine,
     journal: _Journal,
     *,
-    clock: Clock | None,
+    clock: BlockingClock | None,
     probe: Callable[[str], bool],
     deadlines: dict[str, float],
     progress: Progress,
@@ -592,7 +593,7 @@ def _execute(
     engine: DockerEngine,
     *,
     deadlines: dict[str, float],
-    clock: Clock | None,
+    clock: BlockingClock | None,
     probe: Callable[[str], bool],
     progress: Progress,
     interrupts: _Interrupts,
@@ -696,7 +697,7 @@ def apply_profile(
     confirm: Callable[[Plan], bool] | None = None,
     progress: Progress | None = None,
     deadlines_s: dict[str, float] | None = None,
-    clock: Clock | None = None,
+    clock: BlockingClock | None = None,
     probe: Callable[[str], bool] = http_ok,
     ports_busy: Callable[[int], bool] = port_in_use,
     lock_file: Path | None = None,
@@ -754,7 +755,7 @@ def _recover_set_aside(
     engine: DockerEngine,
     *,
     deadlines: dict[str, float],
-    clock: Clock | None,
+    clock: BlockingClock | None,
     probe: Callable[[str], bool],
     progress: Progress,
 ) -> None:

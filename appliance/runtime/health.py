@@ -8,26 +8,12 @@ ten-minute deadline for it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from appliance.clock import BlockingClock, SystemClock
 from appliance.runtime.model import ObservedContainer
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 class Inspector(Protocol):
@@ -57,7 +43,7 @@ def wait_until_healthy(
     health_url: str | None,
     *,
     deadline_s: float,
-    clock: Clock | None = None,
+    clock: BlockingClock | None = None,
     probe: Callable[[str], bool] = http_ok,
     poll_s: float = 0.5,
     stop: Callable[[], bool] | None = None,

@@ -19,7 +19,6 @@ so; the file itself is never deleted (deleting a lock file races with the next l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from appliance.errors import EnvironmentNotReadyError, RefusedError
+from appliance import fileio
+from appliance.errors import RefusedError
 
 __all__ = [
     "DEFAULT_DOCKER_ENDPOINT",
@@ -88,10 +88,10 @@ def engine_lock_path(endpoint: str, fallback_dir: Path, lock_dir: Path = LOCK_DI
     return directory / f"apply-{slug}-{digest}.lock"
 
 
-def _read_holder(handle: int) -> LockHolder | None:
+def _read_holder(path: Path) -> LockHolder | None:
     try:
-        os.lseek(handle, 0, os.SEEK_SET)
-        data = json.loads(os.read(handle, 4096).decode() or "null")
+        with path.open("rb") as lock_file:
+            data = json.loads(lock_file.read(4096).decode() or "null")
         return LockHolder(
             pid=int(data["pid"]), host=str(data["host"]), since=str(data["since"]),
             what=str(data.get("what", "apply")),
@@ -107,19 +107,14 @@ def apply_lock(
     """Hold the apply lock for the `with` block, or refuse at once saying who holds it.
 
     `endpoint` (the engine the lock is for) is only named in the refusal."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise EnvironmentNotReadyError(
-            f"cannot open the lock file {path}: {error.strerror}",
-            hint="run as root, or set spec.storage.state_dir to a directory you can write",
-        ) from error
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(handle)
+    with fileio.exclusive_lock(
+        path,
+        wait=False,
+        mode=0o644,
+        hint="run as root, or set spec.storage.state_dir to a directory you can write",
+    ) as handle:
+        if handle is None:
+            holder = _read_holder(path)
             who = holder.render() if holder else "another process"
             where = f"on the Docker engine at {endpoint}" if endpoint else "on this box"
             raise RefusedError(
@@ -140,6 +135,3 @@ def apply_lock(
             yield holder
         finally:
             os.ftruncate(handle, 0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)

@@ -13,8 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance import __version__
-
-Role = Literal["vllm", "tei", "gateway"]
+from appliance.vocabulary import Role
 
 LABEL_PREFIX = "io.llm-appliance."
 LABEL_MANAGED_BY = f"{LABEL_PREFIX}managed-by"

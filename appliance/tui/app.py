@@ -35,7 +35,8 @@ from appliance.tui.screens.keys import KeysScreen
 from appliance.tui.screens.logs import LogsScreen
 from appliance.tui.screens.monitor import MonitorScreen
 from appliance.tui.screens.recommend import RecommendScreen
-from appliance.tui.services import FALLBACK_MODES, Services
+from appliance.tui.services import Services
+from appliance.vocabulary import FALLBACK_MODES
 
 if TYPE_CHECKING:
     from appliance.hardware.box import Box

@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR
+
 if TYPE_CHECKING:
+    from appliance.clock import AsyncClock
     from appliance.deploy import Deployment, GatewayInstaller
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
-    from appliance.monitor.monitor import Clock, Monitor
+    from appliance.monitor.monitor import Monitor
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
     from appliance.runtime.plan import Plan
@@ -51,9 +54,6 @@ class Deployer(Protocol):
         source: Path | None = None,
     ) -> Deployment: ...
 
-
-FALLBACK_MODES = ("off", "auto", "always")
-COST_WINDOWS = ("hour", "day", "7d")
 
 NO_PROFILE_COST = (
     "No profile is applied here, so there is no recorded usage to price. Start "
@@ -124,8 +124,8 @@ class GatewayFiles:
     default_mode: str = "off"
 
     def read(self) -> str:
-        from appliance.gateway.policy import FallbackMode
         from appliance.gateway.state import read_fallback
+        from appliance.vocabulary import FallbackMode
 
         return read_fallback(self.state_file, FallbackMode(self.default_mode)).mode.value
 
@@ -335,7 +335,7 @@ def simulated_services(
     name: str,
     *,
     profile_path: Path | None = None,
-    clock: Clock | None = None,
+    clock: AsyncClock | None = None,
     seed: int = 0,
     state_dir: Path | None = None,
     profiles_dir: Path | None = None,
@@ -432,7 +432,7 @@ def live_services(
     profile_path: Path | None = None, *, profiles_dir: Path | None = None
 ) -> Services:
     """This machine. With the applied profile, the Monitor, fallback and keys come alive."""
-    from appliance.hardware import DEFAULT_MODELS_DIR, detect_box
+    from appliance.hardware import detect_box
 
     profile = None
     if profile_path is not None:

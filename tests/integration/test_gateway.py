@@ -52,7 +52,7 @@ RUNNER = textwrap.dedent(
     from pathlib import Path
     from appliance.gateway import config as gateway_config
     from appliance.gateway.config import GatewayConfig, RemoteConfig, SecretSource
-    from appliance.gateway.policy import FallbackMode
+    from appliance.vocabulary import FallbackMode
     from appliance.gateway.server import run_gateway
 
     spec = json.loads(Path(sys.argv[1]).read_text())

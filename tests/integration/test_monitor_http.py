@@ -22,8 +22,9 @@ import httpx
 import pytest
 
 import tests.doubles
+from appliance.clock import ManualClock
 from appliance.monitor.alerts import AlertThresholds
-from appliance.monitor.monitor import ManualClock, Monitor, MonitorConfig
+from appliance.monitor.monitor import Monitor, MonitorConfig
 from appliance.monitor.samplers import Endpoint, SamplerSet, http_samplers
 from appliance.monitor.scrape import parse_metrics
 from appliance.monitor.series import History

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.clock import ManualClock
 from appliance.gateway.keys import CreatedKey, KeyInfo, Scope
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box, Finding
-from appliance.monitor.monitor import ManualClock, Monitor
+from appliance.monitor.monitor import Monitor
 from appliance.monitor.status import simulated
 from appliance.tui.services import (
     CostView,

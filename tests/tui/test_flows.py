@@ -12,8 +12,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar, Select, TabbedContent
 
 from appliance.catalog import load_catalog
+from appliance.clock import ManualClock
 from appliance.gateway.state import read_fallback
-from appliance.monitor.monitor import ManualClock
 from appliance.profile import load_profile
 from appliance.tui.app import ApplianceApp
 from appliance.tui.messages import (

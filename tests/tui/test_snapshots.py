@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from appliance.monitor.monitor import ManualClock
+from appliance.clock import ManualClock
 from appliance.tui.app import ApplianceApp
 from appliance.tui.screens.recommend import CandidateCard
 from appliance.tui.services import simulated_services

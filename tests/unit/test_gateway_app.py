@@ -20,9 +20,9 @@ import pytest
 from appliance.gateway.app import GatewayApp
 from appliance.gateway.config import GatewayConfig, RemoteConfig, SecretSource, Timeouts
 from appliance.gateway.keys import create_key, revoke_key
-from appliance.gateway.policy import FallbackMode
 from appliance.gateway.state import read_fallback, set_fallback
 from appliance.gateway.upstream import HttpxPool
+from appliance.vocabulary import FallbackMode
 
 REMOTE_KEY = "sk-remote-SECRET-0123456789"
 ADMIN_KEY = "admin-SECRET-abcdef"

@@ -15,8 +15,8 @@ from appliance.gateway.config import (
     SecretSource,
     origin,
 )
-from appliance.gateway.policy import FallbackMode
 from appliance.profile import load_profile
+from appliance.vocabulary import FallbackMode
 
 PROFILES = sorted((Path(__file__).resolve().parents[2] / "profiles").glob("*.yaml"))
 

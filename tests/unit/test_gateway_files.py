@@ -19,8 +19,8 @@ from appliance.gateway.keys import (
     load_keyring,
     revoke_key,
 )
-from appliance.gateway.policy import FallbackMode
 from appliance.gateway.state import read_fallback, set_fallback, write_fallback
+from appliance.vocabulary import FallbackMode
 
 
 def _mode(path: Path) -> int:

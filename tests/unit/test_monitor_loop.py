@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance.clock import ManualClock
 from appliance.errors import BadInputError, ExitCode
 from appliance.hardware.nvml import NvmlDevice, NvmlSystem, NvmlUnavailable, RecordedNvml
 from appliance.monitor.alerts import AlertThresholds
-from appliance.monitor.monitor import EngineLoadSignal, ManualClock, Monitor, MonitorConfig
+from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
 from appliance.monitor.render import render_status, sparkline
 from appliance.monitor.samplers import (
     ContainersRuntimeSource,

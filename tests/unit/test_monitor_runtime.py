@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.clock import ManualClock
 from appliance.errors import EnvironmentNotReadyError
-from appliance.monitor.monitor import ManualClock, Monitor
+from appliance.monitor.monitor import Monitor
 from appliance.monitor.samplers import Endpoint, SamplerSet
 from appliance.monitor.simulated import StoppedServiceSampler
 from appliance.monitor.status import DockerRuntime

@@ -437,8 +437,9 @@ def test_a_full_disk_does_not_stop_the_gateways_monitor_and_loses_nothing(
     import logging
     from types import SimpleNamespace
 
+    from appliance.clock import ManualClock
     from appliance.gateway.recording import monitor_and_record
-    from appliance.monitor.monitor import ManualClock, Monitor
+    from appliance.monitor.monitor import Monitor
     from appliance.monitor.status import simulated
 
     clock = ManualClock(0.0, T0)

@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header, Static
 
 from appliance.tui.messages import CostComputed
 from appliance.tui.screens.base import ApplianceScreen, this_screen
-from appliance.tui.services import COST_WINDOWS, NO_PROFILE_COST, CostView
+from appliance.tui.services import NO_PROFILE_COST, CostView
 from appliance.tui.widgets.panels import (
     TRENDS,
     AlertsPanel,
@@ -28,6 +28,7 @@ from appliance.tui.widgets.panels import (
     TextLine,
     Trend,
 )
+from appliance.vocabulary import COST_WINDOWS
 
 if TYPE_CHECKING:
     from appliance.monitor.snapshot import Snapshot

@@ -1,0 +1,90 @@
+"""The domain's words, each defined once.
+
+Every module that speaks of a quantisation, a KV-cache dtype, a fallback mode, a cost window, a
+container's role or the appliance's default directories imports the word from here, so the
+profile schema, the memory model, the catalog, the gateway and both faces cannot drift apart (they
+did: Quantization was written out three times and KvCacheDtype twice with different members).
+
+Pure: no IO, no third-party imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Final, Literal, TypeAlias, get_args
+
+from appliance.errors import BadInputError
+
+__all__ = [
+    "COST_WINDOWS",
+    "DEFAULT_MODELS_DIR",
+    "DEFAULT_STATE_DIR",
+    "DEVICES",
+    "FALLBACK_MODES",
+    "Device",
+    "EngineRole",
+    "FallbackMode",
+    "FindingSeverity",
+    "KvCacheDtype",
+    "Quantization",
+    "Role",
+    "WindowName",
+    "kv_cache_dtype_bytes",
+]
+
+# The weight formats the catalog lists, the memory model sizes and a profile may name; vLLM's
+# `--quantization` value is derived from it (appliance/runtime/specs.py), never typed by hand.
+Quantization: TypeAlias = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"]
+
+# vLLM's `--kv-cache-dtype` values the appliance passes through (vllm/config/cache.py
+# CacheDType); "auto" keeps the model's dtype, every fp8 variant stores one byte per element.
+KvCacheDtype: TypeAlias = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+
+def kv_cache_dtype_bytes(kv_cache_dtype: KvCacheDtype, model_dtype_bytes: int = 2) -> int:
+    """Bytes per cached K or V element: the model's own width for "auto", one for fp8."""
+    return model_dtype_bytes if kv_cache_dtype == "auto" else 1
+
+
+# Where an engine runs: on the box's GPUs or on its CPUs (a trial box, an embedding sidecar).
+Device: TypeAlias = Literal["gpu", "cpu"]
+DEVICES: Final = get_args(Device)
+
+# A container's job on the box; the engines are the roles that serve a model.
+Role: TypeAlias = Literal["vllm", "tei", "gateway"]
+EngineRole: TypeAlias = Literal["vllm", "tei"]
+
+# How sure a finding is that something will go wrong: errors stop a deployment, warnings explain
+# a trade-off, info only informs.
+FindingSeverity: TypeAlias = Literal["error", "warning", "info"]
+
+# The cost report's windows, in the order a face cycles through them.
+WindowName: TypeAlias = Literal["hour", "day", "7d"]
+COST_WINDOWS: Final[tuple[WindowName, ...]] = get_args(WindowName)
+
+
+class FallbackMode(enum.StrEnum):
+    """The operator's switch: `off` (local only), `auto` (overflow), `always` (remote only)."""
+
+    OFF = "off"
+    AUTO = "auto"
+    ALWAYS = "always"
+
+    @classmethod
+    def parse(cls, value: str) -> FallbackMode:
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            choices = " | ".join(mode.value for mode in cls)
+            raise BadInputError(
+                f"unknown fallback mode {value!r}", hint=f"use one of: {choices}"
+            ) from None
+
+
+# In the order a face cycles through them.
+FALLBACK_MODES: Final[tuple[FallbackMode, ...]] = tuple(FallbackMode)
+
+# The profile schema's defaults; every face and operation takes these unless told otherwise.
+DEFAULT_MODELS_DIR: Final = Path("/var/lib/llm-appliance/models")
+DEFAULT_STATE_DIR: Final = Path("/var/lib/llm-appliance/state")
