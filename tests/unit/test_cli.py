@@ -121,7 +121,7 @@ def test_an_unexpected_error_is_one_line_and_a_logged_trace(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    monkeypatch.setattr(cli, "_cmd_detect", _explode)
+    monkeypatch.setattr("appliance.cli.box._cmd_detect", _explode)
     assert cli.run(["detect"]) == ExitCode.FAILED
     err = capsys.readouterr().err
     assert "unexpected RuntimeError: boom" in err
@@ -134,7 +134,7 @@ def test_an_unexpected_error_is_one_line_and_a_logged_trace(
 def test_debug_shows_the_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "_cmd_detect", _explode)
+    monkeypatch.setattr("appliance.cli.box._cmd_detect", _explode)
     assert cli.run(["--debug", "detect"]) == ExitCode.FAILED
     assert "Traceback" in capsys.readouterr().err
 
@@ -247,3 +247,36 @@ def test_estimate_refuses_a_max_model_len_above_the_models_limit() -> None:
     assert "65536" in result.stderr
     assert "32768" in result.stderr
     assert_no_traceback(result)
+
+
+def test_every_command_is_registered_by_the_group_the_table_names() -> None:
+    # `appliance --help` lists the table without importing the groups; the table must not lie.
+    import argparse
+
+    from appliance.cli.base import COMMANDS
+
+    for name, command in COMMANDS.items():
+        parser = cli.build_parser(name)
+        choices = next(
+            action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+        )
+        assert name in choices.choices, f"{command.group} does not register {name}"
+    full = cli.build_parser()
+    registered = next(
+        action for action in full._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    assert list(registered.choices) == list(COMMANDS)  # same commands, same order as --help
+    listed = {pseudo.dest: pseudo.help for pseudo in registered._choices_actions}
+    assert listed == {name: command.summary for name, command in COMMANDS.items()}
+
+
+def test_top_level_help_lists_every_command_with_its_summary() -> None:
+    from appliance.cli.base import COMMANDS
+
+    result = appliance("--help")
+    for name, command in COMMANDS.items():
+        assert f"  {name} " in result.stdout and command.summary in result.stdout
+    assert appliance().returncode == ExitCode.BAD_INPUT
+    unknown = appliance("nope")
+    assert unknown.returncode == ExitCode.BAD_INPUT
+    assert "invalid choice: 'nope'" in unknown.stderr

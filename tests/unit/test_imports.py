@@ -34,6 +34,21 @@ def test_importing_the_cli_loads_no_vendor_sdk() -> None:
     assert _heavy(_modules_after("import appliance.cli")) == []
 
 
+def test_help_imports_no_command_group() -> None:
+    # `appliance --help` reads the command table; the groups load only for their own commands.
+    loaded = _modules_after(
+        "import sys; sys.argv = ['appliance', '--help']\n"
+        "        import appliance.cli as c\n"
+        "        try:\n"
+        "            c.run()\n"
+        "        except SystemExit:\n"
+        "            pass"
+    )
+    groups = sorted(m for m in loaded if m.startswith("appliance.cli.") and m != "appliance.cli.base")
+    assert groups == []
+    assert "typing" not in loaded and "pathlib" not in loaded
+
+
 def test_building_the_parser_loads_no_vendor_sdk() -> None:
     loaded = _modules_after("import appliance.cli as c; c.build_parser()")
     assert _heavy(loaded) == []

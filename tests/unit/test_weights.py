@@ -634,7 +634,7 @@ def test_an_import_that_fails_at_its_last_step_is_never_listed(
 
 
 def test_an_unreadable_file_or_directory_is_raised_not_skipped(tmp_path: Path) -> None:
-    """The CLI turns the OSError into one line (`cli._import_error`); nothing is skipped
+    """The CLI turns the OSError into one line (`cli.weights._import_error`); nothing is skipped
     silently and nothing is left behind."""
     import errno
     import os
