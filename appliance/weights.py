@@ -667,7 +667,7 @@ def remove_weights(
 
     Refused while a profile in `in_use` (the deployed ones) needs the repo, or while a container
     in `mounted_by` — (container name, host path) of the running engines' mounts, from
-    `runtime.apply.weights_mounts` — mounts a directory of it (or one holding it).
+    `runtime.containers.weights_mounts` — mounts a directory of it (or one holding it).
     """
     repo_dir = _repo_dir(models_dir, repo)
     users = sorted({p.metadata.name for p in in_use for r in profile_weights(p) if r.repo == repo})

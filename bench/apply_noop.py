@@ -23,8 +23,9 @@ from pathlib import Path
 
 from appliance.hardware import detect_box
 from appliance.profile import parse_profile
-from appliance.runtime.apply import apply_profile, down
+from appliance.runtime.apply import apply_profile
 from appliance.runtime.compose import compose_document, compose_text
+from appliance.runtime.containers import down
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.specs import SpecOptions, weights_path
 from tests.doubles import build_engine_doubles, free_port

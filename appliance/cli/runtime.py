@@ -104,7 +104,7 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_down(args: argparse.Namespace) -> ExitCode:
-    from appliance.runtime.apply import down
+    from appliance.runtime.containers import down
     from appliance.runtime.docker import DockerEngine
 
     profile = None
@@ -134,7 +134,7 @@ def _cmd_down(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_logs(args: argparse.Namespace) -> ExitCode:
-    from appliance.runtime.apply import follow_service_logs, service_logs
+    from appliance.runtime.containers import follow_service_logs, service_logs
     from appliance.runtime.docker import DockerEngine
 
     engine = DockerEngine()
@@ -170,7 +170,7 @@ def _cmd_compose(args: argparse.Namespace) -> ExitCode:
 
 def container_status(args: argparse.Namespace) -> ExitCode:
     """`appliance status` without a profile: the managed containers, found by their labels."""
-    from appliance.runtime.apply import status
+    from appliance.runtime.containers import status
     from appliance.runtime.docker import DockerEngine
 
     engine = DockerEngine()

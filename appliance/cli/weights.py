@@ -116,7 +116,7 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
 def _running_mounts() -> tuple[tuple[str, str], ...]:
     """What the running engines mount, so `weights rm` spares it; () when Docker is not up."""
     from appliance.errors import EnvironmentNotReadyError
-    from appliance.runtime.apply import weights_mounts
+    from appliance.runtime.containers import weights_mounts
     from appliance.runtime.docker import DockerEngine
 
     try:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import re
 import signal
 import socket
 import threading
@@ -43,22 +41,20 @@ from appliance.catalog import Catalog, load_catalog
 from appliance.clock import BlockingClock
 from appliance.errors import (
     ApplianceError,
-    BadInputError,
     EnvironmentNotReadyError,
     OperationFailedError,
     RefusedError,
 )
 from appliance.hardware.box import Box
 from appliance.profile import Profile
-from appliance.runtime.docker import DockerEngine, PullProgress
-from appliance.runtime.health import HealthOutcome, http_ok, wait_until_healthy
+from appliance.runtime.diagnosis import Diagnosis, diagnose
+from appliance.runtime.engine import ContainerEngine, PullProgress
+from appliance.runtime.health import http_ok, wait_until_healthy
 from appliance.runtime.lock import (
-    LOCK_DIR,
     apply_lock,
     engine_lock_path,
-    shared_lock_dir_usable,
 )
-from appliance.runtime.model import ContainerSpec, ObservedContainer
+from appliance.runtime.model import SET_ASIDE_MARK, ContainerSpec, ObservedContainer
 from appliance.runtime.plan import Action, Plan, make_plan
 from appliance.runtime.specs import SpecOptions, container_specs
 
@@ -68,18 +64,10 @@ __all__ = [
     "ApplyFailedError",
     "ApplyInterrupted",
     "ApplyResult",
-    "Diagnosis",
-    "ServiceStatus",
     "apply_profile",
-    "diagnose",
-    "down",
-    "follow_service_logs",
     "plan_profile",
     "port_in_use",
     "resolved_weights",
-    "service_logs",
-    "status",
-    "weights_mounts",
 ]
 
 # How long an engine may take to turn healthy: vLLM loading 70B from disk and capturing CUDA
@@ -197,116 +185,6 @@ class ApplyResult:
 # ------------------------------------------------------------------------------------ diagnosis
 
 
-@dataclass(frozen=True)
-class Diagnosis:
-    """What went wrong, in an operator's words, and what to change."""
-
-    cause: str
-    hint: str
-    suggested_max_model_len: int | None = None
-
-
-_KV_NEW = re.compile(
-    r"max seq len \((?P<len>\d+)\).*?larger than the available KV cache memory"
-    r"(?:.*?estimated maximum model length is (?P<fit>\d+))?",
-    re.S,
-)
-_KV_OLD = re.compile(
-    r"max seq len \((?P<len>\d+)\) is larger than the maximum number of tokens that can be "
-    r"stored in KV cache \((?P<fit>\d+)\)"
-)
-_PATTERNS: Final[tuple[tuple[re.Pattern[str], Diagnosis], ...]] = (
-    (
-        re.compile(
-            r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError|CUDA error: out of memory"
-        ),
-        Diagnosis(
-            "the GPU ran out of memory (CUDA out of memory)",
-            "lower spec.engine.gpu_memory_utilization, max_num_seqs or max_model_len, pick a "
-            "smaller quantization, or check with nvidia-smi that nothing else holds GPU memory",
-        ),
-    ),
-    (
-        re.compile(r"No available memory for the cache blocks"),
-        Diagnosis(
-            "nothing is left for the KV cache after the weights",
-            "raise spec.engine.gpu_memory_utilization, or pick a smaller quantization or model",
-        ),
-    ),
-    (
-        re.compile(r"Free memory on device .* is less than desired GPU memory utilization"),
-        Diagnosis(
-            "another process already holds part of the GPU's memory",
-            "stop what else runs on the GPU (nvidia-smi lists it), or lower "
-            "spec.engine.gpu_memory_utilization",
-        ),
-    ),
-    (
-        re.compile(
-            r"quantization method .* is not supported for the current GPU|"
-            r"Minimum capability: \d+\. *Current capability: \d+|"
-            r"not supported for the current GPU|does not support .*quantization",
-            re.I,
-        ),
-        Diagnosis(
-            "this GPU does not support the checkpoint's quantization",
-            "pick another variant of the model (AWQ/GPTQ Marlin kernels need compute capability "
-            "8.0+, FP8 needs 8.9+); `appliance recommend` lists the ones that fit this box",
-        ),
-    ),
-    (
-        re.compile(r"GatedRepoError|Access to model .* is restricted|gated repo", re.I),
-        Diagnosis(
-            "the model is gated on Hugging Face and its weights are not on this box",
-            "accept the licence on the model's Hub page, set HF_TOKEN, and download the weights "
-            "again (engines run offline and never use a token themselves)",
-        ),
-    ),
-    (
-        re.compile(
-            r"does not appear to have a file named config\.json|"
-            r"Can't load the configuration|LocalEntryNotFoundError|"
-            r"Cannot find the requested files in the local cache|"
-            r"No such file or directory: '/models|Invalid repository ID or local directory",
-            re.I,
-        ),
-        Diagnosis(
-            "the model's weights are missing or incomplete in the models directory",
-            "download them again (weights are mounted read-only from spec.storage.models_dir)",
-        ),
-    ),
-)
-
-
-def diagnose(log_text: str, outcome: HealthOutcome | None = None) -> Diagnosis | None:
-    """The common reasons vLLM and TEI refuse to start, recognised in their log."""
-    for pattern in (_KV_NEW, _KV_OLD):
-        match = pattern.search(log_text)
-        if match:
-            fit = match.group("fit")
-            suggested = int(fit) if fit else None
-            hint = (
-                f"set spec.engine.max_model_len: {suggested} (the longest context vLLM says fits), "
-                "or raise gpu_memory_utilization / use kv_cache_dtype: fp8"
-                if suggested
-                else "lower spec.engine.max_model_len, or raise gpu_memory_utilization"
-            )
-            return Diagnosis(
-                f"max_model_len {match.group('len')} does not fit in the KV cache left on the GPU",
-                hint,
-                suggested,
-            )
-    for pattern, diagnosis in _PATTERNS:
-        if pattern.search(log_text):
-            return diagnosis
-    if outcome is not None and outcome.container is not None and outcome.container.oom_killed:
-        return Diagnosis(
-            "the kernel killed the engine: the host ran out of RAM",
-            "free host memory, or lower max_num_seqs (vLLM's CPU swap space also takes RAM)",
-        )
-    return None
-
-
 class ApplyFailedError(OperationFailedError):
     """An engine did not come up; the box was restored to what ran before."""
 
@@ -359,7 +237,7 @@ def _preflight(
     plan: Plan,
     profile: Profile,
     box: Box,
-    engine: DockerEngine,
+    engine: ContainerEngine,
     *,
     options: SpecOptions | None,
     ports_busy: Callable[[int], bool],
@@ -471,21 +349,20 @@ class _Journal:
     created: list[str] = field(default_factory=list)
 
 
-_ASIDE: Final = "-previous-"
 _NOT_RUNNING: Final = "-stopped"
 
 
 def _base_name(name: str) -> str:
-    return name.split(_ASIDE, maxsplit=1)[0]
+    return name.split(SET_ASIDE_MARK, maxsplit=1)[0]
 
 
 def _aside_name(container: ObservedContainer) -> str:
     """`<name>-previous-<id>`: the last good one; `…-stopped` when it was not running."""
     suffix = "" if container.state == "running" else _NOT_RUNNING
-    return f"{_base_name(container.name)}{_ASIDE}{container.id[:12]}{suffix}"
+    return f"{_base_name(container.name)}{SET_ASIDE_MARK}{container.id[:12]}{suffix}"
 
 
-def _set_aside(engine: DockerEngine, container: ObservedContainer, journal: _Journal) -> None:
+def _set_aside(engine: ContainerEngine, container: ObservedContainer, journal: _Journal) -> None:
     aside = _aside_name(container)
     if container.name != aside:
         engine.rename(container.id, aside)
@@ -494,7 +371,7 @@ def _set_aside(engine: DockerEngine, container: ObservedContainer, journal: _Jou
 
 
 def _start_new(
-    engine: DockerEngine,
+    engine: ContainerEngine,
     spec: ContainerSpec,
     journal: _Journal,
     *,
@@ -539,7 +416,7 @@ def _start_new(
 
 
 def _rollback(
-    engine: DockerEngine,
+    engine: ContainerEngine,
     journal: _Journal,
     *,
     clock: BlockingClock | None,
@@ -562,7 +439,7 @@ def _rollback(
             if container.state != "running":
                 continue
             engine.start(container.id)
-            url = _health_url(container)
+            url = container.health_url
             outcome = wait_until_healthy(
                 engine,
                 container.id,
@@ -578,19 +455,9 @@ def _rollback(
     return problems
 
 
-def _health_url(container: ObservedContainer) -> str | None:
-    if container.spec_json is None:
-        return None
-    try:
-        url = json.loads(container.spec_json).get("health_url")
-    except (ValueError, AttributeError):
-        return None
-    return url if isinstance(url, str) else None
-
-
 def _execute(
     plan: Plan,
-    engine: DockerEngine,
+    engine: ContainerEngine,
     *,
     deadlines: dict[str, float],
     clock: BlockingClock | None,
@@ -662,7 +529,7 @@ def resolved_weights(path: Path) -> Path:
 def plan_profile(
     profile: Profile,
     box: Box,
-    engine: DockerEngine | None,
+    engine: ContainerEngine | None,
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
@@ -690,7 +557,7 @@ def _desired(
 def apply_profile(
     profile: Profile,
     box: Box,
-    engine: DockerEngine,
+    engine: ContainerEngine,
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
@@ -747,12 +614,12 @@ def apply_profile(
 def _answers_healthy(container: ObservedContainer, probe: Callable[[str], bool]) -> bool:
     if container.state != "running":
         return False
-    url = _health_url(container)
+    url = container.health_url
     return probe(url) if url is not None else container.health == "healthy"
 
 
 def _recover_set_aside(
-    engine: DockerEngine,
+    engine: ContainerEngine,
     *,
     deadlines: dict[str, float],
     clock: BlockingClock | None,
@@ -767,7 +634,7 @@ def _recover_set_aside(
     started again when it was running. The plan then starts from what ran before the
     interrupted apply, as a rollback would have left it.
     """
-    for aside in [c for c in engine.managed_containers() if _ASIDE in c.name]:
+    for aside in [c for c in engine.managed_containers() if c.set_aside]:
         base = _base_name(aside.name)
         current = next((c for c in engine.managed_containers() if c.name == base), None)
         if current is not None and _answers_healthy(current, probe):
@@ -790,122 +657,10 @@ def _recover_set_aside(
         outcome = wait_until_healthy(
             engine,
             aside.id,
-            _health_url(aside),
+            aside.health_url,
             deadline_s=deadlines.get(aside.role, 600.0),
             clock=clock,
             probe=probe,
         )
         if not outcome.healthy:
             progress(ApplyEvent("recover", f"{base} did not turn healthy: {outcome.reason}"))
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    role: str
-    name: str
-    container_id: str
-    profile: str
-    image: str
-    state: str
-    docker_health: str | None  # Docker's healthcheck, where the image has one
-    ready: bool | None  # the health URL answered 200; None when not probed
-    exit_code: int | None
-    restart_count: int
-    started_at: str | None
-    host_ports: dict[int, int]
-    health_url: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def status(
-    engine: DockerEngine, *, probe: Callable[[str], bool] | None = http_ok
-) -> tuple[ServiceStatus, ...]:
-    """`appliance status`: every managed container, from its labels, and whether it answers."""
-    result = []
-    for container in engine.managed_containers():
-        url = _health_url(container)
-        ready = None
-        if probe is not None and url is not None and container.state == "running":
-            ready = probe(url)
-        result.append(
-            ServiceStatus(
-                role=container.role,
-                name=container.name,
-                container_id=container.id,
-                profile=container.profile,
-                image=container.image,
-                state=container.state,
-                docker_health=container.health,
-                ready=ready,
-                exit_code=container.exit_code,
-                restart_count=container.restart_count,
-                started_at=container.started_at,
-                host_ports=dict(container.host_ports),
-                health_url=url,
-            )
-        )
-    return tuple(result)
-
-
-def weights_mounts(engine: DockerEngine) -> tuple[tuple[str, str], ...]:
-    """(container name, host path) of every mount of the managed containers that run, restart
-    or are paused: what `weights.remove_weights` must not delete."""
-    return tuple(
-        (container.name, source)
-        for container in engine.managed_containers()
-        if container.state in ("running", "restarting", "paused")
-        for source in container.mounts
-    )
-
-
-def down(
-    engine: DockerEngine,
-    *,
-    state_dir: Path | None = None,
-    lock_file: Path | None = None,
-    progress: Progress | None = None,
-) -> tuple[ObservedContainer, ...]:
-    """`appliance down`: stop and remove every container the appliance manages, nothing else.
-
-    Takes the engine's apply lock (`lock_file` when given), so `down` never races an apply;
-    `state_dir` is where the lock goes when the shared lock directory cannot be written (without
-    it, and without that directory, `down` runs unlocked). Weights are left alone
-    (`--purge-weights` belongs to the weights module).
-    """
-    report = progress or _quiet
-    path = lock_file
-    if path is None and (state_dir is not None or shared_lock_dir_usable()):
-        path = engine_lock_path(engine.endpoint, state_dir or LOCK_DIR)
-    locked = apply_lock(path, "appliance down", endpoint=engine.endpoint) if path else None
-    with locked or contextlib.nullcontext():
-        removed = tuple(engine.managed_containers())
-        for container in removed:
-            report(ApplyEvent("remove", f"removing {container.name}", container.role))
-            engine.stop(container.id)
-            engine.remove(container.id)
-        return removed
-
-
-def _service(engine: DockerEngine, role: str) -> ObservedContainer:
-    candidates = [c for c in engine.managed_containers() if c.role == role]
-    live = [c for c in candidates if _ASIDE not in c.name]
-    if not (live or candidates):
-        raise BadInputError(
-            f"no {role} container is managed on this box",
-            hint="`appliance status` lists the services; `appliance apply PROFILE` starts them",
-        )
-    return (live or candidates)[0]
-
-
-def service_logs(engine: DockerEngine, role: str, *, tail: int = 100) -> str:
-    """`appliance logs SERVICE --tail N`."""
-    return engine.logs(_service(engine, role).id, tail=tail)
-
-
-def follow_service_logs(
-    engine: DockerEngine, role: str, stop: threading.Event, *, tail: int = 100
-) -> Iterator[str]:
-    """`appliance logs SERVICE --follow`: lines until `stop` is set or the container goes."""
-    return engine.follow_logs(_service(engine, role).id, stop, tail=tail)

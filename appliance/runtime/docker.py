@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import docker  # noqa: TID251 - this module is the runtime's Docker boundary
@@ -18,6 +17,7 @@ import docker.types  # noqa: TID251
 import requests.exceptions
 
 from appliance.errors import ApplianceError, EnvironmentNotReadyError, OperationFailedError
+from appliance.runtime.engine import PullProgress
 from appliance.runtime.lock import engine_endpoint
 from appliance.runtime.model import (
     LABEL_MANAGED_BY,
@@ -32,16 +32,6 @@ from appliance.runtime.model import (
 )
 
 _NS = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    """One step of an image pull, summed over layers."""
-
-    image: str
-    status: str
-    downloaded_bytes: int
-    total_bytes: int | None
 
 
 # What a call to the engine can raise: its refusal, or the connection lost under it.

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance import __version__
 from appliance.vocabulary import Role
+
+# An apply renames each container it replaces to `<name>-previous-<id>` until the new one is
+# healthy; the mark in the name is all a later run has to find it by (labels cannot change).
+SET_ASIDE_MARK: Final = "-previous-"
 
 LABEL_PREFIX = "io.llm-appliance."
 LABEL_MANAGED_BY = f"{LABEL_PREFIX}managed-by"
@@ -115,3 +119,19 @@ class ObservedContainer(_Frozen):
     host_ports: dict[int, int] = Field(default_factory=dict)  # container port -> host port
     spec_json: str | None = None  # the LABEL_SPEC label: the spec it was created from
     mounts: tuple[str, ...] = ()  # host paths it mounts (the weights' directories)
+
+    @property
+    def health_url(self) -> str | None:
+        """The health URL of the spec it was created from (None for a spec without one)."""
+        if self.spec_json is None:
+            return None
+        try:
+            url = json.loads(self.spec_json).get("health_url")
+        except (ValueError, AttributeError):
+            return None
+        return url if isinstance(url, str) else None
+
+    @property
+    def set_aside(self) -> bool:
+        """Renamed out of the way by an apply that has not finished (see runtime.apply)."""
+        return SET_ASIDE_MARK in self.name

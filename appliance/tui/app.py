@@ -28,6 +28,7 @@ from appliance.tui.messages import (
     MonitorStopped,
     ProfileChosen,
 )
+from appliance.tui.screens.base import AppState
 from appliance.tui.screens.box import BoxScreen
 from appliance.tui.screens.deploy import DeployScreen
 from appliance.tui.screens.help import HelpScreen
@@ -126,6 +127,11 @@ class ApplianceApp(App[None]):
             self.monitor_state = "not deployed"
         if self.services.fallback is not None:
             self.read_fallback()
+
+    @property
+    def state(self) -> AppState:
+        """The app as its screens see it (a static check that it offers what they use)."""
+        return self
 
     def restart_simulated(self, name: str) -> None:
         """Swap to a simulated box (`--simulate NAME`) without leaving the app."""

@@ -172,7 +172,7 @@ class DockerLogs:
         return tuple(dict.fromkeys(c.role for c in engine.managed_containers()))
 
     def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
-        from appliance.runtime.apply import follow_service_logs
+        from appliance.runtime.containers import follow_service_logs
         from appliance.runtime.docker import DockerEngine
 
         engine = self._engine()

@@ -26,15 +26,8 @@ from appliance.errors import (
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import (
-    ApplyEvent,
-    ApplyFailedError,
-    apply_profile,
-    down,
-    plan_profile,
-    service_logs,
-    status,
-)
+from appliance.runtime.apply import ApplyEvent, ApplyFailedError, apply_profile, plan_profile
+from appliance.runtime.containers import down, service_logs, status
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.lock import apply_lock, engine_lock_path
 from appliance.runtime.model import ObservedContainer

@@ -17,7 +17,8 @@ import pytest
 
 from appliance.hardware import detect_box
 from appliance.profile import parse_profile
-from appliance.runtime.apply import apply_profile, down, plan_profile, status
+from appliance.runtime.apply import apply_profile, plan_profile
+from appliance.runtime.containers import down, status
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.specs import SpecOptions, weights_path
 from tests.doubles import EngineDoubleImages, build_engine_doubles, free_port

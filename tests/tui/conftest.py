@@ -28,8 +28,9 @@ MONITOR_TICKS = 40
 
 def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
     """A deployer that reports like the real one (bytes, image pull, steps) and finishes at once."""
-    from appliance.runtime.apply import ApplyEvent, ApplyFailedError, ApplyResult, Diagnosis
-    from appliance.runtime.docker import PullProgress
+    from appliance.runtime.apply import ApplyEvent, ApplyFailedError, ApplyResult
+    from appliance.runtime.diagnosis import Diagnosis
+    from appliance.runtime.engine import PullProgress
     from appliance.weights import DownloadProgress
 
     def deploy(profile, box, report, cancel, confirm, *, source=None):  # type: ignore[no-untyped-def]

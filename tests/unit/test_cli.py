@@ -275,7 +275,8 @@ def test_top_level_help_lists_every_command_with_its_summary() -> None:
 
     result = appliance("--help")
     for name, command in COMMANDS.items():
-        assert f"  {name} " in result.stdout and command.summary in result.stdout
+        assert f"  {name} " in result.stdout
+        assert command.summary in result.stdout
     assert appliance().returncode == ExitCode.BAD_INPUT
     unknown = appliance("nope")
     assert unknown.returncode == ExitCode.BAD_INPUT

@@ -44,9 +44,12 @@ def test_help_imports_no_command_group() -> None:
         "        except SystemExit:\n"
         "            pass"
     )
-    groups = sorted(m for m in loaded if m.startswith("appliance.cli.") and m != "appliance.cli.base")
+    groups = sorted(
+        m for m in loaded if m.startswith("appliance.cli.") and m != "appliance.cli.base"
+    )
     assert groups == []
-    assert "typing" not in loaded and "pathlib" not in loaded
+    assert "typing" not in loaded
+    assert "pathlib" not in loaded
 
 
 def test_building_the_parser_loads_no_vendor_sdk() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.runtime.apply import diagnose
+from appliance.runtime.diagnosis import diagnose
 
 # vLLM 0.32's own message (vllm/v1/core/kv_cache_utils.py), as it logs it.
 KV_0_32 = (

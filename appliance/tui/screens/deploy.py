@@ -187,8 +187,8 @@ class DeployScreen(ApplianceScreen):
                 "lines, and the previous containers put back"
             )
         )
-        self.watch(self.appliance, "chosen", self._chosen_changed)
-        self.watch(self.appliance, "box", self._box_changed)
+        self.watch(self.app, "chosen", self._chosen_changed)
+        self.watch(self.app, "box", self._box_changed)
 
     def _box_changed(self, box: Box | None) -> None:
         self._chosen_changed(self.appliance.chosen)

@@ -113,10 +113,9 @@ class MonitorScreen(ApplianceScreen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        app = self.appliance
-        self.watch(app, "snapshot", self._redraw)
-        self.watch(app, "monitor_state", self._redraw_state)
-        self.watch(app, "fallback_mode", self._redraw_fallback)
+        self.watch(self.app, "snapshot", self._redraw)
+        self.watch(self.app, "monitor_state", self._redraw_state)
+        self.watch(self.app, "fallback_mode", self._redraw_fallback)
 
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.width >= WIDE, "-wide")

@@ -233,7 +233,7 @@ class RecommendScreen(ApplianceScreen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.watch(self.appliance, "box", self._box_changed)
+        self.watch(self.app, "box", self._box_changed)
 
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.width < NARROW, "-narrow")
