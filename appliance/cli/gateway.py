@@ -20,8 +20,8 @@ from appliance.vocabulary import FALLBACK_MODES
 
 def _gateway_config(args: argparse.Namespace) -> Any:
     """The gateway's configuration from `--profile` (or $LLM_APPLIANCE_PROFILE)."""
-    from appliance.applied import applied_profile_path
     from appliance.gateway.config import GatewayConfig
+    from appliance.operations.applied import applied_profile_path
     from appliance.profile import load_profile
 
     path = applied_profile_path(args.profile)
@@ -74,7 +74,7 @@ def _gateway_monitor(profile: Any, local_engines: bool) -> tuple[Any, Any]:
     from appliance.errors import EnvironmentNotReadyError
     from appliance.gateway.recording import monitor_and_record
     from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
-    from appliance.monitor.status import profile_samplers
+    from appliance.operations.status import profile_samplers
     from appliance.usage_store import GatewayCounters, UsageRecorder, UsageStore
 
     monitor = Monitor(profile_samplers(profile), config=MonitorConfig.from_profile(profile))

@@ -19,7 +19,7 @@ from appliance.errors import BadInputError, ExitCode
 def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The samplers, monitor config and clock for `status`: simulated, or a profile's services."""
     from appliance.monitor.monitor import MonitorConfig
-    from appliance.monitor.status import profile_samplers, simulated
+    from appliance.operations.status import profile_samplers, simulated
 
     if args.simulate:
         from appliance.hardware.simulate import catalog_name
@@ -44,7 +44,7 @@ def _monitor_samplers(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _runtime_source(profile_name: str) -> Any:
     """Container states and restart counts from the Docker engine, as the TUI's Monitor gets
     them (a tick where the engine does not answer shows none)."""
-    from appliance.monitor.status import DockerRuntime
+    from appliance.operations.status import DockerRuntime
 
     return DockerRuntime(profile_name)
 
@@ -60,7 +60,7 @@ def _cmd_status(args: argparse.Namespace) -> ExitCode:
 
         return container_status(args)
     from appliance.monitor.render import render_status
-    from appliance.monitor.status import check_status, sample_status, watch_status
+    from appliance.operations.status import check_status, sample_status, watch_status
 
     samplers, config, clock = _monitor_samplers(args)
     if args.watch and not sys.stdout.isatty():
@@ -101,7 +101,7 @@ def _frame_printer(as_json: bool) -> Callable[[Any, Any], None]:
 
 def _cmd_scrape(args: argparse.Namespace) -> ExitCode:
     from appliance.monitor.monitor import MonitorConfig
-    from appliance.monitor.status import url_samplers, watch_status
+    from appliance.operations.status import url_samplers, watch_status
 
     watch_status(
         url_samplers(args.urls),

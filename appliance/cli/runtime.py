@@ -28,35 +28,23 @@ def _box_for(args: argparse.Namespace, profile: Any) -> Any:
 
 
 def _cmd_plan(args: argparse.Namespace) -> ExitCode:
-    from appliance.errors import EnvironmentNotReadyError
+    from appliance.operations.plan import plan
     from appliance.profile import load_profile
-    from appliance.runtime.apply import plan_profile
-    from appliance.runtime.docker import DockerEngine
 
     profile = load_profile(args.profile)
-    box = _box_for(args, profile)
-    try:
-        engine: DockerEngine | None = DockerEngine()
-    except EnvironmentNotReadyError as error:
-        if not args.simulate:
-            raise
-        # A simulated box is usually planned on a laptop with no engine: plan from nothing.
-        print(f"note: {error.message}; planning against an empty box", file=sys.stderr)
-        engine = None
-    try:
-        plan = plan_profile(profile, box, engine)  # refuses (exit 4) what vLLM would refuse
-    finally:
-        if engine is not None:
-            engine.close()
-    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.render())
+    # Refuses (exit 4) what vLLM would refuse on the box, with the nearest settings that fit.
+    planned = plan(profile, _box_for(args, profile), simulated=bool(args.simulate))
+    if planned.note is not None:
+        print(f"note: {planned.note}", file=sys.stderr)
+    text = planned.plan.render()
+    print(json.dumps(planned.plan.to_json(), indent=2) if args.json else text)
     return ExitCode.OK
 
 
 def _cmd_apply(args: argparse.Namespace) -> ExitCode:
-    from appliance.deploy import deploy_profile
+    from appliance.operations.deploy import deploy
     from appliance.profile import load_profile
     from appliance.runtime.apply import ApplyEvent
-    from appliance.runtime.docker import DockerEngine
     from appliance.runtime.plan import Plan
 
     profile = load_profile(args.profile)
@@ -79,20 +67,15 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
         answer = input("Apply these changes? [y/N] ")
         return answer.strip().lower() in ("y", "yes")
 
-    engine = DockerEngine()
-    try:
-        with progress:
-            result = deploy_profile(
-                profile,
-                box,
-                engine,
-                source=args.profile,
-                confirm=confirm,
-                progress=show,
-                weights_progress=progress,
-            )
-    finally:
-        engine.close()
+    with progress:
+        result = deploy(
+            profile,
+            box,
+            source=args.profile,
+            confirm=confirm,
+            progress=show,
+            weights_progress=progress,
+        )
     gateway = result.gateway_line()
     if gateway is not None and (result.gateway is None or result.gateway.changed):
         print(gateway, file=sys.stderr)
@@ -104,8 +87,7 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_down(args: argparse.Namespace) -> ExitCode:
-    from appliance.runtime.containers import down
-    from appliance.runtime.docker import DockerEngine
+    from appliance.operations.containers import take_down
 
     profile = None
     if args.purge_weights:
@@ -117,11 +99,7 @@ def _cmd_down(args: argparse.Namespace) -> ExitCode:
         from appliance.profile import load_profile
 
         profile = load_profile(args.profile)
-    engine = DockerEngine()
-    try:
-        removed = down(engine, progress=None)
-    finally:
-        engine.close()
+    removed = take_down()
     for container in removed:
         print(f"removed {container.name} ({container.role})")
     if profile is not None:
@@ -134,22 +112,20 @@ def _cmd_down(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_logs(args: argparse.Namespace) -> ExitCode:
-    from appliance.runtime.containers import follow_service_logs, service_logs
-    from appliance.runtime.docker import DockerEngine
+    from appliance.operations.containers import follow_service_logs, service_logs
 
-    engine = DockerEngine()
+    if not args.follow:
+        sys.stdout.write(service_logs(args.service, tail=args.tail))
+        return ExitCode.OK
+    stop = threading.Event()
+    lines = follow_service_logs(args.service, stop, tail=args.tail)
     try:
-        if not args.follow:
-            sys.stdout.write(service_logs(engine, args.service, tail=args.tail))
-            return ExitCode.OK
-        stop = threading.Event()
-        try:
-            for line in follow_service_logs(engine, args.service, stop, tail=args.tail):
-                print(line, flush=True)
-        except KeyboardInterrupt:
-            stop.set()
+        for line in lines:
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        stop.set()
     finally:
-        engine.close()
+        lines.close()  # closes the engine
     return ExitCode.OK
 
 
@@ -170,14 +146,9 @@ def _cmd_compose(args: argparse.Namespace) -> ExitCode:
 
 def container_status(args: argparse.Namespace) -> ExitCode:
     """`appliance status` without a profile: the managed containers, found by their labels."""
-    from appliance.runtime.containers import status
-    from appliance.runtime.docker import DockerEngine
+    from appliance.operations.containers import service_status
 
-    engine = DockerEngine()
-    try:
-        services = status(engine)
-    finally:
-        engine.close()
+    services = service_status()
     if args.json:
         print(json.dumps([service.to_json() for service in services], indent=2))
         return ExitCode.OK

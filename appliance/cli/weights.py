@@ -116,18 +116,13 @@ def _cmd_weights(args: argparse.Namespace) -> ExitCode:
 def _running_mounts() -> tuple[tuple[str, str], ...]:
     """What the running engines mount, so `weights rm` spares it; () when Docker is not up."""
     from appliance.errors import EnvironmentNotReadyError
-    from appliance.runtime.containers import weights_mounts
-    from appliance.runtime.docker import DockerEngine
+    from appliance.operations.containers import mounted_weights
 
     try:
-        engine = DockerEngine()
+        return mounted_weights()
     except EnvironmentNotReadyError as error:
         print(f"note: {error.message}; not checking what containers mount", file=sys.stderr)
         return ()
-    try:
-        return weights_mounts(engine)
-    finally:
-        engine.close()
 
 
 def _add_weights(commands: Commands) -> None:

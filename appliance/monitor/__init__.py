@@ -12,7 +12,7 @@ Modules, from the pure core out (the pure ones import no IO library):
               the container runtime
 - `simulated` samplers for `--simulate`
 - `monitor`   the 1 Hz loop (`Monitor`) and the gateway's view of it (`EngineLoadSignal`)
-- `status`    blocking functions the CLI calls (`sample_status`, `watch_status`, `check_status`)
 
-Nothing is re-exported here, so importing one pure module never drags in httpx.
+The blocking functions both faces call live in `appliance.operations.status`. Nothing is
+re-exported here, so importing one pure module never drags in httpx.
 """

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def services_for(args: argparse.Namespace) -> Services:
     """What the app works on: a simulated box, or this machine and the profile applied here
     (`--profile`, else the one `appliance apply` keeps: the app then opens on its Monitor)."""
-    from appliance.applied import applied_profile_path
+    from appliance.operations.applied import applied_profile_path
     from appliance.tui.services import live_services, simulated_services
 
     if args.simulate:  # the profile to simulate, if any: nothing of this machine is read

@@ -28,6 +28,7 @@ from appliance.tui.messages import (
     MonitorStopped,
     ProfileChosen,
 )
+from appliance.tui.notices import notify_worker_failure
 from appliance.tui.screens.base import AppState
 from appliance.tui.screens.box import BoxScreen
 from appliance.tui.screens.deploy import DeployScreen
@@ -49,25 +50,6 @@ NO_REMOTE_FALLBACK = (
     "spec.gateway.fallback.remote (base_url, api_key_env) to the profile and apply it."
 )
 SPARK_POINTS = 120  # history handed to the Monitor screen per series: two minutes at 1 Hz
-
-
-def describe_error(error: BaseException) -> str:
-    """A worker's exception in an operator's words (the core's own message when it has one)."""
-    if isinstance(error, ApplianceError):
-        return error.render()
-    return f"{type(error).__name__}: {error}"
-
-
-def notify_worker_failure(event: Worker.StateChanged) -> None:
-    """The one place a failed worker becomes a visible notice (STYLE 8)."""
-    worker = event.worker
-    if event.state is WorkerState.ERROR and worker.error is not None:
-        worker.node.app.notify(
-            describe_error(worker.error),
-            title=f"{worker.group or worker.name} failed",
-            severity="error",
-            timeout=10,
-        )
 
 
 class ApplianceApp(App[None]):

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from appliance.deploy import Deployment
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
     from appliance.monitor.snapshot import Snapshot
+    from appliance.operations.deploy import Deployment
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
     from appliance.runtime.plan import Plan

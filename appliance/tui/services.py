@@ -25,10 +25,10 @@ from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR
 
 if TYPE_CHECKING:
     from appliance.clock import AsyncClock
-    from appliance.deploy import Deployment, GatewayInstaller
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
     from appliance.monitor.monitor import Monitor
+    from appliance.operations.deploy import Deployment, GatewayInstaller
     from appliance.profile import Profile
     from appliance.recommend import Recommendation, Workload
     from appliance.runtime.plan import Plan
@@ -159,25 +159,15 @@ class DockerLogs:
 
     base_url: str | None = None
 
-    def _engine(self) -> object:
-        from appliance.runtime.docker import DockerEngine
-
-        return DockerEngine(self.base_url, timeout_s=5)
-
     def services(self) -> Sequence[str]:
-        from appliance.runtime.docker import DockerEngine
+        from appliance.operations.containers import running_services
 
-        engine = self._engine()
-        assert isinstance(engine, DockerEngine)
-        return tuple(dict.fromkeys(c.role for c in engine.managed_containers()))
+        return running_services(self.base_url)
 
     def follow(self, service: str, stop: threading.Event) -> Iterator[str]:
-        from appliance.runtime.containers import follow_service_logs
-        from appliance.runtime.docker import DockerEngine
+        from appliance.operations.containers import follow_service_logs
 
-        engine = self._engine()
-        assert isinstance(engine, DockerEngine)
-        return follow_service_logs(engine, service, stop, tail=200)
+        return follow_service_logs(service, stop, tail=200, base_url=self.base_url)
 
 
 @dataclass(frozen=True)
@@ -261,30 +251,17 @@ def core_recommend(box: Box, workload: Workload) -> Recommendation:
     return recommend(box, workload)
 
 
-def fresh_plan(profile: Profile, box: Box) -> Plan:
-    """The plan on a box where nothing runs yet: every container is created (`--simulate`).
-    Like `appliance plan`, it refuses a profile vLLM would refuse on this box."""
-    from appliance.runtime.apply import plan_profile
-
-    return plan_profile(profile, box, None)
-
-
 def docker_planner(
     base_url: str | None = None, *, options: SpecOptions | None = None
 ) -> Callable[[Profile, Box], Plan]:
     """`appliance plan PROFILE` against a Docker engine (this machine's by default)."""
 
-    def plan(profile: Profile, box: Box) -> Plan:
-        from appliance.runtime.apply import plan_profile
-        from appliance.runtime.docker import DockerEngine
+    def planner(profile: Profile, box: Box) -> Plan:
+        from appliance.operations.plan import plan
 
-        engine = DockerEngine(base_url, timeout_s=10)
-        try:
-            return plan_profile(profile, box, engine, options=options)
-        finally:
-            engine.close()
+        return plan(profile, box, base_url=base_url, options=options).plan
 
-    return plan
+    return planner
 
 
 def docker_deployer(
@@ -307,26 +284,21 @@ def docker_deployer(
         *,
         source: Path | None = None,
     ) -> Deployment:
-        from appliance.deploy import deploy_profile, install_gateway
-        from appliance.runtime.docker import DockerEngine
+        from appliance.operations.deploy import deploy, install_gateway
 
-        engine = DockerEngine(base_url)
-        try:
-            return deploy_profile(
-                profile,
-                box,
-                engine,
-                source=source,
-                confirm=confirm,
-                progress=report,
-                weights_progress=report,
-                cancel=cancel,
-                options=options,
-                deadlines_s=deadlines_s,
-                gateway=gateway or install_gateway,
-            )
-        finally:
-            engine.close()
+        return deploy(
+            profile,
+            box,
+            base_url=base_url,
+            source=source,
+            confirm=confirm,
+            progress=report,
+            weights_progress=report,
+            cancel=cancel,
+            options=options,
+            deadlines_s=deadlines_s,
+            gateway=gateway or install_gateway,
+        )
 
     return deploy
 
@@ -370,7 +342,7 @@ def simulated_services(
 
     def monitor() -> Monitor:
         from appliance.monitor.monitor import Monitor, MonitorConfig
-        from appliance.monitor.status import simulated
+        from appliance.operations.status import simulated
 
         if profile is None:
             samplers, used_clock = simulated(
@@ -389,6 +361,8 @@ def simulated_services(
         config = MonitorConfig.from_profile(profile)
         return Monitor(samplers, config=config, clock=used_clock)
 
+    from appliance.operations.plan import plan_from_nothing
+
     remote = True if profile is None else _profile_gateway(profile).remote_configured
     gateway = GatewayFiles(state / "fallback.json", state / "keys.json", remote_configured=remote)
     return Services(
@@ -397,7 +371,7 @@ def simulated_services(
         monitor=monitor,
         monitor_ticks=monitor_ticks,
         recommend=core_recommend,
-        plan=fresh_plan,
+        plan=plan_from_nothing,
         deploy_disabled=(
             f"the box is simulated ({name}): nothing here can run a GPU container. The plan "
             "below is what `appliance apply` would do on a real box of this kind, where "
@@ -460,7 +434,7 @@ def watching(services: Services, profile: Profile) -> Services:
 
     def make_monitor() -> Monitor:
         from appliance.monitor.monitor import Monitor, MonitorConfig
-        from appliance.monitor.status import DockerRuntime, profile_samplers
+        from appliance.operations.status import DockerRuntime, profile_samplers
 
         runtime = DockerRuntime(profile.metadata.name, services.docker_url)
         samplers = profile_samplers(profile, runtime=runtime)

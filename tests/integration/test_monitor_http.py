@@ -29,7 +29,7 @@ from appliance.monitor.samplers import Endpoint, SamplerSet, http_samplers
 from appliance.monitor.scrape import parse_metrics
 from appliance.monitor.series import History
 from appliance.monitor.snapshot import ServiceStats, Snapshot
-from appliance.monitor.status import url_samplers, watch_status
+from appliance.operations.status import url_samplers, watch_status
 from tests.doubles import free_port, local_engine_double
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32-cpu-metrics.txt"

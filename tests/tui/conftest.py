@@ -15,12 +15,12 @@ from appliance.gateway.keys import CreatedKey, KeyInfo, Scope
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box, Finding
 from appliance.monitor.monitor import Monitor
-from appliance.monitor.status import simulated
+from appliance.operations.plan import plan_from_nothing
+from appliance.operations.status import simulated
 from appliance.tui.services import (
     CostView,
     Services,
     core_recommend,
-    fresh_plan,
 )
 
 MONITOR_TICKS = 40
@@ -34,7 +34,7 @@ def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
     from appliance.weights import DownloadProgress
 
     def deploy(profile, box, report, cancel, confirm, *, source=None):  # type: ignore[no-untyped-def]
-        from appliance.deploy import Deployment
+        from appliance.operations.deploy import Deployment
         from appliance.runtime.plan import make_plan
         from appliance.runtime.specs import container_specs
 
@@ -236,7 +236,7 @@ def fake_services(
         monitor=None if no_gpu else monitor,
         monitor_ticks=ticks,
         recommend=core_recommend,
-        plan=fresh_plan,
+        plan=plan_from_nothing,
         deploy=fake_deploy(fail=deploy == "fail") if deploy else None,
         deploy_disabled=None if (no_gpu or deploy) else f"the box is simulated ({box}).",
         fallback=None if no_gpu else gateway,

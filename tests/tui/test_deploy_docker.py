@@ -2,8 +2,8 @@
 imported on the box, and the gateway's systemd unit written to a temporary systemd directory
 (systemctl itself is a recording double: this machine has no systemd to restart units in).
 
-The TUI and `appliance apply` deploy through one operation (`appliance.deploy`), so a deploy
-from either face ends with the same gateway unit installed (issue #15).
+The TUI and `appliance apply` deploy through one operation (`appliance.operations.deploy`), so
+a deploy from either face ends with the same gateway unit installed (issue #15).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 
-from appliance.deploy import deploy_profile
 from appliance.gateway.service import UNIT_NAME, install_gateway_service
 from appliance.hardware import detect_box
+from appliance.operations.deploy import deploy_profile
 from appliance.profile import load_profile
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.specs import SpecOptions

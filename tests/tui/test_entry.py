@@ -88,7 +88,7 @@ PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 def test_with_no_flag_the_app_finds_the_applied_profile_as_the_cli_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appliance.applied import PROFILE_ENV, applied_profile_path
+    from appliance.operations.applied import PROFILE_ENV, applied_profile_path
     from appliance.tui import services_for
 
     copy = _applied_copy(tmp_path / "state")

@@ -302,7 +302,7 @@ def test_status_watch_into_a_file_prints_one_frame_per_interval(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # #16 item 14: with stdout not a terminal, `status --watch > file` wrote nothing until Ctrl-C.
-    from appliance.monitor import status as monitor_status
+    from appliance.operations import status as monitor_status
 
     real = monitor_status.watch_status
     frames: list[str] = []

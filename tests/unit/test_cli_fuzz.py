@@ -191,7 +191,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "src" / "config.json").write_text("{}")
 
     from appliance.gateway import server
-    from appliance.monitor import status
+    from appliance.operations import status
 
     monkeypatch.setattr(server, "run_gateway", lambda *a, **k: None)  # would serve forever
     real_watch = status.watch_status

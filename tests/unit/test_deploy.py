@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.deploy import deploy_profile
 from appliance.errors import EnvironmentNotReadyError, RefusedError
 from appliance.hardware import detect_box
+from appliance.operations.deploy import deploy_profile
 from appliance.profile import load_profile
 from appliance.runtime.apply import check_box_can_run
 

@@ -265,7 +265,7 @@ def test_an_unhealthy_gateway_is_pointed_at_its_systemd_unit_not_docker() -> Non
 
 def test_status_check_names_the_threshold_as_status_and_the_tui_do() -> None:
     from appliance.monitor.snapshot import Snapshot, Timestamp
-    from appliance.monitor.status import AlertsActiveError
+    from appliance.operations.status import AlertsActiveError
 
     tracker = AlertTracker(AlertThresholds(kv_cache_usage_pct=90).immediate())
     alerts = tracker.update([Observation("kv-cache-full", "vllm", 97.0)], now=0.0, now_wall=1e9)

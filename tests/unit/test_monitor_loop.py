@@ -34,7 +34,7 @@ from appliance.monitor.samplers import (
     throttle_reason_names,
 )
 from appliance.monitor.snapshot import GpuStats, Snapshot
-from appliance.monitor.status import (
+from appliance.operations.status import (
     AlertsActiveError,
     check_status,
     parse_url,

@@ -13,7 +13,7 @@ from appliance.errors import EnvironmentNotReadyError
 from appliance.monitor.monitor import Monitor
 from appliance.monitor.samplers import Endpoint, SamplerSet
 from appliance.monitor.simulated import StoppedServiceSampler
-from appliance.monitor.status import DockerRuntime
+from appliance.operations.status import DockerRuntime
 
 
 def test_no_engine_is_unknown_each_tick_and_the_monitor_keeps_ticking(tmp_path: Path) -> None:

@@ -56,8 +56,8 @@ def test_the_tuis_plan_refuses_the_same_profile() -> None:
 
     from appliance.errors import RefusedError
     from appliance.hardware import detect_box
+    from appliance.operations.plan import plan_from_nothing as fresh_plan
     from appliance.profile import load_profile
-    from appliance.tui.services import fresh_plan
 
     profile = load_profile(ROOT / "profiles" / "h100-70b-fp8.yaml")
     with pytest.raises(RefusedError, match="does not fit") as refused:

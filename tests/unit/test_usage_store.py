@@ -353,7 +353,7 @@ class _FakeClock:
 
 def test_the_simulated_monitor_feeds_the_recorder_and_the_cost_report(tmp_path: Path) -> None:
     """Real snapshots from the monitor loop (simulated H100 box) through to `cost_for_window`."""
-    from appliance.monitor.status import simulated, watch_status
+    from appliance.operations.status import simulated, watch_status
 
     clock = _FakeClock()
     samplers, clock_used = simulated("h100", clock=clock)
@@ -440,7 +440,7 @@ def test_a_full_disk_does_not_stop_the_gateways_monitor_and_loses_nothing(
     from appliance.clock import ManualClock
     from appliance.gateway.recording import monitor_and_record
     from appliance.monitor.monitor import Monitor
-    from appliance.monitor.status import simulated
+    from appliance.operations.status import simulated
 
     clock = ManualClock(0.0, T0)
     samplers, _ = simulated("rtx4090", clock=clock)

@@ -31,6 +31,7 @@ from appliance.tui.messages import (
     PlanFailed,
     ProfileChosen,
 )
+from appliance.tui.notices import notify_worker_failure
 from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.units import EN_DASH as DASH
 from appliance.units import human_bytes
@@ -412,8 +413,6 @@ class DeployScreen(ApplianceScreen):
         self._reveal_result()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        from appliance.tui.app import notify_worker_failure
-
         if event.worker.group == "deploy" and event.state.name in ("ERROR", "CANCELLED"):
             self.deploying = False
         notify_worker_failure(event)

@@ -43,7 +43,6 @@ class HelpScreen(ModalScreen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        from appliance.tui.app import ApplianceApp
         from appliance.tui.screens.box import BoxScreen
         from appliance.tui.screens.deploy import DeployScreen
         from appliance.tui.screens.keys import KeysScreen
@@ -55,7 +54,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column("screen", no_wrap=True, style="bold")
         table.add_column("key", no_wrap=True, style="bold cyan")
         table.add_column("does", ratio=1)
-        _rows(table, "anywhere", ApplianceApp.BINDINGS)
+        _rows(table, "anywhere", self.app.BINDINGS)  # the app's own keys
         table.add_row("", "ctrl+p", "Command palette (every action by name)")
         table.add_row("", "tab", "Next field or list")
         for name, screen in (

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker
 
 from appliance.tui.messages import KeyCreated, KeyRevoked, KeysListed
+from appliance.tui.notices import notify_worker_failure
 from appliance.tui.screens.base import ApplianceScreen, this_screen
 
 if TYPE_CHECKING:
@@ -205,6 +206,4 @@ class KeysScreen(ApplianceScreen):
         self.action_reload()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        from appliance.tui.app import notify_worker_failure
-
         notify_worker_failure(event)

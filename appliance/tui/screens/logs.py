@@ -21,6 +21,7 @@ from textual.worker import Worker, get_current_worker
 
 from appliance.errors import ApplianceError
 from appliance.tui.messages import LogLines, LogsEnded
+from appliance.tui.notices import notify_worker_failure
 from appliance.tui.screens.base import ApplianceScreen, this_screen
 
 if TYPE_CHECKING:
@@ -170,6 +171,4 @@ class LogsScreen(ApplianceScreen):
         self.query_one(RichLog).clear()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        from appliance.tui.app import notify_worker_failure
-
         notify_worker_failure(event)

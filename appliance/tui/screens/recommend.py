@@ -37,6 +37,7 @@ from appliance.tui.messages import (
     RecommendationComputed,
     RecommendationFailed,
 )
+from appliance.tui.notices import notify_worker_failure
 from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.tui.widgets.memory_bar import MemoryBar
 
@@ -441,6 +442,4 @@ class RecommendScreen(ApplianceScreen):
         self.appliance.action_show("deploy")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        from appliance.tui.app import notify_worker_failure
-
         notify_worker_failure(event)

@@ -1,4 +1,4 @@
-"""What `appliance status` and `appliance scrape` call: blocking functions over the async monitor.
+"""`status`: blocking functions over the async monitor, and the monitor wiring both faces use.
 
 They return data or raise `appliance.errors` exceptions; they never print and never exit. The
 CLI chooses the samplers (`profile_samplers`, `url_samplers`, `simulated`), then:

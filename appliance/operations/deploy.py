@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from appliance.hardware.box import Box
     from appliance.profile import Profile
     from appliance.runtime.apply import ApplyEvent, ApplyResult
-    from appliance.runtime.docker import DockerEngine
+    from appliance.runtime.engine import ContainerEngine
     from appliance.runtime.plan import Plan
     from appliance.runtime.specs import SpecOptions
     from appliance.weights import DownloadProgress
@@ -78,7 +78,7 @@ class Deployment:
 def deploy_profile(
     profile: Profile,
     box: Box,
-    engine: DockerEngine,
+    engine: ContainerEngine,
     *,
     source: Path | None = None,
     confirm: Callable[[Plan], bool] | None = None,
@@ -130,3 +130,37 @@ def deploy_profile(
         command = f"appliance gateway --profile {source}"
         note = f"no systemd here: run the gateway yourself with `{command}`"
     return Deployment(result, gateway_note=note)
+
+
+def deploy(
+    profile: Profile,
+    box: Box,
+    *,
+    base_url: str | None = None,
+    source: Path | None = None,
+    confirm: Callable[[Plan], bool] | None = None,
+    progress: Callable[[ApplyEvent], None] | None = None,
+    weights_progress: Callable[[DownloadProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    options: SpecOptions | None = None,
+    deadlines_s: dict[str, float] | None = None,
+    gateway: GatewayInstaller = install_gateway,
+) -> Deployment:
+    """`deploy_profile` on this box's Docker engine (or `base_url`'s), closed afterwards: what
+    `appliance apply` and the TUI's Deploy both run."""
+    from appliance.operations.engine import engine_session
+
+    with engine_session(base_url) as engine:
+        return deploy_profile(
+            profile,
+            box,
+            engine,
+            source=source,
+            confirm=confirm,
+            progress=progress,
+            weights_progress=weights_progress,
+            cancel=cancel,
+            options=options,
+            deadlines_s=deadlines_s,
+            gateway=gateway,
+        )
