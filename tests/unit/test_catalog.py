@@ -37,6 +37,8 @@ EXPLICIT_HEAD_DIM = {
     "gpt-oss-20b",  # 64 x 64 = 4096 vs hidden 2880
     "gpt-oss-120b",  # 64 x 64 = 4096 vs hidden 2880
     "qwen3-30b-a3b-instruct-2507",  # 32 x 128 = 4096 vs hidden 2048
+    "qwen3.6-27b",  # 24 x 256 = 6144 vs hidden 5120
+    "qwen3.6-35b-a3b",  # 16 x 256 = 4096 vs hidden 2048
 }
 # Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
 NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
