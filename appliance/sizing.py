@@ -454,6 +454,30 @@ def kv_cache_capacity(
     return int(concurrency * max_model_len), concurrency
 
 
+def requests_held(
+    architecture: ModelArchitecture,
+    estimate: MemoryEstimate,
+    request_tokens: int,
+    *,
+    flags: EngineFlags | None = None,
+) -> float:
+    """Requests of `request_tokens` the estimate's KV cache holds at once, paged as vLLM pages
+    them: for hybrid models (sliding-window, chunked or Gated DeltaNet layers) this is not
+    kv_cache_tokens / request_tokens, since only some groups grow with the request."""
+    if not estimate.fits:
+        return 0.0
+    _, concurrency = kv_cache_capacity(
+        architecture,
+        int(estimate.kv_cache_gib * GIB),
+        min(request_tokens, estimate.max_model_len),
+        tensor_parallel_size=estimate.tensor_parallel_size,
+        flags=flags,
+        max_num_batched_tokens=estimate.max_num_batched_tokens,
+        vllm_version=estimate.vllm_version,
+    )
+    return concurrency
+
+
 def default_batch_limits(
     gpu_memory_bytes: int,
     *,

@@ -270,6 +270,17 @@ class ChatModel(_Frozen):
     quality_evidence: QualityEvidence | None = None
     # Tags the recommender uses for workloads, e.g. "multilingual", "tool-calling", "long-context".
     strengths: tuple[str, ...] = ()
+    # The first vLLM release that serves the architecture, where the catalog found one stated,
+    # and where (None: supported long before the pinned release, or not sourced).
+    min_vllm_version: str | None = None
+    min_vllm_version_source: str | None = None
+
+    @model_validator(mode="after")
+    def _min_version_has_a_source(self) -> ChatModel:
+        if (self.min_vllm_version is None) != (self.min_vllm_version_source is None):
+            msg = f"{self.key}: min_vllm_version and min_vllm_version_source go together"
+            raise ValueError(msg)
+        return self
 
     @property
     def is_moe(self) -> bool:
