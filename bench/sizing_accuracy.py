@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.catalog import ModelArchitecture  # noqa: E402
+from appliance.catalog import ModelArchitecture, load_catalog  # noqa: E402
 from appliance.sizing import (  # noqa: E402
     GIB,
     EngineFlags,
@@ -43,6 +43,13 @@ DATA = ROOT / "bench" / "data" / "vllm_memory_logs.csv"
 
 def _arch(**numbers: int) -> ModelArchitecture:
     return ModelArchitecture(hf_architecture="?", model_type="?", **numbers)  # type: ignore[arg-type]
+
+
+def _catalog(key: str) -> ModelArchitecture:
+    """An architecture as appliance/catalog/models.yaml has it (with its config.json source)."""
+    model = load_catalog().model(key)
+    assert model is not None, key
+    return model.architecture
 
 
 # Copied from each model's config.json on the Hugging Face Hub (the source is named per entry);
@@ -305,6 +312,37 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
             max_position_embeddings=16384,
         ),
         "microsoft/phi-4 config.json (as in appliance/catalog/models.yaml)",
+    ),
+    # The catalog's own entries, so the bench checks what `estimate` and `recommend` size.
+    "mistral-small-3.1-24b": (
+        _catalog("mistral-small-24b-instruct-2501"),
+        "the Mistral Small 24B text shape of the catalog's mistral-small-24b-instruct-2501 "
+        "(params.json: 40 layers, 32 heads, 8 KV heads, head_dim 128, hidden 5120, MLP 32768, "
+        "vocab 131072), which Mistral Small 3.1/3.2 keep under their Pixtral vision tower: the "
+        "logs' 163,840 KV bytes per token = 40 x 8 x 128 x 2 x 2 confirm it; the tower's "
+        "start-up profile is not modelled",
+    ),
+    "mixtral-8x7b": (
+        _catalog("mixtral-8x7b-instruct-v0.1"),
+        "mistralai/Mixtral-8x7B-Instruct-v0.1 config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "deepseek-v2-lite": (
+        _catalog("deepseek-v2-lite-chat"),
+        "deepseek-ai/DeepSeek-V2-Lite-Chat config.json (as in appliance/catalog/models.yaml: "
+        "MLA, kv_lora_rank 512 + qk_rope_head_dim 64)",
+    ),
+    "gemma2-9b": (
+        _catalog("gemma-2-9b-it"),
+        "google/gemma-2-9b-it config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "gemma2-27b": (
+        _catalog("gemma-2-27b-it"),
+        "google/gemma-2-27b-it config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "llama4-scout": (
+        _catalog("llama-4-scout-17b-16e-instruct"),
+        "meta-llama/Llama-4-Scout-17B-16E-Instruct config.json (as in "
+        "appliance/catalog/models.yaml: chunked attention 8192, every 4th layer global)",
     ),
 }
 
