@@ -61,6 +61,7 @@ from appliance.sizing import (
     estimate_memory,
     kv_bytes_per_token,
     loaded_weight_bytes,
+    requests_held,
     tei_memory_bytes,
 )
 from appliance.vocabulary import KvCacheDtype, Quantization
@@ -1029,8 +1030,8 @@ class _Option:
             vllm_version=self.workload.vllm_version,
             other_processes_bytes=self.tei_bytes,
         )
-        request = self.workload.request_tokens
-        held = estimate.kv_cache_tokens / request if estimate.fits else 0.0
+        architecture = _resolved_variant(self.model, self.variant).architecture
+        held = requests_held(architecture, estimate, self.workload.request_tokens, flags=flags)
         return _Trial(estimate, held, kv_cache_dtype, max_num_seqs)
 
 
@@ -1315,6 +1316,30 @@ def _size_candidate(option: _Option) -> Candidate | Rejected:
     )
 
 
+def _unshown_models_text(r: Recommendation, limit: int) -> list[str]:
+    """One line per model that fits but has no variant above the cut: its best variant, its
+    rank, and the numbers that put it there, so no model that fits is silently passed over."""
+    shown = {c.model_key for c in r.candidates[:limit]}
+    lines: list[str] = []
+    for rank, c in enumerate(r.candidates, start=1):
+        if rank <= limit or c.model_key in shown:
+            continue
+        shown.add(c.model_key)
+        users = r.workload.users
+        held = (
+            f"holds {c.concurrency_at_request} of the {users} users' requests at once"
+            if c.concurrency_at_request < users
+            else f"holds {c.concurrency_at_request} requests at once"
+        )
+        lines.append(
+            f"   #{rank} {c.model_key} {c.quantization.upper()}"
+            + (f" TP{c.tensor_parallel_size}" if c.tensor_parallel_size > 1 else "")
+            + f" score {c.score:.2f}: {c.quality_tier} {c.size_class} model, {held}, "
+            f"~{c.decode.tokens_per_second_per_request:.0f} tok/s per user"
+        )
+    return lines
+
+
 def render_recommendation(
     recommendation: Recommendation, limit: int = 5, rejected_limit: int = 12
 ) -> str:
@@ -1358,6 +1383,7 @@ def render_recommendation(
         lines.extend(f"   warning: {warning}" for warning in c.warnings)
     if len(r.candidates) > limit:
         lines.append(f"   … and {len(r.candidates) - limit} more that fit (see --json)")
+        lines.extend(_unshown_models_text(r, limit))
     if r.rejected:
         lines += ["", "Rejected:"]
         gated = sorted({item.model_key for item in r.rejected if item.reason.startswith("gated")})

@@ -232,6 +232,9 @@ class EngineFlags:
     block_size: int = BLOCK_SIZE
     # The image ships FlashInfer; without it the PyTorch sampler's sort peaks far higher.
     flashinfer_sampler: bool = True
+    # Prefix caching (vLLM V1's default, and the profile's): with Gated DeltaNet layers it puts
+    # their state in "align" mode, two state blocks per request instead of one.
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         utilization = self.gpu_memory_utilization
@@ -325,16 +328,37 @@ def kv_bytes_per_token(
     tensor_parallel_size: int = 1,
     kv_cache_dtype: KvCacheDtype = "auto",
 ) -> int:
-    """Per GPU, all layers, as if every layer kept full attention."""
+    """Per GPU, all attention layers, as if every one kept full attention (Gated DeltaNet
+    layers keep no per-token KV: their fixed state is in `gdn_state_block_bytes`)."""
     return (
         kv_page_bytes_per_layer(architecture, tensor_parallel_size, kv_cache_dtype, 1)
-        * architecture.num_hidden_layers
+        * architecture.full_attention_layer_count
     )
+
+
+def hybrid_mamba_block_size(
+    architecture: ModelArchitecture,
+    tensor_parallel_size: int,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    block_size: int = BLOCK_SIZE,
+) -> int:
+    """The attention block size vLLM sets for a model with Gated DeltaNet layers
+    (`HybridAttentionMambaModelConfig.verify_and_update_config`, vllm/model_executor/models/
+    config.py): the smallest multiple of 16 tokens whose attention page holds one layer's
+    state, `16 x cdiv(mamba_page, 16 x attention_page_per_token)`; the state page is then padded
+    to the attention page. Qwen3-Next at TP 2 gets 544 tokens, the Qwen3.5/3.6-27B shape at
+    TP 1 784 (as vLLM 0.30 logs them). Without linear layers: `block_size` unchanged."""
+    state = architecture.gdn_state_bytes(tensor_parallel_size)
+    if not state:
+        return block_size
+    per_token = kv_page_bytes_per_layer(architecture, tensor_parallel_size, kv_cache_dtype, 1)
+    needed = 16 * math.ceil(state / (16 * per_token))
+    return max(block_size, needed)
 
 
 @dataclass(frozen=True)
 class _LayerGroup:
-    kind: Literal["full", "sliding", "chunked"]
+    kind: Literal["full", "sliding", "chunked", "mamba"]
     layers: int  # layers in the group, padding included
     window: int | None = None
 
@@ -363,12 +387,22 @@ def _layer_groups(architecture: ModelArchitecture, hybrid: bool) -> list[_LayerG
     they are within 1.5x), the last group padded. Without the hybrid allocator every layer is
     one full-attention group."""
     n = architecture.num_hidden_layers
+    linear = architecture.linear_attention_layers
+    if linear:
+        # Gated DeltaNet layers are their own spec (`MambaSpec`) whatever the allocator; the
+        # hybrid allocator is the only one that serves them (vLLM refuses them without it).
+        return _uniform_groups({"full": n - len(linear), "mamba": len(linear)}, None)
     local, window, kind = _local_layer_indices(architecture)
     if not local or not hybrid:
         return [_LayerGroup("full", n)]
     if len(local) == n:
         return [_LayerGroup(kind, n, window)]  # type: ignore[arg-type]
-    counts = {"full": n - len(local), kind: len(local)}
+    return _uniform_groups({"full": n - len(local), kind: len(local)}, window)
+
+
+def _uniform_groups(counts: dict[str, int], window: int | None) -> list[_LayerGroup]:
+    """Groups of one size over layers of each kind (`_get_kv_cache_groups_uniform_page_size`)."""
+    counts = {kind: count for kind, count in counts.items() if count}
     smallest, largest = min(counts.values()), max(counts.values())
     group_size = largest if largest < smallest * 1.5 else smallest
     groups: list[_LayerGroup] = []
@@ -381,9 +415,16 @@ def _layer_groups(architecture: ModelArchitecture, hybrid: bool) -> list[_LayerG
 
 
 def _blocks_per_request(
-    group: _LayerGroup, max_model_len: int, max_num_batched_tokens: int, block_size: int
+    group: _LayerGroup,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int,
+    mamba_blocks: int = 1,
 ) -> int:
-    """`max_memory_usage_bytes // page_size` of the group's spec, as in kv_cache_interface."""
+    """`max_memory_usage_bytes // page_size` of the group's spec, as in kv_cache_interface.
+    `MambaSpec`: one state block per request ("none" mode), two with prefix caching ("align")."""
+    if group.kind == "mamba":
+        return mamba_blocks
     if group.kind == "full" or group.window is None:
         return math.ceil(max_model_len / block_size)
     if group.kind == "sliding":
@@ -391,6 +432,50 @@ def _blocks_per_request(
         return math.ceil(tokens / block_size) + 1
     tokens = min(group.window + max_num_batched_tokens, max_model_len)
     return math.ceil(tokens / block_size)
+
+
+def kv_cache_capacity(
+    architecture: ModelArchitecture,
+    available_bytes: int,
+    max_model_len: int,
+    *,
+    tensor_parallel_size: int = 1,
+    flags: EngineFlags | None = None,
+    max_num_batched_tokens: int = 8192,
+    vllm_version: str = PINNED_VLLM_VERSION,
+) -> tuple[int, float]:
+    """("GPU KV cache size" tokens, "Maximum concurrency") vLLM V1 logs for a KV budget of
+    `available_bytes` per GPU ("Available KV cache memory"): the paging half of
+    `estimate_memory`, without the activation and non-torch model in front of it."""
+    flags = flags or EngineFlags()
+    rules = VllmRules.for_version(vllm_version)
+    layout = _kv_layout(architecture, tensor_parallel_size, flags, rules, max_num_batched_tokens)
+    _, concurrency, _ = layout.capacity(available_bytes, max_model_len)
+    return int(concurrency * max_model_len), concurrency
+
+
+def requests_held(
+    architecture: ModelArchitecture,
+    estimate: MemoryEstimate,
+    request_tokens: int,
+    *,
+    flags: EngineFlags | None = None,
+) -> float:
+    """Requests of `request_tokens` the estimate's KV cache holds at once, paged as vLLM pages
+    them: for hybrid models (sliding-window, chunked or Gated DeltaNet layers) this is not
+    kv_cache_tokens / request_tokens, since only some groups grow with the request."""
+    if not estimate.fits:
+        return 0.0
+    _, concurrency = kv_cache_capacity(
+        architecture,
+        int(estimate.kv_cache_gib * GIB),
+        min(request_tokens, estimate.max_model_len),
+        tensor_parallel_size=estimate.tensor_parallel_size,
+        flags=flags,
+        max_num_batched_tokens=estimate.max_num_batched_tokens,
+        vllm_version=estimate.vllm_version,
+    )
+    return concurrency
 
 
 def default_batch_limits(
@@ -588,6 +673,7 @@ class _KvLayout:
     block_size: int
     max_num_batched_tokens: int
     null_block_reserved: bool
+    mamba_blocks: int = 1
 
     @property
     def bytes_per_block(self) -> int:
@@ -595,7 +681,9 @@ class _KvLayout:
 
     def blocks_per_request(self, max_model_len: int) -> int:
         return sum(
-            _blocks_per_request(g, max_model_len, self.max_num_batched_tokens, self.block_size)
+            _blocks_per_request(
+                g, max_model_len, self.max_num_batched_tokens, self.block_size, self.mamba_blocks
+            )
             for g in self.groups
         )
 
@@ -621,6 +709,24 @@ class _KvLayout:
             else:
                 high = mid - 1
         return best
+
+
+def _kv_layout(
+    architecture: ModelArchitecture,
+    tp: int,
+    flags: EngineFlags,
+    rules: VllmRules,
+    max_num_batched_tokens: int,
+) -> _KvLayout:
+    block_size = hybrid_mamba_block_size(architecture, tp, flags.kv_cache_dtype, flags.block_size)
+    return _KvLayout(
+        groups=tuple(_layer_groups(architecture, rules.v1_engine and rules.hybrid_kv_allocator)),
+        page_bytes=kv_page_bytes_per_layer(architecture, tp, flags.kv_cache_dtype, block_size),
+        block_size=block_size,
+        max_num_batched_tokens=max_num_batched_tokens,
+        null_block_reserved=rules.null_block_reserved,
+        mamba_blocks=2 if flags.enable_prefix_caching else 1,
+    )
 
 
 @dataclass(frozen=True)
@@ -755,19 +861,10 @@ def estimate_memory(
             gpu_memory_bytes, other_processes_bytes, budget.requested, utilization
         )
 
-    layout = _KvLayout(
-        groups=tuple(_layer_groups(architecture, rules.v1_engine and rules.hybrid_kv_allocator)),
-        page_bytes=kv_page_bytes_per_layer(
-            architecture, tp, flags.kv_cache_dtype, flags.block_size
-        ),
-        block_size=flags.block_size,
-        max_num_batched_tokens=max_num_batched_tokens,
-        null_block_reserved=rules.null_block_reserved,
-    )
+    layout = _kv_layout(architecture, tp, flags, rules, max_num_batched_tokens)
+    block_size = layout.block_size
     num_blocks, concurrency, kv_fits = layout.capacity(available, max_model_len)
-    kv_tokens = (
-        int(concurrency * max_model_len) if rules.v1_engine else num_blocks * flags.block_size
-    )
+    kv_tokens = int(concurrency * max_model_len) if rules.v1_engine else num_blocks * block_size
     largest: int | None = None
     if available <= 0:
         reason = reason or (
@@ -800,6 +897,13 @@ def estimate_memory(
         notes.append(
             "multimodal: vLLM runs the vision tower over a batch of dummy images at start-up; "
             "its activations are in the peak"
+        )
+    if architecture.linear_attention_layers:
+        notes.append(
+            f"hybrid linear attention: {len(architecture.linear_attention_layers)} of "
+            f"{architecture.num_hidden_layers} layers are Gated DeltaNet and keep a fixed "
+            f"{architecture.gdn_state_bytes(tp) / (1 << 20):.2f} MiB state per request instead "
+            f"of a KV cache; vLLM pages it in {block_size}-token attention blocks"
         )
     if compute_capability < (8, 0):
         notes.append("compute capability below 8.0: vLLM runs the model in fp16, not bf16")

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.catalog import ModelArchitecture  # noqa: E402
+from appliance.catalog import ModelArchitecture, load_catalog  # noqa: E402
 from appliance.sizing import (  # noqa: E402
     GIB,
     EngineFlags,
@@ -43,6 +43,13 @@ DATA = ROOT / "bench" / "data" / "vllm_memory_logs.csv"
 
 def _arch(**numbers: int) -> ModelArchitecture:
     return ModelArchitecture(hf_architecture="?", model_type="?", **numbers)  # type: ignore[arg-type]
+
+
+def _catalog(key: str) -> ModelArchitecture:
+    """An architecture as appliance/catalog/models.yaml has it (with its config.json source)."""
+    model = load_catalog().model(key)
+    assert model is not None, key
+    return model.architecture
 
 
 # Copied from each model's config.json on the Hugging Face Hub (the source is named per entry);
@@ -306,6 +313,37 @@ ARCHITECTURES: dict[str, tuple[ModelArchitecture, str]] = {
         ),
         "microsoft/phi-4 config.json (as in appliance/catalog/models.yaml)",
     ),
+    # The catalog's own entries, so the bench checks what `estimate` and `recommend` size.
+    "mistral-small-3.1-24b": (
+        _catalog("mistral-small-24b-instruct-2501"),
+        "the Mistral Small 24B text shape of the catalog's mistral-small-24b-instruct-2501 "
+        "(params.json: 40 layers, 32 heads, 8 KV heads, head_dim 128, hidden 5120, MLP 32768, "
+        "vocab 131072), which Mistral Small 3.1/3.2 keep under their Pixtral vision tower: the "
+        "logs' 163,840 KV bytes per token = 40 x 8 x 128 x 2 x 2 confirm it; the tower's "
+        "start-up profile is not modelled",
+    ),
+    "mixtral-8x7b": (
+        _catalog("mixtral-8x7b-instruct-v0.1"),
+        "mistralai/Mixtral-8x7B-Instruct-v0.1 config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "deepseek-v2-lite": (
+        _catalog("deepseek-v2-lite-chat"),
+        "deepseek-ai/DeepSeek-V2-Lite-Chat config.json (as in appliance/catalog/models.yaml: "
+        "MLA, kv_lora_rank 512 + qk_rope_head_dim 64)",
+    ),
+    "gemma2-9b": (
+        _catalog("gemma-2-9b-it"),
+        "google/gemma-2-9b-it config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "gemma2-27b": (
+        _catalog("gemma-2-27b-it"),
+        "google/gemma-2-27b-it config.json (as in appliance/catalog/models.yaml)",
+    ),
+    "llama4-scout": (
+        _catalog("llama-4-scout-17b-16e-instruct"),
+        "meta-llama/Llama-4-Scout-17B-16E-Instruct config.json (as in "
+        "appliance/catalog/models.yaml: chunked attention 8192, every 4th layer global)",
+    ),
 }
 
 V0_ONLY = {
@@ -358,13 +396,15 @@ def load_rows() -> list[Row]:
         return [Row(raw) for raw in csv.DictReader(handle)]
 
 
-def evaluate(row: Row) -> Result:
+def evaluate(row: Row, gpu_memory_utilization: float | None = None) -> Result:
+    """The appliance's and the thumb rule's figures for one log (`gpu_memory_utilization`
+    replaces the row's, to ask what a log whose command is not shown must have run with)."""
     architecture, _ = ARCHITECTURES[row.get("arch")]
     tp = int(row.get("tensor_parallel_size"))
     gpu_bytes = int(float(row.get("gpu_memory_gib")) * GIB)
     weights = float(row.get("logged_weights_gib")) * GIB * tp
     flags = EngineFlags(
-        gpu_memory_utilization=float(row.get("gpu_memory_utilization")),
+        gpu_memory_utilization=gpu_memory_utilization or float(row.get("gpu_memory_utilization")),
         max_model_len=row.integer("max_model_len"),
         max_num_seqs=row.integer("max_num_seqs"),
         max_num_batched_tokens=row.integer("max_num_batched_tokens"),
@@ -462,6 +502,11 @@ def main(argv: list[str]) -> int:
         print()
     splits = {row.get("id"): row.get("split") or "fitted" for row in rows}
     assumed = {row.get("id"): row.get("assumed_flags") for row in rows}
+    # "unverified": a log whose gpu_memory_utilization is not known (no command shown, and
+    # the tool that ran vLLM sets its own): it cannot test the model, so it is listed below
+    # with the utilization that would reproduce it, outside the figures.
+    unverified = [r for r in results if splits[r.row_id] == "unverified"]
+    results = [r for r in results if splits[r.row_id] != "unverified"]
     held_out = [r for r in results if splits[r.row_id] != "fitted"]
     groups = [
         ("all logs", results),
@@ -472,14 +517,33 @@ def main(argv: list[str]) -> int:
     for title, group in groups:
         if group:
             _table(title, group)
-    for r in results:
+    by_id = {row.get("id"): row for row in rows}
+    for r in results + unverified:
         if assumed[r.row_id]:
             error = r.error(r.model_tokens)
             print(
-                f"{r.row_id}: flags not in the log, taken as vLLM's defaults: {assumed[r.row_id]}"
+                f"{r.row_id}{' (unverified, not in the figures)' if r in unverified else ''}: "
+                f"flags not in the log, taken as vLLM's defaults: {assumed[r.row_id]}"
                 + ("" if error is None else f" (appliance error {error:.1f} %)")
+                + _matching_utilization(by_id[r.row_id], assumed[r.row_id])
             )
     return 1 if problems else 0
+
+
+def _matching_utilization(row: Row, assumed_flags: str) -> str:
+    """For a log whose gpu_memory_utilization was assumed: the value at which the model
+    reproduces its KV tokens (a bisection; the KV cache grows with the utilization)."""
+    logged = row.integer("logged_kv_tokens")
+    if "gpu_memory_utilization" not in assumed_flags or not logged:
+        return ""
+    low, high = 0.3, 0.99
+    for _ in range(30):
+        middle = (low + high) / 2
+        if evaluate(row, middle).model_tokens < logged:
+            low = middle
+        else:
+            high = middle
+    return f"; the log is reproduced at gpu_memory_utilization {high:.3f}"
 
 
 def _table(title: str, results: list[Result]) -> None:

@@ -86,6 +86,47 @@ class ModelArchitecture(_Frozen):
     vision_intermediate_size: PositiveInt | None = None
     vision_patches_per_item: PositiveInt | None = None
     mm_tokens_per_item: PositiveInt | None = None
+    # Gated DeltaNet (linear attention) layers, as in Qwen3-Next and Qwen3.5/3.6
+    # (`layer_types` "linear_attention"): no per-token KV cache, but a fixed state per sequence
+    # and layer - a causal-conv window of (linear_conv_kernel_dim - 1) x conv_dim values and a
+    # recurrent matrix of linear_num_value_heads x linear_value_head_dim x linear_key_head_dim
+    # (vLLM `MambaStateShapeCalculator.gated_delta_net_state_shape`), the recurrent one in
+    # `mamba_ssm_dtype` when the config names one (Qwen3.5/3.6: float32), else the model dtype.
+    linear_attention_layers: tuple[int, ...] | None = None
+    linear_num_key_heads: PositiveInt | None = None
+    linear_num_value_heads: PositiveInt | None = None
+    linear_key_head_dim: PositiveInt | None = None
+    linear_value_head_dim: PositiveInt | None = None
+    linear_conv_kernel_dim: PositiveInt | None = None
+    mamba_ssm_dtype: Literal["float32"] | None = None
+
+    @property
+    def full_attention_layer_count(self) -> int:
+        """Layers that keep a per-token KV cache (all of them unless some are linear)."""
+        return self.num_hidden_layers - len(self.linear_attention_layers or ())
+
+    def gdn_state_shapes(self, tensor_parallel_size: int = 1) -> tuple[int, int] | None:
+        """Per GPU, one linear-attention layer of one sequence: (conv state values, recurrent
+        state values), as vLLM's `gated_delta_net_state_shape` cuts them under TP (None: no
+        linear layers)."""
+        if not self.linear_attention_layers:
+            return None
+        k_heads, v_heads = self.linear_num_key_heads or 0, self.linear_num_value_heads or 0
+        k_dim, v_dim = self.linear_key_head_dim or 0, self.linear_value_head_dim or 0
+        conv_dim = (k_dim * k_heads * 2 + v_dim * v_heads) // tensor_parallel_size
+        conv = conv_dim * ((self.linear_conv_kernel_dim or 1) - 1)
+        recurrent = (v_heads // tensor_parallel_size) * v_dim * k_dim
+        return conv, recurrent
+
+    def gdn_state_bytes(self, tensor_parallel_size: int = 1, dtype_bytes: int = 2) -> int:
+        """vLLM's `MambaSpec.page_size_bytes` for one linear layer of one sequence: the conv
+        state in the model dtype, the recurrent state in `mamba_ssm_dtype` (0: no such layers)."""
+        shapes = self.gdn_state_shapes(tensor_parallel_size)
+        if shapes is None:
+            return 0
+        conv, recurrent = shapes
+        ssm_bytes = 4 if self.mamba_ssm_dtype == "float32" else dtype_bytes
+        return conv * dtype_bytes + recurrent * ssm_bytes
 
     @property
     def max_model_len_limit(self) -> int:
@@ -131,7 +172,12 @@ class ModelArchitecture(_Frozen):
 
     @model_validator(mode="after")
     def _layer_lists_fit(self) -> ModelArchitecture:
-        for name in ("sliding_window_layers", "global_attention_layers", "moe_layers"):
+        for name in (
+            "sliding_window_layers",
+            "global_attention_layers",
+            "moe_layers",
+            "linear_attention_layers",
+        ):
             layers: tuple[int, ...] | None = getattr(self, name)
             if layers is not None and any(not 0 <= i < self.num_hidden_layers for i in layers):
                 msg = f"{name} names a layer outside 0..{self.num_hidden_layers - 1}"
@@ -153,6 +199,14 @@ class ModelArchitecture(_Frozen):
                 "vision_intermediate_size",
                 "vision_patches_per_item",
                 "mm_tokens_per_item",
+            ),
+            (
+                "linear_attention_layers",
+                "linear_num_key_heads",
+                "linear_num_value_heads",
+                "linear_key_head_dim",
+                "linear_value_head_dim",
+                "linear_conv_kernel_dim",
             ),
         )
         for names in groups:
@@ -217,6 +271,17 @@ class ChatModel(_Frozen):
     quality_evidence: QualityEvidence | None = None
     # Tags the recommender uses for workloads, e.g. "multilingual", "tool-calling", "long-context".
     strengths: tuple[str, ...] = ()
+    # The first vLLM release that serves the architecture, where the catalog found one stated,
+    # and where (None: supported long before the pinned release, or not sourced).
+    min_vllm_version: str | None = None
+    min_vllm_version_source: str | None = None
+
+    @model_validator(mode="after")
+    def _min_version_has_a_source(self) -> ChatModel:
+        if (self.min_vllm_version is None) != (self.min_vllm_version_source is None):
+            msg = f"{self.key}: min_vllm_version and min_vllm_version_source go together"
+            raise ValueError(msg)
+        return self
 
     @property
     def is_moe(self) -> bool:

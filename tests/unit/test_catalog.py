@@ -23,6 +23,7 @@ from appliance.catalog import (
     ModelVariant,
     load_catalog,
 )
+from appliance.sizing import PINNED_VLLM_VERSION, parse_version
 
 CATALOG = load_catalog()
 MIB = 1024**2
@@ -37,6 +38,9 @@ EXPLICIT_HEAD_DIM = {
     "gpt-oss-20b",  # 64 x 64 = 4096 vs hidden 2880
     "gpt-oss-120b",  # 64 x 64 = 4096 vs hidden 2880
     "qwen3-30b-a3b-instruct-2507",  # 32 x 128 = 4096 vs hidden 2048
+    "qwen3.6-27b",  # 24 x 256 = 6144 vs hidden 5120
+    "qwen3.6-35b-a3b",  # 16 x 256 = 4096 vs hidden 2048
+    "mistral-small-3.2-24b-instruct-2506",  # 32 x 128 = 4096 vs hidden 5120
 }
 # Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
 NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
@@ -396,3 +400,28 @@ def test_every_source_is_filled_in() -> None:
     sources += [g.memory_source for g in CATALOG.gpus]
     sources += [g.spec_source or "" for g in CATALOG.gpus]
     assert all(s.strip() for s in sources)
+
+
+@pytest.mark.parametrize("model", CATALOG.models, ids=lambda m: m.key)
+def test_minimum_vllm_versions_are_sourced_and_met_by_the_pinned_release(model: ChatModel) -> None:
+    if model.min_vllm_version is None:
+        assert model.min_vllm_version_source is None
+        return
+    assert model.min_vllm_version_source
+    assert parse_version(model.min_vllm_version) <= parse_version(PINNED_VLLM_VERSION)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [m for m in CATALOG.models if m.architecture.linear_attention_layers],
+    ids=lambda m: m.key,
+)
+def test_gated_deltanet_models_keep_every_fourth_layer_full(model: ChatModel) -> None:
+    """Qwen3.5/3.6 configs: full_attention_interval 4, i.e. layers 3, 7, 11, ... are full
+    attention and the rest Gated DeltaNet; the state is float32 as the configs say."""
+    arch = model.architecture
+    linear = set(arch.linear_attention_layers or ())
+    assert linear == {i for i in range(arch.num_hidden_layers) if (i + 1) % 4}
+    assert arch.full_attention_layer_count == arch.num_hidden_layers // 4
+    assert arch.mamba_ssm_dtype == "float32"
+    assert model.min_vllm_version is not None

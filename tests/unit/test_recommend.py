@@ -77,6 +77,41 @@ def test_rtx4090_chat_considers_the_models_of_late_2026_and_says_why() -> None:
     _round_trips(rec)
 
 
+def test_rtx4090_chat_weighs_qwen36_and_shows_why_it_ranks_below_gpt_oss() -> None:
+    """Qwen3.6-27B fits a 4090 only as INT4 (17.7 GiB), and its Gated DeltaNet layers hold
+    two ~3 MiB float32 states per layer and request (prefix caching's align mode): the 3.4 GiB
+    left hold 8 requests of 2000 tokens, fewer than the 10 users, so it ranks below models
+    that hold them all. Both BF16 Qwen3.6 checkpoints are rejected for their size."""
+    rec = _recommend("rtx4090", "chat", users=10)
+    by_key = {c.model_key: c for c in reversed(rec.candidates)}  # best variant of each model
+    qwen = by_key["qwen3.6-27b"]
+    assert qwen.quantization == "gptq"
+    assert qwen.concurrency_at_request < 10
+    assert "(8 of 10 users)" in qwen.why or "8 requests of 2000 tokens" in qwen.why
+    assert any("Gated DeltaNet" in note for note in qwen.estimate.notes)
+    gpt_oss = rec.top
+    assert gpt_oss.model_key == "gpt-oss-20b"
+    assert gpt_oss.concurrency_at_request >= 10
+    assert rec.candidates.index(qwen) > rec.candidates.index(gpt_oss)
+    rejected = {(r.model_key, r.quantization) for r in rec.rejected}
+    assert {("qwen3.6-27b", "bf16"), ("qwen3.6-35b-a3b", "bf16")} <= rejected
+    # The text names every model that fits, those below the cut with their rank and numbers.
+    text = render_recommendation(rec, limit=5)
+    line = next(x for x in text.splitlines() if "qwen3.6-27b GPTQ" in x)
+    rank = rec.candidates.index(qwen) + 1
+    assert line.strip().startswith(f"#{rank} qwen3.6-27b GPTQ")
+    assert "holds 8 of the 10 users' requests at once" in line
+
+
+def test_hybrid_requests_held_count_state_blocks_not_tokens() -> None:
+    """For a hybrid model "requests of 2000 tokens held" is vLLM's block count at 2000 tokens,
+    not kv_cache_tokens (at max_model_len) / 2000: the linear layers' state does not shrink
+    with a shorter request."""
+    rec = _recommend("rtx4090", "chat", users=10)
+    qwen = next(c for c in rec.candidates if c.model_key == "qwen3.6-27b")
+    assert qwen.concurrency_at_request < qwen.estimate.kv_cache_tokens // 2000
+
+
 def test_an_moe_is_not_ranked_by_its_total_size() -> None:
     # Mixtral 8x7B (46.7 B total, 12.9 B active; index 8) below Qwen3 32B on an L40S when
     # quality leads (balanced preference may still favour its faster decode).

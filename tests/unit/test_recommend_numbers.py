@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.catalog import load_catalog
 from appliance.hardware import Box, detect_box
 from appliance.profile import dump_profile, parse_profile
 from appliance.recommend import Workload, recommend, render_estimate, render_recommendation
-from appliance.sizing import DEFAULT_GPU_MEMORY_UTILIZATION, PINNED_VLLM_VERSION, VllmRules
+from appliance.sizing import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    PINNED_VLLM_VERSION,
+    EngineFlags,
+    VllmRules,
+    requests_held,
+)
 
 CASES = [
     ("rtx4090", "chat", {"users": 10}),
@@ -37,7 +44,14 @@ def test_card_why_text_and_profile_agree(box: str, kind: str, numbers: dict[str,
     for index, c in enumerate(rec.candidates[:3]):
         saved = yaml.safe_load(dump_profile(rec.to_profile(index=index)))["spec"]["engine"]
         assert saved["max_num_seqs"] == c.max_num_seqs
-        held = math.floor(c.estimate.kv_cache_tokens / workload.request_tokens)
+        # Requests of prompt + output tokens, paged as vLLM pages them (for hybrid models not
+        # kv_cache_tokens / request_tokens: only the full-attention groups grow with a request).
+        model = load_catalog().model(c.model_key)
+        assert model is not None
+        flags = EngineFlags(kv_cache_dtype=c.kv_cache_dtype)
+        held = math.floor(
+            requests_held(model.architecture, c.estimate, workload.request_tokens, flags=flags)
+        )
         assert c.concurrency_at_request == held  # whole requests, never rounded up
         assert c.running_at_once == min(workload.users, c.max_num_seqs)
         # The card: what vLLM runs at once is the profile's max_num_seqs; speed is per user.

@@ -16,7 +16,9 @@ from appliance.sizing import (
     check_rules,
     default_batch_limits,
     estimate_memory,
+    hybrid_mamba_block_size,
     kv_bytes_per_token,
+    kv_cache_capacity,
     parse_version,
     rule_of_thumb,
 )
@@ -754,3 +756,124 @@ def test_mxfp4_experts_take_the_padding_their_kernel_needs() -> None:
     triton = loaded_weight_bytes(model.architecture, stored, "mxfp4", (9, 0))
     assert triton / GIB == pytest.approx(64.38, rel=0.002)
     assert loaded_weight_bytes(model.architecture, stored, "bf16", (9, 0)) == stored
+
+
+# Qwen3.6 / Qwen3.5 / Qwen3-Next: Gated DeltaNet (linear attention) on three of every four layers.
+QWEN36_35B_A3B = ModelArchitecture(
+    hf_architecture="Qwen3_5MoeForConditionalGeneration",
+    model_type="qwen3_5_moe",
+    num_hidden_layers=40,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    head_dim=256,
+    hidden_size=2048,
+    intermediate_size=512,
+    vocab_size=248320,
+    max_position_embeddings=262144,
+    num_experts=256,
+    num_experts_per_token=8,
+    moe_intermediate_size=512,
+    num_shared_experts=1,
+    linear_attention_layers=tuple(i for i in range(40) if i % 4 != 3),
+    linear_num_key_heads=16,
+    linear_num_value_heads=32,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    linear_conv_kernel_dim=4,
+    mamba_ssm_dtype="float32",
+)
+# Qwen3-Next-80B-A3B: the same layer pattern over 48 layers, its state in the model dtype.
+QWEN3_NEXT_80B = QWEN36_35B_A3B.model_copy(
+    update={
+        "num_hidden_layers": 48,
+        "num_experts": 512,
+        "num_experts_per_token": 10,
+        "linear_attention_layers": tuple(i for i in range(48) if i % 4 != 3),
+        "mamba_ssm_dtype": None,
+    }
+)
+QWEN36_27B_TEXT = QWEN36_35B_A3B.model_copy(
+    update={
+        "num_hidden_layers": 64,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 4,
+        "hidden_size": 5120,
+        "intermediate_size": 17408,
+        "num_experts": None,
+        "num_experts_per_token": None,
+        "moe_intermediate_size": None,
+        "num_shared_experts": None,
+        "linear_attention_layers": tuple(i for i in range(64) if i % 4 != 3),
+        "linear_num_value_heads": 48,
+    }
+)
+
+
+def test_gated_deltanet_state_has_vllms_shape() -> None:
+    # conv: (4 - 1) x (2 x 16 x 128 + 32 x 128) bf16; recurrent: 32 x 128 x 128 float32.
+    assert QWEN36_35B_A3B.gdn_state_shapes(1) == (3 * 8192, 32 * 128 * 128)
+    assert QWEN36_35B_A3B.gdn_state_bytes(1) == 3 * 8192 * 2 + 32 * 128 * 128 * 4
+    # TP splits the conv channels and the value heads.
+    assert QWEN36_35B_A3B.gdn_state_shapes(2) == (3 * 4096, 16 * 128 * 128)
+    # Only the full-attention layers (10 of 40) keep per-token KV.
+    assert kv_bytes_per_token(QWEN36_35B_A3B) == 10 * 2 * 2 * 256 * 2
+
+
+def test_hybrid_attention_block_grows_to_hold_one_layers_state() -> None:
+    """vLLM 0.30 logs 544-token blocks for Qwen3-Next at TP 2 and 784 for the 27B shape at
+    TP 1 (`HybridAttentionMambaModelConfig`)."""
+    assert hybrid_mamba_block_size(QWEN3_NEXT_80B, 2) == 544
+    assert hybrid_mamba_block_size(QWEN36_27B_TEXT, 1) == 784
+    assert hybrid_mamba_block_size(LLAMA_31_8B, 1) == 16
+
+
+def test_qwen36_35b_a3b_kv_capacity_matches_a_v0_24_log() -> None:
+    """club-3090 issue #612 (vLLM v0.24.0, RTX 5090, NVFP4 build, fp8 KV, prefix caching,
+    max_model_len 131072): "Available KV cache memory: 5.98 GiB", "GPU KV cache size: 567,978
+    tokens", "Maximum concurrency for 131,072 tokens per request: 4.33x". 2096-token blocks:
+    63 for the full layers plus two state blocks (align mode) for each of 3 linear groups."""
+    tokens, concurrency = kv_cache_capacity(
+        QWEN36_35B_A3B,
+        int(5.98 * GIB),
+        131072,
+        flags=EngineFlags(kv_cache_dtype="fp8"),
+        vllm_version="0.24.0",
+    )
+    assert tokens == 567_978
+    assert round(concurrency, 2) == 4.33
+    # Without prefix caching each linear group holds one state block per request.
+    tokens_none, _ = kv_cache_capacity(
+        QWEN36_35B_A3B,
+        int(5.98 * GIB),
+        131072,
+        flags=EngineFlags(kv_cache_dtype="fp8", enable_prefix_caching=False),
+        vllm_version="0.24.0",
+    )
+    assert tokens_none > tokens
+
+
+def test_linear_attention_keeps_long_contexts_cheap() -> None:
+    """A hybrid's KV grows with a quarter of its layers: at 128K a request costs far less than
+    a dense model of the same attention shape would, and the estimate says why."""
+    estimate = estimate_memory(QWEN36_35B_A3B, 20 * GIB, 80 * GIB, compute_capability=(9, 0))
+    assert estimate.fits
+    dense = QWEN36_35B_A3B.model_copy(
+        update={
+            "linear_attention_layers": None,
+            "linear_num_key_heads": None,
+            "linear_num_value_heads": None,
+            "linear_key_head_dim": None,
+            "linear_value_head_dim": None,
+            "linear_conv_kernel_dim": None,
+        }
+    )
+    dense_estimate = estimate_memory(dense, 20 * GIB, 80 * GIB, compute_capability=(9, 0))
+    assert estimate.kv_cache_tokens > 3 * dense_estimate.kv_cache_tokens
+    assert any("Gated DeltaNet" in note for note in estimate.notes)
+
+
+def test_linear_attention_fields_go_together() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        QWEN36_35B_A3B.model_validate(
+            {**QWEN36_35B_A3B.model_dump(), "linear_conv_kernel_dim": None}
+        )
