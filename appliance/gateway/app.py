@@ -45,6 +45,7 @@ from appliance.gateway.policy import (
     LocalFailure,
     Route,
     RoutingRules,
+    after_local_answer,
     after_local_failure,
     choose_route,
     counts_as_engine_failure,
@@ -1010,17 +1011,23 @@ class GatewayApp:
         except UpstreamError as error:
             failure, detail = LocalFailure.SERVER_ERROR, str(error)
         else:
-            if response.status >= 500:
-                failure, detail = LocalFailure.SERVER_ERROR, f"HTTP {response.status}"
-                if after_local_failure(mode, target.rules, failure, bytes_sent_to_client=0) is None:
-                    self.metrics.local_failures.labels(target.name, failure.value).inc()
-                    target.last_failure = self._clock()
-                    return await self._forward(response, exchange, _LOCAL, target)
-                await response.aclose()
-            elif response.status == 404 and mode is FallbackMode.AUTO and self._remote:
-                return await self._maybe_model_elsewhere(target, response, exchange)
-            else:
+            served = response.status == 404 and self._served_remotely(exchange)
+            verdict = after_local_answer(
+                mode, target.rules, response.status, model_served_remotely=served
+            )
+            if verdict.failure is None:
                 return await self._forward(response, exchange, _LOCAL, target)
+            failure = verdict.failure
+            detail = (
+                f"model {_model_of(exchange.body)!r} not served locally"
+                if failure is LocalFailure.MODEL_NOT_FOUND
+                else f"HTTP {response.status}"
+            )
+            if verdict.fallback is None:  # the client gets the engine's own error
+                self.metrics.local_failures.labels(target.name, failure.value).inc()
+                target.last_failure = self._clock()
+                return await self._forward(response, exchange, _LOCAL, target)
+            await response.aclose()
         return await self._local_failed(target, failure, detail, mode, exchange)
 
     async def _local_failed(
@@ -1054,24 +1061,13 @@ class GatewayApp:
             code="upstream_timeout" if timeout else "local_engine_unavailable",
         )
 
-    async def _maybe_model_elsewhere(
-        self, target: _Target, response: UpstreamResponse, exchange: _Exchange
-    ) -> Outcome:
-        """A local 404: if it names a model only the remote API serves, go there; else pass on."""
+    def _served_remotely(self, exchange: _Exchange) -> bool:
+        """Whether the remote API serves the model this request names (for a local 404)."""
         remote = self.config.remote
-        assert remote is not None
+        if remote is None:
+            return False
         model = _model_of(exchange.body)
-        served = model is not None and (model in remote.remote_models or model in remote.model_map)
-        if not served:
-            return await self._forward(response, exchange, _LOCAL, target)
-        await response.aclose()
-        return await self._local_failed(
-            target,
-            LocalFailure.MODEL_NOT_FOUND,
-            f"model {model!r} not served locally",
-            self.mode,
-            exchange,
-        )
+        return model is not None and (model in remote.remote_models or model in remote.model_map)
 
     async def _to_remote(self, route: Route, exchange: _Exchange) -> Outcome:
         remote, config, auth = self._remote, self.config.remote, self._remote_auth

@@ -172,6 +172,45 @@ def after_local_failure(
     return Route(Destination.REMOTE, _FAILURE_REASON[failure])
 
 
+@dataclass(frozen=True)
+class LocalVerdict:
+    """What to do with the local engine's answer, decided before a byte of it is forwarded.
+
+    `failure` None: the answer is the client's (forward it). Otherwise the attempt failed:
+    `fallback` says where the request goes instead, or None to hand the client the local error.
+    """
+
+    failure: LocalFailure | None = None
+    fallback: Route | None = None
+
+
+FORWARD = LocalVerdict()
+
+
+def after_local_answer(
+    mode: FallbackMode, rules: RoutingRules, status: int, *, model_served_remotely: bool = False
+) -> LocalVerdict:
+    """The route decision once the local engine answered with `status` (headers only).
+
+    A 5xx is a failure of the engine; it goes remote when `after_local_failure` allows, else the
+    client gets it. A 404 goes remote only in auto mode and only when the remote API serves the
+    model the client asked for (`model_served_remotely`, worked out by the proxy for a 404):
+    otherwise the 404 is the client's answer, as is every other status.
+    """
+    if status >= 500:
+        failure = LocalFailure.SERVER_ERROR
+    elif status == 404 and mode is FallbackMode.AUTO and model_served_remotely:
+        failure = LocalFailure.MODEL_NOT_FOUND
+    else:
+        return FORWARD
+    fallback = after_local_failure(
+        mode, rules, failure, bytes_sent_to_client=0, model_served_remotely=model_served_remotely
+    )
+    if failure is LocalFailure.MODEL_NOT_FOUND and fallback is None:
+        return FORWARD  # no remote to try: the 404 is simply the answer
+    return LocalVerdict(failure, fallback)
+
+
 def counts_as_engine_failure(failure: LocalFailure) -> bool:
     """Whether a failure says the engine itself is in trouble (and so opens the circuit)."""
     return failure is not LocalFailure.MODEL_NOT_FOUND

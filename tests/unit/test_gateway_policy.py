@@ -14,6 +14,7 @@ from appliance.gateway.policy import (
     LocalFailure,
     Reason,
     RoutingRules,
+    after_local_answer,
     after_local_failure,
     choose_route,
 )
@@ -231,3 +232,38 @@ def test_policy_and_the_cli_facing_modules_load_no_io_library() -> None:
         "pydantic",
     }
     assert not loaded & heavy
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "served", "failure", "reason"),
+    [
+        (FallbackMode.AUTO, 200, False, None, None),
+        (FallbackMode.AUTO, 400, True, None, None),
+        (FallbackMode.AUTO, 503, False, LocalFailure.SERVER_ERROR, Reason.SERVER_ERROR),
+        (FallbackMode.OFF, 503, False, LocalFailure.SERVER_ERROR, None),  # the client gets it
+        (FallbackMode.AUTO, 404, True, LocalFailure.MODEL_NOT_FOUND, Reason.MODEL_NOT_LOCAL),
+        (FallbackMode.AUTO, 404, False, None, None),  # nobody serves it: the 404 is the answer
+        (FallbackMode.OFF, 404, True, None, None),
+    ],
+)
+def test_the_decision_after_a_local_answer_is_one_pure_function(
+    mode: FallbackMode,
+    status: int,
+    served: bool,
+    failure: LocalFailure | None,
+    reason: Reason | None,
+) -> None:
+    verdict = after_local_answer(mode, RULES, status, model_served_remotely=served)
+    assert verdict.failure is failure
+    assert (verdict.fallback.reason if verdict.fallback else None) is reason
+
+
+@given(rules, st.sampled_from(list(FallbackMode)), st.integers(100, 599), st.booleans())
+def test_a_local_answer_goes_remote_only_when_a_remote_is_configured_and_mode_allows(
+    rules_: RoutingRules, mode: FallbackMode, status: int, served: bool
+) -> None:
+    verdict = after_local_answer(mode, rules_, status, model_served_remotely=served)
+    if verdict.fallback is not None:
+        assert rules_.remote_configured
+        assert mode is FallbackMode.AUTO
+        assert verdict.fallback.destination is Destination.REMOTE
