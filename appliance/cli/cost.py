@@ -11,6 +11,7 @@ from appliance.cli.base import (
     Commands,
 )
 from appliance.errors import ExitCode
+from appliance.vocabulary import COST_WINDOWS
 
 
 def _cmd_cost(args: argparse.Namespace) -> ExitCode:
@@ -51,7 +52,7 @@ def _add_cost(commands: Commands) -> None:
         "API it replaces, the break-even tokens/day and fallback spend, from recorded usage.",
     )
     cost.add_argument("profile", type=Path, metavar="PROFILE")
-    cost.add_argument("--window", choices=["hour", "day", "7d"], default="day")
+    cost.add_argument("--window", choices=COST_WINDOWS, default="day")
     cost.add_argument(
         "--inputs", type=opt.input_file, metavar="FILE", help="a YAML file of cost inputs"
     )

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from appliance import cli_options as opt
 from appliance.cli.base import (
@@ -16,7 +16,7 @@ from appliance.cli.base import (
     Commands,
 )
 from appliance.errors import BadInputError, ExitCode
-from appliance.vocabulary import DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR
+from appliance.vocabulary import DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR, KvCacheDtype, Quantization
 
 
 def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
@@ -189,7 +189,7 @@ def _add_estimate(commands: Commands) -> None:
     estimate.add_argument("--tp", type=opt.positive_int, metavar="N", help="tensor_parallel_size")
     estimate.add_argument(
         "--quantization",
-        choices=["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4", "nvfp4", "int8"],
+        choices=get_args(Quantization),
     )
     estimate.add_argument(
         "--gpu-memory-utilization",
@@ -200,7 +200,7 @@ def _add_estimate(commands: Commands) -> None:
     estimate.add_argument("--max-model-len", type=opt.positive_int, metavar="N")
     estimate.add_argument("--max-num-seqs", type=opt.positive_int, metavar="N")
     estimate.add_argument("--max-num-batched-tokens", type=opt.positive_int, metavar="N")
-    estimate.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
+    estimate.add_argument("--kv-cache-dtype", choices=get_args(KvCacheDtype), default="auto")
     estimate.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     estimate.add_argument(
         "--vllm-version",

@@ -95,3 +95,17 @@ def test_fallback_modes_and_windows_cycle_in_the_order_a_face_shows_them() -> No
 def test_every_fp8_kv_cache_dtype_stores_one_byte(dtype: KvCacheDtype) -> None:
     # The memory model once knew only "fp8": a profile's fp8_e4m3 was sized as bf16.
     assert kv_cache_dtype_bytes(dtype) == (2 if dtype == "auto" else 1)
+
+
+def test_the_memory_model_sizes_every_fp8_kv_cache_dtype_a_profile_may_name() -> None:
+    # A profile's `kv_cache_dtype: fp8_e4m3` was sized as bf16 (the memory model knew only "fp8").
+    from appliance.catalog import load_catalog
+    from appliance.sizing import kv_bytes_per_token
+
+    found = load_catalog().model_by_repo("meta-llama/Llama-3.1-8B-Instruct")
+    assert found is not None
+    architecture = found[0].architecture
+    fp8 = kv_bytes_per_token(architecture, 1, "fp8")
+    assert kv_bytes_per_token(architecture, 1, "fp8_e4m3") == fp8
+    assert kv_bytes_per_token(architecture, 1, "fp8_e5m2") == fp8
+    assert kv_bytes_per_token(architecture, 1, "auto") == 2 * fp8
