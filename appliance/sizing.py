@@ -955,11 +955,16 @@ def estimate_memory(
             "its activations are in the peak"
         )
     if architecture.linear_attention_layers:
+        linear = len(architecture.linear_attention_layers)
+        per_layer = architecture.gdn_state_bytes(tp) / (1 << 20)
+        copies = layout.mamba_blocks
         notes.append(
-            f"hybrid linear attention: {len(architecture.linear_attention_layers)} of "
-            f"{architecture.num_hidden_layers} layers are Gated DeltaNet and keep a fixed "
-            f"{architecture.gdn_state_bytes(tp) / (1 << 20):.2f} MiB state per request instead "
-            f"of a KV cache; vLLM pages it in {block_size}-token attention blocks"
+            f"hybrid linear attention: {linear} of {architecture.num_hidden_layers} layers are "
+            f"Gated DeltaNet and keep a fixed state instead of a KV cache, "
+            f"{per_layer:.2f} MiB per layer and request, held {copies}x "
+            f"({'prefix caching' if copies > 1 else 'no prefix caching'}): "
+            f"{linear * per_layer * copies:.0f} MiB per request per GPU whatever its length; "
+            f"vLLM pages it in {block_size}-token attention blocks"
         )
     if compute_capability < (8, 0):
         notes.append("compute capability below 8.0: vLLM runs the model in fp16, not bf16")
