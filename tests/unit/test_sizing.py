@@ -825,6 +825,12 @@ def test_hybrid_attention_block_grows_to_hold_one_layers_state() -> None:
     assert hybrid_mamba_block_size(QWEN3_NEXT_80B, 2) == 544
     assert hybrid_mamba_block_size(QWEN36_27B_TEXT, 1) == 784
     assert hybrid_mamba_block_size(LLAMA_31_8B, 1) == 16
+    # club-3090 issue #1047 (vLLM, fp8 KV cache, the same 27B shape as Qwen3.8-27B): "Setting
+    # attention block size to 1568 tokens" and "Padding mamba page size by 0.13%": 1568 x 2048
+    # bytes against a 3 x 10240 x 2 + 48 x 128 x 128 x 4 byte state.
+    assert hybrid_mamba_block_size(QWEN36_27B_TEXT, 1, "fp8") == 1568
+    state = QWEN36_27B_TEXT.gdn_state_bytes(1)
+    assert round((1568 * 2048 - state) / state * 100, 2) == 0.13
 
 
 def test_qwen36_35b_a3b_kv_capacity_matches_a_v0_24_log() -> None:
