@@ -1021,6 +1021,9 @@ class _Option:
             max_model_len=self.max_model_len,
             max_num_seqs=max_num_seqs,
             kv_cache_dtype=kv_cache_dtype,
+            # As the candidate will run (see `enable_prefix_caching` below): it decides how
+            # many state blocks each request of a Gated DeltaNet model holds.
+            enable_prefix_caching=self.workload.kind in ("chat", "rag"),
         )
         estimate = _estimate(
             _resolved_variant(self.model, self.variant),

@@ -44,7 +44,7 @@ the profile's dummy images (`_vision_items`), with constants fitted on the real 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from appliance.catalog import ModelArchitecture
@@ -328,12 +328,29 @@ def kv_bytes_per_token(
     tensor_parallel_size: int = 1,
     kv_cache_dtype: KvCacheDtype = "auto",
 ) -> int:
-    """Per GPU, all attention layers, as if every one kept full attention (Gated DeltaNet
-    layers keep no per-token KV: their fixed state is in `gdn_state_block_bytes`)."""
-    return (
-        kv_page_bytes_per_layer(architecture, tensor_parallel_size, kv_cache_dtype, 1)
-        * architecture.full_attention_layer_count
+    """Per GPU, all attention layers with a cache of their own, as if every one kept full
+    attention (Gated DeltaNet layers keep no per-token KV, their fixed state is in
+    `ModelArchitecture.gdn_state_bytes`; Gemma 4's KV-shared tail reuses earlier layers')."""
+    linear = set(architecture.linear_attention_layers or ())
+    return sum(
+        _layer_token_bytes(architecture, layer, tensor_parallel_size, kv_cache_dtype)
+        for layer in range(architecture.cached_layer_count)
+        if layer not in linear
     )
+
+
+def _layer_token_bytes(
+    architecture: ModelArchitecture,
+    layer: int,
+    tensor_parallel_size: int,
+    kv_cache_dtype: KvCacheDtype,
+) -> int:
+    """One token of one layer's cache per GPU: K and V of its own head count and width
+    (Gemma 4's global layers differ from its sliding ones), or MLA's latent."""
+    if architecture.global_head_dim is None or architecture.uses_mla:
+        return kv_page_bytes_per_layer(architecture, tensor_parallel_size, kv_cache_dtype, 1)
+    heads, head_dim = architecture.layer_kv_shape(layer)
+    return 2 * max(1, heads // tensor_parallel_size) * head_dim * kv_dtype_bytes(kv_cache_dtype)
 
 
 def hybrid_mamba_block_size(
@@ -361,6 +378,9 @@ class _LayerGroup:
     kind: Literal["full", "sliding", "chunked", "mamba"]
     layers: int  # layers in the group, padding included
     window: int | None = None
+    # Tokens one block of this group holds when its layers' pages are narrower than the widest
+    # kind's and vLLM grows their block size to match (`unify_kv_cache_spec_page_size`).
+    tokens_per_block: int | None = None
 
 
 def _local_layer_indices(architecture: ModelArchitecture) -> tuple[set[int], int | None, str]:
@@ -386,13 +406,14 @@ def _layer_groups(architecture: ModelArchitecture, hybrid: bool) -> list[_LayerG
     are split into groups of equal size (the smaller kind's count, or the larger one's when
     they are within 1.5x), the last group padded. Without the hybrid allocator every layer is
     one full-attention group."""
-    n = architecture.num_hidden_layers
+    n = architecture.cached_layer_count
     linear = architecture.linear_attention_layers
     if linear:
         # Gated DeltaNet layers are their own spec (`MambaSpec`) whatever the allocator; the
         # hybrid allocator is the only one that serves them (vLLM refuses them without it).
         return _uniform_groups({"full": n - len(linear), "mamba": len(linear)}, None)
     local, window, kind = _local_layer_indices(architecture)
+    local = {layer for layer in local if layer < n}  # the KV-shared tail holds no cache
     if not local or not hybrid:
         return [_LayerGroup("full", n)]
     if len(local) == n:
@@ -425,6 +446,7 @@ def _blocks_per_request(
     `MambaSpec`: one state block per request ("none" mode), two with prefix caching ("align")."""
     if group.kind == "mamba":
         return mamba_blocks
+    block_size = group.tokens_per_block or block_size
     if group.kind == "full" or group.window is None:
         return math.ceil(max_model_len / block_size)
     if group.kind == "sliding":
@@ -719,14 +741,48 @@ def _kv_layout(
     max_num_batched_tokens: int,
 ) -> _KvLayout:
     block_size = hybrid_mamba_block_size(architecture, tp, flags.kv_cache_dtype, flags.block_size)
+    groups = _layer_groups(architecture, rules.v1_engine and rules.hybrid_kv_allocator)
+    page_bytes = kv_page_bytes_per_layer(architecture, tp, flags.kv_cache_dtype, block_size)
+    if architecture.global_head_dim is not None and not architecture.uses_mla:
+        groups, page_bytes = _unified_pages(architecture, groups, tp, flags, block_size)
     return _KvLayout(
-        groups=tuple(_layer_groups(architecture, rules.v1_engine and rules.hybrid_kv_allocator)),
-        page_bytes=kv_page_bytes_per_layer(architecture, tp, flags.kv_cache_dtype, block_size),
+        groups=tuple(groups),
+        page_bytes=page_bytes,
         block_size=block_size,
         max_num_batched_tokens=max_num_batched_tokens,
         null_block_reserved=rules.null_block_reserved,
         mamba_blocks=2 if flags.enable_prefix_caching else 1,
     )
+
+
+def _unified_pages(
+    architecture: ModelArchitecture,
+    groups: list[_LayerGroup],
+    tp: int,
+    flags: EngineFlags,
+    block_size: int,
+) -> tuple[list[_LayerGroup], int]:
+    """Layers whose heads differ in width (Gemma 4) have pages of different sizes; vLLM's
+    `unify_kv_cache_spec_page_size` (v1/core/kv_cache_utils.py) keeps the widest page and
+    multiplies the block size of the narrower layers by the ratio (their page must divide it).
+    Returns the groups with their tokens per block, and the common page."""
+    layers = range(architecture.cached_layer_count)
+    local = next((i for i in layers if architecture.is_local_layer(i)), None)
+    full = next((i for i in layers if not architecture.is_local_layer(i)), None)
+    per_token = {
+        kind: _layer_token_bytes(architecture, layer, tp, flags.kv_cache_dtype)
+        for kind, layer in (("local", local), ("full", full))
+        if layer is not None
+    }
+    widest = max(per_token.values())
+    unified = []
+    for group in groups:
+        own = per_token["full" if group.kind == "full" else "local"]
+        if widest % own:
+            msg = f"vLLM cannot unify KV pages of {own} and {widest} bytes per token"
+            raise ValueError(msg)
+        unified.append(replace(group, tokens_per_block=block_size * (widest // own)))
+    return unified, widest * block_size
 
 
 @dataclass(frozen=True)
@@ -899,11 +955,16 @@ def estimate_memory(
             "its activations are in the peak"
         )
     if architecture.linear_attention_layers:
+        linear = len(architecture.linear_attention_layers)
+        per_layer = architecture.gdn_state_bytes(tp) / (1 << 20)
+        copies = layout.mamba_blocks
         notes.append(
-            f"hybrid linear attention: {len(architecture.linear_attention_layers)} of "
-            f"{architecture.num_hidden_layers} layers are Gated DeltaNet and keep a fixed "
-            f"{architecture.gdn_state_bytes(tp) / (1 << 20):.2f} MiB state per request instead "
-            f"of a KV cache; vLLM pages it in {block_size}-token attention blocks"
+            f"hybrid linear attention: {linear} of {architecture.num_hidden_layers} layers are "
+            f"Gated DeltaNet and keep a fixed state instead of a KV cache, "
+            f"{per_layer:.2f} MiB per layer and request, held {copies}x "
+            f"({'prefix caching' if copies > 1 else 'no prefix caching'}): "
+            f"{linear * per_layer * copies:.0f} MiB per request per GPU whatever its length; "
+            f"vLLM pages it in {block_size}-token attention blocks"
         )
     if compute_capability < (8, 0):
         notes.append("compute capability below 8.0: vLLM runs the model in fp16, not bf16")

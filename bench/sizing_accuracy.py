@@ -14,7 +14,9 @@ Prints median / max absolute % error on "GPU KV cache size" tokens and the share
 fit / no-fit verdicts, for the appliance's model and for "params x bytes + KV + ~7 GB": over
 every log, over the logs the constants were fitted on, over the held-out ones, and over the
 held-out ones whose log states every flag (`assumed_flags` names the flags a log did not show
-and that were taken as vLLM's defaults; those rows are listed with their error).
+and that were taken as vLLM's defaults; those rows are listed with their error). Then the
+paging checks: hybrid models (Gated DeltaNet, Gemma 4's mixed head widths) against logs that
+show only "Available KV cache memory" and the tokens or block size vLLM made of it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from appliance.sizing import (  # noqa: E402
     GIB,
     EngineFlags,
     estimate_memory,
+    hybrid_mamba_block_size,
     kv_bytes_per_token,
+    kv_cache_capacity,
     parse_version,
     rule_of_thumb,
 )
@@ -517,6 +521,12 @@ def main(argv: list[str]) -> int:
     for title, group in groups:
         if group:
             _table(title, group)
+    print("KV paging of hybrid models against logs that show only the KV side:")
+    checks = paging_checks()
+    for line in checks:
+        print("  " + line)
+    print()
+    problems += [line for line in checks if line.startswith("BAD")]
     by_id = {row.get("id"): row for row in rows}
     for r in results + unverified:
         if assumed[r.row_id]:
@@ -528,6 +538,96 @@ def main(argv: list[str]) -> int:
                 + _matching_utilization(by_id[r.row_id], assumed[r.row_id])
             )
     return 1 if problems else 0
+
+
+@dataclass(frozen=True)
+class PagingCheck:
+    """A log that shows how vLLM pages a hybrid model's cache but not the whole budget (no
+    weights line, or a custom build in front of it): the model is given the logged "Available
+    KV cache memory" and must reproduce the logged tokens or block size."""
+
+    source: str
+    catalog_key: str
+    available_gib: float
+    max_model_len: int
+    flags: EngineFlags
+    vllm_version: str
+    logged_tokens: int | None = None
+    logged_block_size: int | None = None
+    tensor_parallel_size: int = 1
+    max_num_batched_tokens: int = 8192
+    tolerance: float = 0.005  # the GiB figure is rounded to 0.01
+
+
+PAGING_CHECKS = (
+    PagingCheck(
+        "club-3090 issue #612 (v0.24.0, RTX 5090, fp8 KV, prefix caching, max_num_seqs 1): "
+        "'Available KV cache memory: 5.98 GiB', 'GPU KV cache size: 567,978 tokens'",
+        "qwen3.6-35b-a3b",
+        5.98,
+        131072,
+        EngineFlags(kv_cache_dtype="fp8", enable_prefix_caching=True),
+        "0.24.0",
+        logged_tokens=567_978,
+    ),
+    PagingCheck(
+        "club-3090 issue #1047 (the same 27B shape, fp8 KV): 'Setting attention block size to "
+        "1568 tokens'",
+        "qwen3.6-27b",
+        0.0,
+        262144,
+        EngineFlags(kv_cache_dtype="fp8"),
+        "0.32.0",
+        logged_block_size=1568,
+    ),
+    PagingCheck(
+        "vLLM issue #43308 (v0.21.0, A100 80GB, ~50 GB of KV cache, max_model_len assumed "
+        "262,144): '~525k tokens' (approximate, hence the wide tolerance)",
+        "gemma-4-31b-it",
+        50.0,
+        262144,
+        EngineFlags(),
+        "0.21.0",
+        logged_tokens=525_000,
+        max_num_batched_tokens=2048,
+        tolerance=0.12,
+    ),
+)
+
+
+def paging_checks() -> list[str]:
+    """One line per PAGING_CHECKS entry, and whether it holds (False lines fail the run)."""
+    catalog = load_catalog()
+    lines = []
+    for check in PAGING_CHECKS:
+        model = catalog.model(check.catalog_key)
+        assert model is not None, check.catalog_key
+        arch, tp = model.architecture, check.tensor_parallel_size
+        if check.logged_block_size is not None:
+            got = hybrid_mamba_block_size(arch, tp, check.flags.kv_cache_dtype)
+            ok = got == check.logged_block_size
+            lines.append(
+                f"{'ok ' if ok else 'BAD'} {check.catalog_key}: block {got} tokens, "
+                f"logged {check.logged_block_size} - {check.source}"
+            )
+            continue
+        tokens, _ = kv_cache_capacity(
+            arch,
+            int(check.available_gib * GIB),
+            check.max_model_len,
+            tensor_parallel_size=tp,
+            flags=check.flags,
+            max_num_batched_tokens=check.max_num_batched_tokens,
+            vllm_version=check.vllm_version,
+        )
+        logged = check.logged_tokens or 0
+        error = abs(tokens - logged) / logged
+        ok = error <= check.tolerance
+        lines.append(
+            f"{'ok ' if ok else 'BAD'} {check.catalog_key}: {tokens:,} tokens, logged "
+            f"{logged:,} ({error * 100:.1f} %) - {check.source}"
+        )
+    return lines
 
 
 def _matching_utilization(row: Row, assumed_flags: str) -> str:

@@ -99,11 +99,46 @@ class ModelArchitecture(_Frozen):
     linear_value_head_dim: PositiveInt | None = None
     linear_conv_kernel_dim: PositiveInt | None = None
     mamba_ssm_dtype: Literal["float32"] | None = None
+    # Gemma 4: the full-attention (global) layers use wider heads than the sliding ones
+    # (`global_head_dim`), and with `attention_k_eq_v` (K doubles as V) their own KV-head count
+    # (`num_global_key_value_heads`); vLLM still caches K and V for them (gemma4.py loads K into
+    # both slots). The last `num_kv_shared_layers` layers reuse the cache of the last earlier
+    # layer of their kind and hold none of their own.
+    global_head_dim: PositiveInt | None = None
+    num_global_key_value_heads: PositiveInt | None = None
+    attention_k_eq_v: bool = False
+    num_kv_shared_layers: Annotated[int, Field(ge=0)] = 0
 
     @property
     def full_attention_layer_count(self) -> int:
         """Layers that keep a per-token KV cache (all of them unless some are linear)."""
         return self.num_hidden_layers - len(self.linear_attention_layers or ())
+
+    @property
+    def cached_layer_count(self) -> int:
+        """Layers with a cache of their own (the KV-shared tail reuses earlier layers')."""
+        return self.num_hidden_layers - self.num_kv_shared_layers
+
+    def layer_kv_shape(self, layer: int) -> tuple[int, int]:
+        """(KV heads, head dim) of one layer as vLLM sizes its cache: Gemma 4's global layers
+        take `global_head_dim` and, with K = V, `num_global_key_value_heads`."""
+        global_layer = self.global_head_dim is not None and not self.is_local_layer(layer)
+        if not global_layer:
+            return self.num_key_value_heads, self.head_dim
+        heads = self.num_key_value_heads
+        if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
+            heads = self.num_global_key_value_heads
+        return heads, self.global_head_dim or self.head_dim
+
+    def is_local_layer(self, layer: int) -> bool:
+        """Whether a layer attends within a sliding window (or a Llama 4 chunk)."""
+        if self.attention_chunk_size is not None:
+            if self.global_attention_layers is None:
+                return (layer + 1) % 4 != 0
+            return layer not in self.global_attention_layers
+        if self.sliding_window is None:
+            return False
+        return self.sliding_window_layers is None or layer in self.sliding_window_layers
 
     def gdn_state_shapes(self, tensor_parallel_size: int = 1) -> tuple[int, int] | None:
         """Per GPU, one linear-attention layer of one sequence: (conv state values, recurrent
@@ -187,6 +222,9 @@ class ModelArchitecture(_Frozen):
             raise ValueError(msg)
         if self.global_attention_layers is not None and self.attention_chunk_size is None:
             msg = "global_attention_layers is set but attention_chunk_size is not"
+            raise ValueError(msg)
+        if self.num_kv_shared_layers >= self.num_hidden_layers:
+            msg = "num_kv_shared_layers leaves no layer with a cache of its own"
             raise ValueError(msg)
         return self
 

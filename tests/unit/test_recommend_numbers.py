@@ -48,7 +48,9 @@ def test_card_why_text_and_profile_agree(box: str, kind: str, numbers: dict[str,
         # kv_cache_tokens / request_tokens: only the full-attention groups grow with a request).
         model = load_catalog().model(c.model_key)
         assert model is not None
-        flags = EngineFlags(kv_cache_dtype=c.kv_cache_dtype)
+        flags = EngineFlags(
+            kv_cache_dtype=c.kv_cache_dtype, enable_prefix_caching=c.enable_prefix_caching
+        )
         held = math.floor(
             requests_held(model.architecture, c.estimate, workload.request_tokens, flags=flags)
         )

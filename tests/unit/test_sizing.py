@@ -825,6 +825,12 @@ def test_hybrid_attention_block_grows_to_hold_one_layers_state() -> None:
     assert hybrid_mamba_block_size(QWEN3_NEXT_80B, 2) == 544
     assert hybrid_mamba_block_size(QWEN36_27B_TEXT, 1) == 784
     assert hybrid_mamba_block_size(LLAMA_31_8B, 1) == 16
+    # club-3090 issue #1047 (vLLM, fp8 KV cache, the same 27B shape as Qwen3.8-27B): "Setting
+    # attention block size to 1568 tokens" and "Padding mamba page size by 0.13%": 1568 x 2048
+    # bytes against a 3 x 10240 x 2 + 48 x 128 x 128 x 4 byte state.
+    assert hybrid_mamba_block_size(QWEN36_27B_TEXT, 1, "fp8") == 1568
+    state = QWEN36_27B_TEXT.gdn_state_bytes(1)
+    assert round((1568 * 2048 - state) / state * 100, 2) == 0.13
 
 
 def test_qwen36_35b_a3b_kv_capacity_matches_a_v0_24_log() -> None:
@@ -877,3 +883,54 @@ def test_linear_attention_fields_go_together() -> None:
         QWEN36_35B_A3B.model_validate(
             {**QWEN36_35B_A3B.model_dump(), "linear_conv_kernel_dim": None}
         )
+
+
+# Gemma 4 31B (config.json text_config): 5 sliding layers (256-wide heads, 16 KV heads) per global
+# layer (512-wide heads, 4 KV heads with K = V).
+GEMMA4_31B = ModelArchitecture(
+    hf_architecture="Gemma4ForConditionalGeneration",
+    model_type="gemma4",
+    num_hidden_layers=60,
+    num_attention_heads=32,
+    num_key_value_heads=16,
+    head_dim=256,
+    hidden_size=5376,
+    intermediate_size=21504,
+    vocab_size=262144,
+    max_position_embeddings=262144,
+    tie_word_embeddings=True,
+    sliding_window=1024,
+    sliding_window_layers=tuple(i for i in range(60) if (i + 1) % 6),
+    global_head_dim=512,
+    num_global_key_value_heads=4,
+    attention_k_eq_v=True,
+)
+
+
+def test_gemma4_global_layers_cache_wider_heads_with_fewer_kv_heads() -> None:
+    # Sliding: 2 x 16 x 256 x 2 bytes; global: 2 x 4 x 512 x 2 (K and V both cached).
+    assert GEMMA4_31B.layer_kv_shape(0) == (16, 256)
+    assert GEMMA4_31B.layer_kv_shape(5) == (4, 512)
+    assert kv_bytes_per_token(GEMMA4_31B) == 50 * 16384 + 10 * 8192
+
+
+def test_gemma4_narrow_global_pages_get_longer_blocks() -> None:
+    """vLLM's `unify_kv_cache_spec_page_size`: the global layers' pages are half the sliding
+    ones', so their blocks hold 32 tokens; a 262,144-token request then needs 8,192 global
+    blocks beside 5 sliding groups of (2048 + 1023) / 16 + 1 blocks. vLLM issue #43308 (A100
+    80GB, v0.21, ~50 GB of KV cache) reports ~525k tokens where v0.20, sizing every layer as
+    global, gave ~55k: the model lands within 12 % of the first and reproduces the second."""
+    tokens, _ = kv_cache_capacity(
+        GEMMA4_31B, 50 * GIB, 262144, max_num_batched_tokens=2048, vllm_version="0.21.0"
+    )
+    assert abs(tokens - 525_000) / 525_000 < 0.12
+    all_global = 50 * GIB // (60 * 16384)
+    assert 54_000 < all_global < 56_000
+
+
+def test_kv_shared_layers_hold_no_cache() -> None:
+    shared = GEMMA4_31B.model_copy(update={"num_kv_shared_layers": 12})
+    assert kv_bytes_per_token(shared) == 40 * 16384 + 8 * 8192
+    plain, _ = kv_cache_capacity(GEMMA4_31B, 40 * GIB, 32768, vllm_version="0.32.0")
+    fewer, _ = kv_cache_capacity(shared, 40 * GIB, 32768, vllm_version="0.32.0")
+    assert fewer > plain
