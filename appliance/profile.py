@@ -65,6 +65,7 @@ __all__ = [
     "KIND",
     "MAX_PROFILE_BYTES",
     "AlertThresholds",
+    "Device",
     "EmbeddingsSpec",
     "EngineSpec",
     "FallbackSpec",
@@ -99,6 +100,8 @@ Quantization: TypeAlias = Literal["bf16", "fp16", "awq", "gptq", "fp8", "mxfp4",
 KvCacheDtype: TypeAlias = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 FallbackMode: TypeAlias = Literal["off", "auto", "always"]
 Pooling: TypeAlias = Literal["cls", "mean", "splade", "last-token"]
+# Where an engine runs: on GPUs, or on the host's CPU cores (vLLM's CPU build, TEI's cpu- image).
+Device: TypeAlias = Literal["gpu", "cpu"]
 # vLLM accepts only these ranks (vllm/config/lora.py, MaxLoRARanks).
 LoraRank: TypeAlias = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 
@@ -614,6 +617,20 @@ class ModelSpec(_Model):
 class EngineSpec(_Model):
     """vLLM's serving flags, by vLLM's own names; a flag left out keeps vLLM's default."""
 
+    device: Device = Field(
+        default="gpu",
+        description="Run vLLM on the GPUs (the CUDA image) or on the host's CPU cores (vLLM's "
+        "CPU image: small bf16/fp16 models on a box without a GPU; the KV cache then lives in "
+        "RAM and gpu_memory_utilization does not apply).",
+        examples=["gpu"],
+    )
+    cpu_kv_cache_gib: Annotated[StrictInt, Ge(1), Le(4096)] | None = Field(
+        default=None,
+        description="device: cpu only. RAM for vLLM's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); "
+        "left out, a quarter of the host's RAM, at most 64.",
+        examples=[4],
+    )
+
     max_model_len: Annotated[StrictInt, Ge(1), Le(10_485_760)] | None = Field(
         default=None,
         description="Longest prompt + output in tokens; left out, the model's own maximum, which "
@@ -683,6 +700,25 @@ class EngineSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineSpec:
+        issues: list[_Issue] = []
+        if self.device == "cpu" and self.tensor_parallel_size != 1:
+            issues.append(
+                _Issue(
+                    ("tensor_parallel_size",),
+                    f"{self.tensor_parallel_size} but device is cpu: the CPU target runs one "
+                    "engine on this box's cores",
+                    "write tensor_parallel_size: 1, or device: gpu",
+                )
+            )
+        if self.device == "gpu" and self.cpu_kv_cache_gib is not None:
+            issues.append(
+                _Issue(
+                    ("cpu_kv_cache_gib",),
+                    "set, but device is gpu (the GPU KV cache follows gpu_memory_utilization)",
+                    "remove cpu_kv_cache_gib, or write device: cpu",
+                )
+            )
+        _raise_issues(issues)
         if (
             self.max_num_batched_tokens is not None
             and self.max_num_seqs is not None
@@ -725,7 +761,7 @@ class EmbeddingsSpec(_Model):
         description="Model name clients send to /v1/embeddings; defaults to the repo's last part.",
         examples=["bge-m3"],
     )
-    device: Literal["gpu", "cpu"] = Field(
+    device: Device = Field(
         default="gpu",
         description="Run TEI on a GPU (the CUDA image for its architecture) or on the CPU.",
         examples=["gpu"],
@@ -1121,6 +1157,14 @@ class Spec(_Model):
                     f"{tp} but spec.gpus lists {count} GPU{'s' if count != 1 else ''}",
                     f"list {tp} GPUs in spec.gpus, or write tensor_parallel_size: "
                     f"{1 << (count.bit_length() - 1)}",
+                )
+            )
+        if engine.device == "cpu" and self.gpus != "all":
+            issues.append(
+                _Issue(
+                    ("gpus",),
+                    "GPUs are listed but engine.device is cpu",
+                    "remove spec.gpus, or write engine.device: gpu",
                 )
             )
         if self.model.lora_adapters and engine.max_lora_rank is None:

@@ -33,6 +33,7 @@ from appliance.catalog import (
     Quantization,
     load_catalog,
 )
+from appliance.cpu_target import CpuEstimate, estimate_cpu
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box
 from appliance.local_model import ResolvedModel
@@ -374,6 +375,61 @@ def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
                 in_profile_terms(setting, model) for setting in error.nearest
             )
         raise
+
+
+def estimate_cpu_for(
+    model: ResolvedModel,
+    box: Box,
+    *,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    kv_cache_gib: int | None = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+) -> CpuEstimate:
+    """`model` on the CPU target of `box`, in RAM terms (`appliance.cpu_target`); RefusedError
+    with the reason for what it would refuse."""
+    return estimate_cpu(
+        label=model.label,
+        architecture=model.architecture,
+        weight_bytes=model.weight_bytes,
+        params_billion=model.params_billion,
+        quantization=model.quantization,
+        host_memory_bytes=box.host.memory_total_bytes,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        kv_cache_gib=kv_cache_gib,
+        kv_cache_dtype=kv_cache_dtype,
+    )
+
+
+def estimate_cpu_profile(profile: Profile, box: Box) -> CpuEstimate | None:
+    """A CPU-target profile's RAM split on a box: the catalog's model, or the weights already in
+    the models directory (config.json and safetensors headers); None when neither is at hand."""
+    from appliance.local_model import read_local_model, resolve_model
+    from appliance.runtime.specs import weights_path
+
+    spec = profile.spec
+    model: ResolvedModel | None = None
+    try:
+        if load_catalog().model_by_repo(spec.model.repo) is not None:
+            model = resolve_model(spec.model.repo, spec.model.quantization)
+        else:
+            local = weights_path(spec.storage.models_dir, spec.model.repo, spec.model.revision)
+            if (local / "config.json").is_file():
+                model = read_local_model(local, spec.model.quantization)
+    except BadInputError:
+        return None
+    if model is None:
+        return None
+    engine = spec.engine
+    return estimate_cpu_for(
+        model,
+        box,
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        kv_cache_gib=engine.cpu_kv_cache_gib,
+        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+    )
 
 
 def _refuse_beyond_model_limit(model: ResolvedModel, flags: EngineFlags) -> None:

@@ -1,0 +1,214 @@
+"""The CPU target (`spec.engine.device: cpu`): profile rules, container spec, RAM sizing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.catalog import load_catalog
+from appliance.cpu_target import CPU_MAX_PARAMS_BILLION, estimate_cpu, kv_cache_space_gib
+from appliance.errors import BadInputError, RefusedError
+from appliance.hardware import detect_box
+from appliance.hardware.box import Box
+from appliance.local_model import resolve_model
+from appliance.profile import Profile, ProfileError, parse_profile
+from appliance.recommend import estimate_cpu_for
+from appliance.runtime.apply import check_box_can_run
+from appliance.runtime.compose import compose_document
+from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint
+from appliance.runtime.model import ContainerSpec
+from appliance.runtime.specs import container_specs, vllm_image_choice
+from appliance.sizing import GIB
+
+MODELS = Path("/var/lib/llm-appliance/models")
+
+
+def _profile(
+    engine: str, model: str = "{repo: Qwen/Qwen2.5-7B-Instruct, quantization: bf16}"
+) -> Profile:
+    return parse_profile(
+        "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu}\nspec:\n"
+        f"  model: {model}\n  engine: {engine}\n",
+        "cpu.yaml",
+    )
+
+
+def _cpu_box(memory_gib: float = 32, arch: str = "x86_64") -> Box:
+    box = detect_box(simulate="rtx4090", models_dir=MODELS)
+    host = box.host.model_copy(
+        update={"memory_total_bytes": int(memory_gib * GIB), "architecture": arch}
+    )
+    return box.model_copy(update={"gpus": (), "gpu_links": (), "host": host})
+
+
+def test_the_device_word_is_one_type_for_engine_and_embeddings() -> None:
+    from appliance import profile
+
+    engine = profile.EngineSpec.model_fields["device"].annotation
+    embeddings = profile.EmbeddingsSpec.model_fields["device"].annotation
+    assert engine == embeddings == profile.Device
+
+
+@pytest.mark.parametrize(
+    ("engine", "spec_extra", "words"),
+    [
+        ("{device: cpu, tensor_parallel_size: 2}", "", "tensor_parallel_size"),
+        ("{cpu_kv_cache_gib: 4}", "", "device is gpu"),
+        ("{device: cpu}", "  gpus: [0]\n", "engine.device is cpu"),
+    ],
+)
+def test_profile_refuses_what_the_cpu_target_cannot_mean(
+    engine: str, spec_extra: str, words: str
+) -> None:
+    text = (
+        "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu}\nspec:\n"
+        "  model: {repo: Qwen/Qwen2.5-7B-Instruct, quantization: bf16}\n"
+        f"  engine: {engine}\n{spec_extra}"
+    )
+    with pytest.raises(ProfileError, match=words):
+        parse_profile(text, "cpu.yaml")
+
+
+def test_cpu_spec_uses_the_cpu_image_ram_kv_cache_and_no_gpu() -> None:
+    box = detect_box(simulate="rtx4090", models_dir=MODELS)  # GPUs present, and still not used
+    vllm = container_specs(_profile("{device: cpu, max_model_len: 4096}"), box)[0]
+    catalog = load_catalog().images.vllm
+    assert vllm.image == f"vllm/vllm-openai-cpu:{catalog.cpu.tags['x86_64']}"
+    assert vllm.image.endswith(f"v{catalog.version}-x86_64")
+    assert vllm.gpu_device_ids is None
+    assert all(p.host_ip == "127.0.0.1" for p in vllm.ports)
+    assert vllm.environment["VLLM_CPU_KVCACHE_SPACE"] == "16"  # a quarter of 64 GiB
+    assert vllm.environment["PYTHONPATH"] == str(CONTAINER_HOOK_DIR)
+    assert vllm.environment["HF_HUB_OFFLINE"] == "1"
+    assert "--gpu-memory-utilization" not in vllm.command
+    assert "--quantization" not in vllm.command
+    assert vllm.command[vllm.command.index("--dtype") + 1] == "bfloat16"
+    assert vllm.entrypoint == container_entrypoint()
+
+
+def test_cpu_kv_cache_override_and_arm_image() -> None:
+    profile = _profile("{device: cpu, cpu_kv_cache_gib: 3}")
+    vllm = container_specs(profile, _cpu_box(arch="aarch64"))[0]
+    assert vllm.environment["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert vllm.image.endswith("-arm64")
+    with pytest.raises(BadInputError, match="no CPU image for riscv64"):
+        vllm_image_choice(profile, _cpu_box(arch="riscv64"))
+
+
+def test_kv_cache_space_is_a_quarter_of_ram_within_bounds() -> None:
+    assert kv_cache_space_gib(24 * GIB) == 6
+    assert kv_cache_space_gib(2 * GIB) == 1
+    assert kv_cache_space_gib(1024 * GIB) == 64
+    assert kv_cache_space_gib(None) == 4
+    assert kv_cache_space_gib(24 * GIB, 2) == 2
+
+
+def test_a_gpu_spec_hashes_as_before_the_entrypoint_field() -> None:
+    spec = ContainerSpec(role="vllm", name="n", image="i", profile="p")
+    dumped = spec.model_dump(mode="json")
+    dumped.pop("entrypoint")
+    import hashlib
+
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+    assert spec.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_compose_keeps_the_entrypoint_and_reserves_no_gpu() -> None:
+    document = compose_document(_profile("{device: cpu}"), _cpu_box())
+    service = next(iter(document["services"].values()))
+    assert service["entrypoint"][:2] == ["python3", "-c"]
+    assert "deploy" not in service
+
+
+def test_the_entrypoint_writes_the_hook_then_runs_the_server(tmp_path: Path) -> None:
+    """Run the real entrypoint with a stand-in `vllm` package: the server it execs sees the
+    hook imported (sitecustomize) and the container's command as its arguments."""
+    fake = tmp_path / "pkgs" / "vllm" / "entrypoints" / "openai"
+    fake.mkdir(parents=True)
+    for part in (fake.parents[1], fake.parents[0], fake):
+        (part / "__init__.py").write_text("")
+    (fake / "api_server.py").write_text(
+        "import json, sys\nprint(json.dumps({'argv': sys.argv[1:], "
+        "'hook': 'sitecustomize' in sys.modules}))\n"
+    )
+    hook_dir = tmp_path / "hook"
+    entrypoint = list(container_entrypoint(CONTAINER_HOOK_DIR))
+    entrypoint[0], entrypoint[3] = sys.executable, str(hook_dir)
+    env = {**os.environ, "PYTHONPATH": f"{hook_dir}{os.pathsep}{tmp_path / 'pkgs'}"}
+    done = subprocess.run(
+        [*entrypoint, "--model", "/models/x", "--port", "8000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    seen = json.loads(done.stdout)
+    assert seen == {"argv": ["--model", "/models/x", "--port", "8000"], "hook": True}
+    assert (hook_dir / "sitecustomize.py").is_file()
+
+
+def test_cpu_estimate_refuses_too_many_parameters_with_the_reason() -> None:
+    model = resolve_model("qwen2.5-7b-instruct")
+    with pytest.raises(
+        RefusedError, match=f"above the CPU target's limit of {CPU_MAX_PARAMS_BILLION:g}B"
+    ):
+        estimate_cpu_for(model, _cpu_box(), max_model_len=4096)
+
+
+def test_cpu_estimate_refuses_quantised_checkpoints() -> None:
+    model = resolve_model("qwen2.5-7b-instruct", "awq")
+    with pytest.raises(RefusedError, match="bf16 or fp16 checkpoints, not awq"):
+        estimate_cpu_for(model, _cpu_box())
+
+
+def _small() -> dict[str, object]:
+    model = resolve_model("qwen2.5-7b-instruct")
+    return {
+        "label": "small",
+        "architecture": model.architecture,
+        "weight_bytes": 3 * 10**9,
+        "params_billion": 1.5,
+        "quantization": "bf16",
+    }
+
+
+def test_cpu_estimate_in_ram_terms() -> None:
+    estimate = estimate_cpu(**_small(), host_memory_bytes=32 * GIB, max_model_len=4096)  # type: ignore[arg-type]
+    assert estimate.kv_cache_bytes == 8 * GIB
+    assert estimate.total_bytes == 3 * 10**9 + estimate.runtime_bytes + 8 * GIB
+    assert estimate.cache_tokens >= 4096
+
+
+def test_cpu_estimate_refuses_what_ram_cannot_hold() -> None:
+    with pytest.raises(RefusedError, match=r"of RAM on the CPU target .* but may take"):
+        estimate_cpu(**_small(), host_memory_bytes=6 * GIB, kv_cache_gib=4, max_model_len=4096)  # type: ignore[arg-type]
+
+
+def test_cpu_estimate_refuses_a_cache_below_one_sequence() -> None:
+    with pytest.raises(RefusedError, match="less than one max_model_len 32768 sequence"):
+        estimate_cpu(**_small(), host_memory_bytes=64 * GIB, kv_cache_gib=1, max_model_len=32768)  # type: ignore[arg-type]
+
+
+def test_plan_preflight_refuses_a_big_model_on_the_cpu_target() -> None:
+    profile = _profile("{device: cpu, max_model_len: 4096}")
+    with pytest.raises(RefusedError, match=r"vLLM would refuse this profile.*CPU target.s limit"):
+        check_box_can_run(profile, _cpu_box())
+
+
+def test_plan_preflight_sizes_local_weights_of_a_model_the_catalog_lacks(tmp_path: Path) -> None:
+    """No GPU, no GPU request: the preflight passes for a small model whose weights are in the
+    models directory (read from config.json and safetensors headers)."""
+    profile = parse_profile(
+        "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu}\nspec:\n"
+        "  model: {repo: acme/none-such, quantization: bf16}\n"
+        "  engine: {device: cpu, max_model_len: 4096}\n"
+        f"  storage: {{models_dir: {tmp_path}}}\n",
+        "cpu.yaml",
+    )
+    check_box_can_run(profile, _cpu_box())  # unknown and absent: not sized, not refused
