@@ -33,7 +33,13 @@ from appliance.catalog import (
     Quantization,
     load_catalog,
 )
-from appliance.cpu_target import CpuEstimate, estimate_cpu
+from appliance.cpu_target import (
+    CPU_MAX_PARAMS_BILLION,
+    CpuEstimate,
+    cpu_estimate_json,
+    estimate_cpu,
+    render_cpu_estimate,
+)
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box
 from appliance.local_model import ResolvedModel
@@ -1456,3 +1462,92 @@ def would_need_lines(
         "FP8 / AWQ / GPTQ repo of this model and run recommend --model on it)"
     )
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# appliance recommend --device cpu
+
+
+@dataclass(frozen=True)
+class CpuRecommendation:
+    """The CPU target's verdict on each model: fits (largest first) or the reason it does not."""
+
+    workload: Workload
+    fits: tuple[tuple[ResolvedModel, CpuEstimate], ...]
+    rejected: tuple[tuple[str, str], ...]  # (model, reason)
+
+    @property
+    def top(self) -> tuple[ResolvedModel, CpuEstimate]:
+        if self.fits:
+            return self.fits[0]
+        reasons = [reason for _, reason in self.rejected]
+        if reasons and all("above the CPU target's limit" in r for r in reasons):
+            raise RefusedError(
+                f"none of the {len(reasons)} models considered is within the CPU target's "
+                f"{CPU_MAX_PARAMS_BILLION:g}B-parameter limit",
+                hint="name a small Hub model, e.g. appliance recommend --device cpu --workload "
+                "chat --model Qwen/Qwen2.5-0.5B-Instruct; or use a GPU box",
+            )
+        raise RefusedError(
+            f"nothing fits the CPU target: {reasons[0] if reasons else 'no model to size'}"
+        )
+
+    def to_profile(self, storage: StorageSpec | None = None) -> Profile:
+        """The top model as a CPU-target profile."""
+        model, estimate = self.top
+        repo = model.variant.repo if model.variant is not None else model.repo
+        if repo is None or model.quantization is None:
+            raise BadInputError(f"{model.label} has no Hub repo to write into a profile")
+        served = model.model.key if model.model is not None else repo.rsplit("/", 1)[-1].lower()
+        spec = Spec(
+            model=ModelSpec(repo=repo, quantization=model.quantization, served_model_name=served),
+            engine=EngineSpec(
+                device="cpu",
+                max_model_len=estimate.max_model_len,
+                max_num_seqs=self.workload.users,
+            ),
+            gateway=GatewaySpec(fallback=_fallback_to_complete(served)),
+            storage=storage or StorageSpec(),
+        )
+        name = f"cpu-{self.workload.kind}"
+        text = f"CPU target — {served} for {self.workload.kind} (appliance recommend --device cpu)"
+        return Profile.from_spec(name, spec, text)
+
+    def render(self) -> str:
+        lines = [f"CPU target, {self.workload.kind} with {self.workload.users} users:"]
+        for model, estimate in self.fits:
+            lines.append(f"  fits  {model.label}")
+            lines += [f"        {line}" for line in render_cpu_estimate(estimate).splitlines()[1:]]
+        lines += [f"  no    {label}: {reason}" for label, reason in self.rejected]
+        return "\n".join(lines)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "device": "cpu",
+            "fits": [{"model": m.label, **cpu_estimate_json(e)} for m, e in self.fits],
+            "rejected": [{"model": label, "reason": reason} for label, reason in self.rejected],
+        }
+
+
+def recommend_cpu(
+    box: Box, workload: Workload, models: Sequence[ResolvedModel] | None = None
+) -> CpuRecommendation:
+    """Each model (the catalog's bf16 checkpoints by default) on the box's CPU target, with
+    max_model_len = the workload's context and max_num_seqs = its users."""
+    if models is None:
+        from appliance.local_model import resolve_model
+
+        models = [resolve_model(m.key, "bf16") for m in load_catalog().models if m.variant("bf16")]
+    fits: list[tuple[ResolvedModel, CpuEstimate]] = []
+    rejected: list[tuple[str, str]] = []
+    for model in models:
+        try:
+            estimate = estimate_cpu_for(
+                model, box, max_model_len=workload.context, max_num_seqs=workload.users
+            )
+        except RefusedError as error:
+            rejected.append((model.label, error.message))
+            continue
+        fits.append((model, estimate))
+    fits.sort(key=lambda pair: -pair[1].weight_bytes)
+    return CpuRecommendation(workload, tuple(fits), tuple(rejected))

@@ -212,3 +212,84 @@ def test_plan_preflight_sizes_local_weights_of_a_model_the_catalog_lacks(tmp_pat
         "cpu.yaml",
     )
     check_box_can_run(profile, _cpu_box())  # unknown and absent: not sized, not refused
+
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "vocab_size": 1000,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
+
+
+def _tiny_weights(directory: Path) -> Path:
+    """config.json and a real safetensors header (zero payload) of the tiny test Llama."""
+    import struct
+
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(TINY_CONFIG))
+    header = {"__metadata__": {"format": "pt"}}
+    header["embed"] = {"dtype": "BF16", "shape": [1000, 128], "data_offsets": [0, 256000]}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(256000))
+    return directory
+
+
+def _tiny_profile(models: Path, engine: str) -> Profile:
+    return parse_profile(
+        "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu}\nspec:\n"
+        "  model: {repo: acme/tiny, quantization: bf16}\n"
+        f"  engine: {engine}\n  storage: {{models_dir: {models}}}\n",
+        "cpu.yaml",
+    )
+
+
+def test_preflight_sizes_local_weights_in_ram_terms(tmp_path: Path) -> None:
+    _tiny_weights(tmp_path / "acme" / "tiny" / "main")
+    check_box_can_run(_tiny_profile(tmp_path, "{device: cpu, max_model_len: 512}"), _cpu_box())
+    too_small = _tiny_profile(tmp_path, "{device: cpu, max_model_len: 512, cpu_kv_cache_gib: 8}")
+    with pytest.raises(RefusedError, match="of RAM on the CPU target"):
+        check_box_can_run(too_small, _cpu_box(memory_gib=8))
+
+
+def test_cli_estimate_and_recommend_on_the_cpu_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli import run
+
+    model = str(_tiny_weights(tmp_path / "tiny"))
+    assert run(["estimate", model, "--device", "cpu", "--simulate", "rtx4090", "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["device"] == "cpu"
+    assert estimate["kv_cache_space_gib"] == 16  # a quarter of the simulated box's 64 GiB
+    argv = ["recommend", "--device", "cpu", "--workload", "chat", "--context", "512"]
+    assert run([*argv, "--model", model, "--simulate", "rtx4090"]) == 0
+    assert "fits  " in capsys.readouterr().out
+    refused = run(["recommend", "--device", "cpu", "--workload", "chat", "--simulate", "rtx4090"])
+    assert refused == 4
+    assert "4B-parameter limit" in capsys.readouterr().err
+
+
+def test_a_cpu_recommendation_writes_a_cpu_profile(tmp_path: Path) -> None:
+    import dataclasses
+
+    from appliance.local_model import read_local_model
+    from appliance.profile import dump_profile
+    from appliance.recommend import Workload, recommend_cpu
+
+    model = read_local_model(_tiny_weights(tmp_path / "tiny"), "bf16")
+    model = dataclasses.replace(model, repo="acme/tiny")
+    workload = Workload.for_kind("chat", context=512, users=4)
+    profile = recommend_cpu(_cpu_box(), workload, [model]).to_profile()
+    again = parse_profile(dump_profile(profile), "cpu.yaml")
+    assert again.spec.engine.device == "cpu"
+    assert (again.spec.engine.max_model_len, again.spec.engine.max_num_seqs) == (512, 4)
+    assert again.spec.model.repo == "acme/tiny"
