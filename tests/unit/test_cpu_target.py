@@ -293,3 +293,16 @@ def test_a_cpu_recommendation_writes_a_cpu_profile(tmp_path: Path) -> None:
     assert again.spec.engine.device == "cpu"
     assert (again.spec.engine.max_model_len, again.spec.engine.max_num_seqs) == (512, 4)
     assert again.spec.model.repo == "acme/tiny"
+
+
+def test_k8s_export_keeps_the_entrypoint_and_asks_for_no_gpu() -> None:
+    from appliance.exports.k8s import manifests
+
+    objects = manifests(_profile("{device: cpu}"), _cpu_box())
+    (vllm,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("vllm")
+    ]
+    container = vllm["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == list(container_entrypoint())
+    assert "resources" not in container
+    assert "tolerations" not in vllm["spec"]["template"]["spec"]
