@@ -74,6 +74,7 @@ __all__ = [
     "KIND",
     "MAX_PROFILE_BYTES",
     "AlertThresholds",
+    "Device",
     "EmbeddingsSpec",
     "EngineSpec",
     "FallbackSpec",
@@ -620,6 +621,20 @@ class ModelSpec(_Model):
 class EngineSpec(_Model):
     """vLLM's serving flags, by vLLM's own names; a flag left out keeps vLLM's default."""
 
+    device: Device = Field(
+        default="gpu",
+        description="Run vLLM on the GPUs (the CUDA image) or on the host's CPU cores (vLLM's "
+        "CPU image: small bf16/fp16 models on a box without a GPU; the KV cache then lives in "
+        "RAM and gpu_memory_utilization does not apply).",
+        examples=["gpu"],
+    )
+    cpu_kv_cache_gib: Annotated[StrictInt, Ge(1), Le(4096)] | None = Field(
+        default=None,
+        description="device: cpu only. RAM for vLLM's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); "
+        "left out, a quarter of the host's RAM, at most 64.",
+        examples=[4],
+    )
+
     max_model_len: Annotated[StrictInt, Ge(1), Le(10_485_760)] | None = Field(
         default=None,
         description="Longest prompt + output in tokens; left out, the model's own maximum, which "
@@ -689,6 +704,25 @@ class EngineSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineSpec:
+        issues: list[_Issue] = []
+        if self.device == "cpu" and self.tensor_parallel_size != 1:
+            issues.append(
+                _Issue(
+                    ("tensor_parallel_size",),
+                    f"{self.tensor_parallel_size} but device is cpu: the CPU target runs one "
+                    "engine on this box's cores",
+                    "write tensor_parallel_size: 1, or device: gpu",
+                )
+            )
+        if self.device == "gpu" and self.cpu_kv_cache_gib is not None:
+            issues.append(
+                _Issue(
+                    ("cpu_kv_cache_gib",),
+                    "set, but device is gpu (the GPU KV cache follows gpu_memory_utilization)",
+                    "remove cpu_kv_cache_gib, or write device: cpu",
+                )
+            )
+        _raise_issues(issues)
         if (
             self.max_num_batched_tokens is not None
             and self.max_num_seqs is not None
@@ -1127,6 +1161,14 @@ class Spec(_Model):
                     f"{tp} but spec.gpus lists {count} GPU{'s' if count != 1 else ''}",
                     f"list {tp} GPUs in spec.gpus, or write tensor_parallel_size: "
                     f"{1 << (count.bit_length() - 1)}",
+                )
+            )
+        if engine.device == "cpu" and self.gpus != "all":
+            issues.append(
+                _Issue(
+                    ("gpus",),
+                    "GPUs are listed but engine.device is cpu",
+                    "remove spec.gpus, or write engine.device: gpu",
                 )
             )
         if self.model.lora_adapters and engine.max_lora_rank is None:

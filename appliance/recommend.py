@@ -32,6 +32,13 @@ from appliance.catalog import (
     ModelVariant,
     load_catalog,
 )
+from appliance.cpu_target import (
+    CPU_MAX_PARAMS_BILLION,
+    CpuEstimate,
+    cpu_estimate_json,
+    estimate_cpu,
+    render_cpu_estimate,
+)
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box
 from appliance.local_model import ResolvedModel
@@ -374,6 +381,61 @@ def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
                 in_profile_terms(setting, model) for setting in error.nearest
             )
         raise
+
+
+def estimate_cpu_for(
+    model: ResolvedModel,
+    box: Box,
+    *,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    kv_cache_gib: int | None = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+) -> CpuEstimate:
+    """`model` on the CPU target of `box`, in RAM terms (`appliance.cpu_target`); RefusedError
+    with the reason for what it would refuse."""
+    return estimate_cpu(
+        label=model.label,
+        architecture=model.architecture,
+        weight_bytes=model.weight_bytes,
+        params_billion=model.params_billion,
+        quantization=model.quantization,
+        host_memory_bytes=box.host.memory_total_bytes,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        kv_cache_gib=kv_cache_gib,
+        kv_cache_dtype=kv_cache_dtype,
+    )
+
+
+def estimate_cpu_profile(profile: Profile, box: Box) -> CpuEstimate | None:
+    """A CPU-target profile's RAM split on a box: the catalog's model, or the weights already in
+    the models directory (config.json and safetensors headers); None when neither is at hand."""
+    from appliance.local_model import read_local_model, resolve_model
+    from appliance.runtime.specs import weights_path
+
+    spec = profile.spec
+    model: ResolvedModel | None = None
+    try:
+        if load_catalog().model_by_repo(spec.model.repo) is not None:
+            model = resolve_model(spec.model.repo, spec.model.quantization)
+        else:
+            local = weights_path(spec.storage.models_dir, spec.model.repo, spec.model.revision)
+            if (local / "config.json").is_file():
+                model = read_local_model(local, spec.model.quantization)
+    except BadInputError:
+        return None
+    if model is None:
+        return None
+    engine = spec.engine
+    return estimate_cpu_for(
+        model,
+        box,
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        kv_cache_gib=engine.cpu_kv_cache_gib,
+        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
+    )
 
 
 def _refuse_beyond_model_limit(model: ResolvedModel, flags: EngineFlags) -> None:
@@ -1428,3 +1490,92 @@ def would_need_lines(
         "FP8 / AWQ / GPTQ repo of this model and run recommend --model on it)"
     )
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# appliance recommend --device cpu
+
+
+@dataclass(frozen=True)
+class CpuRecommendation:
+    """The CPU target's verdict on each model: fits (largest first) or the reason it does not."""
+
+    workload: Workload
+    fits: tuple[tuple[ResolvedModel, CpuEstimate], ...]
+    rejected: tuple[tuple[str, str], ...]  # (model, reason)
+
+    @property
+    def top(self) -> tuple[ResolvedModel, CpuEstimate]:
+        if self.fits:
+            return self.fits[0]
+        reasons = [reason for _, reason in self.rejected]
+        if reasons and all("above the CPU target's limit" in r for r in reasons):
+            raise RefusedError(
+                f"none of the {len(reasons)} models considered is within the CPU target's "
+                f"{CPU_MAX_PARAMS_BILLION:g}B-parameter limit",
+                hint="name a small Hub model, e.g. appliance recommend --device cpu --workload "
+                "chat --model Qwen/Qwen2.5-0.5B-Instruct; or use a GPU box",
+            )
+        raise RefusedError(
+            f"nothing fits the CPU target: {reasons[0] if reasons else 'no model to size'}"
+        )
+
+    def to_profile(self, storage: StorageSpec | None = None) -> Profile:
+        """The top model as a CPU-target profile."""
+        model, estimate = self.top
+        repo = model.variant.repo if model.variant is not None else model.repo
+        if repo is None or model.quantization is None:
+            raise BadInputError(f"{model.label} has no Hub repo to write into a profile")
+        served = model.model.key if model.model is not None else repo.rsplit("/", 1)[-1].lower()
+        spec = Spec(
+            model=ModelSpec(repo=repo, quantization=model.quantization, served_model_name=served),
+            engine=EngineSpec(
+                device="cpu",
+                max_model_len=estimate.max_model_len,
+                max_num_seqs=self.workload.users,
+            ),
+            gateway=GatewaySpec(fallback=_fallback_to_complete(served)),
+            storage=storage or StorageSpec(),
+        )
+        name = f"cpu-{self.workload.kind}"
+        text = f"CPU target — {served} for {self.workload.kind} (appliance recommend --device cpu)"
+        return Profile.from_spec(name, spec, text)
+
+    def render(self) -> str:
+        lines = [f"CPU target, {self.workload.kind} with {self.workload.users} users:"]
+        for model, estimate in self.fits:
+            lines.append(f"  fits  {model.label}")
+            lines += [f"        {line}" for line in render_cpu_estimate(estimate).splitlines()[1:]]
+        lines += [f"  no    {label}: {reason}" for label, reason in self.rejected]
+        return "\n".join(lines)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "device": "cpu",
+            "fits": [{"model": m.label, **cpu_estimate_json(e)} for m, e in self.fits],
+            "rejected": [{"model": label, "reason": reason} for label, reason in self.rejected],
+        }
+
+
+def recommend_cpu(
+    box: Box, workload: Workload, models: Sequence[ResolvedModel] | None = None
+) -> CpuRecommendation:
+    """Each model (the catalog's bf16 checkpoints by default) on the box's CPU target, with
+    max_model_len = the workload's context and max_num_seqs = its users."""
+    if models is None:
+        from appliance.local_model import resolve_model
+
+        models = [resolve_model(m.key, "bf16") for m in load_catalog().models if m.variant("bf16")]
+    fits: list[tuple[ResolvedModel, CpuEstimate]] = []
+    rejected: list[tuple[str, str]] = []
+    for model in models:
+        try:
+            estimate = estimate_cpu_for(
+                model, box, max_model_len=workload.context, max_num_seqs=workload.users
+            )
+        except RefusedError as error:
+            rejected.append((model.label, error.message))
+            continue
+        fits.append((model, estimate))
+    fits.sort(key=lambda pair: -pair[1].weight_bytes)
+    return CpuRecommendation(workload, tuple(fits), tuple(rejected))

@@ -47,7 +47,7 @@ def kv_cache_dtype_bytes(kv_cache_dtype: KvCacheDtype, model_dtype_bytes: int = 
     return model_dtype_bytes if kv_cache_dtype == "auto" else 1
 
 
-# Where an engine runs: on the box's GPUs or on its CPUs (a trial box, an embedding sidecar).
+# Where an engine runs: on GPUs, or on the host's CPU cores (vLLM's CPU build, TEI's cpu- image).
 Device: TypeAlias = Literal["gpu", "cpu"]
 DEVICES: Final = get_args(Device)
 

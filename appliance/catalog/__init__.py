@@ -443,11 +443,20 @@ class TeiImages(_Frozen):
     gpu_build: CudaBuild  # every GPU tag of a TEI release is one build recipe
 
 
+class CpuImage(_Frozen):
+    """vLLM's CPU image of the same release: one tag per machine architecture."""
+
+    repository: str
+    tags: dict[str, str]  # `uname -m` (x86_64, aarch64) -> tag
+    source: str
+
+
 class VllmImage(_Frozen):
     repository: str
     tag: str  # the default build's tag
     version: str  # the vLLM release inside the image; sizing follows this version's rules
     builds: tuple[CudaBuild, ...]  # newest CUDA first: the one chosen when the driver allows
+    cpu: CpuImage  # the CPU target's image (`spec.engine.device: cpu`)
 
     @model_validator(mode="after")
     def _default_is_a_build(self) -> VllmImage:

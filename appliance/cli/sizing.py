@@ -16,7 +16,13 @@ from appliance.cli.base import (
     Commands,
 )
 from appliance.errors import BadInputError, ExitCode
-from appliance.vocabulary import DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR, KvCacheDtype, Quantization
+from appliance.vocabulary import (
+    DEFAULT_MODELS_DIR,
+    DEFAULT_STATE_DIR,
+    DEVICES,
+    KvCacheDtype,
+    Quantization,
+)
 
 
 def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
@@ -32,6 +38,10 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
 
     model = resolve_model(args.model, args.quantization)
+    if args.device == "cpu":
+        return _estimate_cpu(args, model)
+    if args.cpu_kv_cache_gib is not None:
+        raise BadInputError("--cpu-kv-cache-gib is for --device cpu")
     target = _estimate_target(args, gpu_target_from_box, resolve_gpu)
     try:
         flags = EngineFlags(
@@ -60,6 +70,31 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
         print(json.dumps(estimate_json(estimate), indent=2))
     else:
         print(render_estimate(estimate, model.label))
+    return ExitCode.OK
+
+
+def _estimate_cpu(args: argparse.Namespace, model: Any) -> ExitCode:
+    """`estimate --device cpu`: the model on this machine's (or a simulated box's) CPU target,
+    in RAM terms."""
+    from appliance.cpu_target import cpu_estimate_json, render_cpu_estimate
+    from appliance.hardware import detect_box
+    from appliance.recommend import estimate_cpu_for
+
+    if args.gpu_memory_gib is not None or args.gpu is not None or (args.tp or 1) > 1:
+        raise BadInputError("--device cpu sizes RAM: drop --gpu, --gpu-memory-gib and --tp")
+    box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
+    estimate = estimate_cpu_for(
+        model,
+        box,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_gib=args.cpu_kv_cache_gib,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )
+    if args.json:
+        print(json.dumps(cpu_estimate_json(estimate), indent=2))
+    else:
+        print(render_cpu_estimate(estimate))
     return ExitCode.OK
 
 
@@ -116,6 +151,8 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
         allow_gated=args.allow_gated or bool(os.environ.get("HF_TOKEN")),
     )
     extra: list[str] = []
+    if args.device == "cpu":
+        return _recommend_cpu(args, box, workload)
     if args.model is None:
         recommendation = recommend(box, workload)
     else:  # one Hub repo, ranked against its own options; what quantising it would give
@@ -151,6 +188,38 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
 
             write_output(args.output, text)
             print(f"wrote {args.output} ({top.model_name}, {top.quantization})", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _recommend_cpu(args: argparse.Namespace, box: Any, workload: Any) -> ExitCode:
+    """`recommend --device cpu`: models on the box's CPU target, in RAM terms."""
+    from appliance.local_model import resolve_model
+    from appliance.profile import StorageSpec, dump_profile
+    from appliance.recommend import recommend_cpu
+
+    models = None if args.model is None else [resolve_model(args.model, "bf16")]
+    recommendation = recommend_cpu(box, workload, models)
+    model, _ = recommendation.top  # raises RefusedError (exit 4) with the reason
+    if args.json:
+        print(json.dumps(recommendation.to_json_dict(), indent=2))
+    else:
+        print(recommendation.render())
+    if args.output is not None:
+        storage = StorageSpec.model_validate(
+            {
+                key: value
+                for key, value in (("models_dir", args.models_dir), ("state_dir", args.state_dir))
+                if value is not None
+            }
+        )
+        text = dump_profile(recommendation.to_profile(storage=storage))
+        if args.output == Path("-"):
+            sys.stdout.write(text)
+        else:
+            from appliance.fileio import write_output
+
+            write_output(args.output, text)
+            print(f"wrote {args.output} ({model.label}, CPU target)", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -203,6 +272,18 @@ def _add_estimate(commands: Commands) -> None:
     estimate.add_argument("--kv-cache-dtype", choices=get_args(KvCacheDtype), default="auto")
     estimate.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     estimate.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="gpu",
+        help="cpu: size for vLLM's CPU build in RAM terms (the profile's engine.device)",
+    )
+    estimate.add_argument(
+        "--cpu-kv-cache-gib",
+        type=opt.positive_int,
+        metavar="N",
+        help="with --device cpu: KV cache RAM (default: a quarter of the host's RAM, at most 64)",
+    )
+    estimate.add_argument(
         "--vllm-version",
         type=opt.vllm_version,
         metavar="V",
@@ -238,6 +319,12 @@ def _add_recommend(commands: Commands) -> None:
         "--output-tokens", type=opt.positive_int, metavar="N", help="typical answer length"
     )
     rec.add_argument("--prefer", choices=["quality", "balanced", "speed"], help="what wins ties")
+    rec.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="gpu",
+        help="cpu: models for vLLM's CPU build on this box's RAM (small bf16/fp16 models only)",
+    )
     rec.add_argument(
         "--embeddings",
         action=argparse.BooleanOptionalAction,

@@ -292,7 +292,9 @@ def _engine_deployment(
     container: dict[str, Any] = {
         "name": role,
         "image": spec.image,
-        "args": list(spec.command),  # the image's entrypoint stays (vllm serve, TEI's router)
+        # the image's entrypoint stays (vllm serve, TEI's router) unless the spec replaces it
+        "args": list(spec.command),
+        **({"command": list(spec.entrypoint)} if spec.entrypoint is not None else {}),
         "env": _env(spec),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "startupProbe": _http_probe("http", period_s=10, failure_threshold=startup_failures),
@@ -557,6 +559,7 @@ def manifests(
     vllm = _by_role(specs, "vllm")
     assert vllm is not None  # container_specs always gives vLLM first
     tp = profile.spec.engine.tensor_parallel_size
+    on_cpu = profile.spec.engine.device == "cpu"  # vLLM's CPU image: no GPU to ask for
     objects: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -569,7 +572,7 @@ def manifests(
             profile,
             vllm,
             port=VLLM_CONTAINER_PORT,
-            gpus=tp,
+            gpus=0 if on_cpu else tp,
             replicas=max(options.min_replicas, 1),
             startup_failures=_VLLM_STARTUP_BUDGET_S // 10,
             box=box,

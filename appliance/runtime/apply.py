@@ -290,7 +290,8 @@ def _check_gpus_visible(profile: Profile, box: Box, options: SpecOptions | None)
     if (options or SpecOptions()).gpu_requests is False or box.gpus:
         return
     embeddings = profile.spec.embeddings
-    wanted = ["spec.gpus is all"] if profile.spec.gpus == "all" else []
+    on_gpu = profile.spec.engine.device == "gpu"
+    wanted = ["spec.gpus is all"] if on_gpu and profile.spec.gpus == "all" else []
     if profile.spec.embeddings_enabled and embeddings is not None and embeddings.device == "gpu":
         wanted.append("spec.embeddings.device is gpu")
     if wanted:
@@ -327,10 +328,13 @@ def check_fits(profile: Profile, box: Box) -> None:
     """vLLM's refusals that sizing predicts (`recommend.estimate_profile`): hard rules (TP vs
     heads, quantization vs GPU) and a KV cache too small for one max_model_len sequence. `plan`
     and apply's preflight both run it; the nearest settings that fit are profile keys."""
-    from appliance.recommend import estimate_profile
+    from appliance.recommend import estimate_cpu_profile, estimate_profile
 
     try:
-        estimate_profile(profile, box)
+        if profile.spec.engine.device == "cpu":
+            estimate_cpu_profile(profile, box)
+        else:
+            estimate_profile(profile, box)
     except RefusedError as error:
         error.message = f"vLLM would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"

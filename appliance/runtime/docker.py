@@ -250,6 +250,7 @@ class DockerEngine:
             created = self._client.api.create_container(
                 spec.image,
                 command=list(spec.command) or None,
+                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
                 name=name or spec.name,
                 environment=dict(spec.environment),
                 labels=spec.labels(),

@@ -62,6 +62,8 @@ class ContainerSpec(_Frozen):
     role: Role
     name: str
     image: str
+    # None keeps the image's own entrypoint; the CPU target replaces it (`cpu_engine.py`).
+    entrypoint: tuple[str, ...] | None = None
     command: tuple[str, ...] = ()
     environment: dict[str, str] = Field(default_factory=dict)
     ports: tuple[PortBinding, ...] = ()
@@ -82,7 +84,11 @@ class ContainerSpec(_Frozen):
 
     def spec_hash(self) -> str:
         """A stable digest of the spec: equal specs mean an unchanged container."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # A spec without an entrypoint hashes as before the field existed: no engine that
+        # keeps its image's entrypoint is replaced by an upgrade of the appliance.
+        unset = {"entrypoint"} if self.entrypoint is None else None
+        dumped = self.model_dump(mode="json", exclude=unset)
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def labels(self) -> dict[str, str]:

@@ -17,6 +17,11 @@ can compare it and `compose export` can print it:
 - GPUs are requested by UUID (stable across reboots and driver reorders), the ones the profile
   assigns. `SpecOptions(gpu_requests=False)` is the single switch that turns the requests off;
   only the tests (on machines without a GPU) use it.
+- The CPU target (`spec.engine.device: cpu`): vLLM's CPU image for the host's architecture, no
+  GPU request, no `--gpu-memory-utilization` (the CPU build ignores it); its KV cache is
+  `VLLM_CPU_KVCACHE_SPACE` GiB of RAM (`appliance.cpu_target.kv_cache_space_gib`), and its
+  entrypoint writes the AMX-permission hook of issue #22 before it becomes vLLM's server
+  (`appliance.runtime.cpu_engine`). The port is still published on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Final, Literal, TypeVar
 
 from appliance.catalog import Catalog, load_catalog
+from appliance.cpu_target import kv_cache_space_gib
 from appliance.engine_images import (
     ImageChoice,
     NoImageRuns,
@@ -37,6 +43,7 @@ from appliance.engine_images import (
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import EmbeddingsSpec, Profile
+from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint, cpu_engine_env
 from appliance.runtime.model import ContainerSpec, Healthcheck, Mount, PortBinding
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "WeightsSource",
     "container_name",
     "container_specs",
+    "cpu_image_choice",
     "tei_command",
     "vllm_command",
     "vllm_image_choice",
@@ -90,7 +98,10 @@ def container_name(profile_name: str, role: str) -> str:
 
 
 def _select_gpus(profile: Profile, box: Box) -> tuple[GpuInfo, ...]:
-    """The box's GPUs the chat engine gets, in the order the profile lists them."""
+    """The box's GPUs the chat engine gets, in the order the profile lists them (none on the
+    CPU target)."""
+    if profile.spec.engine.device == "cpu":
+        return ()
     wanted = profile.spec.gpus
     if wanted == "all":
         return tuple(box.gpus)
@@ -150,6 +161,7 @@ def vllm_command(
     spec = profile.spec
     model, engine = spec.model, spec.engine
     gpus = _select_gpus(profile, box)
+    on_cpu = engine.device == "cpu"
     argv: list[str] = [
         "--model",
         str(weights_path(models_dir, model.repo, model.revision)),
@@ -162,8 +174,10 @@ def vllm_command(
         *_quantization_flags(model.quantization, gpus),
         "--tensor-parallel-size",
         str(engine.tensor_parallel_size),
-        "--gpu-memory-utilization",
-        f"{engine.gpu_memory_utilization:g}",
+    ]
+    if not on_cpu:  # the CPU build sizes its KV cache by VLLM_CPU_KVCACHE_SPACE instead
+        argv += ["--gpu-memory-utilization", f"{engine.gpu_memory_utilization:g}"]
+    argv += [
         "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
     ]
     if engine.max_model_len is not None:
@@ -177,7 +191,7 @@ def vllm_command(
     if engine.enforce_eager:
         argv.append("--enforce-eager")
     no_p2p = engine.tensor_parallel_size > 1 and box.peer_to_peer is False
-    if engine.disable_custom_all_reduce or no_p2p:
+    if not on_cpu and (engine.disable_custom_all_reduce or no_p2p):
         argv.append("--disable-custom-all-reduce")
     if model.lora_adapters:
         argv += ["--enable-lora", "--lora-modules"]
@@ -266,11 +280,29 @@ def vllm_image_choice(
     """
     if profile.spec.images.vllm:
         return None
+    if profile.spec.engine.device == "cpu":
+        return cpu_image_choice(box, catalog)
     chosen = _select_gpus(profile, box) if box.gpus else ()
     choice = vllm_image_for(box.driver_version, gpus_card_class(chosen, catalog), catalog)
     if isinstance(choice, NoImageRuns):
         raise _refuse_old_driver(box, choice)
     return choice
+
+
+def cpu_image_choice(box: Box, catalog: Catalog | None = None) -> ImageChoice:
+    """vLLM's CPU image of the pinned release for the host's architecture (x86_64 when the
+    host's is unknown); BadInputError on an architecture vLLM publishes no CPU image for."""
+    cpu = (catalog or load_catalog()).images.vllm.cpu
+    arch = box.host.architecture or "x86_64"
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    tag = cpu.tags.get(arch)
+    if tag is None:
+        raise BadInputError(
+            f"vLLM publishes no CPU image for {arch} (only {', '.join(sorted(cpu.tags))})",
+            hint="pin an image you built for this machine in spec.images.vllm",
+        )
+    why = f"vLLM's CPU image for {arch}: no GPU, no driver"
+    return ImageChoice(f"{cpu.repository}:{tag}", "none", "native", why)
 
 
 def _vllm_spec(
@@ -286,6 +318,12 @@ def _vllm_spec(
         _weights_mount(models_dir, a.repo, a.revision, source) for a in spec.model.lora_adapters
     ]
     port = spec.ports.vllm
+    on_cpu = spec.engine.device == "cpu"
+    cpu_env: dict[str, str] = {}
+    if on_cpu:
+        memory = box.host.memory_total_bytes
+        kv_gib = kv_cache_space_gib(memory, spec.engine.cpu_kv_cache_gib)
+        cpu_env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), **cpu_engine_env(CONTAINER_HOOK_DIR)}
     probe = (
         "import urllib.request; "
         f"urllib.request.urlopen('http://127.0.0.1:{VLLM_CONTAINER_PORT}/health', timeout=4)"
@@ -294,12 +332,14 @@ def _vllm_spec(
         role="vllm",
         name=container_name(profile.metadata.name, "vllm"),
         image=image,
+        entrypoint=container_entrypoint() if on_cpu else None,
         command=vllm_command(profile, box),
         environment={
             **_OFFLINE_ENV,
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             **compat_env,
+            **cpu_env,
         },
         ports=(PortBinding(container_port=VLLM_CONTAINER_PORT, host_port=port),),
         mounts=tuple(mounts),

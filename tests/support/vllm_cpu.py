@@ -151,13 +151,12 @@ def tiny_model_argv(models: Path, state: Path, port: int) -> tuple[str, ...]:
     profile = parse_profile(
         "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: real-vllm}\nspec:\n"
         f"  model: {model}\n"
-        "  engine: {max_model_len: 512, max_num_seqs: 4, enforce_eager: true}\n"
+        "  engine: {device: cpu, max_model_len: 512, max_num_seqs: 4, enforce_eager: true}\n"
         f"  storage: {{models_dir: {models}, state_dir: {state}}}\n",
         "real-vllm.yaml",
     )
-    gpu_box = detect_box(simulate="rtx4090", models_dir=models)
-    cpu_box = gpu_box.model_copy(update={"gpus": (), "gpu_links": ()})  # a CPU target
-    return vllm_command(profile, cpu_box, models_dir=models, host="127.0.0.1", port=port)
+    box = detect_box(simulate="rtx4090", models_dir=models)  # device: cpu uses none of its GPUs
+    return vllm_command(profile, box, models_dir=models, host="127.0.0.1", port=port)
 
 
 def prepare_engine_env(

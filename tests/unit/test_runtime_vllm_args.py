@@ -37,6 +37,12 @@ EXTRA = {
         "  engine: {tensor_parallel_size: 2, kv_cache_dtype: fp8_e5m2}\n  gpus: [0, 1]\n",
     ),
     "fp16": ("a100-80g", "  model: {repo: Qwen/Qwen2.5-7B-Instruct, quantization: fp16}\n"),
+    # The CPU target: no GPU flags at all (the KV cache is VLLM_CPU_KVCACHE_SPACE).
+    "cpu-bf16": (
+        "rtx4090",
+        "  model: {repo: Qwen/Qwen2.5-7B-Instruct, quantization: bf16}\n"
+        "  engine: {device: cpu, max_model_len: 4096, max_num_seqs: 8, enforce_eager: true}\n",
+    ),
 }
 
 
