@@ -19,14 +19,18 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, load_catalog
 from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
 from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.sizing import ResolvedModel
 from appliance.vocabulary import Quantization
+
+if TYPE_CHECKING:
+    from appliance.profile import Profile
 
 # owner/name[@revision], as the Hub spells repo ids (`weights.parse_repo_ref` checks it fully).
 _HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?")
@@ -39,31 +43,6 @@ _CONFIG_FIELDS_HINT = (
     "vocab_size (and num_key_value_heads, head_dim, max_position_embeddings where they differ "
     "from the defaults)"
 )
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to size: its architecture, its checkpoint's bytes, and where it came from.
-
-    `model`/`variant` are set for catalog models (so the recommender's tiers and other variants
-    are at hand); `quantization` is None when a local checkpoint's format is not one the
-    appliance models (its rules are then skipped).
-    """
-
-    architecture: ModelArchitecture
-    weight_bytes: int
-    label: str
-    quantization: Quantization | None
-    source: str  # "catalog", "catalog-repo", "hub" or "local"
-    model: ChatModel | None = None
-    variant: ModelVariant | None = None
-    params_billion: float | None = None
-    active_params_billion: float | None = None
-    # safetensors dtype → parameter count, where the headers were read (a Hub repo)
-    parameters_by_dtype: dict[str, int] | None = None
-    repo: str | None = None  # the Hub repo read (source "hub")
-    sha: str | None = None
-    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.py)
 
 
 def resolve_model(name: str, quantization: Quantization | None = None) -> ResolvedModel:
@@ -89,7 +68,7 @@ def resolve_model(name: str, quantization: Quantization | None = None) -> Resolv
                 f"{model.key} has no {wanted} variant in the catalog",
                 hint=f"use --quantization with one of: {have}",
             )
-        return _from_catalog(model, variant, "catalog")
+        return ResolvedModel.of_variant(model, variant)
     found = catalog.model_by_repo(name)
     if found is not None:
         model, variant = found
@@ -99,7 +78,7 @@ def resolve_model(name: str, quantization: Quantization | None = None) -> Resolv
                 hint=f"drop --quantization, or name the model: {model.key} --quantization "
                 f"{quantization}",
             )
-        return _from_catalog(model, variant, "catalog-repo")
+        return ResolvedModel.of_variant(model, variant, "catalog-repo")
     if _HUB_REPO.fullmatch(name):
         return read_hub_model(name, quantization)
     keys = ", ".join(m.key for m in catalog.models)
@@ -109,18 +88,23 @@ def resolve_model(name: str, quantization: Quantization | None = None) -> Resolv
     )
 
 
-def _from_catalog(model: ChatModel, variant: ModelVariant, source: str) -> ResolvedModel:
-    return ResolvedModel(
-        architecture=model.architecture,
-        weight_bytes=variant.weight_bytes,
-        label=f"{model.key} ({variant.quantization}, {variant.repo})",
-        quantization=variant.quantization,
-        source=source,
-        model=model,
-        variant=variant,
-        params_billion=model.params_billion,
-        active_params_billion=model.active_params_billion,
-    )
+def resolve_profile_model(profile: Profile) -> ResolvedModel | None:
+    """The model a profile serves, ready to size: the catalog's entry for its repo, or (on the
+    CPU target) the weights already in the models directory (config.json and safetensors
+    headers); None when neither is at hand, so the fit check skips what it cannot size."""
+    from appliance.runtime.specs import weights_path
+
+    spec = profile.spec
+    try:
+        if load_catalog().model_by_repo(spec.model.repo) is not None:
+            return resolve_model(spec.model.repo, spec.model.quantization)
+        if spec.engine.device == "cpu":
+            local = weights_path(spec.storage.models_dir, spec.model.repo, spec.model.revision)
+            if (local / "config.json").is_file():
+                return read_local_model(local, spec.model.quantization)
+    except BadInputError:
+        return None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from typing import ClassVar, Literal
 from appliance.catalog import (
     ChatModel,
     EmbeddingModel,
-    GpuSpec,
     ModelVariant,
     load_catalog,
 )
@@ -36,12 +35,20 @@ from appliance.cpu_target import (
     CPU_MAX_PARAMS_BILLION,
     CpuEstimate,
     cpu_estimate_json,
-    estimate_cpu,
     render_cpu_estimate,
 )
-from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
+from appliance.errors import BadInputError, RefusedError
+from appliance.fit import (
+    QUANTIZATION_QUALITY_LOSS,
+    TENSOR_PARALLEL_SIZES,
+    GpuTarget,
+    budget,
+    estimate_cpu_for,
+    gpu_target_from_box,
+    rule_findings,
+    utilization_text,
+)
 from appliance.hardware.box import Box
-from appliance.local_model import ResolvedModel
 from appliance.profile import (
     EmbeddingsSpec,
     EngineSpec,
@@ -61,13 +68,10 @@ from appliance.sizing import (
     DecodeSpeed,
     EngineFlags,
     MemoryEstimate,
+    ResolvedModel,
     RuleFinding,
-    check_rules,
-    cuda_total_bytes,
     decode_speed,
-    estimate_memory,
     kv_bytes_per_token,
-    loaded_weight_bytes,
     requests_held,
     tei_memory_bytes,
 )
@@ -75,7 +79,6 @@ from appliance.vocabulary import KvCacheDtype, Quantization
 
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
-TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # The remote API a recommended profile names for fallback, left off until an admin switches it
 # on: OpenAI's, which most teams already hold a key for. The key is named, never written; the
 # admin changes base_url, model_map and api_key_env for another OpenAI-compatible API.
@@ -91,532 +94,8 @@ _CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free
 # The GPU being sized
 
 
-@dataclass(frozen=True)
-class GpuTarget:
-    """The cards one vLLM instance runs on, as sizing needs them (the smallest card decides)."""
-
-    label: str  # "RTX 4090", "2x L40S", "24 GiB GPU"
-    name: str  # NVML name, or a description for a bare memory size
-    key: str | None  # GPU catalog key, when the card is in the catalog
-    count: int
-    memory_bytes: int  # one card's total as CUDA reports it (vLLM's base for utilization)
-    compute_capability: tuple[int, int]
-    bandwidth_gb_s: float | None
-    p2p: bool  # peer-to-peer between the cards (False on GeForce)
-    notes: tuple[str, ...] = ()
-
-
-def _find_gpu(name: str) -> GpuSpec | None:
-    catalog = load_catalog()
-    found = catalog.gpu(name) or catalog.gpu_by_name(name)
-    if found is not None:
-        return found
-    wanted = re.sub(r"[^a-z0-9]", "", name.lower())
-    for gpu in catalog.gpus:
-        key = re.sub(r"[^a-z0-9]", "", gpu.key)
-        if wanted in (key, f"rtx{key}", key.removeprefix("rtx")):
-            return gpu
-    return None
-
-
-def _target_from_spec(spec: GpuSpec, count: int, memory_bytes: int | None = None) -> GpuTarget:
-    return GpuTarget(
-        label=f"{count}x {spec.key}" if count > 1 else spec.key,
-        name=spec.name,
-        key=spec.key,
-        count=count,
-        memory_bytes=memory_bytes or cuda_total_bytes(spec.memory_total_bytes),
-        compute_capability=spec.compute_capability,
-        bandwidth_gb_s=spec.memory_bandwidth_gb_s,
-        p2p=spec.p2p_default,
-    )
-
-
-def resolve_gpu(
-    gpu: str | None = None, gpu_memory_gib: float | None = None, gpus: int = 1
-) -> GpuTarget:
-    """`--gpu NAME` (a catalog key such as rtx4090, or an NVML name) and/or `--gpu-memory-gib N`
-    (one card's total as CUDA reports it; overrides the catalog's figure), times `--gpus N`."""
-    if gpus < 1:
-        raise BadInputError(f"--gpus must be at least 1, not {gpus}")
-    memory = int(gpu_memory_gib * GIB) if gpu_memory_gib is not None else None
-    if memory is not None and memory <= 0:
-        raise BadInputError(f"--gpu-memory-gib must be positive, not {gpu_memory_gib}")
-    if gpu is not None:
-        spec = _find_gpu(gpu)
-        if spec is None:
-            keys = ", ".join(g.key for g in load_catalog().gpus)
-            raise BadInputError(
-                f"{gpu!r} is not a GPU in the catalog",
-                hint=f"use one of: {keys}; or give the card's memory with --gpu-memory-gib N",
-            )
-        return _target_from_spec(spec, gpus, memory)
-    if memory is None:
-        raise BadInputError(
-            "no GPU to size for",
-            hint="give --simulate NAME (e.g. rtx4090, 2x4090, l40s, h100) or --gpu-memory-gib N",
-        )
-    return GpuTarget(
-        label=f"{gpus}x {gpu_memory_gib:g} GiB GPU" if gpus > 1 else f"{gpu_memory_gib:g} GiB GPU",
-        name=f"{gpu_memory_gib:g} GiB GPU",
-        key=None,
-        count=gpus,
-        memory_bytes=memory,
-        compute_capability=(8, 0),
-        bandwidth_gb_s=None,
-        p2p=True,
-        notes=("GPU model unknown: assumed compute capability 8.0 and P2P between cards",),
-    )
-
-
-def gpu_target_from_box(box: Box) -> GpuTarget:
-    """The box's GPUs as one target: the smallest card's memory and the lowest capability
-    decide, because vLLM gives every tensor-parallel rank the same budget."""
-    if not box.gpus:
-        raise EnvironmentNotReadyError(
-            "this box has no GPU that NVML can see, so there is nothing to size for",
-            hint="run `appliance detect` for why, or try `--simulate rtx4090`",
-        )
-    catalog = load_catalog()
-    specs = [catalog.gpu(g.catalog_key) if g.catalog_key else None for g in box.gpus]
-    memories: list[int] = []
-    for gpu, spec in zip(box.gpus, specs, strict=True):
-        if gpu.memory_total_bytes is not None:
-            memories.append(cuda_total_bytes(gpu.memory_total_bytes, gpu.memory_reserved_bytes))
-        elif spec is not None:
-            memories.append(cuda_total_bytes(spec.memory_total_bytes))
-    if not memories:
-        raise EnvironmentNotReadyError(
-            "no GPU on this box reports its memory size (unified memory?)",
-            hint="size by hand: appliance estimate MODEL --gpu-memory-gib N",
-        )
-    capabilities = [g.compute_capability for g in box.gpus if g.compute_capability is not None]
-    capabilities += [s.compute_capability for s in specs if s is not None]
-    bandwidths = [s.memory_bandwidth_gb_s for s in specs if s is not None]
-    p2p = box.peer_to_peer
-    if p2p is None:
-        p2p = len(box.gpus) == 1 or all(s is not None and s.p2p_default for s in specs)
-    notes: list[str] = []
-    if not capabilities:
-        notes.append("compute capability unknown: assumed 8.0")
-    names = sorted({g.name for g in box.gpus})
-    count = len(box.gpus)
-    first = specs[0]
-    short = first.key if first is not None and len(names) == 1 else " + ".join(names)
-    return GpuTarget(
-        label=box.simulated or (f"{count}x {short}" if count > 1 else short),
-        name=" + ".join(names),
-        key=first.key if first is not None and len(names) == 1 else None,
-        count=count,
-        memory_bytes=min(memories),
-        compute_capability=min(capabilities) if capabilities else (8, 0),
-        bandwidth_gb_s=min(bandwidths) if len(bandwidths) == count else None,
-        p2p=p2p,
-        notes=tuple(notes),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # appliance estimate
-
-
-class DoesNotFitError(RefusedError):
-    """vLLM would refuse to start with these settings (exit 4). Carries the estimate, so
-    `--json` can still print the split, and the nearest settings that do fit."""
-
-    def __init__(
-        self, message: str, hint: str | None, estimate: MemoryEstimate, nearest: tuple[str, ...]
-    ) -> None:
-        super().__init__(message, hint)
-        self.estimate = estimate
-        self.nearest = nearest
-
-
-def _quantization_of(model: ResolvedModel) -> Quantization | None:
-    return model.quantization
-
-
-def _findings(
-    model: ResolvedModel, target: GpuTarget, tensor_parallel_size: int
-) -> list[RuleFinding]:
-    quantization = _quantization_of(model)
-    if quantization is None:
-        return []
-    return check_rules(
-        model.architecture,
-        quantization=quantization,
-        compute_capability=target.compute_capability,
-        tensor_parallel_size=tensor_parallel_size,
-        p2p_supported=target.p2p,
-        params_billion=model.params_billion,
-        active_params_billion=model.active_params_billion,
-    )
-
-
-def _estimate(
-    model: ResolvedModel,
-    target: GpuTarget,
-    *,
-    tp: int,
-    flags: EngineFlags,
-    vllm_version: str,
-    other_processes_bytes: int,
-) -> MemoryEstimate:
-    return estimate_memory(
-        model.architecture,
-        loaded_weight_bytes(
-            model.architecture,
-            model.weight_bytes,
-            model.quantization,
-            target.compute_capability,
-            tp,
-        ),
-        target.memory_bytes,
-        gpu_count=max(tp, target.count),
-        tensor_parallel_size=tp,
-        compute_capability=target.compute_capability,
-        flags=flags,
-        vllm_version=vllm_version,
-        other_processes_bytes=other_processes_bytes,
-        gpu_name=target.name,
-    )
-
-
-def estimate_for(
-    model: ResolvedModel,
-    target: GpuTarget,
-    *,
-    tensor_parallel_size: int | None = None,
-    flags: EngineFlags | None = None,
-    vllm_version: str = PINNED_VLLM_VERSION,
-    other_processes_bytes: int = 0,
-) -> MemoryEstimate:
-    """What `appliance estimate` prints: the per-GPU split for `model` on `target`.
-
-    Raises RefusedError when a hard rule stops vLLM (TP does not divide the heads, a
-    quantization the GPU cannot run), and DoesNotFitError when vLLM would refuse to start; both
-    say why and what nearest setting would work. BadInputError for a TP larger than the GPUs.
-    """
-    flags = flags or EngineFlags()
-    tp = tensor_parallel_size or target.count
-    if tp > target.count:
-        raise BadInputError(
-            f"--tp {tp} needs {tp} GPUs but --gpus is {target.count}",
-            hint=f"add --gpus {tp}, or lower --tp",
-        )
-    _refuse_beyond_model_limit(model, flags)
-    findings = _findings(model, target, tp)
-    errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        raise RefusedError(
-            "; ".join(f.message for f in errors),
-            hint=f"model {model.label} on {target.label}",
-        )
-    estimate = _estimate(
-        model,
-        target,
-        tp=tp,
-        flags=flags,
-        vllm_version=vllm_version,
-        other_processes_bytes=other_processes_bytes,
-    )
-    notes = estimate.notes + target.notes + tuple(f.message for f in findings)
-    estimate = dataclasses.replace(estimate, notes=notes)
-    if estimate.fits:
-        return estimate
-    nearest = nearest_fitting_settings(
-        model,
-        target,
-        estimate,
-        flags=flags,
-        vllm_version=vllm_version,
-        other_processes_bytes=other_processes_bytes,
-    )
-    hint = (
-        "nearest settings that fit: " + "; ".join(nearest)
-        if nearest
-        else "nothing close fits on this GPU: choose a smaller model or a larger GPU"
-    )
-    raise DoesNotFitError(
-        f"{model.label} does not fit on {target.label}: {estimate.reason}",
-        hint,
-        estimate,
-        tuple(nearest),
-    )
-
-
-def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate | None:
-    """The memory split of a profile's chat engine on a box, as `estimate` computes it from the
-    profile's own engine flags; None for what is not sized (a model the catalog does not know,
-    a box without GPUs). Raises as `estimate_for` does, with the nearest settings that fit
-    worded as profile keys."""
-    from appliance.local_model import resolve_model
-
-    spec = profile.spec
-    if not box.gpus or load_catalog().model_by_repo(spec.model.repo) is None:
-        return None
-    try:
-        model = resolve_model(spec.model.repo, spec.model.quantization)
-    except BadInputError:
-        return None
-    engine = spec.engine
-    flags = EngineFlags(
-        gpu_memory_utilization=engine.gpu_memory_utilization,
-        max_model_len=engine.max_model_len,
-        max_num_seqs=engine.max_num_seqs,
-        max_num_batched_tokens=engine.max_num_batched_tokens,
-        kv_cache_dtype=engine.kv_cache_dtype,
-        enforce_eager=engine.enforce_eager,
-    )
-    try:
-        return estimate_for(
-            model,
-            gpu_target_from_box(box),
-            tensor_parallel_size=engine.tensor_parallel_size,
-            flags=flags,
-        )
-    except DoesNotFitError as error:
-        if error.nearest:
-            error.hint = "nearest settings that fit: " + "; ".join(
-                in_profile_terms(setting, model) for setting in error.nearest
-            )
-        raise
-
-
-def estimate_cpu_for(
-    model: ResolvedModel,
-    box: Box,
-    *,
-    max_model_len: int | None = None,
-    max_num_seqs: int | None = None,
-    kv_cache_gib: int | None = None,
-    kv_cache_dtype: KvCacheDtype = "auto",
-) -> CpuEstimate:
-    """`model` on the CPU target of `box`, in RAM terms (`appliance.cpu_target`); RefusedError
-    with the reason for what it would refuse."""
-    return estimate_cpu(
-        label=model.label,
-        architecture=model.architecture,
-        weight_bytes=model.weight_bytes,
-        params_billion=model.params_billion,
-        quantization=model.quantization,
-        host_memory_bytes=box.host.memory_total_bytes,
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
-        kv_cache_gib=kv_cache_gib,
-        kv_cache_dtype=kv_cache_dtype,
-    )
-
-
-def estimate_cpu_profile(profile: Profile, box: Box) -> CpuEstimate | None:
-    """A CPU-target profile's RAM split on a box: the catalog's model, or the weights already in
-    the models directory (config.json and safetensors headers); None when neither is at hand."""
-    from appliance.local_model import read_local_model, resolve_model
-    from appliance.runtime.specs import weights_path
-
-    spec = profile.spec
-    model: ResolvedModel | None = None
-    try:
-        if load_catalog().model_by_repo(spec.model.repo) is not None:
-            model = resolve_model(spec.model.repo, spec.model.quantization)
-        else:
-            local = weights_path(spec.storage.models_dir, spec.model.repo, spec.model.revision)
-            if (local / "config.json").is_file():
-                model = read_local_model(local, spec.model.quantization)
-    except BadInputError:
-        return None
-    if model is None:
-        return None
-    engine = spec.engine
-    return estimate_cpu_for(
-        model,
-        box,
-        max_model_len=engine.max_model_len,
-        max_num_seqs=engine.max_num_seqs,
-        kv_cache_gib=engine.cpu_kv_cache_gib,
-        kv_cache_dtype="auto" if engine.kv_cache_dtype == "auto" else "fp8",
-    )
-
-
-def _refuse_beyond_model_limit(model: ResolvedModel, flags: EngineFlags) -> None:
-    """vLLM refuses a max_model_len above the length its config allows (see
-    `ModelArchitecture.max_model_len_limit`) before it looks at memory."""
-    limit = model.architecture.max_model_len_limit
-    wanted = flags.max_model_len
-    if wanted is None or wanted <= limit:
-        return
-    architecture = model.architecture
-    rope = architecture.rope_scaling
-    basis = f"max_position_embeddings {architecture.max_position_embeddings}"
-    if rope is not None and limit != architecture.max_position_embeddings:
-        if rope.rope_type == "yarn" and rope.original_max_position_embeddings:
-            basis = f"original_max_position_embeddings {rope.original_max_position_embeddings}"
-        basis += f" x {rope.rope_type} RoPE factor {rope.factor or 1:g}"
-    raise RefusedError(
-        f"max_model_len {wanted} is longer than {model.label} allows: {limit} tokens ({basis} "
-        "in its config.json); vLLM refuses to start with it",
-        hint=f"use --max-model-len {limit} or less",
-    )
-
-
-def nearest_fitting_settings(
-    model: ResolvedModel,
-    target: GpuTarget,
-    estimate: MemoryEstimate,
-    *,
-    flags: EngineFlags,
-    vllm_version: str = PINNED_VLLM_VERSION,
-    other_processes_bytes: int = 0,
-    limit: int = 3,
-) -> list[str]:
-    """Changes that make vLLM start, nearest first: a shorter max_model_len, an fp8 KV cache,
-    a higher gpu_memory_utilization, then more GPUs or a smaller checkpoint of the same model
-    (each with the max_model_len it can hold when the full one does not)."""
-    tp = estimate.tensor_parallel_size
-    found: list[str] = []
-    shortest_useful = min(4096, estimate.max_model_len)
-
-    def attempt(
-        text: str,
-        changed: EngineFlags,
-        candidate: ResolvedModel = model,
-        new_tp: int = tp,
-    ) -> None:
-        if len(found) >= limit:
-            return
-        if any(f.severity == "error" for f in _findings(candidate, target, new_tp)):
-            return
-        result = _estimate(
-            candidate,
-            target,
-            tp=new_tp,
-            flags=changed,
-            vllm_version=vllm_version,
-            other_processes_bytes=other_processes_bytes,
-        )
-        if result.fits:
-            found.append(text)
-            return
-        largest = result.largest_fitting_max_model_len
-        if largest is not None and largest >= shortest_useful:
-            found.append(f"{text} --max-model-len {largest}".strip())
-
-    largest = estimate.largest_fitting_max_model_len
-    if largest is not None and largest >= 1:
-        found.append(f"--max-model-len {largest}")
-    cc = target.compute_capability
-    if flags.kv_cache_dtype == "auto" and cc >= (8, 9):
-        attempt("--kv-cache-dtype fp8", dataclasses.replace(flags, kv_cache_dtype="fp8"))
-    if estimate.gpu_memory_utilization < 0.95:
-        attempt(
-            "--gpu-memory-utilization 0.95",
-            dataclasses.replace(flags, gpu_memory_utilization=0.95),
-        )
-    bigger_tp = [t for t in TENSOR_PARALLEL_SIZES if t > tp]
-    variants: list[ResolvedModel] = []
-    if model.model is not None:
-        for variant in sorted(model.model.variants, key=lambda v: _QUANT_PENALTY[v.quantization]):
-            if variant.weight_bytes < model.weight_bytes:
-                variants.append(_resolved_variant(model.model, variant))
-    # Fewest GPUs first; on each count, the checkpoint closest to the one asked for.
-    for new_tp in [tp, *bigger_tp]:
-        where = "" if new_tp <= target.count else f" (on {new_tp} such GPUs)"
-        tp_text = "" if new_tp == tp else f" --gpus {new_tp} --tp {new_tp}{where}"
-        for candidate in ([model] if new_tp != tp else []) + variants:
-            quant = f"--quantization {candidate.quantization}" if candidate is not model else ""
-            attempt(f"{quant}{tp_text}".strip(), flags, candidate, new_tp)
-    return found[:limit]
-
-
-# `nearest_fitting_settings` speaks `appliance estimate`'s flags; a profile's reader needs keys.
-_PROFILE_KEYS = {
-    "max-model-len": "spec.engine.max_model_len",
-    "kv-cache-dtype": "spec.engine.kv_cache_dtype",
-    "gpu-memory-utilization": "spec.engine.gpu_memory_utilization",
-    "tp": "spec.engine.tensor_parallel_size",
-    "quantization": "spec.model.quantization",
-}
-
-
-def in_profile_terms(setting: str, model: ResolvedModel) -> str:
-    """One of `nearest_fitting_settings`' answers as profile keys: `--quantization awq --gpus 2
-    --tp 2 (on 2 such GPUs)` becomes `spec.model.repo: …-AWQ, spec.model.quantization: awq,
-    spec.gpus: [0, 1], spec.engine.tensor_parallel_size: 2 (on 2 such GPUs)`."""
-    where = re.search(r"\(on .*?\)", setting)
-    parts: list[str] = []
-    for flag, value in re.findall(r"--([a-z-]+) (\S+)", setting):
-        if flag == "gpus":
-            parts.append(f"spec.gpus: {list(range(int(value)))}")
-        elif flag == "quantization" and model.model is not None:
-            repos = [v.repo for v in model.model.variants if v.quantization == value]
-            if repos:
-                parts.append(f"spec.model.repo: {repos[0]}")
-            parts.append(f"spec.model.quantization: {value}")
-        else:
-            parts.append(f"{_PROFILE_KEYS.get(flag, '--' + flag)}: {value}")
-    return ", ".join(parts) + (f" {where.group(0)}" if where else "")
-
-
-def _resolved_variant(model: ChatModel, variant: ModelVariant) -> ResolvedModel:
-    return ResolvedModel(
-        architecture=model.architecture,
-        weight_bytes=variant.weight_bytes,
-        label=f"{model.key} ({variant.quantization}, {variant.repo})",
-        quantization=variant.quantization,
-        source="catalog",
-        model=model,
-        variant=variant,
-        params_billion=model.params_billion,
-        active_params_billion=model.active_params_billion,
-    )
-
-
-def estimate_json(estimate: MemoryEstimate) -> dict[str, object]:
-    """`appliance estimate --json`: the estimate's fields (weights_gib, activation_gib,
-    non_torch_gib, cuda_graph_gib, kv_cache_gib, kv_cache_tokens, max_concurrency, fits,
-    reason, …)."""
-    return estimate.to_json_dict()
-
-
-def _utilization_text(utilization: float) -> str:
-    """A gpu_memory_utilization with where it came from: the one default (the pinned vLLM
-    release's, which `estimate`, `recommend` and a profile share) or a choice."""
-    if utilization == DEFAULT_GPU_MEMORY_UTILIZATION:
-        return f"{utilization:g}, vLLM {PINNED_VLLM_VERSION}'s default"
-    if utilization < DEFAULT_GPU_MEMORY_UTILIZATION:
-        return f"{utilization:g}, below the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
-    return f"{utilization:g}, above the default {DEFAULT_GPU_MEMORY_UTILIZATION:g}"
-
-
-def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
-    """The estimate as an operator reads it: the per-GPU split, then the verdict."""
-    e = estimate
-    tp = (
-        f" (per GPU, tensor parallel {e.tensor_parallel_size})"
-        if e.tensor_parallel_size > 1
-        else ""
-    )
-    lines = [
-        f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
-        f"  vLLM may use           {e.requested_gib:8.2f} GiB"
-        f"  (gpu_memory_utilization {_utilization_text(e.gpu_memory_utilization)})",
-        f"  weights              - {e.weights_gib:8.2f} GiB",
-        f"  activations (peak)   - {e.activation_gib:8.2f} GiB",
-        f"  non-torch            - {e.non_torch_gib:8.2f} GiB",
-        f"  CUDA graphs          - {e.cuda_graph_gib:8.2f} GiB",
-        f"  = KV cache             {e.kv_cache_gib:8.2f} GiB  "
-        f"({e.kv_bytes_per_token / 1024:.0f} KiB per token)",
-        f"  KV cache tokens        {e.kv_cache_tokens:>8,}",
-        f"  max_model_len          {e.max_model_len:>8,}   max_num_seqs {e.max_num_seqs}, "
-        f"max_num_batched_tokens {e.max_num_batched_tokens}",
-        f"  max concurrency        {e.max_concurrency:8.2f}   requests of max_model_len",
-    ]
-    if e.other_processes_gib:
-        lines.insert(2, f"  (other processes hold {e.other_processes_gib:.2f} GiB)")
-    verdict = e.reason.removeprefix("fits: ")
-    lines.append(("FITS: " if e.fits else "DOES NOT FIT: ") + verdict)
-    lines.extend(f"  note: {note}" for note in e.notes)
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,17 +362,6 @@ def _split_text(e: MemoryEstimate) -> str:
 # --- Scoring ---------------------------------------------------------------------------------
 
 _TIER_POINTS = {"good": 0.0, "better": 1.0, "best": 2.0}
-# MXFP4 is gpt-oss's only published checkpoint, the one its benchmark scores were measured on.
-_QUANT_PENALTY: dict[str, float] = {
-    "bf16": 0.0,
-    "fp16": 0.0,
-    "mxfp4": 0.0,
-    "fp8": 0.1,
-    "int8": 0.15,
-    "nvfp4": 0.25,
-    "awq": 0.3,
-    "gptq": 0.35,
-}
 _FP8_KV_PENALTY = 0.1
 # (quality weight, speed weight) per preference.
 _WEIGHTS: dict[str, tuple[float, float]] = {
@@ -1087,15 +555,15 @@ class _Option:
             # many state blocks each request of a Gated DeltaNet model holds.
             enable_prefix_caching=self.workload.kind in ("chat", "rag"),
         )
-        estimate = _estimate(
-            _resolved_variant(self.model, self.variant),
+        estimate = budget(
+            ResolvedModel.of_variant(self.model, self.variant),
             self.target,
             tp=self.tp,
             flags=flags,
             vllm_version=self.workload.vllm_version,
             other_processes_bytes=self.tei_bytes,
         )
-        architecture = _resolved_variant(self.model, self.variant).architecture
+        architecture = ResolvedModel.of_variant(self.model, self.variant).architecture
         held = requests_held(architecture, estimate, self.workload.request_tokens, flags=flags)
         return _Trial(estimate, held, kv_cache_dtype, max_num_seqs)
 
@@ -1109,7 +577,7 @@ def _option(
     tp: int,
     embedding: EmbeddingModel | None,
 ) -> _Option:
-    findings = _findings(_resolved_variant(model, variant), target, tp)
+    findings = rule_findings(ResolvedModel.of_variant(model, variant), target, tp)
     embeddings_gpu: int | None = None
     tei_bytes = 0
     if embedding is not None:
@@ -1202,7 +670,7 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
     )
     size_name, _ = _size_class(model.params_billion)
     quality = _quality_points(model)
-    quality -= _QUANT_PENALTY[variant.quantization]
+    quality -= QUANTIZATION_QUALITY_LOSS[variant.quantization]
     if chosen.kv_dtype == "fp8":
         quality -= _FP8_KV_PENALTY
     if workload.kind == "batch":
@@ -1431,7 +899,7 @@ def render_recommendation(
         )
         lines.append(
             f"   max_model_len {c.max_model_len}, max_num_seqs {c.max_num_seqs}, "
-            f"gpu_memory_utilization {_utilization_text(c.gpu_memory_utilization)}, "
+            f"gpu_memory_utilization {utilization_text(c.gpu_memory_utilization)}, "
             "kv_cache_dtype "
             f"{c.kv_cache_dtype}, prefix caching {'on' if c.enable_prefix_caching else 'off'}"
             + (", disable_custom_all_reduce" if c.disable_custom_all_reduce else "")
@@ -1563,9 +1031,11 @@ def recommend_cpu(
     """Each model (the catalog's bf16 checkpoints by default) on the box's CPU target, with
     max_model_len = the workload's context and max_num_seqs = its users."""
     if models is None:
-        from appliance.local_model import resolve_model
-
-        models = [resolve_model(m.key, "bf16") for m in load_catalog().models if m.variant("bf16")]
+        models = [
+            ResolvedModel.of_variant(m, variant)
+            for m in load_catalog().models
+            if (variant := m.variant("bf16")) is not None
+        ]
     fits: list[tuple[ResolvedModel, CpuEstimate]] = []
     rejected: list[tuple[str, str]] = []
     for model in models:

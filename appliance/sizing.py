@@ -47,7 +47,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from appliance.catalog import ModelArchitecture
+from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant
 from appliance.vocabulary import FindingSeverity, KvCacheDtype, Quantization, kv_cache_dtype_bytes
 
 GIB = 1 << 30
@@ -281,6 +281,48 @@ class MemoryEstimate:
         data = asdict(self)
         data["notes"] = list(self.notes)
         return data
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to size: its architecture, its checkpoint's bytes, and where it came from.
+
+    `model`/`variant` are set for catalog models (so the recommender's tiers and other variants
+    are at hand); `quantization` is None when a local checkpoint's format is not one the
+    appliance models (its rules are then skipped).
+    """
+
+    architecture: ModelArchitecture
+    weight_bytes: int
+    label: str
+    quantization: Quantization | None
+    source: str  # "catalog", "catalog-repo", "hub" or "local"
+    model: ChatModel | None = None
+    variant: ModelVariant | None = None
+    params_billion: float | None = None
+    active_params_billion: float | None = None
+    # safetensors dtype → parameter count, where the headers were read (a Hub repo)
+    parameters_by_dtype: dict[str, int] | None = None
+    repo: str | None = None  # the Hub repo read (source "hub")
+    sha: str | None = None
+    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.py)
+
+    @classmethod
+    def of_variant(
+        cls, model: ChatModel, variant: ModelVariant, source: str = "catalog"
+    ) -> ResolvedModel:
+        """A catalog model's checkpoint, as the catalog sizes it."""
+        return cls(
+            architecture=model.architecture,
+            weight_bytes=variant.weight_bytes,
+            label=f"{model.key} ({variant.quantization}, {variant.repo})",
+            quantization=variant.quantization,
+            source=source,
+            model=model,
+            variant=variant,
+            params_billion=model.params_billion,
+            active_params_billion=model.active_params_billion,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from appliance.vocabulary import (
 
 
 def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
-    from appliance.local_model import resolve_model
-    from appliance.recommend import (
+    from appliance.fit import (
         DoesNotFitError,
         estimate_for,
         estimate_json,
@@ -35,6 +34,7 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
         render_estimate,
         resolve_gpu,
     )
+    from appliance.local_model import resolve_model
     from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
 
     model = resolve_model(args.model, args.quantization)
@@ -77,8 +77,8 @@ def _estimate_cpu(args: argparse.Namespace, model: Any) -> ExitCode:
     """`estimate --device cpu`: the model on this machine's (or a simulated box's) CPU target,
     in RAM terms."""
     from appliance.cpu_target import cpu_estimate_json, render_cpu_estimate
+    from appliance.fit import estimate_cpu_for
     from appliance.hardware import detect_box
-    from appliance.recommend import estimate_cpu_for
 
     if args.gpu_memory_gib is not None or args.gpu is not None or (args.tp or 1) > 1:
         raise BadInputError("--device cpu sizes RAM: drop --gpu, --gpu-memory-gib and --tp")
@@ -156,8 +156,9 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     if args.model is None:
         recommendation = recommend(box, workload)
     else:  # one Hub repo, ranked against its own options; what quantising it would give
+        from appliance.fit import gpu_target_from_box
         from appliance.local_model import hub_candidates
-        from appliance.recommend import gpu_target_from_box, would_need_lines
+        from appliance.recommend import would_need_lines
 
         hub = hub_candidates(args.model)
         recommendation = recommend(box, workload, [hub.model])

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.hardware.box import DockerInfo, Finding, GpuInfo, GpuLink, HostInfo
-from appliance.hardware.nvml import NvmlUnavailable
 from appliance.units import gib
 
 if TYPE_CHECKING:
     from appliance.catalog import GpuSpec
+    from appliance.hardware.nvml import NvmlUnavailable
 
 # Finding codes.
 NO_DRIVER = "no-driver"

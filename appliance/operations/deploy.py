@@ -109,6 +109,7 @@ def deploy_profile(
         confirm=confirm,
         progress=progress,
         deadlines_s=deadlines_s,
+        fit_checked=True,  # check_box_can_run sized it before the download
     )
     if not result.applied:
         return Deployment(result)

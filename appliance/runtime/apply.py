@@ -242,6 +242,7 @@ def _preflight(
     options: SpecOptions | None,
     ports_busy: Callable[[int], bool],
     progress: Progress,
+    check_fit: bool = True,
 ) -> None:
     specs = _starting(plan)
     if not specs:
@@ -276,7 +277,8 @@ def _preflight(
             hint="download them first (appliance weights pull PROFILE), or import them on an "
             "air-gapped box (appliance weights import PATH --as owner/name)",
         )
-    check_fits(profile, box)
+    if check_fit:  # a deploy checked it before downloading the weights: once is enough
+        check_fits(profile, box)
     for image in sorted({spec.image for spec in specs}):
         if engine.image_present(image):
             continue
@@ -325,16 +327,15 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
 
 
 def check_fits(profile: Profile, box: Box) -> None:
-    """vLLM's refusals that sizing predicts (`recommend.estimate_profile`): hard rules (TP vs
-    heads, quantization vs GPU) and a KV cache too small for one max_model_len sequence. `plan`
-    and apply's preflight both run it; the nearest settings that fit are profile keys."""
-    from appliance.recommend import estimate_cpu_profile, estimate_profile
+    """vLLM's refusals that sizing predicts (`fit.fit_profile`): hard rules (TP vs heads,
+    quantization vs GPU) and a KV cache too small for one max_model_len sequence, on the GPUs
+    the profile gives vLLM with TEI's share taken out (or in RAM on the CPU target). `plan`
+    and apply's preflight run it; the nearest settings that fit are profile keys."""
+    from appliance.fit import fit_profile
+    from appliance.local_model import resolve_profile_model
 
     try:
-        if profile.spec.engine.device == "cpu":
-            estimate_cpu_profile(profile, box)
-        else:
-            estimate_profile(profile, box)
+        fit_profile(profile, box, resolve_profile_model(profile))
     except RefusedError as error:
         error.message = f"vLLM would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"
@@ -572,13 +573,15 @@ def apply_profile(
     probe: Callable[[str], bool] = http_ok,
     ports_busy: Callable[[int], bool] = port_in_use,
     lock_file: Path | None = None,
+    fit_checked: bool = False,
 ) -> ApplyResult:
     """`appliance apply PROFILE`: make the box run exactly this profile, or leave it as it was.
 
     `confirm` is asked with the plan (under the lock) before anything changes; returning False
     applies nothing. Raises `RefusedError` (another apply holds the lock, a port is taken),
     `EnvironmentNotReadyError` (no GPU in Docker, weights missing) before any change, and
-    `ApplyFailedError` after a rollback.
+    `ApplyFailedError` after a rollback. `fit_checked`: the caller already ran `check_fits` on
+    this profile and box (a deploy does, before downloading), so preflight does not size again.
     """
     catalog = catalog or load_catalog()
     report = _tolerant(progress or _quiet)
@@ -599,7 +602,14 @@ def apply_profile(
         if confirm is not None and not confirm(plan):
             return ApplyResult(plan, applied=False, containers=tuple(current))
         _preflight(
-            plan, profile, box, engine, options=options, ports_busy=ports_busy, progress=report
+            plan,
+            profile,
+            box,
+            engine,
+            options=options,
+            ports_busy=ports_busy,
+            progress=report,
+            check_fit=not fit_checked,
         )
         with interrupts.deferred():
             _execute(

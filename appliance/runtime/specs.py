@@ -41,6 +41,7 @@ from appliance.engine_images import (
     vllm_image_for,
 )
 from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.fit import chat_gpus, tei_gpu
 from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import EmbeddingsSpec, Profile
 from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint, cpu_engine_env
@@ -97,38 +98,6 @@ def container_name(profile_name: str, role: str) -> str:
     return f"llm-appliance-{profile_name}-{role}"
 
 
-def _select_gpus(profile: Profile, box: Box) -> tuple[GpuInfo, ...]:
-    """The box's GPUs the chat engine gets, in the order the profile lists them (none on the
-    CPU target)."""
-    if profile.spec.engine.device == "cpu":
-        return ()
-    wanted = profile.spec.gpus
-    if wanted == "all":
-        return tuple(box.gpus)
-    chosen: list[GpuInfo] = []
-    for ref in wanted:
-        chosen.append(_find_gpu(box, ref, "spec.gpus"))
-    return tuple(chosen)
-
-
-def _find_gpu(box: Box, ref: int | str, where: str) -> GpuInfo:
-    if not box.gpus:
-        # Not the profile's fault: the box has no GPU the driver shows (or no driver at all).
-        raise EnvironmentNotReadyError(
-            f"{where} names GPU {ref}, but this box has no GPU that NVML can see",
-            hint="run `appliance detect` for what is missing (driver, GPU), "
-            "or plan for another box with --simulate NAME",
-        )
-    for gpu in box.gpus:
-        if ref in (gpu.index, gpu.uuid):
-            return gpu
-    present = ", ".join(f"{g.index} ({g.uuid})" for g in box.gpus) or "none"
-    raise BadInputError(
-        f"{where} names GPU {ref}, which this box does not have (GPUs here: {present})",
-        hint="list GPUs by the index or UUID `nvidia-smi -L` prints on this box",
-    )
-
-
 def _quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:
     capabilities = [g.compute_capability for g in gpus if g.compute_capability is not None]
     marlin = not capabilities or min(capabilities) >= (8, 0)
@@ -160,7 +129,7 @@ def vllm_command(
     """
     spec = profile.spec
     model, engine = spec.model, spec.engine
-    gpus = _select_gpus(profile, box)
+    gpus = chat_gpus(profile, box)
     on_cpu = engine.device == "cpu"
     argv: list[str] = [
         "--model",
@@ -282,7 +251,7 @@ def vllm_image_choice(
         return None
     if profile.spec.engine.device == "cpu":
         return cpu_image_choice(box, catalog)
-    chosen = _select_gpus(profile, box) if box.gpus else ()
+    chosen = chat_gpus(profile, box) if box.gpus else ()
     choice = vllm_image_for(box.driver_version, gpus_card_class(chosen, catalog), catalog)
     if isinstance(choice, NoImageRuns):
         raise _refuse_old_driver(box, choice)
@@ -343,7 +312,7 @@ def _vllm_spec(
         },
         ports=(PortBinding(container_port=VLLM_CONTAINER_PORT, host_port=port),),
         mounts=tuple(mounts),
-        gpu_device_ids=_device_ids(_select_gpus(profile, box), options),
+        gpu_device_ids=_device_ids(chat_gpus(profile, box), options),
         ipc_mode="host",  # tensor parallel workers share memory through /dev/shm
         healthcheck=Healthcheck(
             test=("python3", "-c", probe),
@@ -357,17 +326,6 @@ def _vllm_spec(
     )
 
 
-def _tei_gpu(profile: Profile, box: Box) -> GpuInfo | None:
-    embeddings = profile.spec.embeddings
-    assert embeddings is not None
-    if embeddings.device == "cpu":
-        return None
-    if embeddings.gpu is not None:
-        return _find_gpu(box, embeddings.gpu, "spec.embeddings.gpu")
-    chat = _select_gpus(profile, box)
-    return chat[0] if chat else None
-
-
 def _tei_spec(
     profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
 ) -> ContainerSpec:
@@ -375,7 +333,7 @@ def _tei_spec(
     embeddings = spec.embeddings
     assert embeddings is not None
     assert embeddings.repo is not None
-    gpu = _tei_gpu(profile, box)
+    gpu = tei_gpu(profile, box)
     image = spec.images.tei
     if not image:
         choice = tei_image_for(

@@ -285,9 +285,10 @@ def test_the_cli_estimates_a_hub_repo_and_refuses_clearly(tmp_path: Path) -> Non
 def test_recommend_ranks_a_hub_repo_and_says_what_its_quantised_variants_need(
     hub: HubDouble,
 ) -> None:
+    from appliance.fit import gpu_target_from_box
     from appliance.hardware import detect_box
     from appliance.local_model import hub_candidates
-    from appliance.recommend import Workload, gpu_target_from_box, recommend, would_need_lines
+    from appliance.recommend import Workload, recommend, would_need_lines
 
     candidates = hub_candidates(SINGLE)
     assert [v.repo for v in candidates.model.variants] == [SINGLE]

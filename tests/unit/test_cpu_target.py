@@ -13,11 +13,11 @@ import pytest
 from appliance.catalog import load_catalog
 from appliance.cpu_target import CPU_MAX_PARAMS_BILLION, estimate_cpu, kv_cache_space_gib
 from appliance.errors import BadInputError, RefusedError
+from appliance.fit import estimate_cpu_for
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box
 from appliance.local_model import resolve_model
 from appliance.profile import Profile, ProfileError, parse_profile
-from appliance.recommend import estimate_cpu_for
 from appliance.runtime.apply import check_box_can_run
 from appliance.runtime.compose import compose_document
 from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint

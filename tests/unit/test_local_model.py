@@ -10,6 +10,7 @@ import pytest
 
 from appliance.catalog import load_catalog
 from appliance.errors import BadInputError, EnvironmentNotReadyError
+from appliance.fit import estimate_for, resolve_gpu
 from appliance.local_model import (
     architecture_from_config,
     local_weight_bytes,
@@ -18,7 +19,6 @@ from appliance.local_model import (
     resolve_model,
     safetensors_payload_bytes,
 )
-from appliance.recommend import estimate_for, resolve_gpu
 from appliance.sizing import EngineFlags
 
 # Qwen/Qwen2.5-7B-Instruct config.json (the fields that matter, as published).

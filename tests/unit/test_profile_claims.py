@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from appliance.fit import fit_profile
 from appliance.hardware import detect_box
-from appliance.profile import load_profile
-from appliance.recommend import estimate_profile
+from appliance.hardware.box import Box
+from appliance.local_model import resolve_profile_model
+from appliance.profile import Profile, load_profile
 from appliance.runtime.compose import EXAMPLE_BOXES
-from appliance.sizing import PINNED_VLLM_VERSION
+from appliance.sizing import PINNED_VLLM_VERSION, MemoryEstimate
+
+
+def estimate_profile(profile: Profile, box: Box) -> MemoryEstimate:
+    estimate = fit_profile(profile, box, resolve_profile_model(profile))
+    assert isinstance(estimate, MemoryEstimate)
+    return estimate
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAIM = re.compile(

@@ -13,21 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import BadInputError, EnvironmentNotReadyError, ExitCode, RefusedError
+from appliance.fit import (
+    DoesNotFitError,
+    estimate_for,
+    estimate_json,
+    gpu_target_from_box,
+    render_estimate,
+    resolve_gpu,
+)
 from appliance.hardware import Box, detect_box
 from appliance.local_model import resolve_model
 from appliance.profile import dump_profile, parse_profile
 from appliance.recommend import (
-    DoesNotFitError,
     Recommendation,
     Workload,
-    estimate_for,
-    estimate_json,
-    gpu_target_from_box,
     recommend,
     recommend_for_target,
-    render_estimate,
     render_recommendation,
-    resolve_gpu,
 )
 from appliance.sizing import GIB, EngineFlags, cuda_total_bytes, decode_speed, tei_memory_bytes
 

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from appliance.catalog import load_catalog
+from appliance.fit import render_estimate
 from appliance.hardware import Box, detect_box
 from appliance.profile import dump_profile, parse_profile
-from appliance.recommend import Workload, recommend, render_estimate, render_recommendation
+from appliance.recommend import Workload, recommend, render_recommendation
 from appliance.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     PINNED_VLLM_VERSION,
@@ -74,9 +75,9 @@ def test_card_why_text_and_profile_agree(box: str, kind: str, numbers: dict[str,
 def test_one_gpu_memory_utilization_default_stated_in_estimate_and_recommend() -> None:
     pinned = VllmRules.for_version(PINNED_VLLM_VERSION).default_gpu_memory_utilization
     assert pinned == DEFAULT_GPU_MEMORY_UTILIZATION
+    from appliance.fit import estimate_for, resolve_gpu
     from appliance.local_model import resolve_model
     from appliance.profile import EngineSpec
-    from appliance.recommend import estimate_for, resolve_gpu
 
     assert EngineSpec().gpu_memory_utilization == DEFAULT_GPU_MEMORY_UTILIZATION
     estimate = estimate_for(resolve_model("qwen2.5-7b-instruct", "awq"), resolve_gpu("rtx4090"))
