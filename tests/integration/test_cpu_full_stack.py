@@ -9,9 +9,9 @@ no GPU request, port on 127.0.0.1), `keys create`, `gateway`, `status --json`, `
 
 Figures asserted: vLLM's generation tokens within 1 % of the tokens the client received (issue
 #17's acceptance); the gateway's TTFT p50/p95 in `status --watch --json` over the whole load are
-present and the p50 is in no higher histogram bucket than the client's. The issue's "TTFT within
-10 % of the client's" is reported, not asserted (see the comment at the assertion). The test
-prints the image's build time and size and its figures (run with -s to see them).
+present, the p50 within 10 % of the client's over the same requests (issue #17's acceptance);
+the p95 is reported, not held to 10 % (see the comment at the assertion). The test prints the
+image's build time and size and its figures (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -210,12 +210,14 @@ def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_pa
     seen = [svc for svc in snapshot["services"] if svc["kind"] == "gateway"]
     assert gateway["p50"] is not None, seen
     assert gateway["p95"] is not None, seen
-    # Not asserted: issue #17's "within 10 % of the client" (not met on these machines; the
-    # figures are printed, docs/test-infrastructure.md has them and why). What must hold is the
-    # order, to the histogram's resolution: the gateway sits between the client and the engine,
-    # so its p50 is in a bucket no higher than the one holding the client's p50.
-    edge = min((b for b in TTFT_BUCKETS if b >= client_p50), default=math.inf)
-    assert gateway["p50"] <= edge, (gateway, client_p50)
+    # Issue #17's acceptance, over the same requests: the gateway's p50 within 10 % of the
+    # client's. Its p95 is reported, not asserted: the gateway's buckets (0.025, 0.05, 0.1,
+    # 0.2, ... s) put these requests in (0.05, 0.1], so the interpolated p95 cannot pass 0.1 s,
+    # while the client's tail carries its own time (SDK, thread, 2 shared cores); 100 ms
+    # against 133 ms in the run docs/test-infrastructure.md records.
+    assert abs(gateway["p50"] - client_p50) <= 0.1 * client_p50, (gateway, client_p50)
+    edge = min((b for b in TTFT_BUCKETS if b >= client_p95), default=math.inf)
+    assert gateway["p95"] <= edge, (gateway, client_p95)  # never beyond the client's bucket
 
     down = appliance("down", str(profile))
     assert down.returncode == ExitCode.OK, down.stderr
