@@ -135,13 +135,14 @@ class _Bytes:
 
 
 def _cmd_create(args: argparse.Namespace) -> ExitCode:
-    from appliance.bundle.create import build_wheels, create_bundle, wheels_in
+    from appliance.bundle.create import build_wheels, create_bundle, plan_bundle, wheels_in
     from appliance.hardware import detect_box
     from appliance.profile import load_profile
     from appliance.runtime.docker import DockerEngine
 
     profile = load_profile(args.profile)
     box = detect_box(simulate=args.simulate, models_dir=profile.spec.storage.models_dir)
+    plan_bundle(profile, box)  # missing weights or a driver no image runs on: before Docker
     wheels: Any = (
         None if args.no_wheels else (wheels_in(args.wheels) if args.wheels else build_wheels)
     )
@@ -176,9 +177,11 @@ def _cmd_create(args: argparse.Namespace) -> ExitCode:
 
 def _cmd_load(args: argparse.Namespace) -> ExitCode:
     from appliance.bundle.load import load_bundle
+    from appliance.bundle.stream import read_manifest
     from appliance.hardware import detect_box
     from appliance.runtime.docker import DockerEngine
 
+    read_manifest(args.file)  # a file that is no bundle is refused before Docker is asked
     box = detect_box(simulate=args.simulate)
     engine = DockerEngine()
     progress = _Bytes()
