@@ -128,7 +128,7 @@ class _Bytes:
             self._progress.advance(self._task, n)
 
     def note(self, text: str) -> None:
-        self._progress.console.print(text, highlight=False, markup=False)
+        self._progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def stop(self) -> None:
         self._progress.stop()

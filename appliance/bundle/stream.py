@@ -163,14 +163,17 @@ class BundleWriter:
 
 
 def read_manifest(bundle: Path) -> Manifest:
-    """The manifest (the last member) without extracting anything else."""
+    """The manifest (the last member) without extracting anything else.
+
+    A bundle cut short is refused naming the member it was cut in (its manifest, written last,
+    is then missing too)."""
+    last: tarfile.TarInfo | None = None
     try:
         with tarfile.open(bundle, mode="r:") as tar:
-            last = None
             for info in tar:
                 last = info
             if last is None or last.name != MANIFEST_NAME:
-                raise RefusedError(f"{bundle}: no manifest at the end (truncated bundle?)")
+                raise RefusedError(_cut_short(bundle, last))
             f = tar.extractfile(last)
             assert f is not None
             text = f.read()
@@ -178,7 +181,19 @@ def read_manifest(bundle: Path) -> Manifest:
                 raise RefusedError(f"{bundle}: its manifest is cut short (truncated bundle)")
             return parse_manifest(text.decode("utf-8", errors="replace"))
     except (tarfile.TarError, OSError, EOFError) as exc:
+        if last is not None:
+            raise RefusedError(_cut_short(bundle, last)) from None
         raise RefusedError(f"{bundle}: not a readable bundle ({exc})") from None
+
+
+def _cut_short(bundle: Path, last: tarfile.TarInfo | None) -> str:
+    size = bundle.stat().st_size
+    if last is not None and last.offset_data + last.size > size:
+        return (
+            f"bundle member {last.name} is cut short at byte {size - last.offset_data} of "
+            f"{last.size} (truncated bundle); its manifest is missing"
+        )
+    return f"{bundle}: no manifest at the end (truncated bundle?)"
 
 
 def _verified(staging: Path) -> set[str]:
