@@ -2008,8 +2008,12 @@ def import_weights(
     free_bytes: Callable[[Path], int] = disk_free_bytes,
     margin_bytes: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    consume_source: bool = False,
 ) -> InstalledWeights:
     """Record weights brought in by hand (a directory or a tarball) as `repo` at `revision`.
+
+    `consume_source`: the directory is the caller's own staging copy on the models dir's
+    filesystem (`bundle load`'s verified members); its files are moved in, not copied again.
 
     The same files a pull would keep are copied (safetensors, configs, tokenizer, templates) and
     hashed into a manifest. The snapshot is named by the source's commit when it tells one (a
@@ -2052,7 +2056,7 @@ def import_weights(
             files = _import_files(root, source, repo)
             _check_import(files, source)
             total = sum(p.stat().st_size for _, p in files)
-            if source.is_dir():
+            if source.is_dir() and not consume_source:  # moved files need no new space
                 _check_disk(models_dir, total, free_bytes, margin_bytes)
             progress = _Progress(
                 repo,
@@ -2066,7 +2070,9 @@ def import_weights(
                 cancel=cancel,
                 phase="import",
             )
-            manifest = _copy_into(files, staging / "snapshot", progress, move=not source.is_dir())
+            manifest = _copy_into(
+                files, staging / "snapshot", progress, move=consume_source or not source.is_dir()
+            )
             commit = _commit_for(revision, root, manifest)
             final = snapshot_dir(models_dir, repo, commit)
             if final.exists():  # imported before: unlist it first, then replace it

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +31,15 @@ from typing import TYPE_CHECKING
 from appliance import fileio
 from appliance.bundle.create import engine_images, image_member, target_of
 from appliance.bundle.manifest import Manifest, Member, check_expected, check_target
-from appliance.bundle.stream import Progress, read_manifest, staged_path, verify_into
+from appliance.bundle.stream import (
+    Handling,
+    MemberReader,
+    Progress,
+    member_offsets,
+    read_manifest,
+    staged_path,
+    verify_into,
+)
 from appliance.errors import (
     BadInputError,
     EnvironmentNotReadyError,
@@ -126,17 +135,20 @@ def _check_disk(
     models: Path,
     free_bytes: Callable[[Path], int] | None,
 ) -> None:
-    """What is not staged yet, plus the weights' copy into the models dir, must fit."""
+    """What is not staged yet must fit beside the models dir."""
     from appliance.weights import disk_free_bytes
 
     to_stage = sum(
         m.size
         for m in manifest.members
-        if not (
+        if m.kind != "image"
+        and not (
             staged_path(staging, m).is_file() and staged_path(staging, m).stat().st_size == m.size
         )
     )
-    needed = to_stage + sum(m.size for m in manifest.members if m.kind == "weights")
+    # Images go straight from the bundle into Docker (its own disk: not measured here);
+    # staged weights are moved into the models dir, so they need their room once.
+    needed = to_stage
     free = (free_bytes or disk_free_bytes)(models)
     keep = max(needed // 100, _MIN_HEADROOM)
     if free < needed + keep:
@@ -150,25 +162,54 @@ def _check_disk(
 
 def _load_images(
     engine: DockerEngine,
+    bundle: Path,
     images: dict[str, tuple[Member, str]],
-    staging: Path,
     result: LoadResult,
     say: Callable[[str], None],
 ) -> None:
+    """`docker load` each image straight from the bundle (verified already, hashed again while
+    Docker reads it, so a bundle changed since is caught), then check the image id."""
+    offsets: dict[str, int] | None = None
     for image, (member, image_id) in sorted(images.items()):
         present = engine.image_identity(image)
         if present is not None and (not image_id or present[0] == image_id):
             result.images_present.append(image)
             continue
         say(f"loading {image}")
-        with staged_path(staging, member).open("rb") as archive:
-            engine.load_images(archive)
+        offsets = offsets or member_offsets(bundle)
+        with MemberReader(bundle, member, offsets[member.path]) as archive:
+            engine.load_images(archive)  # type: ignore[arg-type]
+            archive.finish()
         present = engine.image_identity(image)
         if present is None or (image_id and present[0] != image_id):
             raise OperationFailedError(
                 f"docker load of {member.path} did not give {image} with id {image_id}"
             )
         result.images_loaded.append(image)
+
+
+def _handling(manifest: Manifest, models: Path) -> Callable[[Member], Handling]:
+    """Images are hash-checked (Docker reads them from the bundle); weights already installed
+    here at the bundled commit are skipped (a restart after they were moved in); the rest is
+    staged."""
+    from appliance.weights import find_installed
+
+    have = {
+        (repo, sha)
+        for (repo, sha), revision in _weights_groups(manifest).items()
+        if (found := find_installed(models, repo, revision)) is not None and found.sha == sha
+    }
+
+    def how(member: Member) -> Handling:
+        if member.kind == "image":
+            return "hash"
+        if member.kind == "weights":
+            parts = member.path.split("/")
+            if (f"{parts[1]}/{parts[2]}", parts[3]) in have:
+                return "skip"
+        return "stage"
+
+    return how
 
 
 def _import_weights(
@@ -188,7 +229,11 @@ def _import_weights(
         say(f"importing weights {repo}@{revision}")
         org, _, name = repo.partition("/")
         done = import_weights(
-            staging / "weights" / org / name / sha, repo, revision, models_dir=models
+            staging / "weights" / org / name / sha,
+            repo,
+            revision,
+            models_dir=models,
+            consume_source=True,  # the verified staging copy is moved in, not copied again
         )
         if done.sha != sha:
             raise OperationFailedError(f"{repo} was imported as {done.sha}, the bundle says {sha}")
@@ -237,11 +282,17 @@ def load_bundle(
     if on_total is not None:
         on_total(sum(m.size for m in manifest.members))
     say(f"verifying {len(manifest.members)} members into {staging}")
-    verify_into(bundle, staging, progress)
+    verify_into(bundle, staging, progress, how=_handling(manifest, models))
 
     result = LoadResult(manifest, profiles_dir / f"{profile.metadata.name}.yaml")
-    _load_images(engine, images, staging, result, say)
-    _import_weights(manifest, staging, models, result, say)
+    # Docker reads the images while the weights are moved in and hashed: both are verified
+    # already and independent, so they overlap (Docker works in its own process).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-docker-load") as pool:
+        loading = pool.submit(_load_images, engine, bundle, images, result, say)
+        try:
+            _import_weights(manifest, staging, models, result, say)
+        finally:
+            loading.result()
     profiles_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write(result.profile_path, dump_profile(profile).encode(), mode=0o644)
     shutil.rmtree(staging, ignore_errors=True)

@@ -11,7 +11,9 @@ a member costs one read, one hash and one write.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from appliance.bundle.manifest import (
     MANIFEST_NAME,
@@ -37,6 +39,7 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 VERIFIED_RECORD = ".verified"
 Progress = Callable[[int], None]
+Handling = Literal["stage", "hash", "skip"]
 
 
 def _header(path: str, size: int, mtime: int) -> bytes:
@@ -207,10 +210,18 @@ def staged_path(staging: Path, member: Member) -> Path:
     return staging / member.path
 
 
-def verify_into(bundle: Path, staging: Path, progress: Progress | None = None) -> Manifest:
-    """Stream-verify every member into `staging`; a member verified before (recorded in
-    staging/.verified, still there with its size) is skipped. Nothing outside `staging` is
-    touched, and a member that fails leaves no file behind."""
+def verify_into(
+    bundle: Path,
+    staging: Path,
+    progress: Progress | None = None,
+    how: Callable[[Member], Handling] | None = None,
+) -> Manifest:
+    """Stream-verify every member. `how` says what to do with each (default: "stage"):
+    "stage" copies it into `staging`; "hash" only checks it (images: `bundle load` streams
+    them from the bundle again, re-hashing, so no second copy of an image lands on disk);
+    "skip" leaves it (what this box has already, installed and verified). A member verified before
+    (recorded in staging/.verified, and still there with its size when staged) is skipped.
+    Nothing outside `staging` is touched, and a member that fails leaves no file behind."""
     manifest = read_manifest(bundle)
     by_path = {m.path: m for m in manifest.members}
     staging.mkdir(parents=True, exist_ok=True)
@@ -230,17 +241,15 @@ def verify_into(bundle: Path, staging: Path, progress: Progress | None = None) -
                     raise RefusedError(f"bundle member {member.path} appears twice")
                 seen.add(member.path)
                 target = staged_path(staging, member)
-                if member.path in done and _has_size(target, member.size):
+                handling = "stage" if how is None else how(member)
+                if handling == "skip":
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part = target.with_name(target.name + ".part")
-                try:
-                    size, sha256 = _copy_member(raw, info, part, pool, progress)
-                    check_member(member, size, sha256)
-                except BaseException:
-                    part.unlink(missing_ok=True)
-                    raise
-                part.replace(target)
+                copy = handling == "stage"
+                if member.path in done and (not copy or _has_size(target, member.size)):
+                    continue
+                _verify_member(
+                    raw, info, member, target if copy else None, pool=pool, progress=progress
+                )
                 done.add(member.path)
                 tmp = record.with_name(record.name + ".tmp")
                 tmp.write_text(json.dumps(sorted(done)))
@@ -255,6 +264,32 @@ def verify_into(bundle: Path, staging: Path, progress: Progress | None = None) -
     return manifest
 
 
+def _verify_member(
+    raw: BinaryIO,
+    info: tarfile.TarInfo,
+    member: Member,
+    target: Path | None,
+    *,
+    pool: ThreadPoolExecutor,
+    progress: Progress | None,
+) -> None:
+    """Check one member's bytes; with `target`, copy them there (via `.part`, renamed only
+    once they matched, removed when they did not)."""
+    part = None
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+    try:
+        size, sha256 = _copy_member(raw, info, part, pool, progress)
+        check_member(member, size, sha256)
+    except BaseException:
+        if part is not None:
+            part.unlink(missing_ok=True)
+        raise
+    if part is not None and target is not None:
+        part.replace(target)
+
+
 def _has_size(path: Path, size: int) -> bool:
     try:
         return path.stat().st_size == size and not path.is_symlink()
@@ -265,29 +300,76 @@ def _has_size(path: Path, size: int) -> bool:
 def _copy_member(
     raw: BinaryIO,
     info: tarfile.TarInfo,
-    part: Path,
+    part: Path | None,
     pool: ThreadPoolExecutor,
     progress: Progress | None,
 ) -> tuple[int, str]:
-    """Copy a member's bytes straight from the bundle file (1 MiB reads at its data offset),
-    hashing on the worker thread. A short read (truncated bundle) ends the copy early; the
-    size check then names the member."""
+    """Copy a member's bytes straight from the bundle file (1 MiB reads at its data offset)
+    into `part` (None: hash only), hashing on the worker thread. A short read (truncated
+    bundle) ends the copy early; the size check then names the member."""
     hasher = _Hasher(pool)
     count = 0
     raw.seek(info.offset_data)
     left = info.size
-    with part.open("wb", buffering=0) as out:
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(part.open("wb", buffering=0)) if part is not None else None
         while left > 0:
             data = raw.read(min(CHUNK, left))
             if not data:
                 break
             hasher.update(data)
-            _write_all(out, data)
+            if out is not None:
+                _write_all(out, data)
             count += len(data)
             left -= len(data)
             if progress is not None:
                 progress(len(data))
     return count, hasher.hexdigest()
+
+
+class MemberReader(io.RawIOBase):
+    """A member's bytes read straight from the bundle, hashed as they are read; `finish()`
+    refuses them (naming the member) unless they are exactly what the manifest says."""
+
+    def __init__(self, bundle: Path, member: Member, offset: int) -> None:
+        super().__init__()
+        self._file = bundle.open("rb", buffering=0)
+        self._file.seek(offset)
+        self._left = member.size
+        self._member = member
+        self._sha = hashlib.sha256()
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        """What is left to read: lets an HTTP client send it with a Content-Length."""
+        return self._left
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self._left]
+        n = self._file.readinto(view) or 0
+        self._sha.update(view[:n])
+        self._count += n
+        self._left -= n
+        return n
+
+    def finish(self) -> None:
+        check_member(self._member, self._count, self._sha.hexdigest())
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def member_offsets(bundle: Path) -> dict[str, int]:
+    """Where each member's data starts in the bundle file."""
+    try:
+        with tarfile.open(bundle, mode="r:") as tar:
+            return {info.name: info.offset_data for info in tar}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise RefusedError(f"{bundle}: truncated or unreadable ({exc})") from None
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:
@@ -302,8 +384,10 @@ def _write_all(out: BinaryIO, data: bytes) -> None:
 __all__ = [
     "CHUNK",
     "BundleWriter",
+    "MemberReader",
     "Progress",
     "file_chunks",
+    "member_offsets",
     "read_manifest",
     "staged_path",
     "verify_into",

@@ -226,12 +226,16 @@ def test_an_interrupted_load_restarts_without_reverifying(
     monkeypatch.setattr(engine, "load_images", fail)
     with pytest.raises(EnvironmentNotReadyError):
         load(tmp_path, bundle, engine=engine)
-    assert list_weights(tmp_path / "dst-models") == []
+    assert not (tmp_path / "profiles").exists()  # the profile goes in last, after all else
+    # Weights are imported while Docker loads: complete (manifest written last) or absent.
+    assert all(w.repo == REPO for w in list_weights(tmp_path / "dst-models"))
     monkeypatch.undo()
     seen: list[int] = []
     result, _ = load(tmp_path, bundle, engine=engine, progress=seen.append)
     assert sum(seen) == 0  # every member was verified by the first run
     assert result.images_loaded == [IMAGE]
+    assert result.weights_present + result.weights_imported == [f"{REPO}@main"]
+    assert result.profile_path.is_file()
 
 
 def test_missing_weights_refuse_create(tmp_path: Path) -> None:
