@@ -7,8 +7,10 @@ What goes in, in this order (the manifest, with every member's SHA-256, last):
   that box's driver and cards start), `docker save`d straight into the bundle, pulled first
   when this engine lacks them;
 - the weights of every model the profile needs (chat model, LoRA adapters, embeddings), read
-  from the complete snapshots in the models dir (their weights manifest's files only, each
-  checked against its recorded SHA-256 while it streams; a link is never followed);
+  from the complete snapshots in the models dir (their weights manifest's files only; a link is
+  never followed), copied kernel-side with the SHA-256 their weights manifest recorded when
+  they were pulled or imported — not hashed again here: `bundle load` hashes every byte, so a
+  file altered since is refused there, by name;
 - the appliance and its dependencies as wheels for the target's Python (`install.sh --offline`);
 - the profile itself, so `bundle load` installs it last.
 
@@ -318,7 +320,7 @@ def _write_members(
         version = f"{item.ref.repo}@{item.ref.revision}"
         say(f"adding weights {version}")
         for member, path, sha256, size in _weights_files(models_dir, item.installed):
-            added = writer.add_file(member, "weights", path, version, sha256)
+            added = writer.add_file_known(member, "weights", path, sha256, version)
             if added.size != size:
                 raise RefusedError(f"{member}: size differs from its weights manifest")
     for wheel in wheel_files:

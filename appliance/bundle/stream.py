@@ -148,6 +148,28 @@ class BundleWriter:
             raise BadInputError(f"{src} changed size while it was being bundled")
         return member
 
+    def add_file_known(
+        self, path: str, kind: Kind, src: Path, sha256: str, version: str = ""
+    ) -> Member:
+        """Write a file whose SHA-256 is already on record (a weights manifest's, computed
+        when the file was pulled or imported) with a kernel-side copy and no hashing here.
+
+        A file altered since its record would carry the recorded digest into the bundle;
+        `bundle load` then refuses it, naming the member, so nothing wrong is ever installed."""
+        if path in self._paths or path == MANIFEST_NAME:
+            raise BadInputError(f"bundle member {path} is written twice")
+        out = self._out
+        with src.open("rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            out.write(_header(path, size, self._mtime))
+            out.flush()
+            _copy_range(f, out, size, self._progress)
+        out.write(b"\0" * (-size % BLOCK))
+        member = Member(path=path, kind=kind, size=size, sha256=sha256, version=version)
+        self.members.append(member)
+        self._paths.add(path)
+        return member
+
     def finish(self, appliance_version: str, target: Target) -> Manifest:
         manifest = Manifest(appliance_version, target, tuple(self.members))
         data = manifest.to_json().encode()
@@ -163,6 +185,36 @@ class BundleWriter:
 
     def close(self) -> None:
         self._pool.shutdown()
+
+
+def _copy_range(src: BinaryIO, out: BinaryIO, size: int, progress: Progress | None) -> None:
+    """`size` bytes from `src` to `out` at its position: copy_file_range (no copy through
+    Python) where the kernel offers it, else 1 MiB reads and writes."""
+    left = size
+    position = out.tell()
+    try:
+        while left > 0:
+            n = os.copy_file_range(src.fileno(), out.fileno(), min(left, 64 * CHUNK))
+            if n == 0:
+                raise BadInputError(f"{getattr(src, 'name', 'a file')} shrank while bundled")
+            left -= n
+            if progress is not None:
+                progress(n)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        if left != size:
+            raise
+        while left > 0:
+            data = src.read(min(CHUNK, left))
+            if not data:
+                raise BadInputError(
+                    f"{getattr(src, 'name', 'a file')} shrank while it was bundled"
+                ) from None
+            out.write(data)
+            left -= len(data)
+            if progress is not None:
+                progress(len(data))
+        return
+    out.seek(position + size)
 
 
 def read_manifest(bundle: Path) -> Manifest:

@@ -288,3 +288,19 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
             FakeEngine(),
             profiles_dir=tmp_path,
         )  # type: ignore[arg-type]
+
+
+def test_weights_changed_after_their_import_are_refused_at_load(
+    tmp_path: Path, source: Path
+) -> None:
+    """create trusts the weights manifest's digests (no second hash); load checks the bytes."""
+    [installed] = list_weights(tmp_path / "src-models")
+    weights = installed.path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    bundle, _ = make_bundle(tmp_path, source)
+    engine = FakeEngine()
+    with pytest.raises(RefusedError, match=r"weights/acme/tiny-chat/\w+/model.safetensors"):
+        load(tmp_path, bundle, engine=engine)
+    nothing_installed(tmp_path, engine)
