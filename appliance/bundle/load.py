@@ -212,6 +212,16 @@ def _handling(manifest: Manifest, models: Path) -> Callable[[Member], Handling]:
     return how
 
 
+def _verified_files(manifest: Manifest, repo: str, sha: str) -> dict[str, str]:
+    """{path in the snapshot: SHA-256} of one weights group's members."""
+    prefix = f"weights/{repo}/{sha}/"
+    return {
+        m.path.removeprefix(prefix): m.sha256
+        for m in manifest.members
+        if m.kind == "weights" and m.path.startswith(prefix)
+    }
+
+
 def _import_weights(
     manifest: Manifest,
     staging: Path,
@@ -233,7 +243,8 @@ def _import_weights(
             repo,
             revision,
             models_dir=models,
-            consume_source=True,  # the verified staging copy is moved in, not copied again
+            # the staging copy was hash-checked just now: moved in, not copied or hashed again
+            verified_sha256=_verified_files(manifest, repo, sha),
         )
         if done.sha != sha:
             raise OperationFailedError(f"{repo} was imported as {done.sha}, the bundle says {sha}")

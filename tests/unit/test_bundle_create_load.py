@@ -132,6 +132,8 @@ def test_create_then_load_installs_images_weights_and_profile(tmp_path: Path, so
     [installed] = list_weights(tmp_path / "dst-models")
     assert installed.repo == REPO
     assert (installed.path / "model.safetensors").read_bytes().endswith(bytes(range(256)))
+    [original] = list_weights(tmp_path / "src-models")
+    assert (installed.sha, installed.files) == (original.sha, original.files)
     text = result.profile_path.read_text()
     assert str(tmp_path / "dst-models") in text
     assert not (tmp_path / "dst-models" / ".staging").exists()
