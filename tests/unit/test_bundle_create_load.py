@@ -16,6 +16,7 @@ import pytest
 
 from appliance.bundle.create import create_bundle
 from appliance.bundle.load import load_bundle
+from appliance.bundle.manifest import Target
 from appliance.bundle.stream import read_manifest
 from appliance.errors import ApplianceError, BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware import detect_box
@@ -306,3 +307,17 @@ def test_weights_changed_after_their_import_are_refused_at_load(
     with pytest.raises(RefusedError, match=r"weights/acme/tiny-chat/\w+/model.safetensors"):
         load(tmp_path, bundle, engine=engine)
     nothing_installed(tmp_path, engine)
+
+
+def test_a_wheel_directory_must_hold_wheels(tmp_path: Path) -> None:
+    from appliance.bundle.create import build_wheels, wheels_in
+
+    with pytest.raises(BadInputError, match=r"no \.whl files"):
+        wheels_in(tmp_path)
+    with pytest.raises(BadInputError, match="not a directory"):
+        wheels_in(tmp_path / "absent")
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(b"PK")
+    assert [p.name for p in wheels_in(tmp_path)] == ["a-1.0-py3-none-any.whl"]
+    other = Target(driver="cpu", compute_capability="", python="2.7", platform="x")
+    with pytest.raises(BadInputError, match=r"Python 2\.7"):
+        build_wheels(tmp_path, other)
