@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,7 @@ CHUNK = 1 << 20
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 VERIFIED_RECORD = ".verified"
+VERIFY_WORKERS = 4  # members verified side by side, at most (and at most one per CPU)
 Progress = Callable[[int], None]
 Handling = Literal["stage", "hash", "skip"]
 
@@ -277,12 +279,11 @@ def verify_into(
     manifest = read_manifest(bundle)
     by_path = {m.path: m for m in manifest.members}
     staging.mkdir(parents=True, exist_ok=True)
-    record = staging / VERIFIED_RECORD
     done = _verified(staging)
     seen: set[str] = set()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-verify")
+    jobs: list[tuple[tarfile.TarInfo, Member, Path | None]] = []
     try:
-        with tarfile.open(bundle, mode="r:") as tar, bundle.open("rb", buffering=0) as raw:
+        with tarfile.open(bundle, mode="r:") as tar:
             for info in tar:
                 if info.name == MANIFEST_NAME:
                     continue
@@ -299,21 +300,49 @@ def verify_into(
                 copy = handling == "stage"
                 if member.path in done and (not copy or _has_size(target, member.size)):
                     continue
-                _verify_member(
-                    raw, info, member, target if copy else None, pool=pool, progress=progress
-                )
-                done.add(member.path)
-                tmp = record.with_name(record.name + ".tmp")
-                tmp.write_text(json.dumps(sorted(done)))
-                tmp.replace(record)
+                jobs.append((info, member, target if copy else None))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise RefusedError(f"{bundle}: truncated or unreadable ({exc})") from None
-    finally:
-        pool.shutdown()
     missing = sorted(set(by_path) - seen)
     if missing:
         raise RefusedError(f"bundle member {missing[0]} is missing from the bundle")
+    _verify_all(bundle, staging, jobs, done, progress)
     return manifest
+
+
+def _verify_all(
+    bundle: Path,
+    staging: Path,
+    jobs: list[tuple[tarfile.TarInfo, Member, Path | None]],
+    done: set[str],
+    progress: Progress | None,
+) -> None:
+    """Verify members side by side (a model's shards, an image): each worker reads its own
+    member at its offset and hashes it; the first failure in bundle order is the one named."""
+    workers = max(1, min(VERIFY_WORKERS, len(jobs), os.cpu_count() or 1))
+    record = staging / VERIFIED_RECORD
+    lock = threading.Lock()
+
+    def verify(info: tarfile.TarInfo, member: Member, target: Path | None) -> None:
+        with bundle.open("rb", buffering=0) as raw:
+            _verify_member(raw, info, member, target, pool=hashers, progress=progress)
+        with lock:
+            done.add(member.path)
+            tmp = record.with_name(record.name + ".tmp")
+            tmp.write_text(json.dumps(sorted(done)))
+            tmp.replace(record)
+
+    hashers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bundle-hash")
+    readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bundle-verify")
+    try:
+        futures = [readers.submit(verify, *job) for job in jobs]
+        for future in futures:
+            future.result()
+    except OSError as exc:
+        raise RefusedError(f"{bundle}: truncated or unreadable ({exc})") from None
+    finally:
+        readers.shutdown(cancel_futures=True)
+        hashers.shutdown()
 
 
 def _verify_member(
