@@ -12,12 +12,13 @@ Two parts, each timed `--runs` times interleaved (plain, bundle, plain, …), me
 Ratio = plain time / bundle time (1.0 = as fast as the plain tools; higher is faster).
 Run: .venv/bin/python -m bench.bundle [--mib 256] [--runs 3] [--docker]
 
-Measured 2026-12-05 on the shared 2-core dev VM (load average 3.5-4.4 from other work, so
-runs vary by about +-0.2): `--mib 256 --runs 5 --docker`, image 66 MiB + weights 256 MiB:
-core create 0.80-1.00x, core verify+extract 0.97-1.17x, create 0.97-1.12x, load 0.64-0.77x.
+Measured 2026-12-05 on the shared 2-core dev VM (load average 4.5 from other work, so runs
+vary by about +-0.15): `--mib 256 --runs 5 --docker`, image 66 MiB + weights 256 MiB:
+core create 0.82x, core verify+extract 1.08x, create 1.00x, load 0.80x (earlier runs that day,
+before members were verified side by side: create 0.97-1.12x, load 0.64-0.77x).
 Load stays below 0.9x because it SHA-256s every byte before using any (the plain tools check
-nothing), and this VM's CPUs are what that costs on; create no longer hashes weights (their
-weights manifest's digests go in, checked at load) and copies them kernel-side.
+nothing), and re-hashes the image while Docker reads it; create no longer hashes weights
+(their weights manifest's digests go in, and load checks them) and copies them kernel-side.
 """
 
 from __future__ import annotations
