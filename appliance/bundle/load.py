@@ -21,6 +21,7 @@ dir is removed once everything is in.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +120,12 @@ def _weights_groups(manifest: Manifest) -> dict[tuple[str, str], str]:
             continue
         parts = m.path.split("/")
         repo, _, revision = m.version.partition("@")
-        if len(parts) < 5 or f"{parts[1]}/{parts[2]}" != repo or not revision:
+        if (
+            len(parts) < 5
+            or f"{parts[1]}/{parts[2]}" != repo
+            or not revision
+            or not re.fullmatch(r"[0-9a-f]{40}", parts[3])
+        ):
             raise BadInputError(f"bundle member {m.path} is not laid out as weights of {repo}")
         groups[(repo, parts[3])] = revision
     return groups
