@@ -5,13 +5,15 @@ Order, and what must stay true:
 1. The manifest is read (its entries digest checked, and compared with `--expect-sha256`), the
    bundle's target is compared with this box (driver kind and compute capability), and the
    images this box would run for the bundled profile (`apply`'s own choice) must all be in it.
-2. Every member is stream-verified into a staging dir on the models dir's filesystem
-   (`<models_dir>/.staging/bundle-<digest>`), each renamed into place only after its SHA-256
-   matched; a flipped byte or a truncated bundle is refused naming the member. Nothing is loaded,
-   imported or installed before every member verified.
-3. Images are `docker load`ed from the staged archives and checked to have the recorded ids;
-   weights are imported through `weights.import_weights` (staged, renamed, its manifest written
-   last); the profile is installed last.
+2. Every member is verified (SHA-256 and size; several side by side) before anything is used:
+   weights and the profile are copied into a staging dir on the models dir's filesystem
+   (`<models_dir>/.staging/bundle-<digest>`), each renamed into place only once it matched;
+   images are only hashed. A flipped byte or a truncated bundle is refused naming the member,
+   and nothing is loaded, imported or installed.
+3. Images are `docker load`ed straight from the bundle (hashed again while Docker reads them,
+   then checked to have the recorded image id), so no second copy of an image is written;
+   meanwhile the staged weights are moved in through `weights.import_weights` (renamed, their
+   manifest written last, with the digests just checked); the profile is installed last.
 
 Restartable: a verified member (recorded in the staging dir), an image already present with its
 recorded id, and weights already installed at the recorded commit are not redone. The staging
