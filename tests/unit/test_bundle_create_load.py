@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +322,25 @@ def test_a_wheel_directory_must_hold_wheels(tmp_path: Path) -> None:
     other = Target(driver="cpu", compute_capability="", python="2.7", platform="x")
     with pytest.raises(BadInputError, match=r"Python 2\.7"):
         build_wheels(tmp_path, other)
+
+
+def test_a_bundle_of_images_this_driver_cannot_run_is_refused(tmp_path: Path) -> None:
+    """Same cards (H200, 9.0), older driver: apply's image choice differs, so load refuses."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "detect"
+    models = tmp_path / "src-models"
+    import_weights(tiny_model(tmp_path / "tiny"), REPO, "main", models_dir=models)
+    profile = tmp_path / "tiny.yaml"
+    text = PROFILE.format(repo=REPO, image="", models=models, state=tmp_path / "state")
+    profile.write_text(text.replace("  images: {vllm: ''}\n", ""))
+    engine = FakeEngine()
+    out = tmp_path / "b.tar"
+    create_bundle(
+        profile, detect_box(simulate=str(fixtures / "h200.json")), engine, out, wheels=None
+    )  # type: ignore[arg-type]
+    [image] = [
+        m.version.rpartition("@")[0] for m in read_manifest(out).members if m.kind == "image"
+    ]
+    fresh = FakeEngine()
+    with pytest.raises(RefusedError, match=rf"runs \S+-cu129 .* has {re.escape(image)}"):
+        load(tmp_path, out, simulate=str(fixtures / "h200-driver-575.json"), engine=fresh)
+    nothing_installed(tmp_path, fresh)
