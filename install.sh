@@ -124,6 +124,12 @@ try:
         )
         if hashlib.sha256(canon.encode()).hexdigest() != manifest["entries_sha256"]:
             sys.exit(f"{bundle}: its manifest was changed (entries do not match its digest)")
+        here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        if manifest["target"]["python"] != here:
+            sys.exit(
+                f"{bundle} holds wheels for Python {manifest['target']['python']}, and this "
+                f"install uses Python {here}: create the bundle with that Python"
+            )
         wheels = {m["path"]: m for m in manifest["members"] if m["kind"] == "wheel"}
         if not wheels:
             sys.exit(f"{bundle} holds no wheels (it was made with --no-wheels)")
@@ -152,7 +158,7 @@ if [ -n "$offline" ]; then
     wheelhouse=$(mktemp -d)
     trap 'rm -rf "$wheelhouse"' EXIT
     say "checking the wheels in $offline"
-    offline_wheels "$offline" "$wheelhouse" || die "the bundle's wheels cannot be used; nothing was installed" 4
+    python="$venv/bin/python" offline_wheels "$offline" "$wheelhouse" || die "the bundle's wheels cannot be used; nothing was installed" 4
     say "installing llm-appliance from the bundle (no index)"
     if ! "$venv/bin/python" -m pip install -q --no-index --find-links "$wheelhouse" llm-appliance \
         2>&1 | { grep -v "^WARNING: Location '" || true; }; then

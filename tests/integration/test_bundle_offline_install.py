@@ -16,7 +16,8 @@ from tests.support.wheels import gateway_wheels
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = (ROOT / "install.sh").read_text(encoding="utf-8")
-T = Target(driver="nvidia", compute_capability="8.9", python="3.11", platform="linux-x86_64")
+PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+T = Target(driver="nvidia", compute_capability="8.9", python=PYTHON, platform="linux-x86_64")
 
 
 def offline_wheels_function() -> str:
@@ -89,3 +90,18 @@ def test_the_script_refuses_a_missing_bundle_before_doing_anything(tmp_path: Pat
     )  # fmt: skip
     assert result.returncode == 2
     assert "is not a file" in result.stderr
+
+
+def test_wheels_for_another_python_are_refused(tmp_path: Path) -> None:
+    wheel = tmp_path / "llm_appliance-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    other = tmp_path / "other.tar"
+    with other.open("wb") as handle:
+        writer = BundleWriter(handle)
+        writer.add_file(f"wheels/{wheel.name}", "wheel", wheel)
+        writer.finish("test", Target("nvidia", "8.9", "2.7", "linux-x86_64"))
+    (tmp_path / "w").mkdir()
+    result = extract(other, tmp_path / "w")
+    assert result.returncode != 0
+    assert "wheels for Python 2.7" in result.stderr
+    assert not any((tmp_path / "w").iterdir())
