@@ -32,8 +32,17 @@ def add_bundle_parser(commands: Any) -> None:
         "create",
         help="write one file with the profile, its engine images, weights and the appliance",
     )
-    create.add_argument("profile", metavar="PROFILE", type=opt.input_file)
-    create.add_argument("-o", "--output", required=True, metavar="FILE", type=opt.output_file)
+    create.add_argument(
+        "profile", metavar="PROFILE", type=opt.input_file, help="the profile the box will run"
+    )
+    create.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        type=opt.output_file,
+        help="the bundle to write (a .part file until it is complete)",
+    )
     create.add_argument(
         "--simulate",
         metavar="NAME|FILE",
@@ -54,7 +63,7 @@ def add_bundle_parser(commands: Any) -> None:
     load = actions.add_parser(
         "load", help="verify a bundle, then load its images, weights and profile on this box"
     )
-    load.add_argument("file", metavar="FILE", type=opt.input_file)
+    load.add_argument("file", metavar="FILE", type=opt.input_file, help="the bundle")
     load.add_argument(
         "--expect-sha256",
         metavar="HEX",
@@ -79,11 +88,11 @@ def add_bundle_parser(commands: Any) -> None:
         metavar="NAME|FILE",
         help="check the bundle against this box description instead of probing this machine",
     )
-    load.add_argument("--json", action="store_true")
+    load.add_argument("--json", action="store_true", help="print what was loaded as JSON")
     load.set_defaults(bundle_action=_cmd_load)
 
     inspect = actions.add_parser("inspect", help="list what is inside a bundle and its target")
-    inspect.add_argument("file", metavar="FILE", type=opt.input_file)
+    inspect.add_argument("file", metavar="FILE", type=opt.input_file, help="the bundle")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(bundle_action=_cmd_inspect)
     group.set_defaults(handler=_cmd_bundle)
