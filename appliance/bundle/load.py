@@ -296,6 +296,13 @@ def load_bundle(
             hint="create the bundle for this box: appliance bundle create PROFILE --simulate "
             "FILE, with FILE from `appliance detect --json` here",
         )
+    profile_path = profiles_dir / f"{profile.metadata.name}.yaml"
+    profile_text = dump_profile(profile).encode()
+    if profile_path.exists() and profile_path.read_bytes() != profile_text:
+        raise RefusedError(
+            f"{profile_path} exists and differs from the bundle's profile; nothing was changed",
+            hint="move it away, or load into another --profiles-dir",
+        )
     staging = staging_dir(models, manifest)
     _check_disk(manifest, staging, models, free_bytes)
     if on_total is not None:
@@ -303,7 +310,7 @@ def load_bundle(
     say(f"verifying {len(manifest.members)} members into {staging}")
     verify_into(bundle, staging, progress, how=_handling(manifest, models))
 
-    result = LoadResult(manifest, profiles_dir / f"{profile.metadata.name}.yaml")
+    result = LoadResult(manifest, profile_path)
     # Docker reads the images while the weights are moved in and hashed: both are verified
     # already and independent, so they overlap (Docker works in its own process).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-docker-load") as pool:
@@ -313,7 +320,7 @@ def load_bundle(
         finally:
             loading.result()
     profiles_dir.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write(result.profile_path, dump_profile(profile).encode(), mode=0o644)
+    fileio.atomic_write(profile_path, profile_text, mode=0o644)
     shutil.rmtree(staging, ignore_errors=True)
     with contextlib.suppress(OSError):
         staging.parent.rmdir()  # only when empty: an import may be using it

@@ -344,3 +344,18 @@ def test_a_bundle_of_images_this_driver_cannot_run_is_refused(tmp_path: Path) ->
     with pytest.raises(RefusedError, match=rf"runs \S+-cu129 .* has {re.escape(image)}"):
         load(tmp_path, out, simulate=str(fixtures / "h200-driver-575.json"), engine=fresh)
     nothing_installed(tmp_path, fresh)
+
+
+def test_a_different_profile_of_the_same_name_is_not_overwritten(
+    tmp_path: Path, source: Path
+) -> None:
+    bundle, _ = make_bundle(tmp_path, source)
+    mine = tmp_path / "profiles" / "tiny.yaml"
+    mine.parent.mkdir()
+    mine.write_text("# my own edits\n")
+    engine = FakeEngine()
+    with pytest.raises(RefusedError, match="differs from the bundle's profile"):
+        load(tmp_path, bundle, engine=engine)
+    assert mine.read_text() == "# my own edits\n"
+    assert engine.images == {}
+    assert list_weights(tmp_path / "dst-models") == []
