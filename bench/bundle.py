@@ -174,8 +174,8 @@ def docker(mib: int, runs: int, d: Path) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="appliance-dockerd-bench-", dir="/tmp"))
     daemon = PrivateDockerd(root)
-    daemon.start()
     try:
+        daemon.start()
         client = daemon.client()
         image = build_engine_doubles(client, ensure_python_base(client), d / "build").vllm["ok"]
         client.close()

@@ -58,19 +58,19 @@ def fresh_engine() -> Iterator[PrivateDockerd]:
     """A second private engine with no images at all: the offline box's."""
     root = Path(tempfile.mkdtemp(prefix="appliance-dockerd-bundle-", dir="/tmp"))
     daemon = PrivateDockerd(root)
-    daemon.start()
     try:
+        daemon.start()
         yield daemon
-    finally:
         client = daemon.client()
         try:
             for container in client.containers.list(all=True):
                 container.remove(force=True)
         finally:
             client.close()
-            daemon.stop()
-            subprocess.run(["umount", str(root / "data")], capture_output=True, check=False)
-            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", str(root / "data")], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
