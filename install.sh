@@ -8,6 +8,8 @@
 #                         Debian's python3.11 (the tests build their engine doubles from it).
 #   --force-links         point existing `appliance` links at this checkout even when they
 #                         lead to another checkout that still exists (default: leave them).
+#   --offline BUNDLE      install from the wheels inside BUNDLE (`appliance bundle create`) with
+#                         no package index; each wheel is checked against the bundle's manifest.
 #
 # Idempotent: run it again at any time. It never changes the system Python and never installs
 # GPU drivers: those need a reboot and a decision by the admin, so it prints the commands instead.
@@ -17,19 +19,30 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv=${LLM_APPLIANCE_VENV:-$here/.venv}
 dev=0
 force_links=0
+offline=""
 
 usage() {
-    sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-for arg in "$@"; do
-    case $arg in
+while [ "$#" -gt 0 ]; do
+    case $1 in
         --dev) dev=1 ;;
         --force-links) force_links=1 ;;
+        --offline)
+            [ "$#" -ge 2 ] || { echo "install.sh: --offline needs the bundle file" >&2; exit 2; }
+            offline=$2
+            shift
+            ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "install.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
+        *) echo "install.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
+    shift
 done
+if [ -n "$offline" ]; then
+    [ -f "$offline" ] || { echo "install.sh: the bundle '$offline' is not a file" >&2; exit 2; }
+    [ "$dev" -eq 0 ] || { echo "install.sh: --offline does not combine with --dev" >&2; exit 2; }
+fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -93,12 +106,70 @@ fi
 pip_install() {
     "$venv/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
 }
-pip_install --upgrade pip
+# The wheels of an air-gap bundle, each checked against the bundle's manifest (size, SHA-256,
+# and the manifest's own entries digest) before pip sees it; pip then uses no index at all.
+offline_wheels() {
+    "$python" - "$1" "$2" <<'PY'
+import hashlib, json, sys, tarfile
+bundle, into = sys.argv[1], sys.argv[2]
+try:
+    with tarfile.open(bundle, mode="r:") as tar:
+        infos = tar.getmembers()
+        if not infos or infos[-1].name != "MANIFEST.json":
+            sys.exit(f"{bundle}: no manifest at the end (truncated bundle?)")
+        manifest = json.loads(tar.extractfile(infos[-1]).read())
+        canon = json.dumps(
+            {"v": manifest["appliance_version"], "t": manifest["target"], "m": manifest["members"]},
+            sort_keys=True, separators=(",", ":"),
+        )
+        if hashlib.sha256(canon.encode()).hexdigest() != manifest["entries_sha256"]:
+            sys.exit(f"{bundle}: its manifest was changed (entries do not match its digest)")
+        here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        if manifest["target"]["python"] != here:
+            sys.exit(
+                f"{bundle} holds wheels for Python {manifest['target']['python']}, and this "
+                f"install uses Python {here}: create the bundle with that Python"
+            )
+        wheels = {m["path"]: m for m in manifest["members"] if m["kind"] == "wheel"}
+        if not wheels:
+            sys.exit(f"{bundle} holds no wheels (it was made with --no-wheels)")
+        found = set()
+        for info in infos:
+            member = wheels.get(info.name)
+            if member is None:
+                continue
+            name = info.name.rsplit("/", 1)[-1]
+            if "/" in info.name[len("wheels/"):] or not name.endswith(".whl"):
+                sys.exit(f"bundle member {info.name}: unsafe wheel name")
+            data = tar.extractfile(info).read()
+            if len(data) != member["size"] or hashlib.sha256(data).hexdigest() != member["sha256"]:
+                sys.exit(f"bundle member {info.name} was altered or truncated")
+            with open(f"{into}/{name}", "wb") as out:
+                out.write(data)
+            found.add(info.name)
+        if found != set(wheels):
+            sys.exit(f"bundle member {sorted(set(wheels) - found)[0]} is missing")
+except (OSError, tarfile.TarError, ValueError, KeyError, EOFError) as exc:
+    sys.exit(f"{bundle}: not a readable bundle ({exc})")
+PY
+}
 
-if [ "$dev" -eq 1 ]; then
+if [ -n "$offline" ]; then
+    wheelhouse=$(mktemp -d)
+    trap 'rm -rf "$wheelhouse"' EXIT
+    say "checking the wheels in $offline"
+    python="$venv/bin/python" offline_wheels "$offline" "$wheelhouse" || die "the bundle's wheels cannot be used; nothing was installed" 4
+    say "installing llm-appliance from the bundle (no index)"
+    if ! "$venv/bin/python" -m pip install -q --no-index --find-links "$wheelhouse" llm-appliance \
+        2>&1 | { grep -v "^WARNING: Location '" || true; }; then
+        die "pip could not install from the bundle's wheels; see its message above" 1
+    fi
+elif [ "$dev" -eq 1 ]; then
+    pip_install --upgrade pip
     say "installing llm-appliance (editable) with the test tools"
     pip_install -e "$here[dev]"
 else
+    pip_install --upgrade pip
     say "installing llm-appliance"
     pip_install "$here"
 fi

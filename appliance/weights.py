@@ -1998,8 +1998,13 @@ def import_weights(
     free_bytes: Callable[[Path], int] = disk_free_bytes,
     margin_bytes: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    verified_sha256: Mapping[str, str] | None = None,
 ) -> InstalledWeights:
     """Record weights brought in by hand (a directory or a tarball) as `repo` at `revision`.
+
+    `verified_sha256` (path in the snapshot → SHA-256): the directory is the caller's own
+    staging copy on the models dir's filesystem whose files it has just hash-checked
+    (`bundle load`); they are moved in, neither copied nor hashed again.
 
     The same files a pull would keep are copied (safetensors, configs, tokenizer, templates) and
     hashed into a manifest. The snapshot is named by the source's commit when it tells one (a
@@ -2042,7 +2047,8 @@ def import_weights(
             files = _import_files(root, source, repo)
             _check_import(files, source)
             total = sum(p.stat().st_size for _, p in files)
-            if source.is_dir():
+            consume = verified_sha256 is not None
+            if source.is_dir() and not consume:  # moved files need no new space
                 _check_disk(models_dir, total, free_bytes, margin_bytes)
             progress = _Progress(
                 repo,
@@ -2056,7 +2062,13 @@ def import_weights(
                 cancel=cancel,
                 phase="import",
             )
-            manifest = _copy_into(files, staging / "snapshot", progress, move=not source.is_dir())
+            manifest = _copy_into(
+                files,
+                staging / "snapshot",
+                progress,
+                move=consume or not source.is_dir(),
+                known=verified_sha256,
+            )
             commit = _commit_for(revision, root, manifest)
             final = snapshot_dir(models_dir, repo, commit)
             if final.exists():  # imported before: unlist it first, then replace it
@@ -2269,13 +2281,26 @@ def _check_tensors(
 
 
 def _copy_into(
-    files: Sequence[tuple[str, Path]], into: Path, progress: _Progress, *, move: bool
+    files: Sequence[tuple[str, Path]],
+    into: Path,
+    progress: _Progress,
+    *,
+    move: bool,
+    known: Mapping[str, str] | None = None,
 ) -> list[ManifestFile]:
     manifest: list[ManifestFile] = []
     for rel, path in files:
         target = into / _safe_relative(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
+        if move and known is not None and rel in known:  # hash-checked by the caller just now
+            size = path.stat().st_size
+            path.replace(target)
+            target.chmod(0o644)
+            manifest.append(ManifestFile(rel, size, known[rel]))
+            progress.add(size, rel)
+            progress.file_done(rel)
+            continue
         if move:  # extracted from a tarball onto this filesystem: hash it, then rename
             with path.open("rb") as src:
                 while chunk := src.read(_HASH_CHUNK):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import docker  # noqa: TID251 - this module is the runtime's Docker boundary
 import docker.errors  # noqa: TID251
@@ -213,6 +213,42 @@ class DockerEngine:
             raise _pull_refused(image, getattr(error, "explanation", None) or str(error)) from error
         except requests.exceptions.RequestException as error:
             raise _pull_refused(image, str(error)) from error
+
+    def image_identity(self, image: str) -> tuple[str, int] | None:
+        """(image id, size in bytes) of a local image, or None when it is not on this box."""
+        try:
+            attrs = self._client.images.get(image).attrs
+        except docker.errors.ImageNotFound:
+            return None
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(f"look up image {image}", error, self.base_url) from error
+        return str(attrs.get("Id", "")), int(attrs.get("Size") or 0)
+
+    def save_image(self, image: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """`docker save IMAGE` as a stream of chunks; the archive keeps the tag."""
+        try:
+            yield from self._client.api.get_image(image, chunk_bytes)
+        except docker.errors.ImageNotFound as error:
+            raise OperationFailedError(f"image {image} is not on this box") from error
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(f"save image {image}", error, self.base_url) from error
+
+    def load_images(self, archive: BinaryIO) -> list[str]:
+        """`docker load` from an open archive (streamed); the names it loaded."""
+        try:
+            loaded = []
+            for event in self._client.api.load_image(archive):  # type: ignore[no-untyped-call]
+                if "errorDetail" in event:
+                    raise OperationFailedError(
+                        f"Docker refused the image archive: {event['errorDetail'].get('message')}"
+                    )
+                stream = str(event.get("stream", ""))
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if stream.startswith(prefix):
+                        loaded.append(stream[len(prefix) :].strip())
+        except _ENGINE_ERRORS as error:
+            raise _engine_error("load an image archive", error, self.base_url) from error
+        return loaded
 
     # ------------------------------------------------------------------ changing
 
