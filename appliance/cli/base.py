@@ -68,7 +68,9 @@ COMMANDS: Final[dict[str, Command]] = {
     "fallback": Command(
         "gateway", "show or switch the API fallback: off | auto | always (survives restarts)"
     ),
-    "bundle": Command("bundle", "air-gap bundles: inspect what a bundle holds"),
+    "bundle": Command(
+        "bundle", "air-gap bundles: create on a connected machine, load on an offline box"
+    ),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliance import cli_options as opt
+from appliance.cli import options as opt
 from appliance.cli.base import (
     COMMANDS,
     Commands,

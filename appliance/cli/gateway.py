@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_options as opt
+from appliance.cli import options as opt
 from appliance.cli.base import (
     COMMANDS,
     Commands,

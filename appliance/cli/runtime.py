@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_options as opt
+from appliance.cli import options as opt
 from appliance.cli.base import (
     COMMANDS,
     ByteProgress,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from appliance import cli_options as opt
+from appliance.cli import options as opt
 from appliance.cli.base import (
     COMMANDS,
     Commands,

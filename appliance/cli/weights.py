@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from appliance import cli_options as opt
+from appliance.cli import options as opt
 from appliance.cli.base import (
     COMMANDS,
     ByteProgress,

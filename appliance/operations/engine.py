@@ -8,14 +8,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from appliance.runtime.engine import ContainerEngine
+    from appliance.runtime.docker import DockerEngine
 
 
 @contextlib.contextmanager
 def engine_session(
     base_url: str | None = None, *, timeout_s: float = 60.0
-) -> Iterator[ContainerEngine]:
-    """A connection to the Docker engine for the `with` block. Raises
+) -> Iterator[DockerEngine]:
+    """A connection to the Docker engine for the `with` block (a `ContainerEngine`, and the image
+    save/load a bundle needs). Raises
     `EnvironmentNotReadyError` (worded as `detect` words it) when no engine answers."""
     from appliance.runtime.docker import DockerEngine  # docker-py only when an engine is used
 

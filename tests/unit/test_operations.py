@@ -27,6 +27,8 @@ VERBS: dict[str, tuple[str, bool, bool]] = {
     "service_status": ("containers", True, False),  # the TUI shows it in the Monitor
     "take_down": ("containers", True, False),  # `down`: deliberately not a TUI key
     "mounted_weights": ("containers", True, False),  # `weights rm`: no TUI screen yet
+    "create": ("bundle", True, False),  # air-gap bundles are a headless job
+    "load": ("bundle", True, False),
     "profile_samplers": ("status", True, True),
     "DockerRuntime": ("status", True, True),
     "simulated": ("status", True, True),
