@@ -345,10 +345,10 @@ def test_unknown_key_inside_a_list_item_gets_a_suggestion() -> None:
 def test_quantization_names_match_the_catalog() -> None:
     # Sizing looks variants up by the profile's quantization: one word, one definition.
     import appliance.catalog
-    import appliance.profile
+    import appliance.profile.schema
     import appliance.sizing
     from appliance.vocabulary import Quantization
 
-    assert appliance.profile.Quantization is Quantization
+    assert appliance.profile.schema.Quantization is Quantization
     assert appliance.catalog.Quantization is Quantization
     assert appliance.sizing.Quantization is Quantization

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from appliance.profile import (
     API_VERSION,
     Profile,
-    _main,
     dump_profile,
     json_schema,
     load_profile,
     parse_profile,
     schema_text,
 )
+from appliance.profile.__main__ import _main
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMA = ROOT / "profiles" / "profile.schema.json"
