@@ -23,7 +23,8 @@ import pytest
 from appliance.errors import ExitCode
 from appliance.hardware import detect_box
 from appliance.profile import load_profile
-from appliance.runtime.apply import apply_profile, down
+from appliance.runtime.apply import apply_profile
+from appliance.runtime.containers import down
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.specs import SpecOptions
 from appliance.weights import import_weights, list_weights
