@@ -458,6 +458,7 @@ _SGLANG_MODELLED: Final[dict[str, str]] = {
     "--disable-radix-cache": "spec.engine.enable_prefix_caching",
     "--kv-cache-dtype": "spec.engine.kv_cache_dtype",
     "--tp-size": "spec.engine.tensor_parallel_size",
+    "--tp": "spec.engine.tensor_parallel_size",  # argparse's abbreviation of --tp-size
     "--tensor-parallel-size": "spec.engine.tensor_parallel_size",
     "--disable-custom-all-reduce": "spec.engine.disable_custom_all_reduce",
     "--disable-cuda-graph": "spec.engine.enforce_eager",

@@ -143,6 +143,7 @@ def test_an_old_driver_is_refused_with_the_upgrade() -> None:
         ("    max_num_batched_tokens: 8192\n", "", "spec.engine.max_num_batched_tokens"),
         ("    extra_args: [--mem-fraction-static, '0.5']\n", "", "spec.engine.extra_args[0]"),
         ("    extra_args: ['--tp-size=2']\n", "", "spec.engine.extra_args[0]"),
+        ("    extra_args: [--tp, '2']\n", "", "spec.engine.extra_args[0]"),
         ("", "  images:\n    vllm: vllm/vllm-openai:v0.32.0\n", "spec.images.vllm"),
     ],
 )
