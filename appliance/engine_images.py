@@ -161,6 +161,23 @@ def vllm_image_for(
     )
 
 
+def sglang_image_for(
+    driver: str | None, card_class: CardClass | None, catalog: Catalog | None = None
+) -> ImageChoice | NoImageRuns:
+    """The SGLang build for this driver and card class (`spec.engine.kind: sglang`)."""
+    catalog = catalog or load_catalog()
+    sglang = catalog.images.sglang
+    return _choose(
+        sglang.builds,
+        catalog,
+        repository=sglang.repository,
+        tag_of="",
+        driver=driver,
+        card_class=card_class,
+        what=f"SGLang {sglang.version} image",
+    )
+
+
 def tei_image_for(
     compute_capability: tuple[int, int] | None,
     driver: str | None,

@@ -21,8 +21,10 @@ __all__ = [
     "DEFAULT_MODELS_DIR",
     "DEFAULT_STATE_DIR",
     "DEVICES",
+    "ENGINE_KINDS",
     "FALLBACK_MODES",
     "Device",
+    "EngineKind",
     "EngineRole",
     "FallbackMode",
     "FindingSeverity",
@@ -50,6 +52,13 @@ def kv_cache_dtype_bytes(kv_cache_dtype: KvCacheDtype, model_dtype_bytes: int = 
 # Where an engine runs: on GPUs, or on the host's CPU cores (vLLM's CPU build, TEI's cpu- image).
 Device: TypeAlias = Literal["gpu", "cpu"]
 DEVICES: Final = get_args(Device)
+
+# Which server runs the chat model (`spec.engine.kind`): vLLM (the default) or SGLang (issue #21).
+# Either one fills the chat engine's role ("vllm" below, the role's historical name): the same
+# container slot, port, gateway route and monitor service, with the engine's own argv, image,
+# health URL and metric names.
+EngineKind: TypeAlias = Literal["vllm", "sglang"]
+ENGINE_KINDS: Final = get_args(EngineKind)
 
 # A container's job on the box; the engines are the roles that serve a model.
 Role: TypeAlias = Literal["vllm", "tei", "gateway"]

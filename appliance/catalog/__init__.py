@@ -466,15 +466,35 @@ class VllmImage(_Frozen):
         return self
 
 
+class SglangImage(_Frozen):
+    """SGLang's server image (`spec.engine.kind: sglang`), pinned like vLLM's."""
+
+    repository: str
+    tag: str  # the default build's tag
+    version: str  # the SGLang release inside the image; its argv follows this version's flags
+    builds: tuple[CudaBuild, ...]  # newest CUDA first
+    health_path: str  # SGLang's liveness route
+    container_port: int  # where the appliance has it listen inside its container
+    source: str
+
+    @model_validator(mode="after")
+    def _default_is_a_build(self) -> SglangImage:
+        if self.tag not in {build.tag for build in self.builds}:
+            msg = f"the default tag {self.tag} is not one of the builds"
+            raise ValueError(msg)
+        return self
+
+
 class EngineImages(_Frozen):
     vllm: VllmImage
+    sglang: SglangImage
     tei: TeiImages
     compatibility: dict[CompatRouteName, CompatRoute]
     source: str
 
     @model_validator(mode="after")
     def _routes_exist(self) -> EngineImages:
-        for build in (*self.vllm.builds, self.tei.gpu_build):
+        for build in (*self.vllm.builds, *self.sglang.builds, self.tei.gpu_build):
             if build.older_branches and build.older_branches_by not in self.compatibility:
                 msg = f"{build.tag} names no known compatibility route for its older branches"
                 raise ValueError(msg)

@@ -2,7 +2,9 @@
 
 Every query names metrics by the names the services really export: vLLM 0.32's (`vllm:*`; note
 `vllm:kv_cache_usage_perc`, which replaced `gpu_cache_usage_perc`), TEI's router (`te_*`, whose
-counters have no `_total`), the gateway's (`appliance_gateway_*`) and dcgm-exporter's default
+counters have no `_total`), SGLang 0.5.21's (`sglang:*`, for a profile with `engine.kind: sglang`;
+each chat-engine query is `vLLM's or SGLang's`, so one dashboard serves either engine), the
+gateway's (`appliance_gateway_*`) and dcgm-exporter's default
 counters (`DCGM_FI_DEV_*`). The tests parse every expression and check each metric against those
 sources. The data source is a dashboard variable, so the file imports into any Grafana.
 """
@@ -35,6 +37,15 @@ def _quantile(q: float, histogram: str) -> str:
     return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{_RATE})))"
 
 
+def _engine(vllm: str, sglang: str) -> str:
+    """The chat engine's figure, from vLLM's series or, where there are none, SGLang's."""
+    return f"{vllm} or {sglang}"
+
+
+def _engine_quantile(q: float, vllm: str, sglang: str) -> str:
+    return _engine(_quantile(q, vllm), _quantile(q, sglang))
+
+
 @dataclass(frozen=True)
 class Panel:
     """One time-series (or stat) panel: a title, a unit, and (expression, legend) pairs."""
@@ -54,8 +65,18 @@ PANELS: Final[tuple[Panel, ...]] = (
         (
             (_quantile(0.5, "appliance_gateway_ttft_seconds"), "users p50 (gateway)"),
             (_quantile(0.95, "appliance_gateway_ttft_seconds"), "users p95 (gateway)"),
-            (_quantile(0.5, "vllm:time_to_first_token_seconds"), "vLLM p50"),
-            (_quantile(0.95, "vllm:time_to_first_token_seconds"), "vLLM p95"),
+            (
+                _engine_quantile(
+                    0.5, "vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds"
+                ),
+                "engine p50",
+            ),
+            (
+                _engine_quantile(
+                    0.95, "vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds"
+                ),
+                "engine p95",
+            ),
         ),
         "What users feel as the model thinking, measured where the gateway sends the first byte, "
         "beside vLLM's server-side figure (the gap is queueing and transport before the engine); "
@@ -67,8 +88,18 @@ PANELS: Final[tuple[Panel, ...]] = (
         (
             (_quantile(0.5, "appliance_gateway_e2e_seconds"), "users p50 (gateway)"),
             (_quantile(0.95, "appliance_gateway_e2e_seconds"), "users p95 (gateway)"),
-            (_quantile(0.5, "vllm:e2e_request_latency_seconds"), "vLLM p50"),
-            (_quantile(0.95, "vllm:e2e_request_latency_seconds"), "vLLM p95"),
+            (
+                _engine_quantile(
+                    0.5, "vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"
+                ),
+                "engine p50",
+            ),
+            (
+                _engine_quantile(
+                    0.95, "vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"
+                ),
+                "engine p95",
+            ),
         ),
         "A request's arrival at the gateway to its last byte sent, beside vLLM's own e2e.",
     ),
@@ -76,8 +107,18 @@ PANELS: Final[tuple[Panel, ...]] = (
         "Inter-token latency (p50, p95)",
         "s",
         (
-            (_quantile(0.5, "vllm:inter_token_latency_seconds"), "p50"),
-            (_quantile(0.95, "vllm:inter_token_latency_seconds"), "p95"),
+            (
+                _engine_quantile(
+                    0.5, "vllm:inter_token_latency_seconds", "sglang:inter_token_latency_seconds"
+                ),
+                "p50",
+            ),
+            (
+                _engine_quantile(
+                    0.95, "vllm:inter_token_latency_seconds", "sglang:inter_token_latency_seconds"
+                ),
+                "p95",
+            ),
         ),
         "Time between streamed tokens; spikes mean KV-cache pressure or scheduler contention.",
     ),
@@ -85,8 +126,20 @@ PANELS: Final[tuple[Panel, ...]] = (
         "Tokens per second",
         "short",
         (
-            (f"sum(rate(vllm:prompt_tokens_total{_RATE}))", "prompt"),
-            (f"sum(rate(vllm:generation_tokens_total{_RATE}))", "generated"),
+            (
+                _engine(
+                    f"sum(rate(vllm:prompt_tokens_total{_RATE}))",
+                    f"sum(rate(sglang:prompt_tokens_total{_RATE}))",
+                ),
+                "prompt",
+            ),
+            (
+                _engine(
+                    f"sum(rate(vllm:generation_tokens_total{_RATE}))",
+                    f"sum(rate(sglang:generation_tokens_total{_RATE}))",
+                ),
+                "generated",
+            ),
         ),
         "Throughput; the cost per token falls as this rises on the same box.",
     ),
@@ -94,8 +147,8 @@ PANELS: Final[tuple[Panel, ...]] = (
         "Requests waiting and running",
         "short",
         (
-            ("sum(vllm:num_requests_waiting)", "waiting"),
-            ("sum(vllm:num_requests_running)", "running"),
+            (_engine("sum(vllm:num_requests_waiting)", "sum(sglang:num_queue_reqs)"), "waiting"),
+            (_engine("sum(vllm:num_requests_running)", "sum(sglang:num_running_reqs)"), "running"),
         ),
         "A queue that keeps growing means the box is saturated: the gateway's auto fallback and "
         "KEDA scale on `vllm:num_requests_waiting`.",
@@ -103,7 +156,7 @@ PANELS: Final[tuple[Panel, ...]] = (
     Panel(
         "KV cache usage",
         "percentunit",
-        (("max(vllm:kv_cache_usage_perc)", "KV cache used"),),
+        ((_engine("max(vllm:kv_cache_usage_perc)", "max(sglang:token_usage)"), "KV cache used"),),
         "Share of vLLM's KV cache in use (1 = full); near 1, requests are preempted.",
         max_value=1.0,
     ),
@@ -111,7 +164,12 @@ PANELS: Final[tuple[Panel, ...]] = (
         "End-to-end latency and queue time (p95)",
         "s",
         (
-            (_quantile(0.95, "vllm:e2e_request_latency_seconds"), "end-to-end p95"),
+            (
+                _engine_quantile(
+                    0.95, "vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"
+                ),
+                "end-to-end p95",
+            ),
             (_quantile(0.95, "vllm:request_queue_time_seconds"), "queue time p95"),
         ),
     ),

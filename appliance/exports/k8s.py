@@ -48,8 +48,9 @@ from appliance.runtime.specs import (
     VLLM_CONTAINER_PORT,
     SpecOptions,
     container_specs,
+    engine_container_port,
+    engine_image_choice,
     vllm_command,
-    vllm_image_choice,
     weights_path,
 )
 
@@ -384,6 +385,10 @@ def _pdb(profile: Profile, options: K8sOptions) -> dict[str, Any]:
 def _scaled_object(profile: Profile, options: K8sOptions) -> dict[str, Any]:
     threshold = options.queue_threshold or profile.spec.gateway.fallback.queue_threshold
     served = profile.spec.model.served_name
+    # The engine's queue gauge: vLLM's, or SGLang's (sglang 0.5.21
+    # srt/observability/metrics_collector.py, labelled model_name like vLLM's).
+    sglang = profile.spec.engine.kind == "sglang"
+    waiting = "sglang:num_queue_reqs" if sglang else "vllm:num_requests_waiting"
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -412,7 +417,7 @@ def _scaled_object(profile: Profile, options: K8sOptions) -> dict[str, Any]:
                     "metricType": "AverageValue",
                     "metadata": {
                         "serverAddress": options.prometheus_address,
-                        "query": f'sum(vllm:num_requests_waiting{{model_name="{served}"}})',
+                        "query": f'sum({waiting}{{model_name="{served}"}})',
                         "threshold": str(threshold),
                     },
                 }
@@ -571,7 +576,7 @@ def manifests(
         _engine_deployment(
             profile,
             vllm,
-            port=VLLM_CONTAINER_PORT,
+            port=engine_container_port(profile),
             gpus=0 if on_cpu else tp,
             replicas=max(options.min_replicas, 1),
             startup_failures=_VLLM_STARTUP_BUDGET_S // 10,
@@ -579,7 +584,7 @@ def manifests(
             options=options,
             shm_gib=max(2, 2 * tp),
         ),
-        _service(profile, "vllm", VLLM_CONTAINER_PORT, VLLM_CONTAINER_PORT, options),
+        _service(profile, "vllm", VLLM_CONTAINER_PORT, engine_container_port(profile), options),
         _pdb(profile, options),
         _scaled_object(profile, options),
     ]
@@ -670,6 +675,12 @@ def production_stack_values(
     catalog = catalog or load_catalog()
     spec = profile.spec
     engine = spec.engine
+    if engine.kind != "vllm":
+        raise BadInputError(
+            f"production-stack's chart deploys vLLM only; this profile's engine.kind is "
+            f"{engine.kind}",
+            hint="export it with --format manifests (the default), which runs any engine kind",
+        )
     specs = container_specs(profile, box, catalog=catalog, options=SpecOptions(gpu_requests=False))
     vllm = _by_role(specs, "vllm")
     assert vllm is not None
@@ -786,11 +797,13 @@ def box_for_export(profile: Profile, simulate: str | None = None) -> Box:
 
 def _image_comment(profile: Profile, box: Box, catalog: Catalog | None) -> str:
     """Why the vLLM image is the build it is: the nodes' driver decides (as on a box)."""
-    choice = vllm_image_choice(profile, box, catalog)
+    choice = engine_image_choice(profile, box, catalog)
+    engine = "SGLang" if profile.spec.engine.kind == "sglang" else "vLLM"
     if choice is None:
-        return f"# vLLM image: {profile.spec.images.vllm}, pinned by the profile.\n"
+        pinned = profile.spec.images.sglang or profile.spec.images.vllm
+        return f"# {engine} image: {pinned}, pinned by the profile.\n"
     lines = [
-        f"# vLLM image: {choice.image} (CUDA {choice.cuda}) for the nodes' NVIDIA driver:",
+        f"# {engine} image: {choice.image} (CUDA {choice.cuda}) for the nodes' NVIDIA driver:",
         f"# {choice.why}.",
         "# Nodes on another driver may need the other build: export again with --simulate set",
         "# to a file `appliance detect --json` wrote on one of them.",

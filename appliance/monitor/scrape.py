@@ -13,6 +13,17 @@ things, checked against their sources and a real scrape:
   v0.11 `vllm:time_per_output_token_seconds`), `vllm:e2e_request_latency_seconds`,
   `vllm:request_queue_time_seconds`. Series carry `model_name` and `engine` labels; with data
   parallelism there is one series per engine, and they are added up (KV usage: the fullest).
+- SGLang (`spec.engine.kind: sglang`, run with `--enable-metrics`; names, types and labels of
+  sglang 0.5.21 python/sglang/srt/observability/metrics_collector.py): scheduler gauges
+  `sglang:num_running_reqs`, `sglang:num_queue_reqs`, `sglang:token_usage` (0..1, the KV pool's
+  used share) and `sglang:cache_hit_rate` (0..1), one series per tp/pp/dp rank; tokenizer-side
+  counters `sglang:prompt_tokens_total`, `sglang:generation_tokens_total`,
+  `sglang:cached_tokens_total{cache_source}` (prompt tokens served from the prefix cache),
+  `sglang:num_requests_total`; histograms `sglang:time_to_first_token_seconds`,
+  `sglang:inter_token_latency_seconds`, `sglang:e2e_request_latency_seconds`. Series carry
+  `model_name`. SGLang fills the chat engine's role, so its reading's kind is "vllm" (the role)
+  and the monitor's names mean the same as for vLLM: prefix-cache queries are prompt tokens and
+  hits the cached ones, as vLLM counts them.
 - TEI (router/src and core/src of text-embeddings-inference 1.x; the Rust `metrics` crate, so
   counters have no `_total` suffix): counters `te_request_count`, `te_request_success`,
   `te_request_failure{err}`; gauge `te_queue_size`; histograms `te_request_duration`,
@@ -117,6 +128,28 @@ VLLM = _EngineMetrics(
         _Wanted("queue_time", ("vllm:request_queue_time_seconds",)),
     ),
 )
+
+SGLANG = _EngineMetrics(
+    gauges=(
+        _Wanted("running_requests", ("sglang:num_running_reqs",)),
+        _Wanted("waiting_requests", ("sglang:num_queue_reqs",)),
+        _Wanted("kv_cache_usage", ("sglang:token_usage",), "max"),
+        _Wanted("prefix_cache_hit_rate", ("sglang:cache_hit_rate",), "max"),
+    ),
+    counters=(
+        _Wanted("prompt_tokens", ("sglang:prompt_tokens",)),
+        _Wanted("generation_tokens", ("sglang:generation_tokens",)),
+        _Wanted("requests", ("sglang:num_requests",)),
+        _Wanted("prefix_cache_queries", ("sglang:prompt_tokens",)),
+        _Wanted("prefix_cache_hits", ("sglang:cached_tokens",)),
+    ),
+    histograms=(
+        _Wanted("ttft", ("sglang:time_to_first_token_seconds",)),
+        _Wanted("itl", ("sglang:inter_token_latency_seconds",)),
+        _Wanted("e2e", ("sglang:e2e_request_latency_seconds",)),
+    ),
+)
+_SGLANG_PREFIX: Final = "sglang:"
 
 TEI = _EngineMetrics(
     gauges=(_Wanted("waiting_requests", ("te_queue_size",)),),
@@ -238,7 +271,7 @@ def _wanted_names() -> dict[str, str]:
     or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`.
     """
     family_of = {_HTTP_REQUESTS: _HTTP_REQUESTS, f"{_HTTP_REQUESTS}_total": _HTTP_REQUESTS}
-    for spec in _SPECS.values():
+    for spec in (*_SPECS.values(), SGLANG):
         for wanted in spec.gauges:
             family_of.update({name: name for name in wanted.names})
         for wanted in spec.counters:
@@ -335,10 +368,11 @@ def _families(text: str, cache: ParseCache | None) -> dict[str, Metric]:
 
 
 def detect_kind(names: Iterable[str]) -> Role | None:
-    """vLLM, TEI or the appliance gateway from the metric names, or None for none of them."""
+    """vLLM, TEI or the appliance gateway from the metric names, or None for none of them.
+    SGLang's names (`sglang:*`) are the chat engine's too: its role is "vllm"."""
     tei = gateway = False
     for name in names:
-        if name.startswith("vllm:"):
+        if name.startswith(("vllm:", _SGLANG_PREFIX)):
             return "vllm"
         tei = tei or name.startswith("te_")
         gateway = gateway or name.startswith(_GATEWAY_PREFIX)
@@ -371,7 +405,8 @@ def parse_metrics(
         msg = f"no {expected} metrics in the page{seen}"
         raise MetricsFormatError(msg)
     kind = found
-    spec = _SPECS[kind]
+    sglang = kind == "vllm" and any(name.startswith(_SGLANG_PREFIX) for name in families)
+    spec = SGLANG if sglang else _SPECS[kind]
     sources: dict[str, str] = {}
     gauges = _first_of(families, spec.gauges, "gauge", _gauge, sources)
     counters = _first_of(families, spec.counters, "counter", _counter, sources)
@@ -384,7 +419,7 @@ def parse_metrics(
         {
             sample.labels["model_name"]
             for name, family in families.items()
-            if name.startswith("vllm:")
+            if name.startswith(("vllm:", _SGLANG_PREFIX))
             for sample in family.samples
             if "model_name" in sample.labels
         }

@@ -19,6 +19,7 @@ from pydantic import (
 from appliance.economics import CostInputs
 from appliance.profile.problems import _Issue, _num, _raise_issues
 from appliance.profile.values import (
+    _SGLANG_MODELLED,
     API_VERSION,
     KIND,
     AbsolutePath,
@@ -48,6 +49,7 @@ from appliance.vocabulary import (
     DEFAULT_MODELS_DIR,
     DEFAULT_STATE_DIR,
     Device,
+    EngineKind,
     FallbackMode,
     KvCacheDtype,
     Quantization,
@@ -172,8 +174,17 @@ class ModelSpec(_Model):
 
 
 class EngineSpec(_Model):
-    """vLLM's serving flags, by vLLM's own names; a flag left out keeps vLLM's default."""
+    """The chat engine's serving flags, by vLLM's names; a flag left out keeps the engine's
+    default. With `kind: sglang` each setting becomes SGLang's flag of the same meaning."""
 
+    kind: EngineKind = Field(
+        default="vllm",
+        description="The server that runs the chat model: vllm (the default) or sglang (SGLang's "
+        "launch_server; max_model_len becomes --context-length, max_num_seqs "
+        "--max-running-requests, gpu_memory_utilization --mem-fraction-static, "
+        "enable_prefix_caching: false --disable-radix-cache).",
+        examples=["vllm"],
+    )
     device: Device = Field(
         default="gpu",
         description="Run vLLM on the GPUs (the CUDA image) or on the host's CPU cores (vLLM's "
@@ -258,6 +269,8 @@ class EngineSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> EngineSpec:
         issues: list[_Issue] = []
+        if self.kind == "sglang":
+            issues += _sglang_engine_issues(self)
         if self.device == "cpu" and self.tensor_parallel_size != 1:
             issues.append(
                 _Issue(
@@ -293,6 +306,41 @@ class EngineSpec(_Model):
                 ]
             )
         return self
+
+
+def _sglang_engine_issues(engine: EngineSpec) -> list[_Issue]:
+    """What a `kind: sglang` engine cannot take: settings with no SGLang counterpart here, and
+    extra flags that duplicate SGLang's names for the settings the profile models."""
+    issues: list[_Issue] = []
+    if engine.device == "cpu":
+        issues.append(
+            _Issue(
+                ("device",),
+                "cpu, but the CPU target runs vLLM's CPU image; SGLang runs on GPUs here",
+                "write kind: vllm for the CPU target, or device: gpu",
+            )
+        )
+    if engine.max_num_batched_tokens is not None:
+        issues.append(
+            _Issue(
+                ("max_num_batched_tokens",),
+                "is vLLM's scheduler budget; SGLang has no flag of the same meaning",
+                "remove it; SGLang's own --chunked-prefill-size can go in extra_args",
+            )
+        )
+    for index, arg in enumerate(engine.extra_args):
+        if not arg.startswith("--"):
+            continue
+        name = "--" + arg.split("=", 1)[0][2:].replace("_", "-")
+        if name in _SGLANG_MODELLED:
+            issues.append(
+                _Issue(
+                    ("extra_args", index),
+                    f"{name} duplicates a setting the profile models",
+                    f"set {_SGLANG_MODELLED[name]} instead, and remove {name} from extra_args",
+                )
+            )
+    return issues
 
 
 class EmbeddingsSpec(_Model):
@@ -390,6 +438,11 @@ class ImagesSpec(_Model):
         description="vLLM OpenAI server image, pinned by tag or digest.",
         examples=["vllm/vllm-openai:v0.32.0"],
     )
+    sglang: ImageRef | None = Field(
+        default=None,
+        description="SGLang server image (spec.engine.kind: sglang), pinned by tag or digest.",
+        examples=["lmsysorg/sglang:v0.5.21"],
+    )
     tei: ImageRef | None = Field(
         default=None,
         description="TEI image, pinned; must match the GPU architecture (or the CPU build).",
@@ -400,7 +453,11 @@ class ImagesSpec(_Model):
 class PortsSpec(_Model):
     """Host ports. Engines are published on 127.0.0.1 only; the gateway is the one way in."""
 
-    vllm: Port = Field(default=8000, description="vLLM on 127.0.0.1.", examples=[8000])
+    vllm: Port = Field(
+        default=8000,
+        description="The chat engine (vLLM, or SGLang with engine.kind: sglang) on 127.0.0.1.",
+        examples=[8000],
+    )
     tei: Port = Field(default=8001, description="TEI on 127.0.0.1.", examples=[8001])
     gateway: Port = Field(
         default=8080,
@@ -724,6 +781,7 @@ class Spec(_Model):
                     "remove spec.gpus, or write engine.device: gpu",
                 )
             )
+        issues += _engine_kind_issues(self)
         if self.model.lora_adapters and engine.max_lora_rank is None:
             issues.append(
                 _Issue(
@@ -785,6 +843,32 @@ class Spec(_Model):
             )
         _raise_issues(issues)
         return self
+
+
+def _engine_kind_issues(spec: Spec) -> list[_Issue]:
+    """What the chat engine's kind rules out elsewhere in the spec: LoRA adapters under SGLang
+    (served by vLLM here), and an image pinned for the other engine."""
+    engine = spec.engine
+    issues: list[_Issue] = []
+    if engine.kind == "sglang" and spec.model.lora_adapters:
+        issues.append(
+            _Issue(
+                ("model", "lora_adapters"),
+                "LoRA adapters are served by vLLM here; engine.kind is sglang",
+                "remove lora_adapters, or write engine.kind: vllm",
+            )
+        )
+    pinned_other = spec.images.vllm if engine.kind == "sglang" else spec.images.sglang
+    if pinned_other is not None:
+        other = "vllm" if engine.kind == "sglang" else "sglang"
+        issues.append(
+            _Issue(
+                ("images", other),
+                f"pins a {other} image, but engine.kind is {engine.kind}",
+                f"pin the image in spec.images.{engine.kind}, or write engine.kind: {other}",
+            )
+        )
+    return issues
 
 
 class Profile(_Model):

@@ -330,6 +330,32 @@ _VLLM_MODELLED: Final[dict[str, str]] = {
     "--download-dir": "spec.storage.models_dir",
     "--port": "spec.ports.vllm",
 }
+# SGLang's names for the settings the profile models (sglang 0.5.21,
+# python/sglang/srt/arg_groups/fields/*.py: each field `x_y` is the flag `--x-y`, plus the aliases
+# its Arg declares; see appliance/runtime/specs.py `sglang_command`).
+_SGLANG_MODELLED: Final[dict[str, str]] = {
+    "--model-path": "spec.model.repo",
+    "--model": "spec.model.repo",
+    "--served-model-name": "spec.model.served_model_name",
+    "--revision": "spec.model.revision",
+    "--quantization": "spec.model.quantization",
+    "--dtype": "spec.model.quantization (bf16 and fp16 set the dtype)",
+    "--context-length": "spec.engine.max_model_len",
+    "--max-running-requests": "spec.engine.max_num_seqs",
+    "--mem-fraction-static": "spec.engine.gpu_memory_utilization",
+    "--disable-radix-cache": "spec.engine.enable_prefix_caching",
+    "--kv-cache-dtype": "spec.engine.kv_cache_dtype",
+    "--tp-size": "spec.engine.tensor_parallel_size",
+    "--tp": "spec.engine.tensor_parallel_size",  # argparse's abbreviation of --tp-size
+    "--tensor-parallel-size": "spec.engine.tensor_parallel_size",
+    "--disable-custom-all-reduce": "spec.engine.disable_custom_all_reduce",
+    "--disable-cuda-graph": "spec.engine.enforce_eager",
+    "--disable-decode-cuda-graph": "spec.engine.enforce_eager",
+    "--disable-prefill-cuda-graph": "spec.engine.enforce_eager",
+    "--enable-metrics": "nothing: the appliance always turns SGLang's metrics on",
+    "--download-dir": "spec.storage.models_dir",
+    "--port": "spec.ports.vllm",
+}
 _TEI_MODELLED: Final[dict[str, str]] = {
     "--model-id": "spec.embeddings.repo",
     "--revision": "spec.embeddings.revision",
@@ -349,6 +375,8 @@ _ENGINE_REFUSED: Final[dict[str, str]] = {
     "--api-key": "the gateway checks API keys (spec.gateway); engines are reachable only from "
     "the box itself",
     "--uds": "the appliance talks to engines over 127.0.0.1 ports (spec.ports)",
+    "--admin-api-key": "the gateway checks API keys (spec.gateway); engines are reachable only "
+    "from the box itself",
 }
 
 

@@ -22,7 +22,7 @@ from appliance.fileio import write_output
 from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.model import ContainerSpec
-from appliance.runtime.specs import SpecOptions, container_specs, vllm_image_choice
+from appliance.runtime.specs import SpecOptions, container_specs, engine_image_choice
 
 __all__ = ["EXAMPLE_BOXES", "compose_document", "compose_export", "compose_text", "write_examples"]
 
@@ -134,7 +134,8 @@ def compose_text(
         "# Needs the NVIDIA Container Toolkit and the weights under the models directory.\n"
     )
     if image_why:
-        header += f"# vLLM image: {image_why}.\n"
+        engine = "SGLang" if profile.spec.engine.kind == "sglang" else "vLLM"
+        header += f"# {engine} image: {image_why}.\n"
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
     return header + body
 
@@ -150,7 +151,7 @@ def compose_export(
     """`appliance compose export PROFILE [-o FILE]`: the compose text; written to `output` too."""
     name = box_name or box.simulated or (box.host.hostname if box.host else "this box")
     document = compose_document(profile, box, catalog=catalog)
-    choice = vllm_image_choice(profile, box, catalog)
+    choice = engine_image_choice(profile, box, catalog)
     text = compose_text(document, profile, name, choice.why if choice else None)
     if output is not None:
         write_output(output, text)

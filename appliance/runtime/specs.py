@@ -22,6 +22,10 @@ can compare it and `compose export` can print it:
   `VLLM_CPU_KVCACHE_SPACE` GiB of RAM (`appliance.cpu_target.kv_cache_space_gib`), and its
   entrypoint writes the AMX-permission hook of issue #22 before it becomes vLLM's server
   (`appliance.runtime.cpu_engine`). The port is still published on 127.0.0.1 only.
+- SGLang (`spec.engine.kind: sglang`, issue #21) fills the same chat-engine role: the same
+  container name, host port, weights mount and health wait, with SGLang's own image
+  (lmsysorg/sglang, chosen by driver like vLLM's), `python3 -m sglang.launch_server` and its flag
+  names at the pinned release (`sglang_command`), listening on SGLang's port 30000 inside.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from appliance.engine_images import (
     ImageChoice,
     NoImageRuns,
     gpus_card_class,
+    sglang_image_for,
     tei_image_for,
     vllm_image_for,
 )
@@ -49,6 +54,7 @@ from appliance.runtime.model import ContainerSpec, Healthcheck, Mount, PortBindi
 
 __all__ = [
     "CONTAINER_MODELS_DIR",
+    "SGLANG_CONTAINER_PORT",
     "TEI_CONTAINER_PORT",
     "VLLM_CONTAINER_PORT",
     "SpecOptions",
@@ -56,6 +62,9 @@ __all__ = [
     "container_name",
     "container_specs",
     "cpu_image_choice",
+    "engine_container_port",
+    "engine_image_choice",
+    "sglang_command",
     "tei_command",
     "vllm_command",
     "vllm_image_choice",
@@ -64,6 +73,7 @@ __all__ = [
 
 CONTAINER_MODELS_DIR: Final = PurePosixPath("/models")
 VLLM_CONTAINER_PORT: Final = 8000
+SGLANG_CONTAINER_PORT: Final = 30000  # launch_server's default --port; we pass it explicitly
 TEI_CONTAINER_PORT: Final = 80  # TEI's images listen on 80 by default; we say so explicitly
 _INSIDE_CONTAINER: Final = "0.0.0.0"  # noqa: S104 - only inside the container; published on 127.0.0.1
 # vLLM loads a 70B checkpoint for many minutes; Docker must not call it unhealthy meanwhile.
@@ -175,6 +185,92 @@ def vllm_command(
     return tuple(argv)
 
 
+# SGLang's `--quantization` for the catalog's weight formats (sglang 0.5.21,
+# arg_groups/choices.py QUANTIZATION_CHOICES): the Marlin kernels for INT4 on 8.0+ as with vLLM;
+# FP8 and the other self-describing checkpoints carry their quantization_config and get no flag.
+def _sglang_quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:
+    capabilities = [g.compute_capability for g in gpus if g.compute_capability is not None]
+    marlin = not capabilities or min(capabilities) >= (8, 0)
+    match quantization:
+        case "awq":
+            return ["--quantization", "awq_marlin" if marlin else "awq"]
+        case "gptq":
+            return ["--quantization", "gptq_marlin" if marlin else "gptq"]
+        case "bf16":
+            return ["--dtype", "bfloat16"]
+        case "fp16":
+            return ["--dtype", "float16"]
+        case _:
+            return []
+
+
+# SGLang names fp8 KV caches by format only (fields/model.py kv_cache_dtype choices: auto,
+# fp8_e5m2, fp8_e4m3, ...); vLLM's plain "fp8" is e4m3 (vllm/config/cache.py), so it maps there.
+_SGLANG_KV_DTYPE: Final[dict[str, str]] = {"fp8": "fp8_e4m3"}
+
+
+def sglang_command(
+    profile: Profile,
+    box: Box,
+    *,
+    models_dir: PurePath = CONTAINER_MODELS_DIR,
+    host: str = _INSIDE_CONTAINER,
+    port: int = SGLANG_CONTAINER_PORT,
+) -> tuple[str, ...]:
+    """SGLang's full command line (`python3 -m sglang.launch_server ...`) for this profile.
+
+    Flag names are sglang 0.5.21's (python/sglang/srt/arg_groups/fields/*.py, a field `x_y` is
+    `--x-y`): model.py model_path, context_length, dtype, quantization, kv_cache_dtype;
+    serving.py host, port, served_model_name; parallel.py tp_size; schedule.py
+    mem_fraction_static, max_running_requests; memory.py disable_radix_cache; observability.py
+    enable_metrics; exec_.py disable_custom_all_reduce, disable_decode_cuda_graph,
+    disable_prefill_cuda_graph (`--disable-cuda-graph` is only a deprecated spelling there).
+    """
+    spec = profile.spec
+    model, engine = spec.model, spec.engine
+    gpus = chat_gpus(profile, box)
+    argv: list[str] = [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        str(weights_path(models_dir, model.repo, model.revision)),
+        "--served-model-name",
+        model.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *_sglang_quantization_flags(model.quantization, gpus),
+        "--tp-size",
+        str(engine.tensor_parallel_size),
+        "--mem-fraction-static",
+        f"{engine.gpu_memory_utilization:g}",
+        "--enable-metrics",
+    ]
+    if not engine.enable_prefix_caching:
+        argv.append("--disable-radix-cache")  # SGLang's prefix cache (RadixAttention) is on
+    if engine.max_model_len is not None:
+        argv += ["--context-length", str(engine.max_model_len)]
+    if engine.max_num_seqs is not None:
+        argv += ["--max-running-requests", str(engine.max_num_seqs)]
+    if engine.kv_cache_dtype != "auto":
+        kv = engine.kv_cache_dtype
+        argv += ["--kv-cache-dtype", _SGLANG_KV_DTYPE.get(kv, kv)]
+    if engine.enforce_eager:
+        argv += ["--disable-decode-cuda-graph", "--disable-prefill-cuda-graph"]
+    no_p2p = engine.tensor_parallel_size > 1 and box.peer_to_peer is False
+    if engine.disable_custom_all_reduce or no_p2p:
+        argv.append("--disable-custom-all-reduce")
+    argv += engine.extra_args
+    return tuple(argv)
+
+
+def engine_container_port(profile: Profile) -> int:
+    """Where the chat engine listens inside its container: vLLM's 8000 or SGLang's 30000."""
+    return SGLANG_CONTAINER_PORT if profile.spec.engine.kind == "sglang" else VLLM_CONTAINER_PORT
+
+
 def tei_command(
     embeddings: EmbeddingsSpec,
     *,
@@ -258,6 +354,22 @@ def vllm_image_choice(
     return choice
 
 
+def engine_image_choice(
+    profile: Profile, box: Box, catalog: Catalog | None = None
+) -> ImageChoice | None:
+    """The chat engine's build for this box: vLLM's (`vllm_image_choice`) or SGLang's (None:
+    the profile pins its own image). EnvironmentNotReadyError when no pinned build starts."""
+    if profile.spec.engine.kind != "sglang":
+        return vllm_image_choice(profile, box, catalog)
+    if profile.spec.images.sglang:
+        return None
+    chosen = chat_gpus(profile, box) if box.gpus else ()
+    choice = sglang_image_for(box.driver_version, gpus_card_class(chosen, catalog), catalog)
+    if isinstance(choice, NoImageRuns):
+        raise _refuse_old_driver(box, choice)
+    return choice
+
+
 def cpu_image_choice(box: Box, catalog: Catalog | None = None) -> ImageChoice:
     """vLLM's CPU image of the pinned release for the host's architecture (x86_64 when the
     host's is unknown); BadInputError on an architecture vLLM publishes no CPU image for."""
@@ -326,6 +438,50 @@ def _vllm_spec(
     )
 
 
+def _sglang_spec(
+    profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
+) -> ContainerSpec:
+    """SGLang in the chat engine's role: same name, host port, mounts and GPUs as vLLM's."""
+    spec = profile.spec
+    choice = engine_image_choice(profile, box, catalog)
+    image = spec.images.sglang or (choice.image if choice else "")
+    models_dir = spec.storage.models_dir
+    port = spec.ports.vllm
+    health = catalog.images.sglang.health_path
+    probe = (
+        "import urllib.request; "
+        f"urllib.request.urlopen('http://127.0.0.1:{SGLANG_CONTAINER_PORT}{health}', timeout=4)"
+    )
+    return ContainerSpec(
+        role="vllm",
+        name=container_name(profile.metadata.name, "vllm"),
+        image=image,
+        # The command is the whole argv: SGLang's image starts no server by itself (an NVIDIA
+        # base entrypoint, where there is one, execs its arguments), so the image's is kept.
+        entrypoint=None,
+        command=sglang_command(profile, box),
+        environment={
+            **_OFFLINE_ENV,
+            "SGLANG_DISABLE_REQUEST_LOGGING": "1",
+            "DO_NOT_TRACK": "1",
+            **(choice.environment if choice else {}),
+        },
+        ports=(PortBinding(container_port=SGLANG_CONTAINER_PORT, host_port=port),),
+        mounts=(_weights_mount(models_dir, spec.model.repo, spec.model.revision, source),),
+        gpu_device_ids=_device_ids(chat_gpus(profile, box), options),
+        ipc_mode="host",  # tensor parallel workers share memory through /dev/shm
+        healthcheck=Healthcheck(
+            test=("python3", "-c", probe),
+            interval_s=10,
+            timeout_s=5,
+            retries=3,
+            start_period_s=_VLLM_START_PERIOD_S,
+        ),
+        health_url=f"http://127.0.0.1:{port}{health}",
+        profile=profile.metadata.name,
+    )
+
+
 def _tei_spec(
     profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
 ) -> ContainerSpec:
@@ -387,7 +543,8 @@ def container_specs(
     catalog = catalog or load_catalog()
     options = options or SpecOptions()
     source = weights_source or _same
-    specs = [_vllm_spec(profile, box, catalog, options, source)]
+    chat = _sglang_spec if profile.spec.engine.kind == "sglang" else _vllm_spec
+    specs = [chat(profile, box, catalog, options, source)]
     if profile.spec.embeddings_enabled:
         specs.append(_tei_spec(profile, box, catalog, options, source))
     return tuple(specs)

@@ -1,5 +1,6 @@
-"""Test doubles of the GPU engines (vLLM, TEI), as images for the private Docker engine and as
-local processes for HTTP tests that need no container. See `engine_double.py` for what they do.
+"""Test doubles of the GPU engines (vLLM, SGLang, TEI), as images for the private Docker engine
+and as local processes for HTTP tests that need no container. See `engine_double.py` for what
+they do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ VLLM_FAULTS: Mapping[str, Mapping[str, str]] = {
 class EngineDoubleImages:
     vllm: Mapping[str, str]  # fault name -> image tag
     tei: str
+    sglang: str  # SGLang's double: no entrypoint; `python3 -m sglang.launch_server ...` runs it
 
 
 def build_engine_doubles(
@@ -69,7 +71,25 @@ def build_engine_doubles(
         common + 'ENTRYPOINT ["/usr/bin/python3", "/srv/engine_double.py", "--role", "tei"]\n'
     )
     tei = build_image(client, "appliance-test/tei-double:ok", context)
-    return EngineDoubleImages(vllm=vllm, tei=tei)
+    # SGLang's image starts no server by itself: the appliance's command is the whole
+    # `python3 -m sglang.launch_server ...`, so the double provides that module.
+    shim = context / "lib" / "sglang"
+    shim.mkdir(exist_ok=True)
+    (shim / "__init__.py").write_text('"""TEST DOUBLE: SGLang\'s package name only."""\n')
+    (shim / "launch_server.py").write_text(_SGLANG_SHIM)
+    (context / "Dockerfile").write_text(common)
+    sglang = build_image(client, "appliance-test/sglang-double:ok", context)
+    return EngineDoubleImages(vllm=vllm, tei=tei, sglang=sglang)
+
+
+_SGLANG_SHIM = """\
+\"\"\"TEST DOUBLE: `python3 -m sglang.launch_server ARGS` runs the engine double as SGLang.\"\"\"
+import runpy
+import sys
+
+sys.argv = ["/srv/engine_double.py", "--role", "sglang", *sys.argv[1:]]
+runpy.run_path("/srv/engine_double.py", run_name="__main__")
+"""
 
 
 def free_port() -> int:

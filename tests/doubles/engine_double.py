@@ -1,4 +1,5 @@
-"""TEST DOUBLE of the GPU engines: a stand-in for vLLM's OpenAI server and for TEI's router.
+"""TEST DOUBLE of the GPU engines: a stand-in for vLLM's and SGLang's OpenAI servers and for
+TEI's router.
 
 No GPU, no weights: it answers the same HTTP endpoints with the same shapes, and exposes metrics
 under vLLM's and TEI's real names and types, so everything the appliance does against an engine
@@ -6,7 +7,10 @@ under vLLM's and TEI's real names and types, so everything the appliance does ag
 image (standard library plus a copied `prometheus_client`) and directly on the host alike.
 
 It takes the real engines' command lines (`--model … --served-model-name … --port …` for vLLM,
-`--model-id … --port …` for TEI) and ignores flags it does not model. Faults are chosen with
+`--model-path … --served-model-name … --port …` for SGLang, `--model-id … --port …` for TEI) and
+ignores flags it does not model. In its image, `python3 -m sglang.launch_server ARGS` runs it as
+the SGLang double (a two-line `sglang/launch_server.py` shim), as the appliance's argv for
+SGLang's image says. Faults are chosen with
 environment variables (baked into fault images, or set by a test):
 
   DOUBLE_STARTUP_DELAY_S   seconds before the port opens (model loading)
@@ -157,6 +161,113 @@ class VllmMetrics:
         return prometheus_client.generate_latest(self.registry)
 
 
+# -------------------------------------------------------------------------------- SGLang metrics
+
+
+class _Unexposed:
+    """A metric vLLM has and SGLang does not: the handler may update it; nothing is exposed."""
+
+    def labels(self, **_: str) -> _Unexposed:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+# SGLang 0.5.21's bucket edges (srt/observability/metrics_collector.py, TokenizerMetricsCollector
+# defaults).
+SGLANG_TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400)
+SGLANG_ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040,
+                      0.060, 0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000,
+                      8.000)  # fmt: skip
+SGLANG_E2E_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400,
+                      600, 1200, 1800, 2400)  # fmt: skip
+
+
+class SglangMetrics:
+    """SGLang's `--enable-metrics` names, types and labels at 0.5.21
+    (python/sglang/srt/observability/metrics_collector.py): the scheduler's gauges
+    `sglang:num_running_reqs`, `sglang:num_queue_reqs`, `sglang:token_usage` (0..1) and
+    `sglang:cache_hit_rate` (0..1), labelled model_name, engine_type, tp_rank, pp_rank,
+    moe_ep_rank; the tokenizer manager's counters `sglang:prompt_tokens_total`,
+    `sglang:generation_tokens_total`, `sglang:cached_tokens_total{cache_source}`,
+    `sglang:num_requests_total` and histograms `sglang:time_to_first_token_seconds`,
+    `sglang:inter_token_latency_seconds`, `sglang:e2e_request_latency_seconds`, labelled
+    model_name, engine_type (+ is_streaming)."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = r = CollectorRegistry()
+        self.values = {"model_name": model_name, "engine_type": "unified"}
+        sched = {**self.values, "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0"}
+        self.sched = sched
+        scheduler, tokenizer = list(sched), list(self.values)
+        streaming = [*tokenizer, "is_streaming"]
+        self._running = Gauge("sglang:num_running_reqs", "The number of running requests.",
+                              scheduler, registry=r)  # fmt: skip
+        self.waiting = Gauge("sglang:num_queue_reqs",
+                             "The number of requests in the waiting queue.", scheduler,
+                             registry=r)  # fmt: skip
+        self.kv_usage = Gauge("sglang:token_usage", "The token usage.", scheduler, registry=r)
+        self.hit_rate = Gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", scheduler,
+                              registry=r)  # fmt: skip
+        self._prompt = Counter("sglang:prompt_tokens_total", "Number of prefill tokens processed.",
+                               streaming, registry=r)  # fmt: skip
+        self._generation = Counter("sglang:generation_tokens_total",
+                                   "Number of generation tokens processed.", streaming,
+                                   registry=r)  # fmt: skip
+        self.cached = Counter("sglang:cached_tokens_total",
+                              "Number of cached prompt tokens by source (device/host/storage).",
+                              [*tokenizer, "cache_source"], registry=r)  # fmt: skip
+        self._requests = Counter("sglang:num_requests_total", "Number of requests processed.",
+                                 streaming, registry=r)  # fmt: skip
+        self._ttft = Histogram("sglang:time_to_first_token_seconds",
+                               "Histogram of time to first token in seconds.", streaming,
+                               buckets=SGLANG_TTFT_BUCKETS, registry=r)  # fmt: skip
+        self._itl = Histogram("sglang:inter_token_latency_seconds",
+                              "Histogram of inter-token latency in seconds.", tokenizer,
+                              buckets=SGLANG_ITL_BUCKETS, registry=r)  # fmt: skip
+        self._e2e = Histogram("sglang:e2e_request_latency_seconds",
+                              "Histogram of End-to-end request latency in seconds", streaming,
+                              buckets=SGLANG_E2E_BUCKETS, registry=r)  # fmt: skip
+        for gauge in (self._running, self.waiting, self.kv_usage, self.hit_rate):
+            gauge.labels(**sched)
+        self.waiting.labels(**sched).set(float(ENV.get("DOUBLE_WAITING", "0")))
+        self.kv_usage.labels(**sched).set(float(ENV.get("DOUBLE_KV_USAGE", "0")))
+        self.cached.labels(**self.values, cache_source="device")
+        # What the handler updates under vLLM's attribute names, mapped onto SGLang's series.
+        self.running = _Fixed(self._running, sched)
+        self.prompt_tokens = _Fixed(self._prompt, {**self.values, "is_streaming": "false"})
+        self.generation_tokens = _Fixed(self._generation, {**self.values, "is_streaming": "false"})
+        self.success = _Fixed(self._requests, {**self.values, "is_streaming": "false"})
+        self.ttft = _Fixed(self._ttft, {**self.values, "is_streaming": "false"})
+        self.itl = _Fixed(self._itl, self.values)
+        self.e2e = _Fixed(self._e2e, {**self.values, "is_streaming": "false"})
+        self.prefix_queries = self.tpot = self.queue_time = self.preemptions = _Unexposed()
+        self.prefix_hits = _Unexposed()
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+
+class _Fixed:
+    """One SGLang series, whatever labels the (vLLM-shaped) handler passes."""
+
+    def __init__(self, metric: Any, labels: dict[str, str]) -> None:
+        self.series = metric.labels(**labels)
+
+    def labels(self, **_: str) -> Any:
+        return self.series
+
+
 # ---------------------------------------------------------------------------------- TEI metrics
 
 
@@ -232,7 +343,10 @@ class EngineServer(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         if role == "vllm":
             self.model_name = args.served_model_name or args.model
-            self.vllm = VllmMetrics(self.model_name)
+            self.vllm: VllmMetrics | SglangMetrics = VllmMetrics(self.model_name)
+        elif role == "sglang":
+            self.model_name = args.served_model_name or args.model_path
+            self.vllm = SglangMetrics(self.model_name)
         else:
             self.model_name = args.model_id
             self.tei = TeiMetrics()
@@ -287,9 +401,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self._send_text(503, b"", "text/plain")
         elif self.path == "/metrics":
-            data = server.vllm.render() if server.role == "vllm" else server.tei.render()
+            data = server.tei.render() if server.role == "tei" else server.vllm.render()
             self._send_text(200, data, "text/plain; version=0.0.4; charset=utf-8")
-        elif self.path == "/v1/models" and server.role == "vllm":
+        elif self.path == "/v1/models" and server.role != "tei":
             self._send_json(
                 200,
                 {
@@ -299,7 +413,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             "id": server.model_name,
                             "object": "model",
                             "created": int(server.started),
-                            "owned_by": "vllm",
+                            "owned_by": "vllm" if server.role == "vllm" else "sglang",
                             "root": server.args.model,
                             "parent": None,
                             "max_model_len": server.args.max_model_len,
@@ -330,7 +444,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         server = self.server
         body = self._body()
-        if server.role == "vllm" and self.path in ("/v1/completions", "/v1/chat/completions"):
+        if server.role != "tei" and self.path in ("/v1/completions", "/v1/chat/completions"):
             self._generate(body, chat=self.path.endswith("chat/completions"))
         elif server.role == "tei" and self.path in ("/embed", "/v1/embeddings"):
             self._embed(body, openai=self.path == "/v1/embeddings")
@@ -504,18 +618,23 @@ def _embedding(text: str, dimensions: int) -> list[float]:
 
 def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="engine_double")
-    parser.add_argument("--role", choices=["vllm", "tei"], required=True)
+    parser.add_argument("--role", choices=["vllm", "sglang", "tei"], required=True)
     # vLLM's flags (the rest of a real command line is accepted and ignored).
     parser.add_argument("--model", default="")
     parser.add_argument("--served-model-name", nargs="*", default=None)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None)
+    # SGLang's flags.
+    parser.add_argument("--model-path", default="")
+    parser.add_argument("--context-length", type=int, default=None)
     # TEI's flags.
     parser.add_argument("--model-id", default="")
     parser.add_argument("--hostname", default=None)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     args, ignored = parser.parse_known_args(argv)
+    if args.context_length is not None:  # SGLang's name for the same limit
+        args.max_model_len = args.context_length
     if isinstance(args.served_model_name, list):
         args.served_model_name = args.served_model_name[0] if args.served_model_name else None
     if ignored:
@@ -525,7 +644,7 @@ def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
 
 def main(argv: list[str]) -> None:
     role, args = parse_args(argv)
-    port = args.port or (8000 if role == "vllm" else 80)
+    port = args.port or {"vllm": 8000, "sglang": 30000}.get(role, 80)
     host = args.hostname or args.host
     log(f"{role} double starting: {' '.join(argv)}")
     delay = float(ENV.get("DOUBLE_STARTUP_DELAY_S", "0"))

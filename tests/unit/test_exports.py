@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.exports import grafana, prometheus
 from appliance.gateway.app import GatewayMetrics
 from appliance.profile import load_profile
-from tests.doubles.engine_double import TeiMetrics
+from tests.doubles.engine_double import SglangMetrics, TeiMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_SCRAPE = ROOT / "tests" / "fixtures" / "vllm-0.32-cpu-metrics.txt"
@@ -96,7 +96,9 @@ def known_metrics() -> set[str]:
     tei_metrics = TeiMetrics()
     tei_metrics.observe(0.01)
     tei = _sample_names(tei_metrics.render().decode())
-    return vllm | gateway | tei | DCGM_DEFAULT_COUNTERS
+    sglang = _sample_names(SglangMetrics("chat").render().decode())
+    assert "sglang:num_queue_reqs" in sglang
+    return vllm | gateway | tei | sglang | DCGM_DEFAULT_COUNTERS
 
 
 def metric_names(expression: str) -> list[str]:
