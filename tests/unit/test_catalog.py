@@ -43,6 +43,7 @@ EXPLICIT_HEAD_DIM = {
     "mistral-small-3.2-24b-instruct-2506",  # 32 x 128 = 4096 vs hidden 5120
     "gemma-4-31b-it",  # 32 x 256 = 8192 vs hidden 5376 (global layers: 32 x 512)
     "gemma-4-26b-a4b-it",  # 16 x 256 = 4096 vs hidden 2816 (global layers: 16 x 512)
+    "gemma-4-12b-it",  # 16 x 256 = 4096 vs hidden 3840 (global layers: 16 x 512)
 }
 # Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
 NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
