@@ -503,3 +503,12 @@ def test_gemma4_26b_a4b_is_weighed_once_gated_models_are_allowed() -> None:
     gemma = next(c for c in rec.candidates if c.model_key == "gemma-4-26b-a4b-it")
     assert gemma.quantization == "bf16"
     assert gemma.concurrency_at_request >= 10
+
+
+def test_gemma4_12b_fits_an_l40s_in_bf16_once_gated_models_are_allowed() -> None:
+    workload = Workload.for_kind("chat", users=10, allow_gated=True)
+    rec = recommend(_box("l40s"), workload)
+    gemma = next(c for c in rec.candidates if c.model_key == "gemma-4-12b-it")
+    assert gemma.quantization == "bf16"
+    assert round(gemma.estimate.weights_gib, 1) == 22.3
+    assert gemma.concurrency_at_request >= 10

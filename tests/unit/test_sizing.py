@@ -974,3 +974,17 @@ def test_gemma4_26b_a4b_weights_match_the_load_vllm_logged() -> None:
     )
     assert estimate.fits
     assert abs(estimate.kv_cache_gib - 21.5) / 21.5 < 0.05
+
+
+def test_gemma4_12b_global_layers_cache_one_kv_head_of_512() -> None:
+    """Gemma 4 12B (catalog): 40 sliding layers of 8 KV heads x 256 and 8 global layers of a
+    single 512-wide KV head (K = V, both cached); its instruct config caps positions at 131,072."""
+    from appliance.catalog import load_catalog
+
+    model = load_catalog().model("gemma-4-12b-it")
+    assert model is not None
+    arch = model.architecture
+    assert arch.layer_kv_shape(0) == (8, 256)
+    assert arch.layer_kv_shape(47) == (1, 512)
+    assert kv_bytes_per_token(arch) == 40 * (2 * 8 * 256 * 2) + 8 * (2 * 1 * 512 * 2)
+    assert arch.max_model_len_limit == 131072
