@@ -42,6 +42,8 @@ EXPLICIT_HEAD_DIM = {
     "qwen3.6-35b-a3b",  # 16 x 256 = 4096 vs hidden 2048
     "mistral-small-3.2-24b-instruct-2506",  # 32 x 128 = 4096 vs hidden 5120
     "gemma-4-31b-it",  # 32 x 256 = 8192 vs hidden 5376 (global layers: 32 x 512)
+    "gemma-4-26b-a4b-it",  # 16 x 256 = 4096 vs hidden 2816 (global layers: 16 x 512)
+    "gemma-4-12b-it",  # 16 x 256 = 4096 vs hidden 3840 (global layers: 16 x 512)
 }
 # Models whose publisher released only a quantised checkpoint (no BF16 weights of their own).
 NATIVELY_QUANTISED = {"gpt-oss-20b": "mxfp4", "gpt-oss-120b": "mxfp4"}
@@ -426,3 +428,57 @@ def test_gated_deltanet_models_keep_every_fourth_layer_full(model: ChatModel) ->
     assert arch.full_attention_layer_count == arch.num_hidden_layers // 4
     assert arch.mamba_ssm_dtype == "float32"
     assert model.min_vllm_version is not None
+
+
+def _qwen36_fp8_bytes(model: ChatModel) -> int:
+    """Qwen's fine-grained FP8 on a Qwen3.5/3.6 checkpoint: every text linear of the decoder
+    and of the one MTP layer in FP8 (1 byte per weight) with a bf16 scale per 128 x 128 block;
+    the rest of the BF16 checkpoint (embeddings, lm_head, in_proj_a/b, conv1d, norms, routers,
+    the MTP fc, the vision tower) stays 16-bit."""
+    arch = model.architecture
+    h, kv_dim = arch.hidden_size, arch.num_key_value_heads * arch.head_dim
+    q_dim = arch.num_attention_heads * arch.head_dim
+    k_heads, v_heads = arch.linear_num_key_heads or 0, arch.linear_num_value_heads or 0
+    k_dim, v_dim = arch.linear_key_head_dim or 0, arch.linear_value_head_dim or 0
+    gdn = [(2 * k_heads * k_dim + v_heads * v_dim, h), (v_heads * v_dim, h), (h, v_heads * v_dim)]
+    attention = [(2 * q_dim, h), (kv_dim, h), (kv_dim, h), (h, q_dim)]  # q carries its gate
+    if arch.num_experts is None:
+        mlp = [(arch.intermediate_size, h)] * 2 + [(h, arch.intermediate_size)]
+    else:
+        inter = arch.moe_intermediate_size or 0
+        experts = arch.num_experts + (arch.num_shared_experts or 0)
+        mlp = ([(inter, h)] * 2 + [(h, inter)]) * experts
+    linear_layers = len(arch.linear_attention_layers or ())
+    full_layers = arch.num_hidden_layers - linear_layers
+    shapes = (
+        gdn * linear_layers + attention * (full_layers + 1) + mlp * (arch.num_hidden_layers + 1)
+    )
+    fp8 = sum(o * i for o, i in shapes)
+    scales = sum(-(-o // 128) * -(-i // 128) * 2 for o, i in shapes)
+    bf16 = model.variant("bf16")
+    assert bf16 is not None
+    return fp8 + scales + 2 * (bf16.weight_bytes // 2 - fp8)
+
+
+@pytest.mark.parametrize("key", ["qwen3.6-27b", "qwen3.6-35b-a3b"])
+def test_qwen36_fp8_bytes_follow_the_fine_grained_layout(key: str) -> None:
+    model = CATALOG.model(key)
+    assert model is not None
+    fp8 = model.variant("fp8")
+    assert fp8 is not None
+    assert fp8.repo.startswith("Qwen/")
+    assert fp8.repo.endswith("-FP8")
+    assert fp8.weight_bytes == _qwen36_fp8_bytes(model)
+
+
+def test_qwen36_fp8_sizes_match_what_was_reported_for_the_repos() -> None:
+    """vLLM's 'Checkpoint size: 28.75 GiB' for Qwen/Qwen3.6-27B-FP8 (club-3090 issue #751) and
+    the served 35B-A3B-FP8 checkpoint's '37.5 GB' (inference-atlas pull request #145)."""
+    small, large = CATALOG.model("qwen3.6-27b"), CATALOG.model("qwen3.6-35b-a3b")
+    assert small is not None
+    assert large is not None
+    small_fp8, large_fp8 = small.variant("fp8"), large.variant("fp8")
+    assert small_fp8 is not None
+    assert large_fp8 is not None
+    assert round(small_fp8.weight_bytes / 1024**3, 2) == 28.75
+    assert round(large_fp8.weight_bytes / 1e9, 1) == 37.5

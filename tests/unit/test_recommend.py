@@ -473,3 +473,44 @@ def _recommend_rag_with(embedding: str, *, allow_gated: bool) -> Recommendation:
         "rag", users=10, embedding_model=embedding, allow_gated=allow_gated
     )
     return recommend(_box("rtx4090"), workload)
+
+
+def test_qwen36_fp8_is_weighed_from_ada_on_and_refused_on_ampere() -> None:
+    """The official Qwen3.6 FP8 repos: candidates on an L40S (8.9), where the 27B's 28.75 GiB
+    fits beside its cache and the BF16 checkpoints do not; refused on an A100 (8.0), where vLLM
+    would run them weight-only through Marlin, with the capability named."""
+    l40s = _recommend("l40s", "chat", users=10)
+    fits = {(c.model_key, c.quantization) for c in l40s.candidates}
+    assert {("qwen3.6-27b", "fp8"), ("qwen3.6-35b-a3b", "fp8")} <= fits
+    refused = {(r.model_key, r.quantization) for r in l40s.rejected}
+    assert {("qwen3.6-27b", "bf16"), ("qwen3.6-35b-a3b", "bf16")} <= refused
+    small = next(
+        c for c in l40s.candidates if c.model_key == "qwen3.6-27b" and c.quantization == "fp8"
+    )
+    assert round(small.estimate.weights_gib, 2) == 28.75
+    a100 = _recommend("a100-80g", "chat", users=10)
+    reasons = {(r.model_key, r.quantization): r.reason for r in a100.rejected}
+    for key in ("qwen3.6-27b", "qwen3.6-35b-a3b"):
+        assert "compute capability 8.9" in reasons[(key, "fp8")]
+    assert all(c.quantization != "fp8" for c in a100.candidates)
+
+
+def test_gemma4_26b_a4b_is_weighed_once_gated_models_are_allowed() -> None:
+    """Gemma 4 26B-A4B (BF16, 48.07 GiB) is kept behind the licence gate by default, and fits an
+    H100 once gated models are allowed, holding every user."""
+    plain = _recommend("h100", "chat", users=10)
+    assert ("gemma-4-26b-a4b-it", "bf16") in {(r.model_key, r.quantization) for r in plain.rejected}
+    workload = Workload.for_kind("chat", users=10, allow_gated=True)
+    rec = recommend(_box("h100"), workload)
+    gemma = next(c for c in rec.candidates if c.model_key == "gemma-4-26b-a4b-it")
+    assert gemma.quantization == "bf16"
+    assert gemma.concurrency_at_request >= 10
+
+
+def test_gemma4_12b_fits_an_l40s_in_bf16_once_gated_models_are_allowed() -> None:
+    workload = Workload.for_kind("chat", users=10, allow_gated=True)
+    rec = recommend(_box("l40s"), workload)
+    gemma = next(c for c in rec.candidates if c.model_key == "gemma-4-12b-it")
+    assert gemma.quantization == "bf16"
+    assert round(gemma.estimate.weights_gib, 1) == 22.3
+    assert gemma.concurrency_at_request >= 10
