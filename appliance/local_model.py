@@ -92,7 +92,7 @@ def resolve_profile_model(profile: Profile) -> ResolvedModel | None:
     """The model a profile serves, ready to size: the catalog's entry for its repo, or (on the
     CPU target) the weights already in the models directory (config.json and safetensors
     headers); None when neither is at hand, so the fit check skips what it cannot size."""
-    from appliance.runtime.specs import weights_path
+    from appliance.vocabulary import weights_path
 
     spec = profile.spec
     try:

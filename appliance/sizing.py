@@ -305,7 +305,7 @@ class ResolvedModel:
     parameters_by_dtype: dict[str, int] | None = None
     repo: str | None = None  # the Hub repo read (source "hub")
     sha: str | None = None
-    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.py)
+    linear_parameters: int = 0  # what an FP8/INT4 quantisation would shrink (weights.hub)
 
     @classmethod
     def of_variant(

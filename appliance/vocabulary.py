@@ -11,8 +11,8 @@ Pure: no IO, no third-party imports beyond the standard library.
 from __future__ import annotations
 
 import enum
-from pathlib import Path
-from typing import Final, Literal, TypeAlias, get_args
+from pathlib import Path, PurePath
+from typing import Final, Literal, TypeAlias, TypeVar, get_args
 
 from appliance.errors import BadInputError
 
@@ -33,6 +33,7 @@ __all__ = [
     "Role",
     "WindowName",
     "kv_cache_dtype_bytes",
+    "weights_path",
 ]
 
 # The weight formats the catalog lists, the memory model sizes and a profile may name; vLLM's
@@ -93,6 +94,21 @@ class FallbackMode(enum.StrEnum):
 
 # In the order a face cycles through them.
 FALLBACK_MODES: Final[tuple[FallbackMode, ...]] = tuple(FallbackMode)
+
+_P = TypeVar("_P", bound=PurePath)
+
+
+# The models directory's layout: `<org>/<name>/<revision>` (the revision a link to `<sha>/`).
+def weights_path(models_dir: _P, repo: str, revision: str) -> _P:
+    """Where the weights of `repo` at `revision` live under `models_dir`: `<org>/<name>/<revision>`.
+
+    The one layout shared by the weights store (`appliance.weights`) and the runtime's mounts.
+    A revision with a slash (`refs/pr/1`) becomes one path component (`refs--pr--1`); repo ids
+    never contain `--`.
+    """
+    org, _, name = repo.partition("/")
+    return models_dir / org / name / revision.replace("/", "--")
+
 
 # The profile schema's defaults; every face and operation takes these unless told otherwise.
 DEFAULT_MODELS_DIR: Final = Path("/var/lib/llm-appliance/models")

@@ -27,7 +27,8 @@ from appliance.runtime.apply import apply_profile
 from appliance.runtime.compose import compose_document, compose_text
 from appliance.runtime.containers import down
 from appliance.runtime.docker import DockerEngine
-from appliance.runtime.specs import SpecOptions, weights_path
+from appliance.runtime.specs import SpecOptions
+from appliance.vocabulary import weights_path
 from tests.doubles import build_engine_doubles, free_port
 from tests.support.dockerd import PrivateDockerd
 from tests.support.images import ensure_python_base

@@ -51,8 +51,8 @@ from appliance.runtime.specs import (
     engine_container_port,
     engine_image_choice,
     vllm_command,
-    weights_path,
 )
+from appliance.vocabulary import weights_path
 
 __all__ = [
     "DEFAULT_PROMETHEUS_ADDRESS",

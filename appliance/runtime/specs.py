@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from appliance.catalog import Catalog, load_catalog
 from appliance.cpu_target import kv_cache_space_gib
@@ -51,6 +51,7 @@ from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import EmbeddingsSpec, Profile
 from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint, cpu_engine_env
 from appliance.runtime.model import ContainerSpec, Healthcheck, Mount, PortBinding
+from appliance.vocabulary import weights_path
 
 __all__ = [
     "CONTAINER_MODELS_DIR",
@@ -68,7 +69,6 @@ __all__ = [
     "tei_command",
     "vllm_command",
     "vllm_image_choice",
-    "weights_path",
 ]
 
 CONTAINER_MODELS_DIR: Final = PurePosixPath("/models")
@@ -80,8 +80,6 @@ _INSIDE_CONTAINER: Final = "0.0.0.0"  # noqa: S104 - only inside the container; 
 _VLLM_START_PERIOD_S: Final = 1800.0
 _OFFLINE_ENV: Final = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
-P = TypeVar("P", bound=PurePath)
-
 
 @dataclass(frozen=True)
 class SpecOptions:
@@ -92,16 +90,6 @@ class SpecOptions:
     """
 
     gpu_requests: bool = True
-
-
-def weights_path(models_dir: P, repo: str, revision: str) -> P:
-    """Where the weights of `repo` at `revision` live under `models_dir`: `<org>/<name>/<revision>`.
-
-    The one layout shared by the weights downloader and the runtime. A revision with a slash
-    (`refs/pr/1`) becomes one path component (`refs--pr--1`); repo ids never contain `--`.
-    """
-    org, _, name = repo.partition("/")
-    return models_dir / org / name / revision.replace("/", "--")
 
 
 def container_name(profile_name: str, role: str) -> str:

@@ -31,7 +31,8 @@ from appliance.runtime.containers import down, service_logs, status
 from appliance.runtime.docker import DockerEngine
 from appliance.runtime.lock import apply_lock, engine_lock_path
 from appliance.runtime.model import ObservedContainer
-from appliance.runtime.specs import SpecOptions, weights_path
+from appliance.runtime.specs import SpecOptions
+from appliance.vocabulary import weights_path
 from tests.doubles import EngineDoubleImages, free_port
 from tests.support.dockerd import PrivateDockerd
 from tests.support.images import build_image

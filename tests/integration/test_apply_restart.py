@@ -20,7 +20,8 @@ from appliance.profile import parse_profile
 from appliance.runtime.apply import apply_profile, plan_profile
 from appliance.runtime.containers import down, status
 from appliance.runtime.docker import DockerEngine
-from appliance.runtime.specs import SpecOptions, weights_path
+from appliance.runtime.specs import SpecOptions
+from appliance.vocabulary import weights_path
 from tests.doubles import EngineDoubleImages, build_engine_doubles, free_port
 from tests.support.dockerd import PrivateDockerd
 from tests.support.images import ensure_python_base

@@ -20,7 +20,8 @@ from appliance.profile import Profile, parse_profile
 from appliance.runtime.apply import apply_profile, plan_profile
 from appliance.runtime.containers import status
 from appliance.runtime.docker import DockerEngine
-from appliance.runtime.specs import SpecOptions, weights_path
+from appliance.runtime.specs import SpecOptions
+from appliance.vocabulary import weights_path
 from tests.doubles import EngineDoubleImages, free_port
 
 pytestmark = pytest.mark.docker

