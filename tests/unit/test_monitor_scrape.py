@@ -363,13 +363,13 @@ def test_the_gateways_user_latency_quantiles_come_from_bucket_deltas() -> None:
         metrics.user_e2e.labels("local", "tiny").observe(0.2)
     before = parse_metrics(generate_latest(metrics.registry).decode(), "gateway")
     for _ in range(50):
-        metrics.user_ttft.labels("local", "tiny").observe(0.4)  # in (0.3, 0.5]
-        metrics.user_ttft.labels("remote", "other").observe(2.5)  # in (2, 3]
-        metrics.user_e2e.labels("remote", "other").observe(4.0)  # in (3, 5]
+        metrics.user_ttft.labels("local", "tiny").observe(0.4)  # in (0.3, 0.4]
+        metrics.user_ttft.labels("remote", "other").observe(2.5)  # in (2, 2.5]
+        metrics.user_e2e.labels("remote", "other").observe(4.0)  # in (3, 4]
     after = parse_metrics(generate_latest(metrics.registry).decode(), "gateway")
     assert after.sources["ttft"] == "appliance_gateway_ttft_seconds"
     window = [before.histograms["ttft"], after.histograms["ttft"]]
-    assert quantile_over(0.5, window) == pytest.approx(0.5)  # rank 50: the top of (0.3, 0.5]
-    assert quantile_over(0.95, window) == pytest.approx(2.9)  # rank 95: 45/50 into (2, 3]
+    assert quantile_over(0.5, window) == pytest.approx(0.4)  # rank 50: the top of (0.3, 0.4]
+    assert quantile_over(0.95, window) == pytest.approx(2.45)  # rank 95: 45/50 into (2, 2.5]
     e2e = [before.histograms["e2e"], after.histograms["e2e"]]
-    assert quantile_over(0.5, e2e) == pytest.approx(4.0)  # rank 25 of 50: halfway into (3, 5]
+    assert quantile_over(0.5, e2e) == pytest.approx(3.5)  # rank 25 of 50: halfway into (3, 4]
