@@ -95,7 +95,7 @@ class ByteProgress:
     Reports arrive from the download's worker threads; rich's Progress takes its own lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, transient: bool = False) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -113,6 +113,7 @@ class ByteProgress:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
+            transient=transient,  # a bar left in a log file is noise
         )
         self._tasks: dict[str, Any] = {}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli import options as opt
-from appliance.cli.base import COMMANDS, Commands
+from appliance.cli.base import COMMANDS, ByteProgress, Commands
 from appliance.errors import ExitCode
 
 
@@ -102,44 +102,24 @@ def _cmd_bundle(args: argparse.Namespace) -> ExitCode:
     return result
 
 
-class _Bytes:
+class _Bytes(ByteProgress):
     """Byte progress on stderr: one bar over the whole bundle, notes above it."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=not sys.stderr.isatty(),
-        )
-        self._task: Any = None
+        super().__init__(transient=not sys.stderr.isatty())
+        self._done = 0
+        self._size: int | None = None
 
     def total(self, size: int) -> None:
-        self._progress.start()
-        self._task = self._progress.add_task("bundle", total=size)
+        self._size = size
+        self.update("bundle", 0, size, "bundle")
 
-    def __call__(self, n: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
-
-    def note(self, text: str) -> None:
-        self._progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+    def __call__(self, n: int) -> None:  # bytes since the last call
+        self._done += n
+        self.update("bundle", self._done, self._size, "bundle")
 
     def stop(self) -> None:
-        self._progress.stop()
+        self.__exit__()
 
 
 def _cmd_create(args: argparse.Namespace) -> ExitCode:
