@@ -42,7 +42,7 @@ def _cmd_plan(args: argparse.Namespace) -> ExitCode:
 
 
 def _cmd_apply(args: argparse.Namespace) -> ExitCode:
-    from appliance.operations.deploy import deploy
+    from appliance.operations.deploy import deploy_profile
     from appliance.profile import load_profile
     from appliance.runtime.apply import ApplyEvent
     from appliance.runtime.plan import Plan
@@ -68,7 +68,7 @@ def _cmd_apply(args: argparse.Namespace) -> ExitCode:
         return answer.strip().lower() in ("y", "yes")
 
     with progress:
-        result = deploy(
+        result = deploy_profile(
             profile,
             box,
             source=args.profile,

@@ -10,6 +10,7 @@ copy of the applied profile, and restarted when that profile changed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,9 @@ class Deployment:
 def deploy_profile(
     profile: Profile,
     box: Box,
-    engine: ContainerEngine,
+    engine: ContainerEngine | None = None,
     *,
+    base_url: str | None = None,
     source: Path | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     progress: Callable[[ApplyEvent], None] | None = None,
@@ -94,23 +96,30 @@ def deploy_profile(
 
     `source` is the profile's file, when it has one: the gateway then runs its text, comments
     and all; otherwise (a profile chosen in the TUI and not saved) the profile as dumped.
-    `options` and `deadlines_s` go to `apply_profile` (tests on a box without a GPU).
+    `options` and `deadlines_s` go to `apply_profile` (tests on a box without a GPU). With no
+    `engine`, the Docker engine at `base_url` (this box's by default) is opened for the apply
+    and closed after it: what `appliance apply` and the TUI's Deploy both run.
     """
+    from appliance.operations.engine import engine_session
     from appliance.runtime.apply import apply_profile, check_box_can_run
     from appliance.weights import pull_profile, resolve_token
 
-    check_box_can_run(profile, box, options)
-    pull_profile(profile, token=resolve_token(None), on_progress=weights_progress, cancel=cancel)
-    result = apply_profile(
-        profile,
-        box,
-        engine,
-        options=options,
-        confirm=confirm,
-        progress=progress,
-        deadlines_s=deadlines_s,
-        fit_checked=True,  # check_box_can_run sized it before the download
-    )
+    # The engine first: an unreachable Docker is said before an hour-long download, not after.
+    with engine_session(base_url) if engine is None else contextlib.nullcontext(engine) as session:
+        check_box_can_run(profile, box, options)
+        pull_profile(
+            profile, token=resolve_token(None), on_progress=weights_progress, cancel=cancel
+        )
+        result = apply_profile(
+            profile,
+            box,
+            session,
+            options=options,
+            confirm=confirm,
+            progress=progress,
+            deadlines_s=deadlines_s,
+            fit_checked=True,  # check_box_can_run sized it before the download
+        )
     if not result.applied:
         return Deployment(result)
     if source is not None:
@@ -131,37 +140,3 @@ def deploy_profile(
         command = f"appliance gateway --profile {source}"
         note = f"no systemd here: run the gateway yourself with `{command}`"
     return Deployment(result, gateway_note=note)
-
-
-def deploy(
-    profile: Profile,
-    box: Box,
-    *,
-    base_url: str | None = None,
-    source: Path | None = None,
-    confirm: Callable[[Plan], bool] | None = None,
-    progress: Callable[[ApplyEvent], None] | None = None,
-    weights_progress: Callable[[DownloadProgress], None] | None = None,
-    cancel: threading.Event | None = None,
-    options: SpecOptions | None = None,
-    deadlines_s: dict[str, float] | None = None,
-    gateway: GatewayInstaller = install_gateway,
-) -> Deployment:
-    """`deploy_profile` on this box's Docker engine (or `base_url`'s), closed afterwards: what
-    `appliance apply` and the TUI's Deploy both run."""
-    from appliance.operations.engine import engine_session
-
-    with engine_session(base_url) as engine:
-        return deploy_profile(
-            profile,
-            box,
-            engine,
-            source=source,
-            confirm=confirm,
-            progress=progress,
-            weights_progress=weights_progress,
-            cancel=cancel,
-            options=options,
-            deadlines_s=deadlines_s,
-            gateway=gateway,
-        )

@@ -284,9 +284,9 @@ def docker_deployer(
         *,
         source: Path | None = None,
     ) -> Deployment:
-        from appliance.operations.deploy import deploy, install_gateway
+        from appliance.operations.deploy import deploy_profile, install_gateway
 
-        return deploy(
+        return deploy_profile(
             profile,
             box,
             base_url=base_url,

@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, bool, bool]] = {
     "applied_profile_path": ("applied", True, True),
     "plan": ("plan", True, True),
     "plan_from_nothing": ("plan", False, True),  # the CLI's --simulate reaches it inside `plan`
-    "deploy": ("deploy", True, True),
+    "deploy_profile": ("deploy", True, True),
     "follow_service_logs": ("containers", True, True),
     "service_logs": ("containers", True, False),  # the TUI's Logs screen only follows
     "running_services": ("containers", False, True),  # the CLI names the service itself
