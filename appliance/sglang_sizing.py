@@ -50,8 +50,9 @@ PINNED_SGLANG_VERSION = "0.5.21"
 # `--page-size`'s default (server_args page_size=1 in the logged ServerArgs of 0.4 and 0.5).
 SGLANG_PAGE_SIZE = 1
 # Memory the CUDA context and the torch-distributed/NCCL groups hold before "Load weight
-# begin": CUDA total minus the logged pre-load free memory, median over the start-up logs in
-# bench/data/sglang_memory_logs.csv (0.40-0.71 GiB on one GPU; see bench/sglang_sizing_accuracy.py).
+# begin": CUDA's total less the logged pre-load free memory, on the one public log that shows
+# both for a known card (QwQ-32B on 4x L4, 22.05 - 21.63 GiB; bench/data/sglang_memory_logs.csv).
+# Within plan's 0.3 % of the logged KV tokens there (bench/sglang_sizing_accuracy.py).
 SGLANG_PRE_LOAD_OVERHEAD_BYTES = int(0.42 * GIB)
 # The highest mem_fraction_static the nearest-settings search offers (as for vLLM's utilization).
 _MAX_SUGGESTED_FRACTION = 0.95
