@@ -4,37 +4,41 @@ Pure: no IO. The per-token KV bytes and the weights a GPU holds come from `appli
 building blocks (`kv_bytes_per_token`, `loaded_weight_bytes`); what differs from vLLM is the
 budget around them.
 
-What SGLang does (read from its source; the pinned release is 0.5.21, and the formula below is
-the same from the 0.1 releases to today's main, only the file it lives in moved):
+What SGLang does (read from its source; the pinned release is 0.5.21. The same formula is in
+0.4.x `model_runner.py::profile_max_num_token`, in v0.5.8
+`model_executor/model_runner_kv_cache_mixin.py::profile_max_num_token` and in the 2026 main's
+`mem_cache/kv_cache_configurator.py` / `model_runner_kv_cache_mixin.py::_profile_available_bytes`
+with `model_executor/pool_configurator.py::calculate_pool_sizes`; the v0.5.21 tag itself could
+not be read here, so it is taken to be the same as both sides of it):
 
 1. `ModelRunner` measures the free GPU memory after creating its CUDA context and the
-   torch-distributed/NCCL groups and before loading the weights (`pre_model_load_memory`,
-   logged as "Load weight begin. avail mem=... GB"; under tensor parallelism the smallest of the
-   ranks, `get_available_gpu_memory(distributed=True)`). In 0.1-0.4.x this value was
-   `min_per_gpu_memory` from `init_torch_distributed` and the check lived in
-   `model_runner.py::profile_max_num_token(total_gpu_memory)`; in 0.5.x it is
-   `_profile_available_bytes(pre_model_load_memory)` (model_runner_kv_cache_mixin.py, then
-   kv_cache_configurator.py).
+   torch-distributed/NCCL groups and before loading the weights (`pre_model_load_memory`, named
+   `total_gpu_memory`/`min_per_gpu_memory` in 0.4.x; logged as "Load weight begin. avail
+   mem=... GB"; under tensor parallelism the smallest of the ranks).
 2. After the weights are loaded it measures free memory again ("Load weight end. avail mem=A")
    and keeps `rest = A - pre_model_load_memory x (1 - mem_fraction_static)` for the KV pool.
    So weights + KV pool = mem_fraction_static x pre-load free memory; activations, CUDA graphs,
    the sampler and NCCL buffers all live in the other (1 - mem_fraction_static) share, which
-   SGLang never measures. `rest <= 0` stops start-up ("Not enough memory. Please try to
-   increase --mem-fraction-static" in 0.4.x; "Loaded weights leave no GPU memory for the KV
-   cache ... Raise --mem-fraction-static above ..." in 0.5.x).
-3. `pool_configurator.py::calculate_pool_sizes`: tokens = rest // cell_size, rounded down to
-   the page size (`--page-size`, 1 unless an attention backend asks for more), where for
-   MHA/GQA cell_size = KV heads per TP rank (`get_num_kv_heads(tp)` = max(1, heads // tp)) x
-   head_dim x layers x 2 (K and V) x the KV dtype's bytes, and for MLA (kv_lora_rank +
-   qk_rope_head_dim) x layers x bytes. It logs "KV Cache is allocated. #tokens: N".
-4. SGLang starts even when N is shorter than the context length; it then rejects any prompt
-   longer than N - 1 tokens (scheduler: max_req_input_len = min(context_len, N) - 1). The
-   appliance refuses that profile, as it does for vLLM, because one request of max_model_len
-   would not fit.
+   SGLang does not measure. `rest <= 0` stops start-up ("Not enough memory. Please try to
+   increase --mem-fraction-static" in 0.1-0.4; "Loaded weights leave no GPU memory for the KV
+   cache ... Raise --mem-fraction-static above ..." with the minimum 1 - A / pre in 0.5.x).
+3. `calculate_pool_sizes`: tokens = rest // cell_size, rounded down to the page size
+   (`--page-size`, 1 unless an attention backend asks for more), where for MHA/GQA cell_size =
+   KV heads per TP rank (`get_num_kv_heads(tp)` = max(1, heads // tp)) x (head_dim +
+   v_head_dim) x layers x the KV dtype's bytes, and for MLA (kv_lora_rank + qk_rope_head_dim) x
+   layers x bytes. It logs "KV Cache is allocated. #tokens: N".
+4. SGLang starts even when N is shorter than the context length; it then rejects longer
+   prompts. The appliance refuses that profile, as it does for vLLM, because one request of
+   max_model_len would not fit.
+
+Checked against public start-up logs by bench/sglang_sizing_accuracy.py.
 
 Not modelled: SGLang's separate full/sliding-window pools for hybrid SWA models (gpt-oss,
-Gemma) and its Mamba/linear-attention state pool; those are sized here as if every attention
-layer kept full KV, the cautious side. Speculative decoding's draft model is not counted.
+Gemma) and its Mamba/linear-attention state pool (sized here as if every attention layer kept
+full KV, the cautious side); a speculative draft model; the multimodal cache 0.5.x reserves out
+of the pool (`mm_runtime_reservation_gb`); and the opt-in post-capture sizing
+(`SGLANG_ENABLE_POST_CAPTURE_KV_SIZING`, default off, sgl-project/sglang#30157), which sizes the
+pool after CUDA-graph capture from measured free memory. The appliance sets none of them.
 """
 
 from __future__ import annotations
