@@ -20,6 +20,11 @@ from appliance.cpu_target import CpuEstimate, estimate_cpu
 from appliance.errors import BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import Profile
+from appliance.sglang_sizing import (
+    SglangMemoryEstimate,
+    estimate_sglang_memory,
+    nearest_sglang_settings,
+)
 from appliance.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
@@ -376,7 +381,7 @@ def gpu_target_for_profile(profile: Profile, box: Box) -> GpuTarget | None:
 
 def fit_profile(
     profile: Profile, box: Box, model: ResolvedModel | None
-) -> MemoryEstimate | CpuEstimate | None:
+) -> MemoryEstimate | SglangMemoryEstimate | CpuEstimate | None:
     """The profile's chat engine on this box, sized from the profile's own settings: on the GPUs
     `spec.gpus` gives it with TEI's share taken out, or in host RAM on the CPU target. None for
     what is not sized (`model` None: not resolvable here; a GPU profile on a box with no GPU).
@@ -399,6 +404,8 @@ def fit_profile(
     target = gpu_target_for_profile(profile, box)
     if target is None:
         return None
+    if engine.kind == "sglang":
+        return fit_sglang(profile, model, target, tei_bytes_beside_chat(profile, box))
     flags = EngineFlags(
         gpu_memory_utilization=engine.gpu_memory_utilization,
         max_model_len=engine.max_model_len,
@@ -421,6 +428,59 @@ def fit_profile(
                 in_profile_terms(setting, model) for setting in error.nearest
             )
         raise
+
+
+def fit_sglang(
+    profile: Profile, model: ResolvedModel, target: GpuTarget, other_processes_bytes: int
+) -> SglangMemoryEstimate:
+    """An SGLang profile on its GPUs, by SGLang's own budget (`appliance.sglang_sizing`):
+    RefusedError (exit 4) when SGLang would refuse to start or could not hold one request of
+    max_model_len, with the nearest settings that fit as profile keys."""
+    engine = profile.spec.engine
+    tp = engine.tensor_parallel_size
+    errors = [f for f in rule_findings(model, target, tp) if f.severity == "error"]
+    if errors:
+        raise RefusedError(
+            "; ".join(f.message for f in errors), hint=f"model {model.label} on {target.label}"
+        )
+    limit = model.architecture.max_model_len_limit
+    if engine.max_model_len is not None and engine.max_model_len > limit:
+        # SGLang refuses a context_length above the model's config unless an environment
+        # variable (SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN) overrides it.
+        raise RefusedError(
+            f"max_model_len {engine.max_model_len} is longer than {model.label} allows "
+            f"({limit} tokens by its config.json); SGLang refuses to start with it",
+            hint=f"set spec.engine.max_model_len: {limit} or less",
+        )
+    weights = loaded_weight_bytes(
+        model.architecture, model.weight_bytes, model.quantization, target.compute_capability, tp
+    )
+
+    def sized(kv_cache_dtype: KvCacheDtype) -> SglangMemoryEstimate:
+        return estimate_sglang_memory(
+            model.architecture,
+            weights,
+            target.memory_bytes,
+            tensor_parallel_size=tp,
+            mem_fraction_static=engine.gpu_memory_utilization,
+            context_length=engine.max_model_len,
+            kv_cache_dtype=kv_cache_dtype,
+            other_processes_bytes=other_processes_bytes,
+        )
+
+    estimate = sized(engine.kv_cache_dtype)
+    if estimate.fits:
+        return estimate
+    fp8 = engine.kv_cache_dtype == "auto" and target.compute_capability >= (8, 9)
+    nearest = nearest_sglang_settings(
+        estimate, fp8_kv_tokens=sized("fp8").kv_cache_tokens if fp8 else None
+    )
+    raise RefusedError(
+        f"{model.label} does not fit on {target.label}: {estimate.reason}",
+        hint="nearest settings that fit: " + "; ".join(nearest)
+        if nearest
+        else "nothing close fits on this GPU: choose a smaller model or a larger GPU",
+    )
 
 
 def estimate_cpu_for(

@@ -337,9 +337,8 @@ def check_fits(profile: Profile, box: Box) -> None:
     try:
         fit_profile(profile, box, resolve_profile_model(profile))
     except RefusedError as error:
-        # SGLang profiles are sized by the same (vLLM's) memory model until SGLang's own
-        # mem_fraction_static budget is modelled (issue #21 point 3); it is the cautious one:
-        # vLLM counts activations and CUDA graphs inside the fraction, SGLang outside it.
+        # SGLang profiles are sized by SGLang's own mem_fraction_static budget
+        # (`fit.fit_sglang`, issue #21 point 3).
         engine = "SGLang" if profile.spec.engine.kind == "sglang" else "vLLM"
         error.message = f"{engine} would refuse this profile on this box: {error.message}"
         error.message += "; nothing was changed"
