@@ -97,6 +97,9 @@ def container_name(profile_name: str, role: str) -> str:
 
 
 def _quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:
+    """`--quantization`/`--dtype` for vLLM and SGLang alike: both name the INT4 Marlin kernels
+    `awq_marlin`/`gptq_marlin` (sglang 0.5.21 arg_groups/choices.py QUANTIZATION_CHOICES) and
+    take FP8 and the other self-describing checkpoints from their quantization_config."""
     capabilities = [g.compute_capability for g in gpus if g.compute_capability is not None]
     marlin = not capabilities or min(capabilities) >= (8, 0)
     match quantization:
@@ -173,25 +176,6 @@ def vllm_command(
     return tuple(argv)
 
 
-# SGLang's `--quantization` for the catalog's weight formats (sglang 0.5.21,
-# arg_groups/choices.py QUANTIZATION_CHOICES): the Marlin kernels for INT4 on 8.0+ as with vLLM;
-# FP8 and the other self-describing checkpoints carry their quantization_config and get no flag.
-def _sglang_quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:
-    capabilities = [g.compute_capability for g in gpus if g.compute_capability is not None]
-    marlin = not capabilities or min(capabilities) >= (8, 0)
-    match quantization:
-        case "awq":
-            return ["--quantization", "awq_marlin" if marlin else "awq"]
-        case "gptq":
-            return ["--quantization", "gptq_marlin" if marlin else "gptq"]
-        case "bf16":
-            return ["--dtype", "bfloat16"]
-        case "fp16":
-            return ["--dtype", "float16"]
-        case _:
-            return []
-
-
 # SGLang names fp8 KV caches by format only (fields/model.py kv_cache_dtype choices: auto,
 # fp8_e5m2, fp8_e4m3, ...); vLLM's plain "fp8" is e4m3 (vllm/config/cache.py), so it maps there.
 _SGLANG_KV_DTYPE: Final[dict[str, str]] = {"fp8": "fp8_e4m3"}
@@ -229,7 +213,7 @@ def sglang_command(
         host,
         "--port",
         str(port),
-        *_sglang_quantization_flags(model.quantization, gpus),
+        *_quantization_flags(model.quantization, gpus),
         "--tp-size",
         str(engine.tensor_parallel_size),
         "--mem-fraction-static",
