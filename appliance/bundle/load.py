@@ -93,15 +93,28 @@ def _read_profile(bundle: Path, member: Member) -> bytes:
     return data
 
 
-def _installed_profile(data: bytes, name: str, models_dir: Path | None) -> Profile:
-    from appliance.profile import parse_profile
+def _installed_profile(data: bytes, name: str, models_dir: Path | None) -> tuple[Profile, bytes]:
+    """The profile this box gets and its text: the bundle's own bytes, comments and all, with
+    only `storage.models_dir` changed when `--models-dir` moves it (rewritten whole, comments
+    lost, only where that one value cannot be edited in place)."""
+    from appliance.profile import ProfileError, dump_profile, parse_profile
+    from appliance.profile.yaml_text import with_scalar
 
-    profile = parse_profile(data.decode("utf-8", errors="replace"), name)
-    if models_dir is not None:
-        storage = profile.spec.storage.model_copy(update={"models_dir": models_dir})
-        spec = profile.spec.model_copy(update={"storage": storage})
-        profile = profile.model_copy(update={"spec": spec})
-    return profile
+    text = data.decode("utf-8", errors="replace")
+    profile = parse_profile(text, name)
+    if models_dir is None or models_dir == profile.spec.storage.models_dir:
+        return profile, data
+    storage = profile.spec.storage.model_copy(update={"models_dir": models_dir})
+    profile = profile.model_copy(
+        update={"spec": profile.spec.model_copy(update={"storage": storage})}
+    )
+    edited = with_scalar(text, ("spec", "storage", "models_dir"), str(models_dir))
+    if edited is not None:
+        with contextlib.suppress(ProfileError):
+            if parse_profile(edited, name) == profile:
+                return profile, edited.encode()
+    note = f"installed by `appliance bundle load --models-dir {models_dir}`"
+    return profile, dump_profile(profile, comment=note).encode()
 
 
 def _image_of(member: Member) -> tuple[str, str]:
@@ -274,8 +287,6 @@ def load_bundle(
 ) -> LoadResult:
     """Verify `bundle` completely, then load its images, import its weights and install its
     profile (into `profiles_dir`, pointing at `models_dir` when given)."""
-    from appliance.profile import dump_profile
-
     say = note or (lambda _text: None)
     if not bundle.is_file():
         raise BadInputError(f"{bundle} is not a file")
@@ -283,7 +294,7 @@ def load_bundle(
     check_expected(manifest, expect_sha256)
     check_target(manifest.target, target_of(box))
     profile_member = _profile_member(manifest)
-    profile = _installed_profile(
+    profile, profile_text = _installed_profile(
         _read_profile(bundle, profile_member), profile_member.path, models_dir
     )
     models = profile.spec.storage.models_dir
@@ -297,7 +308,6 @@ def load_bundle(
             "FILE, with FILE from `appliance detect --json` here",
         )
     profile_path = profiles_dir / f"{profile.metadata.name}.yaml"
-    profile_text = dump_profile(profile).encode()
     if profile_path.exists() and profile_path.read_bytes() != profile_text:
         raise RefusedError(
             f"{profile_path} exists and differs from the bundle's profile; nothing was changed",

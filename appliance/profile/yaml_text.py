@@ -4,6 +4,7 @@ duplicate keys, no inline secrets, and the line of every value kept by path.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import typing
@@ -410,3 +411,27 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, filename: str) -> _Fatal
     return _FatalError(
         [ProfileProblem(filename, line, None, "", f"YAML syntax error: {problem}{context}", hint)]
     )
+
+
+_PLAIN_SAFE = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./-]*")
+
+
+def with_scalar(text: str, path: tuple[str, ...], value: str) -> str | None:
+    """`text` with the string at mapping keys `path` replaced by `value`, every other character
+    (comments, layout, quoting elsewhere) as it was; None when `path` is not a scalar written
+    in `text`. For a valid profile only (it is composed again here, without the checks)."""
+    try:
+        node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    # A plain scalar where that is unambiguous in block and flow context, else JSON's
+    # double-quoted string (valid YAML).
+    plain = "/" in value and _PLAIN_SAFE.fullmatch(value)  # a path; never `true`, `null` or `1`
+    written = value if plain else json.dumps(value)
+    return text[: node.start_mark.index] + written + text[node.end_mark.index :]

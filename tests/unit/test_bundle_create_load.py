@@ -21,6 +21,7 @@ from appliance.bundle.manifest import Target
 from appliance.bundle.stream import read_manifest
 from appliance.errors import ApplianceError, BadInputError, EnvironmentNotReadyError, RefusedError
 from appliance.hardware import detect_box
+from appliance.profile import load_profile
 from appliance.weights import import_weights, list_weights
 
 IMAGE = "appliance-test/vllm-double:ok"
@@ -103,12 +104,13 @@ def make_bundle(
 
 def load(tmp_path: Path, bundle: Path, simulate: str = "rtx4090", **kw: object):  # type: ignore[no-untyped-def]
     engine = kw.pop("engine", None) or FakeEngine()
+    models_dir = kw.pop("models_dir", tmp_path / "dst-models")
     result = load_bundle(
         bundle,
         detect_box(simulate=simulate, models_dir=tmp_path),
         engine,  # type: ignore[arg-type]
         profiles_dir=tmp_path / "profiles",
-        models_dir=tmp_path / "dst-models",
+        models_dir=models_dir,
         **kw,  # type: ignore[arg-type]
     )
     return result, engine
@@ -359,3 +361,38 @@ def test_a_different_profile_of_the_same_name_is_not_overwritten(
     assert mine.read_text() == "# my own edits\n"
     assert engine.images == {}
     assert list_weights(tmp_path / "dst-models") == []
+
+
+def test_the_installed_profile_keeps_its_comments(tmp_path: Path) -> None:
+    """`--models-dir` changes one value; the operator's comments and layout stay as written."""
+    models = tmp_path / "src-models"
+    import_weights(tiny_model(tmp_path / "tiny"), REPO, "main", models_dir=models)
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(
+        "# the team's box: keep max_num_seqs low, see the runbook\n"
+        + PROFILE.format(repo=REPO, image=IMAGE, models=models, state=tmp_path / "state")
+        .replace(
+            f"  storage: {{models_dir: {models}, state_dir: {tmp_path / 'state'}}}\n",
+            f"  storage:\n    models_dir: {models}  # the fast disk\n"
+            f"    state_dir: {tmp_path / 'state'}\n",
+        )
+        .replace("max_num_seqs: 4}", "max_num_seqs: 4}  # measured by bench")
+    )
+    bundle, _ = make_bundle(tmp_path, profile)
+    result, _ = load(tmp_path, bundle)
+    text = result.profile_path.read_text()
+    assert text.startswith("# the team's box: keep max_num_seqs low, see the runbook\n")
+    assert "# measured by bench" in text
+    assert "# the fast disk" in text
+    assert load_profile(result.profile_path).spec.storage.models_dir == tmp_path / "dst-models"
+    assert text.replace(str(tmp_path / "dst-models"), str(models)).replace('"', "") == (
+        profile.read_text()
+    )
+
+
+def test_a_profile_loaded_where_it_was_made_is_installed_as_written(
+    tmp_path: Path, source: Path
+) -> None:
+    bundle, _ = make_bundle(tmp_path, source)
+    result, _ = load(tmp_path, bundle, models_dir=None)
+    assert result.profile_path.read_bytes() == source.read_bytes()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,3 +191,39 @@ def _profiles(draw: st.DrawFn) -> dict[str, Any]:
 def test_any_valid_profile_round_trips(data: dict[str, Any]) -> None:
     profile = Profile.model_validate(data)
     assert parse_profile(dump_profile(profile), "dumped.yaml") == profile
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "expected"),
+    [
+        (
+            "spec:\n  storage:\n    models_dir: /a  # fast\n",
+            "/b/c",
+            "spec:\n  storage:\n    models_dir: /b/c  # fast\n",
+        ),
+        (
+            "spec: {storage: {models_dir: '/a', state_dir: /s}}\n",
+            "/b",
+            "spec: {storage: {models_dir: /b, state_dir: /s}}\n",
+        ),
+        (
+            "spec:\n  storage: {models_dir: /a}\n",
+            "/my models, 2",
+            'spec:\n  storage: {models_dir: "/my models, 2"}\n',
+        ),
+        (
+            "spec:\n  storage:\n    models_dir: /a\n",
+            "true",
+            'spec:\n  storage:\n    models_dir: "true"\n',
+        ),
+        ("spec:\n  storage: {state_dir: /s}\n", "/b", None),
+        ("spec:\n  storage:\n    models_dir: [/a]\n", "/b", None),
+        ("spec: [\n", "/b", None),
+    ],
+)
+def test_one_scalar_is_replaced_and_nothing_else(
+    text: str, value: str, expected: str | None
+) -> None:
+    from appliance.profile.yaml_text import with_scalar
+
+    assert with_scalar(text, ("spec", "storage", "models_dir"), value) == expected
