@@ -12,13 +12,15 @@ Two parts, each timed `--runs` times interleaved (plain, bundle, plain, …), me
 Ratio = plain time / bundle time (1.0 = as fast as the plain tools; higher is faster).
 Run: .venv/bin/python -m bench.bundle [--mib 256] [--runs 3] [--docker]
 
-Measured 2026-12-05 on the shared 2-core dev VM (load average 4.5 from other work, so runs
-vary by about +-0.15): `--mib 256 --runs 5 --docker`, image 66 MiB + weights 256 MiB:
-core create 0.82x, core verify+extract 1.08x, create 1.00x, load 0.80x (earlier runs that day,
-before members were verified side by side: create 0.97-1.12x, load 0.64-0.77x).
-Load stays below 0.9x because it SHA-256s every byte before using any (the plain tools check
-nothing), and re-hashes the image while Docker reads it; create no longer hashes weights
-(their weights manifest's digests go in, and load checks them) and copies them kernel-side.
+Measured 2026-12-05 on the shared 2-core dev VM (load average 2-4 from other work; the ratio of
+a 0.5 s run moves by +-0.2 with it, so the 1 GiB run is the steadier figure):
+`--mib 1024 --runs 5 --docker`, image 66 MiB + weights 1 GiB: create 0.95x, load 1.09x;
+`--mib 256 --runs 7 --docker`: create 1.02x, load 0.85x (0.66-1.18x across runs that hour).
+Load SHA-256s every byte before it is used (the plain tools check nothing) and re-hashes the
+image while Docker reads it; what makes up for it: members are verified side by side, and Docker
+loads the images as soon as they are verified, while the weights are still being checked (before
+that overlap: load 0.64-0.80x). Create does not hash weights (their weights manifest's digests go
+in, and load checks them) and copies them kernel-side.
 """
 
 from __future__ import annotations

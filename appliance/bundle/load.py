@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -209,6 +210,19 @@ def _load_images(
         result.images_loaded.append(image)
 
 
+def _unload(engine: DockerEngine, loading: Future[None] | None, result: LoadResult) -> None:
+    """Take out the images this load put into Docker (a member failed its check after they
+    went in); what was there before stays."""
+    if loading is None:
+        return
+    with contextlib.suppress(Exception):  # the verification failure is the one to report
+        loading.result()
+    for image in result.images_loaded:
+        with contextlib.suppress(Exception):
+            engine.remove_image(image)
+    result.images_loaded.clear()
+
+
 def _handling(manifest: Manifest, models: Path) -> Callable[[Member], Handling]:
     """Images are hash-checked (Docker reads them from the bundle); weights already installed
     here at the bundled commit are skipped (a restart after they were moved in); the rest is
@@ -272,6 +286,53 @@ def _import_weights(
         result.weights_imported.append(f"{repo}@{revision}")
 
 
+def _verify_and_load(  # noqa: PLR0917 - load_bundle's one step, handed its state whole
+    bundle: Path,
+    staging: Path,
+    models: Path,
+    engine: DockerEngine,
+    images: dict[str, tuple[Member, str]],
+    result: LoadResult,
+    progress: Progress | None,
+    say: Callable[[str], None],
+) -> None:
+    """Verify every member; load the images into Docker and move the weights in."""
+    manifest = result.manifest
+    # Docker loads the images as soon as they are verified, while the weights are still being
+    # checked (Docker works in its own process); should anything then fail its check, the images
+    # this load put in are taken out again, so a refused bundle leaves nothing behind.
+    pending = {member.path for member, _ in images.values()}
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-docker-load") as pool:
+        loading: Future[None] | None = None
+
+        def start_loading() -> None:
+            nonlocal loading
+            loading = pool.submit(_load_images, engine, bundle, images, result, say)
+
+        def verified(member: Member) -> None:
+            with lock:
+                pending.discard(member.path)
+                if not pending and loading is None:
+                    start_loading()
+
+        with lock:
+            if not pending:
+                start_loading()
+        try:
+            verify_into(
+                bundle, staging, progress, how=_handling(manifest, models), on_verified=verified
+            )
+        except BaseException:
+            _unload(engine, loading, result)
+            raise
+        try:
+            _import_weights(manifest, staging, models, result, say)
+        finally:
+            if loading is not None:
+                loading.result()
+
+
 def load_bundle(
     bundle: Path,
     box: Box,
@@ -318,17 +379,8 @@ def load_bundle(
     if on_total is not None:
         on_total(sum(m.size for m in manifest.members))
     say(f"verifying {len(manifest.members)} members into {staging}")
-    verify_into(bundle, staging, progress, how=_handling(manifest, models))
-
     result = LoadResult(manifest, profile_path)
-    # Docker reads the images while the weights are moved in and hashed: both are verified
-    # already and independent, so they overlap (Docker works in its own process).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-docker-load") as pool:
-        loading = pool.submit(_load_images, engine, bundle, images, result, say)
-        try:
-            _import_weights(manifest, staging, models, result, say)
-        finally:
-            loading.result()
+    _verify_and_load(bundle, staging, models, engine, images, result, progress, say)
     profiles_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write(profile_path, profile_text, mode=0o644)
     shutil.rmtree(staging, ignore_errors=True)

@@ -269,12 +269,15 @@ def verify_into(
     staging: Path,
     progress: Progress | None = None,
     how: Callable[[Member], Handling] | None = None,
+    on_verified: Callable[[Member], None] | None = None,
 ) -> Manifest:
     """Stream-verify every member. `how` says what to do with each (default: "stage"):
     "stage" copies it into `staging`; "hash" only checks it (images: `bundle load` streams
     them from the bundle again, re-hashing, so no second copy of an image lands on disk);
     "skip" leaves it (what this box has already, installed and verified). A member verified before
     (recorded in staging/.verified, and still there with its size when staged) is skipped.
+    `on_verified` hears of each member whose bytes are known good (now, or in an earlier run),
+    from a worker thread, so a caller can start using it while the rest is checked.
     Nothing outside `staging` is touched, and a member that fails leaves no file behind."""
     manifest = read_manifest(bundle)
     by_path = {m.path: m for m in manifest.members}
@@ -282,6 +285,7 @@ def verify_into(
     done = _verified(staging)
     seen: set[str] = set()
     jobs: list[tuple[tarfile.TarInfo, Member, Path | None]] = []
+    before: list[Member] = []  # verified by an earlier run
     try:
         with tarfile.open(bundle, mode="r:") as tar:
             for info in tar:
@@ -299,6 +303,7 @@ def verify_into(
                     continue
                 copy = handling == "stage"
                 if member.path in done and (not copy or _has_size(target, member.size)):
+                    before.append(member)
                     continue
                 jobs.append((info, member, target if copy else None))
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -306,7 +311,10 @@ def verify_into(
     missing = sorted(set(by_path) - seen)
     if missing:
         raise RefusedError(f"bundle member {missing[0]} is missing from the bundle")
-    _verify_all(bundle, staging, jobs, done, progress)
+    for member in before:
+        if on_verified is not None:
+            on_verified(member)
+    _verify_all(bundle, staging, jobs, done, progress=progress, on_verified=on_verified)
     return manifest
 
 
@@ -315,7 +323,9 @@ def _verify_all(
     staging: Path,
     jobs: list[tuple[tarfile.TarInfo, Member, Path | None]],
     done: set[str],
+    *,
     progress: Progress | None,
+    on_verified: Callable[[Member], None] | None,
 ) -> None:
     """Verify members side by side (a model's shards, an image): each worker reads its own
     member at its offset and hashes it; the first failure in bundle order is the one named."""
@@ -331,6 +341,8 @@ def _verify_all(
             tmp = record.with_name(record.name + ".tmp")
             tmp.write_text(json.dumps(sorted(done)))
             tmp.replace(record)
+        if on_verified is not None:
+            on_verified(member)
 
     hashers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bundle-hash")
     readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bundle-verify")

@@ -250,6 +250,15 @@ class DockerEngine:
             raise _engine_error("load an image archive", error, self.base_url) from error
         return loaded
 
+    def remove_image(self, image: str) -> None:
+        """Remove a tag this box holds (and its layers, if nothing else uses them)."""
+        try:
+            self._client.images.remove(image)
+        except docker.errors.ImageNotFound:
+            return
+        except _ENGINE_ERRORS as error:
+            raise _engine_error(f"remove image {image}", error, self.base_url) from error
+
     # ------------------------------------------------------------------ changing
 
     def create(self, spec: ContainerSpec, name: str | None = None) -> str:

@@ -57,6 +57,9 @@ class FakeEngine:
         self.images[IMAGE] = data  # every test bundle carries the one image
         return [IMAGE]
 
+    def remove_image(self, image: str) -> None:
+        self.images.pop(image, None)
+
 
 def tiny_model(where: Path) -> Path:
     """A config.json and a valid one-tensor safetensors file."""
@@ -396,3 +399,37 @@ def test_a_profile_loaded_where_it_was_made_is_installed_as_written(
     bundle, _ = make_bundle(tmp_path, source)
     result, _ = load(tmp_path, bundle, models_dir=None)
     assert result.profile_path.read_bytes() == source.read_bytes()
+
+
+def test_images_loaded_before_a_weights_member_fails_are_taken_out_again(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker loads the images while the weights are still being checked; a bad weights byte
+    found after that leaves Docker as it was."""
+    import threading
+
+    from appliance.bundle import stream
+
+    bundle, _ = make_bundle(tmp_path, source)
+    flip_in(bundle, bytes(range(200)))
+    loaded = threading.Event()
+
+    class Engine(FakeEngine):
+        def load_images(self, archive: BinaryIO) -> list[str]:
+            names = super().load_images(archive)
+            loaded.set()
+            return names
+
+    check = stream._verify_member
+
+    def weights_after_the_images(raw, info, member, target, **kw):  # type: ignore[no-untyped-def]
+        if member.kind == "weights":
+            assert loaded.wait(timeout=30)  # a bound against hanging
+        check(raw, info, member, target, **kw)
+
+    monkeypatch.setattr(stream, "_verify_member", weights_after_the_images)
+    engine = Engine()
+    with pytest.raises(RefusedError, match="weights/acme/tiny-chat/"):
+        load(tmp_path, bundle, engine=engine)
+    assert engine.loads == 1
+    nothing_installed(tmp_path, engine)
