@@ -452,8 +452,16 @@ def fit_sglang(
             f"({limit} tokens by its config.json); SGLang refuses to start with it",
             hint=f"set spec.engine.max_model_len: {limit} or less",
         )
-    weights = loaded_weight_bytes(
-        model.architecture, model.weight_bytes, model.quantization, target.compute_capability, tp
+    # Each rank holds its 1/tp share (SGLang's "Load weight end" is per GPU), as vLLM's split.
+    weights = -(
+        -loaded_weight_bytes(
+            model.architecture,
+            model.weight_bytes,
+            model.quantization,
+            target.compute_capability,
+            tp,
+        )
+        // tp
     )
 
     def sized(kv_cache_dtype: KvCacheDtype) -> SglangMemoryEstimate:
