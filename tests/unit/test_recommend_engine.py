@@ -189,3 +189,15 @@ def test_an_sglang_profile_at_tp2_loads_half_the_weights_on_each_gpu() -> None:
     planned = fit_profile(profile, box, ResolvedModel.of_variant(model, variant))
     assert isinstance(planned, SglangMemoryEstimate)
     assert planned.weights_gib == pytest.approx(estimate.weights_gib, rel=0.01)
+
+
+def test_the_tui_card_says_when_a_candidate_runs_on_sglang() -> None:
+    from appliance.tui.screens.recommend import candidate_title
+
+    target = gpu_target_from_box(_box("rtx4090"))
+    workload = Workload.for_kind("batch", prompt_tokens=1000, output_tokens=500)
+    rec = recommend_for_target(target, workload, evidence=[_entry()])
+    chosen = next(c for c in rec.candidates if c.engine == "sglang")
+    other = next(c for c in rec.candidates if c.engine == "vllm")
+    assert " on SGLang · " in candidate_title(1, chosen).plain
+    assert "SGLang" not in candidate_title(2, other).plain
