@@ -437,50 +437,113 @@ def fit_sglang(
     RefusedError (exit 4) when SGLang would refuse to start or could not hold one request of
     max_model_len, with the nearest settings that fit as profile keys."""
     engine = profile.spec.engine
-    tp = engine.tensor_parallel_size
-    errors = [f for f in rule_findings(model, target, tp) if f.severity == "error"]
-    if errors:
-        raise RefusedError(
-            "; ".join(f.message for f in errors), hint=f"model {model.label} on {target.label}"
-        )
-    limit = model.architecture.max_model_len_limit
-    if engine.max_model_len is not None and engine.max_model_len > limit:
-        # SGLang refuses a context_length above the model's config unless an environment
-        # variable (SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN) overrides it.
-        raise RefusedError(
-            f"max_model_len {engine.max_model_len} is longer than {model.label} allows "
-            f"({limit} tokens by its config.json); SGLang refuses to start with it",
-            hint=f"set spec.engine.max_model_len: {limit} or less",
-        )
-    weights = loaded_weight_bytes(
-        model.architecture, model.weight_bytes, model.quantization, target.compute_capability, tp
+    estimate, nearest = estimate_sglang_for(
+        model,
+        target,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        mem_fraction_static=engine.gpu_memory_utilization,
+        context_length=engine.max_model_len,
+        kv_cache_dtype=engine.kv_cache_dtype,
+        other_processes_bytes=other_processes_bytes,
+        limit_hint="set spec.engine.max_model_len: {limit} or less",
     )
-
-    def sized(kv_cache_dtype: KvCacheDtype) -> SglangMemoryEstimate:
-        return estimate_sglang_memory(
-            model.architecture,
-            weights,
-            target.memory_bytes,
-            tensor_parallel_size=tp,
-            mem_fraction_static=engine.gpu_memory_utilization,
-            context_length=engine.max_model_len,
-            kv_cache_dtype=kv_cache_dtype,
-            other_processes_bytes=other_processes_bytes,
-        )
-
-    estimate = sized(engine.kv_cache_dtype)
     if estimate.fits:
         return estimate
-    fp8 = engine.kv_cache_dtype == "auto" and target.compute_capability >= (8, 9)
-    nearest = nearest_sglang_settings(
-        estimate, fp8_kv_tokens=sized("fp8").kv_cache_tokens if fp8 else None
-    )
     raise RefusedError(
         f"{model.label} does not fit on {target.label}: {estimate.reason}",
         hint="nearest settings that fit: " + "; ".join(nearest)
         if nearest
         else "nothing close fits on this GPU: choose a smaller model or a larger GPU",
     )
+
+
+def estimate_sglang_for(
+    model: ResolvedModel,
+    target: GpuTarget,
+    *,
+    tensor_parallel_size: int,
+    mem_fraction_static: float,
+    context_length: int | None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    other_processes_bytes: int = 0,
+    limit_hint: str = "use --max-model-len {limit} or less",
+) -> tuple[SglangMemoryEstimate, list[str]]:
+    """`model` on `target` by SGLang's budget, and when it does not fit the nearest settings
+    that do, as profile keys (`nearest_sglang_settings`). RefusedError (exit 4) for what stops
+    SGLang before memory: a hard rule (TP, quantization) or a context longer than the model's
+    config allows (`limit_hint` says what to do, with `{limit}`)."""
+    tp = tensor_parallel_size
+    errors = [f for f in rule_findings(model, target, tp) if f.severity == "error"]
+    if errors:
+        raise RefusedError(
+            "; ".join(f.message for f in errors), hint=f"model {model.label} on {target.label}"
+        )
+    limit = model.architecture.max_model_len_limit
+    if context_length is not None and context_length > limit:
+        # SGLang refuses a context_length above the model's config unless an environment
+        # variable (SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN) overrides it.
+        raise RefusedError(
+            f"max_model_len {context_length} is longer than {model.label} allows "
+            f"({limit} tokens by its config.json); SGLang refuses to start with it",
+            hint=limit_hint.format(limit=limit),
+        )
+    # Each rank holds its 1/tp share (SGLang's "Load weight end" is per GPU), as vLLM's split.
+    weights = -(
+        -loaded_weight_bytes(
+            model.architecture,
+            model.weight_bytes,
+            model.quantization,
+            target.compute_capability,
+            tp,
+        )
+        // tp
+    )
+
+    def sized(dtype: KvCacheDtype) -> SglangMemoryEstimate:
+        return estimate_sglang_memory(
+            model.architecture,
+            weights,
+            target.memory_bytes,
+            tensor_parallel_size=tp,
+            mem_fraction_static=mem_fraction_static,
+            context_length=context_length,
+            kv_cache_dtype=dtype,
+            other_processes_bytes=other_processes_bytes,
+        )
+
+    estimate = sized(kv_cache_dtype)
+    if estimate.fits:
+        return estimate, []
+    fp8 = kv_cache_dtype == "auto" and target.compute_capability >= (8, 9)
+    nearest = nearest_sglang_settings(
+        estimate, fp8_kv_tokens=sized("fp8").kv_cache_tokens if fp8 else None
+    )
+    return estimate, nearest
+
+
+def render_sglang_estimate(estimate: SglangMemoryEstimate, label: str = "") -> str:
+    """SGLang's budget as an operator reads it: the static share, its split, the verdict."""
+    e = estimate
+    tp = (
+        f" (per GPU, tensor parallel {e.tensor_parallel_size})"
+        if e.tensor_parallel_size > 1
+        else ""
+    )
+    lines = [
+        f"{label}{' — ' if label else ''}SGLang {e.sglang_version}, {e.gpu_memory_gib:.2f} GiB "
+        f"GPU{tp}",
+        f"  free before the weights {e.pre_load_free_gib:8.2f} GiB"
+        + (f"  (other processes {e.other_processes_gib:.2f} GiB)" if e.other_processes_gib else ""),
+        f"  SGLang's static share   {e.static_budget_gib:8.2f} GiB"
+        f"  (mem_fraction_static {e.mem_fraction_static:g})",
+        f"  weights               - {e.weights_gib:8.2f} GiB",
+        f"  KV cache              = {e.kv_cache_gib:8.2f} GiB  ({e.kv_cache_tokens:,} tokens, "
+        f"{e.kv_bytes_per_token:,} bytes each)",
+        f"  outside the share       {e.outside_fraction_gib:8.2f} GiB  (activations, CUDA graphs)",
+        f"  context_length {e.context_length:,}: {e.max_concurrency:.2f} requests at once",
+        f"  {e.reason}" if e.fits else f"  DOES NOT FIT: {e.reason}",
+    ]
+    return "\n".join(lines)
 
 
 def estimate_cpu_for(

@@ -28,6 +28,7 @@ from typing import ClassVar, Literal
 from appliance.catalog import (
     ChatModel,
     EmbeddingModel,
+    EngineEvidence,
     ModelVariant,
     load_catalog,
 )
@@ -60,6 +61,7 @@ from appliance.profile import (
     Spec,
     StorageSpec,
 )
+from appliance.sglang_sizing import SglangMemoryEstimate, estimate_sglang_memory
 from appliance.sizing import (
     DECODE_MODEL_TEXT,
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -72,10 +74,11 @@ from appliance.sizing import (
     RuleFinding,
     decode_speed,
     kv_bytes_per_token,
+    loaded_weight_bytes,
     requests_held,
     tei_memory_bytes,
 )
-from appliance.vocabulary import KvCacheDtype, Quantization
+from appliance.vocabulary import EngineKind, KvCacheDtype, Quantization
 
 WorkloadKind = Literal["chat", "rag", "batch"]
 Preference = Literal["quality", "balanced", "speed"]
@@ -88,6 +91,10 @@ FALLBACK_REMOTE_MODEL = "gpt-4o-mini"  # in the list-price table, so `appliance 
 # Kept free beside TEI and vLLM's own CUDA context, so neither start-up races the other.
 _START_UP_MARGIN_BYTES = int(0.25 * GIB)
 _CUDA_CONTEXT_BYTES = int(0.45 * GIB)  # vLLM's context, created before its free-memory check
+# The engine's why where no entry of the catalog's engine_evidence.yaml matches the candidate.
+NO_ENGINE_EVIDENCE_TEXT = (
+    "vLLM: no public reproducible benchmark shows SGLang ahead for this workload"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +214,12 @@ class Candidate:
     score: float
     why: str
     warnings: tuple[str, ...] = ()
+    # The chat engine: SGLang only where a benchmark in engine_evidence.yaml matches (see
+    # `matching_evidence`); then `sglang_estimate` is SGLang's own budget for the same settings,
+    # and the fit, max_num_seqs and concurrency_at_request come from it.
+    engine: EngineKind = "vllm"
+    engine_why: str = NO_ENGINE_EVIDENCE_TEXT
+    sglang_estimate: SglangMemoryEstimate | None = None
 
     def at_once_text(self) -> str:
         """The card's numbers, from the same fields as the profile and the why: what vLLM runs
@@ -219,6 +232,9 @@ class Candidate:
     def to_json_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
         data["estimate"] = self.estimate.to_json_dict()
+        data["sglang_estimate"] = (
+            self.sglang_estimate.to_json_dict() if self.sglang_estimate is not None else None
+        )
         return data
 
 
@@ -263,6 +279,7 @@ class Recommendation:
         box keeps weights and state, when not the defaults under /var/lib/llm-appliance."""
         chosen = self.top if index == 0 else self.candidates[index]
         engine = EngineSpec(
+            kind=chosen.engine,
             max_model_len=chosen.max_model_len,
             max_num_seqs=chosen.max_num_seqs,
             gpu_memory_utilization=chosen.gpu_memory_utilization,
@@ -311,7 +328,7 @@ class Recommendation:
             f" prompt + {self.workload.output_tokens} output tokens, context "
             f"{self.workload.context}.",
             f"Why: {chosen.why}",
-            f"Memory per GPU: {_split_text(chosen.estimate)}.",
+            f"Memory per GPU: {_candidate_split_text(chosen)}.",
             f"Speed model: {self.decode_model}.",
             f"Fallback is off. To overflow to the remote API below when the box is down or "
             f"busy, set {FALLBACK_API_KEY_ENV} in the gateway's environment "
@@ -348,6 +365,24 @@ def _fallback_to_complete(served_model_name: str) -> FallbackSpec:
 def profile_name(target: GpuTarget, workload: Workload) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", f"{target.label}-{workload.kind}".lower()).strip("-")
     return slug[:40].strip("-") or "recommended"
+
+
+def _candidate_split_text(c: Candidate) -> str:
+    """The memory split of the engine the candidate runs on."""
+    return (
+        _split_text(c.estimate)
+        if c.sglang_estimate is None
+        else _sglang_split_text(c.sglang_estimate)
+    )
+
+
+def _sglang_split_text(e: SglangMemoryEstimate) -> str:
+    return (
+        f"{e.static_budget_gib:.1f} GiB for SGLang's weights and KV pool (mem_fraction_static "
+        f"{e.mem_fraction_static:g} x {e.pre_load_free_gib:.1f} GiB free) = weights "
+        f"{e.weights_gib:.1f} + KV cache {e.kv_cache_gib:.1f} GiB ({e.kv_cache_tokens:,} tokens); "
+        f"{e.outside_fraction_gib:.1f} GiB outside it for activations and CUDA graphs"
+    )
 
 
 def _split_text(e: MemoryEstimate) -> str:
@@ -457,12 +492,17 @@ def recommend(
 
 
 def recommend_for_target(
-    target: GpuTarget, workload: Workload, models: Sequence[ChatModel] | None = None
+    target: GpuTarget,
+    workload: Workload,
+    models: Sequence[ChatModel] | None = None,
+    evidence: Sequence[EngineEvidence] | None = None,
 ) -> Recommendation:
     """Every catalog model (or only `models`: `recommend --model ORG/NAME`) x variant x TP that
     vLLM can run here, sized for the workload, ranked by `SCORE_TEXT`; the rest rejected with
-    the reason."""
+    the reason. Each candidate runs on SGLang only where an entry of `evidence` (the catalog's
+    engine_evidence.yaml by default) matches it (`matching_evidence`)."""
     catalog = load_catalog()
+    benchmarks = tuple(catalog.engine_evidence if evidence is None else evidence)
     embedding: EmbeddingModel | None = None
     if workload.embeddings:
         embedding = catalog.embedding(workload.embedding_model)
@@ -510,6 +550,8 @@ def recommend_for_target(
                     break
                 option = _option(target, workload, model, variant, tp=tp, embedding=embedding)
                 outcome = _size_candidate(option)
+                if not isinstance(outcome, Rejected):
+                    outcome = _choose_engine(option, outcome, benchmarks)
                 if isinstance(outcome, Rejected):
                     rejected.append(outcome)
                 else:
@@ -849,6 +891,102 @@ def _size_candidate(option: _Option) -> Candidate | Rejected:
     )
 
 
+def matching_evidence(
+    evidence: Sequence[EngineEvidence],
+    *,
+    workload: Workload,
+    hf_architecture: str,
+    gpu_key: str | None,
+    tensor_parallel_size: int,
+) -> EngineEvidence | None:
+    """The first benchmark that speaks for SGLang on this candidate, or None.
+
+    Conservative on purpose: a benchmark covers only what it measured. The workload kind must
+    be one it stands for, the model's config.json architecture one it ran, the box's GPU (the
+    catalog key) and the tensor-parallel size the ones it ran on, and the typical prompt inside
+    the prompt lengths it measured. A figure from another GPU, model architecture or prompt
+    length says nothing here, so the candidate stays on vLLM."""
+    for entry in evidence:
+        low, high = entry.prompt_tokens_range
+        if (
+            workload.kind in entry.workload_kinds
+            and hf_architecture in entry.hf_architectures
+            and gpu_key is not None
+            and gpu_key in entry.gpus
+            and tensor_parallel_size == entry.tensor_parallel_size
+            and low <= workload.prompt_tokens <= high
+        ):
+            return entry
+    return None
+
+
+def evidence_text(entry: EngineEvidence) -> str:
+    """The why of an SGLang choice: the source and the smallest lead it measured."""
+    point = entry.smallest_margin
+    low, high = entry.prompt_tokens_range
+    return (
+        f"SGLang: {entry.source}: {point.sglang_margin * 100:.1f} % more {entry.metric} "
+        f"(its smallest lead, at {point.prompt_tokens:,} prompt + {point.output_tokens:,} output "
+        f"tokens; measured {low:,}-{high:,}-token prompts) on {entry.model}, "
+        f"{entry.gpu_count} x {', '.join(entry.gpus)} at TP{entry.tensor_parallel_size}, "
+        f"{entry.shape}; vLLM {entry.vllm_version} against SGLang {entry.sglang_version}, "
+        f"{entry.date}"
+    )
+
+
+def _choose_engine(
+    option: _Option, candidate: Candidate, evidence: Sequence[EngineEvidence]
+) -> Candidate:
+    """The candidate on SGLang where a benchmark matches and SGLang's own budget
+    (`appliance.sglang_sizing`, the same model `plan` uses for an SGLang profile) holds the
+    settings; otherwise unchanged, on vLLM, with the reason."""
+    resolved = ResolvedModel.of_variant(option.model, option.variant)
+    entry = matching_evidence(
+        evidence,
+        workload=option.workload,
+        hf_architecture=resolved.architecture.hf_architecture,
+        gpu_key=option.target.key,
+        tensor_parallel_size=option.tp,
+    )
+    if entry is None:
+        return candidate
+    loaded = loaded_weight_bytes(
+        resolved.architecture,
+        resolved.weight_bytes,
+        resolved.quantization,
+        option.target.compute_capability,
+        option.tp,
+    )
+    estimate = estimate_sglang_memory(
+        resolved.architecture,
+        math.ceil(loaded / option.tp),
+        option.target.memory_bytes,
+        tensor_parallel_size=option.tp,
+        mem_fraction_static=candidate.gpu_memory_utilization,
+        context_length=candidate.max_model_len,
+        kv_cache_dtype=candidate.kv_cache_dtype,
+        other_processes_bytes=option.tei_bytes,
+    )
+    if not estimate.fits:
+        return dataclasses.replace(
+            candidate,
+            engine_why=f"vLLM: {entry.key} shows SGLang ahead for this workload, but "
+            f"SGLang's own budget does not hold it here ({estimate.reason})",
+        )
+    held = estimate.kv_cache_tokens // option.workload.request_tokens
+    why = evidence_text(entry)
+    return dataclasses.replace(
+        candidate,
+        engine="sglang",
+        engine_why=why,
+        sglang_estimate=estimate,
+        concurrency_at_context=estimate.max_concurrency,
+        concurrency_at_request=held,
+        max_num_seqs=max(1, min(candidate.max_num_seqs, held)),
+        why=f"{candidate.why}; {why}",
+    )
+
+
 def _unshown_models_text(r: Recommendation, limit: int) -> list[str]:
     """One line per model that fits but has no variant above the cut: its best variant, its
     rank, and the numbers that put it there, so no model that fits is silently passed over."""
@@ -903,8 +1041,9 @@ def render_recommendation(
             "kv_cache_dtype "
             f"{c.kv_cache_dtype}, prefix caching {'on' if c.enable_prefix_caching else 'off'}"
             + (", disable_custom_all_reduce" if c.disable_custom_all_reduce else "")
+            + (", engine sglang" if c.engine == "sglang" else "")
         )
-        lines.append(f"   memory per GPU: {_split_text(c.estimate)}")
+        lines.append(f"   memory per GPU: {_candidate_split_text(c)}")
         lines.append(
             f"   concurrency: {c.max_num_seqs} at once (max_num_seqs); the KV cache holds "
             f"{c.concurrency_at_request} requests of {w.request_tokens} tokens, "

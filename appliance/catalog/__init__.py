@@ -12,6 +12,7 @@ repos and NVML names). Pure: reading package data is the only IO.
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from typing import Annotated, Literal
 
@@ -501,11 +502,87 @@ class EngineImages(_Frozen):
         return self
 
 
+# Evidence against an older vLLM does not count (see engine_evidence.yaml).
+_EVIDENCE_MIN_VLLM = (0, 8)
+
+
+class BenchmarkPoint(_Frozen):
+    """One measured shape of an engine benchmark: both engines' figure for the same requests."""
+
+    prompt_tokens: PositiveInt
+    output_tokens: PositiveInt
+    vllm: Annotated[float, Field(gt=0)]
+    sglang: Annotated[float, Field(gt=0)]
+
+    @property
+    def sglang_margin(self) -> float:
+        """How much more SGLang gave, as a fraction of vLLM's figure (negative: less)."""
+        return self.sglang / self.vllm - 1
+
+
+class EngineEvidence(_Frozen):
+    """A public, reproducible benchmark of SGLang against vLLM for one workload shape
+    (engine_evidence.yaml; `recommend` picks SGLang only where one of these matches)."""
+
+    key: str
+    shape: str  # the workload in words, e.g. "random prompts, no shared prefix"
+    workload_kinds: tuple[Literal["chat", "rag", "batch"], ...]  # `recommend --workload` kinds
+    hf_architectures: tuple[str, ...]  # config.json `architectures` the benchmark's model has
+    model: str  # the model benchmarked (Hub repo)
+    gpus: tuple[str, ...]  # catalog GPU keys the benchmark ran on
+    gpu_count: PositiveInt
+    tensor_parallel_size: PositiveInt
+    metric: str  # what `points` measure, e.g. "output tokens/s"
+    points: tuple[BenchmarkPoint, ...]
+    vllm_version: str
+    sglang_version: str
+    date: str  # when it ran (YYYY-MM-DD)
+    command: str  # how to reproduce it
+    source: str  # the repository and paths of the script and the logs the figures come from
+
+    @model_validator(mode="after")
+    def _sglang_ahead_everywhere(self) -> EngineEvidence:
+        """An entry says SGLang is ahead for its shape: every measured point must show it."""
+        if not self.points:
+            msg = f"engine evidence {self.key}: no measured points"
+            raise ValueError(msg)
+        behind = [p for p in self.points if p.sglang_margin <= 0]
+        if behind:
+            msg = f"engine evidence {self.key}: SGLang is not ahead at {behind[0]}"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_had_prefix_caching_on(self) -> EngineEvidence:
+        """The rule in engine_evidence.yaml: vLLM 0.8.0 or later (V1 by default, prefix
+        caching on by default); an older vLLM is not the engine SGLang would replace."""
+        found = re.match(r"\s*(\d+)\.(\d+)", self.vllm_version)
+        if found is None or (int(found[1]), int(found[2])) < _EVIDENCE_MIN_VLLM:
+            msg = (
+                f"engine evidence {self.key}: vLLM {self.vllm_version!r} is older than "
+                "0.8.0, before prefix caching was on by default; it does not count"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def prompt_tokens_range(self) -> tuple[int, int]:
+        """The prompt lengths measured: the entry says nothing outside them."""
+        lengths = [p.prompt_tokens for p in self.points]
+        return min(lengths), max(lengths)
+
+    @property
+    def smallest_margin(self) -> BenchmarkPoint:
+        """The point where SGLang's lead is smallest: the figure a why may quote."""
+        return min(self.points, key=lambda p: p.sglang_margin)
+
+
 class Catalog(_Frozen):
     models: tuple[ChatModel, ...]
     embeddings: tuple[EmbeddingModel, ...]
     gpus: tuple[GpuSpec, ...]
     images: EngineImages
+    engine_evidence: tuple[EngineEvidence, ...] = ()
 
     @model_validator(mode="after")
     def _lookups_are_unambiguous(self) -> Catalog:
@@ -601,5 +678,6 @@ def load_catalog() -> Catalog:
             "embeddings": _read("embeddings.yaml"),
             "gpus": _read("gpus.yaml"),
             "images": _read("images.yaml"),
+            "engine_evidence": _read("engine_evidence.yaml"),
         }
     )

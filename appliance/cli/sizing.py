@@ -20,6 +20,7 @@ from appliance.vocabulary import (
     DEFAULT_MODELS_DIR,
     DEFAULT_STATE_DIR,
     DEVICES,
+    ENGINE_KINDS,
     KvCacheDtype,
     Quantization,
 )
@@ -38,6 +39,8 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
     from appliance.sizing import PINNED_VLLM_VERSION, EngineFlags
 
     model = resolve_model(args.model, args.quantization)
+    if args.engine == "sglang":
+        return _estimate_sglang(args, model)
     if args.device == "cpu":
         return _estimate_cpu(args, model)
     if args.cpu_kv_cache_gib is not None:
@@ -70,6 +73,86 @@ def _cmd_estimate(args: argparse.Namespace) -> ExitCode:
         print(json.dumps(estimate_json(estimate), indent=2))
     else:
         print(render_estimate(estimate, model.label))
+    return ExitCode.OK
+
+
+# Flags that only mean something to vLLM's budget, and why SGLang's has no counterpart.
+_VLLM_ONLY_FLAGS = (
+    ("vllm_version", "--vllm-version", "picks vLLM's memory rules"),
+    ("max_num_batched_tokens", "--max-num-batched-tokens", "is vLLM's scheduler budget"),
+    (
+        "max_num_seqs",
+        "--max-num-seqs",
+        "changes vLLM's activation and CUDA-graph memory; SGLang's KV pool does not depend on it",
+    ),
+    (
+        "enforce_eager",
+        "--enforce-eager",
+        "drops vLLM's CUDA graphs; SGLang keeps them outside its mem_fraction_static share",
+    ),
+    ("cpu_kv_cache_gib", "--cpu-kv-cache-gib", "is for vLLM's CPU build"),
+)
+# `nearest_sglang_settings` words its suggestions as profile keys; estimate's are its flags.
+_PROFILE_KEY_FLAGS = {
+    "spec.engine.max_model_len": "--max-model-len",
+    "spec.engine.gpu_memory_utilization": "--gpu-memory-utilization",
+    "spec.engine.kv_cache_dtype": "--kv-cache-dtype",
+}
+
+
+def _estimate_sglang(args: argparse.Namespace, model: Any) -> ExitCode:
+    """`estimate --engine sglang`: SGLang's mem_fraction_static budget
+    (`appliance.sglang_sizing`), the model `plan` uses for a `kind: sglang` profile;
+    --gpu-memory-utilization is SGLang's --mem-fraction-static, as in a profile."""
+    from appliance.errors import RefusedError
+    from appliance.fit import (
+        estimate_sglang_for,
+        gpu_target_from_box,
+        render_sglang_estimate,
+        resolve_gpu,
+    )
+    from appliance.sizing import DEFAULT_GPU_MEMORY_UTILIZATION
+
+    if args.device == "cpu":
+        raise BadInputError(
+            "--engine sglang sizes GPUs: the CPU target runs vLLM's CPU image",
+            hint="drop --device cpu, or --engine sglang",
+        )
+    for attribute, flag, why in _VLLM_ONLY_FLAGS:
+        if getattr(args, attribute) not in (None, False):
+            raise BadInputError(
+                f"{flag} {why}; it does not apply to --engine sglang", hint=f"drop {flag}"
+            )
+    target = _estimate_target(args, gpu_target_from_box, resolve_gpu)
+    tp = args.tp or target.count
+    if tp > target.count:
+        raise BadInputError(
+            f"--tp {tp} needs {tp} GPUs but --gpus is {target.count}",
+            hint=f"add --gpus {tp}, or lower --tp",
+        )
+    estimate, nearest = estimate_sglang_for(
+        model,
+        target,
+        tensor_parallel_size=tp,
+        mem_fraction_static=args.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION,
+        context_length=args.max_model_len,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )
+    if args.json:
+        print(json.dumps(estimate.to_json_dict(), indent=2))
+    else:
+        print(render_sglang_estimate(estimate, model.label))
+    if not estimate.fits:
+        flags = []
+        for setting in nearest:
+            key, _, value = setting.partition(": ")
+            flags.append(f"{_PROFILE_KEY_FLAGS.get(key, key)} {value}")
+        raise RefusedError(
+            f"{model.label} does not fit on {target.label}: {estimate.reason}",
+            hint="nearest settings that fit: " + "; ".join(flags)
+            if flags
+            else "nothing close fits on this GPU: choose a smaller model or a larger GPU",
+        )
     return ExitCode.OK
 
 
@@ -229,8 +312,9 @@ def _add_estimate(commands: Commands) -> None:
         "estimate",
         help=COMMANDS["estimate"].summary,
         description="Reproduce vLLM's start-up memory budget: weights, activations, non-torch "
-        "memory, CUDA graphs, KV cache, and the concurrency it gives. Exit 4 when vLLM would "
-        "refuse to start, with the nearest settings that fit.",
+        "memory, CUDA graphs, KV cache, and the concurrency it gives (with --engine sglang, "
+        "SGLang's mem_fraction_static budget instead). Exit 4 when the engine would refuse to "
+        "start, with the nearest settings that fit.",
     )
     estimate.add_argument(
         "model", metavar="MODEL", help="catalog id, a Hugging Face repo the catalog knows, or a dir"
@@ -289,6 +373,13 @@ def _add_estimate(commands: Commands) -> None:
         type=opt.vllm_version,
         metavar="V",
         help="follow this vLLM release's memory rules (default: the pinned image's)",
+    )
+    estimate.add_argument(
+        "--engine",
+        choices=ENGINE_KINDS,
+        default="vllm",
+        help="size for this chat engine's budget: vllm (default) or sglang (its "
+        "mem_fraction_static model; --gpu-memory-utilization is then --mem-fraction-static)",
     )
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
     estimate.set_defaults(handler=_cmd_estimate)

@@ -256,9 +256,11 @@ class _ServiceTracker:
     ) -> ServiceStats:
         endpoint = reading.endpoint
         metrics = reading.metrics
+        engine = endpoint.engine or (metrics.engine if metrics is not None else None)
         base = ServiceStats(
             name=endpoint.name,
             kind=reading.kind,
+            engine=engine if reading.kind == "vllm" else None,
             url=endpoint.base_url,
             healthy=reading.healthy,
             health_error=reading.health_error,

@@ -90,6 +90,7 @@ def _gpu_lines(gpu: GpuStats, history: History | None, spark: int) -> list[str]:
 
 def _service_lines(service: ServiceStats, history: History | None, spark: int) -> list[str]:
     name = service.name
+    label = service.label
     health = "● healthy" if service.healthy else f"✗ DOWN: {service.health_error or 'unhealthy'}"
     models = f"   {', '.join(service.model_names)}" if service.model_names else ""
     container = ""
@@ -98,7 +99,7 @@ def _service_lines(service: ServiceStats, history: History | None, spark: int) -
             f"   container {service.container_state or DASH}, "
             f"{_number(service.restart_count)} restarts"
         )
-    lines = [f"  {name:<8} {health}{models}   {service.url}{container}"]
+    lines = [f"  {label:<8} {health}{models}   {service.url}{container}"]
     indent = " " * 11
     if service.metrics_error is not None and service.healthy:
         lines.append(f"{indent}metrics: {service.metrics_error}")

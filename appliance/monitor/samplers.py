@@ -33,7 +33,7 @@ from appliance.monitor.scrape import (
     parse_metrics,
 )
 from appliance.monitor.snapshot import GpuStats
-from appliance.vocabulary import Role
+from appliance.vocabulary import EngineKind, Role
 
 if TYPE_CHECKING:
     from appliance.hardware.nvml import NvmlDevice, NvmlSource
@@ -74,6 +74,9 @@ class Endpoint:
     base_url: str  # http://127.0.0.1:8000, no trailing slash
     health_path: str = "/health"
     metrics_path: str | None = "/metrics"  # None: health only
+    # The server a profile runs in the chat role (spec.engine.kind); None: not the chat role, or
+    # not known (`appliance scrape`), when the metrics tell it.
+    engine: EngineKind | None = None
 
     def url(self, path: str) -> str:
         return f"{self.base_url.rstrip('/')}{path}"

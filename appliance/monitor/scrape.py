@@ -52,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from appliance.monitor.maths import Histogram
-from appliance.vocabulary import Role
+from appliance.vocabulary import EngineKind, Role
 
 _T = TypeVar("_T")
 
@@ -84,6 +84,8 @@ class MetricsReading:
     counters: Mapping[str, float] = field(default_factory=dict)
     histograms: Mapping[str, Histogram] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
+    # Which server filled the chat role, told from its metric names (None for TEI, gateway).
+    engine: EngineKind | None = None
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,7 @@ def parse_metrics(
         counters=counters,
         histograms=histograms,
         sources=sources,
+        engine=("sglang" if sglang else "vllm") if kind == "vllm" else None,
     )
 
 

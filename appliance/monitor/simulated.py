@@ -28,6 +28,7 @@ from appliance.monitor.samplers import (
 )
 from appliance.monitor.scrape import MetricsReading
 from appliance.monitor.snapshot import GpuStats
+from appliance.vocabulary import EngineKind
 
 # vLLM's bucket bounds (shared/reference/vllm-0.32-cpu-metrics.txt), +Inf added below.
 TTFT_BOUNDS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -389,16 +390,19 @@ def simulated_samplers(
     model: str = "simulated-chat",
     fallback_mode: Callable[[], str] | None = None,
     not_running: str | None = None,
+    engine: EngineKind = "vllm",
 ) -> SamplerSet:
-    """A whole simulated appliance: the GPUs of `box`, vLLM, TEI (unless `embeddings` is False)
-    and the gateway, routing by `fallback_mode()` (None: "auto").
+    """A whole simulated appliance: the GPUs of `box`, the chat engine (`engine`, vLLM or SGLang,
+    a profile's spec.engine.kind: it names the service; the simulated figures are the same),
+    TEI (unless `embeddings` is False) and the gateway, routing by `fallback_mode()` (None:
+    "auto").
 
     `not_running` is why nothing runs (the profile cannot fit the box, so `apply` would refuse
     it): then every service answers with that reason and the GPUs sit idle. `now` is the
     monitor's monotonic clock (`Monitor.clock.monotonic`). Raises `BadInputError` for a box
     name the GPU catalog does not know.
     """
-    endpoints = [Endpoint("vllm", "vllm", "http://127.0.0.1:8000")]
+    endpoints = [Endpoint("vllm", "vllm", "http://127.0.0.1:8000", engine=engine)]
     if embeddings:
         endpoints.append(Endpoint("tei", "tei", "http://127.0.0.1:8001"))
     gateway = Endpoint("gateway", "gateway", "http://127.0.0.1:8080")

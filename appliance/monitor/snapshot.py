@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from appliance.hardware.box import GpuProcess
+from appliance.vocabulary import EngineKind
 
 ServiceKind = Literal["vllm", "tei", "gateway", "http"]
 """vllm and tei are engines (health and metrics); gateway is the appliance's gateway (health and
@@ -83,6 +84,8 @@ class ServiceStats(_Frozen):
 
     name: str
     kind: ServiceKind
+    # The server in the chat role (kind "vllm" is the role): vllm or sglang. None elsewhere.
+    engine: EngineKind | None = None
     url: str
     healthy: bool
     health_error: str | None = None  # why it is not healthy, in a person's words
@@ -116,6 +119,24 @@ class ServiceStats(_Frozen):
     @property
     def is_engine(self) -> bool:
         return self.kind in ("vllm", "tei")
+
+    @property
+    def label(self) -> str:
+        """The name shown to a person: the chat role's server when it is not the role's name
+        (`sglang` for the service named `vllm` that SGLang serves). `name` stays the key that
+        history, alerts and `status --json` use."""
+        if self.kind == "vllm" and self.engine is not None and self.name == "vllm":
+            return self.engine
+        return self.name
+
+    @property
+    def engine_title(self) -> str:
+        """The chat server's name as written in prose: "SGLang" or "vLLM"."""
+        return ENGINE_TITLES[self.engine or "vllm"]
+
+
+# The chat servers' names as their projects write them.
+ENGINE_TITLES: dict[EngineKind, str] = {"vllm": "vLLM", "sglang": "SGLang"}
 
 
 class Alert(_Frozen):

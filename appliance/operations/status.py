@@ -39,6 +39,7 @@ from appliance.monitor.samplers import (
 from appliance.monitor.series import History
 from appliance.monitor.simulated import simulated_samplers
 from appliance.monitor.snapshot import Snapshot
+from appliance.vocabulary import EngineKind
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -106,7 +107,7 @@ def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoi
     """
     spec = profile.spec
     ports = spec.ports
-    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{ports.vllm}")]
+    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{ports.vllm}", engine=spec.engine.kind)]
     if spec.embeddings_enabled:
         endpoints.append(Endpoint("tei", "tei", f"http://{host}:{ports.tei}"))
     gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
@@ -199,6 +200,7 @@ def simulated(
     fallback_mode: Callable[[], str] | None = None,
     model: str = "simulated-chat",
     not_running: str | None = None,
+    engine: EngineKind = "vllm",
 ) -> tuple[SamplerSet, AsyncClock]:
     """Simulated samplers (`--simulate BOX`), and the clock to give the monitor with them.
 
@@ -214,6 +216,7 @@ def simulated(
         fallback_mode=fallback_mode,
         model=model,
         not_running=not_running,
+        engine=engine,
     )
     return samplers, clock
 

@@ -357,6 +357,7 @@ def simulated_services(
             embeddings=profile.spec.embeddings_enabled,
             model=profile.spec.model.served_name,
             not_running=why_not_running(profile, detect_box(simulate=name)),
+            engine=profile.spec.engine.kind,
         )
         config = MonitorConfig.from_profile(profile)
         return Monitor(samplers, config=config, clock=used_clock)

@@ -22,6 +22,7 @@ from appliance.tui.services import (
     Services,
     core_recommend,
 )
+from appliance.vocabulary import EngineKind
 
 MONITOR_TICKS = 40
 
@@ -221,12 +222,16 @@ def fake_services(
     no_gpu: bool = False,
     ticks: int | None = None,
     deploy: bool | str = False,
+    engine: EngineKind = "vllm",
 ) -> Services:
-    """The monitor ticks MONITOR_TICKS times at once, then holds (still "running")."""
+    """The monitor ticks MONITOR_TICKS times at once, then holds (still "running"); `engine`
+    is the chat server the simulated profile runs (it names the chat service)."""
     clock = ManualClock(hold_after=MONITOR_TICKS)
 
     def monitor() -> Monitor:
-        samplers, used = simulated(box, clock=clock, seed=7, fallback_mode=gateway.read)
+        samplers, used = simulated(
+            box, clock=clock, seed=7, fallback_mode=gateway.read, engine=engine
+        )
         return Monitor(samplers, clock=used)
 
     gateway = FakeGateway()

@@ -194,3 +194,9 @@ def test_monitor_of_a_profile_that_cannot_fit(
     )
     app = ApplianceApp(services=services)
     assert snap_compare(app, terminal_size=size, run_before=_settled())
+
+
+def test_monitor_with_sglang(snap_compare: Any) -> None:
+    """A profile that runs SGLang names its chat service and trends after it, not vLLM."""
+    app = ApplianceApp(services=fake_services(engine="sglang"))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settled("m"))

@@ -1,11 +1,16 @@
 """The monitor reads SGLang's Prometheus names (issue #21 point 4) onto its own vocabulary.
 
 The page comes from the SGLang engine double, whose names, types and labels follow sglang
-0.5.21's metrics_collector.py (see `tests/doubles/engine_double.py` `SglangMetrics`). No real
-SGLang scrape is kept yet: none was recorded on a GPU machine.
+0.5.21's metrics_collector.py (see `tests/doubles/engine_double.py` `SglangMetrics`), and from
+`tests/fixtures/sglang-0.4-metrics-excerpt.txt`: a verbatim excerpt of a real SGLang page
+(DeepSeek-R1, SGLang main of July 2025) published in sgl-project/sglang PR #7944; its header
+says what it holds and what it lacks. No whole real scrape is kept: none was recorded on a GPU
+machine, and no complete one (>= 0.4) could be read verbatim from a public source.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import httpx
 
@@ -79,3 +84,26 @@ def test_the_sglang_double_serves_sglangs_endpoints() -> None:
     assert reading.counters["generation_tokens"] == 3
     assert reading.counters["requests"] == 1
     assert reading.histograms["ttft"].count == 1
+
+
+def test_a_real_sglang_page_maps_onto_the_monitors_names() -> None:
+    """The published excerpt: what it holds maps, what it lacks stays absent (never zero)."""
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "sglang-0.4-metrics-excerpt.txt"
+    text = path.read_text()
+    assert 'sglang:num_running_reqs{engine_type="unified"' in text
+    reading = parse_metrics(text)  # told from the names alone, as `appliance scrape` does
+    assert reading.kind == "vllm"
+    assert reading.engine == "sglang"
+    assert reading.model_names == ("/home/moyun.zty/models/deepseek-ai__DeepSeek-R1",)
+    assert reading.gauges == {"running_requests": 0.0, "kv_cache_usage": 0.0}
+    assert reading.counters == {"requests": 217.0, "prefix_cache_hits": 2688.0}
+    assert reading.sources == {
+        "running_requests": "sglang:num_running_reqs",
+        "kv_cache_usage": "sglang:token_usage",
+        "requests": "sglang:num_requests",
+        "prefix_cache_hits": "sglang:cached_tokens",
+    }
+    # Not in the excerpt: the queue gauge, the token counters, the latency histograms.
+    assert "waiting_requests" not in reading.gauges
+    assert "prompt_tokens" not in reading.counters
+    assert reading.histograms == {}

@@ -129,8 +129,10 @@ class MonitorScreen(ApplianceScreen):
             self.query_one(AlertsPanel),
         ):
             panel.show(snapshot, series)
+        chat = snapshot.engine("vllm") if snapshot is not None else None
+        engine_title = chat.engine_title if chat is not None else "vLLM"
         for trend in self.query(Trend):
-            trend.show(series.get(trend.key, ()))
+            trend.show(series.get(trend.key, ()), engine_title)
         self._redraw_state(self.appliance.monitor_state)
         if snapshot is not None:
             alerts = self.query_one("#monitor-alerts")

@@ -71,6 +71,8 @@ def candidate_title(rank: int, candidate: Candidate) -> Text:
     )
     if candidate.tensor_parallel_size > 1:
         title.append(f" TP{candidate.tensor_parallel_size}")
+    if candidate.engine == "sglang":  # only on evidence; its why cites the benchmark
+        title.append(" on SGLang")
     title.append(f" · {candidate.at_once_text()}", style="dim")
     return title
 

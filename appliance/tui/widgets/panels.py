@@ -169,7 +169,7 @@ class ServicesPanel(_SnapshotPanel):
 
     def service(self, service: ServiceStats, width: int) -> RenderableType:
         name = service.name
-        title = Text.assemble(health_badge(service), " ", (name, "bold"))
+        title = Text.assemble(health_badge(service), " ", (service.label, "bold"))
         if service.model_names:
             title.append(f"  {', '.join(service.model_names)}")
         if service.kind == "gateway":  # the appliance's own process, not a container
@@ -336,12 +336,13 @@ class AlertsPanel(_SnapshotPanel):
         return Group(*self.lines(self.size.width))
 
 
-# (history key, title, unit) of the trends drawn large on tall terminals.
+# (history key, title, unit) of the trends drawn large on tall terminals; {engine} is the chat
+# role's server as its project writes it (`ServiceStats.engine_title`: vLLM or SGLang).
 TRENDS = (
-    ("vllm.generation_tokens_per_s", "vLLM generated tokens/s", ""),
-    ("vllm.ttft_p95_s", "vLLM time to first token p95", "s"),
-    ("vllm.kv_cache_usage_pct", "vLLM KV cache used", "%"),
-    ("vllm.waiting_requests", "vLLM requests waiting", ""),
+    ("vllm.generation_tokens_per_s", "{engine} generated tokens/s", ""),
+    ("vllm.ttft_p95_s", "{engine} time to first token p95", "s"),
+    ("vllm.kv_cache_usage_pct", "{engine} KV cache used", "%"),
+    ("vllm.waiting_requests", "{engine} requests waiting", ""),
     ("gpu0.utilization_gpu_pct", "GPU 0 utilisation", "%"),
     ("gpu0.power_draw_w", "GPU 0 power", "W"),
 )
@@ -390,9 +391,10 @@ class Trend(Widget):
         yield TextLine()
         yield Sparkline([], summary_function=max)
 
-    def show(self, values: tuple[float | None, ...]) -> None:
+    def show(self, values: tuple[float | None, ...], engine_title: str = "vLLM") -> None:
+        """Draw `values`; `engine_title` names the chat server in the title."""
         known = [value for value in values if value is not None]
-        title = Text(self.title, style="bold")
+        title = Text(self.title.format(engine=engine_title), style="bold")
         if known:
             whole = all(value.is_integer() for value in known)
             digits = 2 if max(known) < 10 and not whole else 0
