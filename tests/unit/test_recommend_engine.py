@@ -201,3 +201,20 @@ def test_the_tui_card_says_when_a_candidate_runs_on_sglang() -> None:
     other = next(c for c in rec.candidates if c.engine == "vllm")
     assert " on SGLang · " in candidate_title(1, chosen).plain
     assert "SGLang" not in candidate_title(2, other).plain
+
+
+def test_the_tui_cards_memory_bar_draws_sglangs_split_for_an_sglang_candidate() -> None:
+    from appliance.tui.widgets.memory_bar import memory_bar, memory_split
+
+    target = gpu_target_from_box(_box("rtx4090"))
+    workload = Workload.for_kind("batch", prompt_tokens=1000, output_tokens=500)
+    rec = recommend_for_target(target, workload, evidence=[_entry()])
+    chosen = next(c for c in rec.candidates if c.engine == "sglang")
+    estimate = chosen.sglang_estimate
+    assert estimate is not None
+    split = dict(memory_split(estimate))
+    assert split["KV cache"] == estimate.kv_cache_gib  # SGLang's pool, not vLLM's
+    assert split["act+graphs"] == estimate.outside_fraction_gib
+    assert sum(split.values()) == pytest.approx(estimate.gpu_memory_gib)
+    bar, _ = memory_bar(estimate, 100)
+    assert len(bar.plain) == 100

@@ -138,7 +138,7 @@ class CandidateCard(Widget, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield CardTitle(candidate_title(self.rank, self.candidate), classes="title")
-        yield MemoryBar(self.candidate.estimate)
+        yield MemoryBar(self.candidate.sglang_estimate or self.candidate.estimate)
         yield Static(f"why: {self.candidate.why}", classes="why")
 
     def action_step(self, delta: int) -> None:

@@ -1,8 +1,10 @@
-"""A stacked bar of one GPU's memory as the sizing model splits it at vLLM's start-up.
+"""A stacked bar of one GPU's memory as the sizing model splits it at the engine's start-up.
 
 Segments, left to right: weights, activations (with vLLM's non-torch memory), CUDA graphs, KV
 cache, TEI (or any other process on the card), and what stays free. The numbers are the
-`MemoryEstimate` the recommender computed; nothing is re-estimated here.
+estimate the recommender computed (vLLM's `MemoryEstimate`, or SGLang's, whose budget leaves
+activations and CUDA graphs as one share outside `mem_fraction_static`); nothing is
+re-estimated here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 if TYPE_CHECKING:
+    from appliance.sglang_sizing import SglangMemoryEstimate
     from appliance.sizing import MemoryEstimate
+
+    Estimate = MemoryEstimate | SglangMemoryEstimate
 
 # (label, style): chosen to stay apart in both the dark and the light theme.
 SEGMENTS = (
@@ -27,8 +32,24 @@ SEGMENTS = (
 )
 
 
-def memory_split(estimate: MemoryEstimate) -> tuple[tuple[str, float], ...]:
+def memory_split(estimate: Estimate) -> tuple[tuple[str, float], ...]:
     """The GiB of each segment; they add up to the card's memory."""
+    from appliance.sglang_sizing import SglangMemoryEstimate
+
+    if isinstance(estimate, SglangMemoryEstimate):
+        held = (
+            estimate.static_budget_gib
+            + estimate.outside_fraction_gib
+            + estimate.other_processes_gib
+        )
+        return (
+            ("weights", estimate.weights_gib),
+            ("act+graphs", estimate.outside_fraction_gib),  # SGLang sizes them as one share
+            ("CUDA graphs", 0.0),
+            ("KV cache", estimate.kv_cache_gib),
+            ("TEI", estimate.other_processes_gib),
+            ("free", max(0.0, estimate.gpu_memory_gib - held)),
+        )
     used = (
         estimate.weights_gib
         + estimate.activation_gib
@@ -47,7 +68,7 @@ def memory_split(estimate: MemoryEstimate) -> tuple[tuple[str, float], ...]:
     )
 
 
-def memory_bar(estimate: MemoryEstimate, width: int) -> tuple[Text, frozenset[str]]:
+def memory_bar(estimate: Estimate, width: int) -> tuple[Text, frozenset[str]]:
     """The bar, `width` cells wide, and the segments whose label fitted inside it.
 
     A segment too small for a cell keeps none; the legend names it instead.
@@ -75,7 +96,7 @@ def memory_bar(estimate: MemoryEstimate, width: int) -> tuple[Text, frozenset[st
 SHORT = {"activations": "act", "CUDA graphs": "graphs", "KV cache": "KV"}
 
 
-def memory_legend(estimate: MemoryEstimate, skip: frozenset[str] = frozenset()) -> Text:
+def memory_legend(estimate: Estimate, skip: frozenset[str] = frozenset()) -> Text:
     """The GiB of the segments not labelled in the bar, each in its colour, and the total."""
     legend = Text()
     for (label, gib), (_, style) in zip(memory_split(estimate), SEGMENTS, strict=True):
@@ -98,9 +119,9 @@ class MemoryBar(Widget):
     }
     """
 
-    estimate: reactive[MemoryEstimate | None] = reactive(None, layout=False)
+    estimate: reactive[Estimate | None] = reactive(None, layout=False)
 
-    def __init__(self, estimate: MemoryEstimate | None = None, **kwargs: str | None) -> None:
+    def __init__(self, estimate: Estimate | None = None, **kwargs: str | None) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.set_reactive(MemoryBar.estimate, estimate)
 
