@@ -22,7 +22,6 @@ the output is checked against what the members will weigh.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import sysconfig
@@ -152,40 +151,16 @@ WheelBuilder = Callable[[Path, Target], list[Path]]
 
 
 def build_wheels(into: Path, target: Target) -> list[Path]:
-    """The appliance and its dependencies as wheels, built with pip for this Python.
-
-    From the checkout this appliance was installed from (an editable or path install), else the
-    released version. Needs an index for the dependencies: run it on the connected machine, or
-    pass a wheel directory (`--wheels DIR`) made beforehand."""
-    import json
-    import subprocess
-    from importlib import metadata
+    """The appliance and its dependencies as wheels for the target's Python, made from this
+    installation without a package index (`appliance.bundle.wheels`)."""
+    from appliance.bundle.wheels import project_wheels
 
     if target.python != f"{sys.version_info[0]}.{sys.version_info[1]}":
         raise BadInputError(
-            f"wheels for Python {target.python} cannot be built with this Python",
+            f"wheels for Python {target.python} cannot be made with this Python",
             hint="run bundle create with that Python, or pass --wheels DIR",
         )
-    source = f"llm-appliance=={__version__}"
-    with contextlib.suppress(metadata.PackageNotFoundError, ValueError, TypeError):
-        text = metadata.distribution("llm-appliance").read_text("direct_url.json")
-        url = json.loads(text or "{}").get("url", "")
-        if url.startswith("file://"):
-            source = url.removeprefix("file://")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into), source],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise EnvironmentNotReadyError(
-            f"could not build the appliance's wheels: {last}",
-            hint="run on a machine that reaches a package index, or pass --wheels DIR "
-            "(pip wheel llm-appliance -w DIR), or --no-wheels",
-        )
-    return sorted(into.glob("*.whl"))
+    return project_wheels(into)
 
 
 def wheels_in(directory: Path) -> list[Path]:

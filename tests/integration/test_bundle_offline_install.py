@@ -1,5 +1,6 @@
 """install.sh --offline BUNDLE: the wheels inside a bundle are checked against its manifest and
-installed with no index, into a fresh virtualenv (#20)."""
+installed with no index, into a fresh virtualenv (#20). The wheels are the ones `bundle create`
+makes by default (`build_wheels`: this installation repacked, no index either)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.create import build_wheels
 from appliance.bundle.manifest import Target
 from appliance.bundle.stream import BundleWriter
-from tests.support.wheels import gateway_wheels
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = (ROOT / "install.sh").read_text(encoding="utf-8")
@@ -42,7 +43,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "bundle.tar"
     with out.open("wb") as handle:
         writer = BundleWriter(handle)
-        for wheel in gateway_wheels(root / "wheels"):
+        for wheel in build_wheels(root / "wheels", T):
             writer.add_file(f"wheels/{wheel.name}", "wheel", wheel)
         writer.finish("test", T)
     return out
