@@ -18,6 +18,15 @@ from pathlib import Path
 
 import docker  # noqa: TID251 - the tests drive the real engine directly to set up and inspect
 
+from appliance.fileio import exclusive_lock
+
+# Every private dockerd on this machine sets up and tears down the same host-wide iptables
+# chains and docker0 bridge. Two test sessions at once (a developer's and a helper's) once raced
+# there: one daemon's shutdown removed the DOCKER chain while another's start was adding a rule
+# to it ("iptables: No chain/target/match by that name"). Starts and stops take turns.
+_NETWORK_SETUP_LOCK = Path("/tmp/appliance-dockerd-network.lock")
+_LOCK_HINT = "the private dockerd needs a writable /tmp"
+
 
 class DockerdUnavailableError(RuntimeError):
     """The private daemon could not be started; the message says why and how to fix it."""
@@ -71,6 +80,10 @@ class PrivateDockerd:
         ]
         if self.live_restore:
             argv.append("--live-restore")
+        with exclusive_lock(_NETWORK_SETUP_LOCK, hint=_LOCK_HINT):
+            self._start(argv, timeout_s)
+
+    def _start(self, argv: list[str], timeout_s: float) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -90,7 +103,7 @@ class PrivateDockerd:
                     finally:
                         client.close()
             time.sleep(0.1)
-        self.stop()
+        self._terminate()  # the lock is held here already
         msg = (
             f"dockerd did not answer on {self.socket} within {timeout_s:.0f} s:\n{self._log_tail()}"
         )
@@ -100,6 +113,11 @@ class PrivateDockerd:
         """Stop the daemon by PID: SIGTERM, then SIGKILL of its whole process group."""
         if self.process is None or self.process.poll() is not None:
             return
+        with exclusive_lock(_NETWORK_SETUP_LOCK, hint=_LOCK_HINT):
+            self._terminate(timeout_s)
+
+    def _terminate(self, timeout_s: float = 20.0) -> None:
+        assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout_s)
