@@ -521,17 +521,19 @@ def estimate_sglang_for(
     return estimate, nearest
 
 
+def _estimate_header(label: str, engine: str, gpu_memory_gib: float, tp_size: int) -> str:
+    """The first line of an estimate: which engine, on how large a GPU, per GPU under TP."""
+    tp = f" (per GPU, tensor parallel {tp_size})" if tp_size > 1 else ""
+    return f"{label}{' — ' if label else ''}{engine}, {gpu_memory_gib:.2f} GiB GPU{tp}"
+
+
 def render_sglang_estimate(estimate: SglangMemoryEstimate, label: str = "") -> str:
     """SGLang's budget as an operator reads it: the static share, its split, the verdict."""
     e = estimate
-    tp = (
-        f" (per GPU, tensor parallel {e.tensor_parallel_size})"
-        if e.tensor_parallel_size > 1
-        else ""
-    )
     lines = [
-        f"{label}{' — ' if label else ''}SGLang {e.sglang_version}, {e.gpu_memory_gib:.2f} GiB "
-        f"GPU{tp}",
+        _estimate_header(
+            label, f"SGLang {e.sglang_version}", e.gpu_memory_gib, e.tensor_parallel_size
+        ),
         f"  free before the weights {e.pre_load_free_gib:8.2f} GiB"
         + (f"  (other processes {e.other_processes_gib:.2f} GiB)" if e.other_processes_gib else ""),
         f"  SGLang's static share   {e.static_budget_gib:8.2f} GiB"
@@ -712,13 +714,8 @@ def utilization_text(utilization: float) -> str:
 def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     """The estimate as an operator reads it: the per-GPU split, then the verdict."""
     e = estimate
-    tp = (
-        f" (per GPU, tensor parallel {e.tensor_parallel_size})"
-        if e.tensor_parallel_size > 1
-        else ""
-    )
     lines = [
-        f"{label}{' — ' if label else ''}vLLM {e.vllm_version}, {e.gpu_memory_gib:.2f} GiB GPU{tp}",
+        _estimate_header(label, f"vLLM {e.vllm_version}", e.gpu_memory_gib, e.tensor_parallel_size),
         f"  vLLM may use           {e.requested_gib:8.2f} GiB"
         f"  (gpu_memory_utilization {utilization_text(e.gpu_memory_utilization)})",
         f"  weights              - {e.weights_gib:8.2f} GiB",

@@ -377,10 +377,6 @@ def _vllm_spec(
         memory = box.host.memory_total_bytes
         kv_gib = kv_cache_space_gib(memory, spec.engine.cpu_kv_cache_gib)
         cpu_env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), **cpu_engine_env(CONTAINER_HOOK_DIR)}
-    probe = (
-        "import urllib.request; "
-        f"urllib.request.urlopen('http://127.0.0.1:{VLLM_CONTAINER_PORT}/health', timeout=4)"
-    )
     return ContainerSpec(
         role="vllm",
         name=container_name(profile.metadata.name, "vllm"),
@@ -398,15 +394,25 @@ def _vllm_spec(
         mounts=tuple(mounts),
         gpu_device_ids=_device_ids(chat_gpus(profile, box), options),
         ipc_mode="host",  # tensor parallel workers share memory through /dev/shm
-        healthcheck=Healthcheck(
-            test=("python3", "-c", probe),
-            interval_s=10,
-            timeout_s=5,
-            retries=3,
-            start_period_s=_VLLM_START_PERIOD_S,
-        ),
+        healthcheck=_python_healthcheck(VLLM_CONTAINER_PORT, "/health"),
         health_url=f"http://127.0.0.1:{port}/health",
         profile=profile.metadata.name,
+    )
+
+
+def _python_healthcheck(container_port: int, path: str) -> Healthcheck:
+    """Docker's probe of a chat engine, run inside its container with the image's own Python
+    (the vLLM and SGLang images carry no curl)."""
+    probe = (
+        "import urllib.request; "
+        f"urllib.request.urlopen('http://127.0.0.1:{container_port}{path}', timeout=4)"
+    )
+    return Healthcheck(
+        test=("python3", "-c", probe),
+        interval_s=10,
+        timeout_s=5,
+        retries=3,
+        start_period_s=_VLLM_START_PERIOD_S,
     )
 
 
@@ -420,10 +426,6 @@ def _sglang_spec(
     models_dir = spec.storage.models_dir
     port = spec.ports.vllm
     health = catalog.images.sglang.health_path
-    probe = (
-        "import urllib.request; "
-        f"urllib.request.urlopen('http://127.0.0.1:{SGLANG_CONTAINER_PORT}{health}', timeout=4)"
-    )
     return ContainerSpec(
         role="vllm",
         name=container_name(profile.metadata.name, "vllm"),
@@ -442,13 +444,7 @@ def _sglang_spec(
         mounts=(_weights_mount(models_dir, spec.model.repo, spec.model.revision, source),),
         gpu_device_ids=_device_ids(chat_gpus(profile, box), options),
         ipc_mode="host",  # tensor parallel workers share memory through /dev/shm
-        healthcheck=Healthcheck(
-            test=("python3", "-c", probe),
-            interval_s=10,
-            timeout_s=5,
-            retries=3,
-            start_period_s=_VLLM_START_PERIOD_S,
-        ),
+        healthcheck=_python_healthcheck(SGLANG_CONTAINER_PORT, health),
         health_url=f"http://127.0.0.1:{port}{health}",
         profile=profile.metadata.name,
     )
