@@ -108,62 +108,31 @@ def load_profile(path: Path) -> Profile:
     huge or endless file (a FIFO, /dev/zero) is refused without loading it.
     """
     name = str(path)
+
+    def whole_file(message: str, hint: str) -> ProfileError:
+        return ProfileError([ProfileProblem(name, None, None, "", message, hint)])
+
     try:
         if path.is_dir():
-            raise ProfileError(
-                [
-                    ProfileProblem(
-                        name,
-                        None,
-                        None,
-                        "",
-                        "is a directory, not a profile file",
-                        "give a file, e.g. profiles/rtx4090-chat.yaml",
-                    )
-                ]
+            raise whole_file(
+                "is a directory, not a profile file", "give a file, e.g. profiles/rtx4090-chat.yaml"
             )
         if path.stat().st_size > MAX_PROFILE_BYTES:
             raise ProfileError([_too_large(name)])
         with path.open("rb") as handle:
             raw = handle.read(MAX_PROFILE_BYTES + 1)
     except FileNotFoundError:
-        raise ProfileError(
-            [
-                ProfileProblem(
-                    name,
-                    None,
-                    None,
-                    "",
-                    "no such file",
-                    "check the path; ready-made profiles are in profiles/",
-                )
-            ]
+        raise whole_file(
+            "no such file", "check the path; ready-made profiles are in profiles/"
         ) from None
     except PermissionError:
-        raise ProfileError(
-            [
-                ProfileProblem(
-                    name,
-                    None,
-                    None,
-                    "",
-                    "cannot be read: permission denied",
-                    "run as a user who can read it, or fix its permissions",
-                )
-            ]
+        raise whole_file(
+            "cannot be read: permission denied",
+            "run as a user who can read it, or fix its permissions",
         ) from None
     except OSError as exc:
-        raise ProfileError(
-            [
-                ProfileProblem(
-                    name,
-                    None,
-                    None,
-                    "",
-                    f"cannot be read: {exc.strerror or exc}",
-                    "check the path and the disk",
-                )
-            ]
+        raise whole_file(
+            f"cannot be read: {exc.strerror or exc}", "check the path and the disk"
         ) from None
     if len(raw) > MAX_PROFILE_BYTES:
         raise ProfileError([_too_large(name)])
