@@ -246,10 +246,17 @@ def test_the_whole_loop_on_vllms_cpu_build(
             f"TUI Monitor: user TTFT p50 {tui_p50} p95 {tui_p95}; "
             f"client p50 {client_tui_p50} ({len(tui_streamed)} requests)\n"
         )
-        # The figure as drawn (the snapshot may tick again between drawing and reading it).
+        # The panel draws the gateway's figure: the monitor's, within one 10 ms TTFT bucket (the
+        # snapshot may tick between drawing and reading). It is not held to the client's here:
+        # the TUI renders in this process on the same 2 cores, and the CPU it takes delays the
+        # client and the gateway's socket reads, outside the gateway's measured span (CI saw
+        # 15 ms drawn against 51 ms at the client; phase one above, without the TUI, is where
+        # `status` is held to the client's figure). It can never exceed what the client felt.
         drawn = re.search(r"user TTFT\s+p50 (\d+) ms", shown)
         assert drawn is not None, shown
-        assert _agrees(int(drawn.group(1)) / 1000, client_tui_p50), (shown, client_tui_p50)
+        drawn_s = int(drawn.group(1)) / 1000
+        assert abs(drawn_s - tui_p50) <= 0.010 + 0.001, (shown, tui_p50)
+        assert 0 < drawn_s <= client_tui_p50 + CLIENT_OVERHEAD_S, (shown, client_tui_p50)
 
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
     during = [s.ttft_s for s in streamed]
