@@ -331,11 +331,15 @@ def check_fits(profile: Profile, box: Box) -> None:
     quantization vs GPU) and a KV cache too small for one max_model_len sequence, on the GPUs
     the profile gives vLLM with TEI's share taken out (or in RAM on the CPU target). `plan`
     and apply's preflight run it; the nearest settings that fit are profile keys."""
-    from appliance.fit import fit_profile
+    from appliance.fit import fit_profile, fit_switching
     from appliance.local_model import resolve_profile_model
 
+    switching = profile.spec.switching
+    # Several chat models (spec.switching): each must fit alone, then all of them together.
+    views = [profile.as_switched(m) for m in switching.models] if switching else []
     try:
-        fit_profile(profile, box, resolve_profile_model(profile))
+        for view in (profile, *views):
+            fit_profile(view, box, resolve_profile_model(view))
     except RefusedError as error:
         # SGLang profiles are sized by SGLang's own mem_fraction_static budget
         # (`fit.fit_sglang`, issue #21 point 3).
@@ -344,6 +348,15 @@ def check_fits(profile: Profile, box: Box) -> None:
         error.message += "; nothing was changed"
         error.args = (error.message,)
         raise
+    if switching is not None:
+        models = [resolve_profile_model(view) for view in (profile, *views)]
+        try:
+            fit_switching(profile, box, models)
+        except RefusedError as error:
+            error.message = f"the chat models do not fit together: {error.message}"
+            error.message += "; nothing was changed"
+            error.args = (error.message,)
+            raise
 
 
 # ------------------------------------------------------------------------------------ execution
