@@ -43,6 +43,7 @@ from appliance.gateway.policy import (
     LoadReading,
     LoadSignal,
     LocalFailure,
+    Reason,
     Route,
     RoutingRules,
     after_local_answer,
@@ -53,6 +54,8 @@ from appliance.gateway.policy import (
 from appliance.gateway.probe import EngineProbe
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
+from appliance.gateway.switcher import Held, ModelSwitcher
+from appliance.gateway.switching import held_goes_remote, retry_after_s
 from appliance.gateway.upstream import (
     Headers,
     HttpxPool,
@@ -421,6 +424,9 @@ class GatewayApp:
         self._owned: list[Upstream] = []
         self._chat: _Target | None = None
         self._embeddings: _Target | None = None
+        # Several chat models (spec.switching): each one's target, and the switcher.
+        self._switched: dict[str, _Target] = {}
+        self.switcher: ModelSwitcher | None = None
         self._remote: Upstream | None = None
         self._remote_embeddings = bool(
             config.remote
@@ -465,6 +471,8 @@ class GatewayApp:
         )
         chat_rules = config.rules
         self._chat = _Target("chat", chat, chat_rules)
+        if config.switching is not None:
+            await self._start_switching(config, chat_rules)
         if config.embeddings_upstream is not None:
             embeddings = self._injected["embeddings"] or self._own(
                 LeanPool(
@@ -530,7 +538,45 @@ class GatewayApp:
             len(self._keys),
         )
 
+    async def _start_switching(self, config: GatewayConfig, rules: RoutingRules) -> None:
+        """One target per switched model (spec.model's is the chat target), one control pool
+        per engine origin for the sleep-mode calls, and the switcher over them."""
+        switching = config.switching
+        assert switching is not None
+        assert self._chat is not None
+        # A wake reloads weights: its calls may take as long as a request's first byte.
+        control_timeouts = Timeouts(
+            connect_s=config.local_timeouts.connect_s,
+            first_byte_s=config.local_timeouts.first_byte_s,
+            idle_s=config.local_timeouts.first_byte_s,
+        )
+        control = {}
+        for name, url in switching.upstreams.items():
+            if url == config.chat_upstream:
+                self._switched[name] = self._chat
+            else:
+                pool = self._own(
+                    LeanPool(
+                        url,
+                        config.local_timeouts,
+                        max_connections=config.max_connections_per_upstream,
+                    )
+                )
+                self._switched[name] = _Target("chat", pool, rules)
+            control[name] = self._own(LeanPool(origin(url), control_timeouts, max_connections=2))
+        self.switcher = ModelSwitcher(
+            control,
+            initially_awake=switching.initially_awake,
+            rules=switching.rules,
+            clock=self._clock,
+        )
+        await self.switcher.start()
+
     async def shutdown(self) -> None:
+        if self.switcher is not None:
+            await self.switcher.stop()
+            self.switcher = None
+        self._switched.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -1000,13 +1046,60 @@ class GatewayApp:
                 kind="invalid_request_error",
                 code="model_not_found",
             )
+        switcher = self.switcher
+        switched = None
+        if switcher is not None and kind is Kind.CHAT:
+            model = _model_of(exchange.body)
+            if model is not None and model in switcher:
+                switched = model
+                target = self._switched[model]
         mode = self.mode
         since_failure = None if target.last_failure is None else self._clock() - target.last_failure
-        reading = LoadReading.of(self._signal) if kind is Kind.CHAT else LoadReading()
+        watched = kind is Kind.CHAT and target is self._chat  # the probe reads spec.model's engine
+        reading = LoadReading.of(self._signal) if watched else LoadReading()
         route = choose_route(mode, target.rules, reading, seconds_since_local_failure=since_failure)
         if route.is_fallback:
             return await self._to_remote(route, exchange)
+        if switcher is None or switched is None:
+            return await self._local(target, mode, exchange)
+        held = await switcher.acquire(switched)
+        if held is not Held.READY:
+            return await self._not_woken(switched, held, mode, exchange)
+        try:
+            return await self._local(target, mode, exchange)
+        finally:
+            switcher.release(switched)
 
+    async def _not_woken(
+        self, model: str, held: Held, mode: FallbackMode, exchange: _Exchange
+    ) -> Outcome:
+        """A request for a sleeping model that could not be held (full) or was not woken in time:
+        the remote API in auto mode when it serves the model, else 503 with Retry-After."""
+        switcher = self.switcher
+        assert switcher is not None
+        remote = held_goes_remote(
+            mode,
+            remote_configured=self.config.remote is not None,
+            served_remotely=self._served_remotely(exchange),
+        )
+        if remote:
+            return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_ASLEEP), exchange)
+        why = (
+            f"{switcher.held_total} requests are already held for sleeping models"
+            if held is Held.FULL
+            else "it did not wake in time"
+        )
+        retry = retry_after_s(switcher.rules)
+        return await self._fail(
+            exchange,
+            503,
+            f"The model {model!r} is asleep and {why}; retry in {retry} s.",
+            code="model_asleep",
+            extra=[(b"retry-after", str(retry).encode())],
+        )
+
+    async def _local(self, target: _Target, mode: FallbackMode, exchange: _Exchange) -> Outcome:
+        """Send the request to a local engine; on failure, the remote API or an error."""
         exchange.destination = Destination.LOCAL.value
         failure: LocalFailure
         try:
@@ -1111,6 +1204,7 @@ class GatewayApp:
         *,
         code: str,
         kind: str = "server_error",
+        extra: Headers | None = None,
     ) -> Outcome:
         exchange.status = status
         exchange.finished = True
@@ -1118,7 +1212,8 @@ class GatewayApp:
             self._clock() - exchange.started
         )
         route = _REMOTE if exchange.destination == Destination.REMOTE.value else _LOCAL
-        await _send_bytes(exchange.send, status, error_body(message, kind, code), route)
+        body = error_body(message, kind, code)
+        await _send_bytes(exchange.send, status, body, route, extra=extra)
         return Outcome.UNAVAILABLE if status >= 500 else Outcome.BAD_REQUEST
 
     async def _forward(

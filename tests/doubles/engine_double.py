@@ -377,6 +377,9 @@ class EngineServer(http.server.ThreadingHTTPServer):
         self.wakes = 0
         self.reloads = 0
         self.arrived_asleep = 0
+        # A test may close this gate to hold every /wake_up until it opens it again.
+        self.wake_gate = threading.Event()
+        self.wake_gate.set()
         if role == "vllm":
             self.model_name = args.served_model_name or args.model
             self.vllm: VllmMetrics | SglangMetrics = VllmMetrics(self.model_name)
@@ -553,6 +556,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         delay = float(os.environ.get("DOUBLE_WAKE_DELAY_S", "0"))
         if delay:
             time.sleep(delay)
+        server.wake_gate.wait()
         with server.sleep_changed:
             woken = set(tags) if tags is not None else set(server.sleeping_tags)
             server.sleeping_tags -= woken
