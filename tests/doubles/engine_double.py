@@ -496,10 +496,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         server = self.server
         body = self._body()
+        route = self.path.split("?", 1)[0]  # a query string does not change the route
         if self._dev_route():
             self._sleep_route(body)
-        elif server.role != "tei" and self.path in ("/v1/completions", "/v1/chat/completions"):
-            self._generate(body, chat=self.path.endswith("chat/completions"))
+        elif server.role != "tei" and route in ("/v1/completions", "/v1/chat/completions"):
+            self._generate(body, chat=route.endswith("chat/completions"))
         elif server.role == "tei" and self.path in ("/embed", "/v1/embeddings"):
             self._embed(body, openai=self.path == "/v1/embeddings")
         else:

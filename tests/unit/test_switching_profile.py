@@ -232,3 +232,21 @@ def test_apply_preflight_refuses_what_does_not_fit_together_in_one_line() -> Non
     assert "GiB per GPU >" in refused.value.message
     assert refused.value.hint is not None
     assert "gpu_memory_utilization" in refused.value.hint
+
+
+def test_the_gateway_config_lists_every_switched_model(tmp_path: Path) -> None:
+    from appliance.gateway.config import GatewayConfig
+
+    config = GatewayConfig.from_profile(_profile(level=2, third=True), state_dir=tmp_path)
+    assert config.chat_models == ("qwen", "llama", "qwen3")
+    switching = config.switching
+    assert switching is not None
+    assert dict(switching.upstreams) == {
+        "qwen": "http://127.0.0.1:8000/v1",
+        "llama": "http://127.0.0.1:8010/v1",
+        "qwen3": "http://127.0.0.1:8011/v1",
+    }
+    assert switching.initially_awake == "qwen"
+    assert switching.rules.sleep_level == 2
+    single = GatewayConfig.from_profile(load_profile(PROFILES / "rtx4090-chat.yaml"))
+    assert single.switching is None
