@@ -26,11 +26,21 @@ import enum
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from appliance import __version__
 from appliance.errors import ApplianceError
@@ -66,7 +76,7 @@ from appliance.gateway.upstream import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
-from appliance.vocabulary import FallbackMode
+from appliance.vocabulary import FallbackMode, ModelState
 
 log = logging.getLogger("appliance.gateway")
 
@@ -345,6 +355,68 @@ class GatewayMetrics:
         return pair
 
 
+class _SwitchingCollector(Collector):
+    """Several chat models (spec.switching), read from the switcher at scrape time: each
+    model's state (1 on its current one), its requests in flight and held, the switches done,
+    the requests refused while held, and the last switch's time with the engines' part."""
+
+    def __init__(self, app: GatewayApp) -> None:
+        self._app = app
+
+    def describe(self) -> list[Any]:
+        return []  # families appear only when switching is configured
+
+    def collect(self) -> Iterator[Any]:
+        switcher = self._app.switcher
+        if switcher is None:
+            return
+        state = GaugeMetricFamily(
+            "appliance_gateway_model_state",
+            "1 on each switched chat model's current state (awake, asleep-1, asleep-2, waking, "
+            "sleeping).",
+            labels=["model", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "appliance_gateway_model_in_flight", "Requests in flight per model.", labels=["model"]
+        )
+        held = GaugeMetricFamily(
+            "appliance_gateway_model_held",
+            "Requests held while their model wakes, per model.",
+            labels=["model"],
+        )
+        for name, current in switcher.states.items():
+            for value in get_args(ModelState):
+                state.add_metric([name, value], 1.0 if value == current else 0.0)
+            in_flight.add_metric([name], switcher.in_flight[name])
+            held.add_metric([name], switcher.held[name])
+        yield state
+        yield in_flight
+        yield held
+        yield CounterMetricFamily(
+            "appliance_gateway_model_switches", "Switches from one chat model to another.",
+            value=switcher.switches,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "appliance_gateway_held_refused",
+            "Requests for a sleeping model refused: the held queue was full, or it did not "
+            "wake in time.",
+            labels=["reason"],
+        )
+        for reason, count in switcher.refused.items():
+            refused.add_metric([reason.value], count)
+        yield refused
+        if switcher.timings:
+            last = switcher.timings[-1]
+            seconds = GaugeMetricFamily(
+                "appliance_gateway_last_switch_seconds",
+                "The last switch: all of it, and the engines' part (sleep, wake, reload).",
+                labels=["part"],
+            )
+            seconds.add_metric(["total"], last.total_s)
+            seconds.add_metric(["engine"], last.engine_s)
+            yield seconds
+
+
 # ---------------------------------------------------------------------------------- the app
 
 
@@ -413,6 +485,7 @@ class GatewayApp:
         }
         self._refresh_interval_s = refresh_interval_s
         self.metrics = GatewayMetrics(registry or CollectorRegistry(auto_describe=True))
+        self.metrics.registry.register(_SwitchingCollector(self))
         self._limiter = RateLimiter()
         self._keys = KeyRing()
         self._keys_signature: FileSignature | None = None
@@ -873,7 +946,7 @@ class GatewayApp:
     async def _health(self, send: Send) -> None:
         reading = LoadReading.of(self._signal)
         monitor = _monitor_state(reading, self.config.rules.max_signal_age_s, self._signal)
-        body = {
+        body: dict[str, object] = {
             # A stale monitor (its task died, the loop is wedged) means auto fallback has gone
             # blind: 503, so `curl -f`, systemd checks and k8s probes see it, not just a field.
             "status": "degraded" if monitor == "stale" else "ok",
@@ -888,6 +961,8 @@ class GatewayApp:
                 "reading_age_seconds": reading.age_seconds,
             },
         }
+        if self.switcher is not None:
+            body["switching"] = self.switcher.report()
         status = 503 if monitor == "stale" else 200
         await _send_bytes(send, status, json.dumps(body).encode(), _LOCAL)
 

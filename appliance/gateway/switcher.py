@@ -100,6 +100,23 @@ class ModelSwitcher:
     def __contains__(self, name: object) -> bool:
         return name in self.states
 
+    def report(self) -> dict[str, object]:
+        """What /health shows: each model's state, requests in flight and held, the switches
+        done and the requests refused, and the last switch's time (the engines' part apart)."""
+        last = self.timings[-1] if self.timings else None
+        return {
+            "models": {
+                name: {"state": state, "in_flight": self.in_flight[name], "held": self.held[name]}
+                for name, state in self.states.items()
+            },
+            "switches": self.switches,
+            "held": self.held_total,
+            "refused": {reason.value: count for reason, count in self.refused.items()},
+            "last_switch": None
+            if last is None
+            else {"model": last.woken, "seconds": last.total_s, "engine_seconds": last.engine_s},
+        }
+
     # -- lifecycle
 
     async def start(self) -> None:

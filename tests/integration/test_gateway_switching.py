@@ -134,6 +134,18 @@ def test_a_request_for_a_sleeping_model_is_answered_after_the_switch(
             assert switcher.switches == 1
             assert doubles["beta"].reloads == (1 if level == 2 else 0)
             assert doubles["alpha"].arrived_asleep == doubles["beta"].arrived_asleep == 0
+            # The states, the switch and the wake time show on /metrics and /health.
+            metrics = (await client.get("/metrics")).text
+            assert 'appliance_gateway_model_state{model="beta",state="awake"} 1.0' in metrics
+            assert f'appliance_gateway_model_state{{model="alpha",state="asleep-{level}"}} 1.0' in (
+                metrics
+            )
+            assert "appliance_gateway_model_switches_total 1.0" in metrics
+            assert 'appliance_gateway_last_switch_seconds{part="engine"}' in metrics
+            health = (await client.get("/health")).json()["switching"]
+            assert health["models"]["beta"] == {"state": "awake", "in_flight": 0, "held": 0}
+            assert health["switches"] == 1
+            assert health["last_switch"]["model"] == "beta"
 
     with engines(2) as doubles:
         asyncio.run(scenario(doubles))
