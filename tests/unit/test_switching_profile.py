@@ -6,6 +6,7 @@ existing tests; one is re-checked here)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,3 +251,75 @@ def test_the_gateway_config_lists_every_switched_model(tmp_path: Path) -> None:
     assert switching.rules.sleep_level == 2
     single = GatewayConfig.from_profile(load_profile(PROFILES / "rtx4090-chat.yaml"))
     assert single.switching is None
+
+
+class _Calls:
+    """Records the engines' sleep-mode calls apply makes; answers 200 unless told otherwise."""
+
+    def __init__(self, failing: str = "") -> None:
+        self.calls: list[tuple[str, str, bytes]] = []
+        self.failing = failing
+
+    def __call__(self, method: str, url: str, body: bytes) -> bool:
+        self.calls.append((method, url, body))
+        return not (self.failing and self.failing in url)
+
+
+def _turns(calls: _Calls, level: int = 1) -> Any:
+    from appliance.runtime.apply import SleepTurns
+
+    turns = SleepTurns.of(_profile(level=level, third=True), calls, lambda _event: None)
+    assert turns is not None
+    return turns
+
+
+def test_apply_puts_each_further_engine_to_sleep_once_healthy() -> None:
+    calls = _Calls()
+    turns = _turns(calls)
+    specs = container_specs(_profile(third=True), _box())
+    plan = make_plan(specs, [])
+    turns.before(plan)
+    assert calls.calls == []  # nothing runs yet
+    for spec in specs:
+        turns.after_healthy(spec)
+    assert calls.calls == [
+        ("POST", "http://127.0.0.1:8010/sleep?level=1", b""),
+        ("POST", "http://127.0.0.1:8011/sleep?level=1", b""),
+    ]  # spec.model's engine, started last, stays awake
+    turns.finish(plan)
+    assert len(calls.calls) == 2
+
+
+def test_apply_sleeps_kept_engines_before_starting_one_and_wakes_spec_model_after() -> None:
+    from appliance.runtime.plan import Action, Plan
+
+    calls = _Calls()
+    turns = _turns(calls, level=2)
+    plan = Plan(
+        (
+            Action("keep", "vllm", "llm-appliance-multi-vllm-2"),
+            Action("create", "vllm", "llm-appliance-multi-vllm-3"),
+            Action("keep", "vllm", "llm-appliance-multi-vllm"),
+        )
+    )
+    turns.before(plan)
+    assert [url for _, url, _ in calls.calls] == [
+        "http://127.0.0.1:8010/sleep?level=2",
+        "http://127.0.0.1:8000/sleep?level=2",
+    ]
+    calls.calls.clear()
+    turns.finish(plan)
+    assert [(url, body) for _, url, body in calls.calls] == [
+        ("http://127.0.0.1:8000/wake_up?tags=weights", b""),
+        ("http://127.0.0.1:8000/collective_rpc", b'{"method": "reload_weights"}'),
+        ("http://127.0.0.1:8000/wake_up?tags=kv_cache", b""),
+    ]
+
+
+def test_apply_fails_when_a_further_engine_does_not_sleep() -> None:
+    from appliance.runtime.apply import ApplyFailedError
+
+    turns = _turns(_Calls(failing=":8010/"))
+    spec = next(s for s in container_specs(_profile(), _box()) if s.name.endswith("vllm-2"))
+    with pytest.raises(ApplyFailedError, match="did not go to sleep"):
+        turns.after_healthy(spec)
