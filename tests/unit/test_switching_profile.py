@@ -323,3 +323,31 @@ def test_apply_fails_when_a_further_engine_does_not_sleep() -> None:
     spec = next(s for s in container_specs(_profile(), _box()) if s.name.endswith("vllm-2"))
     with pytest.raises(ApplyFailedError, match="did not go to sleep"):
         turns.after_healthy(spec)
+
+
+def test_compose_export_refuses_several_chat_models_in_one_line() -> None:
+    from appliance.errors import BadInputError
+    from appliance.runtime.compose import compose_document
+
+    with pytest.raises(BadInputError, match="does not run several chat models"):
+        compose_document(_profile(), _box())
+
+
+def test_kubernetes_exports_refuse_several_chat_models() -> None:
+    from appliance.errors import BadInputError
+    from appliance.exports.k8s import manifests, production_stack_values
+
+    for export in (manifests, production_stack_values):
+        with pytest.raises(BadInputError, match="do not run several chat models"):
+            export(_profile(), _box())
+
+
+def test_every_switched_models_weights_are_needed() -> None:
+    from appliance.weights.layout import profile_weights
+
+    repos = [(ref.repo, ref.role) for ref in profile_weights(_profile(third=True))]
+    assert repos == [
+        ("Qwen/Qwen2.5-7B-Instruct-AWQ", "model"),
+        ("hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ", "model"),
+        ("Qwen/Qwen3-8B-AWQ", "model"),
+    ]
