@@ -82,8 +82,11 @@ def test_apply_two_chat_models_then_the_gateway_switches_between_them(
     assert not sleeping(main_port)
 
     async def through_the_gateway() -> None:
-        config = GatewayConfig.from_profile(profile, state_dir=tmp_path / "state")
-        config = GatewayConfig(**{**config.__dict__, "auth_required": False, "probe_interval_s": 0})
+        config = dataclasses.replace(
+            GatewayConfig.from_profile(profile, state_dir=tmp_path / "state"),
+            auth_required=False,
+            probe_interval_s=0,
+        )
         app = GatewayApp(config)
         async with app.running():
             transport = httpx.ASGITransport(app=app)
