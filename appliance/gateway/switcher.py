@@ -94,6 +94,9 @@ class ModelSwitcher:
         self.refused: dict[Held, int] = {Held.FULL: 0, Held.TIMEOUT: 0}
         self.timings: list[SwitchTiming] = []  # the last few switches, newest last
         self._changed = asyncio.Condition()
+        # One engine operation at a time (a switch, an idle sleep): a wake must never overtake
+        # the sleep before it.
+        self._operating = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
 
@@ -236,6 +239,11 @@ class ModelSwitcher:
                 return
 
     async def _switch_to(self, wanted: str) -> None:
+        async with self._operating:
+            if self.states[wanted] != "awake":
+                await self._switch_now(wanted)
+
+    async def _switch_now(self, wanted: str) -> None:
         started = self._clock()
         engine_s = 0.0
         for name, state in list(self.states.items()):
@@ -282,7 +290,8 @@ class ModelSwitcher:
             # and waking an engine that is awake does nothing.
             if self.draining == name:
                 self.draining = None
-            self._set(name, asleep(level))
+            if self.states[name] == "sleeping":
+                self._set(name, asleep(level))
 
     async def _calls(self, name: str, calls: tuple[ControlCall, ...]) -> float:
         """Run the calls in order; their time, which is the engine's (wake, reload)."""
@@ -324,16 +333,17 @@ class ModelSwitcher:
             await asyncio.sleep(min(1.0, idle_s / 4))
             if self._task is not None and not self._task.done():
                 continue
-            now = self._clock()
-            for name, state in list(self.states.items()):
-                due = idle_sleep_due(
-                    state,
-                    in_flight=self.in_flight[name],
-                    held_total=self.held_total,
-                    idle_for_s=now - self._last_used[name],
-                    rules=self.rules,
-                )
-                if due:
+            for name in list(self.states):
+                async with self._operating:
+                    due = idle_sleep_due(
+                        self.states[name],
+                        in_flight=self.in_flight[name],
+                        held_total=self.held_total,
+                        idle_for_s=self._clock() - self._last_used[name],
+                        rules=self.rules,
+                    )
+                    if not due:
+                        continue
                     log.info("%s idle for %.0f s: putting it to sleep", name, idle_s)
                     try:
                         await self._sleep(name)

@@ -377,9 +377,11 @@ class EngineServer(http.server.ThreadingHTTPServer):
         self.wakes = 0
         self.reloads = 0
         self.arrived_asleep = 0
-        # A test may close this gate to hold every /wake_up until it opens it again.
+        # A test may close these gates to hold every /wake_up or /sleep until it opens them.
         self.wake_gate = threading.Event()
         self.wake_gate.set()
+        self.sleep_gate = threading.Event()
+        self.sleep_gate.set()
         if role == "vllm":
             self.model_name = args.served_model_name or args.model
             self.vllm: VllmMetrics | SglangMetrics = VllmMetrics(self.model_name)
@@ -537,6 +539,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if level not in (0, 1, 2) or mode not in ("abort", "wait"):
             self._error(422, "level is 0, 1 or 2; the double models mode abort and wait")
             return
+        server.sleep_gate.wait()
         with server.sleep_changed:
             server.paused = True
             if mode == "abort":

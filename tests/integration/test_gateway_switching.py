@@ -273,6 +273,31 @@ def test_an_idle_model_goes_to_sleep_and_wakes_on_the_next_request(tmp_path: Pat
         asyncio.run(scenario(doubles))
 
 
+def test_a_request_during_an_idle_sleep_waits_for_the_sleep_then_the_wake(
+    tmp_path: Path,
+) -> None:
+    async def scenario(doubles: dict[str, Any]) -> None:
+        doubles["alpha"].sleep_gate.clear()  # the idle sleep hangs in the engine
+        async with gateway(_config(tmp_path, doubles, SwitchRules(idle_sleep_s=0.05))) as (
+            app,
+            client,
+        ):
+            switcher = app.switcher
+            assert switcher is not None
+            await _until(lambda: switcher.states["alpha"] == "sleeping")
+            request = asyncio.ensure_future(_chat(client, "alpha"))
+            await _until(lambda: switcher.held_total == 1)
+            doubles["alpha"].sleep_gate.set()
+            answer = await request
+            assert answer.status_code == 200
+            assert answer.json()["model"] == "alpha"
+            assert not _asleep(doubles["alpha"])  # the wake came after the sleep, not before
+            assert doubles["alpha"].arrived_asleep == 0
+
+    with engines(2) as doubles:
+        asyncio.run(scenario(doubles))
+
+
 CONTROL = ["/sleep", "/wake_up", "/collective_rpc", "/is_sleeping"]
 TRICKS = [
     *CONTROL,
