@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.catalog import GpuSpec, load_catalog
@@ -33,10 +34,14 @@ from appliance.sizing import (
     MemoryEstimate,
     ResolvedModel,
     RuleFinding,
+    SwitchedEngine,
+    SwitchingFit,
     check_rules,
     cuda_total_bytes,
     estimate_memory,
     loaded_weight_bytes,
+    sleeping_residual_bytes,
+    switching_fit,
     tei_memory_bytes,
 )
 from appliance.vocabulary import KvCacheDtype, Quantization
@@ -735,3 +740,50 @@ def render_estimate(estimate: MemoryEstimate, label: str = "") -> str:
     lines.append(("FITS: " if e.fits else "DOES NOT FIT: ") + verdict)
     lines.extend(f"  note: {note}" for note in e.notes)
     return "\n".join(lines)
+
+
+def fit_switching(
+    profile: Profile, box: Box, models: Sequence[ResolvedModel | None]
+) -> SwitchingFit | None:
+    """Several chat models (spec.switching) on the chat engine's GPUs, `models` resolved in
+    `spec.switched_models` order (None where not resolvable: sized by its budget and the
+    residual floor). Each model must fit alone (`fit_profile`), and all together as
+    `sizing.switching_fit` says; None for a profile with one chat model or a box without GPUs.
+
+    Raises `RefusedError` (exit 4) with the numbers in one line when they do not fit together.
+    """
+    switching = profile.spec.switching
+    target = gpu_target_for_profile(profile, box)
+    if switching is None or target is None:
+        return None
+    views = [profile, *(profile.as_switched(m) for m in switching.models)]
+    engines = []
+    for view, model in zip(views, models, strict=True):
+        estimate = fit_profile(view, box, model)
+        engine = view.spec.engine
+        engines.append(
+            SwitchedEngine(
+                served_name=view.spec.model.served_name,
+                requested_bytes=int(target.memory_bytes * engine.gpu_memory_utilization),
+                residual_bytes=sleeping_residual_bytes(
+                    estimate if isinstance(estimate, MemoryEstimate) else None
+                ),
+                weight_bytes=model.weight_bytes if model is not None else None,
+            )
+        )
+    verdict = switching_fit(
+        engines,
+        gpu_memory_bytes=target.memory_bytes,
+        other_processes_bytes=tei_bytes_beside_chat(profile, box),
+        host_memory_bytes=box.host.memory_total_bytes,
+        sleep_level=switching.sleep_level,
+    )
+    if not verdict.fits:
+        hint = (
+            "lower gpu_memory_utilization (spec.engine's or the switched model's), or drop a "
+            "model from spec.switching.models"
+            if verdict.gpu_need_bytes > verdict.gpu_memory_bytes
+            else "write spec.switching.sleep_level: 2, or drop a model"
+        )
+        raise RefusedError(verdict.reason, hint)
+    return verdict

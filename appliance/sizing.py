@@ -44,6 +44,7 @@ the profile's dummy images (`_vision_items`), with constants fitted on the real 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -1434,3 +1435,99 @@ def check_rules(
             )
         )
     return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# Several chat models on one box (spec.switching, issue #19): one awake, the others asleep.
+
+# What a sleeping vLLM engine still holds on each of its GPUs: sleep mode releases the weights
+# and the KV cache but not the CUDA context nor the captured CUDA graphs (vllm#17117: "Sleep
+# mode freed 23.74 GiB memory, 4.75 GiB memory is still in use" at level 2, an early V0;
+# vllm#28714, v0.11.1, Qwen3-4B at level 1: "Sleep mode freed 35.43 GiB memory, 1.19 GiB memory
+# is still in use"; vllm#32714: 1.14 GB per GPU after a level-1 sleep on 0.13.0, Qwen3-30B on
+# 4x RTX 3090, and 16 GB on 0.14/0.15 until a later fix; vllm#47654: 7.0 GiB per GPU for
+# Kimi-K2.6 at TP 8, of which 1.4 GiB CUDA graphs). Modelled as the CUDA context, the non-torch
+# memory and the CUDA-graph estimate of the engine's own budget, and never below the 1.19 GiB
+# a small model was seen to keep.
+SLEEPING_RESIDUAL_FLOOR_BYTES = int(1.19 * GIB)
+
+
+def sleeping_residual_bytes(estimate: MemoryEstimate | None) -> int:
+    """Per-GPU memory a sleeping engine keeps (see SLEEPING_RESIDUAL_FLOOR_BYTES)."""
+    if estimate is None:
+        return SLEEPING_RESIDUAL_FLOOR_BYTES
+    kept = _CUDA_CONTEXT_BYTES + int((estimate.non_torch_gib + estimate.cuda_graph_gib) * GIB)
+    return max(SLEEPING_RESIDUAL_FLOOR_BYTES, kept)
+
+
+@dataclass(frozen=True)
+class SwitchedEngine:
+    """One of several chat models, as the switching check sizes it."""
+
+    served_name: str
+    requested_bytes: int  # per GPU while awake: total x gpu_memory_utilization
+    residual_bytes: int  # per GPU while asleep
+    weight_bytes: int | None  # the whole checkpoint, kept in host RAM at level 1; None unknown
+
+
+@dataclass(frozen=True)
+class SwitchingFit:
+    """Whether the models fit together, worst case first: the largest awake budget beside every
+    other engine's residual on each GPU, and (level 1) every sleeping model's weights in host
+    RAM. `reason` is one line with the numbers."""
+
+    fits: bool
+    reason: str
+    gpu_need_bytes: int
+    gpu_memory_bytes: int
+    host_need_bytes: int
+    host_memory_bytes: int | None
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.1f} GiB"
+
+
+def switching_fit(
+    engines: Sequence[SwitchedEngine],
+    *,
+    gpu_memory_bytes: int,
+    other_processes_bytes: int,
+    host_memory_bytes: int | None,
+    sleep_level: int,
+) -> SwitchingFit:
+    """The awake engine's full budget plus every sleeping one's residual (and whatever else
+    holds the GPU) must fit each GPU, whichever engine is awake; at sleep level 1 the sleeping
+    models' weights must fit the host's RAM ("Please make sure there's enough CPU memory to
+    store the model weights", vLLM's docs/features/sleep_mode.md)."""
+    residual_total = sum(e.residual_bytes for e in engines)
+    awake = max(engines, key=lambda e: e.requested_bytes - e.residual_bytes)
+    asleep = residual_total - awake.residual_bytes
+    gpu_need = awake.requested_bytes + asleep + other_processes_bytes
+    known = [e.weight_bytes for e in engines if e.weight_bytes is not None]
+    host_need = sum(known) - min(known) if sleep_level == 1 and len(known) == len(engines) else 0
+    if sleep_level == 1 and len(known) != len(engines):
+        host_need = sum(known)
+    others = f" + {_gib(other_processes_bytes)} beside them" if other_processes_bytes else ""
+    if gpu_need > gpu_memory_bytes:
+        free = max(0, gpu_memory_bytes - asleep - other_processes_bytes)
+        utilization = math.floor(free / gpu_memory_bytes * 100) / 100
+        reason = (
+            f"{awake.served_name} awake needs {_gib(awake.requested_bytes)} and the "
+            f"{len(engines) - 1} sleeping model(s) keep {_gib(asleep)} (CUDA context and graphs)"
+            f"{others}: {_gib(gpu_need)} per GPU > {_gib(gpu_memory_bytes)}; the awake model "
+            f"may take {_gib(free)} (gpu_memory_utilization {utilization:.2f})"
+        )
+        return SwitchingFit(False, reason, gpu_need, gpu_memory_bytes, host_need, host_memory_bytes)
+    if host_memory_bytes is not None and host_need > host_memory_bytes:
+        reason = (
+            f"sleep level 1 keeps the sleeping models' weights in host RAM: {_gib(host_need)} "
+            f"> {_gib(host_memory_bytes)} on this box"
+        )
+        return SwitchingFit(False, reason, gpu_need, gpu_memory_bytes, host_need, host_memory_bytes)
+    reason = (
+        f"{len(engines)} chat models fit: {_gib(gpu_need)} of {_gib(gpu_memory_bytes)} per GPU "
+        f"with {awake.served_name} awake"
+        + (f", {_gib(host_need)} of weights in host RAM" if host_need else "")
+    )
+    return SwitchingFit(True, reason, gpu_need, gpu_memory_bytes, host_need, host_memory_bytes)

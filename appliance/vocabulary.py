@@ -29,8 +29,10 @@ __all__ = [
     "FallbackMode",
     "FindingSeverity",
     "KvCacheDtype",
+    "ModelState",
     "Quantization",
     "Role",
+    "SleepLevel",
     "WindowName",
     "kv_cache_dtype_bytes",
     "weights_path",
@@ -64,6 +66,15 @@ ENGINE_KINDS: Final = get_args(EngineKind)
 # A container's job on the box; the engines are the roles that serve a model.
 Role: TypeAlias = Literal["vllm", "tei", "gateway"]
 EngineRole: TypeAlias = Literal["vllm", "tei"]
+
+# vLLM's sleep levels (docs/features/sleep_mode.md): 1 moves the weights to host RAM and drops
+# the KV cache; 2 drops both, so waking reloads the weights from disk. Several chat models on one
+# box (`spec.switching`, issue #19) keep all but one asleep at this level.
+SleepLevel: TypeAlias = Literal[1, 2]
+
+# Where one of several chat models stands, as the gateway switches between them: serving,
+# asleep (at level 1 or 2), being woken, or being put to sleep.
+ModelState: TypeAlias = Literal["awake", "asleep-1", "asleep-2", "waking", "sleeping"]
 
 # How sure a finding is that something will go wrong: errors stop a deployment, warnings explain
 # a trade-off, info only informs.

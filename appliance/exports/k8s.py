@@ -178,6 +178,17 @@ def _weights_gib(profile: Profile, catalog: Catalog) -> int | None:
     return max(20, math.ceil(total * 1.5 / _GIB) + 10)
 
 
+def _refuse_switching(profile: Profile) -> None:
+    """Several chat models (spec.switching) take turns sleeping on one box, which apply
+    orchestrates; a Kubernetes export would silently serve one of them."""
+    if profile.spec.switching is not None:
+        raise BadInputError(
+            "Kubernetes exports do not run several chat models (spec.switching): their engines "
+            "take turns sleeping on one box, which `appliance apply` orchestrates",
+            hint="export a profile without spec.switching (one per model)",
+        )
+
+
 def _by_role(specs: Sequence[ContainerSpec], role: str) -> ContainerSpec | None:
     return next((spec for spec in specs if spec.role == role), None)
 
@@ -558,6 +569,7 @@ def manifests(
     catalog: Catalog | None = None,
 ) -> list[dict[str, Any]]:
     """Every object of the `manifests` format, in apply order."""
+    _refuse_switching(profile)
     options = options or K8sOptions()
     catalog = catalog or load_catalog()
     specs = container_specs(profile, box, catalog=catalog, options=SpecOptions(gpu_requests=False))
@@ -672,6 +684,7 @@ def production_stack_values(
     list, so any value written here would fail either `helm install`'s schema check or KEDA.
     """
     options = options or K8sOptions()
+    _refuse_switching(profile)
     catalog = catalog or load_catalog()
     spec = profile.spec
     engine = spec.engine

@@ -26,11 +26,21 @@ import enum
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from appliance import __version__
 from appliance.errors import ApplianceError
@@ -43,6 +53,7 @@ from appliance.gateway.policy import (
     LoadReading,
     LoadSignal,
     LocalFailure,
+    Reason,
     Route,
     RoutingRules,
     after_local_answer,
@@ -53,6 +64,8 @@ from appliance.gateway.policy import (
 from appliance.gateway.probe import EngineProbe
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
+from appliance.gateway.switcher import Held, ModelSwitcher
+from appliance.gateway.switching import held_goes_remote, retry_after_s
 from appliance.gateway.upstream import (
     Headers,
     HttpxPool,
@@ -63,7 +76,7 @@ from appliance.gateway.upstream import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
-from appliance.vocabulary import FallbackMode
+from appliance.vocabulary import FallbackMode, ModelState
 
 log = logging.getLogger("appliance.gateway")
 
@@ -342,6 +355,68 @@ class GatewayMetrics:
         return pair
 
 
+class _SwitchingCollector(Collector):
+    """Several chat models (spec.switching), read from the switcher at scrape time: each
+    model's state (1 on its current one), its requests in flight and held, the switches done,
+    the requests refused while held, and the last switch's time with the engines' part."""
+
+    def __init__(self, app: GatewayApp) -> None:
+        self._app = app
+
+    def describe(self) -> list[Any]:
+        return []  # families appear only when switching is configured
+
+    def collect(self) -> Iterator[Any]:
+        switcher = self._app.switcher
+        if switcher is None:
+            return
+        state = GaugeMetricFamily(
+            "appliance_gateway_model_state",
+            "1 on each switched chat model's current state (awake, asleep-1, asleep-2, waking, "
+            "sleeping).",
+            labels=["model", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "appliance_gateway_model_in_flight", "Requests in flight per model.", labels=["model"]
+        )
+        held = GaugeMetricFamily(
+            "appliance_gateway_model_held",
+            "Requests held while their model wakes, per model.",
+            labels=["model"],
+        )
+        for name, current in switcher.states.items():
+            for value in get_args(ModelState):
+                state.add_metric([name, value], 1.0 if value == current else 0.0)
+            in_flight.add_metric([name], switcher.in_flight[name])
+            held.add_metric([name], switcher.held[name])
+        yield state
+        yield in_flight
+        yield held
+        yield CounterMetricFamily(
+            "appliance_gateway_model_switches", "Switches from one chat model to another.",
+            value=switcher.switches,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "appliance_gateway_held_refused",
+            "Requests for a sleeping model refused: the held queue was full, or it did not "
+            "wake in time.",
+            labels=["reason"],
+        )
+        for reason, count in switcher.refused.items():
+            refused.add_metric([reason.value], count)
+        yield refused
+        if switcher.timings:
+            last = switcher.timings[-1]
+            seconds = GaugeMetricFamily(
+                "appliance_gateway_last_switch_seconds",
+                "The last switch: all of it, and the engines' part (sleep, wake, reload).",
+                labels=["part"],
+            )
+            seconds.add_metric(["total"], last.total_s)
+            seconds.add_metric(["engine"], last.engine_s)
+            yield seconds
+
+
 # ---------------------------------------------------------------------------------- the app
 
 
@@ -410,6 +485,7 @@ class GatewayApp:
         }
         self._refresh_interval_s = refresh_interval_s
         self.metrics = GatewayMetrics(registry or CollectorRegistry(auto_describe=True))
+        self.metrics.registry.register(_SwitchingCollector(self))
         self._limiter = RateLimiter()
         self._keys = KeyRing()
         self._keys_signature: FileSignature | None = None
@@ -421,6 +497,9 @@ class GatewayApp:
         self._owned: list[Upstream] = []
         self._chat: _Target | None = None
         self._embeddings: _Target | None = None
+        # Several chat models (spec.switching): each one's target, and the switcher.
+        self._switched: dict[str, _Target] = {}
+        self.switcher: ModelSwitcher | None = None
         self._remote: Upstream | None = None
         self._remote_embeddings = bool(
             config.remote
@@ -465,6 +544,8 @@ class GatewayApp:
         )
         chat_rules = config.rules
         self._chat = _Target("chat", chat, chat_rules)
+        if config.switching is not None:
+            await self._start_switching(config, chat_rules)
         if config.embeddings_upstream is not None:
             embeddings = self._injected["embeddings"] or self._own(
                 LeanPool(
@@ -530,7 +611,45 @@ class GatewayApp:
             len(self._keys),
         )
 
+    async def _start_switching(self, config: GatewayConfig, rules: RoutingRules) -> None:
+        """One target per switched model (spec.model's is the chat target), one control pool
+        per engine origin for the sleep-mode calls, and the switcher over them."""
+        switching = config.switching
+        assert switching is not None
+        assert self._chat is not None
+        # A wake reloads weights: its calls may take as long as a request's first byte.
+        control_timeouts = Timeouts(
+            connect_s=config.local_timeouts.connect_s,
+            first_byte_s=config.local_timeouts.first_byte_s,
+            idle_s=config.local_timeouts.first_byte_s,
+        )
+        control = {}
+        for name, url in switching.upstreams.items():
+            if url == config.chat_upstream:
+                self._switched[name] = self._chat
+            else:
+                pool = self._own(
+                    LeanPool(
+                        url,
+                        config.local_timeouts,
+                        max_connections=config.max_connections_per_upstream,
+                    )
+                )
+                self._switched[name] = _Target("chat", pool, rules)
+            control[name] = self._own(LeanPool(origin(url), control_timeouts, max_connections=2))
+        self.switcher = ModelSwitcher(
+            control,
+            initially_awake=switching.initially_awake,
+            rules=switching.rules,
+            clock=self._clock,
+        )
+        await self.switcher.start()
+
     async def shutdown(self) -> None:
+        if self.switcher is not None:
+            await self.switcher.stop()
+            self.switcher = None
+        self._switched.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -827,7 +946,7 @@ class GatewayApp:
     async def _health(self, send: Send) -> None:
         reading = LoadReading.of(self._signal)
         monitor = _monitor_state(reading, self.config.rules.max_signal_age_s, self._signal)
-        body = {
+        body: dict[str, object] = {
             # A stale monitor (its task died, the loop is wedged) means auto fallback has gone
             # blind: 503, so `curl -f`, systemd checks and k8s probes see it, not just a field.
             "status": "degraded" if monitor == "stale" else "ok",
@@ -842,6 +961,8 @@ class GatewayApp:
                 "reading_age_seconds": reading.age_seconds,
             },
         }
+        if self.switcher is not None:
+            body["switching"] = self.switcher.report()
         status = 503 if monitor == "stale" else 200
         await _send_bytes(send, status, json.dumps(body).encode(), _LOCAL)
 
@@ -1000,13 +1121,60 @@ class GatewayApp:
                 kind="invalid_request_error",
                 code="model_not_found",
             )
+        switcher = self.switcher
+        switched = None
+        if switcher is not None and kind is Kind.CHAT:
+            model = _model_of(exchange.body)
+            if model is not None and model in switcher:
+                switched = model
+                target = self._switched[model]
         mode = self.mode
         since_failure = None if target.last_failure is None else self._clock() - target.last_failure
-        reading = LoadReading.of(self._signal) if kind is Kind.CHAT else LoadReading()
+        watched = kind is Kind.CHAT and target is self._chat  # the probe reads spec.model's engine
+        reading = LoadReading.of(self._signal) if watched else LoadReading()
         route = choose_route(mode, target.rules, reading, seconds_since_local_failure=since_failure)
         if route.is_fallback:
             return await self._to_remote(route, exchange)
+        if switcher is None or switched is None:
+            return await self._local(target, mode, exchange)
+        held = await switcher.acquire(switched)
+        if held is not Held.READY:
+            return await self._not_woken(switched, held, mode, exchange)
+        try:
+            return await self._local(target, mode, exchange)
+        finally:
+            switcher.release(switched)
 
+    async def _not_woken(
+        self, model: str, held: Held, mode: FallbackMode, exchange: _Exchange
+    ) -> Outcome:
+        """A request for a sleeping model that could not be held (full) or was not woken in time:
+        the remote API in auto mode when it serves the model, else 503 with Retry-After."""
+        switcher = self.switcher
+        assert switcher is not None
+        remote = held_goes_remote(
+            mode,
+            remote_configured=self.config.remote is not None,
+            served_remotely=self._served_remotely(exchange),
+        )
+        if remote:
+            return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_ASLEEP), exchange)
+        why = (
+            f"{switcher.held_total} requests are already held for sleeping models"
+            if held is Held.FULL
+            else "it did not wake in time"
+        )
+        retry = retry_after_s(switcher.rules)
+        return await self._fail(
+            exchange,
+            503,
+            f"The model {model!r} is asleep and {why}; retry in {retry} s.",
+            code="model_asleep",
+            extra=[(b"retry-after", str(retry).encode())],
+        )
+
+    async def _local(self, target: _Target, mode: FallbackMode, exchange: _Exchange) -> Outcome:
+        """Send the request to a local engine; on failure, the remote API or an error."""
         exchange.destination = Destination.LOCAL.value
         failure: LocalFailure
         try:
@@ -1111,6 +1279,7 @@ class GatewayApp:
         *,
         code: str,
         kind: str = "server_error",
+        extra: Headers | None = None,
     ) -> Outcome:
         exchange.status = status
         exchange.finished = True
@@ -1118,7 +1287,8 @@ class GatewayApp:
             self._clock() - exchange.started
         )
         route = _REMOTE if exchange.destination == Destination.REMOTE.value else _LOCAL
-        await _send_bytes(exchange.send, status, error_body(message, kind, code), route)
+        body = error_body(message, kind, code)
+        await _send_bytes(exchange.send, status, body, route, extra=extra)
         return Outcome.UNAVAILABLE if status >= 500 else Outcome.BAD_REQUEST
 
     async def _forward(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import read_private_secret
 from appliance.gateway.policy import RoutingRules
+from appliance.gateway.switching import SwitchRules
 from appliance.vocabulary import FallbackMode
 
 if TYPE_CHECKING:
@@ -142,6 +143,22 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True)
+class SwitchingConfig:
+    """Several chat models that take turns by sleeping (spec.switching): each served name's
+    OpenAI base URL (its own vLLM, on 127.0.0.1), the one awake after apply, the rules."""
+
+    upstreams: Mapping[str, str]
+    initially_awake: str
+    rules: SwitchRules = field(default_factory=SwitchRules)
+
+    def __post_init__(self) -> None:
+        checked = {n: _check_url(url, f"{n} upstream") for n, url in self.upstreams.items()}
+        object.__setattr__(self, "upstreams", _freeze(checked))
+        if self.initially_awake not in self.upstreams:
+            raise BadInputError(f"{self.initially_awake!r} is not one of the switched models")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     chat_upstream: str  # vLLM, e.g. http://127.0.0.1:8000/v1
     chat_models: tuple[str, ...]  # vLLM's served model names
@@ -161,6 +178,7 @@ class GatewayConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections_per_upstream: int = 1024
     client: ClientLimits = ClientLimits()
+    switching: SwitchingConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
@@ -216,9 +234,32 @@ class GatewayConfig:
                 timeouts=_timeouts(api.timeouts) if api else Timeouts(connect_s=5.0),
             )
         embeddings = spec.embeddings if spec.embeddings_enabled else None
+        chat = chat_upstream or f"http://127.0.0.1:{spec.ports.vllm}/v1"
+        switching: SwitchingConfig | None = None
+        further: tuple[str, ...] = ()
+        if spec.switching is not None:
+            upstreams = {spec.model.served_name: chat}
+            for m in spec.switching.models:
+                upstreams[m.served_name] = f"http://127.0.0.1:{m.port}/v1"
+            further = tuple(m.served_name for m in spec.switching.models)
+            switching = SwitchingConfig(
+                upstreams=upstreams,
+                initially_awake=spec.model.served_name,
+                rules=SwitchRules(
+                    sleep_level=spec.switching.sleep_level,
+                    hold_max_requests=spec.switching.hold_max_requests,
+                    hold_timeout_s=spec.switching.hold_timeout_seconds,
+                    drain_grace_s=spec.switching.drain_grace_seconds,
+                    idle_sleep_s=spec.switching.idle_sleep_seconds,
+                ),
+            )
         return cls(
-            chat_upstream=chat_upstream or f"http://127.0.0.1:{spec.ports.vllm}/v1",
-            chat_models=(spec.model.served_name, *(a.name for a in spec.model.lora_adapters)),
+            chat_upstream=chat,
+            chat_models=(
+                spec.model.served_name,
+                *(a.name for a in spec.model.lora_adapters),
+                *further,
+            ),
             keys_file=keys_file,
             state_file=directory / "fallback.json",
             embeddings_upstream=(
@@ -233,6 +274,7 @@ class GatewayConfig:
             queue_threshold=fallback.queue_threshold,
             max_signal_age_s=fallback.metrics_max_age_seconds,
             local_timeouts=_timeouts(gateway.timeouts),
+            switching=switching,
         )
 
     @property

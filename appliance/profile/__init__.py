@@ -49,6 +49,8 @@ from appliance.profile.schema import (
     RemoteApi,
     Spec,
     StorageSpec,
+    SwitchedModelSpec,
+    SwitchingSpec,
     Timeouts,
     TlsSpec,
 )
@@ -77,6 +79,8 @@ __all__ = [
     "RemoteApi",
     "Spec",
     "StorageSpec",
+    "SwitchedModelSpec",
+    "SwitchingSpec",
     "Timeouts",
     "TlsSpec",
     "dump_profile",

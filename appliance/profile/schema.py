@@ -53,6 +53,7 @@ from appliance.vocabulary import (
     FallbackMode,
     KvCacheDtype,
     Quantization,
+    SleepLevel,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +172,81 @@ class ModelSpec(_Model):
             seen.setdefault(adapter.name, index)
         _raise_issues(issues)
         return self
+
+
+class SwitchedModelSpec(ModelSpec):
+    """A further chat model that shares the chat engine's GPUs by sleeping while another one
+    serves: its own vLLM container, served name and host port."""
+
+    port: Port = Field(
+        description="Its vLLM's host port, on 127.0.0.1 (the gateway's way in).", examples=[8010]
+    )
+    gpu_memory_utilization: Annotated[StrictFloat, Gt(0), Le(0.98)] | None = Field(
+        default=None,
+        description="Share of each GPU's memory it takes while awake; defaults to "
+        "spec.engine.gpu_memory_utilization.",
+        examples=[0.85],
+    )
+    max_model_len: Annotated[StrictInt, Ge(1), Le(10_485_760)] | None = Field(
+        default=None,
+        description="Its context limit; defaults to spec.engine.max_model_len.",
+        examples=[8192],
+    )
+
+    @model_validator(mode="after")
+    def _no_adapters(self) -> SwitchedModelSpec:
+        if self.lora_adapters:
+            _raise_issues(
+                [
+                    _Issue(
+                        ("lora_adapters",),
+                        "not served on switched models",
+                        "serve LoRA adapters on spec.model",
+                    )
+                ]
+            )
+        return self
+
+
+class SwitchingSpec(_Model):
+    """Several chat models on one box (issue #19): each in its own vLLM container with sleep
+    mode on; one is awake, the gateway wakes the one a request names and puts the other to
+    sleep. spec.model is the first of them and the one awake after apply."""
+
+    models: Annotated[tuple[SwitchedModelSpec, ...], Field(min_length=1, max_length=7)] = Field(
+        description="The further chat models, beside spec.model.",
+        examples=[[{"repo": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "quantization": "awq",
+                    "port": 8010}]],
+    )  # fmt: skip
+    sleep_level: SleepLevel = Field(
+        default=1,
+        description="1 keeps a sleeping model's weights in host RAM (fast wake; needs the RAM), "
+        "2 drops them (the wake reloads them from disk).",
+        examples=[1],
+    )
+    hold_max_requests: Annotated[StrictInt, Ge(1), Le(100_000)] = Field(
+        default=64,
+        description="Requests held for a sleeping model while it wakes; beyond, 503 with "
+        "Retry-After (or the remote fallback in auto).",
+        examples=[64],
+    )
+    hold_timeout_seconds: Annotated[StrictFloat, Gt(0), Le(3600)] = Field(
+        default=60.0,
+        description="Longest a request is held for a model to wake before a 503.",
+        examples=[60.0],
+    )
+    drain_grace_seconds: Annotated[StrictFloat, Ge(0), Le(3600)] = Field(
+        default=10.0,
+        description="How long the awake model may finish its requests before it is put to "
+        "sleep anyway (they are then aborted).",
+        examples=[10.0],
+    )
+    idle_sleep_seconds: Annotated[StrictFloat, Gt(0), Le(86_400)] | None = Field(
+        default=None,
+        description="Put the awake model to sleep after this long without requests; leave out "
+        "to keep it awake.",
+        examples=[900.0],
+    )
 
 
 class EngineSpec(_Model):
@@ -722,6 +798,11 @@ class Spec(_Model):
     embeddings: EmbeddingsSpec | None = Field(
         default=None, description="The embedding model; leave out for none."
     )
+    switching: SwitchingSpec | None = Field(
+        default=None,
+        description="Further chat models that take turns on the chat engine's GPUs with vLLM's "
+        "sleep mode; leave out for one chat model.",
+    )
     images: ImagesSpec = Field(default=ImagesSpec(), description="Pinned images.")
     ports: PortsSpec = Field(default=PortsSpec(), description="Host ports.")
     gateway: GatewaySpec = Field(default=GatewaySpec(), description="The gateway.")
@@ -739,9 +820,19 @@ class Spec(_Model):
         return self.embeddings is not None and self.embeddings.enabled
 
     @property
+    def switched_models(self) -> tuple[ModelSpec, ...]:
+        """The chat models that take turns by sleeping: spec.model first, then the switching
+        list; empty for a profile with one chat model."""
+        if self.switching is None:
+            return ()
+        return (self.model, *self.switching.models)
+
+    @property
     def served_names(self) -> tuple[str, ...]:
         """Every model name the gateway answers for locally: chat, adapters, embeddings."""
         names = [self.model.served_name, *(a.name for a in self.model.lora_adapters)]
+        if self.switching is not None:
+            names += [m.served_name for m in self.switching.models]
         if self.embeddings is not None and self.embeddings.enabled:
             names.append(self.embeddings.served_name)
         return tuple(names)
@@ -782,6 +873,7 @@ class Spec(_Model):
                 )
             )
         issues += _engine_kind_issues(self)
+        issues += _switching_issues(self)
         if self.model.lora_adapters and engine.max_lora_rank is None:
             issues.append(
                 _Issue(
@@ -804,6 +896,7 @@ class Spec(_Model):
         emb = self.embeddings
         if emb is not None and emb.enabled:
             local = [self.model.served_name, *(a.name for a in self.model.lora_adapters)]
+            local += [m.served_name for m in (self.switching.models if self.switching else ())]
             if emb.served_name in local:
                 issues.append(
                     _Issue(
@@ -871,6 +964,48 @@ def _engine_kind_issues(spec: Spec) -> list[_Issue]:
     return issues
 
 
+def _switching_issues(spec: Spec) -> list[_Issue]:
+    """Switched models need vLLM on GPUs (sleep mode is vLLM's, on CUDA), names no other model
+    has (the gateway routes by name) and host ports no other service has."""
+    switching = spec.switching
+    if switching is None:
+        return []
+    issues: list[_Issue] = []
+    if spec.engine.kind != "vllm" or spec.engine.device != "gpu":
+        issues.append(
+            _Issue(
+                ("switching",),
+                "needs vLLM on GPUs (sleep mode is vLLM's, on CUDA)",
+                "write engine.kind: vllm and engine.device: gpu, or remove spec.switching",
+            )
+        )
+    names = {spec.model.served_name: "spec.model", **{a.name: "a LoRA adapter"
+             for a in spec.model.lora_adapters}}  # fmt: skip
+    ports = {spec.ports.vllm: "spec.ports.vllm", spec.ports.gateway: "spec.ports.gateway"}
+    if spec.embeddings_enabled:
+        ports[spec.ports.tei] = "spec.ports.tei"
+    for index, model in enumerate(switching.models):
+        if model.served_name in names:
+            issues.append(
+                _Issue(
+                    ("switching", "models", index, "served_model_name"),
+                    f"'{model.served_name}' is also the name of {names[model.served_name]}",
+                    "give every chat model its own served_model_name: clients choose by it",
+                )
+            )
+        names.setdefault(model.served_name, f"switching.models[{index}]")
+        if model.port in ports:
+            issues.append(
+                _Issue(
+                    ("switching", "models", index, "port"),
+                    f"{model.port} is also {ports[model.port]}",
+                    "give every engine its own port",
+                )
+            )
+        ports.setdefault(model.port, f"switching.models[{index}].port")
+    return issues
+
+
 class Profile(_Model):
     """One box's whole deployment, as written in a profile YAML file."""
 
@@ -887,6 +1022,22 @@ class Profile(_Model):
         description="What the box runs.",
         examples=[{"model": {"repo": "Qwen/Qwen2.5-7B-Instruct-AWQ", "quantization": "awq"}}],
     )
+
+    def as_switched(self, model: SwitchedModelSpec) -> Profile:
+        """The profile as one further chat model's engine sees it (spec.switching): that model
+        in spec.model, its port in spec.ports.vllm, its own gpu_memory_utilization and
+        max_model_len where it sets them; every other setting shared with spec.model's."""
+        spec = self.spec
+        engine = spec.engine.model_copy(
+            update={
+                "gpu_memory_utilization": model.gpu_memory_utilization
+                or spec.engine.gpu_memory_utilization,
+                "max_model_len": model.max_model_len or spec.engine.max_model_len,
+            }
+        )
+        ports = spec.ports.model_copy(update={"vllm": model.port})
+        switched = spec.model_copy(update={"model": model, "engine": engine, "ports": ports})
+        return self.model_copy(update={"spec": switched})
 
     @classmethod
     def from_spec(cls, name: str, spec: Spec, description: str | None = None) -> Profile:

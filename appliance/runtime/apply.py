@@ -45,18 +45,20 @@ from appliance.errors import (
     OperationFailedError,
     RefusedError,
 )
+from appliance.gateway.switching import wake_calls
 from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.diagnosis import Diagnosis, diagnose
 from appliance.runtime.engine import ContainerEngine, PullProgress
-from appliance.runtime.health import http_ok, wait_until_healthy
+from appliance.runtime.health import http_call, http_ok, wait_until_healthy
 from appliance.runtime.lock import (
     apply_lock,
     engine_lock_path,
 )
 from appliance.runtime.model import SET_ASIDE_MARK, ContainerSpec, ObservedContainer
 from appliance.runtime.plan import Action, Plan, make_plan
-from appliance.runtime.specs import SpecOptions, container_specs
+from appliance.runtime.specs import SpecOptions, container_name, container_specs
+from appliance.vocabulary import SleepLevel
 
 __all__ = [
     "DEFAULT_HEALTH_DEADLINES_S",
@@ -77,7 +79,7 @@ LOG_LINES: Final = 40
 
 Step = Literal[
     "recover", "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy",
-    "remove", "rollback", "done",
+    "sleep", "wake", "remove", "rollback", "done",
 ]  # fmt: skip
 
 
@@ -331,11 +333,15 @@ def check_fits(profile: Profile, box: Box) -> None:
     quantization vs GPU) and a KV cache too small for one max_model_len sequence, on the GPUs
     the profile gives vLLM with TEI's share taken out (or in RAM on the CPU target). `plan`
     and apply's preflight run it; the nearest settings that fit are profile keys."""
-    from appliance.fit import fit_profile
+    from appliance.fit import fit_profile, fit_switching
     from appliance.local_model import resolve_profile_model
 
+    switching = profile.spec.switching
+    # Several chat models (spec.switching): each must fit alone, then all of them together.
+    views = [profile.as_switched(m) for m in switching.models] if switching else []
     try:
-        fit_profile(profile, box, resolve_profile_model(profile))
+        for view in (profile, *views):
+            fit_profile(view, box, resolve_profile_model(view))
     except RefusedError as error:
         # SGLang profiles are sized by SGLang's own mem_fraction_static budget
         # (`fit.fit_sglang`, issue #21 point 3).
@@ -344,6 +350,15 @@ def check_fits(profile: Profile, box: Box) -> None:
         error.message += "; nothing was changed"
         error.args = (error.message,)
         raise
+    if switching is not None:
+        models = [resolve_profile_model(view) for view in (profile, *views)]
+        try:
+            fit_switching(profile, box, models)
+        except RefusedError as error:
+            error.message = f"the chat models do not fit together: {error.message}"
+            error.message += "; nothing was changed"
+            error.args = (error.message,)
+            raise
 
 
 # ------------------------------------------------------------------------------------ execution
@@ -388,6 +403,7 @@ def _start_new(
     probe: Callable[[str], bool],
     progress: Progress,
     interrupts: _Interrupts,
+    after_healthy: Callable[[ContainerSpec], None] | None = None,
 ) -> None:
     progress(ApplyEvent("create", f"creating {spec.name} ({spec.image})", spec.role))
     container_id = engine.create(spec)
@@ -408,6 +424,8 @@ def _start_new(
     )
     if outcome.healthy:
         progress(ApplyEvent("healthy", f"{spec.name} is healthy", spec.role))
+        if after_healthy is not None:
+            after_healthy(spec)
         return
     interrupts.check()
     log_tail = engine.logs(container_id, tail=LOG_LINES)
@@ -472,6 +490,7 @@ def _execute(
     probe: Callable[[str], bool],
     progress: Progress,
     interrupts: _Interrupts,
+    after_healthy: Callable[[ContainerSpec], None] | None = None,
 ) -> None:
     journal = _Journal()
     order: Sequence[Action] = [a for a in plan.actions if a.kind == "remove"] + [
@@ -494,6 +513,7 @@ def _execute(
                     probe=probe,
                     progress=progress,
                     interrupts=interrupts,
+                    after_healthy=after_healthy,
                 )
     except BaseException as error:
         problems = _rollback(
@@ -577,6 +597,7 @@ def apply_profile(
     ports_busy: Callable[[int], bool] = port_in_use,
     lock_file: Path | None = None,
     fit_checked: bool = False,
+    engine_call: Callable[[str, str, bytes], bool] = http_call,
 ) -> ApplyResult:
     """`appliance apply PROFILE`: make the box run exactly this profile, or leave it as it was.
 
@@ -585,6 +606,7 @@ def apply_profile(
     `EnvironmentNotReadyError` (no GPU in Docker, weights missing) before any change, and
     `ApplyFailedError` after a rollback. `fit_checked`: the caller already ran `check_fits` on
     this profile and box (a deploy does, before downloading), so preflight does not size again.
+    `engine_call(method, url, body)` reaches the engines' sleep-mode routes (spec.switching).
     """
     catalog = catalog or load_catalog()
     report = _tolerant(progress or _quiet)
@@ -614,7 +636,10 @@ def apply_profile(
             progress=report,
             check_fit=not fit_checked,
         )
+        turns = SleepTurns.of(profile, engine_call, report)
         with interrupts.deferred():
+            if turns is not None:
+                turns.before(plan)
             _execute(
                 plan,
                 engine,
@@ -623,9 +648,88 @@ def apply_profile(
                 probe=probe,
                 progress=report,
                 interrupts=interrupts,
+                after_healthy=turns.after_healthy if turns is not None else None,
             )
+            if turns is not None:
+                turns.finish(plan)
         report(ApplyEvent("done", "applied"))
         return ApplyResult(plan, applied=True, containers=tuple(engine.managed_containers()))
+
+
+@dataclass(frozen=True)
+class SleepTurns:
+    """Apply's part in several chat models (spec.switching): they take turns on the same GPUs,
+    and vLLM takes its whole gpu_memory_utilization when it starts, so a new engine can start
+    only while the others sleep. Before any chat engine starts, the running ones the plan keeps
+    go to sleep; each further model's new engine goes to sleep once healthy; spec.model's
+    engine (started last) is the one awake at the end, woken if the plan kept it. The gateway
+    reads the states from the engines' /is_sleeping when it starts."""
+
+    origins: dict[str, str]  # container name -> the engine's origin on 127.0.0.1
+    main: str  # spec.model's container
+    level: SleepLevel
+    call: Callable[[str, str, bytes], bool]
+    progress: Progress
+
+    @classmethod
+    def of(
+        cls, profile: Profile, call: Callable[[str, str, bytes], bool], progress: Progress
+    ) -> SleepTurns | None:
+        switching = profile.spec.switching
+        if switching is None:
+            return None
+        name = profile.metadata.name
+        main = container_name(name, "vllm")
+        origins = {main: f"http://127.0.0.1:{profile.spec.ports.vllm}"}
+        for n, model in enumerate(switching.models, start=2):
+            origins[container_name(name, f"vllm-{n}")] = f"http://127.0.0.1:{model.port}"
+        return cls(origins, main, switching.sleep_level, call, progress)
+
+    def _starts_engine(self, plan: Plan) -> bool:
+        return any(a.kind in ("create", "replace") and a.name in self.origins for a in plan.actions)
+
+    def _kept(self, plan: Plan) -> list[str]:
+        return [a.name for a in plan.actions if a.kind == "keep" and a.name in self.origins]
+
+    def _sleep(self, name: str) -> bool:
+        self.progress(ApplyEvent("sleep", f"putting {name} to sleep (level {self.level})", "vllm"))
+        return self.call("POST", f"{self.origins[name]}/sleep?level={self.level}", b"")
+
+    def before(self, plan: Plan) -> None:
+        """Free the GPUs for the engines about to start: the kept ones sleep (best effort: one
+        that does not answer is reported, and a new engine that then cannot start rolls the
+        apply back)."""
+        if not self._starts_engine(plan):
+            return
+        for name in self._kept(plan):
+            if not self._sleep(name):
+                self.progress(ApplyEvent("sleep", f"{name} did not go to sleep", "vllm"))
+
+    def after_healthy(self, spec: ContainerSpec) -> None:
+        if spec.name == self.main or spec.name not in self.origins:
+            return
+        if not self._sleep(spec.name):
+            raise ApplyFailedError(
+                f"{spec.name} started but did not go to sleep, so the next chat engine would "
+                "find its GPU memory taken",
+                f"see `appliance logs vllm` and {self.origins[spec.name]}/is_sleeping",
+                role="vllm",
+                log_tail="",
+                diagnosis=None,
+                restored=False,  # `_execute` rolls back and says whether it could
+            )
+
+    def finish(self, plan: Plan) -> None:
+        """spec.model's engine awake: woken with vLLM's sequence when the plan kept it (it was
+        put to sleep in `before`)."""
+        if self.main not in self._kept(plan) or not self._starts_engine(plan):
+            return
+        self.progress(ApplyEvent("wake", f"waking {self.main}", "vllm"))
+        for call in wake_calls(self.level):
+            url = self.origins[self.main] + call.path.decode()
+            if not self.call(call.method.decode(), url, call.body):
+                self.progress(ApplyEvent("wake", f"{self.main} did not wake", "vllm"))
+                return
 
 
 def _answers_healthy(container: ObservedContainer, probe: Callable[[str], bool]) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Final
 import yaml
 
 from appliance.catalog import Catalog
+from appliance.errors import BadInputError
 from appliance.fileio import write_output
 from appliance.hardware.box import Box
 from appliance.profile import Profile
@@ -113,7 +114,16 @@ def compose_document(
     catalog: Catalog | None = None,
     options: SpecOptions | None = None,
 ) -> dict[str, Any]:
-    """The compose file as a mapping (services keyed by role)."""
+    """The compose file as a mapping (services keyed by role).
+
+    Raises BadInputError for several chat models (spec.switching): their engines must take
+    turns sleeping as they start, which apply does and compose cannot."""
+    if profile.spec.switching is not None:
+        raise BadInputError(
+            "compose export does not run several chat models (spec.switching): each engine "
+            "must be put to sleep before the next one starts, which `appliance apply` does",
+            hint="use `appliance apply`, or export a profile without spec.switching",
+        )
     specs = container_specs(profile, box, catalog=catalog, options=options)
     services: dict[str, Any] = {}
     for spec in specs:

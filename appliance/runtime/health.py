@@ -27,6 +27,18 @@ class HealthOutcome:
     container: ObservedContainer | None
 
 
+def http_call(method: str, url: str, body: bytes = b"") -> bool:
+    """True when `method url` answers 200 (an engine's sleep-mode routes: a wake reloads
+    weights, so it is given minutes rather than seconds)."""
+    import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
+
+    headers = {"content-type": "application/json"} if body else {}
+    try:
+        return httpx.request(method, url, content=body, headers=headers, timeout=600).is_success
+    except httpx.HTTPError:
+        return False
+
+
 def http_ok(url: str) -> bool:
     """True when `url` answers 200 within two seconds."""
     import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.runtime.model import ContainerSpec, ObservedContainer
+from appliance.runtime.model import SET_ASIDE_MARK, ContainerSpec, ObservedContainer
 
 __all__ = ["Action", "ActionKind", "FieldChange", "Plan", "make_plan"]
 
@@ -171,12 +171,26 @@ def _current(candidates: Sequence[ObservedContainer], spec: ContainerSpec) -> Ob
     return candidates[0]
 
 
+def _candidates(
+    spec: ContainerSpec, observed: Sequence[ObservedContainer], *, shared: bool
+) -> list[ObservedContainer]:
+    """The containers that may stand for `spec`: those of its role; when several chat models
+    (spec.switching) share the role, each one's own, found by name (set-aside copies too)."""
+    candidates = [c for c in observed if c.role == spec.role]
+    if shared:
+        candidates = [
+            c for c in candidates if c.name.split(SET_ASIDE_MARK, maxsplit=1)[0] == spec.name
+        ]
+    return candidates
+
+
 def make_plan(desired: Sequence[ContainerSpec], observed: Sequence[ObservedContainer]) -> Plan:
     """What to do so that exactly `desired` runs; `observed` are the managed containers."""
     actions: list[Action] = []
     claimed: set[str] = set()
+    roles = [spec.role for spec in desired]
     for spec in desired:
-        candidates = [c for c in observed if c.role == spec.role]
+        candidates = _candidates(spec, observed, shared=roles.count(spec.role) > 1)
         if not candidates:
             actions.append(Action("create", spec.role, spec.name, spec=spec, reason="not running"))
             continue

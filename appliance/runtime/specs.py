@@ -26,6 +26,14 @@ can compare it and `compose export` can print it:
   container name, host port, weights mount and health wait, with SGLang's own image
   (lmsysorg/sglang, chosen by driver like vLLM's), `python3 -m sglang.launch_server` and its flag
   names at the pinned release (`sglang_command`), listening on SGLang's port 30000 inside.
+- Several chat models (`spec.switching`, issue #19): each model its own vLLM container
+  (`llm-appliance-<profile>-vllm-<n>` for the further ones), its own served name and host port on
+  127.0.0.1, all with `--enable-sleep-mode` and `VLLM_SERVER_DEV_MODE=1`, which vLLM needs for the
+  /sleep, /wake_up, /collective_rpc and /is_sleeping routes (docs/features/sleep_mode.md: "only
+  available when passing VLLM_SERVER_DEV_MODE=1"; "these endpoints should not be exposed to
+  users"). Those routes are why the engines' ports stay on loopback: only the gateway reaches
+  them, and it forwards no client to them. The further models come first in start order, and
+  spec.model last, so that it is the one awake when apply is done.
 """
 
 from __future__ import annotations
@@ -172,6 +180,8 @@ def vllm_command(
             argv += ["--max-loras", str(engine.max_loras)]
         if engine.max_lora_rank is not None:
             argv += ["--max-lora-rank", str(engine.max_lora_rank)]
+    if spec.switching is not None:
+        argv.append("--enable-sleep-mode")
     argv += engine.extra_args
     return tuple(argv)
 
@@ -359,7 +369,13 @@ def cpu_image_choice(box: Box, catalog: Catalog | None = None) -> ImageChoice:
 
 
 def _vllm_spec(
-    profile: Profile, box: Box, catalog: Catalog, options: SpecOptions, source: WeightsSource
+    profile: Profile,
+    box: Box,
+    catalog: Catalog,
+    options: SpecOptions,
+    source: WeightsSource,
+    *,
+    name: str = "vllm",
 ) -> ContainerSpec:
     spec = profile.spec
     choice = vllm_image_choice(profile, box, catalog)
@@ -377,9 +393,11 @@ def _vllm_spec(
         memory = box.host.memory_total_bytes
         kv_gib = kv_cache_space_gib(memory, spec.engine.cpu_kv_cache_gib)
         cpu_env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), **cpu_engine_env(CONTAINER_HOOK_DIR)}
+    # The sleep routes exist only in vLLM's development mode (see the module docstring).
+    sleep_env = {"VLLM_SERVER_DEV_MODE": "1"} if spec.switching is not None else {}
     return ContainerSpec(
         role="vllm",
-        name=container_name(profile.metadata.name, "vllm"),
+        name=container_name(profile.metadata.name, name),
         image=image,
         entrypoint=container_entrypoint() if on_cpu else None,
         command=vllm_command(profile, box),
@@ -389,6 +407,7 @@ def _vllm_spec(
             "DO_NOT_TRACK": "1",
             **compat_env,
             **cpu_env,
+            **sleep_env,
         },
         ports=(PortBinding(container_port=VLLM_CONTAINER_PORT, host_port=port),),
         mounts=tuple(mounts),
@@ -512,7 +531,13 @@ def container_specs(
     options = options or SpecOptions()
     source = weights_source or _same
     chat = _sglang_spec if profile.spec.engine.kind == "sglang" else _vllm_spec
-    specs = [chat(profile, box, catalog, options, source)]
+    switching = profile.spec.switching
+    further = switching.models if switching else ()
+    specs = [
+        _vllm_spec(profile.as_switched(m), box, catalog, options, source, name=f"vllm-{n}")
+        for n, m in enumerate(further, start=2)
+    ]
+    specs.append(chat(profile, box, catalog, options, source))
     if profile.spec.embeddings_enabled:
         specs.append(_tei_spec(profile, box, catalog, options, source))
     return tuple(specs)

@@ -300,10 +300,13 @@ def _safe_relative(path: str) -> PurePosixPath:
 
 
 def profile_weights(profile: Profile) -> tuple[WeightsRef, ...]:
-    """Every repo a profile needs: the chat model, its LoRA adapters, the embedding model."""
+    """Every repo a profile needs: the chat model, its LoRA adapters, the further chat models
+    (spec.switching), the embedding model."""
     spec = profile.spec
     refs = [WeightsRef(spec.model.repo, spec.model.revision, "model")]
     refs += [WeightsRef(a.repo, a.revision, "lora") for a in spec.model.lora_adapters]
+    switched = spec.switching.models if spec.switching is not None else ()
+    refs += [WeightsRef(m.repo, m.revision, "model") for m in switched]
     if spec.embeddings is not None and spec.embeddings.enabled and spec.embeddings.repo:
         refs.append(WeightsRef(spec.embeddings.repo, spec.embeddings.revision, "embeddings"))
     return tuple(dict.fromkeys(refs))

@@ -9,11 +9,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker  # noqa: TID251 - test setup builds images on the private engine directly
 import httpx
@@ -126,3 +128,22 @@ def local_engine_double(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def threaded_engine_double(*args: str, role: str = "vllm") -> Iterator[Any]:
+    """Run a double inside this process on a free 127.0.0.1 port, serving from a thread; yield
+    its `EngineServer` (base URL in `.url`), so a test can read the double's own counters.
+    Sleep-mode routes need VLLM_SERVER_DEV_MODE=1 in the environment when it starts."""
+    from tests.doubles import engine_double
+
+    _, namespace = engine_double.parse_args(["--role", role, *args])
+    server = engine_double.EngineServer(("127.0.0.1", 0), role, namespace)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

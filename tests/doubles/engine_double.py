@@ -23,6 +23,26 @@ environment variables (baked into fault images, or set by a test):
   DOUBLE_WAITING           requests reported waiting in the queue (vllm:num_requests_waiting)
   DOUBLE_KV_USAGE          KV-cache usage reported (0..1)
   DOUBLE_DIMENSIONS        embedding size for the TEI double (default 1024)
+  DOUBLE_WAKE_DELAY_S      seconds a /wake_up takes (the engine re-mapping its memory)
+
+Sleep mode (vLLM role), as vLLM documents and implements it. Sources, read at vLLM main in
+Dec 2026: docs/features/sleep_mode.md (levels, the level-2 wake sequence, `is_sleeping` true
+until every tag is awake and while scheduling is paused, "only available when passing
+VLLM_SERVER_DEV_MODE=1"), vllm/frontend/entrypoints/serve/dev/sleep/api_router.py (POST /sleep
+reads `level`, default "1", and `mode`, default "abort"; POST /wake_up reads repeated `tags`, none
+meaning all; GET /is_sleeping answers {"is_sleeping": bool}; both POSTs answer 200),
+vllm/frontend/entrypoints/serve/dev/rpc/api_router.py (POST /collective_rpc takes
+{"method", "args", "kwargs", "timeout"}, 400 without `method`, {"results": [...]} otherwise),
+vllm/engine/protocol.py `pause_generation` (mode "abort" aborts in-flight requests, which end
+with finish_reason "abort"; "wait" lets them finish) and vllm/v1/engine/async_llm.py
+`add_request` ("Respect pause state before accepting new requests": a request that arrives while
+the engine sleeps WAITS until it is woken; it is not rejected, and vLLM before the pause
+machinery crashed instead, vllm#15483). Without VLLM_SERVER_DEV_MODE=1 the routes are not
+attached, so they answer 404. What vLLM does on /sleep without `--enable-sleep-mode` depends on
+the release; the double refuses with 400 so a container that forgets the flag fails loudly.
+After a level-2 sleep the weights are gone: waking `weights` without `collective_rpc
+reload_weights` leaves garbage weights, and the double then answers with garbage tokens, so a
+test sees a wrong wake sequence.
 """
 
 from __future__ import annotations
@@ -38,6 +58,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -341,6 +362,26 @@ class EngineServer(http.server.ThreadingHTTPServer):
         self.started = time.time()
         self.healthy = FAIL != "never-healthy"
         self.lock = threading.Lock()
+        # Sleep mode (see the module docstring): tags asleep, whether scheduling is paused, whether
+        # the weights in GPU memory are the model's, and an epoch that aborts in-flight requests.
+        self.sleep_enabled = bool(getattr(args, "enable_sleep_mode", False))
+        self.dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE", "0") == "1"
+        self.sleep_changed = threading.Condition(self.lock)
+        self.sleeping_tags: set[str] = set()
+        self.paused = False
+        self.weights_valid = True
+        self.abort_epoch = 0
+        self.in_flight = 0
+        # What tests read: sleeps and wakes done, weights reloaded, requests that arrived asleep.
+        self.sleeps = 0
+        self.wakes = 0
+        self.reloads = 0
+        self.arrived_asleep = 0
+        # A test may close these gates to hold every /wake_up or /sleep until it opens them.
+        self.wake_gate = threading.Event()
+        self.wake_gate.set()
+        self.sleep_gate = threading.Event()
+        self.sleep_gate.set()
         if role == "vllm":
             self.model_name = args.served_model_name or args.model
             self.vllm: VllmMetrics | SglangMetrics = VllmMetrics(self.model_name)
@@ -393,9 +434,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # -- routes
 
+    def _dev_route(self) -> bool:
+        """True when the path is one of vLLM's dev-mode sleep routes (attached only then)."""
+        route = self.path.split("?", 1)[0]
+        return (
+            self.server.role == "vllm"
+            and self.server.dev_mode
+            and route in ("/sleep", "/wake_up", "/is_sleeping", "/collective_rpc")
+        )
+
     def do_GET(self) -> None:
         server = self.server
-        if self.path == "/health":
+        if self._dev_route() and self.path.split("?", 1)[0] == "/is_sleeping":
+            with server.lock:
+                asleep = server.paused or bool(server.sleeping_tags)
+            self._send_json(200, {"is_sleeping": asleep})
+        elif self.path == "/health":
             if server.healthy:
                 self._send_text(200, b"", "text/plain")
             else:
@@ -444,12 +498,95 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         server = self.server
         body = self._body()
-        if server.role != "tei" and self.path in ("/v1/completions", "/v1/chat/completions"):
-            self._generate(body, chat=self.path.endswith("chat/completions"))
+        route = self.path.split("?", 1)[0]  # a query string does not change the route
+        if self._dev_route():
+            self._sleep_route(body)
+        elif server.role != "tei" and route in ("/v1/completions", "/v1/chat/completions"):
+            self._generate(body, chat=route.endswith("chat/completions"))
         elif server.role == "tei" and self.path in ("/embed", "/v1/embeddings"):
             self._embed(body, openai=self.path == "/v1/embeddings")
         else:
             self._error(404, f"Not Found: {self.path}")
+
+    # -- vLLM sleep mode (dev routes)
+
+    def _sleep_route(self, body: dict[str, Any]) -> None:
+        server = self.server
+        route, _, query = self.path.partition("?")
+        params = urllib.parse.parse_qs(query)
+        if route == "/is_sleeping":
+            self._error(405, "Method Not Allowed")
+            return
+        if not server.sleep_enabled:
+            self._error(400, "Sleep mode is not enabled (start the engine with "
+                        "--enable-sleep-mode)")  # fmt: skip
+            return
+        if route == "/sleep":
+            self._sleep(params)
+        elif route == "/wake_up":
+            self._wake_up(params.get("tags") or None)
+        else:
+            self._collective_rpc(body)
+
+    def _sleep(self, params: dict[str, list[str]]) -> None:
+        server = self.server
+        try:
+            level = int(params.get("level", ["1"])[0])
+        except ValueError:
+            self._error(422, "level must be an integer")
+            return
+        mode = params.get("mode", ["abort"])[0]
+        if level not in (0, 1, 2) or mode not in ("abort", "wait"):
+            self._error(422, "level is 0, 1 or 2; the double models mode abort and wait")
+            return
+        server.sleep_gate.wait()
+        with server.sleep_changed:
+            server.paused = True
+            if mode == "abort":
+                server.abort_epoch += 1
+            server.sleep_changed.notify_all()
+            while server.in_flight:
+                server.sleep_changed.wait(0.05)
+            if level >= 1:
+                server.sleeping_tags = {"weights", "kv_cache"}
+            if level == 2:
+                server.weights_valid = False  # discarded, not backed up in host RAM
+            server.sleeps += 1
+        log(f"engine asleep (level {level}, mode {mode})")
+        self._send_text(200, b"", "application/json")
+
+    def _wake_up(self, tags: list[str] | None) -> None:
+        server = self.server
+        delay = float(os.environ.get("DOUBLE_WAKE_DELAY_S", "0"))
+        if delay:
+            time.sleep(delay)
+        server.wake_gate.wait()
+        with server.sleep_changed:
+            woken = set(tags) if tags is not None else set(server.sleeping_tags)
+            server.sleeping_tags -= woken
+            if not server.sleeping_tags:
+                server.paused = False
+                server.wakes += 1
+            server.sleep_changed.notify_all()
+        log(f"wake up the engine with tags: {tags}")
+        self._send_text(200, b"", "application/json")
+
+    def _collective_rpc(self, body: dict[str, Any]) -> None:
+        server = self.server
+        method = body.get("method")
+        if method is None:
+            self._send_json(400, {"detail": "Missing 'method' in request body"})
+            return
+        if method != "reload_weights":
+            self._error(500, f"the double does not model collective_rpc {method!r}")
+            return
+        with server.lock:
+            if "weights" in server.sleeping_tags:
+                self._error(500, "reload_weights into weights memory that is not mapped")
+                return
+            server.weights_valid = True
+            server.reloads += 1
+        self._send_json(200, {"results": [None]})
 
     # -- vLLM
 
@@ -472,6 +609,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
         prompt_tokens = max(1, len(prompt_text.split()))
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         stream = bool(body.get("stream"))
+        if not server.sleep_enabled:
+            self._generate_awake(
+                body, chat=chat, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                stream=stream, epoch=0, garbage=False,
+            )  # fmt: skip
+            return
+        with server.sleep_changed:
+            if server.paused or server.sleeping_tags:
+                server.arrived_asleep += 1
+            while server.paused or server.sleeping_tags:
+                server.sleep_changed.wait()
+            server.in_flight += 1
+            epoch = server.abort_epoch
+            garbage = not server.weights_valid
+        try:
+            self._generate_awake(
+                body, chat=chat, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                stream=stream, epoch=epoch, garbage=garbage,
+            )  # fmt: skip
+        finally:
+            with server.sleep_changed:
+                server.in_flight -= 1
+                server.sleep_changed.notify_all()
+
+    def _aborted(self, epoch: int) -> bool:
+        return self.server.abort_epoch != epoch
+
+    def _generate_awake(
+        self,
+        body: dict[str, Any],
+        *,
+        chat: bool,
+        prompt_tokens: int,
+        max_tokens: int,
+        stream: bool,
+        epoch: int,
+        garbage: bool,
+    ) -> None:
+        server = self.server
         values = server.vllm.values
         metrics = server.vllm
         metrics.running.labels(**values).inc()
@@ -479,19 +655,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
-        pieces = [f" tok{i}" for i in range(max_tokens)]
+        pieces = [" \ufffd" if garbage else f" tok{i}" for i in range(max_tokens)]
+        finish = "length"
         try:
             if stream:
-                first = self._stream(request_id, created, obj, pieces, chat=chat)
+                first, finish = self._stream(
+                    request_id, created, obj, pieces, chat=chat, epoch=epoch
+                )
             else:
-                time.sleep(TOKEN_DELAY_S * max_tokens)
+                made = 0
+                if not server.sleep_enabled:  # nothing can abort it: one sleep, as before
+                    time.sleep(TOKEN_DELAY_S * max_tokens)
+                    made = max_tokens
+                for _ in pieces[made:]:
+                    time.sleep(TOKEN_DELAY_S)
+                    if self._aborted(epoch):
+                        finish = "abort"
+                        break
+                    made += 1
                 first = started + TOKEN_DELAY_S
-                text = "".join(pieces)
+                text = "".join(pieces[:made])
                 choice = (
                     {"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "length"}
+                     "finish_reason": finish}
                     if chat
-                    else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+                    else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
                 )  # fmt: skip
                 self._send_json(
                     200,
@@ -517,7 +705,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         metrics.prompt_tokens.labels(**values).inc(prompt_tokens)
         metrics.generation_tokens.labels(**values).inc(max_tokens)
         metrics.prefix_queries.labels(**values).inc(prompt_tokens)
-        metrics.success.labels(**values, finished_reason="length").inc()
+        metrics.success.labels(**values, finished_reason=finish).inc()
         metrics.ttft.labels(**values).observe((first or ended) - started)
         metrics.e2e.labels(**values).observe(ended - started)
         metrics.queue_time.labels(**values).observe(0.0001)
@@ -527,17 +715,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             metrics.itl.labels(**values).observe(per_token)
 
     def _stream(
-        self, request_id: str, created: int, obj: str, pieces: list[str], *, chat: bool
-    ) -> float | None:
-        """Send one SSE event per token as it is made; return when the first one went out."""
+        self, request_id: str, created: int, obj: str, pieces: list[str], *, chat: bool, epoch: int
+    ) -> tuple[float | None, str]:
+        """Send one SSE event per token as it is made; return when the first one went out and
+        the finish reason ("abort" when the engine was put to sleep meanwhile)."""
         server = self.server
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         first = None
+        finish = "length"
         for index, piece in enumerate(pieces):
             time.sleep(TOKEN_DELAY_S)
+            if self._aborted(epoch):
+                finish = "abort"
+                break
             if first is None:
                 first = time.monotonic()
             if chat:
@@ -561,15 +754,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "created": created,
             "model": server.model_name,
             "choices": [
-                {"index": 0, "delta": {}, "finish_reason": "length"}
+                {"index": 0, "delta": {}, "finish_reason": finish}
                 if chat
-                else {"index": 0, "text": "", "finish_reason": "length"}
+                else {"index": 0, "text": "", "finish_reason": finish}
             ],
         }
         self._chunk(f"data: {json.dumps(last)}\n\n".encode())
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
-        return first
+        return first, finish
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -625,6 +818,7 @@ def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     # SGLang's flags.
     parser.add_argument("--model-path", default="")
     parser.add_argument("--context-length", type=int, default=None)

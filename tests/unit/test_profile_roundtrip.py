@@ -50,6 +50,7 @@ def test_schema_shape() -> None:
         "engine",
         "gpus",
         "embeddings",
+        "switching",
         "images",
         "ports",
         "gateway",
