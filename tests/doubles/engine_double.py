@@ -482,7 +482,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pieces = [f" tok{i}" for i in range(max_tokens)]
         try:
             if stream:
-                first = self._stream(request_id, created, obj, pieces, chat=chat)
+                options = body.get("stream_options") or {}
+                usage = (
+                    {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens,
+                     "total_tokens": prompt_tokens + max_tokens}
+                    if isinstance(options, dict) and options.get("include_usage")
+                    else None
+                )  # fmt: skip
+                first = self._stream(request_id, created, obj, pieces, chat=chat, usage=usage)
             else:
                 time.sleep(TOKEN_DELAY_S * max_tokens)
                 first = started + TOKEN_DELAY_S
@@ -527,9 +534,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             metrics.itl.labels(**values).observe(per_token)
 
     def _stream(
-        self, request_id: str, created: int, obj: str, pieces: list[str], *, chat: bool
+        self,
+        request_id: str,
+        created: int,
+        obj: str,
+        pieces: list[str],
+        *,
+        chat: bool,
+        usage: dict[str, int] | None = None,
     ) -> float | None:
-        """Send one SSE event per token as it is made; return when the first one went out."""
+        """Send one SSE event per token as it is made; return when the first one went out.
+
+        With `usage` (the request's `stream_options.include_usage`), a last event with empty
+        `choices` carries it, as vLLM sends it."""
         server = self.server
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
@@ -567,6 +584,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             ],
         }
         self._chunk(f"data: {json.dumps(last)}\n\n".encode())
+        if usage is not None:
+            tail = {key: last[key] for key in ("id", "object", "created", "model")}
+            tail.update(choices=[], usage=usage)
+            self._chunk(f"data: {json.dumps(tail)}\n\n".encode())
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
         return first
