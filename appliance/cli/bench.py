@@ -48,9 +48,15 @@ def _api_key(args: argparse.Namespace, required: bool) -> str | None:
         try:
             key: str = args.key_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise BadInputError(f"cannot read the key file {args.key_file}: {error}") from None
+            raise BadInputError(
+                f"cannot read the key file {args.key_file}: {error}",
+                hint="give a file holding one key from `appliance keys create`",
+            ) from None
         if not key:
-            raise BadInputError(f"the key file {args.key_file} is empty")
+            raise BadInputError(
+                f"the key file {args.key_file} is empty",
+                hint="give a file holding one key from `appliance keys create`",
+            )
         return key
     key = os.environ.get(KEY_ENV, "").strip()
     if key:

@@ -388,8 +388,14 @@ async def _preflight(upstream: Upstream, plan: BenchPlan, headers: Headers) -> N
             hint="start the stack with `appliance apply PROFILE` (or `appliance gateway`)",
         )
     if error.startswith("HTTP 4"):
-        raise BadInputError(f"the gateway refused the benchmark's request: {error}")
-    raise OperationFailedError(f"the first benchmark request failed: {error}")
+        raise BadInputError(
+            f"the gateway refused the benchmark's request: {error}",
+            hint="check the profile's model and max_model_len against --input-len/--output-len",
+        )
+    raise OperationFailedError(
+        f"the first benchmark request failed: {error}",
+        hint="see `appliance status PROFILE` and `appliance logs`",
+    )
 
 
 async def _run(
