@@ -166,6 +166,11 @@ def _cmd_bench(args: argparse.Namespace) -> ExitCode:
         slo=Slo(ttft_p95_s=args.slo_ttft, itl_p95_s=args.slo_itl / 1000.0),
         max_concurrency=max_concurrency,
     )
+    if args.url is None:
+        from dataclasses import replace
+
+        words = bench.prompt_words(profile, plan.workload)
+        plan = replace(plan, workload=replace(plan.workload, words=words))
     progress = _progress(sys.stderr.isatty() and not args.json)
     facts = bench.engine_facts(profile)
     if progress is not None:

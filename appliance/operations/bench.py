@@ -70,6 +70,7 @@ class Workload:
     endpoint: str = "chat"  # chat | completions
     ignore_eos: bool = True
     seed: int = 0
+    words: int | None = None  # words per prompt, when the engine's tokenizer was asked
 
     @property
     def path(self) -> bytes:
@@ -80,7 +81,7 @@ class Workload:
         rng = random.Random(self.seed)  # noqa: S311 - prompts, not secrets
         bodies = []
         for _ in range(count):
-            prompt = " ".join(rng.choices(_WORDS, k=self.input_len))
+            prompt = " ".join(rng.choices(_WORDS, k=self.words or self.input_len))
             payload: dict[str, Any] = {"model": self.model, "stream": True}
             payload["stream_options"] = {"include_usage": True}
             if self.endpoint == "chat":
@@ -342,7 +343,8 @@ def engine_facts(profile: Profile) -> EngineFacts:
     """The engine's version (its /version), the pinned image and the GPU driver, where known."""
     version = None
     try:
-        answer = httpx.get(f"http://127.0.0.1:{profile.spec.ports.vllm}/version", timeout=2.0)
+        url = f"http://127.0.0.1:{profile.spec.ports.vllm}/version"
+        answer = httpx.get(url, timeout=2.0, trust_env=False)
         if answer.status_code == 200:
             version = str(answer.json().get("version")) or None
     except (httpx.HTTPError, ValueError, AttributeError):
@@ -360,6 +362,24 @@ def engine_facts(profile: Profile) -> EngineFacts:
             driver = system.driver_version
             library.close()
     return EngineFacts(version=version, image=image, driver=driver)
+
+
+def prompt_words(profile: Profile, workload: Workload) -> int | None:
+    """How many of the prompt's words make `workload.input_len` tokens for the engine's own
+    tokenizer, asked through its `/tokenize` (vLLM's bench re-aligns its prompts the same way,
+    `_align_prompts_to_server_tokenizer`; the answer's `count` is vLLM 0.32's `TokenizeResponse`,
+    vllm/entrypoints/serve/tokenize/protocol.py); None when the engine does not answer it."""
+    sample = " ".join(random.Random(7).choices(_WORDS, k=256))  # noqa: S311 - not a secret
+    url = f"http://127.0.0.1:{profile.spec.ports.vllm}/tokenize"
+    body = {"model": workload.model, "prompt": sample, "add_special_tokens": False}
+    try:
+        answer = httpx.post(url, json=body, timeout=5.0, trust_env=False)
+        count = answer.json().get("count") if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if not isinstance(count, int) or count <= 0:
+        return None
+    return max(1, round(workload.input_len * 256 / count))
 
 
 def _headers(key: str | None) -> list[tuple[bytes, bytes]]:
@@ -421,6 +441,7 @@ async def _run(
                 endpoint=workload.endpoint,
                 ignore_eos=workload.ignore_eos,
                 seed=workload.seed + index + 1,
+                words=workload.words,
             ).bodies(plan.requests)
             progress = on_level(level, plan.requests) if on_level is not None else None
             if plan.mode == "concurrency":
