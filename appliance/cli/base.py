@@ -52,6 +52,9 @@ COMMANDS: Final[dict[str, Command]] = {
     ),
     "scrape": Command("monitor", "watch any vLLM or TEI server by URL"),
     "cost": Command("cost", "is this box paying for itself? cost per 1M tokens and break-even"),
+    "bench": Command(
+        "bench", "measure the running stack through its gateway: tokens/s, TTFT, ITL, goodput"
+    ),
     "export": Command(
         "export", "Prometheus scrape config, Grafana dashboard, or Kubernetes manifests"
     ),

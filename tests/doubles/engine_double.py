@@ -659,8 +659,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finish = "length"
         try:
             if stream:
+                options = body.get("stream_options") or {}
+                usage = (
+                    {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens,
+                     "total_tokens": prompt_tokens + max_tokens}
+                    if isinstance(options, dict) and options.get("include_usage")
+                    else None
+                )  # fmt: skip
                 first, finish = self._stream(
-                    request_id, created, obj, pieces, chat=chat, epoch=epoch
+                    request_id, created, obj, pieces, chat=chat, epoch=epoch, usage=usage
                 )
             else:
                 made = 0
@@ -715,10 +722,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             metrics.itl.labels(**values).observe(per_token)
 
     def _stream(
-        self, request_id: str, created: int, obj: str, pieces: list[str], *, chat: bool, epoch: int
+        self,
+        request_id: str,
+        created: int,
+        obj: str,
+        pieces: list[str],
+        *,
+        chat: bool,
+        epoch: int,
+        usage: dict[str, int] | None = None,
     ) -> tuple[float | None, str]:
         """Send one SSE event per token as it is made; return when the first one went out and
-        the finish reason ("abort" when the engine was put to sleep meanwhile)."""
+        the finish reason ("abort" when the engine was put to sleep meanwhile).
+
+        With `usage` (the request's `stream_options.include_usage`), a last event with empty
+        `choices` carries it, as vLLM sends it."""
         server = self.server
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
@@ -760,6 +778,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             ],
         }
         self._chunk(f"data: {json.dumps(last)}\n\n".encode())
+        if usage is not None:
+            tail = {key: last[key] for key in ("id", "object", "created", "model")}
+            tail.update(choices=[], usage=usage)
+            self._chunk(f"data: {json.dumps(tail)}\n\n".encode())
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
         return first, finish

