@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from appliance.gateway.upstream import Upstream, UpstreamError
+from appliance.gateway.upstream import Upstream, UpstreamError, fetch_whole
 from appliance.monitor.scrape import family_samples
 
 log = logging.getLogger("appliance.gateway")
@@ -68,14 +68,7 @@ class EngineProbe:
         return None if self._read_at is None else self._clock() - self._read_at
 
     async def _get(self, path: bytes) -> tuple[int, bytes]:
-        response = await self._origin.send(b"GET", path, [], b"")
-        try:
-            parts = []
-            while chunk := await response.next_chunk():
-                parts.append(chunk)
-            return response.status, b"".join(parts)
-        finally:
-            await response.aclose()
+        return await fetch_whole(self._origin, b"GET", path)
 
     async def probe_once(self) -> None:
         try:

@@ -37,7 +37,7 @@ from appliance.gateway.switching import (
     sleep_calls,
     wake_calls,
 )
-from appliance.gateway.upstream import Upstream, UpstreamError
+from appliance.gateway.upstream import Upstream, UpstreamError, fetch_whole
 from appliance.vocabulary import ModelState
 
 log = logging.getLogger("appliance.gateway")
@@ -308,14 +308,9 @@ class ModelSwitcher:
     async def _call(self, name: str, call: ControlCall) -> tuple[int, bytes]:
         headers = [(b"content-type", b"application/json")] if call.body else []
         try:
-            response = await self._control[name].send(call.method, call.path, headers, call.body)
-            try:
-                parts = []
-                while chunk := await response.next_chunk():
-                    parts.append(chunk)
-                return response.status, b"".join(parts)
-            finally:
-                await response.aclose()
+            return await fetch_whole(
+                self._control[name], call.method, call.path, headers, call.body
+            )
         except UpstreamError as error:
             raise SwitchError(f"{name}: {call.path.decode()}: {error}") from error
 

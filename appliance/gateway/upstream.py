@@ -98,6 +98,25 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def fetch_whole(
+    upstream: Upstream,
+    method: bytes,
+    path: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    """One small request to the engine for the gateway itself (health, sleep and wake calls):
+    its status and whole body, the connection given back."""
+    response = await upstream.send(method, path, headers, body)
+    try:
+        parts = []
+        while chunk := await response.next_chunk():
+            parts.append(chunk)
+        return response.status, b"".join(parts)
+    finally:
+        await response.aclose()
+
+
 # ---------------------------------------------------------------------------------- lean pool
 
 
