@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -434,15 +434,7 @@ async def _run(
         await _preflight(upstream, plan, headers)
         for index, level in enumerate(plan.levels):
             workload = plan.workload
-            bodies = Workload(
-                model=workload.model,
-                input_len=workload.input_len,
-                output_len=workload.output_len,
-                endpoint=workload.endpoint,
-                ignore_eos=workload.ignore_eos,
-                seed=workload.seed + index + 1,
-                words=workload.words,
-            ).bodies(plan.requests)
+            bodies = replace(workload, seed=workload.seed + index + 1).bodies(plan.requests)
             progress = on_level(level, plan.requests) if on_level is not None else None
             if plan.mode == "concurrency":
                 outcomes, duration = await run_level(
