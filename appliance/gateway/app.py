@@ -64,7 +64,7 @@ from appliance.gateway.policy import (
 from appliance.gateway.probe import EngineProbe
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
-from appliance.gateway.switcher import Held, ModelSwitcher
+from appliance.gateway.switcher import Held, ModelSwitcher, PinnedError, SwitchError
 from appliance.gateway.switching import held_goes_remote, retry_after_s
 from appliance.gateway.upstream import (
     Headers,
@@ -148,6 +148,10 @@ class Outcome(enum.StrEnum):
 
 
 _ADMIN_BODY_LIMIT = 64 * 1024  # {"mode": "auto"} needs a few bytes
+_ADMIN_MODEL_ACTIONS = frozenset({"wake", "sleep", "pin", "unpin"})
+_ADMIN_MODELS_USAGE = (
+    'Send a JSON body like {"model": "NAME", "action": "wake" | "sleep" | "pin" | "unpin"}.'
+)
 _WATCH_INTERVAL_S = 0.25  # how often the engine watch reads the health signals (no IO)
 # A stream of an engine known down is ended once it has been silent this long.
 _DEAD_STREAM_SILENCE_S = 2.0
@@ -165,7 +169,14 @@ _PROXIED = {
 # Never the path itself: labels from client text grow /metrics without bound and publish the
 # text (a key pasted into a URL, a prompt) on an endpoint that needs no key.
 ROUTES = frozenset(
-    {*(path.decode() for path in _PROXIED), "/v1/models", "/health", "/metrics", "/admin/fallback"}
+    {
+        *(path.decode() for path in _PROXIED),
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/admin/fallback",
+        "/admin/models",
+    }
 )
 
 
@@ -384,14 +395,36 @@ class _SwitchingCollector(Collector):
             "Requests held while their model wakes, per model.",
             labels=["model"],
         )
+        pinned = GaugeMetricFamily(
+            "appliance_gateway_model_pinned",
+            "1 on the model an admin pinned awake.",
+            labels=["model"],
+        )
+        wakes = CounterMetricFamily(
+            "appliance_gateway_model_wakes",
+            "Switches that woke each model.",
+            labels=["model"],
+        )
+        wake_seconds = GaugeMetricFamily(
+            "appliance_gateway_model_wake_seconds",
+            "The last switch to each model, all of it (what its held requests waited at least).",
+            labels=["model"],
+        )
         for name, current in switcher.states.items():
             for value in get_args(ModelState):
                 state.add_metric([name, value], 1.0 if value == current else 0.0)
             in_flight.add_metric([name], switcher.in_flight[name])
             held.add_metric([name], switcher.held[name])
+            pinned.add_metric([name], 1.0 if switcher.pinned == name else 0.0)
+            wakes.add_metric([name], switcher.wakes[name])
+            if name in switcher.wake_seconds:
+                wake_seconds.add_metric([name], switcher.wake_seconds[name])
         yield state
         yield in_flight
         yield held
+        yield pinned
+        yield wakes
+        yield wake_seconds
         yield CounterMetricFamily(
             "appliance_gateway_model_switches", "Switches from one chat model to another.",
             value=switcher.switches,
@@ -816,6 +849,8 @@ class GatewayApp:
             )
         elif path == b"/admin/fallback" and method in ("GET", "PUT"):
             await self._admin_fallback(scope, receive, send, method)
+        elif path == b"/admin/models" and method in ("GET", "POST"):
+            await self._admin_models(scope, receive, send, method)
         else:
             await self._refuse(send, path, 404, f"no route {method} {_shown(path)}", "not_found")
 
@@ -1027,6 +1062,43 @@ class GatewayApp:
         body = {**self._state.to_json(), "remote_configured": self.config.remote is not None}
         await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
 
+    async def _admin_models(self, scope: Scope_, receive: Receive, send: Send, method: str) -> None:
+        """Several chat models, for an admin: GET shows the switcher's report; POST
+        {"model": NAME, "action": "wake" | "sleep" | "pin" | "unpin"} carries one order out and
+        answers once it is done (a wake or pin after the switch, bounded by the engines' own
+        timeouts). Never reachable without the admin key, like /admin/fallback."""
+        route = "/admin/models"
+        if not self._is_admin(self._bearer(scope)):
+            await self._unauthorized(send, route, "This endpoint needs the admin key.")
+            return
+        switcher = self.switcher
+        refusal: _Refusal | None
+        if switcher is None:
+            refusal = _Refusal(
+                404, "This profile has no switched chat models (spec.switching).", "no_switching"
+            )
+        elif method == "POST":
+            try:
+                order = await _read_body(receive, _ADMIN_BODY_LIMIT)
+            except _TooLargeError:
+                await self._too_large(send, route, _ADMIN_BODY_LIMIT)
+                return
+            except _ClientGoneError:
+                return
+            refusal = await _carry_out(switcher, order)
+        else:
+            refusal = None
+        if refusal is not None:
+            outcome = Outcome.UNAVAILABLE if refusal.status >= 500 else Outcome.BAD_REQUEST
+            self.metrics.count(route, "none", outcome)
+            kind = "server_error" if refusal.status >= 500 else "invalid_request_error"
+            body = error_body(refusal.message, kind, refusal.code, refusal.param)
+            await _send_bytes(send, refusal.status, body, _LOCAL)
+            return
+        assert switcher is not None
+        self.metrics.count(route, "none", Outcome.OK)
+        await _send_bytes(send, 200, json.dumps(switcher.report()).encode(), _LOCAL)
+
     async def _too_large(self, send: Send, route: str, limit: int) -> None:
         await self._refuse_route(
             send, route, 413, f"Request body larger than {limit} bytes.", "request_too_large"
@@ -1159,11 +1231,10 @@ class GatewayApp:
         )
         if remote:
             return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_ASLEEP), exchange)
-        why = (
-            f"{switcher.held_total} requests are already held for sleeping models"
-            if held is Held.FULL
-            else "it did not wake in time"
-        )
+        why = {
+            Held.FULL: f"{switcher.held_total} requests are already held for sleeping models",
+            Held.PINNED: f"an admin pinned {switcher.pinned!r} awake",
+        }.get(held, "it did not wake in time")
         retry = retry_after_s(switcher.rules)
         return await self._fail(
             exchange,
@@ -1536,3 +1607,45 @@ def _map_model(body: bytes, remote: RemoteConfig) -> bytes:
         document["model"] = model_map[model]
         return json.dumps(document, ensure_ascii=False).encode()
     return body
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why an admin's order was not carried out, as the HTTP answer says it."""
+
+    status: int
+    message: str
+    code: str
+    param: str | None = None
+
+
+async def _carry_out(switcher: ModelSwitcher, raw: bytes) -> _Refusal | None:
+    """Read one order for the switched models and carry it out; None when it was done."""
+    try:
+        order = json.loads(raw)
+        model, action = str(order["model"]), str(order["action"])
+    except (ValueError, KeyError, TypeError):
+        return _Refusal(400, _ADMIN_MODELS_USAGE, "invalid_order")
+    if action not in _ADMIN_MODEL_ACTIONS:
+        return _Refusal(400, _ADMIN_MODELS_USAGE, "invalid_action", "action")
+    if model not in switcher:
+        known = ", ".join(switcher.states)
+        return _Refusal(
+            404, f"{model!r} is not a switched model (these are: {known}).", "model_not_found",
+            "model",
+        )  # fmt: skip
+    try:
+        if action == "wake":
+            await switcher.wake(model)
+        elif action == "sleep":
+            await switcher.sleep(model)
+        elif action == "pin":
+            await switcher.pin(model)
+        else:
+            switcher.unpin()
+    except PinnedError as error:
+        return _Refusal(409, str(error), "model_pinned", "model")
+    except SwitchError as error:
+        return _Refusal(502, str(error), "switch_failed")
+    log.info("admin: %s %s", action, model)
+    return None
