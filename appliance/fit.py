@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from appliance.catalog import GpuSpec, load_catalog
 from appliance.cpu_target import CpuEstimate, estimate_cpu
@@ -37,14 +38,16 @@ from appliance.sizing import (
     SwitchedEngine,
     SwitchingFit,
     check_rules,
+    choose_sleep_level,
     cuda_total_bytes,
     estimate_memory,
     loaded_weight_bytes,
     sleeping_residual_bytes,
+    sleeping_weight_bytes,
     switching_fit,
     tei_memory_bytes,
 )
-from appliance.vocabulary import KvCacheDtype, Quantization
+from appliance.vocabulary import KvCacheDtype, Quantization, SleepLevel
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # What a checkpoint format costs in quality against BF16, in the recommender's points; also the
@@ -771,13 +774,18 @@ def fit_switching(
                 weight_bytes=model.weight_bytes if model is not None else None,
             )
         )
+    level, reason = sleep_level_for(
+        switching.sleep_level, [e.weight_bytes for e in engines], box.host.memory_total_bytes
+    )
     verdict = switching_fit(
         engines,
         gpu_memory_bytes=target.memory_bytes,
         other_processes_bytes=tei_bytes_beside_chat(profile, box),
         host_memory_bytes=box.host.memory_total_bytes,
-        sleep_level=switching.sleep_level,
+        sleep_level=level,
     )
+    if reason:
+        verdict = dataclasses.replace(verdict, sleep_level=level, sleep_reason=reason)
     if not verdict.fits:
         hint = (
             "lower gpu_memory_utilization (spec.engine's or the switched model's), or drop a "
@@ -787,3 +795,16 @@ def fit_switching(
         )
         raise RefusedError(verdict.reason, hint)
     return verdict
+
+
+def sleep_level_for(
+    asked: SleepLevel | Literal["auto"],
+    weights: Sequence[int | None],
+    host_memory_bytes: int | None,
+) -> tuple[SleepLevel, str]:
+    """The sleep level several chat models use: the profile's, or (auto) the one
+    `sizing.choose_sleep_level` picks from the host's RAM; the reason ("" when the profile
+    set it). `weights`: each chat model's weight bytes (None: not known)."""
+    if asked != "auto":
+        return asked, ""
+    return choose_sleep_level(sleeping_weight_bytes(weights), host_memory_bytes)

@@ -218,11 +218,13 @@ class SwitchingSpec(_Model):
         examples=[[{"repo": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "quantization": "awq",
                     "port": 8010}]],
     )  # fmt: skip
-    sleep_level: SleepLevel = Field(
+    sleep_level: SleepLevel | Literal["auto"] = Field(
         default=1,
         description="1 keeps a sleeping model's weights in host RAM (fast wake; needs the RAM), "
-        "2 drops them (the wake reloads them from disk).",
-        examples=[1],
+        "2 drops them (the wake reloads them from disk); auto: 1 where the sleeping models' "
+        "weights fit the host's RAM with a quarter of it to spare, else 2 (`plan` says which "
+        "and why).",
+        examples=[1, "auto"],
     )
     hold_max_requests: Annotated[StrictInt, Ge(1), Le(100_000)] = Field(
         default=64,

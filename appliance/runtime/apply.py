@@ -33,9 +33,9 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from appliance.catalog import Catalog, load_catalog
 from appliance.clock import BlockingClock
@@ -59,6 +59,9 @@ from appliance.runtime.model import SET_ASIDE_MARK, ContainerSpec, ObservedConta
 from appliance.runtime.plan import Action, Plan, make_plan
 from appliance.runtime.specs import SpecOptions, container_name, container_specs
 from appliance.vocabulary import SleepLevel
+
+if TYPE_CHECKING:
+    from appliance.sizing import SwitchingFit
 
 __all__ = [
     "DEFAULT_HEALTH_DEADLINES_S",
@@ -328,7 +331,7 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
     check_fits(profile, box)
 
 
-def check_fits(profile: Profile, box: Box) -> None:
+def check_fits(profile: Profile, box: Box) -> SwitchingFit | None:
     """vLLM's refusals that sizing predicts (`fit.fit_profile`): hard rules (TP vs heads,
     quantization vs GPU) and a KV cache too small for one max_model_len sequence, on the GPUs
     the profile gives vLLM with TEI's share taken out (or in RAM on the CPU target). `plan`
@@ -350,15 +353,16 @@ def check_fits(profile: Profile, box: Box) -> None:
         error.message += "; nothing was changed"
         error.args = (error.message,)
         raise
-    if switching is not None:
-        models = [resolve_profile_model(view) for view in (profile, *views)]
-        try:
-            fit_switching(profile, box, models)
-        except RefusedError as error:
-            error.message = f"the chat models do not fit together: {error.message}"
-            error.message += "; nothing was changed"
-            error.args = (error.message,)
-            raise
+    if switching is None:
+        return None
+    models = [resolve_profile_model(view) for view in (profile, *views)]
+    try:
+        return fit_switching(profile, box, models)
+    except RefusedError as error:
+        error.message = f"the chat models do not fit together: {error.message}"
+        error.message += "; nothing was changed"
+        error.args = (error.message,)
+        raise
 
 
 # ------------------------------------------------------------------------------------ execution
@@ -568,9 +572,12 @@ def plan_profile(
     nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
     engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
     """
-    check_fits(profile, box)
+    together = check_fits(profile, box)
     observed = engine.managed_containers() if engine is not None else []
-    return make_plan(_desired(profile, box, catalog, options), observed)
+    plan = make_plan(_desired(profile, box, catalog, options), observed)
+    if together is not None and together.sleep_reason:
+        plan = replace(plan, notes=(*plan.notes, together.sleep_reason))
+    return plan
 
 
 def _desired(
@@ -636,7 +643,7 @@ def apply_profile(
             progress=report,
             check_fit=not fit_checked,
         )
-        turns = SleepTurns.of(profile, engine_call, report)
+        turns = SleepTurns.of(profile, engine_call, report, box.host.memory_total_bytes)
         with interrupts.deferred():
             if turns is not None:
                 turns.before(plan)
@@ -673,7 +680,11 @@ class SleepTurns:
 
     @classmethod
     def of(
-        cls, profile: Profile, call: Callable[[str, str, bytes], bool], progress: Progress
+        cls,
+        profile: Profile,
+        call: Callable[[str, str, bytes], bool],
+        progress: Progress,
+        host_memory_bytes: int | None = None,
     ) -> SleepTurns | None:
         switching = profile.spec.switching
         if switching is None:
@@ -683,7 +694,12 @@ class SleepTurns:
         origins = {main: f"http://127.0.0.1:{profile.spec.ports.vllm}"}
         for n, model in enumerate(switching.models, start=2):
             origins[container_name(name, f"vllm-{n}")] = f"http://127.0.0.1:{model.port}"
-        return cls(origins, main, switching.sleep_level, call, progress)
+        level = switching.sleep_level
+        if level == "auto":
+            from appliance.local_model import profile_sleep_level
+
+            level = profile_sleep_level(profile, host_memory_bytes)[0]
+        return cls(origins, main, level, call, progress)
 
     def _starts_engine(self, plan: Plan) -> bool:
         return any(a.kind in ("create", "replace") and a.name in self.origins for a in plan.actions)

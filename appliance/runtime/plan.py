@@ -72,6 +72,9 @@ class Action:
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    # What the plan decided besides the containers, one line each (the sleep level auto chose,
+    # how a model update is served), shown after the actions.
+    notes: tuple[str, ...] = ()
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -83,12 +86,17 @@ class Plan:
         return not self.changes
 
     def render(self) -> str:
+        notes = [f"note: {note}" for note in self.notes]
         if self.is_noop:
-            return "no changes: every container is running as the profile asks"
-        return "\n".join(action.render() for action in self.actions)
+            return "\n".join(["no changes: every container is running as the profile asks", *notes])
+        return "\n".join([*(action.render() for action in self.actions), *notes])
 
     def to_json(self) -> dict[str, Any]:
-        return {"changes": not self.is_noop, "actions": [a.to_json() for a in self.actions]}
+        return {
+            "changes": not self.is_noop,
+            "actions": [a.to_json() for a in self.actions],
+            "notes": list(self.notes),
+        }
 
 
 def _flags(argv: Sequence[str]) -> dict[str, str]:
