@@ -25,6 +25,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import time
 from collections.abc import (
     AsyncIterator,
@@ -63,6 +64,7 @@ from appliance.gateway.policy import (
 )
 from appliance.gateway.probe import EngineProbe
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
+from appliance.gateway.rollout import Rollout, read_rollout
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
 from appliance.gateway.switcher import Held, ModelSwitcher, PinnedError, SwitchError
 from appliance.gateway.switching import held_goes_remote, retry_after_s
@@ -463,6 +465,8 @@ class _Target:
     last_failure: float | None = None
     healthy: bool | None = None  # as last logged by the engine watch
     streams: dict[_Exchange, UpstreamResponse] = field(default_factory=dict)
+    in_flight: int = 0  # requests sent and not yet answered in full (a model update waits)
+    upstream_url: str | None = None  # set when a model update made it (blue/green)
 
 
 @dataclass(eq=False)  # one per request, hashed by identity (a key of `_Target.streams`)
@@ -541,6 +545,16 @@ class GatewayApp:
         )
         self._models_bodies: dict[tuple[FallbackMode, bool, bool], bytes] = {}
         self._started = False
+        # Model updates (gateway.rollout): what apply last said, the chat engines replaced by a
+        # blue/green switch (closed once their requests are through), the requests held while
+        # the chat engine is replaced in place, and the event that releases them.
+        self._rollout = Rollout()
+        self._rollout_signature: FileSignature | None = None
+        self._retired: list[_Target] = []
+        self._update_held = 0
+        self._serving = asyncio.Event()
+        self._serving.set()
+        self._probe_task: asyncio.Task[None] | None = None
 
     # -- lifecycle
 
@@ -614,7 +628,7 @@ class GatewayApp:
             )
             probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
             self._signal = probe
-            self._tasks.append(loop.create_task(probe.run(), name="gateway-engine-probe"))
+            self._probe_task = loop.create_task(probe.run(), name="gateway-engine-probe")
         if (
             self._embeddings_signal is None
             and config.embeddings_upstream is not None
@@ -630,6 +644,7 @@ class GatewayApp:
             )
             self._embeddings_signal = tei_probe
             self._tasks.append(loop.create_task(tei_probe.run(), name="gateway-embeddings-probe"))
+        self._follow_rollout()
         self._tasks.append(loop.create_task(self._watch_engines(), name="gateway-engine-watch"))
         self._tasks.append(loop.create_task(self._refresh_loop(), name="gateway-file-refresh"))
         for index, companion in enumerate(self._background):
@@ -679,6 +694,11 @@ class GatewayApp:
         await self.switcher.start()
 
     async def shutdown(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         if self.switcher is not None:
             await self.switcher.stop()
             self.switcher = None
@@ -746,6 +766,98 @@ class GatewayApp:
                 self.refresh_files()
             except ApplianceError as error:
                 log.error("keeping the previous fallback mode: %s", error.message)
+            self._follow_rollout()
+            await self._close_retired()
+
+    # -- model updates (gateway.rollout)
+
+    def _follow_rollout(self) -> None:
+        """Take up what apply wrote: a new chat engine to send requests to (blue/green), or
+        the chat engine being replaced in place (hold, or the remote API)."""
+        path = self.config.rollout_file
+        if path is None or self._chat is None:
+            return
+        signature = FileSignature.of(path)
+        if signature == self._rollout_signature:
+            return
+        self._rollout_signature = signature
+        try:
+            rollout = read_rollout(path)
+        except ApplianceError as error:
+            log.error("keeping the chat engine as it is: %s", error.message)
+            return
+        current = self._chat.upstream_url or self.config.chat_upstream
+        wanted = rollout.chat_upstream or self.config.chat_upstream
+        if wanted != current:
+            self._switch_chat(wanted)
+        if rollout.updating != self._rollout.updating:
+            log.info(
+                "chat engine %s", "being replaced: holding its requests" if rollout.updating
+                else "replaced: serving again",
+            )  # fmt: skip
+        if rollout.updating:
+            self._serving.clear()
+        else:
+            self._serving.set()
+        self._rollout = rollout
+
+    def _switch_chat(self, url: str) -> None:
+        """Send every new chat request to `url`; the engine before keeps its requests in
+        flight until they are through (`_close_retired`)."""
+        old = self._chat
+        assert old is not None
+        config = self.config
+        pool = self._own(
+            LeanPool(
+                url, config.local_timeouts, max_connections=config.max_connections_per_upstream
+            )
+        )
+        self._chat = _Target("chat", pool, old.rules, upstream_url=url)
+        for name, target in self._switched.items():
+            if target is old:
+                self._switched[name] = self._chat
+        self._retired.append(old)
+        log.info("chat engine is now %s (model update)", url)
+        if self._probe_task is not None:  # the gateway's own probe reads the new engine
+            self._probe_task.cancel()
+            quick = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0)
+            probe_origin = self._own(LeanPool(origin(url), quick, max_connections=4))
+            probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
+            self._signal = probe
+            self._probe_task = asyncio.get_running_loop().create_task(
+                probe.run(), name="gateway-engine-probe"
+            )
+
+    async def _close_retired(self) -> None:
+        for target in [t for t in self._retired if t.in_flight <= 0 and not t.streams]:
+            self._retired.remove(target)
+            if target.upstream in self._owned:
+                self._owned.remove(target.upstream)
+                await target.upstream.aclose()
+
+    def _rollout_report(self) -> dict[str, object]:
+        chat = self._chat
+        return {
+            "chat_upstream": (chat.upstream_url if chat else None) or self.config.chat_upstream,
+            "updating": self._rollout.updating,
+            "held": self._update_held,
+            "in_flight": chat.in_flight if chat else 0,
+            "retired_in_flight": sum(t.in_flight for t in self._retired),
+        }
+
+    async def _until_serving(self) -> bool:
+        """Hold a chat request while the chat engine is replaced in place: True once it
+        serves again; False when the held requests are at their bound or the wait ran out."""
+        if self._update_held >= self.config.update_hold_max_requests:
+            return False
+        self._update_held += 1
+        try:
+            await asyncio.wait_for(self._serving.wait(), self.config.update_hold_timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            self._update_held -= 1
+        return True
 
     # -- the engines' health
 
@@ -998,6 +1110,7 @@ class GatewayApp:
         }
         if self.switcher is not None:
             body["switching"] = self.switcher.report()
+        body["rollout"] = self._rollout_report()
         status = 503 if monitor == "stale" else 200
         await _send_bytes(send, status, json.dumps(body).encode(), _LOCAL)
 
@@ -1184,6 +1297,10 @@ class GatewayApp:
         return model if model is not None and model in known else OTHER_MODEL
 
     async def _route(self, kind: Kind, exchange: _Exchange) -> Outcome:
+        if kind is Kind.CHAT and not self._serving.is_set() and self._updated_model(exchange):
+            outcome = await self._during_update(exchange)
+            if outcome is not None:
+                return outcome
         target = self._chat if kind is Kind.CHAT else self._embeddings
         if target is None:
             return await self._fail(
@@ -1208,14 +1325,54 @@ class GatewayApp:
         if route.is_fallback:
             return await self._to_remote(route, exchange)
         if switcher is None or switched is None:
-            return await self._local(target, mode, exchange)
+            return await self._counted_local(target, mode, exchange)
         held = await switcher.acquire(switched)
         if held is not Held.READY:
             return await self._not_woken(switched, held, mode, exchange)
         try:
-            return await self._local(target, mode, exchange)
+            return await self._counted_local(target, mode, exchange)
         finally:
             switcher.release(switched)
+
+    async def _counted_local(
+        self, target: _Target, mode: FallbackMode, exchange: _Exchange
+    ) -> Outcome:
+        target.in_flight += 1
+        try:
+            return await self._local(target, mode, exchange)
+        finally:
+            target.in_flight -= 1
+
+    def _updated_model(self, exchange: _Exchange) -> bool:
+        """Whether a chat request is for the engine being replaced (not another switched
+        model's, which runs on its own engine)."""
+        switcher = self.switcher
+        if switcher is None:
+            return True
+        model = _model_of(exchange.body)
+        return model is None or model not in switcher or self._switched.get(model) is self._chat
+
+    async def _during_update(self, exchange: _Exchange) -> Outcome | None:
+        """The chat engine is being replaced in place: the remote API in auto or always mode
+        when it serves the model, else hold (bounded) until the new engine serves; None to
+        route as usual once it does, else 503 with Retry-After."""
+        mode = self.mode
+        if held_goes_remote(
+            FallbackMode.AUTO if mode is FallbackMode.ALWAYS else mode,
+            remote_configured=self.config.remote is not None,
+            served_remotely=self._served_remotely(exchange),
+        ):
+            return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_UPDATING), exchange)
+        if await self._until_serving():
+            return None
+        retry = max(1, math.ceil(self.config.update_hold_timeout_s))
+        return await self._fail(
+            exchange,
+            503,
+            f"The chat model is being updated; retry in {retry} s.",
+            code="model_updating",
+            extra=[(b"retry-after", str(retry).encode())],
+        )
 
     async def _not_woken(
         self, model: str, held: Held, mode: FallbackMode, exchange: _Exchange

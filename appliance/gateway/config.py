@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import read_private_secret
 from appliance.gateway.policy import RoutingRules
+from appliance.gateway.rollout import ROLLOUT_FILE
 from appliance.gateway.switching import SwitchRules
 from appliance.vocabulary import FallbackMode, SleepLevel
 
@@ -179,6 +180,11 @@ class GatewayConfig:
     max_connections_per_upstream: int = 1024
     client: ClientLimits = ClientLimits()
     switching: SwitchingConfig | None = None
+    # Model updates (issue #19 point 3): where apply says which chat engine serves and whether
+    # it is being replaced in place; requests held meanwhile, and for how long at most.
+    rollout_file: Path | None = None
+    update_hold_max_requests: int = 64
+    update_hold_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
@@ -275,6 +281,7 @@ class GatewayConfig:
             max_signal_age_s=fallback.metrics_max_age_seconds,
             local_timeouts=_timeouts(gateway.timeouts),
             switching=switching,
+            rollout_file=directory / ROLLOUT_FILE,
         )
 
     @property
