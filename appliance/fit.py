@@ -808,3 +808,26 @@ def sleep_level_for(
     if asked != "auto":
         return asked, ""
     return choose_sleep_level(sleeping_weight_bytes(weights), host_memory_bytes)
+
+
+def fits_beside(profile: Profile, box: Box, old_utilization: float) -> tuple[bool, str]:
+    """Whether a model update's new chat engine fits beside the old one (blue/green): vLLM
+    takes gpu_memory_utilization of each GPU's memory when it starts, so the two shares, and
+    TEI's on the same GPU, must fit together. The reason is one line with the numbers."""
+    if profile.spec.engine.device == "cpu":
+        return False, "the chat engine runs on the CPU, where two copies of the model do not fit"
+    target = gpu_target_for_profile(profile, box)
+    if target is None:
+        return False, "no GPU to size the two engines on"
+    memory = target.memory_bytes
+    new = profile.spec.engine.gpu_memory_utilization
+    tei = tei_bytes_beside_chat(profile, box)
+    need = int((old_utilization + new) * memory) + tei
+    beside = f" + TEI {tei / GIB:.1f} GiB" if tei else ""
+    numbers = (
+        f"old {old_utilization:.2f} + new {new:.2f} of {memory / GIB:.1f} GiB{beside} = "
+        f"{need / GIB:.1f} GiB per GPU"
+    )
+    if need <= memory:
+        return True, f"both engines fit: {numbers}"
+    return False, f"both engines do not fit: {numbers} > {memory / GIB:.1f} GiB"

@@ -537,6 +537,13 @@ class PortsSpec(_Model):
         examples=[8000],
     )
     tei: Port = Field(default=8001, description="TEI on 127.0.0.1.", examples=[8001])
+    vllm_update: Port = Field(
+        default=8100,
+        description="A model update's second chat port on 127.0.0.1: apply starts the new chat "
+        "engine there beside the old one when both fit (blue/green), and the two ports take "
+        "turns from then on.",
+        examples=[8100],
+    )
     gateway: Port = Field(
         default=8080,
         description="The gateway, on spec.gateway.host: the URL clients use.",
@@ -547,7 +554,7 @@ class PortsSpec(_Model):
     def _unique(self) -> PortsSpec:
         issues: list[_Issue] = []
         owner: dict[int, str] = {}
-        for name in ("vllm", "tei", "gateway"):
+        for name in ("vllm", "tei", "gateway", "vllm_update"):
             port = getattr(self, name)
             if port in owner:
                 issues.append(

@@ -49,11 +49,16 @@ class Action:
     container: ObservedContainer | None = None  # the existing one (replace, remove, keep)
     changes: tuple[FieldChange, ...] = ()
     reason: str = ""
+    # A model update (issue #19): the new engine starts beside the old one, which keeps
+    # serving until the gateway has moved to the new one (blue/green).
+    beside: bool = False
 
     def render(self) -> str:
         line = f"{self.kind:<8} {self.role:<5} {self.name}"
         if self.reason:
             line += f"  ({self.reason})"
+        if self.beside:
+            line += "  [blue/green: beside the old one]"
         return "\n".join([line, *(f"           {change.render()}" for change in self.changes)])
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +68,7 @@ class Action:
             "name": self.name,
             "container_id": self.container.id if self.container else None,
             "reason": self.reason,
+            "beside": self.beside,
             "changes": [
                 {"field": c.field, "before": c.before, "after": c.after} for c in self.changes
             ],
@@ -97,6 +103,20 @@ class Plan:
             "actions": [a.to_json() for a in self.actions],
             "notes": list(self.notes),
         }
+
+
+def utilization_of(container: ObservedContainer) -> float | None:
+    """The --gpu-memory-utilization a running chat engine was started with (vLLM's own
+    default, 0.9, when its command does not say); None when its spec is not readable."""
+    if container.spec_json is None:
+        return None
+    try:
+        command = json.loads(container.spec_json).get("command") or []
+        flags = _flags([str(item) for item in command])
+        value = flags.get("--gpu-memory-utilization") or flags.get("--mem-fraction-static")
+        return 0.9 if value is None else float(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def _flags(argv: Sequence[str]) -> dict[str, str]:
