@@ -543,7 +543,9 @@ class GatewayHandover:
             if report is None:
                 return False
             rollout = report.get("rollout")
-            if isinstance(rollout, Mapping) and check(rollout):
+            if not isinstance(rollout, Mapping):
+                return False  # not a gateway that follows rollouts: nothing to wait for
+            if check(rollout):
                 return True
             if clock.monotonic() >= end:
                 return False
@@ -807,8 +809,10 @@ def _planned(
     )
     ports = profile.spec.ports
     if fits:
-        now = _chat_port_now(profile, observed)
-        other = ports.vllm_update if now == ports.vllm else ports.vllm
+        running = set(action.container.host_ports.values())
+        # The port it does not run on; the profile's own when it runs on neither (the
+        # profile moved spec.ports.vllm).
+        other = ports.vllm_update if ports.vllm in running else ports.vllm
         spec = with_host_port(action.spec, other)
         beside = replace(action, spec=spec, beside=True)
         actions = (*plan.actions[:index], beside, *plan.actions[index + 1 :])
