@@ -112,3 +112,16 @@ def test_a_new_model_that_does_not_fit_beside_is_replaced_in_place_and_the_plan_
     remote = _profile(tmp_path, 0.8, length=8192, remote=True)
     (note,) = plan_profile(remote, BOX, _engine(old)).notes  # type: ignore[arg-type]
     assert "sends chat requests to the remote API while fallback is auto or always" in note
+
+
+def test_a_profile_that_moves_the_chat_port_starts_the_new_engine_there(tmp_path: Path) -> None:
+    old = _running(_chat(_profile(tmp_path, 0.4)))
+    moved = parse_profile(
+        TEXT.format(util=0.4, length=4096, state=tmp_path / "state", remote="")
+        + "  ports: {vllm: 8200}\n",
+        "upd.yaml",
+    )
+    (action,) = plan_profile(moved, BOX, _engine(old)).actions  # type: ignore[arg-type]
+    assert action.beside
+    assert action.spec is not None
+    assert action.spec.ports[0].host_port == 8200
