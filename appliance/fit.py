@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from appliance.catalog import GpuSpec, load_catalog
 from appliance.cpu_target import CpuEstimate, estimate_cpu
@@ -37,14 +38,16 @@ from appliance.sizing import (
     SwitchedEngine,
     SwitchingFit,
     check_rules,
+    choose_sleep_level,
     cuda_total_bytes,
     estimate_memory,
     loaded_weight_bytes,
     sleeping_residual_bytes,
+    sleeping_weight_bytes,
     switching_fit,
     tei_memory_bytes,
 )
-from appliance.vocabulary import KvCacheDtype, Quantization
+from appliance.vocabulary import KvCacheDtype, Quantization, SleepLevel
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # What a checkpoint format costs in quality against BF16, in the recommender's points; also the
@@ -771,13 +774,18 @@ def fit_switching(
                 weight_bytes=model.weight_bytes if model is not None else None,
             )
         )
+    level, reason = sleep_level_for(
+        switching.sleep_level, [e.weight_bytes for e in engines], box.host.memory_total_bytes
+    )
     verdict = switching_fit(
         engines,
         gpu_memory_bytes=target.memory_bytes,
         other_processes_bytes=tei_bytes_beside_chat(profile, box),
         host_memory_bytes=box.host.memory_total_bytes,
-        sleep_level=switching.sleep_level,
+        sleep_level=level,
     )
+    if reason:
+        verdict = dataclasses.replace(verdict, sleep_level=level, sleep_reason=reason)
     if not verdict.fits:
         hint = (
             "lower gpu_memory_utilization (spec.engine's or the switched model's), or drop a "
@@ -787,3 +795,39 @@ def fit_switching(
         )
         raise RefusedError(verdict.reason, hint)
     return verdict
+
+
+def sleep_level_for(
+    asked: SleepLevel | Literal["auto"],
+    weights: Sequence[int | None],
+    host_memory_bytes: int | None,
+) -> tuple[SleepLevel, str]:
+    """The sleep level several chat models use: the profile's, or (auto) the one
+    `sizing.choose_sleep_level` picks from the host's RAM; the reason ("" when the profile
+    set it). `weights`: each chat model's weight bytes (None: not known)."""
+    if asked != "auto":
+        return asked, ""
+    return choose_sleep_level(sleeping_weight_bytes(weights), host_memory_bytes)
+
+
+def fits_beside(profile: Profile, box: Box, old_utilization: float) -> tuple[bool, str]:
+    """Whether a model update's new chat engine fits beside the old one (blue/green): vLLM
+    takes gpu_memory_utilization of each GPU's memory when it starts, so the two shares, and
+    TEI's on the same GPU, must fit together. The reason is one line with the numbers."""
+    if profile.spec.engine.device == "cpu":
+        return False, "the chat engine runs on the CPU, where two copies of the model do not fit"
+    target = gpu_target_for_profile(profile, box)
+    if target is None:
+        return False, "no GPU to size the two engines on"
+    memory = target.memory_bytes
+    new = profile.spec.engine.gpu_memory_utilization
+    tei = tei_bytes_beside_chat(profile, box)
+    need = int((old_utilization + new) * memory) + tei
+    beside = f" + TEI {tei / GIB:.1f} GiB" if tei else ""
+    numbers = (
+        f"old {old_utilization:.2f} + new {new:.2f} of {memory / GIB:.1f} GiB{beside} = "
+        f"{need / GIB:.1f} GiB per GPU"
+    )
+    if need <= memory:
+        return True, f"both engines fit: {numbers}"
+    return False, f"both engines do not fit: {numbers} > {memory / GIB:.1f} GiB"

@@ -27,7 +27,7 @@ from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant, load_c
 from appliance.config_defaults import TEXT_MODEL_TYPE, with_defaults
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.sizing import ResolvedModel
-from appliance.vocabulary import Quantization
+from appliance.vocabulary import Quantization, SleepLevel
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -512,3 +512,21 @@ def safetensors_payload_bytes(path: Path) -> int:
             raise BadInputError(f"{path}: tensor {name!r} has no data_offsets")
         total += int(offsets[1]) - int(offsets[0])
     return total
+
+
+def profile_sleep_level(profile: Profile, host_memory_bytes: int | None) -> tuple[SleepLevel, str]:
+    """`sleep_level_for` a profile's chat models, resolved from the catalog (apply's turns and
+    the gateway use the level `plan` shows)."""
+    from appliance.fit import sleep_level_for
+
+    switching = profile.spec.switching
+    if switching is None:
+        return 1, ""
+    if switching.sleep_level != "auto":
+        return switching.sleep_level, ""
+    views = [profile, *(profile.as_switched(m) for m in switching.models)]
+    weights = []
+    for view in views:
+        model = resolve_profile_model(view)
+        weights.append(model.weight_bytes if model is not None else None)
+    return sleep_level_for("auto", weights, host_memory_bytes)

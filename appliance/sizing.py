@@ -49,7 +49,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from appliance.catalog import ChatModel, ModelArchitecture, ModelVariant
-from appliance.vocabulary import FindingSeverity, KvCacheDtype, Quantization, kv_cache_dtype_bytes
+from appliance.vocabulary import (
+    FindingSeverity,
+    KvCacheDtype,
+    Quantization,
+    SleepLevel,
+    kv_cache_dtype_bytes,
+)
 
 GIB = 1 << 30
 GB = 1_000_000_000
@@ -1482,10 +1488,48 @@ class SwitchingFit:
     gpu_memory_bytes: int
     host_need_bytes: int
     host_memory_bytes: int | None
+    sleep_level: int = 1  # the level sized for (spec.switching's, or the one auto chose)
+    sleep_reason: str = ""  # why auto chose it; "" when the profile set it
 
 
 def _gib(value: int) -> str:
     return f"{value / GIB:.1f} GiB"
+
+
+# `sleep_level: auto` keeps level 1 only while the sleeping models' weights leave this share of
+# the host's RAM to the OS, Docker, the page cache the next wake reads through, and the engines'
+# own processes (vLLM's docs ask for "enough CPU memory to store the model weights" at level 1,
+# docs/features/sleep_mode.md; the share is the appliance's choice).
+SLEEP_RAM_HEADROOM = 0.25
+
+
+def sleeping_weight_bytes(weights: Sequence[int | None]) -> int | None:
+    """The most weight bytes the sleeping models hold in host RAM at level 1, whichever one is
+    awake (all but the smallest); None when a model's size is not known."""
+    if any(w is None for w in weights):
+        return None
+    known = [w for w in weights if w is not None]
+    return sum(known) - min(known) if known else 0
+
+
+def choose_sleep_level(
+    sleeping_bytes: int | None, host_memory_bytes: int | None
+) -> tuple[SleepLevel, str]:
+    """`sleep_level: auto`: level 1 (the weights wait in host RAM, the fast wake) where they
+    fit with `SLEEP_RAM_HEADROOM` to spare, else level 2 (dropped; the wake reloads them).
+    Unknown sizes choose 2, which needs no RAM. The reason is one line with the numbers."""
+    if sleeping_bytes is None:
+        return 2, "sleep level 2 (auto): a model's weight size is not known, so none is kept in RAM"
+    if host_memory_bytes is None:
+        return 2, "sleep level 2 (auto): this box's RAM is not known, so no weights are kept in it"
+    room = int(host_memory_bytes * (1 - SLEEP_RAM_HEADROOM))
+    numbers = (
+        f"the sleeping models' weights {_gib(sleeping_bytes)}, {_gib(room)} usable of "
+        f"{_gib(host_memory_bytes)} host RAM ({SLEEP_RAM_HEADROOM:.0%} kept free)"
+    )
+    if sleeping_bytes <= room:
+        return 1, f"sleep level 1 (auto): weights wait in host RAM for a fast wake: {numbers}"
+    return 2, f"sleep level 2 (auto): weights are dropped and reloaded on wake: {numbers}"
 
 
 def switching_fit(

@@ -25,6 +25,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import time
 from collections.abc import (
     AsyncIterator,
@@ -63,8 +64,9 @@ from appliance.gateway.policy import (
 )
 from appliance.gateway.probe import EngineProbe
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
+from appliance.gateway.rollout import Rollout, read_rollout
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
-from appliance.gateway.switcher import Held, ModelSwitcher
+from appliance.gateway.switcher import Held, ModelSwitcher, PinnedError, SwitchError
 from appliance.gateway.switching import held_goes_remote, retry_after_s
 from appliance.gateway.upstream import (
     Headers,
@@ -148,6 +150,10 @@ class Outcome(enum.StrEnum):
 
 
 _ADMIN_BODY_LIMIT = 64 * 1024  # {"mode": "auto"} needs a few bytes
+_ADMIN_MODEL_ACTIONS = frozenset({"wake", "sleep", "pin", "unpin"})
+_ADMIN_MODELS_USAGE = (
+    'Send a JSON body like {"model": "NAME", "action": "wake" | "sleep" | "pin" | "unpin"}.'
+)
 _WATCH_INTERVAL_S = 0.25  # how often the engine watch reads the health signals (no IO)
 # A stream of an engine known down is ended once it has been silent this long.
 _DEAD_STREAM_SILENCE_S = 2.0
@@ -165,7 +171,14 @@ _PROXIED = {
 # Never the path itself: labels from client text grow /metrics without bound and publish the
 # text (a key pasted into a URL, a prompt) on an endpoint that needs no key.
 ROUTES = frozenset(
-    {*(path.decode() for path in _PROXIED), "/v1/models", "/health", "/metrics", "/admin/fallback"}
+    {
+        *(path.decode() for path in _PROXIED),
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/admin/fallback",
+        "/admin/models",
+    }
 )
 
 
@@ -384,14 +397,36 @@ class _SwitchingCollector(Collector):
             "Requests held while their model wakes, per model.",
             labels=["model"],
         )
+        pinned = GaugeMetricFamily(
+            "appliance_gateway_model_pinned",
+            "1 on the model an admin pinned awake.",
+            labels=["model"],
+        )
+        wakes = CounterMetricFamily(
+            "appliance_gateway_model_wakes",
+            "Switches that woke each model.",
+            labels=["model"],
+        )
+        wake_seconds = GaugeMetricFamily(
+            "appliance_gateway_model_wake_seconds",
+            "The last switch to each model, all of it (what its held requests waited at least).",
+            labels=["model"],
+        )
         for name, current in switcher.states.items():
             for value in get_args(ModelState):
                 state.add_metric([name, value], 1.0 if value == current else 0.0)
             in_flight.add_metric([name], switcher.in_flight[name])
             held.add_metric([name], switcher.held[name])
+            pinned.add_metric([name], 1.0 if switcher.pinned == name else 0.0)
+            wakes.add_metric([name], switcher.wakes[name])
+            if name in switcher.wake_seconds:
+                wake_seconds.add_metric([name], switcher.wake_seconds[name])
         yield state
         yield in_flight
         yield held
+        yield pinned
+        yield wakes
+        yield wake_seconds
         yield CounterMetricFamily(
             "appliance_gateway_model_switches", "Switches from one chat model to another.",
             value=switcher.switches,
@@ -430,6 +465,8 @@ class _Target:
     last_failure: float | None = None
     healthy: bool | None = None  # as last logged by the engine watch
     streams: dict[_Exchange, UpstreamResponse] = field(default_factory=dict)
+    in_flight: int = 0  # requests sent and not yet answered in full (a model update waits)
+    upstream_url: str | None = None  # set when a model update made it (blue/green)
 
 
 @dataclass(eq=False)  # one per request, hashed by identity (a key of `_Target.streams`)
@@ -508,6 +545,16 @@ class GatewayApp:
         )
         self._models_bodies: dict[tuple[FallbackMode, bool, bool], bytes] = {}
         self._started = False
+        # Model updates (gateway.rollout): what apply last said, the chat engines replaced by a
+        # blue/green switch (closed once their requests are through), the requests held while
+        # the chat engine is replaced in place, and the event that releases them.
+        self._rollout = Rollout()
+        self._rollout_signature: FileSignature | None = None
+        self._retired: list[_Target] = []
+        self._update_held = 0
+        self._serving = asyncio.Event()
+        self._serving.set()
+        self._probe_task: asyncio.Task[None] | None = None
 
     # -- lifecycle
 
@@ -581,7 +628,7 @@ class GatewayApp:
             )
             probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
             self._signal = probe
-            self._tasks.append(loop.create_task(probe.run(), name="gateway-engine-probe"))
+            self._probe_task = loop.create_task(probe.run(), name="gateway-engine-probe")
         if (
             self._embeddings_signal is None
             and config.embeddings_upstream is not None
@@ -597,6 +644,7 @@ class GatewayApp:
             )
             self._embeddings_signal = tei_probe
             self._tasks.append(loop.create_task(tei_probe.run(), name="gateway-embeddings-probe"))
+        self._follow_rollout()
         self._tasks.append(loop.create_task(self._watch_engines(), name="gateway-engine-watch"))
         self._tasks.append(loop.create_task(self._refresh_loop(), name="gateway-file-refresh"))
         for index, companion in enumerate(self._background):
@@ -646,6 +694,11 @@ class GatewayApp:
         await self.switcher.start()
 
     async def shutdown(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         if self.switcher is not None:
             await self.switcher.stop()
             self.switcher = None
@@ -713,6 +766,98 @@ class GatewayApp:
                 self.refresh_files()
             except ApplianceError as error:
                 log.error("keeping the previous fallback mode: %s", error.message)
+            self._follow_rollout()
+            await self._close_retired()
+
+    # -- model updates (gateway.rollout)
+
+    def _follow_rollout(self) -> None:
+        """Take up what apply wrote: a new chat engine to send requests to (blue/green), or
+        the chat engine being replaced in place (hold, or the remote API)."""
+        path = self.config.rollout_file
+        if path is None or self._chat is None:
+            return
+        signature = FileSignature.of(path)
+        if signature == self._rollout_signature:
+            return
+        self._rollout_signature = signature
+        try:
+            rollout = read_rollout(path)
+        except ApplianceError as error:
+            log.error("keeping the chat engine as it is: %s", error.message)
+            return
+        current = self._chat.upstream_url or self.config.chat_upstream
+        wanted = rollout.chat_upstream or self.config.chat_upstream
+        if wanted != current:
+            self._switch_chat(wanted)
+        if rollout.updating != self._rollout.updating:
+            log.info(
+                "chat engine %s", "being replaced: holding its requests" if rollout.updating
+                else "replaced: serving again",
+            )  # fmt: skip
+        if rollout.updating:
+            self._serving.clear()
+        else:
+            self._serving.set()
+        self._rollout = rollout
+
+    def _switch_chat(self, url: str) -> None:
+        """Send every new chat request to `url`; the engine before keeps its requests in
+        flight until they are through (`_close_retired`)."""
+        old = self._chat
+        assert old is not None
+        config = self.config
+        pool = self._own(
+            LeanPool(
+                url, config.local_timeouts, max_connections=config.max_connections_per_upstream
+            )
+        )
+        self._chat = _Target("chat", pool, old.rules, upstream_url=url)
+        for name, target in self._switched.items():
+            if target is old:
+                self._switched[name] = self._chat
+        self._retired.append(old)
+        log.info("chat engine is now %s (model update)", url)
+        if self._probe_task is not None:  # the gateway's own probe reads the new engine
+            self._probe_task.cancel()
+            quick = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0)
+            probe_origin = self._own(LeanPool(origin(url), quick, max_connections=4))
+            probe = EngineProbe(probe_origin, interval_s=config.probe_interval_s, clock=self._clock)
+            self._signal = probe
+            self._probe_task = asyncio.get_running_loop().create_task(
+                probe.run(), name="gateway-engine-probe"
+            )
+
+    async def _close_retired(self) -> None:
+        for target in [t for t in self._retired if t.in_flight <= 0 and not t.streams]:
+            self._retired.remove(target)
+            if target.upstream in self._owned:
+                self._owned.remove(target.upstream)
+                await target.upstream.aclose()
+
+    def _rollout_report(self) -> dict[str, object]:
+        chat = self._chat
+        return {
+            "chat_upstream": (chat.upstream_url if chat else None) or self.config.chat_upstream,
+            "updating": self._rollout.updating,
+            "held": self._update_held,
+            "in_flight": chat.in_flight if chat else 0,
+            "retired_in_flight": sum(t.in_flight for t in self._retired),
+        }
+
+    async def _until_serving(self) -> bool:
+        """Hold a chat request while the chat engine is replaced in place: True once it
+        serves again; False when the held requests are at their bound or the wait ran out."""
+        if self._update_held >= self.config.update_hold_max_requests:
+            return False
+        self._update_held += 1
+        try:
+            await asyncio.wait_for(self._serving.wait(), self.config.update_hold_timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            self._update_held -= 1
+        return True
 
     # -- the engines' health
 
@@ -816,6 +961,8 @@ class GatewayApp:
             )
         elif path == b"/admin/fallback" and method in ("GET", "PUT"):
             await self._admin_fallback(scope, receive, send, method)
+        elif path == b"/admin/models" and method in ("GET", "POST"):
+            await self._admin_models(scope, receive, send, method)
         else:
             await self._refuse(send, path, 404, f"no route {method} {_shown(path)}", "not_found")
 
@@ -963,6 +1110,7 @@ class GatewayApp:
         }
         if self.switcher is not None:
             body["switching"] = self.switcher.report()
+        body["rollout"] = self._rollout_report()
         status = 503 if monitor == "stale" else 200
         await _send_bytes(send, status, json.dumps(body).encode(), _LOCAL)
 
@@ -1026,6 +1174,43 @@ class GatewayApp:
         self.metrics.count(route, "none", Outcome.OK)
         body = {**self._state.to_json(), "remote_configured": self.config.remote is not None}
         await _send_bytes(send, 200, json.dumps(body).encode(), _LOCAL)
+
+    async def _admin_models(self, scope: Scope_, receive: Receive, send: Send, method: str) -> None:
+        """Several chat models, for an admin: GET shows the switcher's report; POST
+        {"model": NAME, "action": "wake" | "sleep" | "pin" | "unpin"} carries one order out and
+        answers once it is done (a wake or pin after the switch, bounded by the engines' own
+        timeouts). Never reachable without the admin key, like /admin/fallback."""
+        route = "/admin/models"
+        if not self._is_admin(self._bearer(scope)):
+            await self._unauthorized(send, route, "This endpoint needs the admin key.")
+            return
+        switcher = self.switcher
+        refusal: _Refusal | None
+        if switcher is None:
+            refusal = _Refusal(
+                404, "This profile has no switched chat models (spec.switching).", "no_switching"
+            )
+        elif method == "POST":
+            try:
+                order = await _read_body(receive, _ADMIN_BODY_LIMIT)
+            except _TooLargeError:
+                await self._too_large(send, route, _ADMIN_BODY_LIMIT)
+                return
+            except _ClientGoneError:
+                return
+            refusal = await _carry_out(switcher, order)
+        else:
+            refusal = None
+        if refusal is not None:
+            outcome = Outcome.UNAVAILABLE if refusal.status >= 500 else Outcome.BAD_REQUEST
+            self.metrics.count(route, "none", outcome)
+            kind = "server_error" if refusal.status >= 500 else "invalid_request_error"
+            body = error_body(refusal.message, kind, refusal.code, refusal.param)
+            await _send_bytes(send, refusal.status, body, _LOCAL)
+            return
+        assert switcher is not None
+        self.metrics.count(route, "none", Outcome.OK)
+        await _send_bytes(send, 200, json.dumps(switcher.report()).encode(), _LOCAL)
 
     async def _too_large(self, send: Send, route: str, limit: int) -> None:
         await self._refuse_route(
@@ -1112,6 +1297,10 @@ class GatewayApp:
         return model if model is not None and model in known else OTHER_MODEL
 
     async def _route(self, kind: Kind, exchange: _Exchange) -> Outcome:
+        if kind is Kind.CHAT and not self._serving.is_set() and self._updated_model(exchange):
+            outcome = await self._during_update(exchange)
+            if outcome is not None:
+                return outcome
         target = self._chat if kind is Kind.CHAT else self._embeddings
         if target is None:
             return await self._fail(
@@ -1136,14 +1325,54 @@ class GatewayApp:
         if route.is_fallback:
             return await self._to_remote(route, exchange)
         if switcher is None or switched is None:
-            return await self._local(target, mode, exchange)
+            return await self._counted_local(target, mode, exchange)
         held = await switcher.acquire(switched)
         if held is not Held.READY:
             return await self._not_woken(switched, held, mode, exchange)
         try:
-            return await self._local(target, mode, exchange)
+            return await self._counted_local(target, mode, exchange)
         finally:
             switcher.release(switched)
+
+    async def _counted_local(
+        self, target: _Target, mode: FallbackMode, exchange: _Exchange
+    ) -> Outcome:
+        target.in_flight += 1
+        try:
+            return await self._local(target, mode, exchange)
+        finally:
+            target.in_flight -= 1
+
+    def _updated_model(self, exchange: _Exchange) -> bool:
+        """Whether a chat request is for the engine being replaced (not another switched
+        model's, which runs on its own engine)."""
+        switcher = self.switcher
+        if switcher is None:
+            return True
+        model = _model_of(exchange.body)
+        return model is None or model not in switcher or self._switched.get(model) is self._chat
+
+    async def _during_update(self, exchange: _Exchange) -> Outcome | None:
+        """The chat engine is being replaced in place: the remote API in auto or always mode
+        when it serves the model, else hold (bounded) until the new engine serves; None to
+        route as usual once it does, else 503 with Retry-After."""
+        mode = self.mode
+        if held_goes_remote(
+            FallbackMode.AUTO if mode is FallbackMode.ALWAYS else mode,
+            remote_configured=self.config.remote is not None,
+            served_remotely=self._served_remotely(exchange),
+        ):
+            return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_UPDATING), exchange)
+        if await self._until_serving():
+            return None
+        retry = max(1, math.ceil(self.config.update_hold_timeout_s))
+        return await self._fail(
+            exchange,
+            503,
+            f"The chat model is being updated; retry in {retry} s.",
+            code="model_updating",
+            extra=[(b"retry-after", str(retry).encode())],
+        )
 
     async def _not_woken(
         self, model: str, held: Held, mode: FallbackMode, exchange: _Exchange
@@ -1159,11 +1388,10 @@ class GatewayApp:
         )
         if remote:
             return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_ASLEEP), exchange)
-        why = (
-            f"{switcher.held_total} requests are already held for sleeping models"
-            if held is Held.FULL
-            else "it did not wake in time"
-        )
+        why = {
+            Held.FULL: f"{switcher.held_total} requests are already held for sleeping models",
+            Held.PINNED: f"an admin pinned {switcher.pinned!r} awake",
+        }.get(held, "it did not wake in time")
         retry = retry_after_s(switcher.rules)
         return await self._fail(
             exchange,
@@ -1536,3 +1764,45 @@ def _map_model(body: bytes, remote: RemoteConfig) -> bytes:
         document["model"] = model_map[model]
         return json.dumps(document, ensure_ascii=False).encode()
     return body
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why an admin's order was not carried out, as the HTTP answer says it."""
+
+    status: int
+    message: str
+    code: str
+    param: str | None = None
+
+
+async def _carry_out(switcher: ModelSwitcher, raw: bytes) -> _Refusal | None:
+    """Read one order for the switched models and carry it out; None when it was done."""
+    try:
+        order = json.loads(raw)
+        model, action = str(order["model"]), str(order["action"])
+    except (ValueError, KeyError, TypeError):
+        return _Refusal(400, _ADMIN_MODELS_USAGE, "invalid_order")
+    if action not in _ADMIN_MODEL_ACTIONS:
+        return _Refusal(400, _ADMIN_MODELS_USAGE, "invalid_action", "action")
+    if model not in switcher:
+        known = ", ".join(switcher.states)
+        return _Refusal(
+            404, f"{model!r} is not a switched model (these are: {known}).", "model_not_found",
+            "model",
+        )  # fmt: skip
+    try:
+        if action == "wake":
+            await switcher.wake(model)
+        elif action == "sleep":
+            await switcher.sleep(model)
+        elif action == "pin":
+            await switcher.pin(model)
+        else:
+            switcher.unpin()
+    except PinnedError as error:
+        return _Refusal(409, str(error), "model_pinned", "model")
+    except SwitchError as error:
+        return _Refusal(502, str(error), "switch_failed")
+    log.info("admin: %s %s", action, model)
+    return None

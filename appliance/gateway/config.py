@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import read_private_secret
 from appliance.gateway.policy import RoutingRules
+from appliance.gateway.rollout import ROLLOUT_FILE
 from appliance.gateway.switching import SwitchRules
-from appliance.vocabulary import FallbackMode
+from appliance.vocabulary import FallbackMode, SleepLevel
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -179,6 +180,11 @@ class GatewayConfig:
     max_connections_per_upstream: int = 1024
     client: ClientLimits = ClientLimits()
     switching: SwitchingConfig | None = None
+    # Model updates (issue #19 point 3): where apply says which chat engine serves and whether
+    # it is being replaced in place; requests held meanwhile, and for how long at most.
+    rollout_file: Path | None = None
+    update_hold_max_requests: int = 64
+    update_hold_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chat_upstream", _check_url(self.chat_upstream, "chat upstream"))
@@ -246,7 +252,7 @@ class GatewayConfig:
                 upstreams=upstreams,
                 initially_awake=spec.model.served_name,
                 rules=SwitchRules(
-                    sleep_level=spec.switching.sleep_level,
+                    sleep_level=_sleep_level(profile),
                     hold_max_requests=spec.switching.hold_max_requests,
                     hold_timeout_s=spec.switching.hold_timeout_seconds,
                     drain_grace_s=spec.switching.drain_grace_seconds,
@@ -275,6 +281,7 @@ class GatewayConfig:
             max_signal_age_s=fallback.metrics_max_age_seconds,
             local_timeouts=_timeouts(gateway.timeouts),
             switching=switching,
+            rollout_file=directory / ROLLOUT_FILE,
         )
 
     @property
@@ -285,6 +292,20 @@ class GatewayConfig:
             max_signal_age_s=self.max_signal_age_s,
             failure_cooldown_s=self.failure_cooldown_s,
         )
+
+
+def _sleep_level(profile: Profile) -> SleepLevel:
+    """spec.switching.sleep_level; for auto, the level `plan` showed and apply used, chosen
+    the same way from this host's RAM (psutil's total, as `appliance detect` reads it)."""
+    switching = profile.spec.switching
+    assert switching is not None
+    if switching.sleep_level != "auto":
+        return switching.sleep_level
+    import psutil
+
+    from appliance.local_model import profile_sleep_level
+
+    return profile_sleep_level(profile, int(psutil.virtual_memory().total))[0]
 
 
 def _secret(env: str | None, file: Path | None) -> SecretSource | None:

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     SERVER_ERROR = "server_error"  # a 5xx status before any byte went to the client
     MODEL_NOT_LOCAL = "model_not_local"  # the engine does not serve it; the remote API does
     MODEL_ASLEEP = "model_asleep"  # its engine sleeps and could not be woken in time (#19)
+    MODEL_UPDATING = "model_updating"  # its engine is being replaced in place by apply (#19)
 
 
 class LocalFailure(enum.StrEnum):

@@ -48,11 +48,16 @@ class Held(enum.StrEnum):
 
     READY = "ready"  # its engine is awake: forward it, then call `release`
     FULL = "full"  # the held requests were at their bound
+    PINNED = "pinned"  # an admin pinned another model awake
     TIMEOUT = "timeout"  # its engine did not wake within the hold bound
 
 
 class SwitchError(Exception):
     """An engine control call failed (refused, timed out, or not 200)."""
+
+
+class PinnedError(Exception):
+    """An admin's order that a pinned model forbids (sleep it, or wake another)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,10 @@ class ModelSwitcher:
         self._last_used: dict[str, float] = dict.fromkeys(names, clock())
         self.draining: str | None = None
         self.switches = 0
-        self.refused: dict[Held, int] = {Held.FULL: 0, Held.TIMEOUT: 0}
+        self.wakes: dict[str, int] = dict.fromkeys(names, 0)  # switches to each model
+        self.wake_seconds: dict[str, float] = {}  # the last switch to each model, all of it
+        self.pinned: str | None = None  # kept awake by an admin: no switch, no idle sleep
+        self.refused: dict[Held, int] = {Held.FULL: 0, Held.TIMEOUT: 0, Held.PINNED: 0}
         self.timings: list[SwitchTiming] = []  # the last few switches, newest last
         self._changed = asyncio.Condition()
         # One engine operation at a time (a switch, an idle sleep): a wake must never overtake
@@ -112,6 +120,7 @@ class ModelSwitcher:
                 name: {"state": state, "in_flight": self.in_flight[name], "held": self.held[name]}
                 for name, state in self.states.items()
             },
+            "pinned": self.pinned,
             "switches": self.switches,
             "held": self.held_total,
             "refused": {reason.value: count for reason, count in self.refused.items()},
@@ -160,11 +169,18 @@ class ModelSwitcher:
         READY must be followed by `release(name)` once the answer is through."""
         state = self.states[name]
         decision = admit(
-            state, draining=self.draining == name, held_total=self.held_total, rules=self.rules
+            state,
+            draining=self.draining == name,
+            held_total=self.held_total,
+            rules=self.rules,
+            pinned_elsewhere=self.pinned is not None and self.pinned != name,
         )
         if decision is Admission.FORWARD:  # the fast path: no await, no allocation
             self.in_flight[name] += 1
             return Held.READY
+        if decision is Admission.PINNED:
+            self.refused[Held.PINNED] += 1
+            return Held.PINNED
         if decision is Admission.FULL:
             self.refused[Held.FULL] += 1
             return Held.FULL
@@ -213,6 +229,44 @@ class ModelSwitcher:
             self._first_held_at.pop(name, None)
         self._notify()
 
+    # -- an admin's orders (POST /admin/models)
+
+    async def wake(self, name: str) -> None:
+        """Make `name` the awake model now (the awake one drains and sleeps first). Raises
+        `SwitchError` when the engines refused, `PinnedError` while another model is pinned."""
+        self._refuse_if_pinned_elsewhere(name)
+        async with self._operating:
+            self._refuse_if_pinned_elsewhere(name)
+            if self.states[name] != "awake":
+                await self._switch_now(name)
+
+    async def sleep(self, name: str) -> None:
+        """Put `name` to sleep now if it is awake (after its requests drain, up to the grace);
+        the next request for it wakes it again. Raises `PinnedError` when it is pinned."""
+        if self.pinned == name:
+            raise PinnedError(f"{name} is pinned awake: unpin it first")
+        async with self._operating:
+            if self.states[name] == "awake" and self.pinned != name:
+                await self._drain(name)
+                await self._sleep(name)
+
+    async def pin(self, name: str) -> None:
+        """Wake `name` if needed and keep it awake: no idle sleep, and a request for another
+        sleeping model is refused (503, or the remote API in auto) until `unpin`."""
+        await self.wake(name)
+        self.pinned = name
+        self._first_held_at.clear()  # held requests for others time out; none starts a switch
+        log.info("%s pinned awake by an admin", name)
+
+    def unpin(self) -> None:
+        if self.pinned is not None:
+            log.info("%s unpinned by an admin", self.pinned)
+        self.pinned = None
+
+    def _refuse_if_pinned_elsewhere(self, name: str) -> None:
+        if self.pinned is not None and self.pinned != name:
+            raise PinnedError(f"{self.pinned} is pinned awake: unpin it first")
+
     # -- switching
 
     def _kick(self) -> None:
@@ -240,6 +294,9 @@ class ModelSwitcher:
 
     async def _switch_to(self, wanted: str) -> None:
         async with self._operating:
+            if self.pinned is not None and self.pinned != wanted:
+                self._first_held_at.pop(wanted, None)  # its held requests time out
+                return
             if self.states[wanted] != "awake":
                 await self._switch_now(wanted)
 
@@ -258,12 +315,12 @@ class ModelSwitcher:
             self._set(wanted, asleep(level))
             raise
         self.switches += 1
+        self.wakes[wanted] += 1
         self._last_used[wanted] = self._clock()
         self.draining = None
-        self.timings = [
-            *self.timings[-63:],
-            SwitchTiming(wanted, self._clock() - started, engine_s),
-        ]
+        timing = SwitchTiming(wanted, self._clock() - started, engine_s)
+        self.wake_seconds[wanted] = timing.total_s
+        self.timings = [*self.timings[-63:], timing]
         self._set(wanted, "awake")
         log.info("switched to %s (level %d wake)", wanted, level)
 
@@ -336,6 +393,7 @@ class ModelSwitcher:
                         held_total=self.held_total,
                         idle_for_s=self._clock() - self._last_used[name],
                         rules=self.rules,
+                        pinned=self.pinned == name,
                     )
                     if not due:
                         continue

@@ -49,12 +49,24 @@ class Admission(enum.StrEnum):
     FORWARD = "forward"  # its engine is awake and stays so: send it now
     HOLD = "hold"  # wait for the switch that wakes its engine
     FULL = "full"  # the held requests are at their bound: refuse (503, or the remote API)
+    PINNED = "pinned"  # an admin pinned another model awake: refuse (503, or the remote API)
 
 
-def admit(state: ModelState, *, draining: bool, held_total: int, rules: SwitchRules) -> Admission:
-    """Forward to an awake engine that is not being drained; else hold while there is room."""
+def admit(
+    state: ModelState,
+    *,
+    draining: bool,
+    held_total: int,
+    rules: SwitchRules,
+    pinned_elsewhere: bool = False,
+) -> Admission:
+    """Forward to an awake engine that is not being drained; refuse a sleeping one while an
+    admin keeps another model pinned awake (no switch may put it to sleep); else hold while
+    there is room."""
     if state == "awake" and not draining:
         return Admission.FORWARD
+    if pinned_elsewhere:
+        return Admission.PINNED
     if held_total >= rules.hold_max_requests:
         return Admission.FULL
     return Admission.HOLD
@@ -75,12 +87,20 @@ def may_sleep(in_flight: int, draining_for_s: float, rules: SwitchRules) -> bool
 
 
 def idle_sleep_due(
-    state: ModelState, *, in_flight: int, held_total: int, idle_for_s: float, rules: SwitchRules
+    state: ModelState,
+    *,
+    in_flight: int,
+    held_total: int,
+    idle_for_s: float,
+    rules: SwitchRules,
+    pinned: bool = False,
 ) -> bool:
     """Whether an awake engine that nobody uses should go to sleep (spec.switching's
-    idle_sleep_seconds); never while it serves or while requests are held for a switch."""
+    idle_sleep_seconds); never while it serves, while requests are held for a switch, or
+    while an admin has pinned it awake."""
     return (
-        rules.idle_sleep_s is not None
+        not pinned
+        and rules.idle_sleep_s is not None
         and state == "awake"
         and in_flight <= 0
         and held_total == 0

@@ -18,7 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast, get_args
 
 from appliance.clock import AsyncClock, AsyncSystemClock
 from appliance.monitor.alerts import AlertThresholds, AlertTracker, RunningProfile, observe
@@ -39,15 +39,17 @@ from appliance.monitor.samplers import (
     GpuReadings,
     SamplerSet,
 )
-from appliance.monitor.scrape import MetricsReading
+from appliance.monitor.scrape import MODEL_WAKES_KEY, MetricsReading
 from appliance.monitor.series import History, TimeWindow
 from appliance.monitor.snapshot import (
     GpuStats,
     LatencySummary,
     ServiceStats,
     Snapshot,
+    SwitchedModelStats,
     Timestamp,
 )
+from appliance.vocabulary import ModelState
 
 if TYPE_CHECKING:
     from appliance.profile import Profile
@@ -138,6 +140,10 @@ class MonitorConfig:
 
 def _rounded(value: float | None) -> int | None:
     return None if value is None else round(value)
+
+
+def _per_hour(per_second: float | None) -> float | None:
+    return None if per_second is None else 3600.0 * per_second
 
 
 def _pct(fraction: float | None) -> float | None:
@@ -301,7 +307,24 @@ class _ServiceTracker:
                 "local_requests_per_s": self.rate("local_requests", at),
                 "remote_requests_per_s": self.rate("remote_requests", at),
                 "remote_share_pct": self.remote_share_pct(at),
+                "models": self.switched_models(at, metrics),
+                "switches_per_hour": _per_hour(self.rate("model_switches", at)),
             }
+        )
+
+    def switched_models(self, at: float, metrics: MetricsReading) -> tuple[SwitchedModelStats, ...]:
+        states = get_args(ModelState)
+        return tuple(
+            SwitchedModelStats(
+                name=model.name,
+                state=cast("ModelState", model.state) if model.state in states else None,
+                in_flight=_rounded(model.in_flight),
+                held=_rounded(model.held),
+                pinned=model.pinned,
+                wake_seconds=model.wake_seconds,
+                switches_per_hour=_per_hour(self.rate(f"{MODEL_WAKES_KEY}{model.name}", at)),
+            )
+            for model in metrics.switched
         )
 
 

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Sequence
 
 from appliance.monitor.series import History
-from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot
+from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot, SwitchedModelStats
 from appliance.units import number, seconds
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -117,6 +117,13 @@ def _service_lines(service: ServiceStats, history: History | None, spark: int) -
             f"{_spark(history, f'{name}.ttft_p95_s', spark)}"
             f"   e2e p50 {_seconds(service.e2e_p50_s)} p95 {_seconds(service.e2e_p95_s)}"
         )
+        if service.models:
+            lines.append(
+                f"{indent}chat models: {len(service.models)} switched, "
+                f"{_number(service.switches_per_hour, 1)} switches/h"
+            )
+            width = max(len(model.name) for model in service.models)
+            lines += [f"{indent}  {model_line(model, width)}" for model in service.models]
     if not service.is_engine:
         return lines
     load = (
@@ -158,6 +165,25 @@ def _service_lines(service: ServiceStats, history: History | None, spark: int) -
             f"   errors {_number(service.error_rate_pct, 1, '%')}"
         )
     return lines
+
+
+def model_state_text(model: SwitchedModelStats) -> str:
+    """A switched model's state in words: "awake", "asleep (level 2)", "waking", "pinned awake"."""
+    state = model.state
+    if state is None:
+        return DASH
+    text = f"asleep (level {state[-1]})" if state.startswith("asleep-") else state
+    return f"pinned {text}" if model.pinned else text
+
+
+def model_line(model: SwitchedModelStats, width: int = 0) -> str:
+    """One switched model on one line (status, and the TUI's models card)."""
+    return (
+        f"{model.name:<{width}}  {model_state_text(model):<16}"
+        f"   in flight {_number(model.in_flight)}   held {_number(model.held)}"
+        f"   last wake {_seconds(model.wake_seconds)}"
+        f"   wakes/h {_number(model.switches_per_hour, 1)}"
+    )
 
 
 def render_status(snapshot: Snapshot, history: History | None = None, *, spark: int = 20) -> str:

@@ -64,10 +64,39 @@ GATEWAY_TTFT_METRIC: Final = "appliance_gateway_ttft_seconds"
 GATEWAY_E2E_METRIC: Final = "appliance_gateway_e2e_seconds"
 """The gateway's user-felt latency histograms (`gateway.app.GatewayMetrics`)."""
 _GATEWAY_PREFIX: Final = "appliance_gateway_"
+# Several chat models (spec.switching; `gateway.app._SwitchingCollector`): per model.
+GATEWAY_MODEL_STATE: Final = "appliance_gateway_model_state"  # 1 on the current state
+GATEWAY_MODEL_IN_FLIGHT: Final = "appliance_gateway_model_in_flight"
+GATEWAY_MODEL_HELD: Final = "appliance_gateway_model_held"
+GATEWAY_MODEL_PINNED: Final = "appliance_gateway_model_pinned"
+GATEWAY_MODEL_WAKES: Final = "appliance_gateway_model_wakes"  # a Counter
+GATEWAY_MODEL_WAKE_SECONDS: Final = "appliance_gateway_model_wake_seconds"
+GATEWAY_SWITCHES: Final = "appliance_gateway_model_switches"  # a Counter
+MODEL_WAKES_KEY: Final = "model_wakes:"
+"""A reading's counter `model_wakes:NAME`: the switches that woke model NAME."""
+_SWITCHING_GAUGES: Final = (
+    GATEWAY_MODEL_STATE,
+    GATEWAY_MODEL_IN_FLIGHT,
+    GATEWAY_MODEL_HELD,
+    GATEWAY_MODEL_PINNED,
+    GATEWAY_MODEL_WAKE_SECONDS,
+)
 
 
 class MetricsFormatError(ValueError):
     """The text is not Prometheus exposition, or holds none of vLLM's, TEI's or the gateway's."""
+
+
+@dataclass(frozen=True)
+class SwitchedModelReading:
+    """One of several chat models as the gateway's /metrics shows it; None: not on the page."""
+
+    name: str
+    state: str | None = None
+    in_flight: float | None = None
+    held: float | None = None
+    pinned: bool = False
+    wake_seconds: float | None = None  # the last switch to it, all of it
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,8 @@ class MetricsReading:
     sources: Mapping[str, str] = field(default_factory=dict)
     # Which server filled the chat role, told from its metric names (None for TEI, gateway).
     engine: EngineKind | None = None
+    # The gateway's switched chat models (spec.switching), by name; () without switching.
+    switched: tuple[SwitchedModelReading, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,7 @@ GATEWAY = _EngineMetrics(
             labels={"destination": "remote"},
             zero_when_unseen=True,
         ),
+        _Wanted("model_switches", (GATEWAY_SWITCHES,)),
     ),
     # What users feel, measured where their bytes leave (issue #17): all destinations and
     # models together. The monitor's TTFT/e2e quantiles of the gateway service come from these.
@@ -273,6 +305,9 @@ def _wanted_names() -> dict[str, str]:
     or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`.
     """
     family_of = {_HTTP_REQUESTS: _HTTP_REQUESTS, f"{_HTTP_REQUESTS}_total": _HTTP_REQUESTS}
+    family_of.update({name: name for name in _SWITCHING_GAUGES})
+    family_of.update({GATEWAY_MODEL_WAKES: GATEWAY_MODEL_WAKES})
+    family_of[f"{GATEWAY_MODEL_WAKES}_total"] = GATEWAY_MODEL_WAKES
     for spec in (*_SPECS.values(), SGLANG):
         for wanted in spec.gauges:
             family_of.update({name: name for name in wanted.names})
@@ -417,6 +452,7 @@ def parse_metrics(
     )
     if kind == "vllm":
         _read_http_requests(families.get(_HTTP_REQUESTS), counters, sources)
+    switched = _read_switched(families, counters) if kind == "gateway" else ()
     models = sorted(
         {
             sample.labels["model_name"]
@@ -434,6 +470,48 @@ def parse_metrics(
         histograms=histograms,
         sources=sources,
         engine=("sglang" if sglang else "vllm") if kind == "vllm" else None,
+        switched=switched,
+    )
+
+
+def _read_switched(
+    families: Mapping[str, Metric], counters: dict[str, float]
+) -> tuple[SwitchedModelReading, ...]:
+    """Each switched model's figures; its wakes go into `counters` as `model_wakes:NAME`, so
+    the monitor's windows rate them like any counter."""
+    by_model: dict[str, dict[str, float]] = {}
+    states: dict[str, str] = {}
+    for family_name in _SWITCHING_GAUGES:
+        family = families.get(family_name)
+        if family is None or family.type != "gauge":
+            continue
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if model is None:
+                continue
+            if family_name == GATEWAY_MODEL_STATE:
+                if sample.value >= 1.0 and "state" in sample.labels:
+                    states[model] = sample.labels["state"]
+                by_model.setdefault(model, {})
+            else:
+                by_model.setdefault(model, {})[family_name] = sample.value
+    wakes = families.get(GATEWAY_MODEL_WAKES)
+    if wakes is not None and wakes.type == "counter":
+        for sample in wakes.samples:
+            model = sample.labels.get("model")
+            if model is not None and sample.name == f"{GATEWAY_MODEL_WAKES}_total":
+                counters[f"{MODEL_WAKES_KEY}{model}"] = sample.value
+                by_model.setdefault(model, {})
+    return tuple(
+        SwitchedModelReading(
+            name=model,
+            state=states.get(model),
+            in_flight=figures.get(GATEWAY_MODEL_IN_FLIGHT),
+            held=figures.get(GATEWAY_MODEL_HELD),
+            pinned=figures.get(GATEWAY_MODEL_PINNED, 0.0) >= 1.0,
+            wake_seconds=figures.get(GATEWAY_MODEL_WAKE_SECONDS),
+        )
+        for model, figures in sorted(by_model.items())
     )
 
 

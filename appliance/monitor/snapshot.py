@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from appliance.hardware.box import GpuProcess
-from appliance.vocabulary import EngineKind
+from appliance.vocabulary import EngineKind, ModelState
 
 ServiceKind = Literal["vllm", "tei", "gateway", "http"]
 """vllm and tei are engines (health and metrics); gateway is the appliance's gateway (health and
@@ -74,6 +74,21 @@ class GpuStats(_Frozen):
         return 100.0 * self.memory_used_bytes / self.memory_total_bytes
 
 
+class SwitchedModelStats(_Frozen):
+    """One of several chat models behind the gateway (spec.switching), as the gateway's
+    /metrics shows it: its state, requests in flight and held for its wake, whether an admin
+    pinned it awake, its last wake's time (the whole switch, what held requests waited at
+    least) and its wakes per hour over the monitor's rate window."""
+
+    name: str
+    state: ModelState | None = None
+    in_flight: int | None = None
+    held: int | None = None
+    pinned: bool = False
+    wake_seconds: float | None = None
+    switches_per_hour: float | None = None
+
+
 class ServiceStats(_Frozen):
     """One service (vLLM, TEI, the gateway) at one tick: health, load, throughput, latency.
 
@@ -112,6 +127,10 @@ class ServiceStats(_Frozen):
     local_requests_per_s: float | None = None
     remote_requests_per_s: float | None = None
     remote_share_pct: float | None = None
+    # The gateway's switched chat models (spec.switching), and its switches per hour (rate
+    # window); () and None without switching.
+    models: tuple[SwitchedModelStats, ...] = ()
+    switches_per_hour: float | None = None
     # From the container runtime, when the monitor is given one; None otherwise.
     container_state: str | None = None
     restart_count: int | None = None

@@ -107,7 +107,8 @@ def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoi
     """
     spec = profile.spec
     ports = spec.ports
-    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{ports.vllm}", engine=spec.engine.kind)]
+    chat_port = _chat_port(profile)
+    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{chat_port}", engine=spec.engine.kind)]
     if spec.embeddings_enabled:
         endpoints.append(Endpoint("tei", "tei", f"http://{host}:{ports.tei}"))
     gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
@@ -116,6 +117,22 @@ def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoi
     scheme = "https" if spec.gateway.tls is not None else "http"
     endpoints.append(Endpoint("gateway", "gateway", f"{scheme}://{gateway_host}:{ports.gateway}"))
     return tuple(endpoints)
+
+
+def _chat_port(profile: Profile) -> int:
+    """The chat engine's port: spec.ports.vllm, or the one a blue/green model update moved it
+    to (the gateway's rollout file says which)."""
+    from appliance.gateway.config import gateway_state_dir
+    from appliance.gateway.rollout import ROLLOUT_FILE, read_rollout
+
+    ports = profile.spec.ports
+    try:
+        upstream = read_rollout(gateway_state_dir(profile) / ROLLOUT_FILE).chat_upstream
+    except ApplianceError:
+        return ports.vllm
+    if upstream is not None and f":{ports.vllm_update}/" in upstream:
+        return ports.vllm_update
+    return ports.vllm
 
 
 def profile_samplers(

@@ -218,11 +218,13 @@ class SwitchingSpec(_Model):
         examples=[[{"repo": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "quantization": "awq",
                     "port": 8010}]],
     )  # fmt: skip
-    sleep_level: SleepLevel = Field(
+    sleep_level: SleepLevel | Literal["auto"] = Field(
         default=1,
         description="1 keeps a sleeping model's weights in host RAM (fast wake; needs the RAM), "
-        "2 drops them (the wake reloads them from disk).",
-        examples=[1],
+        "2 drops them (the wake reloads them from disk); auto: 1 where the sleeping models' "
+        "weights fit the host's RAM with a quarter of it to spare, else 2 (`plan` says which "
+        "and why).",
+        examples=[1, "auto"],
     )
     hold_max_requests: Annotated[StrictInt, Ge(1), Le(100_000)] = Field(
         default=64,
@@ -535,6 +537,13 @@ class PortsSpec(_Model):
         examples=[8000],
     )
     tei: Port = Field(default=8001, description="TEI on 127.0.0.1.", examples=[8001])
+    vllm_update: Port = Field(
+        default=8100,
+        description="A model update's second chat port on 127.0.0.1: apply starts the new chat "
+        "engine there beside the old one when both fit (blue/green), and the two ports take "
+        "turns from then on.",
+        examples=[8100],
+    )
     gateway: Port = Field(
         default=8080,
         description="The gateway, on spec.gateway.host: the URL clients use.",
@@ -545,7 +554,7 @@ class PortsSpec(_Model):
     def _unique(self) -> PortsSpec:
         issues: list[_Issue] = []
         owner: dict[int, str] = {}
-        for name in ("vllm", "tei", "gateway"):
+        for name in ("vllm", "tei", "gateway", "vllm_update"):
             port = getattr(self, name)
             if port in owner:
                 issues.append(

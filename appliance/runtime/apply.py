@@ -32,13 +32,13 @@ import errno
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from appliance.catalog import Catalog, load_catalog
-from appliance.clock import BlockingClock
+from appliance.clock import BlockingClock, SystemClock
 from appliance.errors import (
     ApplianceError,
     EnvironmentNotReadyError,
@@ -60,6 +60,9 @@ from appliance.runtime.plan import Action, Plan, make_plan
 from appliance.runtime.specs import SpecOptions, container_name, container_specs
 from appliance.vocabulary import SleepLevel
 
+if TYPE_CHECKING:
+    from appliance.sizing import SwitchingFit
+
 __all__ = [
     "DEFAULT_HEALTH_DEADLINES_S",
     "ApplyEvent",
@@ -79,7 +82,7 @@ LOG_LINES: Final = 40
 
 Step = Literal[
     "recover", "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy",
-    "sleep", "wake", "remove", "rollback", "done",
+    "sleep", "wake", "remove", "rollback", "handover", "done",
 ]  # fmt: skip
 
 
@@ -328,7 +331,7 @@ def check_box_can_run(profile: Profile, box: Box, options: SpecOptions | None = 
     check_fits(profile, box)
 
 
-def check_fits(profile: Profile, box: Box) -> None:
+def check_fits(profile: Profile, box: Box) -> SwitchingFit | None:
     """vLLM's refusals that sizing predicts (`fit.fit_profile`): hard rules (TP vs heads,
     quantization vs GPU) and a KV cache too small for one max_model_len sequence, on the GPUs
     the profile gives vLLM with TEI's share taken out (or in RAM on the CPU target). `plan`
@@ -350,15 +353,16 @@ def check_fits(profile: Profile, box: Box) -> None:
         error.message += "; nothing was changed"
         error.args = (error.message,)
         raise
-    if switching is not None:
-        models = [resolve_profile_model(view) for view in (profile, *views)]
-        try:
-            fit_switching(profile, box, models)
-        except RefusedError as error:
-            error.message = f"the chat models do not fit together: {error.message}"
-            error.message += "; nothing was changed"
-            error.args = (error.message,)
-            raise
+    if switching is None:
+        return None
+    models = [resolve_profile_model(view) for view in (profile, *views)]
+    try:
+        return fit_switching(profile, box, models)
+    except RefusedError as error:
+        error.message = f"the chat models do not fit together: {error.message}"
+        error.message += "; nothing was changed"
+        error.args = (error.message,)
+        raise
 
 
 # ------------------------------------------------------------------------------------ execution
@@ -370,6 +374,10 @@ class _Journal:
 
     set_aside: list[ObservedContainer] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    # A model update told the gateway (blue/green: the new engine serves; in place: hold):
+    # rollback must tell it the old engine serves again.
+    handed_over: bool = False
+    old_chat_url: str | None = None
 
 
 _NOT_RUNNING: Final = "-stopped"
@@ -481,6 +489,131 @@ def _rollback(
     return problems
 
 
+@dataclass(frozen=True)
+class GatewayHandover:
+    """A model update's word to the running gateway (`gateway.rollout`): which chat engine
+    serves, or that it is being replaced in place; then a bounded wait until the gateway's
+    /health (`status`, None when no gateway answers: nothing to wait for) shows it took it up
+    and the old engine's requests are through. A gateway that cannot be told never stops an
+    apply: the update then goes on as before rollouts existed."""
+
+    rollout_file: Path
+    status: Callable[[], Mapping[str, Any] | None]
+    drain_s: float = 30.0
+    poll_s: float = 0.05
+
+    @classmethod
+    def of(cls, profile: Profile) -> GatewayHandover:
+        from appliance.gateway.config import gateway_state_dir
+        from appliance.gateway.rollout import ROLLOUT_FILE
+
+        gateway = profile.spec.gateway
+        url = None if gateway.tls is not None else f"http://127.0.0.1:{profile.spec.ports.gateway}"
+
+        def status() -> Mapping[str, Any] | None:
+            if url is None:
+                return None
+            import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
+
+            try:
+                answer = httpx.get(f"{url}/health", timeout=2.0)
+                body = answer.json()
+            except (httpx.HTTPError, ValueError):
+                return None
+            return body if isinstance(body, dict) else None
+
+        return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status)
+
+    def tell(self, chat_upstream: str | None, *, updating: bool, progress: Progress) -> bool:
+        from appliance.gateway.rollout import Rollout, write_rollout
+
+        try:
+            write_rollout(self.rollout_file, Rollout(chat_upstream, updating))
+        except (OSError, ApplianceError) as error:
+            progress(ApplyEvent("handover", f"could not tell the gateway: {error}", "vllm"))
+            return False
+        return True
+
+    def wait(self, check: Callable[[Mapping[str, Any]], bool], clock: BlockingClock | None) -> bool:
+        """Until `check(rollout report)` holds, the gateway stops answering, or `drain_s`."""
+        clock = clock or SystemClock()
+        end = clock.monotonic() + self.drain_s
+        while True:
+            report = self.status()
+            if report is None:
+                return False
+            rollout = report.get("rollout")
+            if not isinstance(rollout, Mapping):
+                return False  # not a gateway that follows rollouts: nothing to wait for
+            if check(rollout):
+                return True
+            if clock.monotonic() >= end:
+                return False
+            clock.sleep(self.poll_s)
+
+
+def _chat_url(spec: ContainerSpec) -> str:
+    return f"http://127.0.0.1:{spec.ports[0].host_port}/v1"
+
+
+def _old_chat_url(container: ObservedContainer) -> str | None:
+    ports = list(container.host_ports.values())
+    return f"http://127.0.0.1:{ports[0]}/v1" if ports else None
+
+
+def _replace_beside(
+    action: Action,
+    engine: ContainerEngine,
+    journal: _Journal,
+    handover: GatewayHandover,
+    *,
+    start: Callable[[ContainerSpec], None],
+    clock: BlockingClock | None,
+    progress: Progress,
+) -> None:
+    """Blue/green: the old engine keeps serving (set aside under its new name) while the new
+    one starts on the other port; once it is healthy the gateway moves to it, the old one's
+    requests finish, and only then is the old one stopped."""
+    old, spec = action.container, action.spec
+    assert old is not None
+    assert spec is not None
+    aside = _aside_name(old)
+    if old.name != aside:
+        engine.rename(old.id, aside)
+    journal.set_aside.append(old)
+    start(spec)
+    url = _chat_url(spec)
+    progress(ApplyEvent("handover", f"moving the gateway to {spec.name} ({url})", spec.role))
+    journal.handed_over = handover.tell(url, updating=False, progress=progress)
+    if journal.handed_over:
+        handover.wait(
+            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"), clock
+        )
+    progress(ApplyEvent("set-aside", f"stopping {aside}", action.role))
+    engine.stop(old.id)
+
+
+def _is_update(action: Action, chat: str | None) -> bool:
+    """Whether `action` replaces spec.model's running chat engine (a model update)."""
+    return (
+        action.kind == "replace"
+        and action.name == chat
+        and action.container is not None
+        and action.container.state == "running"
+    )
+
+
+def _hold_for_update(
+    handover: GatewayHandover, journal: _Journal, clock: BlockingClock | None, progress: Progress
+) -> None:
+    """In place: the gateway holds chat requests (or sends them remote) before the old engine
+    stops, and its requests in flight finish first (up to the drain bound)."""
+    progress(ApplyEvent("handover", "the gateway holds chat requests", "vllm"))
+    journal.handed_over = handover.tell(journal.old_chat_url, updating=True, progress=progress)
+    if journal.handed_over:
+        handover.wait(lambda r: bool(r.get("updating")) and not r.get("in_flight"), clock)
+
+
 def _execute(
     plan: Plan,
     engine: ContainerEngine,
@@ -491,34 +624,56 @@ def _execute(
     progress: Progress,
     interrupts: _Interrupts,
     after_healthy: Callable[[ContainerSpec], None] | None = None,
+    handover: GatewayHandover | None = None,
+    chat: str | None = None,
 ) -> None:
+    """`chat`: the name of spec.model's chat container, whose replacement is a model update
+    the gateway is told about through `handover`."""
     journal = _Journal()
     order: Sequence[Action] = [a for a in plan.actions if a.kind == "remove"] + [
         a for a in plan.actions if a.kind in ("replace", "create")
     ]
+
+    def start(spec: ContainerSpec) -> None:
+        _start_new(
+            engine,
+            spec,
+            journal,
+            deadline_s=deadlines.get(spec.role, 600.0),
+            clock=clock,
+            probe=probe,
+            progress=progress,
+            interrupts=interrupts,
+            after_healthy=after_healthy,
+        )
+
     try:
         for action in order:
             interrupts.check()
+            update = handover if _is_update(action, chat) else None
+            if update is not None:
+                assert action.container is not None
+                journal.old_chat_url = _old_chat_url(action.container)
+                if action.beside:
+                    _replace_beside(
+                        action, engine, journal, update, start=start, clock=clock, progress=progress
+                    )
+                    continue
+                _hold_for_update(update, journal, clock, progress)
             if action.container is not None:
                 progress(ApplyEvent("set-aside", f"stopping {action.container.name}", action.role))
                 _set_aside(engine, action.container, journal)
                 interrupts.check()
             if action.spec is not None:
-                _start_new(
-                    engine,
-                    action.spec,
-                    journal,
-                    deadline_s=deadlines.get(action.role, 600.0),
-                    clock=clock,
-                    probe=probe,
-                    progress=progress,
-                    interrupts=interrupts,
-                    after_healthy=after_healthy,
-                )
+                start(action.spec)
+                if update is not None and journal.handed_over:
+                    update.tell(_chat_url(action.spec), updating=False, progress=progress)
     except BaseException as error:
         problems = _rollback(
             engine, journal, clock=clock, probe=probe, deadlines=deadlines, progress=progress
         )
+        if handover is not None and journal.handed_over:  # the old engine serves again
+            handover.tell(journal.old_chat_url, updating=False, progress=progress)
         restored = not problems
         note = (
             "the previous containers run again"
@@ -568,18 +723,116 @@ def plan_profile(
     nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
     engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
     """
-    check_fits(profile, box)
+    together = check_fits(profile, box)
     observed = engine.managed_containers() if engine is not None else []
-    return make_plan(_desired(profile, box, catalog, options), observed)
+    plan = _planned(profile, box, catalog, options, observed)
+    if together is not None and together.sleep_reason:
+        plan = replace(plan, notes=(*plan.notes, together.sleep_reason))
+    return plan
 
 
 def _desired(
-    profile: Profile, box: Box, catalog: Catalog | None, options: SpecOptions | None
+    profile: Profile,
+    box: Box,
+    catalog: Catalog | None,
+    options: SpecOptions | None,
+    observed: Sequence[ObservedContainer] = (),
 ) -> tuple[ContainerSpec, ...]:
-    """The containers the profile asks for, mounting the weights' commit directories."""
-    return container_specs(
+    """The containers the profile asks for, mounting the weights' commit directories. The
+    chat engine keeps the port it runs on (spec.ports.vllm or, after a blue/green update,
+    spec.ports.vllm_update): the two take turns."""
+    specs = container_specs(
         profile, box, catalog=catalog, options=options, weights_source=resolved_weights
     )
+    port = _chat_port_now(profile, observed)
+    main = container_name(profile.metadata.name, "vllm")
+    return tuple(with_host_port(s, port) if s.name == main else s for s in specs)
+
+
+def _chat_port_now(profile: Profile, observed: Sequence[ObservedContainer]) -> int:
+    main = container_name(profile.metadata.name, "vllm")
+    ports = profile.spec.ports
+    for container in observed:
+        if container.name == main and ports.vllm_update in container.host_ports.values():
+            return ports.vllm_update
+    return ports.vllm
+
+
+def with_host_port(spec: ContainerSpec, port: int) -> ContainerSpec:
+    """`spec` published on another host port (its health URL with it)."""
+    if not spec.ports or spec.ports[0].host_port == port:
+        return spec
+    old = spec.ports[0].host_port
+    bindings = (spec.ports[0].model_copy(update={"host_port": port}), *spec.ports[1:])
+    health = spec.health_url.replace(f":{old}/", f":{port}/", 1) if spec.health_url else None
+    return spec.model_copy(update={"ports": bindings, "health_url": health})
+
+
+def _planned(
+    profile: Profile,
+    box: Box,
+    catalog: Catalog | None,
+    options: SpecOptions | None,
+    observed: Sequence[ObservedContainer],
+) -> Plan:
+    """The plan, with a model update's way decided (issue #19 point 3): when the running chat
+    engine is replaced and the new one fits beside it, it starts on the other chat port and
+    the gateway moves to it once healthy (blue/green); otherwise the plan says how the gateway
+    serves the gap."""
+    plan = make_plan(_desired(profile, box, catalog, options, observed), observed)
+    main = container_name(profile.metadata.name, "vllm")
+    index = next(
+        (
+            i
+            for i, a in enumerate(plan.actions)
+            if a.kind == "replace"
+            and a.name == main
+            and a.container is not None
+            and a.container.state == "running"
+            and a.spec is not None
+        ),
+        None,
+    )
+    if index is None or profile.spec.switching is not None:
+        return plan
+    action = plan.actions[index]
+    assert action.container is not None
+    assert action.spec is not None
+    from appliance.fit import fits_beside
+    from appliance.runtime.plan import utilization_of
+
+    old_utilization = utilization_of(action.container)
+    fits, why = (
+        fits_beside(profile, box, old_utilization)
+        if old_utilization is not None
+        else (False, "the running engine's memory share is not known")
+    )
+    ports = profile.spec.ports
+    if fits:
+        running = set(action.container.host_ports.values())
+        # The port it does not run on; the profile's own when it runs on neither (the
+        # profile moved spec.ports.vllm).
+        other = ports.vllm_update if ports.vllm in running else ports.vllm
+        spec = with_host_port(action.spec, other)
+        beside = replace(action, spec=spec, beside=True)
+        actions = (*plan.actions[:index], beside, *plan.actions[index + 1 :])
+        note = (
+            f"model update without an outage: the new chat engine starts on port {other} "
+            f"beside the old one ({why}); the gateway moves to it once healthy, then the old "
+            "one stops"
+        )
+        return replace(plan, actions=actions, notes=(*plan.notes, note))
+    remote = profile.spec.gateway.fallback.remote is not None
+    gap = (
+        "sends chat requests to the remote API while fallback is auto or always, else holds "
+        if remote
+        else "holds "
+    )
+    note = (
+        f"model update in place ({why}): the old chat engine stops before the new one starts; "
+        f"meanwhile the gateway {gap}them (bounded, 503 with Retry-After beyond)"
+    )
+    return replace(plan, notes=(*plan.notes, note))
 
 
 def apply_profile(
@@ -598,6 +851,7 @@ def apply_profile(
     lock_file: Path | None = None,
     fit_checked: bool = False,
     engine_call: Callable[[str, str, bytes], bool] = http_call,
+    handover: GatewayHandover | None = None,
 ) -> ApplyResult:
     """`appliance apply PROFILE`: make the box run exactly this profile, or leave it as it was.
 
@@ -607,6 +861,8 @@ def apply_profile(
     `ApplyFailedError` after a rollback. `fit_checked`: the caller already ran `check_fits` on
     this profile and box (a deploy does, before downloading), so preflight does not size again.
     `engine_call(method, url, body)` reaches the engines' sleep-mode routes (spec.switching).
+    `handover` tells the running gateway about a model update (default: the profile's own
+    gateway, through its rollout file and /health).
     """
     catalog = catalog or load_catalog()
     report = _tolerant(progress or _quiet)
@@ -619,7 +875,7 @@ def apply_profile(
             )
         interrupts.check()
         current = engine.managed_containers()
-        plan = make_plan(_desired(profile, box, catalog, options), current)
+        plan = _planned(profile, box, catalog, options, current)
         report(ApplyEvent("plan", plan.render()))
         if plan.is_noop:
             report(ApplyEvent("done", "no changes"))
@@ -636,7 +892,7 @@ def apply_profile(
             progress=report,
             check_fit=not fit_checked,
         )
-        turns = SleepTurns.of(profile, engine_call, report)
+        turns = SleepTurns.of(profile, engine_call, report, box.host.memory_total_bytes)
         with interrupts.deferred():
             if turns is not None:
                 turns.before(plan)
@@ -649,6 +905,8 @@ def apply_profile(
                 progress=report,
                 interrupts=interrupts,
                 after_healthy=turns.after_healthy if turns is not None else None,
+                handover=handover or GatewayHandover.of(profile),
+                chat=container_name(profile.metadata.name, "vllm"),
             )
             if turns is not None:
                 turns.finish(plan)
@@ -673,7 +931,11 @@ class SleepTurns:
 
     @classmethod
     def of(
-        cls, profile: Profile, call: Callable[[str, str, bytes], bool], progress: Progress
+        cls,
+        profile: Profile,
+        call: Callable[[str, str, bytes], bool],
+        progress: Progress,
+        host_memory_bytes: int | None = None,
     ) -> SleepTurns | None:
         switching = profile.spec.switching
         if switching is None:
@@ -683,7 +945,12 @@ class SleepTurns:
         origins = {main: f"http://127.0.0.1:{profile.spec.ports.vllm}"}
         for n, model in enumerate(switching.models, start=2):
             origins[container_name(name, f"vllm-{n}")] = f"http://127.0.0.1:{model.port}"
-        return cls(origins, main, switching.sleep_level, call, progress)
+        level = switching.sleep_level
+        if level == "auto":
+            from appliance.local_model import profile_sleep_level
+
+            level = profile_sleep_level(profile, host_memory_bytes)[0]
+        return cls(origins, main, level, call, progress)
 
     def _starts_engine(self, plan: Plan) -> bool:
         return any(a.kind in ("create", "replace") and a.name in self.origins for a in plan.actions)

@@ -49,11 +49,16 @@ class Action:
     container: ObservedContainer | None = None  # the existing one (replace, remove, keep)
     changes: tuple[FieldChange, ...] = ()
     reason: str = ""
+    # A model update (issue #19): the new engine starts beside the old one, which keeps
+    # serving until the gateway has moved to the new one (blue/green).
+    beside: bool = False
 
     def render(self) -> str:
         line = f"{self.kind:<8} {self.role:<5} {self.name}"
         if self.reason:
             line += f"  ({self.reason})"
+        if self.beside:
+            line += "  [blue/green: beside the old one]"
         return "\n".join([line, *(f"           {change.render()}" for change in self.changes)])
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +68,7 @@ class Action:
             "name": self.name,
             "container_id": self.container.id if self.container else None,
             "reason": self.reason,
+            "beside": self.beside,
             "changes": [
                 {"field": c.field, "before": c.before, "after": c.after} for c in self.changes
             ],
@@ -72,6 +78,9 @@ class Action:
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    # What the plan decided besides the containers, one line each (the sleep level auto chose,
+    # how a model update is served), shown after the actions.
+    notes: tuple[str, ...] = ()
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -83,12 +92,31 @@ class Plan:
         return not self.changes
 
     def render(self) -> str:
+        notes = [f"note: {note}" for note in self.notes]
         if self.is_noop:
-            return "no changes: every container is running as the profile asks"
-        return "\n".join(action.render() for action in self.actions)
+            return "\n".join(["no changes: every container is running as the profile asks", *notes])
+        return "\n".join([*(action.render() for action in self.actions), *notes])
 
     def to_json(self) -> dict[str, Any]:
-        return {"changes": not self.is_noop, "actions": [a.to_json() for a in self.actions]}
+        return {
+            "changes": not self.is_noop,
+            "actions": [a.to_json() for a in self.actions],
+            "notes": list(self.notes),
+        }
+
+
+def utilization_of(container: ObservedContainer) -> float | None:
+    """The --gpu-memory-utilization a running chat engine was started with (vLLM's own
+    default, 0.9, when its command does not say); None when its spec is not readable."""
+    if container.spec_json is None:
+        return None
+    try:
+        command = json.loads(container.spec_json).get("command") or []
+        flags = _flags([str(item) for item in command])
+        value = flags.get("--gpu-memory-utilization") or flags.get("--mem-fraction-static")
+        return 0.9 if value is None else float(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def _flags(argv: Sequence[str]) -> dict[str, str]:

@@ -122,6 +122,16 @@ class FallbackSwitched(Message):
 
 
 @dataclass
+class ModelOrdered(Message):
+    """An admin's order to one of several chat models was carried out (or refused: `ok`)."""
+
+    model: str
+    action: str
+    outcome: str
+    ok: bool = True
+
+
+@dataclass
 class LogLines(Message):
     service: str
     lines: tuple[str, ...]

@@ -94,6 +94,12 @@ class FallbackControl(Protocol):
     def switch(self, mode: str) -> str: ...
 
 
+ModelOrders = Callable[[str, str], str]
+"""Several chat models: `orders(model, action)` pins, unpins, sleeps or wakes one through the
+gateway's admin route (`appliance.operations.models`); its outcome in one line, or an
+`ApplianceError`."""
+
+
 class KeyStore(Protocol):
     """The gateway's API keys (`appliance keys …`)."""
 
@@ -220,6 +226,7 @@ class Services:
     - `deploy`: download the weights, then `appliance apply` with progress; `deploy_disabled`
       says why Deploy cannot apply here (a simulated box), or None.
     - `fallback`, `keys`, `logs`: the gateway and log views; None when not configured.
+    - `models`: pin, sleep or wake one of several chat models; None when not configured.
     - `cost`: `appliance cost` for a window name (hour, day, 7d); None when no profile is
       applied, so the Monitor's cost view says so.
     - `profiles_dir`: where Recommend saves profiles.
@@ -236,6 +243,7 @@ class Services:
     deploy: Deployer | None = None
     deploy_disabled: str | None = None
     fallback: FallbackControl | None = None
+    models: ModelOrders | None = None
     keys: KeyStore | None = None
     logs: LogSource | None = None
     cost: CostSource | None = None
@@ -441,10 +449,16 @@ def watching(services: Services, profile: Profile) -> Services:
         samplers = profile_samplers(profile, runtime=runtime)
         return Monitor(samplers, config=MonitorConfig.from_profile(profile))
 
+    def order_model(model: str, action: str) -> str:
+        from appliance.operations.models import ModelControl
+
+        return ModelControl.of(profile).order(model, action)
+
     gateway = _profile_gateway(profile)
     return dataclasses.replace(
         services,
         monitor=make_monitor,
+        models=order_model if profile.spec.switching is not None else None,
         fallback=gateway,
         keys=gateway,
         cost=profile_cost(profile),

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from appliance.gateway.app import GatewayApp
-from appliance.gateway.config import GatewayConfig, RemoteConfig, SwitchingConfig
+from appliance.gateway.config import GatewayConfig, RemoteConfig, SecretSource, SwitchingConfig
 from appliance.gateway.switching import SwitchRules
 from appliance.vocabulary import FallbackMode
 from tests.doubles import threaded_engine_double
@@ -48,6 +48,7 @@ def _config(
     doubles: dict[str, Any],
     rules: SwitchRules,
     remote: Any = None,
+    admin_key: SecretSource | None = None,
 ) -> GatewayConfig:
     names = list(doubles)
     return GatewayConfig(
@@ -61,6 +62,7 @@ def _config(
             RemoteConfig(f"{remote.url}/v1", None, {"beta": "remote-beta"}) if remote else None
         ),
         default_fallback_mode=FallbackMode.AUTO if remote else FallbackMode.OFF,
+        admin_key=admin_key,
         switching=SwitchingConfig(
             upstreams={name: f"{server.url}/v1" for name, server in doubles.items()},
             initially_awake=names[0],
@@ -212,7 +214,7 @@ def test_the_held_queue_is_bounded(tmp_path: Path) -> None:
             for answer in await asyncio.gather(*held):
                 assert answer.status_code == 200
                 assert answer.json()["model"] == "beta"
-            assert switcher.refused == {"full": 2, "timeout": 0}
+            assert switcher.refused == {"full": 2, "timeout": 0, "pinned": 0}
 
     with engines(2) as doubles:
         asyncio.run(scenario(doubles))
@@ -331,6 +333,97 @@ def test_a_client_can_never_reach_the_sleep_routes(tmp_path: Path) -> None:
             assert answer.status_code == 200
             after = {n: (s.sleeps, s.wakes, s.reloads) for n, s in doubles.items()}
             assert after == before
+            assert app.switcher is not None
+            assert app.switcher.states == {"alpha": "awake", "beta": "asleep-1"}
+
+    with engines(2) as doubles:
+        asyncio.run(scenario(doubles))
+
+
+ADMIN = "test-admin-key-0123456789"
+
+
+def test_an_admin_pins_sleeps_and_wakes_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TEST_ADMIN_KEY", ADMIN)
+    admin = {"authorization": f"Bearer {ADMIN}"}
+
+    async def order(client: httpx.AsyncClient, model: str, action: str) -> httpx.Response:
+        return await client.post(
+            "/admin/models", json={"model": model, "action": action}, headers=admin
+        )
+
+    async def scenario(doubles: dict[str, Any]) -> None:
+        rules = SwitchRules(idle_sleep_s=0.05)
+        config = _config(tmp_path, doubles, rules, admin_key=SecretSource(env="GW_TEST_ADMIN_KEY"))
+        async with gateway(config) as (app, client):
+            switcher = app.switcher
+            assert switcher is not None
+            # Pinned: woken at once, never put to sleep for idleness, and a request for the
+            # other model is refused with Retry-After instead of switching.
+            pinned = await order(client, "beta", "pin")
+            assert pinned.status_code == 200, pinned.text
+            assert pinned.json()["pinned"] == "beta"
+            assert switcher.states == {"alpha": "asleep-1", "beta": "awake"}
+            for _ in range(10):
+                await asyncio.sleep(0.02)
+            assert switcher.states["beta"] == "awake"
+            refused = await _chat(client, "alpha")
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "60"
+            assert "pinned" in refused.json()["error"]["message"]
+            assert (await order(client, "beta", "sleep")).status_code == 409
+            assert (await order(client, "alpha", "wake")).status_code == 409
+            metrics = (await client.get("/metrics")).text
+            assert 'appliance_gateway_model_pinned{model="beta"} 1.0' in metrics
+            assert 'appliance_gateway_model_wakes_total{model="beta"} 1.0' in metrics
+            assert 'appliance_gateway_model_wake_seconds{model="beta"}' in metrics
+            assert 'appliance_gateway_held_refused_total{reason="pinned"} 1.0' in metrics
+            # Unpinned: an admin's sleep and wake are carried out at once.
+            assert (await order(client, "beta", "unpin")).json()["pinned"] is None
+            assert (await order(client, "alpha", "wake")).status_code == 200
+            assert switcher.states["alpha"] == "awake"
+            assert (await order(client, "alpha", "sleep")).status_code == 200
+            assert switcher.states["alpha"] == "asleep-1"
+            assert _asleep(doubles["alpha"])
+            shown = await client.get("/admin/models", headers=admin)
+            assert shown.json()["models"]["alpha"]["state"] == "asleep-1"
+
+    with engines(2) as doubles:
+        asyncio.run(scenario(doubles))
+
+
+def test_the_model_admin_route_needs_the_admin_key_and_a_clear_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TEST_ADMIN_KEY", ADMIN)
+    admin = {"authorization": f"Bearer {ADMIN}"}
+
+    async def scenario(doubles: dict[str, Any]) -> None:
+        config = _config(
+            tmp_path, doubles, SwitchRules(), admin_key=SecretSource(env="GW_TEST_ADMIN_KEY")
+        )
+        async with gateway(config) as (app, client):
+            before = {n: (s.sleeps, s.wakes) for n, s in doubles.items()}
+            body = {"model": "beta", "action": "wake"}
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):
+                for method in ("GET", "POST"):
+                    answer = await client.request(
+                        method, "/admin/models", json=body, headers=headers
+                    )
+                    assert answer.status_code == 401, (method, headers)
+            assert {n: (s.sleeps, s.wakes) for n, s in doubles.items()} == before
+            for bad, status in (
+                (b"not json", 400),
+                (b'{"model": "beta"}', 400),
+                (b'{"model": "beta", "action": "explode"}', 400),
+                (b'{"model": "delta", "action": "wake"}', 404),
+            ):
+                answer = await client.post("/admin/models", content=bad, headers=admin)
+                assert answer.status_code == status, bad
+                assert answer.json()["error"]["message"]
+            assert (await client.put("/admin/models", headers=admin)).status_code == 404
             assert app.switcher is not None
             assert app.switcher.states == {"alpha": "awake", "beta": "asleep-1"}
 

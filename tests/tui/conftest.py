@@ -3,6 +3,7 @@ for the gateway and the logs, so every picture is the same on every run."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from appliance.clock import ManualClock
+from appliance.errors import BadInputError
 from appliance.gateway.keys import CreatedKey, KeyInfo, Scope
 from appliance.hardware import detect_box
 from appliance.hardware.box import Box, Finding
 from appliance.monitor.monitor import Monitor
+from appliance.monitor.samplers import Endpoint, EndpointReading, EndpointSampler, SamplerSet
+from appliance.monitor.scrape import MODEL_WAKES_KEY, SwitchedModelReading
 from appliance.operations.plan import plan_from_nothing
 from appliance.operations.status import simulated
 from appliance.tui.services import (
@@ -94,6 +98,84 @@ def fake_deploy(fail: bool = False):  # type: ignore[no-untyped-def]
         return Deployment(ApplyResult(plan, applied=True), gateway_note=None)
 
     return deploy
+
+
+@dataclass
+class FakeModels:
+    """Several chat models behind the gateway, in memory: the admin's orders change their
+    states as the gateway would (one awake; a pinned one is neither slept nor switched from)."""
+
+    states: dict[str, str] = field(
+        default_factory=lambda: {"qwen-7b": "awake", "llama-8b": "asleep-1", "phi-4": "asleep-1"}
+    )
+    pinned: str | None = None
+    wakes: dict[str, int] = field(default_factory=lambda: {"qwen-7b": 0, "llama-8b": 3, "phi-4": 1})
+    orders: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, model: str, action: str) -> str:
+        self.orders.append((model, action))
+        if action == "unpin":
+            self.pinned = None
+        elif self.pinned not in (None, model) or (action == "sleep" and self.pinned == model):
+            raise BadInputError(f"{action} {model}: {self.pinned} is pinned awake: unpin it first")
+        elif action == "sleep":
+            self.states[model] = "asleep-1"
+        else:  # wake, pin
+            for name, state in self.states.items():
+                if state == "awake" and name != model:
+                    self.states[name] = "asleep-1"
+            if self.states[model] != "awake":
+                self.wakes[model] += 1
+            self.states[model] = "awake"
+            self.pinned = model if action == "pin" else self.pinned
+        return f"{action} {model}: done"
+
+    def readings(self) -> tuple[SwitchedModelReading, ...]:
+        return tuple(
+            SwitchedModelReading(
+                name,
+                state,
+                0.0,
+                2.0 if state != "awake" and name == "phi-4" else 0.0,
+                self.pinned == name,
+                1.8 if self.wakes[name] else None,
+            )
+            for name, state in self.states.items()
+        )
+
+
+@dataclass
+class SwitchingGatewaySampler:
+    """The simulated gateway's readings, with the fake's switched chat models added."""
+
+    inner: EndpointSampler
+    models: FakeModels
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.inner.endpoint
+
+    async def sample(self) -> EndpointReading:
+        reading = await self.inner.sample()
+        if reading.metrics is None:
+            return reading
+        counters = {
+            **reading.metrics.counters,
+            "model_switches": float(sum(self.models.wakes.values())),
+            **{f"{MODEL_WAKES_KEY}{n}": float(w) for n, w in self.models.wakes.items()},
+        }
+        metrics = dataclasses.replace(
+            reading.metrics, counters=counters, switched=self.models.readings()
+        )
+        return dataclasses.replace(reading, metrics=metrics)
+
+
+def with_switched_models(samplers: SamplerSet, models: FakeModels) -> SamplerSet:
+    services = tuple(
+        SwitchingGatewaySampler(s, models) if s.endpoint.kind == "gateway" else s
+        for s in samplers.services
+    )
+    return dataclasses.replace(samplers, services=services)
 
 
 @dataclass
@@ -223,6 +305,7 @@ def fake_services(
     ticks: int | None = None,
     deploy: bool | str = False,
     engine: EngineKind = "vllm",
+    models: FakeModels | None = None,
 ) -> Services:
     """The monitor ticks MONITOR_TICKS times at once, then holds (still "running"); `engine`
     is the chat server the simulated profile runs (it names the chat service)."""
@@ -232,6 +315,8 @@ def fake_services(
         samplers, used = simulated(
             box, clock=clock, seed=7, fallback_mode=gateway.read, engine=engine
         )
+        if models is not None:
+            samplers = with_switched_models(samplers, models)
         return Monitor(samplers, clock=used)
 
     gateway = FakeGateway()
@@ -245,6 +330,7 @@ def fake_services(
         deploy=fake_deploy(fail=deploy == "fail") if deploy else None,
         deploy_disabled=None if (no_gpu or deploy) else f"the box is simulated ({box}).",
         fallback=None if no_gpu else gateway,
+        models=models,
         keys=None if no_gpu else gateway,
         logs=FakeLogs(),
         cost=None if no_gpu else FakeCost(),

@@ -643,3 +643,62 @@ def test_a_key_made_on_a_simulated_box_says_it_is_throw_away(tmp_path: Path) -> 
         await app.workers.wait_for_complete()
 
     run(go)
+
+
+def test_the_monitor_shows_switched_models_and_pins_sleeps_and_wakes_them(
+    tmp_path: Path,
+) -> None:
+    from appliance.tui.messages import ModelOrdered
+    from appliance.tui.widgets.panels import ServicesPanel
+    from tests.tui.conftest import FakeModels
+
+    models = FakeModels()
+    seen: list[Message] = []
+
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path, ticks=None, models=models))
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 3)
+            await pilot.press("m")
+            await pilot.pause()
+            panel = app.screen.query_one(ServicesPanel)
+            assert panel.selected_model == "qwen-7b"
+            await pilot.press("n")  # select llama-8b, then pin it: woken and pinned
+            await pilot.press("p")
+            await until(pilot, lambda: any(isinstance(m, ModelOrdered) for m in seen))
+            assert models.orders == [("llama-8b", "pin")]
+            assert models.pinned == "llama-8b"
+            await pilot.press("z")  # a pinned model is not put to sleep: one line says why
+            await until(pilot, lambda: any(_refused(m) for m in seen))
+            refused = next(m for m in seen if _refused(m))
+            assert not refused.ok
+            assert "pinned awake" in refused.outcome
+            await pilot.press("p")  # pinned: `p` unpins
+            await until(pilot, lambda: len(models.orders) == 3)
+            await pilot.press("z")
+            await until(pilot, lambda: len(models.orders) == 4)
+            assert models.orders[2:] == [("llama-8b", "unpin"), ("llama-8b", "sleep")]
+            await pilot.press("n", "u")  # phi-4 woken
+            await until(pilot, lambda: len(models.orders) == 5)
+            assert models.orders[-1] == ("phi-4", "wake")
+
+    run(go)
+
+
+def _refused(message: Message) -> bool:
+    from appliance.tui.messages import ModelOrdered
+
+    return isinstance(message, ModelOrdered) and not message.ok
+
+
+def test_model_keys_hide_without_several_chat_models(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = ApplianceApp(services=fake_services(tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.tick >= 3)
+            await pilot.press("m")
+            await pilot.pause()
+            for action in ("next_model", "order"):
+                assert not app.screen.check_action(action, ())
+
+    run(go)

@@ -200,3 +200,12 @@ def test_monitor_with_sglang(snap_compare: Any) -> None:
     """A profile that runs SGLang names its chat service and trends after it, not vLLM."""
     app = ApplianceApp(services=fake_services(engine="sglang"))
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settled("m"))
+
+
+def test_monitor_with_switched_models(snap_compare: Any) -> None:
+    """Several chat models: each one's state, held requests, last wake and wakes per hour under
+    the gateway, the selected one marked, and the keys that pin, sleep and wake it."""
+    from tests.tui.conftest import FakeModels
+
+    app = ApplianceApp(services=fake_services(models=FakeModels(pinned="qwen-7b")))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settled("m"))

@@ -43,6 +43,14 @@ def test_admit(state: ModelState, draining: bool, held: int, expected: Admission
     assert admit(state, draining=draining, held_total=held, rules=RULES) is expected
 
 
+def test_a_pinned_model_refuses_a_switch_but_not_its_own_requests() -> None:
+    pinned = {"draining": False, "held_total": 0, "rules": RULES, "pinned_elsewhere": True}
+    assert admit("asleep-1", **pinned) is Admission.PINNED  # type: ignore[arg-type]
+    assert admit("awake", **pinned) is Admission.FORWARD  # type: ignore[arg-type]
+    due = {"in_flight": 0, "held_total": 0, "idle_for_s": 1e9, "rules": RULES}
+    assert not idle_sleep_due("awake", **due, pinned=True)  # type: ignore[arg-type]
+
+
 def test_next_to_wake_is_the_longest_waiting() -> None:
     assert next_to_wake({}) is None
     assert next_to_wake({"b": 2.0, "a": 3.0}) == "b"

@@ -11,12 +11,19 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from appliance.clock import ManualClock
 from appliance.errors import BadInputError, ExitCode
+from appliance.gateway.app import _SwitchingCollector
+from appliance.gateway.switcher import ModelSwitcher
+from appliance.gateway.switching import SwitchRules
+from appliance.gateway.upstream import Upstream
 from appliance.hardware.nvml import NvmlDevice, NvmlSystem, NvmlUnavailable, RecordedNvml
 from appliance.monitor.alerts import AlertThresholds
 from appliance.monitor.monitor import EngineLoadSignal, Monitor, MonitorConfig
@@ -801,3 +808,66 @@ def test_a_failing_fallback_reader_leaves_the_simulated_gateway_on_auto() -> Non
     assert gateway.healthy
     assert gateway.local_requests_per_s is not None
     assert gateway.local_requests_per_s > 0
+
+
+def _switching_page(switcher: ModelSwitcher) -> str:
+    """The real gateway collector's page for this switcher, beside its request counter."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_SwitchingCollector(SimpleNamespace(switcher=switcher)))  # type: ignore[arg-type]
+    return gateway_text(local=1, remote=0) + generate_latest(registry).decode()
+
+
+def test_switched_models_show_state_wake_time_switches_per_hour_and_held() -> None:
+    engines, clock = Engines(), clock_at()
+    switcher = ModelSwitcher(
+        dict.fromkeys(("alpha", "beta"), cast("Upstream", None)),
+        initially_awake="alpha",
+        rules=SwitchRules(sleep_level=2),
+    )
+
+    def step(*, wakes: int, held: int, pinned: str | None) -> Callable[[], None]:
+        def change() -> None:
+            switcher.states = {"alpha": "asleep-2", "beta": "awake"} if wakes else switcher.states
+            switcher.switches = switcher.wakes["beta"] = wakes
+            switcher.wake_seconds = {"beta": 1.25} if wakes else {}
+            switcher.held = {"alpha": held, "beta": 0}
+            switcher.pinned = pinned
+            engines.pages["gateway.test"] = _switching_page(switcher)
+
+        return change
+
+    first, second = ticks(
+        Monitor(engines.samplers(GATEWAY), clock=clock),
+        clock,
+        [step(wakes=0, held=0, pinned=None), step(wakes=2, held=3, pinned="beta")],
+    )
+    gateway = first.service("gateway")
+    assert gateway is not None
+    assert [(m.name, m.state, m.switches_per_hour) for m in gateway.models] == [
+        ("alpha", "awake", None),  # one scrape says nothing about a rate
+        ("beta", "asleep-2", None),
+    ]
+    gateway = second.service("gateway")
+    assert gateway is not None
+    alpha, beta = gateway.models
+    assert (alpha.state, alpha.held, alpha.pinned) == ("asleep-2", 3, False)
+    assert alpha.wake_seconds is None
+    assert (beta.state, beta.pinned, beta.wake_seconds) == ("awake", True, 1.25)
+    assert beta.switches_per_hour == 2 * 3600.0  # 2 wakes in one (fake) second
+    assert gateway.switches_per_hour == 2 * 3600.0
+    assert Snapshot.model_validate_json(second.model_dump_json()) == second
+    text = render_status(second)
+    assert "chat models: 2 switched, 7,200.0 switches/h" in text
+    assert "alpha  asleep (level 2)   in flight 0   held 3   last wake -" in text
+    assert "beta   pinned awake       in flight 0   held 0   last wake 1.25 s" in text
+
+
+def test_a_gateway_without_switching_shows_no_models() -> None:
+    engines, clock = Engines(), clock_at()
+    engines.pages["gateway.test"] = gateway_text(local=1, remote=0)
+    (snapshot,) = ticks(Monitor(engines.samplers(GATEWAY), clock=clock), clock, [lambda: None])
+    gateway = snapshot.service("gateway")
+    assert gateway is not None
+    assert gateway.models == ()
+    assert gateway.switches_per_hour is None
+    assert "chat models" not in render_status(snapshot)

@@ -62,7 +62,7 @@ THIRD = """\
 """
 
 
-def _profile(util: float = 0.8, level: int = 1, third: bool = False) -> Profile:
+def _profile(util: float = 0.8, level: int | str = 1, third: bool = False) -> Profile:
     text = BASE.format(util=util) + SWITCHING.format(level=level) + (THIRD if third else "")
     return parse_profile(text, "multi.yaml")
 
@@ -253,6 +253,63 @@ def test_the_gateway_config_lists_every_switched_model(tmp_path: Path) -> None:
     assert single.switching is None
 
 
+def test_auto_keeps_weights_in_ram_while_they_fit_with_headroom() -> None:
+    from appliance.sizing import choose_sleep_level, sleeping_weight_bytes
+
+    # Whichever model is awake, the others sleep: all weights but the smallest.
+    assert sleeping_weight_bytes([4 * GIB, 5 * GIB, 6 * GIB]) == 11 * GIB
+    assert sleeping_weight_bytes([4 * GIB, None]) is None
+    level, reason = choose_sleep_level(11 * GIB, 16 * GIB)  # 12 GiB usable of 16
+    assert level == 1
+    assert reason.startswith("sleep level 1 (auto)")
+    assert "11.0 GiB, 12.0 GiB usable of 16.0 GiB host RAM (25% kept free)" in reason
+    level, reason = choose_sleep_level(13 * GIB, 16 * GIB)
+    assert level == 2
+    assert "reloaded on wake" in reason
+    assert choose_sleep_level(None, 16 * GIB)[0] == 2
+    assert choose_sleep_level(GIB, None)[0] == 2
+
+
+def _auto_profile() -> Profile:
+    """spec.model and one further model whose weight sizes the catalog knows."""
+    text = BASE.format(util=0.8) + "  switching:\n    sleep_level: auto\n    models:\n" + THIRD
+    return parse_profile(text, "multi.yaml")
+
+
+def test_plan_shows_the_level_auto_chose_and_why() -> None:
+    from appliance.runtime.apply import plan_profile
+
+    box = _box()
+    plan = plan_profile(_auto_profile(), box, None)
+    (note,) = plan.notes
+    assert note.startswith("sleep level 1 (auto)")  # about 5 GiB of weights asleep
+    assert f"note: {note}" in plan.render()
+    assert plan.to_json()["notes"] == [note]
+    host = box.host.model_copy(update={"memory_total_bytes": 6 * GIB})
+    (note,) = plan_profile(_auto_profile(), box.model_copy(update={"host": host}), None).notes
+    assert note.startswith("sleep level 2 (auto)")
+    assert "usable of 6.0 GiB host RAM" in note
+    # A model whose size is not known: nothing is kept in RAM.
+    (note,) = plan_profile(_profile(level="auto", third=True), box, None).notes
+    assert (
+        note == "sleep level 2 (auto): a model's weight size is not known, so none is kept in RAM"
+    )
+    # A level the profile sets needs no note.
+    assert plan_profile(_profile(level=1, third=True), box, None).notes == ()
+
+
+def test_apply_turns_sleep_at_the_level_auto_chose() -> None:
+    from appliance.runtime.apply import SleepTurns
+
+    calls = _Calls()
+    turns = SleepTurns.of(_auto_profile(), calls, lambda _: None, 6 * GIB)
+    assert turns is not None
+    assert turns.level == 2
+    turns = SleepTurns.of(_auto_profile(), calls, lambda _: None, 256 * GIB)
+    assert turns is not None
+    assert turns.level == 1
+
+
 class _Calls:
     """Records the engines' sleep-mode calls apply makes; answers 200 unless told otherwise."""
 
@@ -351,3 +408,21 @@ def test_every_switched_models_weights_are_needed() -> None:
         ("hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ", "model"),
         ("Qwen/Qwen3-8B-AWQ", "model"),
     ]
+
+
+def test_the_gateway_sleeps_models_at_the_level_auto_chooses_on_its_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import psutil
+
+    from appliance.gateway.config import GatewayConfig
+
+    for ram, level in ((6 * GIB, 2), (256 * GIB, 1)):
+        monkeypatch.setattr(
+            psutil, "virtual_memory", lambda ram=ram: types.SimpleNamespace(total=ram)
+        )
+        switching = GatewayConfig.from_profile(_auto_profile(), state_dir=tmp_path).switching
+        assert switching is not None
+        assert switching.rules.sleep_level == level

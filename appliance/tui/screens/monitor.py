@@ -2,7 +2,9 @@
 
 It draws the monitor's `Snapshot` (the one `appliance status` prints) and the history the app's
 monitor worker keeps; `f` switches the gateway's fallback mode off → auto → always; `c` shows
-what the box costs against the API it replaces (`appliance cost`), `w` its window.
+what the box costs against the API it replaces (`appliance cost`), `w` its window. With several
+chat models (spec.switching), `n` selects one, `p` pins it awake (or unpins), `z` puts it to
+sleep and `u` wakes it, through the gateway's admin route; those keys show only then.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
-from appliance.tui.messages import CostComputed
+from appliance.errors import ApplianceError
+from appliance.tui.messages import CostComputed, ModelOrdered
 from appliance.tui.screens.base import ApplianceScreen, this_screen
 from appliance.tui.services import NO_PROFILE_COST, CostView
 from appliance.tui.widgets.panels import (
@@ -83,9 +86,15 @@ class MonitorScreen(ApplianceScreen):
             tooltip="Cost over the last hour → day → 7 days",
         ),
         this_screen("m", "monitor", "Monitor"),
+        Binding("n", "next_model", "Model", tooltip="Select the next chat model"),
+        Binding("p", "order('pin')", "Pin", tooltip="Pin the selected model awake, or unpin it"),
+        Binding("z", "order('sleep')", "Sleep", tooltip="Put the selected model to sleep"),
+        Binding("u", "order('wake')", "Wake", tooltip="Wake the selected model now"),
     ]
+    _MODEL_ACTIONS = frozenset({"next_model", "order"})
 
     cost_window = "day"
+    _pinned: str | None = None  # the model pinned awake, as last read or ordered
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -123,6 +132,13 @@ class MonitorScreen(ApplianceScreen):
 
     def _redraw(self, snapshot: Snapshot | None) -> None:
         series = self.appliance.series
+        gateway = snapshot.service("gateway") if snapshot is not None else None
+        if gateway is not None and gateway.models:
+            self._pinned = next((m.name for m in gateway.models if m.pinned), None)
+        services = self.query_one(ServicesPanel)
+        if services.selected_model is None and self._switched_models():
+            services.selected_model = self._selected_model()
+            self.refresh_bindings()
         for panel in (
             self.query_one(GpuPanel),
             self.query_one(ServicesPanel),
@@ -174,7 +190,61 @@ class MonitorScreen(ApplianceScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cost_window":  # only while the cost view is open
             return self.query_one("#monitor-cost").display
+        if action in self._MODEL_ACTIONS:  # only with several chat models to act on
+            return bool(self._switched_models())
         return True
+
+    # -- several chat models
+
+    def _switched_models(self) -> tuple[str, ...]:
+        snapshot = self.appliance.snapshot
+        gateway = snapshot.service("gateway") if snapshot is not None else None
+        return tuple(m.name for m in gateway.models) if gateway is not None else ()
+
+    def _selected_model(self) -> str | None:
+        names = self._switched_models()
+        selected = self.query_one(ServicesPanel).selected_model
+        return selected if selected in names else (names[0] if names else None)
+
+    def action_next_model(self) -> None:
+        names = self._switched_models()
+        selected = self._selected_model()
+        if selected is None:
+            return
+        panel = self.query_one(ServicesPanel)
+        panel.selected_model = names[(names.index(selected) + 1) % len(names)]
+        panel.refresh()
+
+    def action_order(self, action: str) -> None:
+        model = self._selected_model()
+        if model is None:
+            return
+        if self.appliance.services.models is None:
+            self.notify("The gateway's admin route is not configured here.", severity="warning")
+            return
+        if action == "pin" and self._pinned == model:
+            action = "unpin"
+        self.notify(f"{action} {model} …")
+        self.order_model(model, action)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="models")
+    def order_model(self, model: str, action: str) -> None:
+        orders = self.appliance.services.models
+        assert orders is not None
+        try:
+            self.post_message(ModelOrdered(model, action, orders(model, action)))
+        except ApplianceError as error:
+            self.post_message(ModelOrdered(model, action, error.render(), ok=False))
+
+    @on(ModelOrdered)
+    def _model_ordered(self, message: ModelOrdered) -> None:
+        if message.ok:
+            # Known before the next reading shows it: `p` on it again unpins.
+            if message.action in ("pin", "unpin"):
+                self._pinned = message.model if message.action == "pin" else None
+            self.notify(message.outcome)
+        else:
+            self.notify(message.outcome, title="Not done", severity="error")
 
     def action_cost(self) -> None:
         panel = self.query_one("#monitor-cost", Static)

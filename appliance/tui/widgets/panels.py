@@ -19,12 +19,12 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Sparkline
 
-from appliance.monitor.render import sparkline
+from appliance.monitor.render import model_state_text, sparkline
 from appliance.units import EN_DASH as DASH
 from appliance.units import gib, number, seconds
 
 if TYPE_CHECKING:
-    from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot
+    from appliance.monitor.snapshot import GpuStats, ServiceStats, Snapshot, SwitchedModelStats
 
 Series = dict[str, tuple[float | None, ...]]
 _LABEL_WIDTH = 9
@@ -91,7 +91,7 @@ class _SnapshotPanel(Widget):
             tuple((gpu.error is None, bool(gpu.throttle_reasons)) for gpu in snapshot.gpus),
             snapshot.gpu_error is None,
             tuple(
-                (s.name, s.healthy, s.metrics_error is None, s.health_error)
+                (s.name, s.healthy, s.metrics_error is None, s.health_error, len(s.models))
                 for s in snapshot.services
             ),
             # An alert's line grows when it starts clearing: its length may change its height.
@@ -162,10 +162,37 @@ class GpuPanel(_SnapshotPanel):
         return Group(*(self.gpu(gpu, width) for gpu in snapshot.gpus))
 
 
+_MODEL_STATE_STYLE = {"awake": "green", "waking": "yellow", "sleeping": "yellow"}
+
+
+def models_table(models: tuple[SwitchedModelStats, ...], selected: str | None) -> Table:
+    """Several chat models, one a row: state, requests held for its wake, its last wake and
+    wakes per hour; the selected one (the one `p`, `z`, `u` act on) marked ▸."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)  # name
+    table.add_column(no_wrap=True)  # state
+    for _ in range(3):  # held, last wake, wakes/h
+        table.add_column(no_wrap=True, justify="right")
+    table.add_row(*(Text(h, style="dim") for h in ("  model", "state", "held", "wake", "wakes/h")))
+    for model in models:
+        mark = model.name == selected
+        table.add_row(
+            Text.assemble(("▸ " if mark else "  ", "bold"), (model.name, "bold")),
+            Text(model_state_text(model), style=_MODEL_STATE_STYLE.get(model.state or "", "dim")),
+            number(model.held),
+            seconds(model.wake_seconds),
+            number(model.switches_per_hour, 1),
+        )
+    return table
+
+
 class ServicesPanel(_SnapshotPanel):
     """Per engine: health, tokens/s, running/waiting, KV cache, TTFT and ITL, prefix cache; for
     the gateway: requests/s sent to this box's engines and to the remote fallback, and the
-    fallback's share."""
+    fallback's share; with several chat models, each one's state, held requests, last wake
+    and wakes per hour, the `selected_model` marked (the screen sets it)."""
+
+    selected_model: str | None = None
 
     def service(self, service: ServiceStats, width: int) -> RenderableType:
         name = service.name
@@ -287,6 +314,14 @@ class ServicesPanel(_SnapshotPanel):
                     "cyan",
                 )
             )
+            if service.models:
+                parts.append(
+                    Text.assemble(
+                        ("chat models", "bold"),
+                        f"  {number(service.switches_per_hour, 1)} switches/h",
+                    )
+                )
+                parts.append(models_table(service.models, self.selected_model))
         else:
             parts.append(Text(f"{service.url} (health only)", style="dim"))
         return Group(*parts)
