@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR
+from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
     from appliance.clock import AsyncClock
@@ -251,6 +251,17 @@ def core_recommend(box: Box, workload: Workload) -> Recommendation:
     return recommend(box, workload)
 
 
+def measured_recommend(state_dir: Path) -> Callable[[Box, Workload], Recommendation]:
+    """The recommender with what `appliance bench` kept under `state_dir` (#18 point 4)."""
+
+    def recommend(box: Box, workload: Workload) -> Recommendation:
+        from appliance.operations.calibration import recommend_measured
+
+        return recommend_measured(box, workload, state_dir=state_dir)
+
+    return recommend
+
+
 def docker_planner(
     base_url: str | None = None, *, options: SpecOptions | None = None
 ) -> Callable[[Profile, Box], Plan]:
@@ -371,7 +382,7 @@ def simulated_services(
         simulate=name,
         monitor=monitor,
         monitor_ticks=monitor_ticks,
-        recommend=core_recommend,
+        recommend=measured_recommend(state),
         plan=plan_from_nothing,
         deploy_disabled=(
             f"the box is simulated ({name}): nothing here can run a GPU container. The plan "
@@ -418,7 +429,9 @@ def live_services(
     models_dir = DEFAULT_MODELS_DIR if profile is None else profile.spec.storage.models_dir
     services = Services(
         detect_box=lambda: detect_box(models_dir=models_dir),
-        recommend=core_recommend,
+        recommend=measured_recommend(
+            DEFAULT_STATE_DIR if profile is None else profile.spec.storage.state_dir
+        ),
         plan=docker_planner(),
         deploy=docker_deployer(),
         logs=DockerLogs(),
