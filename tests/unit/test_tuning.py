@@ -3,6 +3,8 @@ the winner written into the profile's text with every comment kept."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from appliance.benchmark import Distribution, LevelResult, Slo
@@ -209,3 +211,45 @@ def test_an_engine_section_is_added_when_the_profile_has_none() -> None:
     bare = FLOW.replace("  engine: {max_model_len: 4096, max_num_batched_tokens: 2048}\n", "")
     text = with_engine_value(bare, "max_num_seqs", "8")
     assert parse_profile(text, "flow.yaml").spec.engine.max_num_seqs == 8
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+CLI_PROFILE = str(Path(__file__).resolve().parents[2] / "profiles" / "rtx4090-chat.yaml")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--max-num-seqs", "0"),
+        ("--max-num-seqs", "a,b"),
+        ("--max-num-batched-tokens", "-5"),
+        ("--kv-cache-dtype", "bf8"),
+        ("--points", "0"),
+        ("--points", "65"),
+        ("--budget", "-1"),
+        ("--concurrency", "0"),
+    ],
+)
+def test_bad_tune_flags_are_one_line_and_bad_input(
+    extra: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance import cli
+    from appliance.errors import ExitCode
+
+    code = cli.run(["tune", CLI_PROFILE, "--dry-run", *extra])
+    captured = capsys.readouterr()
+    assert code == ExitCode.BAD_INPUT
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_tune_refuses_an_sglang_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance import cli
+    from appliance.errors import ExitCode
+
+    profile = tmp_path / "sglang.yaml"
+    profile.write_text(FLOW.replace("engine: {", "engine: {kind: sglang, "))
+    code = cli.run(["tune", str(profile), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == ExitCode.BAD_INPUT, captured.err
+    assert "SGLang" in captured.err
