@@ -156,7 +156,15 @@ def _cmd_tune(args: argparse.Namespace) -> ExitCode:
     )
 
     def show(event: Any) -> None:
-        print(event.message, file=sys.stderr, flush=True)
+        level = event.measured.level if event.measured is not None else None
+        line = event.message
+        if level is not None:
+            line = (
+                f"  {level.output_throughput:,.1f} output tok/s, TTFT p95 "
+                f"{level.ttft.p95 * 1000:,.0f} ms, ITL p95 {level.itl.p95 * 1000:,.1f} ms: "
+                + ("within the SLO" if level.meets_slo else "misses the SLO")
+            )
+        print(line, file=sys.stderr, flush=True)
 
     from appliance.operations.engine import engine_session
 
