@@ -254,3 +254,23 @@ def test_recommend_uses_a_result_kept_in_its_state_dir(
     plain = appliance(*argv, "--state-dir", str(tmp_path / "empty"))
     assert plain.returncode == 0, plain.stderr
     assert "measured 2026-" not in plain.stdout
+
+
+def test_the_tui_recommender_reads_the_state_dir_too(
+    baseline: Recommendation, tmp_path: Path
+) -> None:
+    from appliance.tui.services import simulated_services
+
+    top = baseline.candidates[0]
+    target = gpu_target_from_box(detect_box(simulate=BOX))
+    run = _run(
+        setup=EngineSetup(repo=top.repo, quantization=top.quantization),
+        box=BoxFacts(gpu_name=target.name, gpu_count=target.count),
+    )
+    folder = tmp_path / "bench" / "box"
+    folder.mkdir(parents=True)
+    (folder / "2026-12-05T100000Z.json").write_text(json.dumps(run.to_json()))
+    services = simulated_services(BOX, state_dir=tmp_path)
+    assert services.recommend is not None
+    measured = services.recommend(detect_box(simulate=BOX), WORKLOAD)
+    assert "measured 2026-12-05" in _same(measured, top).why
