@@ -206,6 +206,9 @@ def run_tune(
     def restore() -> None:
         _restore(path, original_text, lambda: apply(original), tell)
 
+    # One request before anything changes: a gateway that is not running or a key it refuses
+    # is one clear line (bench's own preflight), not an engine restarted for nothing.
+    run_bench(replace(bench_plan, requests=1, levels=(1.0,)), profile_name=original.metadata.name)
     done: list[Measured] = []
     started = time.monotonic()
     with _Signals() as signals:

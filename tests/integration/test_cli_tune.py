@@ -229,3 +229,19 @@ def test_a_point_whose_engine_does_not_start_puts_the_original_back(
     assert "max_num_seqs 32" in err
     assert "Traceback" not in err
     _runs_the_original(box, engine, original)
+
+
+def test_a_refused_key_is_one_line_before_any_engine_changes(
+    box: Box, engine: DockerEngine
+) -> None:
+    original = box.profile.read_text()
+    before = {c.id for c in engine.managed_containers()}
+    box.key = "sk-appl-000000000000-nope"
+    cli = box.tune("--yes", "--max-num-seqs", "1,4", *LOAD)
+    _, err = cli.communicate(timeout=120)
+    assert cli.returncode == ExitCode.BAD_INPUT, err
+    assert "refused the API key" in err
+    assert "point 1" not in err
+    assert "sk-appl-000000000000-nope" not in err
+    assert {c.id for c in engine.managed_containers()} == before  # nothing restarted
+    _runs_the_original(box, engine, original)
