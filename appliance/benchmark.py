@@ -213,6 +213,61 @@ def summarize(
 
 
 @dataclass(frozen=True)
+class EngineSetup:
+    """What the benchmarked engine ran, from the profile: what `recommend` matches a measurement
+    on (the model repo and quantization) and what `tune` varies (the batch knobs, the KV dtype)."""
+
+    repo: str
+    quantization: str
+    engine: str = "vllm"
+    tensor_parallel_size: int = 1
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "quantization": self.quantization,
+            "engine": self.engine,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "kv_cache_dtype": self.kv_cache_dtype,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EngineSetup:
+        seqs, batched = data.get("max_num_seqs"), data.get("max_num_batched_tokens")
+        return cls(
+            repo=str(data["repo"]),
+            quantization=str(data["quantization"]),
+            engine=str(data.get("engine", "vllm")),
+            tensor_parallel_size=int(data.get("tensor_parallel_size", 1)),
+            max_num_seqs=None if seqs is None else int(seqs),
+            max_num_batched_tokens=None if batched is None else int(batched),
+            kv_cache_dtype=str(data.get("kv_cache_dtype", "auto")),
+        )
+
+
+@dataclass(frozen=True)
+class BoxFacts:
+    """The box a run measured: its GPUs' NVML names (joined as `fit.gpu_target_from_box`
+    joins them) and how many; None on a CPU target."""
+
+    gpu_name: str | None = None
+    gpu_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gpu_name": self.gpu_name, "gpu_count": self.gpu_count}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BoxFacts:
+        name = data.get("gpu_name")
+        return cls(gpu_name=None if name is None else str(name), gpu_count=int(data["gpu_count"]))
+
+
+@dataclass(frozen=True)
 class BenchRun:
     """One `appliance bench`: the box, the workload, and every level's result."""
 
@@ -228,6 +283,8 @@ class BenchRun:
     engine_version: str | None = None
     image: str | None = None
     driver: str | None = None
+    setup: EngineSetup | None = None  # absent in results kept before calibration (#18 point 4)
+    box: BoxFacts | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -243,6 +300,8 @@ class BenchRun:
             "engine_version": self.engine_version,
             "image": self.image,
             "driver": self.driver,
+            "setup": None if self.setup is None else self.setup.to_json(),
+            "box": None if self.box is None else self.box.to_json(),
             "levels": [level.to_json() for level in self.levels],
         }
 
@@ -261,6 +320,8 @@ class BenchRun:
             engine_version=data.get("engine_version"),
             image=data.get("image"),
             driver=data.get("driver"),
+            setup=EngineSetup.from_json(data["setup"]) if data.get("setup") else None,
+            box=BoxFacts.from_json(data["box"]) if data.get("box") else None,
         )
 
     @property

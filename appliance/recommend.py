@@ -394,6 +394,93 @@ def _split_text(e: MemoryEstimate) -> str:
     )
 
 
+# --- Calibration by measurement (#18 point 4) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasuredLevel:
+    """One concurrency level of a kept `appliance bench` run."""
+
+    users: int
+    output_tokens_per_second: float  # the level's output throughput, all users together
+    tokens_per_second_per_user: float  # 1 / the level's mean TPOT
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A kept `appliance bench` result as the recommender weighs it: where a candidate is the
+    same model repo and quantization at the same tensor-parallel size, on GPUs of the same
+    name and count, under the same engine version, its measured speed replaces the bandwidth
+    model's (`appliance.operations.calibration` reads them from the state dir)."""
+
+    measured_at: str  # ISO 8601
+    gpu_name: str
+    gpu_count: int
+    repo: str
+    quantization: str
+    engine_version: str
+    tensor_parallel_size: int
+    levels: tuple[MeasuredLevel, ...]
+    input_len: int = 0
+    output_len: int = 0
+    engine: EngineKind = "vllm"  # the ranking's speed is vLLM's; SGLang's runs never match
+    source: str = "appliance bench"
+
+    def matches(self, target: GpuTarget, variant: ModelVariant, tp: int, vllm_version: str) -> bool:
+        quantizations = {variant.quantization}
+        if variant.quantization == "bf16":
+            quantizations.add("fp16")  # a GPU without bf16 runs the bf16 weights as fp16
+        return (
+            bool(self.levels)
+            and self.engine == "vllm"
+            and self.gpu_name == target.name
+            and self.gpu_count == target.count
+            and self.repo.lower() == variant.repo.lower()
+            and self.quantization in quantizations
+            and self.tensor_parallel_size == tp
+            and _release(self.engine_version) == _release(vllm_version)
+        )
+
+    def level_for(self, users: int) -> MeasuredLevel:
+        """The measured level nearest `users` (the larger on a tie)."""
+        return min(self.levels, key=lambda level: (abs(level.users - users), -level.users))
+
+    @property
+    def day(self) -> str:
+        return self.measured_at[:10]
+
+
+def _release(version: str) -> str:
+    """`0.32.0+cu128` -> `0.32.0`: a local build tag is the same engine release."""
+    return version.partition("+")[0]
+
+
+def matching_measurement(
+    measurements: Sequence[Measurement],
+    target: GpuTarget,
+    variant: ModelVariant,
+    tp: int,
+    vllm_version: str,
+) -> Measurement | None:
+    """The newest measurement of this candidate on this box, if any."""
+    found = [m for m in measurements if m.matches(target, variant, tp, vllm_version)]
+    return max(found, key=lambda m: m.measured_at) if found else None
+
+
+def measured_text(measurement: Measurement, level: MeasuredLevel) -> str:
+    """The why's words for a measured speed."""
+    workload = (
+        f", {measurement.input_len} in / {measurement.output_len} out tokens"
+        if measurement.input_len
+        else ""
+    )
+    return (
+        f"measured {measurement.day}: {level.output_tokens_per_second:,.0f} output tok/s at "
+        f"{level.users} users, {level.tokens_per_second_per_user:,.0f} tok/s per user "
+        f"({measurement.source}{workload})"
+    )
+
+
 # --- Scoring ---------------------------------------------------------------------------------
 
 _TIER_POINTS = {"good": 0.0, "better": 1.0, "best": 2.0}
@@ -485,10 +572,15 @@ def _utilization(target: GpuTarget, tei_bytes: int) -> float:
 
 
 def recommend(
-    box: Box, workload: Workload, models: Sequence[ChatModel] | None = None
+    box: Box,
+    workload: Workload,
+    models: Sequence[ChatModel] | None = None,
+    measurements: Sequence[Measurement] = (),
 ) -> Recommendation:
     """Ranked choices for this box and workload (see `recommend_for_target`)."""
-    return recommend_for_target(gpu_target_from_box(box), workload, models)
+    return recommend_for_target(
+        gpu_target_from_box(box), workload, models, measurements=measurements
+    )
 
 
 def recommend_for_target(
@@ -496,11 +588,15 @@ def recommend_for_target(
     workload: Workload,
     models: Sequence[ChatModel] | None = None,
     evidence: Sequence[EngineEvidence] | None = None,
+    *,
+    measurements: Sequence[Measurement] = (),
 ) -> Recommendation:
     """Every catalog model (or only `models`: `recommend --model ORG/NAME`) x variant x TP that
     vLLM can run here, sized for the workload, ranked by `SCORE_TEXT`; the rest rejected with
     the reason. Each candidate runs on SGLang only where an entry of `evidence` (the catalog's
-    engine_evidence.yaml by default) matches it (`matching_evidence`)."""
+    engine_evidence.yaml by default) matches it (`matching_evidence`). Where one of
+    `measurements` matches a vLLM candidate (`Measurement.matches`), its measured speed replaces
+    the bandwidth model's, and the why says so."""
     catalog = load_catalog()
     benchmarks = tuple(catalog.engine_evidence if evidence is None else evidence)
     embedding: EmbeddingModel | None = None
@@ -549,6 +645,10 @@ def recommend_for_target(
                 if tp > target.count:
                     break
                 option = _option(target, workload, model, variant, tp=tp, embedding=embedding)
+                measured = matching_measurement(
+                    measurements, target, variant, tp, workload.vllm_version
+                )
+                option = dataclasses.replace(option, measurement=measured)
                 outcome = _size_candidate(option)
                 if not isinstance(outcome, Rejected):
                     outcome = _choose_engine(option, outcome, benchmarks)
@@ -583,6 +683,7 @@ class _Option:
     tei_bytes: int  # held by TEI on this engine's GPU 0 (0 when it runs elsewhere)
     utilization: float
     max_model_len: int
+    measurement: Measurement | None = None
 
     def reject(self, reason: str) -> Rejected:
         return Rejected(self.model.key, self.variant.quantization, self.tp, reason)
@@ -710,6 +811,8 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
         quantization=variant.quantization,
         tensor_parallel_size=option.tp,
     )
+    if option.measurement is not None:
+        speed = _measured_speed(option.measurement.level_for(batch))
     size_name, _ = _size_class(model.params_billion)
     quality = _quality_points(model)
     quality -= QUANTIZATION_QUALITY_LOSS[variant.quantization]
@@ -731,6 +834,17 @@ def _score(option: _Option, chosen: _Trial) -> _Score:
         penalties -= 2
     total = round(q_weight * quality + s_weight * speed_score + fit + penalties, 3)
     return _Score(total, size_name, speed, batch, margin, slow)
+
+
+def _measured_speed(level: MeasuredLevel) -> DecodeSpeed:
+    per_user = level.tokens_per_second_per_user
+    return DecodeSpeed(
+        batch=level.users,
+        step_ms=round(1000 / per_user, 2) if per_user > 0 else 0.0,
+        tokens_per_second_per_request=round(per_user, 1),
+        tokens_per_second_total=round(level.output_tokens_per_second, 1),
+        bound="measured",
+    )
 
 
 # --- The compute bound of decode speed (#14 part 4) -----------------------------------------
@@ -793,6 +907,17 @@ def _bound_text(option: _Option, speed: DecodeSpeed) -> str:
     )
 
 
+def _speed_text(option: _Option, score: _Score) -> str:
+    measurement = option.measurement
+    if measurement is not None:
+        return measured_text(measurement, measurement.level_for(score.batch))
+    return (
+        f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
+        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running "
+        + _bound_text(option, score.speed)
+    )
+
+
 def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: bool) -> str:
     model, variant, workload, estimate = (
         option.model,
@@ -817,9 +942,7 @@ def _why(option: _Option, chosen: _Trial, score: _Score, fp8_note: str, no_p2p: 
             if workload.kind == "batch"
             else "(the users with a quarter to spare)"
         ),
-        f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
-        f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running "
-        + _bound_text(option, score.speed),
+        _speed_text(option, score),
     ]
     if option.tp > 1:
         parts.append(

@@ -55,6 +55,9 @@ COMMANDS: Final[dict[str, Command]] = {
     "bench": Command(
         "bench", "measure the running stack through its gateway: tokens/s, TTFT, ITL, goodput"
     ),
+    "tune": Command(
+        "tune", "sweep max_num_seqs x max_num_batched_tokens, benchmark each, keep the best"
+    ),
     "export": Command(
         "export", "Prometheus scrape config, Grafana dashboard, or Kubernetes manifests"
     ),

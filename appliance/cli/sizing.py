@@ -220,7 +220,7 @@ def _estimate_target(args: argparse.Namespace, from_box: Any, from_flags: Any) -
 def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     from appliance.hardware import detect_box
     from appliance.profile import StorageSpec, dump_profile
-    from appliance.recommend import Workload, recommend, render_recommendation
+    from appliance.recommend import Workload, render_recommendation
 
     box = detect_box(simulate=args.simulate, models_dir=DEFAULT_MODELS_DIR)
     workload = Workload.for_kind(
@@ -236,15 +236,19 @@ def _cmd_recommend(args: argparse.Namespace) -> ExitCode:
     extra: list[str] = []
     if args.device == "cpu":
         return _recommend_cpu(args, box, workload)
+    from appliance.operations.calibration import recommend_measured
+
+    # What `appliance bench` kept on this box replaces the bandwidth model where it matches.
+    state_dir = args.state_dir or DEFAULT_STATE_DIR
     if args.model is None:
-        recommendation = recommend(box, workload)
+        recommendation = recommend_measured(box, workload, state_dir=state_dir)
     else:  # one Hub repo, ranked against its own options; what quantising it would give
         from appliance.fit import gpu_target_from_box
         from appliance.local_model import hub_candidates
         from appliance.recommend import would_need_lines
 
         hub = hub_candidates(args.model)
-        recommendation = recommend(box, workload, [hub.model])
+        recommendation = recommend_measured(box, workload, [hub.model], state_dir=state_dir)
         extra = would_need_lines(gpu_target_from_box(box), workload, hub.would_need)
         if not recommendation.candidates and not args.json:
             print("\n".join(extra))
@@ -442,7 +446,8 @@ def _add_recommend(commands: Commands) -> None:
             type=lambda text: Path(text).resolve(),
             metavar="DIR",
             help=f"the profile's storage.{kind}_dir (default {default}); e.g. a directory "
-            "you own, to try a simulated box without root",
+            "you own, to try a simulated box without root"
+            + ("; its bench results calibrate the ranking" if kind == "state" else ""),
         )
     rec.set_defaults(handler=_cmd_recommend)
 

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from appliance.benchmark import BenchRun, LevelResult, Mode, RequestOutcome, Slo, summarize
+from appliance.benchmark import (
+    BenchRun,
+    BoxFacts,
+    EngineSetup,
+    LevelResult,
+    Mode,
+    RequestOutcome,
+    Slo,
+    summarize,
+)
 from appliance.errors import (
     BadInputError,
     EnvironmentNotReadyError,
@@ -36,6 +45,7 @@ from appliance.gateway.config import Timeouts
 from appliance.gateway.upstream import LeanPool, Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
+    from appliance.hardware.nvml import NvmlSource
     from appliance.profile import Profile
 
 # vLLM's own random dataset defaults (`vllm bench serve --dataset-name random`): 1024 prompt
@@ -326,6 +336,22 @@ class EngineFacts:
     version: str | None = None
     image: str | None = None
     driver: str | None = None
+    setup: EngineSetup | None = None
+    box: BoxFacts | None = None
+
+
+def engine_setup(profile: Profile) -> EngineSetup:
+    """What the profile runs, as a kept result records it (for `recommend` and `tune`)."""
+    spec = profile.spec
+    return EngineSetup(
+        repo=spec.model.repo,
+        quantization=spec.model.quantization,
+        engine=spec.engine.kind,
+        tensor_parallel_size=spec.engine.tensor_parallel_size,
+        max_num_seqs=spec.engine.max_num_seqs,
+        max_num_batched_tokens=spec.engine.max_num_batched_tokens,
+        kv_cache_dtype=spec.engine.kv_cache_dtype,
+    )
 
 
 def gateway_url(profile: Profile) -> str:
@@ -353,6 +379,7 @@ def engine_facts(profile: Profile) -> EngineFacts:
     if profile.spec.engine.kind == "sglang":
         image = profile.spec.images.sglang
     driver = None
+    box = BoxFacts()
     if profile.spec.engine.device == "gpu":
         from appliance.hardware.nvml import LiveNvml, NvmlSystem
 
@@ -360,8 +387,22 @@ def engine_facts(profile: Profile) -> EngineFacts:
         system = library.open()
         if isinstance(system, NvmlSystem):
             driver = system.driver_version
+            box = _box_facts(library, system.device_count)
             library.close()
-    return EngineFacts(version=version, image=image, driver=driver)
+    return EngineFacts(
+        version=version, image=image, driver=driver, setup=engine_setup(profile), box=box
+    )
+
+
+def _box_facts(library: NvmlSource, count: int) -> BoxFacts:
+    """The GPUs' names joined as `fit.gpu_target_from_box` joins them, so `recommend` can
+    match a kept result to the box it sizes."""
+    names: set[str] = set()
+    for index in range(count):
+        name = library.device(index).name
+        if name:
+            names.add(name)
+    return BoxFacts(gpu_name=" + ".join(sorted(names)) or None, gpu_count=count)
 
 
 def prompt_words(profile: Profile, workload: Workload) -> int | None:
@@ -498,6 +539,8 @@ def run_bench(
         engine_version=facts.version,
         image=facts.image,
         driver=facts.driver,
+        setup=facts.setup,
+        box=facts.box,
     )
 
 

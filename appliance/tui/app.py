@@ -10,13 +10,15 @@ inside `Monitor`). A worker that fails becomes a notice, never a traceback.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from appliance.errors import ApplianceError
@@ -247,6 +249,24 @@ class ApplianceApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette's commands, with the last bench result (a view without a key of its
+        own: the footer and Help stay as they are)."""
+        yield from super().get_system_commands(screen)
+        if self.services.last_bench is not None:
+            yield SystemCommand(
+                "Last bench result",
+                "The newest `appliance bench` kept on this box: table and chart",
+                self.action_last_bench,
+            )
+
+    def action_last_bench(self) -> None:
+        from appliance.tui.screens.bench import BenchScreen
+
+        read = self.services.last_bench
+        if read is not None and not isinstance(self.screen, BenchScreen):
+            self.push_screen(BenchScreen(read()))
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR
+from appliance.vocabulary import COST_WINDOWS, DEFAULT_MODELS_DIR, DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
+    from appliance.benchmark import BenchRun
     from appliance.clock import AsyncClock
     from appliance.gateway.keys import CreatedKey, KeyInfo
     from appliance.hardware.box import Box
@@ -251,12 +252,36 @@ class Services:
     deployed_profile: Path | None = None
     profile: Profile | None = None
     docker_url: str | None = None  # the Docker engine the Monitor reads container states from
+    last_bench: Callable[[], BenchRun | None] | None = None  # the newest kept `appliance bench`
 
 
 def core_recommend(box: Box, workload: Workload) -> Recommendation:
     from appliance.recommend import recommend
 
     return recommend(box, workload)
+
+
+def last_bench(state_dir: Path) -> Callable[[], BenchRun | None]:
+    """The newest `appliance bench` run kept under `state_dir`, or None."""
+
+    def read() -> BenchRun | None:
+        from appliance.operations.calibration import kept_runs
+
+        runs = kept_runs(state_dir)
+        return max(runs, key=lambda run: run.started_at) if runs else None
+
+    return read
+
+
+def measured_recommend(state_dir: Path) -> Callable[[Box, Workload], Recommendation]:
+    """The recommender with what `appliance bench` kept under `state_dir` (#18 point 4)."""
+
+    def recommend(box: Box, workload: Workload) -> Recommendation:
+        from appliance.operations.calibration import recommend_measured
+
+        return recommend_measured(box, workload, state_dir=state_dir)
+
+    return recommend
 
 
 def docker_planner(
@@ -379,7 +404,8 @@ def simulated_services(
         simulate=name,
         monitor=monitor,
         monitor_ticks=monitor_ticks,
-        recommend=core_recommend,
+        recommend=measured_recommend(state),
+        last_bench=last_bench(state),
         plan=plan_from_nothing,
         deploy_disabled=(
             f"the box is simulated ({name}): nothing here can run a GPU container. The plan "
@@ -424,9 +450,11 @@ def live_services(
         profile = load_profile(profile_path)
     # The disk that matters is the one the profile keeps its weights on.
     models_dir = DEFAULT_MODELS_DIR if profile is None else profile.spec.storage.models_dir
+    state_dir = DEFAULT_STATE_DIR if profile is None else profile.spec.storage.state_dir
     services = Services(
         detect_box=lambda: detect_box(models_dir=models_dir),
-        recommend=core_recommend,
+        recommend=measured_recommend(state_dir),
+        last_bench=last_bench(state_dir),
         plan=docker_planner(),
         deploy=docker_deployer(),
         logs=DockerLogs(),

@@ -32,6 +32,12 @@ VLLM_FAULTS: Mapping[str, Mapping[str, str]] = {
     "never-healthy": {"DOUBLE_FAIL": "never-healthy"},
     "die-after-healthy": {"DOUBLE_FAIL": "die-after-healthy"},
     "slow-start": {"DOUBLE_STARTUP_DELAY_S": "3"},
+    # `appliance tune`'s tests: speed that varies with --max-num-seqs (see engine_double.py).
+    "batching": {
+        "DOUBLE_TOKEN_DELAY_S": "0.02",
+        "DOUBLE_BATCH_STEP_S": "0.05",
+        "DOUBLE_REFUSE_SEQS_ABOVE": "16",
+    },
 }
 
 

@@ -24,6 +24,13 @@ environment variables (baked into fault images, or set by a test):
   DOUBLE_KV_USAGE          KV-cache usage reported (0..1)
   DOUBLE_DIMENSIONS        embedding size for the TEI double (default 1024)
   DOUBLE_WAKE_DELAY_S      seconds a /wake_up takes (the engine re-mapping its memory)
+  DOUBLE_BATCH_STEP_S      a made-up batching model for `appliance tune`'s tests (default 0,
+                           off): at most --max-num-seqs requests generate at once (the rest
+                           wait, as in vLLM's waiting queue), and each streamed token takes
+                           DOUBLE_TOKEN_DELAY_S + DOUBLE_BATCH_STEP_S x the requests generating.
+                           More sequences then give more tokens/s in total and a longer ITL
+                           each, so a sweep has a winner under an ITL limit. Not vLLM's numbers.
+  DOUBLE_REFUSE_SEQS_ABOVE exit on start, as "exit-on-start", when --max-num-seqs is above it
 
 Sleep mode (vLLM role), as vLLM documents and implements it. Sources, read at vLLM main in
 Dec 2026: docs/features/sleep_mode.md (levels, the level-2 wake sequence, `is_sleeping` true
@@ -71,6 +78,7 @@ except ImportError:  # pragma: no cover - the image always has it copied in
 ENV = os.environ
 TOKEN_DELAY_S = float(ENV.get("DOUBLE_TOKEN_DELAY_S", "0.001"))
 FAIL = ENV.get("DOUBLE_FAIL", "")
+BATCH_STEP_S = float(ENV.get("DOUBLE_BATCH_STEP_S", "0"))
 EXIT_CODE = int(ENV.get("DOUBLE_EXIT_CODE", "1"))
 
 
@@ -382,6 +390,9 @@ class EngineServer(http.server.ThreadingHTTPServer):
         self.wake_gate.set()
         self.sleep_gate = threading.Event()
         self.sleep_gate.set()
+        # The batching model (DOUBLE_BATCH_STEP_S): slots for --max-num-seqs, requests generating.
+        self.batch_slots = threading.Semaphore(max(1, args.max_num_seqs))
+        self.batch_running = 0
         if role == "vllm":
             self.model_name = args.served_model_name or args.model
             self.vllm: VllmMetrics | SglangMetrics = VllmMetrics(self.model_name)
@@ -609,6 +620,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         prompt_tokens = max(1, len(prompt_text.split()))
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         stream = bool(body.get("stream"))
+        if not server.sleep_enabled and BATCH_STEP_S > 0:
+            with server.batch_slots:  # waiting for one of --max-num-seqs slots
+                with server.lock:
+                    server.batch_running += 1
+                try:
+                    self._generate_awake(
+                        body, chat=chat, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                        stream=stream, epoch=0, garbage=False,
+                    )  # fmt: skip
+                finally:
+                    with server.lock:
+                        server.batch_running -= 1
+            return
         if not server.sleep_enabled:
             self._generate_awake(
                 body, chat=chat, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
@@ -745,7 +769,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         first = None
         finish = "length"
         for index, piece in enumerate(pieces):
-            time.sleep(TOKEN_DELAY_S)
+            time.sleep(TOKEN_DELAY_S + BATCH_STEP_S * server.batch_running)
             if self._aborted(epoch):
                 finish = "abort"
                 break
@@ -841,6 +865,7 @@ def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--enable-sleep-mode", action="store_true")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
     # SGLang's flags.
     parser.add_argument("--model-path", default="")
     parser.add_argument("--context-length", type=int, default=None)
@@ -867,7 +892,8 @@ def main(argv: list[str]) -> None:
     if delay:
         log(f"loading weights ({delay:.1f} s)")
         time.sleep(delay)
-    if FAIL == "exit-on-start":
+    refuse_above = int(ENV.get("DOUBLE_REFUSE_SEQS_ABOVE", "0"))
+    if FAIL == "exit-on-start" or (refuse_above and args.max_num_seqs > refuse_above):
         print(
             "ValueError: To serve at least one request with the models's max seq len (32768), "
             "(4.00 GiB KV cache) is needed, which is larger than the available KV cache memory "

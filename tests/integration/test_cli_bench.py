@@ -75,6 +75,9 @@ def test_a_sweep_reports_every_level_and_keeps_the_result(
     run = json.loads(result.stdout)
     assert [level["level"] for level in run["levels"]] == [1, 4]
     assert run["engine_version"] == "0.32.0"  # the double's /version
+    # What `recommend` matches a kept result on, and what `tune` varies (#18 points 3, 4).
+    assert set(run["setup"]) >= {"repo", "quantization", "max_num_seqs", "max_num_batched_tokens"}
+    assert run["box"] == {"gpu_name": None, "gpu_count": 0}  # the profile's engine is on a CPU
     for level in run["levels"]:
         assert level["completed"] == 12
         assert level["failed"] == 0
