@@ -185,7 +185,12 @@ def simulate(name: str, models_dir: Path) -> SimulatedBox:
 def is_detect_file(name: str) -> bool:
     """Whether `--simulate` names a file (`appliance detect --json` output) rather than a box
     from the catalog: catalog names never hold a path separator or a `.json` suffix."""
-    return "/" in name or name.lower().endswith(".json") or Path(name).is_file()
+    if "/" in name or name.lower().endswith(".json"):
+        return True
+    try:
+        return Path(name).is_file()
+    except OSError:  # a name no file can have (too long): a box name, refused as unknown
+        return False
 
 
 def read_detect_file(path: Path) -> Box:

@@ -418,3 +418,12 @@ def test_a_listen_address_that_does_not_resolve_is_named_as_such(
     assert_clean(code, output, allowed=(ExitCode.BAD_INPUT,))
     assert "notahost.invalid" in output
     assert "below 1024" not in output
+
+
+def test_a_simulate_name_too_long_for_a_file_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--simulate` is tried as a file name too; one longer than the file system allows was an
+    'unexpected OSError' (found by fuzzing `tune`)."""
+    code, output = run(["plan", "profiles/rtx4090-chat.yaml", "--simulate", "a" * 300], capsys)
+    assert_clean(code, output, allowed=(ExitCode.BAD_INPUT,))
