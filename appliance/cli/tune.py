@@ -166,21 +166,18 @@ def _cmd_tune(args: argparse.Namespace) -> ExitCode:
             )
         print(line, file=sys.stderr, flush=True)
 
-    from appliance.operations.engine import engine_session
-
-    with engine_session(None) as session:
-        result = run_tune(
-            args.profile,
-            box,
-            session,
-            sweep,
-            plan,
-            write=args.yes,
-            points=args.points,
-            budget_s=None if args.budget is None else args.budget * 60.0,
-            state_dir=args.state_dir,
-            on_event=show,
-        )
+    result = run_tune(
+        args.profile,
+        box,
+        None,  # this box's Docker engine, opened by the operation
+        sweep,
+        plan,
+        write=args.yes,
+        points=args.points,
+        budget_s=None if args.budget is None else args.budget * 60.0,
+        state_dir=args.state_dir,
+        on_event=show,
+    )
     if args.json:
         print(json.dumps(_to_json(result), indent=2))
     else:

@@ -166,7 +166,7 @@ class _Signals:
 def run_tune(
     path: Path,
     box: Box,
-    engine: ContainerEngine,
+    engine: ContainerEngine | None,
     sweep: Sweep,
     bench_plan: BenchPlan,
     *,
@@ -185,8 +185,19 @@ def run_tune(
     leave the box on the winner (written into `path`'s text when `write`) or the original.
 
     Raises `TuneInterrupted` (a signal) or `TunePointError` after putting the original profile
-    text and engine back.
+    text and engine back. With `engine` None, this box's Docker engine is opened here (the faces
+    never wire it themselves).
     """
+    if engine is None:
+        from appliance.operations.engine import engine_session
+
+        with engine_session(None) as session:
+            return run_tune(
+                path, box, session, sweep, bench_plan, write=write, points=points,
+                budget_s=budget_s, state_dir=state_dir, options=options,
+                deadlines_s=deadlines_s, on_event=on_event, facts=facts, bench=bench,
+                pause_s=pause_s,
+            )  # fmt: skip
     from appliance.fileio import atomic_write
     from appliance.operations import bench as bench_op
     from appliance.profile import load_profile, parse_profile
