@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError, BadInputError, OperationFailedError
+from appliance.runtime.interrupts import SignalGuard
 from appliance.tuning import (
     Measured,
     Point,
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from appliance.runtime.specs import SpecOptions
     from appliance.vocabulary import KvCacheDtype
 
-_INTERRUPTING: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _BENCH_TRIES = 3  # the gateway may need a moment to reach a freshly started engine
 
 
@@ -136,25 +135,14 @@ def build_sweep(
     )
 
 
-class _Signals:
-    """SIGINT, SIGTERM and SIGHUP raise `TuneInterrupted` (in the main thread only; apply
+class _Signals(SignalGuard):
+    """SIGINT, SIGTERM and SIGHUP raise `TuneInterrupted` (`runtime.interrupts`; apply
     installs its own while it runs, and raises its `ApplyInterrupted` after its own rollback).
     While the original is being restored they are only noted."""
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        super().__init__()
         self.restoring = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in _INTERRUPTING:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name

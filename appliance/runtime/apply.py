@@ -31,7 +31,6 @@ import contextlib
 import errno
 import signal
 import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from appliance.profile import Profile
 from appliance.runtime.diagnosis import Diagnosis, diagnose
 from appliance.runtime.engine import ContainerEngine, PullProgress
 from appliance.runtime.health import http_call, http_ok, wait_until_healthy
+from appliance.runtime.interrupts import SignalGuard
 from appliance.runtime.lock import (
     apply_lock,
     engine_lock_path,
@@ -118,35 +118,18 @@ class ApplyInterrupted(KeyboardInterrupt):
     """Ctrl-C, SIGTERM or SIGHUP ended an apply; what it had changed was rolled back."""
 
 
-_INTERRUPTING: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class _Interrupts:
-    """The signals that end an apply, handled alike (SIGHUP is what a dropped SSH session
-    sends, SIGTERM what systemd and `kill` send).
+class _Interrupts(SignalGuard):
+    """The signals that end an apply (`runtime.interrupts`).
 
     Before anything changes they raise at once. While containers change (`deferred`), one is
     only noted, and `check` raises it at the next safe point (between Docker calls, in the health
     wait), so the rollback knows every container that exists. A second signal during the
-    rollback is ignored: the rollback finishes. Handlers can only be installed in the main
-    thread; elsewhere (the TUI's workers) this does nothing, and the previous handlers come back
-    when the apply ends.
+    rollback is ignored: the rollback finishes.
     """
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        super().__init__()
         self._deferring = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupts:
-        if threading.current_thread() is threading.main_thread():
-            for signum in _INTERRUPTING:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.received is not None:
