@@ -63,6 +63,7 @@ from appliance.gateway.policy import (
     counts_as_engine_failure,
 )
 from appliance.gateway.probe import EngineProbe
+from appliance.gateway.protocol import ARRIVED
 from appliance.gateway.ratelimit import RateLimiter, retry_after_header
 from appliance.gateway.rollout import Rollout, read_rollout
 from appliance.gateway.state import FallbackState, read_fallback, write_fallback
@@ -228,17 +229,25 @@ def _monitor_state(reading: LoadReading, max_age_s: float, signal: LoadSignal | 
     return "stale" if reading.age_seconds > max_age_s else "ok"
 
 
-# Quantiles are interpolated inside a bucket, so a bucket's width bounds their error: 10 ms steps
-# up to 100 ms (a small model's first token on a quiet box), then about a fifth of the bound up
-# to a minute. The label set is closed (destination x served model), so 34 buckets stay cheap.
-TTFT_BUCKETS = (
-    0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3,
-    0.4, 0.5, 0.6, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 60,
-)  # fmt: skip
-E2E_BUCKETS = (
-    0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180,
-    300, 600,
-)  # fmt: skip
+# Quantiles are interpolated inside a bucket, so a bucket's width bounds their error: ten buckets a
+# decade, each at most a third wider than the one below. A fixed width would either blur the fast
+# end (a 10 ms first bucket made a 7 ms first token read anywhere in 0-10 ms) or spend hundreds of
+# buckets on the slow one. The label set is closed (destination x served model), so about fifty
+# buckets each stay cheap.
+_DECADE = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5)
+
+
+def _buckets(low: float, high: float) -> tuple[float, ...]:
+    """Bucket bounds from `low` to `high` seconds, ten a decade (`_DECADE`)."""
+    exponents = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    bounds = (round(m * 10.0**e, 6) for e in exponents for m in _DECADE)
+    return tuple(b for b in bounds if low <= b <= high)
+
+
+# A first token: from 1 ms (a tiny model on an idle box) to a minute (a long queue).
+TTFT_BUCKETS = _buckets(0.001, 60)
+# A whole answer: from 10 ms (a short completion) to ten minutes (a long generation).
+E2E_BUCKETS = _buckets(0.01, 600)
 OTHER_MODEL = "other"
 """The model label of a request naming no served model: clients cannot add label values."""
 
@@ -1219,11 +1228,20 @@ class GatewayApp:
 
     # -- the proxy
 
+    def _arrived(self, scope: Scope_) -> float:
+        """When the request's first byte was read, on this app's clock: the gateway's protocol
+        marks it (`protocol.ARRIVED`); any other server's requests start when the app is called."""
+        now = self._clock()
+        mark = scope.get("extensions", {}).get(ARRIVED)
+        if mark is None:
+            return now
+        return now - max(0.0, time.monotonic() - float(mark["monotonic"]))
+
     async def _proxy(
         self, scope: Scope_, receive: Receive, send: Send, kind: Kind, path: bytes
     ) -> None:
         route = path.decode()
-        started = self._clock()
+        started = self._arrived(scope)
         # One pass over the headers: credentials out, everything else forwarded.
         token: str | None = None
         forwarded: Headers = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
 from typing import Any, ClassVar
 
 import httptools
@@ -33,6 +34,9 @@ from appliance.gateway.config import ClientLimits
 from appliance.gateway.openai_errors import error_body
 
 log = logging.getLogger("appliance.gateway")
+
+ARRIVED = "appliance.arrived"
+"""The scope extension holding when a request's first byte was read, on `time.monotonic()`."""
 
 _QUIET_S = 10.0  # a burst of closed connections is over after this long without one
 
@@ -158,6 +162,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # When the request's first byte was read: the gateway's latencies start here, not when
+        # the application is called, so the head's parsing and the wait for the event loop to
+        # run the request (both felt by the client) are in them.
+        self.scope["extensions"] = {ARRIVED: {"monotonic": time.monotonic()}}
         self._messages += 1
         self._head_open = True
         self._head_bytes = 0

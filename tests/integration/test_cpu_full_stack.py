@@ -8,17 +8,17 @@ with `appliance weights import`, as on an air-gapped box. Everything else is wha
 no GPU request, port on 127.0.0.1), `keys create`, `gateway`, `status --json`, `down`.
 
 Figures asserted: vLLM's generation tokens within 1 % of the tokens the client received (issue
-#17's acceptance); the gateway's TTFT p50/p95 in `status --watch --json` over the whole load are
-present, the p50 within 10 % of the client's over the same requests (issue #17's acceptance);
-the p95 is reported, not held to 10 % (see the comment at the assertion). The test prints the
-image's build time and size and its figures (run with -s to see them).
+#17's acceptance); the gateway's TTFT p50 and p95 in `status --watch --json` over the whole load
+within 10 % of the client's over the same requests (issue #17's acceptance), the load's shape
+and the client's process chosen so that what the client measures is the service, not itself
+(`tests/support/stream_load.py`). The test prints the image's build time and size and its
+figures (run with -s to see them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import signal
@@ -34,7 +34,6 @@ import openai
 import pytest
 
 from appliance.errors import ExitCode
-from appliance.gateway.app import TTFT_BUCKETS
 from appliance.monitor.scrape import parse_metrics
 from appliance.runtime.cpu_engine import container_entrypoint
 from tests.doubles import free_port
@@ -55,15 +54,14 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-# The client's own time (the SDK building the request and parsing SSE, its thread on 2 shared
-# cores) is part of what it measures and invisible to the gateway: about 10 ms here, which is
-# 20 % of a 50 ms first token. Agreement is 10 %, or 15 ms where 10 % is less than that client
-# time; the figures of every run are printed, and the issue's strict 10 % is reported, not hidden.
-CLIENT_OVERHEAD_S = 0.015
-
-
 def _agrees(measured: float, client: float) -> bool:
-    return abs(measured - client) <= max(0.1 * client, CLIENT_OVERHEAD_S)
+    """Issue #17's acceptance: within 10 % of what the client measured."""
+    return abs(measured - client) <= 0.1 * client
+
+
+# What the client spends that the gateway cannot see (the SDK building the request before a
+# byte leaves, parsing the chunk after it came): 2-3 ms at the median here.
+CLIENT_OWN_S = 0.005
 
 
 def _tui_monitor(profile: Path) -> tuple[str, float, float | None]:
@@ -117,7 +115,17 @@ def test_the_whole_loop_on_vllms_cpu_build(
             timeout=timeout,
         )
 
-    source = make_tiny_model(python, tmp_path / "made")
+    # Wider than the other tests' tiny model, and with room for the load's 1,450-token prompts:
+    # a first token then costs tens of milliseconds of prefill, as a real small model's does on
+    # a CPU, rather than the 8 ms of the tiny one, of which the client's own 2-3 ms (the SDK
+    # building the request, parsing the chunk) would be a third.
+    source = make_tiny_model(
+        python,
+        tmp_path / "made",
+        hidden_size=1536,
+        num_hidden_layers=4,
+        max_position_embeddings=2048,
+    )
     models, state = tmp_path / "models", tmp_path / "state"
     vllm_port, gateway_port = free_port(), free_port()
     profile = tmp_path / "cpu.yaml"
@@ -125,7 +133,7 @@ def test_the_whole_loop_on_vllms_cpu_build(
         "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: cpu-loop}\nspec:\n"
         f"  model: {{repo: {TINY_REPO}, quantization: bf16,\n"
         f"          served_model_name: {TINY_SERVED_NAME}}}\n"
-        "  engine: {device: cpu, cpu_kv_cache_gib: 1, max_model_len: 512, max_num_seqs: 4,\n"
+        "  engine: {device: cpu, cpu_kv_cache_gib: 1, max_model_len: 2048, max_num_seqs: 4,\n"
         "           enforce_eager: true}\n"
         f"  images: {{vllm: '{built.tag}'}}\n"
         f"  ports: {{vllm: {vllm_port}, tei: {free_port()}, gateway: {gateway_port}}}\n"
@@ -218,7 +226,7 @@ def test_the_whole_loop_on_vllms_cpu_build(
                 assert time.monotonic() < deadline, "status --watch printed nothing"
                 time.sleep(0.5)
             with client_load(tmp_path / "load.jsonl"):
-                time.sleep(15)
+                time.sleep(20)
             time.sleep(3)  # two ticks after the last request
         finally:
             watcher.send_signal(signal.SIGINT)
@@ -256,7 +264,7 @@ def test_the_whole_loop_on_vllms_cpu_build(
         assert drawn is not None, shown
         drawn_s = int(drawn.group(1)) / 1000
         assert abs(drawn_s - tui_p50) <= 0.010 + 0.001, (shown, tui_p50)
-        assert 0 < drawn_s <= client_tui_p50 + CLIENT_OVERHEAD_S, (shown, client_tui_p50)
+        assert 0 < drawn_s <= client_tui_p50 + CLIENT_OWN_S, (shown, client_tui_p50)
 
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
     during = [s.ttft_s for s in streamed]
@@ -274,13 +282,10 @@ def test_the_whole_loop_on_vllms_cpu_build(
     seen = [svc for svc in snapshot["services"] if svc["kind"] == "gateway"]
     assert gateway["p50"] is not None, seen
     assert gateway["p95"] is not None, seen
-    # Issue #17's acceptance, over the same requests: the gateway's p50 within 10 % of the
-    # client's. Its p95 is held to the client's bucket, not to 10 %: the client's tail carries
-    # its own time (SDK, thread, 2 shared cores) that the gateway never sees; the figures of
-    # each run are printed above and recorded in docs/test-infrastructure.md.
+    # Issue #17's acceptance, over the same requests: the gateway's p50 and p95 within 10 % of
+    # the client's.
     assert _agrees(gateway["p50"], client_p50), (gateway, client_p50)
-    edge = min((b for b in TTFT_BUCKETS if b >= client_p95), default=math.inf)
-    assert gateway["p95"] <= edge, (gateway, client_p95)  # never beyond the client's bucket
+    assert _agrees(gateway["p95"], client_p95), (gateway, client_p95)
 
     down = appliance("down", str(profile))
     assert down.returncode == ExitCode.OK, down.stderr

@@ -446,3 +446,40 @@ def test_profile_mode_logs_each_engine_transition_once_and_not_its_own_polls(tmp
 def _monitor_ticked(port: int) -> bool:
     reading = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["local"]
     return reading["healthy"] is True
+
+
+# ---------------------------------------------------------------------------------- 5: arrival
+
+
+def test_user_latency_starts_at_the_requests_first_byte_not_when_the_app_is_called(
+    state, api_key, tei
+):
+    """What users feel includes the time their request's head takes to arrive and be parsed:
+    a head sent in two parts 0.3 s apart is a TTFT of at least 0.3 s (an imposed delay, not a
+    measured speed)."""
+    with vllm() as chat, gateway(state, api_key, chat, tei, None) as gw:
+        body = json.dumps({"model": "tiny", "messages": CHAT, "max_tokens": 2}).encode()
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"authorization: Bearer " + api_key.encode() + b"\r\n"
+            b"content-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        sock = _connect(gw)
+        sock.sendall(head[:20])
+        threading.Event().wait(0.3)
+        sock.sendall(head[20:] + body)
+        answer = _read_all(sock)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    sums = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name
+        in ("appliance_gateway_ttft_seconds_sum", "appliance_gateway_e2e_seconds_sum")
+        and sample.labels.get("destination") == "local"
+    }
+    assert sums["appliance_gateway_ttft_seconds_sum"] >= 0.3, sums
+    assert sums["appliance_gateway_e2e_seconds_sum"] >= 0.3, sums

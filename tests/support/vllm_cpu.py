@@ -113,10 +113,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import torch
 
 out = Path(sys.argv[1])
+hidden, layers, positions = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 config = LlamaConfig(
-    vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+    vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+    max_position_embeddings=positions,
     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
 )
 LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
@@ -138,11 +140,20 @@ wrapped.save_pretrained(out)
 """
 
 
-def make_tiny_model(python: Path, models: Path) -> Path:
+def make_tiny_model(
+    python: Path,
+    models: Path,
+    *,
+    hidden_size: int = 128,
+    num_hidden_layers: int = 2,
+    max_position_embeddings: int = 512,
+) -> Path:
     """Writes the tiny model under `models` (the runtime's layout) and returns its directory."""
     model_dir = weights_path(models, TINY_REPO, "main")
     model_dir.mkdir(parents=True)
-    subprocess.run([str(python), "-c", MAKE_MODEL, str(model_dir)], check=True, timeout=600)
+    sizes = (hidden_size, num_hidden_layers, max_position_embeddings)
+    argv = [str(python), "-c", MAKE_MODEL, str(model_dir), *map(str, sizes)]
+    subprocess.run(argv, check=True, timeout=600)
     return model_dir
 
 
