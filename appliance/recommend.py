@@ -407,11 +407,38 @@ class MeasuredLevel:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """The engine settings that change a measured speed: a kept run describes a candidate only
+    when it ran the settings the candidate's profile runs. `recommend` writes max_num_seqs and
+    the KV cache dtype, and leaves max_num_batched_tokens to vLLM and the image to the catalog's
+    pin (None for both)."""
+
+    max_num_seqs: int | None = None  # None: vLLM's default
+    kv_cache_dtype: str = "auto"
+    max_num_batched_tokens: int | None = None  # None: vLLM's default
+    image: str | None = None  # the profile's own image; None: the catalog's pinned one
+
+    def differences(self, wanted: EngineSettings) -> list[str]:
+        """`name this, not that` for each setting that is not `wanted`'s."""
+
+        def shown(value: object, default: str) -> str:
+            return default if value is None else str(value)
+
+        return [
+            f"{f.name} {shown(getattr(self, f.name), 'default')}, not "
+            f"{shown(getattr(wanted, f.name), 'default')}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(wanted, f.name)
+        ]
+
+
+@dataclass(frozen=True)
 class Measurement:
     """A kept `appliance bench` result as the recommender weighs it: where a candidate is the
     same model repo and quantization at the same tensor-parallel size, on GPUs of the same
-    name and count, under the same engine version, its measured speed replaces the bandwidth
-    model's (`appliance.operations.calibration` reads them from the state dir)."""
+    name and count, under the same engine version (`matches`), and ran the engine settings the
+    candidate's profile runs (`settings`), its measured speed replaces the bandwidth model's
+    (`appliance.operations.calibration` reads them from the state dir)."""
 
     measured_at: str  # ISO 8601
     gpu_name: str
@@ -425,8 +452,10 @@ class Measurement:
     output_len: int = 0
     engine: EngineKind = "vllm"  # the ranking's speed is vLLM's; SGLang's runs never match
     source: str = "appliance bench"
+    settings: EngineSettings = EngineSettings()
 
     def matches(self, target: GpuTarget, variant: ModelVariant, tp: int, vllm_version: str) -> bool:
+        """Of this candidate on this box under this engine release, whatever its settings."""
         quantizations = {variant.quantization}
         if variant.quantization == "bf16":
             quantizations.add("fp16")  # a GPU without bf16 runs the bf16 weights as fp16
@@ -455,16 +484,31 @@ def _release(version: str) -> str:
     return version.partition("+")[0]
 
 
-def matching_measurement(
-    measurements: Sequence[Measurement],
-    target: GpuTarget,
-    variant: ModelVariant,
-    tp: int,
-    vllm_version: str,
-) -> Measurement | None:
-    """The newest measurement of this candidate on this box, if any."""
-    found = [m for m in measurements if m.matches(target, variant, tp, vllm_version)]
-    return max(found, key=lambda m: m.measured_at) if found else None
+@dataclass(frozen=True)
+class Calibration:
+    """The measurement that describes a candidate as its profile runs, or why none does."""
+
+    measurement: Measurement | None = None
+    passed_over: str = ""  # for the why: runs of this candidate here, of other settings
+
+
+def calibration_for(measured_here: Sequence[Measurement], wanted: EngineSettings) -> Calibration:
+    """The newest of `measured_here` (runs that `match` the candidate) that ran `wanted`; where
+    none did, the bandwidth model stays and `passed_over` says which settings the newest ran."""
+    same = [m for m in measured_here if m.settings == wanted]
+    if same:
+        return Calibration(max(same, key=lambda m: m.measured_at))
+    if not measured_here:
+        return Calibration()
+    newest = max(measured_here, key=lambda m: m.measured_at)
+    count = len(measured_here)
+    runs = "1 bench run" if count == 1 else f"{count} bench runs"
+    return Calibration(
+        passed_over=f"the model's estimate: {runs} of this model here ran other engine settings "
+        f"({', '.join(newest.settings.differences(wanted))}"
+        + (" in the newest" if count > 1 else "")
+        + ")"
+    )
 
 
 def measured_text(measurement: Measurement, level: MeasuredLevel) -> str:
@@ -645,10 +689,10 @@ def recommend_for_target(
                 if tp > target.count:
                     break
                 option = _option(target, workload, model, variant, tp=tp, embedding=embedding)
-                measured = matching_measurement(
-                    measurements, target, variant, tp, workload.vllm_version
+                measured_here = tuple(
+                    m for m in measurements if m.matches(target, variant, tp, workload.vllm_version)
                 )
-                option = dataclasses.replace(option, measurement=measured)
+                option = dataclasses.replace(option, measured_here=measured_here)
                 outcome = _size_candidate(option)
                 if not isinstance(outcome, Rejected):
                     outcome = _choose_engine(option, outcome, benchmarks)
@@ -683,7 +727,12 @@ class _Option:
     tei_bytes: int  # held by TEI on this engine's GPU 0 (0 when it runs elsewhere)
     utilization: float
     max_model_len: int
-    measurement: Measurement | None = None
+    measured_here: tuple[Measurement, ...] = ()  # kept runs of this option, any settings
+    calibration: Calibration = Calibration()  # the one of them its chosen settings ran
+
+    @property
+    def measurement(self) -> Measurement | None:
+        return self.calibration.measurement
 
     def reject(self, reason: str) -> Rejected:
         return Rejected(self.model.key, self.variant.quantization, self.tp, reason)
@@ -911,10 +960,12 @@ def _speed_text(option: _Option, score: _Score) -> str:
     measurement = option.measurement
     if measurement is not None:
         return measured_text(measurement, measurement.level_for(score.batch))
+    passed_over = option.calibration.passed_over
     return (
         f"~{score.speed.tokens_per_second_per_request:.0f} tokens/s per user, "
         f"~{score.speed.tokens_per_second_total:.0f} in total with {score.batch} running "
         + _bound_text(option, score.speed)
+        + (f"; {passed_over}" if passed_over else "")
     )
 
 
@@ -978,6 +1029,8 @@ def _size_candidate(option: _Option) -> Candidate | Rejected:
     if isinstance(settings, Rejected):
         return settings
     chosen, fp8_note = settings
+    wanted = EngineSettings(max_num_seqs=chosen.max_num_seqs, kv_cache_dtype=chosen.kv_dtype)
+    option = dataclasses.replace(option, calibration=calibration_for(option.measured_here, wanted))
     score = _score(option, chosen)
     no_p2p = any(f.flag == "--disable-custom-all-reduce" for f in option.findings)
     profile_quantization: Quantization = option.variant.quantization

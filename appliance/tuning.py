@@ -22,10 +22,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import yaml
-
 from appliance.benchmark import LevelResult, Slo
 from appliance.errors import BadInputError
+from appliance.profile.yaml_text import with_value
 from appliance.vocabulary import KvCacheDtype
 
 MAX_POINTS = 64  # the most points one sweep may list, whatever the flags say
@@ -211,79 +210,18 @@ _BLOCK = re.compile(
 
 def with_tuned(text: str, point: Point, block: str) -> str:
     """The profile's text with `point`'s settings under spec.engine and `block` at the top
-    (replacing an earlier tune's), every other character as it was."""
-    out = text
-    out = with_engine_value(out, "max_num_seqs", str(point.max_num_seqs))
+    (replacing an earlier tune's), every other character as it was. For a valid profile."""
     tokens = point.max_num_batched_tokens
-    out = with_engine_value(out, "max_num_batched_tokens", None if tokens is None else str(tokens))
-    out = with_engine_value(
-        out, "kv_cache_dtype", None if point.kv_cache_dtype == "auto" else point.kv_cache_dtype
-    )
+    settings: dict[str, int | str | None] = {
+        "max_num_seqs": point.max_num_seqs,
+        "max_num_batched_tokens": tokens,
+        "kv_cache_dtype": None if point.kv_cache_dtype == "auto" else point.kv_cache_dtype,
+    }
+    out: str | None = text
+    for key, value in settings.items():
+        if out is not None:
+            out = with_value(out, ("spec", "engine", key), value)
+    if out is None:
+        raise ValueError("spec.engine of the profile cannot be edited in place")
     out = _BLOCK.sub("", out, count=1)
     return block + out
-
-
-def with_engine_value(text: str, key: str, value: str | None) -> str:
-    """`spec.engine.<key>` set to the plain scalar `value` (a number or a word), or removed
-    when `value` is None; written into a block or a flow mapping as the profile has it, the
-    rest of the text untouched. For a valid profile only."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    spec = _child(root, "spec")
-    if not isinstance(spec, yaml.MappingNode):
-        raise ValueError("the profile has no spec mapping")
-    engine = _child(spec, "engine")
-    if engine is None:
-        if value is None:
-            return text
-        return _insert_entry(text, spec, "engine", f"{{{key}: {value}}}")
-    if not isinstance(engine, yaml.MappingNode):
-        raise ValueError("spec.engine is not a mapping")
-    for index, (k, v) in enumerate(engine.value):
-        if getattr(k, "value", None) != key:
-            continue
-        if value is not None:
-            return text[: v.start_mark.index] + value + text[v.end_mark.index :]
-        return _remove_entry(text, engine, index)
-    if value is None:
-        return text
-    return _insert_entry(text, engine, key, value)
-
-
-def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((v for k, v in node.value if getattr(k, "value", None) == key), None)
-
-
-def _insert_entry(text: str, mapping: yaml.MappingNode, key: str, value: str) -> str:
-    if mapping.flow_style:
-        end = mapping.end_mark.index - 1  # the closing brace
-        separator = ", " if mapping.value else ""
-        return text[:end].rstrip() + f"{separator}{key}: {value}" + text[end:]
-    first_key = mapping.value[0][0]
-    indent = " " * first_key.start_mark.column
-    last_value = mapping.value[-1][1]
-    line_end = text.find("\n", last_value.end_mark.index)
-    if line_end < 0:
-        return text + f"\n{indent}{key}: {value}\n"
-    return text[: line_end + 1] + f"{indent}{key}: {value}\n" + text[line_end + 1 :]
-
-
-def _remove_entry(text: str, mapping: yaml.MappingNode, index: int) -> str:
-    key, value = mapping.value[index]
-    if mapping.flow_style:
-        start, end = key.start_mark.index, value.end_mark.index
-        rest = text[end:]
-        stripped = rest.lstrip()
-        if stripped.startswith(","):
-            end += len(rest) - len(stripped) + 1
-            end += len(text[end:]) - len(text[end:].lstrip(" "))
-        else:  # the last entry: take the comma before it
-            before = text[:start].rstrip()
-            if before.endswith(","):
-                start = len(before) - 1
-        return text[:start] + text[end:]
-    line_start = text.rfind("\n", 0, key.start_mark.index) + 1
-    line_end = text.find("\n", value.end_mark.index)
-    line_end = len(text) if line_end < 0 else line_end + 1
-    return text[:line_start] + text[line_end:]

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.keys import create_key  # noqa: E402
-from tests.doubles import DOUBLE, free_port  # noqa: E402
+from tests.doubles import DOUBLE, free_port, stop_process  # noqa: E402
 
 MODEL = "tiny"
 CHAT = json.dumps(
@@ -217,12 +216,7 @@ def _process(argv: list[str], port: int, what: str, env: dict[str, str]) -> Iter
         _wait_port(port, process, what)
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from appliance.benchmark import percentile  # noqa: E402
 from appliance.gateway.config import Timeouts  # noqa: E402
 from appliance.gateway.upstream import HttpxPool  # noqa: E402
 from appliance.operations.bench import Workload, lean_upstream, run_level  # noqa: E402
+from tests.doubles import free_port, stop_process  # noqa: E402
 
 DOUBLE = textwrap.dedent(
     """
@@ -117,12 +117,6 @@ DOUBLE = textwrap.dedent(
 DONE = b"0\r\n\r\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def double(delay_s: float, tokens: int, core: int) -> Iterator[str]:
     port = free_port()
@@ -139,12 +133,7 @@ def double(delay_s: float, tokens: int, core: int) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 WORKLOAD = Workload(model="tiny", input_len=8, output_len=4)

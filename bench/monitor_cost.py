@@ -38,7 +38,7 @@ from appliance.hardware.nvml import RecordedNvml  # noqa: E402
 from appliance.monitor.monitor import Monitor, MonitorConfig  # noqa: E402
 from appliance.monitor.samplers import Endpoint, NvmlGpuSampler, http_samplers  # noqa: E402
 from appliance.monitor.scrape import parse_metrics  # noqa: E402
-from tests.doubles import local_engine_double  # noqa: E402
+from tests.doubles import local_engine_double, stop_process  # noqa: E402
 
 NVML_FIXTURE = ROOT / "tests" / "fixtures" / "nvml" / "2x4090.json"
 REAL_VLLM_PAGE = ROOT / "tests" / "fixtures" / "vllm-0.32-cpu-metrics.txt"
@@ -122,8 +122,7 @@ def main() -> None:
                 at_one_hertz(monitor_for(vllm_url, tei_url), args.busy)
             )
         finally:
-            traffic.terminate()
-            traffic.wait(timeout=10)
+            stop_process(traffic)
         idle_cpu, idle_ticks, _ = asyncio.run(
             at_one_hertz(monitor_for(vllm_url, tei_url), args.idle)
         )

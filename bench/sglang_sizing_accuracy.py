@@ -42,27 +42,15 @@ from appliance.vocabulary import KvCacheDtype  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "sglang_memory_logs.csv"
 
-# Not in the catalog: Qwen/QwQ-32B's config.json (Qwen2ForCausalLM, 64 layers, 40 query and 8 KV
-# heads of 128; the same shape as Qwen2.5-32B). The log's K size checks the KV part below.
-_EXTRA: dict[str, ModelArchitecture] = {
-    "qwq-32b": ModelArchitecture(
-        hf_architecture="Qwen2ForCausalLM",
-        model_type="qwen2",
-        num_hidden_layers=64,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        head_dim=128,
-        hidden_size=5120,
-        intermediate_size=27648,
-        vocab_size=152064,
-        max_position_embeddings=131072,
-    ),
-}
+# Models the catalog does not carry (QwQ-32B): kept once, as `<key>.json`, for the unit tests too.
+# The log's K size checks the KV part below.
+ARCHITECTURES = ROOT / "tests" / "fixtures" / "architectures"
 
 
 def architecture(key: str) -> ModelArchitecture:
-    if key in _EXTRA:
-        return _EXTRA[key]
+    kept = ARCHITECTURES / f"{key}.json"
+    if kept.is_file():
+        return ModelArchitecture.model_validate_json(kept.read_text(encoding="utf-8"))
     model = load_catalog().model(key)
     assert model is not None, key
     return model.architecture

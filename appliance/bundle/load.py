@@ -99,7 +99,7 @@ def _installed_profile(data: bytes, name: str, models_dir: Path | None) -> tuple
     only `storage.models_dir` changed when `--models-dir` moves it (rewritten whole, comments
     lost, only where that one value cannot be edited in place)."""
     from appliance.profile import ProfileError, dump_profile, parse_profile
-    from appliance.profile.yaml_text import with_scalar
+    from appliance.profile.yaml_text import with_value
 
     text = data.decode("utf-8", errors="replace")
     profile = parse_profile(text, name)
@@ -109,7 +109,7 @@ def _installed_profile(data: bytes, name: str, models_dir: Path | None) -> tuple
     profile = profile.model_copy(
         update={"spec": profile.spec.model_copy(update={"storage": storage})}
     )
-    edited = with_scalar(text, ("spec", "storage", "models_dir"), str(models_dir))
+    edited = with_value(text, ("spec", "storage", "models_dir"), str(models_dir))
     if edited is not None:
         with contextlib.suppress(ProfileError):
             if parse_profile(edited, name) == profile:

@@ -2,9 +2,12 @@
 
 `appliance recommend` (the CLI) and the TUI's recommend screen call `recommend_measured`: it
 reads the runs `bench` kept under `<state_dir>/bench/<profile>/*.json` and hands the pure
-recommender what they measured (`appliance.recommend.Measurement`). A run without the box and
-the engine setup it measured (kept before they were recorded), or one that cannot be read, is
-passed over: a measurement is only used where it is known to be of this box and this model.
+recommender what they measured (`appliance.recommend.Measurement`), with the engine settings
+each ran: the recommender uses only a run of the settings a candidate's profile runs, so a
+`tune` sweep's points (other max_num_seqs, batch budgets, KV dtypes) do not stand in for it.
+A run without the box and the engine setup it measured (kept before they were recorded), or
+one that cannot be read, is passed over: a measurement is only used where it is known to be
+of this box and this model.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ _MAX_BYTES = 4 * 1024 * 1024
 def measurement_of(run: BenchRun) -> Measurement | None:
     """What `run` measured, for the recommender; None when it lacks the box, the setup, the
     engine version or a concurrency level that completed requests."""
-    from appliance.recommend import MeasuredLevel, Measurement
+    from appliance.recommend import EngineSettings, MeasuredLevel, Measurement
 
     if run.setup is None or run.box is None or not run.box.gpu_name or not run.engine_version:
         return None
@@ -56,6 +59,12 @@ def measurement_of(run: BenchRun) -> Measurement | None:
         input_len=run.input_len,
         output_len=run.output_len,
         engine=engine,
+        settings=EngineSettings(
+            max_num_seqs=run.setup.max_num_seqs,
+            kv_cache_dtype=run.setup.kv_cache_dtype,
+            max_num_batched_tokens=run.setup.max_num_batched_tokens,
+            image=run.image,
+        ),
     )
 
 

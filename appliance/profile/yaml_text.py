@@ -4,7 +4,6 @@ duplicate keys, no inline secrets, and the line of every value kept by path.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import typing
@@ -413,25 +412,104 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, filename: str) -> _Fatal
     )
 
 
-_PLAIN_SAFE = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./-]*")
+_Scalar: TypeAlias = "str | int | float | bool"
 
 
-def with_scalar(text: str, path: tuple[str, ...], value: str) -> str | None:
-    """`text` with the string at mapping keys `path` replaced by `value`, every other character
-    (comments, layout, quoting elsewhere) as it was; None when `path` is not a scalar written
-    in `text`. For a valid profile only (it is composed again here, without the checks)."""
+def with_value(text: str, path: tuple[str, ...], value: _Scalar | None) -> str | None:
+    """`text` with the scalar at mapping keys `path` set to `value`, inserted where a key on the
+    path is missing, removed when `value` is None; every other character (comments, layout,
+    quoting elsewhere) as it was. An entry goes into a block or a flow mapping as the text has
+    it; what is missing below it is written as flow mappings (`engine: {max_num_seqs: 8}`).
+
+    None when the text cannot be edited in place: not YAML, a key on the path that holds no
+    mapping, or a target that is a list, a mapping or a `|`/`>` block scalar. For a valid
+    profile only (it is composed again here, without the checks); callers that must be sure
+    parse the result.
+    """
+    found = _entry_at(text, path)
+    if found is None:
+        return None
+    mapping, depth, index = found
+    if index is None:
+        if value is None:
+            return text
+        written = _scalar_text(value)
+        for inner in reversed(path[depth + 1 :]):
+            written = f"{{{inner}: {written}}}"
+        return _insert_entry(text, mapping, path[depth], written)
+    target = mapping.value[index][1]
+    if not isinstance(target, yaml.ScalarNode) or target.style in ("|", ">"):
+        return None
+    if value is None:
+        return _remove_entry(text, mapping, index)
+    start, end = target.start_mark.index, target.end_mark.index
+    space = " " if start == end else ""  # `key:` with nothing after it
+    return text[:start] + space + _scalar_text(value) + text[end:]
+
+
+def _entry_at(text: str, path: tuple[str, ...]) -> tuple[yaml.MappingNode, int, int | None] | None:
+    """The deepest mapping on `path` that `text` has, how many keys lead to it, and the index
+    of the next key's entry in it (None: missing there); None when `text` is not YAML or a key
+    holds no mapping."""
     try:
         node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return None
-    for key in path:
+    for depth, key in enumerate(path):
         if not isinstance(node, yaml.MappingNode):
             return None
-        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
-    if not isinstance(node, yaml.ScalarNode):
-        return None
-    # A plain scalar where that is unambiguous in block and flow context, else JSON's
-    # double-quoted string (valid YAML).
-    plain = "/" in value and _PLAIN_SAFE.fullmatch(value)  # a path; never `true`, `null` or `1`
-    written = value if plain else json.dumps(value)
-    return text[: node.start_mark.index] + written + text[node.end_mark.index :]
+        index = next(
+            (i for i, (k, _) in enumerate(node.value) if getattr(k, "value", None) == key), None
+        )
+        if index is None or depth == len(path) - 1:
+            return node, depth, index
+        node = node.value[index][1]
+    return None  # an empty path
+
+
+def _scalar_text(value: _Scalar) -> str:
+    """`value` as one flow-context scalar (valid in block context too), quoted as the profile
+    dumper quotes it: plain where YAML 1.1 and 1.2 both read it back as the same value."""
+    dumped = yaml.dump(
+        [value], Dumper=_Dumper, default_flow_style=True, width=2**31, allow_unicode=True
+    )
+    return dumped.strip()[1:-1]
+
+
+def _insert_entry(text: str, mapping: yaml.MappingNode, key: str, written: str) -> str:
+    if mapping.flow_style:
+        end = mapping.end_mark.index - 1  # the closing brace
+        separator = ", " if mapping.value else ""
+        return text[:end].rstrip() + f"{separator}{key}: {written}" + text[end:]
+    indent = " " * mapping.value[0][0].start_mark.column
+    # After the line the mapping's last value ends on. A block collection ends only where the
+    # next token starts (lines further on), so its last value inside is followed instead.
+    last: yaml.Node = mapping.value[-1][1]
+    while isinstance(last, yaml.CollectionNode) and not last.flow_style and last.value:
+        tail = last.value[-1]
+        last = tail[1] if isinstance(tail, tuple) else tail
+    end = last.end_mark.index
+    line_end = end if text[end - 1 : end] == "\n" else text.find("\n", end) + 1
+    if line_end <= 0:
+        return text + f"\n{indent}{key}: {written}\n"
+    return text[:line_end] + f"{indent}{key}: {written}\n" + text[line_end:]
+
+
+def _remove_entry(text: str, mapping: yaml.MappingNode, index: int) -> str:
+    key, value = mapping.value[index]
+    if mapping.flow_style:
+        start, end = key.start_mark.index, value.end_mark.index
+        rest = text[end:]
+        stripped = rest.lstrip()
+        if stripped.startswith(","):
+            end += len(rest) - len(stripped) + 1
+            end += len(text[end:]) - len(text[end:].lstrip(" "))
+        else:  # the last entry: take the comma before it
+            before = text[:start].rstrip()
+            if before.endswith(","):
+                start = len(before) - 1
+        return text[:start] + text[end:]
+    line_start = text.rfind("\n", 0, key.start_mark.index) + 1
+    line_end = text.find("\n", value.end_mark.index)
+    line_end = len(text) if line_end < 0 else line_end + 1
+    return text[:line_start] + text[line_end:]

@@ -107,6 +107,19 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within `timeout_s`; reaped either way, so
+    a double or a front that hangs on shutdown never outlives the test or bench that ran it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def local_engine_double(
     role: str, *args: str, env: Mapping[str, str] | None = None, ready_timeout_s: float = 15.0
@@ -132,8 +145,7 @@ def local_engine_double(
                 time.sleep(0.05)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,15 @@ from appliance.benchmark import (
 )
 from appliance.fit import gpu_target_from_box
 from appliance.hardware import detect_box
-from appliance.operations.calibration import kept_runs, load_measurements, measurement_of
+from appliance.operations.calibration import (
+    kept_runs,
+    load_measurements,
+    measurement_of,
+    recommend_measured,
+)
 from appliance.recommend import (
     Candidate,
+    EngineSettings,
     MeasuredLevel,
     Measurement,
     Recommendation,
@@ -53,6 +60,7 @@ def _measurement_for(candidate: Candidate, **changes: object) -> Measurement:
         levels=(MeasuredLevel(1, 95.0, 95.0), MeasuredLevel(16, 1840.0, 115.0)),
         input_len=1024,
         output_len=128,
+        settings=EngineSettings(candidate.max_num_seqs, candidate.kv_cache_dtype),
     )
     return dataclasses.replace(measurement, **changes)  # type: ignore[arg-type]
 
@@ -89,11 +97,12 @@ def test_a_measurement_replaces_the_model_estimate_and_the_why_cites_it(
 
 
 def test_the_level_nearest_the_users_running_is_used(baseline: Recommendation) -> None:
-    candidate = baseline.candidates[0]
+    three = Workload.for_kind("chat", users=3)
+    candidate = _same(recommend(detect_box(simulate=BOX), three), baseline.candidates[0])
     levels = (MeasuredLevel(1, 90.0, 90.0), MeasuredLevel(4, 300.0, 75.0))
     measured = recommend(
         detect_box(simulate=BOX),
-        Workload.for_kind("chat", users=3),
+        three,
         measurements=[_measurement_for(candidate, levels=levels)],
     )
     after = _same(measured, candidate)
@@ -195,6 +204,14 @@ def test_a_kept_run_becomes_a_measurement() -> None:
     assert measurement.gpu_name == "NVIDIA GeForce RTX 4090"
     assert measurement.repo == "Qwen/Qwen3-8B"
     assert measurement.levels[1] == MeasuredLevel(16, 1840.0, 125.0)
+    assert measurement.settings == EngineSettings(max_num_seqs=16, kv_cache_dtype="auto")
+    tuned = _run(
+        setup=EngineSetup("Qwen/Qwen3-8B", "bf16", max_num_seqs=32, max_num_batched_tokens=4096),
+        image="vllm/vllm-openai:nightly",
+    )
+    assert measurement_of(tuned).settings == EngineSettings(  # type: ignore[union-attr]
+        32, "auto", 4096, "vllm/vllm-openai:nightly"
+    )
 
 
 @pytest.mark.parametrize(
@@ -219,6 +236,72 @@ def test_kept_runs_round_trip_and_bad_files_are_passed_over(tmp_path: Path) -> N
     assert load_measurements(tmp_path / "nowhere") == []
 
 
+# ------------------------------------------------- which run describes what the profile runs
+
+
+def _keep(state_dir: Path, top: Candidate, when: str, throughput: float, **changes: Any) -> None:
+    """A kept run of `top` on this box, with the candidate's own engine settings unless
+    `changes` (EngineSetup's fields, or `image`) say otherwise."""
+    target = gpu_target_from_box(detect_box(simulate=BOX))
+    image = changes.pop("image", None)
+    setup = EngineSetup(
+        repo=top.repo,
+        quantization=top.quantization,
+        max_num_seqs=top.max_num_seqs,
+        kv_cache_dtype=top.kv_cache_dtype,
+    )
+    run = _run(
+        started_at=when,
+        levels=(_level(16, throughput, 0.008),),
+        setup=dataclasses.replace(setup, **changes),
+        box=BoxFacts(gpu_name=target.name, gpu_count=target.count),
+        image=image,
+    )
+    folder = state_dir / "bench" / "box"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{when[:19].replace(':', '')}Z.json").write_text(json.dumps(run.to_json()))
+
+
+OTHER_SETTINGS = [
+    {"max_num_seqs": 256},
+    {"max_num_seqs": None},
+    {"max_num_batched_tokens": 8192},
+    {"kv_cache_dtype": "fp8"},
+    {"image": "vllm/vllm-openai:nightly"},
+]
+
+
+@pytest.mark.parametrize("changes", OTHER_SETTINGS, ids=lambda changes: next(iter(changes)))
+def test_a_newer_run_of_other_engine_settings_does_not_displace_the_one_the_profile_runs(
+    baseline: Recommendation, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    """After `tune`, the newest run is often a sweep point: other max_num_seqs, a batch budget,
+    another KV dtype, perhaps one that missed the SLO. It says nothing about the profile
+    `recommend` writes; the older run of exactly those settings does."""
+    top = baseline.candidates[0]
+    _keep(tmp_path, top, "2026-12-05T10:00:00+00:00", 1840.0)
+    _keep(tmp_path, top, "2026-12-05T12:00:00+00:00", 3000.0, **changes)
+    measured = recommend_measured(detect_box(simulate=BOX), WORKLOAD, state_dir=tmp_path)
+    after = _same(measured, top)
+    assert after.decode.tokens_per_second_total == 1840.0
+    assert "measured 2026-12-05: 1,840 output tok/s" in after.why
+
+
+@pytest.mark.parametrize("changes", OTHER_SETTINGS, ids=lambda changes: next(iter(changes)))
+def test_only_runs_of_other_settings_leave_the_bandwidth_model_and_say_why(
+    baseline: Recommendation, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    top = baseline.candidates[0]
+    _keep(tmp_path, top, "2026-12-05T12:00:00+00:00", 3000.0, **changes)
+    measured = recommend_measured(detect_box(simulate=BOX), WORKLOAD, state_dir=tmp_path)
+    after = _same(measured, top)
+    assert after.decode == top.decode
+    assert "memory-bandwidth-bound" in after.why or "compute-bound" in after.why
+    key = next(iter(changes))
+    assert f"1 bench run of this model here ran other engine settings ({key} " in after.why
+    assert "measured 2026-" not in after.why
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 
@@ -228,14 +311,7 @@ def test_recommend_uses_a_result_kept_in_its_state_dir(
     from tests.unit.test_cli import appliance, assert_no_traceback
 
     top = baseline.candidates[0]
-    target = gpu_target_from_box(detect_box(simulate=BOX))
-    run = _run(
-        setup=EngineSetup(repo=top.repo, quantization=top.quantization, max_num_seqs=16),
-        box=BoxFacts(gpu_name=target.name, gpu_count=target.count),
-    )
-    folder = tmp_path / "bench" / "box"
-    folder.mkdir(parents=True)
-    (folder / "2026-12-05T100000Z.json").write_text(json.dumps(run.to_json()))
+    _keep(tmp_path, top, "2026-12-05T10:00:00+00:00", 1840.0)
     argv = ("recommend", "--simulate", BOX, "--workload", "chat", "--users", "16")
     measured = appliance(*argv, "--state-dir", str(tmp_path), "--json")
     assert measured.returncode == 0, measured.stderr
@@ -262,14 +338,7 @@ def test_the_tui_recommender_reads_the_state_dir_too(
     from appliance.tui.services import simulated_services
 
     top = baseline.candidates[0]
-    target = gpu_target_from_box(detect_box(simulate=BOX))
-    run = _run(
-        setup=EngineSetup(repo=top.repo, quantization=top.quantization),
-        box=BoxFacts(gpu_name=target.name, gpu_count=target.count),
-    )
-    folder = tmp_path / "bench" / "box"
-    folder.mkdir(parents=True)
-    (folder / "2026-12-05T100000Z.json").write_text(json.dumps(run.to_json()))
+    _keep(tmp_path, top, "2026-12-05T10:00:00+00:00", 1840.0)
     services = simulated_services(BOX, state_dir=tmp_path)
     assert services.recommend is not None
     measured = services.recommend(detect_box(simulate=BOX), WORKLOAD)

@@ -194,6 +194,11 @@ def test_any_valid_profile_round_trips(data: dict[str, Any]) -> None:
     assert parse_profile(dump_profile(profile), "dumped.yaml") == profile
 
 
+# ------------------------------------------------------------ with_value: editing in place
+
+MODELS_DIR = ("spec", "storage", "models_dir")
+
+
 @pytest.mark.parametrize(
     ("text", "value", "expected"),
     [
@@ -210,21 +215,87 @@ def test_any_valid_profile_round_trips(data: dict[str, Any]) -> None:
         (
             "spec:\n  storage: {models_dir: /a}\n",
             "/my models, 2",
-            'spec:\n  storage: {models_dir: "/my models, 2"}\n',
+            "spec:\n  storage: {models_dir: '/my models, 2'}\n",
         ),
         (
             "spec:\n  storage:\n    models_dir: /a\n",
             "true",
-            'spec:\n  storage:\n    models_dir: "true"\n',
+            "spec:\n  storage:\n    models_dir: 'true'\n",
         ),
-        ("spec:\n  storage: {state_dir: /s}\n", "/b", None),
+        (
+            "spec:\n  storage:\n    models_dir:\n  engine: {}\n",
+            "/b",
+            "spec:\n  storage:\n    models_dir: /b\n  engine: {}\n",
+        ),
+        # Missing keys are inserted: into the mapping as it is written, the rest as flow.
+        (
+            "spec:\n  storage: {state_dir: /s}\n",
+            "/b",
+            "spec:\n  storage: {state_dir: /s, models_dir: /b}\n",
+        ),
+        (
+            "spec:\n  storage:\n    state_dir: /s  # keep\n# after\n",
+            "/b",
+            "spec:\n  storage:\n    state_dir: /s  # keep\n    models_dir: /b\n# after\n",
+        ),
+        (
+            "spec:\n  model:\n    repo: a/b\n    tags:\n      - x\n  # end\nz: 1\n",
+            "/b",
+            "spec:\n  model:\n    repo: a/b\n    tags:\n      - x\n  storage: {models_dir: /b}\n"
+            "  # end\nz: 1\n",
+        ),
+        ("spec:\n  note: |\n    text\n", "/b",
+         "spec:\n  note: |\n    text\n  storage: {models_dir: /b}\n"),
+        ("spec: {}", "/b", "spec: {storage: {models_dir: /b}}"),
+        # What cannot be edited in place.
         ("spec:\n  storage:\n    models_dir: [/a]\n", "/b", None),
+        ("spec:\n  storage: /a\n", "/b", None),
+        ("spec:\n  storage:\n    models_dir: |\n      /a\n", "/b", None),
         ("spec: [\n", "/b", None),
     ],
-)
-def test_one_scalar_is_replaced_and_nothing_else(
+)  # fmt: skip
+def test_one_value_is_set_or_inserted_and_nothing_else_changes(
     text: str, value: str, expected: str | None
 ) -> None:
-    from appliance.profile.yaml_text import with_scalar
+    from appliance.profile.yaml_text import with_value
 
-    assert with_scalar(text, ("spec", "storage", "models_dir"), value) == expected
+    assert with_value(text, MODELS_DIR, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a:\n  b: 1  # gone\n  c: 2\n", "a:\n  c: 2\n"),
+        ("a:\n  c: 2\n  b: 1\n", "a:\n  c: 2\n"),
+        ("a: {b: 1, c: 2}\n", "a: {c: 2}\n"),
+        ("a: {c: 2, b: 1}\n", "a: {c: 2}\n"),
+        ("a: {c: 2}\n", "a: {c: 2}\n"),  # nothing to remove
+        ("x: 1\n", "x: 1\n"),  # nor a mapping to remove it from
+    ],
+)
+def test_none_removes_the_entry(text: str, expected: str) -> None:
+    from appliance.profile.yaml_text import with_value
+
+    assert with_value(text, ("a", "b"), None) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["/srv/models", "/my models, 2", "/a: b #c", "/{x}, [y]", "/'q\"", "/é 😀"]
+)
+@pytest.mark.parametrize("path", READY_MADE, ids=lambda p: p.name)
+def test_an_edited_profile_loads_with_exactly_that_change(path: Path, value: str) -> None:
+    """Through the profile loader: the edit is the value it was given and nothing else, in
+    every ready-made profile (block style) and in its dumped form (other quoting)."""
+    from appliance.profile.yaml_text import with_value
+
+    original = load_profile(path)
+    storage = original.spec.storage.model_copy(update={"models_dir": Path(value)})
+    wanted = original.model_copy(
+        update={"spec": original.spec.model_copy(update={"storage": storage})}
+    )
+    for text in (path.read_text(encoding="utf-8"), dump_profile(original)):
+        edited = with_value(text, MODELS_DIR, value)
+        assert edited is not None
+        assert parse_profile(edited, path.name) == wanted
+        comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+        assert comments == [line for line in edited.splitlines() if line.lstrip().startswith("#")]

@@ -25,18 +25,9 @@ from appliance.sizing import GIB, MemoryEstimate, kv_bytes_per_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Qwen/QwQ-32B config.json (Qwen2ForCausalLM): 64 layers, 40 query / 8 KV heads of 128.
-QWQ_32B = ModelArchitecture(
-    hf_architecture="Qwen2ForCausalLM",
-    model_type="qwen2",
-    num_hidden_layers=64,
-    num_attention_heads=40,
-    num_key_value_heads=8,
-    head_dim=128,
-    hidden_size=5120,
-    intermediate_size=27648,
-    vocab_size=152064,
-    max_position_embeddings=131072,
+# Qwen/QwQ-32B (not in the catalog): one copy, shared with bench/sglang_sizing_accuracy.py.
+QWQ_32B = ModelArchitecture.model_validate_json(
+    (ROOT / "tests" / "fixtures" / "architectures" / "qwq-32b.json").read_text(encoding="utf-8")
 )
 
 

@@ -24,7 +24,6 @@ from appliance.tuning import (
     plan_sweep,
     provenance,
     winner,
-    with_engine_value,
     with_tuned,
 )
 
@@ -209,8 +208,15 @@ def test_flow_mappings_are_edited_too() -> None:
 
 def test_an_engine_section_is_added_when_the_profile_has_none() -> None:
     bare = FLOW.replace("  engine: {max_model_len: 4096, max_num_batched_tokens: 2048}\n", "")
-    text = with_engine_value(bare, "max_num_seqs", "8")
-    assert parse_profile(text, "flow.yaml").spec.engine.max_num_seqs == 8
+    text = with_tuned(bare, Point("fp8", 2048, 8), _block(Point("fp8", 2048, 8)))
+    assert text.endswith(
+        "  model: {repo: Qwen/Qwen2.5-7B-Instruct-AWQ, quantization: awq}\n"
+        "  engine: {max_num_seqs: 8, max_num_batched_tokens: 2048, kv_cache_dtype: fp8}\n"
+    )
+    engine = parse_profile(text, "flow.yaml").spec.engine
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.kv_cache_dtype) == (
+        8, 2048, "fp8",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- the CLI
