@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -12,26 +10,11 @@ import pytest
 
 from tests.doubles import local_engine_double
 from tests.support.gateway_process import create_key, running_gateway, write_profile
-
-
-def _self_signed(root: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is needed to make a test certificate (Debian package openssl)")
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    (root / "key.pem").chmod(0o600)
+from tests.support.tls import self_signed
 
 
 def test_the_gateway_serves_https_and_still_wants_a_key(tmp_path: Path) -> None:
-    _self_signed(tmp_path)
+    self_signed(tmp_path)
     with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
         profile, port = write_profile(tmp_path, engine, tls=True)
         key = create_key(profile)
