@@ -482,7 +482,7 @@ class GatewayHandover:
 
     rollout_file: Path
     status: Callable[[], Mapping[str, Any] | None]
-    drain_s: float = 30.0
+    drain_s: float = 300.0  # spec.gateway.update_drain_seconds
     poll_s: float = 0.05
 
     @classmethod
@@ -505,7 +505,7 @@ class GatewayHandover:
                 return None
             return body if isinstance(body, dict) else None
 
-        return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status)
+        return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status, gateway.update_drain_seconds)
 
     def tell(self, chat_upstream: str | None, *, updating: bool, progress: Progress) -> bool:
         from appliance.gateway.rollout import Rollout, write_rollout
@@ -517,8 +517,18 @@ class GatewayHandover:
             return False
         return True
 
-    def wait(self, check: Callable[[Mapping[str, Any]], bool], clock: BlockingClock | None) -> bool:
-        """Until `check(rollout report)` holds, the gateway stops answering, or `drain_s`."""
+    def wait(
+        self,
+        check: Callable[[Mapping[str, Any]], bool],
+        clock: BlockingClock | None,
+        *,
+        left: str,
+        progress: Progress,
+    ) -> bool:
+        """Until `check(rollout report)` holds, the gateway stops answering, or `drain_s`.
+
+        Past the bound the old engine is stopped with requests still on it (the key `left`
+        of the report counts them); apply says so, since their clients see them cut."""
         clock = clock or SystemClock()
         end = clock.monotonic() + self.drain_s
         while True:
@@ -531,6 +541,15 @@ class GatewayHandover:
             if check(rollout):
                 return True
             if clock.monotonic() >= end:
+                progress(
+                    ApplyEvent(
+                        "handover",
+                        f"{rollout.get(left)} request(s) still on the old chat engine after "
+                        f"{self.drain_s:g} s (gateway.update_drain_seconds): stopping it ends "
+                        "them",
+                        "vllm",
+                    )
+                )
                 return False
             clock.sleep(self.poll_s)
 
@@ -570,7 +589,10 @@ def _replace_beside(
     journal.handed_over = handover.tell(url, updating=False, progress=progress)
     if journal.handed_over:
         handover.wait(
-            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"), clock
+            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"),
+            clock,
+            left="retired_in_flight",
+            progress=progress,
         )
     progress(ApplyEvent("set-aside", f"stopping {aside}", action.role))
     engine.stop(old.id)
@@ -594,7 +616,12 @@ def _hold_for_update(
     progress(ApplyEvent("handover", "the gateway holds chat requests", "vllm"))
     journal.handed_over = handover.tell(journal.old_chat_url, updating=True, progress=progress)
     if journal.handed_over:
-        handover.wait(lambda r: bool(r.get("updating")) and not r.get("in_flight"), clock)
+        handover.wait(
+            lambda r: bool(r.get("updating")) and not r.get("in_flight"),
+            clock,
+            left="in_flight",
+            progress=progress,
+        )
 
 
 def _execute(

@@ -164,9 +164,7 @@ def _blue_green_with_a_stream(
 
     base = GatewayHandover.of(profile)
     handover = GatewayHandover(base.rollout_file, status, drain_s=base.drain_s, poll_s=0.5)
-    engine = SimpleNamespace(
-        rename=lambda *_: None, stop=lambda _id: stopped_at.append(clock.now)
-    )
+    engine = SimpleNamespace(rename=lambda *_: None, stop=lambda _id: stopped_at.append(clock.now))
     events: list[ApplyEvent] = []
     action = Action("replace", "vllm", old.name, spec=new, container=old, beside=True)
     _replace_beside(
@@ -189,3 +187,16 @@ def test_a_stream_longer_than_30_s_on_the_old_engine_finishes_before_it_stops(
     once its last stream ends, within the profile's bound (default 300 s)."""
     when, _ = _blue_green_with_a_stream(tmp_path, _profile(tmp_path, 0.45, 8192), stream_s=45.0)
     assert 45.0 <= when < 46.0
+
+
+def test_past_the_profiles_drain_bound_the_old_engine_stops_and_apply_says_so(
+    tmp_path: Path,
+) -> None:
+    text = TEXT.format(util=0.45, length=8192, state=tmp_path / "state", remote="")
+    profile = parse_profile(text + "  gateway: {update_drain_seconds: 20}\n", "upd.yaml")
+    when, said = _blue_green_with_a_stream(tmp_path, profile, stream_s=45.0)
+    assert 20.0 <= when < 21.0
+    assert said[-2] == (
+        "1 request(s) still on the old chat engine after 20 s (gateway.update_drain_seconds): "
+        "stopping it ends them"
+    )
