@@ -358,6 +358,21 @@ def gateway_state_dir(profile: Profile, state_dir: Path | None = None) -> Path:
     return (state_dir or profile.spec.storage.state_dir) / "gateway"
 
 
+# Listening on these, the gateway is reached on this box's loopback address.
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "", "127.0.0.1", "::1", "localhost"})  # noqa: S104
+
+
+def gateway_base_url(profile: Profile, host: str = "127.0.0.1") -> str:
+    """The gateway's base URL for a command on this box: `host` when it listens on every
+    address (or loopback), else the one address it listens on; HTTPS when it serves TLS."""
+    spec = profile.spec
+    gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
+    if ":" in gateway_host:
+        gateway_host = f"[{gateway_host}]"
+    scheme = "https" if spec.gateway.tls is not None else "http"
+    return f"{scheme}://{gateway_host}:{spec.ports.gateway}"
+
+
 def gateway_trust(profile: Profile) -> ssl.SSLContext | bool:
     """What a command on this box trusts when it calls its own gateway (`httpx`'s `verify`).
 

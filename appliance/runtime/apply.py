@@ -487,19 +487,24 @@ class GatewayHandover:
 
     @classmethod
     def of(cls, profile: Profile) -> GatewayHandover:
-        from appliance.gateway.config import gateway_state_dir
+        from appliance.gateway.config import gateway_base_url, gateway_state_dir, gateway_trust
         from appliance.gateway.rollout import ROLLOUT_FILE
 
         gateway = profile.spec.gateway
-        url = None if gateway.tls is not None else f"http://127.0.0.1:{profile.spec.ports.gateway}"
+        url = gateway_base_url(profile)
+        try:
+            trust = gateway_trust(profile)
+        except ApplianceError:
+            trust = None  # an unreadable certificate: no gateway to wait for, as before
 
         def status() -> Mapping[str, Any] | None:
-            if url is None:
+            if trust is None:
                 return None
             import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
 
             try:
-                answer = httpx.get(f"{url}/health", timeout=2.0)
+                # The gateway is on this box, never behind the operator's HTTP proxy.
+                answer = httpx.get(f"{url}/health", timeout=2.0, verify=trust, trust_env=False)
                 body = answer.json()
             except (httpx.HTTPError, ValueError):
                 return None
