@@ -74,6 +74,9 @@ COMMANDS: Final[dict[str, Command]] = {
     "fallback": Command(
         "gateway", "show or switch the API fallback: off | auto | always (survives restarts)"
     ),
+    "models": Command(
+        "models", "several chat models: their states, and pin, unpin, sleep or wake one"
+    ),
     "bundle": Command(
         "bundle", "air-gap bundles: create on a connected machine, load on an offline box"
     ),

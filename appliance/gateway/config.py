@@ -23,6 +23,8 @@ from appliance.gateway.switching import SwitchRules
 from appliance.vocabulary import FallbackMode, SleepLevel
 
 if TYPE_CHECKING:
+    import ssl
+
     from appliance.profile import Profile
     from appliance.profile import Timeouts as ProfileTimeouts
 
@@ -354,3 +356,46 @@ class Listen:
 def gateway_state_dir(profile: Profile, state_dir: Path | None = None) -> Path:
     """The gateway's own directory under the appliance's state directory."""
     return (state_dir or profile.spec.storage.state_dir) / "gateway"
+
+
+# Listening on these, the gateway is reached on this box's loopback address.
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "", "127.0.0.1", "::1", "localhost"})  # noqa: S104
+
+
+def gateway_base_url(profile: Profile, host: str = "127.0.0.1") -> str:
+    """The gateway's base URL for a command on this box: `host` when it listens on every
+    address (or loopback), else the one address it listens on; HTTPS when it serves TLS."""
+    spec = profile.spec
+    gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
+    if ":" in gateway_host:
+        gateway_host = f"[{gateway_host}]"
+    scheme = "https" if spec.gateway.tls is not None else "http"
+    return f"{scheme}://{gateway_host}:{spec.ports.gateway}"
+
+
+def gateway_trust(profile: Profile) -> ssl.SSLContext | bool:
+    """What a command on this box trusts when it calls its own gateway (`httpx`'s `verify`).
+
+    Plain HTTP: the default (`True`, nothing to verify). TLS: the gateway's own certificate
+    file is the one trust anchor, so a self-signed certificate works and no public CA is
+    trusted instead. The host name is not checked: these calls go to the loopback address (or
+    the one address the gateway listens on), not to the name the certificate was issued for,
+    and trusting only this file is the pin. A certificate file that cannot be read is an
+    environment problem in one line, not a TLS traceback later.
+    """
+    import ssl
+
+    tls = profile.spec.gateway.tls
+    if tls is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=str(tls.cert_file))
+    except (OSError, ssl.SSLError) as error:
+        raise EnvironmentNotReadyError(
+            f"cannot read the gateway's certificate {tls.cert_file}: {error}",
+            hint="run as a user that can read spec.gateway.tls.cert_file",
+        ) from None
+    context.check_hostname = False
+    # A chain file's leaf (or intermediate) anchors on its own, without its root CA.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context

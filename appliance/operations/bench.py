@@ -355,14 +355,10 @@ def engine_setup(profile: Profile) -> EngineSetup:
 
 
 def gateway_url(profile: Profile) -> str:
-    """The gateway's base URL on this box, from the profile (loopback for 0.0.0.0)."""
-    host = profile.spec.gateway.host
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the profile, not binding
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if profile.spec.gateway.tls is not None else "http"
-    return f"{scheme}://{host}:{profile.spec.ports.gateway}/v1"
+    """The gateway's OpenAI base URL on this box, from the profile (loopback for 0.0.0.0)."""
+    from appliance.gateway.config import gateway_base_url
+
+    return f"{gateway_base_url(profile)}/v1"
 
 
 def engine_facts(profile: Profile) -> EngineFacts:

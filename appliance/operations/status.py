@@ -96,26 +96,21 @@ class DockerRuntime:
             engine.close()
 
 
-_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})  # noqa: S104
-
-
 def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoint, ...]:
     """The profile's services: vLLM, TEI when enabled, and the gateway (health and requests).
 
     Engines listen on 127.0.0.1; the gateway is asked on its own address when it listens on
     one address only, and over HTTPS when it serves TLS.
     """
+    from appliance.gateway.config import gateway_base_url
+
     spec = profile.spec
     ports = spec.ports
     chat_port = _chat_port(profile)
     endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{chat_port}", engine=spec.engine.kind)]
     if spec.embeddings_enabled:
         endpoints.append(Endpoint("tei", "tei", f"http://{host}:{ports.tei}"))
-    gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
-    if ":" in gateway_host:
-        gateway_host = f"[{gateway_host}]"
-    scheme = "https" if spec.gateway.tls is not None else "http"
-    endpoints.append(Endpoint("gateway", "gateway", f"{scheme}://{gateway_host}:{ports.gateway}"))
+    endpoints.append(Endpoint("gateway", "gateway", gateway_base_url(profile, host)))
     return tuple(endpoints)
 
 

@@ -718,6 +718,16 @@ class GatewaySpec(_Model):
     )
     tls: TlsSpec | None = Field(default=None, description="Serve HTTPS with these files.")
     timeouts: Timeouts = Field(default=Timeouts(), description="Timeouts towards local engines.")
+    # Long enough for a long answer to finish (8k tokens at 30 tokens/s is about 270 s): a
+    # model update should not cut a stream a client is reading. It costs nothing when nothing
+    # is in flight: apply goes on as soon as the old engine's last request ends.
+    update_drain_seconds: Annotated[StrictFloat, Ge(0), Le(3600)] = Field(
+        default=300.0,
+        description="In a model update, how long the old chat engine's requests in flight "
+        "(streams included) may run on before apply stops it; apply goes on as soon as the "
+        "last one ends. 0 stops it at once.",
+        examples=[300.0],
+    )
     fallback: FallbackSpec = Field(default=FallbackSpec(), description="API fallback.")
 
     @model_validator(mode="after")

@@ -482,30 +482,35 @@ class GatewayHandover:
 
     rollout_file: Path
     status: Callable[[], Mapping[str, Any] | None]
-    drain_s: float = 30.0
+    drain_s: float = 300.0  # spec.gateway.update_drain_seconds
     poll_s: float = 0.05
 
     @classmethod
     def of(cls, profile: Profile) -> GatewayHandover:
-        from appliance.gateway.config import gateway_state_dir
+        from appliance.gateway.config import gateway_base_url, gateway_state_dir, gateway_trust
         from appliance.gateway.rollout import ROLLOUT_FILE
 
         gateway = profile.spec.gateway
-        url = None if gateway.tls is not None else f"http://127.0.0.1:{profile.spec.ports.gateway}"
+        url = gateway_base_url(profile)
+        try:
+            trust = gateway_trust(profile)
+        except ApplianceError:
+            trust = None  # an unreadable certificate: no gateway to wait for, as before
 
         def status() -> Mapping[str, Any] | None:
-            if url is None:
+            if trust is None:
                 return None
             import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
 
             try:
-                answer = httpx.get(f"{url}/health", timeout=2.0)
+                # The gateway is on this box, never behind the operator's HTTP proxy.
+                answer = httpx.get(f"{url}/health", timeout=2.0, verify=trust, trust_env=False)
                 body = answer.json()
             except (httpx.HTTPError, ValueError):
                 return None
             return body if isinstance(body, dict) else None
 
-        return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status)
+        return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status, gateway.update_drain_seconds)
 
     def tell(self, chat_upstream: str | None, *, updating: bool, progress: Progress) -> bool:
         from appliance.gateway.rollout import Rollout, write_rollout
@@ -517,8 +522,18 @@ class GatewayHandover:
             return False
         return True
 
-    def wait(self, check: Callable[[Mapping[str, Any]], bool], clock: BlockingClock | None) -> bool:
-        """Until `check(rollout report)` holds, the gateway stops answering, or `drain_s`."""
+    def wait(
+        self,
+        check: Callable[[Mapping[str, Any]], bool],
+        clock: BlockingClock | None,
+        *,
+        left: str,
+        progress: Progress,
+    ) -> bool:
+        """Until `check(rollout report)` holds, the gateway stops answering, or `drain_s`.
+
+        Past the bound the old engine is stopped with requests still on it (the key `left`
+        of the report counts them); apply says so, since their clients see them cut."""
         clock = clock or SystemClock()
         end = clock.monotonic() + self.drain_s
         while True:
@@ -531,6 +546,15 @@ class GatewayHandover:
             if check(rollout):
                 return True
             if clock.monotonic() >= end:
+                progress(
+                    ApplyEvent(
+                        "handover",
+                        f"{rollout.get(left)} request(s) still on the old chat engine after "
+                        f"{self.drain_s:g} s (gateway.update_drain_seconds): stopping it ends "
+                        "them",
+                        "vllm",
+                    )
+                )
                 return False
             clock.sleep(self.poll_s)
 
@@ -570,7 +594,10 @@ def _replace_beside(
     journal.handed_over = handover.tell(url, updating=False, progress=progress)
     if journal.handed_over:
         handover.wait(
-            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"), clock
+            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"),
+            clock,
+            left="retired_in_flight",
+            progress=progress,
         )
     progress(ApplyEvent("set-aside", f"stopping {aside}", action.role))
     engine.stop(old.id)
@@ -594,7 +621,12 @@ def _hold_for_update(
     progress(ApplyEvent("handover", "the gateway holds chat requests", "vllm"))
     journal.handed_over = handover.tell(journal.old_chat_url, updating=True, progress=progress)
     if journal.handed_over:
-        handover.wait(lambda r: bool(r.get("updating")) and not r.get("in_flight"), clock)
+        handover.wait(
+            lambda r: bool(r.get("updating")) and not r.get("in_flight"),
+            clock,
+            left="in_flight",
+            progress=progress,
+        )
 
 
 def _execute(

@@ -156,6 +156,7 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
         ["fallback", "--profile", PROFILE, "--state-dir", "{tmp}/state"],
         ["--state-dir", "--profile"],
     ),
+    "models": (["models", PROFILE, "wake", "chat"], []),
 }
 
 

@@ -125,3 +125,78 @@ def test_a_profile_that_moves_the_chat_port_starts_the_new_engine_there(tmp_path
     assert action.beside
     assert action.spec is not None
     assert action.spec.ports[0].host_port == 8200
+
+
+class _Clock:
+    """A blocking clock whose `sleep` only moves the hands."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _blue_green_with_a_stream(
+    tmp_path: Path, profile: Profile, stream_s: float
+) -> tuple[float, list[str]]:
+    """A blue/green update while one stream of `stream_s` seconds runs on the old engine (the
+    gateway's /health counts it in `retired_in_flight` until it ends); when the old engine was
+    stopped, and what apply said."""
+    from appliance.runtime.apply import ApplyEvent, GatewayHandover, _Journal, _replace_beside
+    from appliance.runtime.plan import Action
+
+    clock = _Clock()
+    stopped_at: list[float] = []
+    old = _running(_chat(_profile(tmp_path, 0.4)))
+    new = _chat(profile).model_copy(update={"name": old.name})
+    url = f"http://127.0.0.1:{new.ports[0].host_port}/v1"
+
+    def status() -> dict[str, object]:
+        in_flight = 1 if clock.now < stream_s else 0
+        return {"rollout": {"chat_upstream": url, "retired_in_flight": in_flight}}
+
+    base = GatewayHandover.of(profile)
+    handover = GatewayHandover(base.rollout_file, status, drain_s=base.drain_s, poll_s=0.5)
+    engine = SimpleNamespace(rename=lambda *_: None, stop=lambda _id: stopped_at.append(clock.now))
+    events: list[ApplyEvent] = []
+    action = Action("replace", "vllm", old.name, spec=new, container=old, beside=True)
+    _replace_beside(
+        action,
+        engine,  # type: ignore[arg-type]
+        _Journal(),
+        handover,
+        start=lambda _spec: None,
+        clock=clock,
+        progress=events.append,
+    )
+    (when,) = stopped_at
+    return when, [e.message for e in events]
+
+
+def test_a_stream_longer_than_30_s_on_the_old_engine_finishes_before_it_stops(
+    tmp_path: Path,
+) -> None:
+    """A long answer (minutes of tokens) is not cut by a model update: the old engine stops
+    once its last stream ends, within the profile's bound (default 300 s)."""
+    when, _ = _blue_green_with_a_stream(tmp_path, _profile(tmp_path, 0.45, 8192), stream_s=45.0)
+    assert 45.0 <= when < 46.0
+
+
+def test_past_the_profiles_drain_bound_the_old_engine_stops_and_apply_says_so(
+    tmp_path: Path,
+) -> None:
+    text = TEXT.format(util=0.45, length=8192, state=tmp_path / "state", remote="")
+    profile = parse_profile(text + "  gateway: {update_drain_seconds: 20}\n", "upd.yaml")
+    when, said = _blue_green_with_a_stream(tmp_path, profile, stream_s=45.0)
+    assert 20.0 <= when < 21.0
+    assert said[-2] == (
+        "1 request(s) still on the old chat engine after 20 s (gateway.update_drain_seconds): "
+        "stopping it ends them"
+    )

@@ -32,6 +32,7 @@ VERBS: dict[str, tuple[str, bool, bool]] = {
     "profile_samplers": ("status", True, True),
     "DockerRuntime": ("status", True, True),
     "simulated": ("status", True, True),
+    "ModelControl": ("models", True, True),  # `appliance models`; the Monitor's n/p/z/u
 }
 # What the faces must reach only through an operation.
 WIRING = {
