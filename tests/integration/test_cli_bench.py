@@ -162,3 +162,30 @@ def test_no_gateway_running_is_the_environment(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.ENVIRONMENT, result.stderr
     assert "no gateway answers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_reaches_a_gateway_that_serves_tls_with_a_self_signed_certificate(
+    tmp_path: Path,
+) -> None:
+    """Bench asks the profile's own gateway over HTTPS trusting only the gateway's certificate
+    file (`gateway_trust`), as `status` and apply's handover do; `tune` builds the same plan."""
+    import ssl
+
+    from tests.support.tls import self_signed
+
+    self_signed(tmp_path)
+    with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
+        profile, port = write_profile(tmp_path, engine, tls=True)
+        key = create_key(profile)
+        trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        with running_gateway(profile, f"https://127.0.0.1:{port}", trust):
+            result = bench(
+                str(profile), "--concurrency", "2", "--requests", "4", "--input-len", "8",
+                "--output-len", "3", "--no-save", "--json", key=key,
+            )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert key not in result.stdout + result.stderr
+    run = json.loads(result.stdout)
+    assert run["url"] == f"https://127.0.0.1:{port}/v1"
+    (level,) = run["levels"]
+    assert (level["completed"], level["failed"]) == (4, 0)
