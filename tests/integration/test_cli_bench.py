@@ -17,6 +17,7 @@ from tests.support.gateway_process import (
     APPLIANCE,
     create_key,
     running_gateway,
+    tls_gateway,
     write_profile,
 )
 
@@ -169,23 +170,14 @@ def test_bench_reaches_a_gateway_that_serves_tls_with_a_self_signed_certificate(
 ) -> None:
     """Bench asks the profile's own gateway over HTTPS trusting only the gateway's certificate
     file (`gateway_trust`), as `status` and apply's handover do; `tune` builds the same plan."""
-    import ssl
-
-    from tests.support.tls import self_signed
-
-    self_signed(tmp_path)
-    with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
-        profile, port = write_profile(tmp_path, engine, tls=True)
-        key = create_key(profile)
-        trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
-        with running_gateway(profile, f"https://127.0.0.1:{port}", trust):
-            result = bench(
-                str(profile), "--concurrency", "2", "--requests", "4", "--input-len", "8",
-                "--output-len", "3", "--no-save", "--json", key=key,
-            )  # fmt: skip
+    with tls_gateway(tmp_path) as gateway:
+        result = bench(
+            str(gateway.profile), "--concurrency", "2", "--requests", "4", "--input-len", "8",
+            "--output-len", "3", "--no-save", "--json", key=gateway.key,
+        )  # fmt: skip
     assert result.returncode == ExitCode.OK, result.stderr
-    assert key not in result.stdout + result.stderr
+    assert gateway.key not in result.stdout + result.stderr
     run = json.loads(result.stdout)
-    assert run["url"] == f"https://127.0.0.1:{port}/v1"
+    assert run["url"] == f"{gateway.base_url}/v1"
     (level,) = run["levels"]
     assert (level["completed"], level["failed"]) == (4, 0)

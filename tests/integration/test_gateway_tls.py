@@ -16,31 +16,28 @@ from appliance.clock import ManualClock
 from appliance.errors import ExitCode
 from appliance.monitor.samplers import GpuReadings
 from tests.doubles import local_engine_double
-from tests.support.gateway_process import appliance, create_key, running_gateway, write_profile
+from tests.support.gateway_process import (
+    appliance,
+    running_gateway,
+    tls_gateway,
+    write_profile,
+)
 from tests.support.tls import self_signed
 
 
 def test_the_gateway_serves_https_and_still_wants_a_key(tmp_path: Path) -> None:
-    self_signed(tmp_path)
-    with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
-        profile, port = write_profile(tmp_path, engine, tls=True)
-        key = create_key(profile)
-        base = f"https://127.0.0.1:{port}"
-        trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
-        with (
-            running_gateway(profile, base, trust),
-            httpx.Client(verify=trust, timeout=5) as client,
-        ):
-            body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
-            assert client.post(f"{base}/v1/chat/completions", json=body).status_code == 401
-            reply = client.post(
-                f"{base}/v1/chat/completions",
-                json=body,
-                headers={"authorization": f"Bearer {key}"},
-            )
-            assert reply.status_code == 200
-            with pytest.raises(httpx.TransportError):
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # no plain HTTP
+    with tls_gateway(tmp_path) as gateway, httpx.Client(verify=gateway.trust, timeout=5) as client:
+        base = gateway.base_url
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+        assert client.post(f"{base}/v1/chat/completions", json=body).status_code == 401
+        reply = client.post(
+            f"{base}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {gateway.key}"},
+        )
+        assert reply.status_code == 200
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base.replace('https:', 'http:')}/health", timeout=2)  # no plain HTTP
 
 
 def test_apply_waits_for_a_tls_gateway_to_take_up_a_model_update(tmp_path: Path) -> None:
@@ -77,23 +74,19 @@ def test_apply_waits_for_a_tls_gateway_to_take_up_a_model_update(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A profile whose gateway serves HTTPS with a self-signed certificate, running in front of
-    a vLLM double, after one chat request through it; the profile and a key it accepts."""
-    root = tmp_path_factory.mktemp("tls")
-    self_signed(root)
-    with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
-        profile, port = write_profile(root, engine, tls=True)
-        key = create_key(profile)
-        base = f"https://127.0.0.1:{port}"
-        trust = ssl.create_default_context(cafile=str(root / "cert.pem"))
-        with running_gateway(profile, base, trust):
-            body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
-            headers = {"authorization": f"Bearer {key}"}
-            answer = httpx.post(
-                f"{base}/v1/chat/completions", json=body, headers=headers, verify=trust, timeout=5
-            )
-            assert answer.status_code == 200, answer.text
-            yield profile, key
+    """A profile whose gateway serves HTTPS with a self-signed certificate, running, after one
+    chat request through it; the profile and a key it accepts."""
+    with tls_gateway(tmp_path_factory.mktemp("tls")) as gateway:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+        answer = httpx.post(
+            f"{gateway.base_url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {gateway.key}"},
+            verify=gateway.trust,
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+        yield gateway.profile, gateway.key
 
 
 def _gateway_up_with_figures(gateway: dict[str, Any]) -> None:
