@@ -132,6 +132,7 @@ def _show(run: Any) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> ExitCode:
     from appliance.benchmark import Mode, Slo, html_report
+    from appliance.gateway.config import gateway_trust
     from appliance.operations import bench
     from appliance.profile import load_profile
 
@@ -165,6 +166,7 @@ def _cmd_bench(args: argparse.Namespace) -> ExitCode:
         levels=levels,
         slo=Slo(ttft_p95_s=args.slo_ttft, itl_p95_s=args.slo_itl / 1000.0),
         max_concurrency=max_concurrency,
+        verify=True if args.url else gateway_trust(profile),
     )
     if args.url is None:
         from dataclasses import replace

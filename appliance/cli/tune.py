@@ -111,6 +111,7 @@ def _to_json(result: TuneResult) -> dict[str, Any]:
 
 def _cmd_tune(args: argparse.Namespace) -> ExitCode:
     from appliance.benchmark import Slo
+    from appliance.gateway.config import gateway_trust
     from appliance.hardware import detect_box
     from appliance.operations import bench
     from appliance.operations.tune import build_sweep, run_tune
@@ -153,6 +154,7 @@ def _cmd_tune(args: argparse.Namespace) -> ExitCode:
         mode="concurrency",
         levels=(float(concurrency),),
         slo=Slo(ttft_p95_s=args.slo_ttft, itl_p95_s=args.slo_itl / 1000.0),
+        verify=gateway_trust(profile),
     )
 
     def show(event: Any) -> None:

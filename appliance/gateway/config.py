@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from appliance.errors import BadInputError, EnvironmentNotReadyError
 from appliance.gateway.files import read_private_secret
@@ -373,7 +373,7 @@ def gateway_base_url(profile: Profile, host: str = "127.0.0.1") -> str:
     return f"{scheme}://{gateway_host}:{spec.ports.gateway}"
 
 
-def gateway_trust(profile: Profile) -> ssl.SSLContext | bool:
+def gateway_trust(profile: Profile) -> ssl.SSLContext | Literal[True]:
     """What a command on this box trusts when it calls its own gateway (`httpx`'s `verify`).
 
     Plain HTTP: the default (`True`, nothing to verify). TLS: the gateway's own certificate

@@ -36,6 +36,8 @@ from appliance.monitor.snapshot import GpuStats
 from appliance.vocabulary import EngineKind, Role
 
 if TYPE_CHECKING:
+    import ssl
+
     from appliance.hardware.nvml import NvmlDevice, NvmlSource
 
 EndpointKind = Literal["vllm", "tei", "gateway", "http", "auto"]
@@ -152,13 +154,20 @@ class HttpPool:
     The client is created on first use, inside the event loop that uses it, and closed by
     `aclose()`. `transport` replaces the network (`httpx.MockTransport` in unit tests). Proxy
     variables are ignored: the engines are on this box, never behind the operator's HTTP proxy.
+    `verify` is what an HTTPS endpoint is checked against (httpx's `verify`): for a profile, the
+    gateway's own certificate (`gateway_trust`), since the gateway is its one HTTPS service.
     """
 
     def __init__(
-        self, *, timeout_s: float = 0.5, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        *,
+        timeout_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.timeout_s = timeout_s
         self.transport = transport
+        self.verify = verify
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
@@ -167,6 +176,7 @@ class HttpPool:
                 transport=self.transport,
                 timeout=httpx.Timeout(self.timeout_s),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                verify=self.verify,
                 trust_env=False,
             )
         return self._client
@@ -383,9 +393,11 @@ def http_samplers(
     runtime: RuntimeSource | None = None,
     timeout_s: float = 0.5,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> SamplerSet:
-    """HTTP samplers for `endpoints`, sharing one pooled client with `timeout_s` per request."""
-    pool = HttpPool(timeout_s=timeout_s, transport=transport)
+    """HTTP samplers for `endpoints`, sharing one pooled client with `timeout_s` per request
+    that checks HTTPS endpoints against `verify`."""
+    pool = HttpPool(timeout_s=timeout_s, transport=transport, verify=verify)
     return SamplerSet(
         services=tuple(HttpEndpointSampler(endpoint, pool) for endpoint in endpoints),
         gpus=gpus,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -45,6 +45,8 @@ from appliance.gateway.config import Timeouts
 from appliance.gateway.upstream import LeanPool, Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
+    import ssl
+
     from appliance.hardware.nvml import NvmlSource
     from appliance.profile import Profile
 
@@ -326,6 +328,9 @@ class BenchPlan:
     levels: tuple[float, ...]
     slo: Slo = field(default_factory=Slo)
     max_concurrency: int | None = None  # with `mode="rate"`: a cap on requests in flight
+    # What an https `url` is checked against: the profile's own gateway's certificate
+    # (`gateway_trust`), or True for the system's CAs (a URL the operator gave).
+    verify: ssl.SSLContext | Literal[True] = True
 
     def __repr__(self) -> str:  # the key never shows up in a log or a traceback
         return f"BenchPlan(url={self.url!r}, levels={self.levels!r}, requests={self.requests})"
@@ -458,7 +463,7 @@ async def _preflight(upstream: Upstream, plan: BenchPlan, headers: Headers) -> N
 async def _run(
     plan: BenchPlan,
     on_level: Callable[[float, int], OnProgress | None] | None,
-    upstream_factory: Callable[[str, int], Upstream],
+    upstream_factory: UpstreamFactory,
 ) -> list[LevelResult]:
     headers = _headers(plan.key)
     results = []
@@ -466,7 +471,7 @@ async def _run(
         [int(level) for level in plan.levels] if plan.mode == "concurrency" else [1],
     )
     pool_size = biggest if plan.mode == "concurrency" else (plan.max_concurrency or 1024)
-    upstream = upstream_factory(plan.url, pool_size)
+    upstream = upstream_factory(plan.url, pool_size, plan.verify)
     try:
         await _preflight(upstream, plan, headers)
         for index, level in enumerate(plan.levels):
@@ -494,10 +499,15 @@ async def _run(
     return results
 
 
-def lean_upstream(url: str, connections: int) -> Upstream:
+UpstreamFactory = Callable[[str, int, "ssl.SSLContext | Literal[True]"], Upstream]
+"""The load generator's client for (base URL, connections, what HTTPS is checked against)."""
+
+
+def lean_upstream(url: str, connections: int, verify: ssl.SSLContext | Literal[True]) -> Upstream:
     """The load generator's client: one keep-alive pool with a connection per stream."""
     return LeanPool(url, Timeouts(connect_s=5.0, first_byte_s=600.0, idle_s=120.0),
-                    max_connections=connections)  # fmt: skip
+                    max_connections=connections,
+                    ssl_context=None if verify is True else verify)  # fmt: skip
 
 
 def run_bench(
@@ -506,7 +516,7 @@ def run_bench(
     profile_name: str,
     facts: EngineFacts | None = None,
     on_level: Callable[[float, int], OnProgress | None] | None = None,
-    upstream_factory: Callable[[str, int], Upstream] = lean_upstream,
+    upstream_factory: UpstreamFactory = lean_upstream,
 ) -> BenchRun:
     """Run every level of `plan` against the gateway and return the report's data.
 

@@ -140,8 +140,13 @@ def profile_samplers(
     """Samplers for the services a profile runs; GPUs from the driver's NVML unless given.
 
     `runtime` (e.g. `ContainersRuntimeSource(docker_runtime, profile.metadata.name)`) adds
-    container states and restart counts.
+    container states and restart counts. A gateway that serves TLS is checked against its own
+    certificate (`gateway_trust`), so a self-signed one shows the gateway up, not "cannot
+    connect"; `EnvironmentNotReadyError` when that certificate cannot be read.
     """
+    from appliance.gateway.config import gateway_trust
+
+    trust = gateway_trust(profile)
     if gpus is None:
         from appliance.hardware.nvml import LiveNvml
 
@@ -153,6 +158,7 @@ def profile_samplers(
         runtime=runtime,
         timeout_s=config.timeout_s,
         transport=transport,
+        verify=trust,
     )
 
 

@@ -17,6 +17,7 @@ from tests.support.gateway_process import (
     APPLIANCE,
     create_key,
     running_gateway,
+    tls_gateway,
     write_profile,
 )
 
@@ -162,3 +163,21 @@ def test_no_gateway_running_is_the_environment(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.ENVIRONMENT, result.stderr
     assert "no gateway answers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_reaches_a_gateway_that_serves_tls_with_a_self_signed_certificate(
+    tmp_path: Path,
+) -> None:
+    """Bench asks the profile's own gateway over HTTPS trusting only the gateway's certificate
+    file (`gateway_trust`), as `status` and apply's handover do; `tune` builds the same plan."""
+    with tls_gateway(tmp_path) as gateway:
+        result = bench(
+            str(gateway.profile), "--concurrency", "2", "--requests", "4", "--input-len", "8",
+            "--output-len", "3", "--no-save", "--json", key=gateway.key,
+        )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert gateway.key not in result.stdout + result.stderr
+    run = json.loads(result.stdout)
+    assert run["url"] == f"{gateway.base_url}/v1"
+    (level,) = run["levels"]
+    assert (level["completed"], level["failed"]) == (4, 0)

@@ -10,12 +10,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from appliance.errors import ExitCode
-from tests.doubles import free_port
+from tests.doubles import free_port, local_engine_double
+from tests.support.tls import self_signed
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 
@@ -107,3 +109,28 @@ def running_gateway(
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class TlsGateway:
+    """A running gateway over HTTPS: its profile, base URL, a key it accepts, and a client trust
+    that holds only its self-signed certificate."""
+
+    profile: Path
+    base_url: str
+    key: str
+    trust: ssl.SSLContext
+
+
+@contextmanager
+def tls_gateway(root: Path) -> Iterator[TlsGateway]:
+    """`appliance gateway` serving HTTPS with a self-signed certificate (written into `root`)
+    in front of a vLLM double serving `tiny`."""
+    self_signed(root)
+    with local_engine_double("vllm", "--model", "/m", "--served-model-name", "tiny") as engine:
+        profile, port = write_profile(root, engine, tls=True)
+        key = create_key(profile)
+        base = f"https://127.0.0.1:{port}"
+        trust = ssl.create_default_context(cafile=str(root / "cert.pem"))
+        with running_gateway(profile, base, trust):
+            yield TlsGateway(profile, base, key, trust)
