@@ -38,10 +38,20 @@ JOB_DCGM: Final = "dcgm-exporter"
 DCGM_EXPORTER_IMAGE: Final = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
 
 
-def _job(name: str, target: str, labels: dict[str, str], *, scheme: str = "http") -> dict[str, Any]:
+def _job(
+    name: str, target: str, labels: dict[str, str], *, ca_file: Path | None = None
+) -> dict[str, Any]:
+    """One scrape job; with `ca_file`, over HTTPS trusting that certificate file."""
     job: dict[str, Any] = {"job_name": name, "metrics_path": "/metrics"}
-    if scheme != "http":
-        job["scheme"] = scheme
+    if ca_file is not None:
+        job["scheme"] = "https"
+        # Prometheus's <tls_config> (prometheus.io/docs/prometheus/latest/configuration/
+        # configuration/#tls_config): `ca_file` is the "CA certificate to validate API server
+        # certificate with"; `server_name` and `insecure_skip_verify` are left out (see
+        # _tls_note). Go's crypto/x509 accepts a leaf that is itself in that pool
+        # (verify.go: `if opts.Roots.contains(c)`), so the gateway's own certificate chain
+        # file anchors a self-signed certificate as well as one from a private CA.
+        job["tls_config"] = {"ca_file": str(ca_file)}
     job["static_configs"] = [{"targets": [target], "labels": labels}]
     return job
 
@@ -57,7 +67,7 @@ def prometheus_config(
     ports = profile.spec.ports if profile is not None else PortsSpec()
     name = profile.metadata.name if profile is not None else "llm-appliance"
     labels = {"appliance": name}
-    tls = profile is not None and profile.spec.gateway.tls is not None
+    tls = profile.spec.gateway.tls if profile is not None else None
     jobs = [_job(JOB_VLLM, f"{host}:{ports.vllm}", {**labels, "role": "vllm"})]
     if profile is None or profile.spec.embeddings_enabled:
         jobs.append(_job(JOB_TEI, f"{host}:{ports.tei}", {**labels, "role": "tei"}))
@@ -66,7 +76,7 @@ def prometheus_config(
             JOB_GATEWAY,
             f"{host}:{ports.gateway}",
             {**labels, "role": "gateway"},
-            scheme="https" if tls else "http",
+            ca_file=tls.cert_file if tls is not None else None,
         )
     )
     jobs.append(
@@ -81,6 +91,29 @@ def prometheus_config(
     }
 
 
+def _tls_note(config: dict[str, Any]) -> str:
+    """What Prometheus checks of the gateway's certificate, for the header.
+
+    The certificate is the operator's (spec.gateway.tls.cert_file), issued for whatever name
+    they chose, and this export reads no files, so which names it carries is not known here.
+    Prometheus verifies that it names the target's host; a name of the operator's cannot be
+    guessed, and `insecure_skip_verify` would drop the check of the certificate as well,
+    so the header says what to set instead of the config setting something wrong.
+    """
+    for job in config["scrape_configs"]:
+        tls_config = job.get("tls_config")
+        if tls_config is not None:
+            target = job["static_configs"][0]["targets"][0]
+            return (
+                f"# The gateway serves HTTPS: {job['job_name']} trusts its certificate\n"
+                f"#   {tls_config['ca_file']} (tls_config.ca_file, readable by Prometheus),\n"
+                f"# which must name {target.rpartition(':')[0]} (e.g. subjectAltName "
+                "IP:127.0.0.1). If it names a host\n"
+                "# instead, add `server_name: <that name>` under that job's tls_config.\n"
+            )
+    return ""
+
+
 def prometheus_text(config: dict[str, Any]) -> str:
     header = (
         "# Prometheus scrape config for llm-appliance (`appliance export prometheus`).\n"
@@ -89,7 +122,8 @@ def prometheus_text(config: dict[str, Any]) -> str:
         "#   docker run -d --gpus all --cap-add SYS_ADMIN -p 127.0.0.1:9400:9400 "
         f"{DCGM_EXPORTER_IMAGE}\n"
     )
-    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return header + _tls_note(config) + body
 
 
 def prometheus_export(
