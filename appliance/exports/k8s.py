@@ -18,11 +18,12 @@ Manifests (`manifests` format), one file per object, applied with `kubectl apply
   N replicas;
 - TEI's Deployment and Service when the profile has embeddings;
 - the gateway: the profile in a ConfigMap, a small state volume (keys, fallback mode), a
-  Deployment and a Service.
+  Deployment and a Service; when it serves TLS, its certificate and key from a TLS Secret
+  mounted where the profile names them, probed and annotated for scraping as HTTPS.
 
-What must stay true: no secret value is ever written. The Hugging Face token, the remote API key
-and the admin key are referenced by Secret name and key (`kubectl create secret …` lines are in
-the README the export writes), never embedded.
+What must stay true: no secret value is ever written. The Hugging Face token, the remote API key,
+the admin key and the gateway's TLS key are referenced by Secret name and key (`kubectl create
+secret …` lines are in the README the export writes), never embedded.
 """
 
 from __future__ import annotations
@@ -141,10 +142,15 @@ def _name(profile: Profile, role: str) -> str:
 
 
 def _http_probe(
-    port: str, *, period_s: int, failure_threshold: int, timeout_s: int = 5
+    port: str, *, period_s: int, failure_threshold: int, timeout_s: int = 5, https: bool = False
 ) -> dict[str, Any]:
+    # With scheme HTTPS the kubelet does not verify the certificate (its prober is built with
+    # InsecureSkipVerify, kubernetes pkg/probe/http/http.go), so a self-signed one is fine here.
+    get: dict[str, Any] = {"path": "/health", "port": port}
+    if https:
+        get["scheme"] = "HTTPS"
     return {
-        "httpGet": {"path": "/health", "port": port},
+        "httpGet": get,
         "periodSeconds": period_s,
         "timeoutSeconds": timeout_s,
         "failureThreshold": failure_threshold,
@@ -492,6 +498,30 @@ def _gateway_objects(profile: Profile, options: K8sOptions) -> list[dict[str, An
         env.append(
             _secret_env(spec.gateway.admin_key_env, _name(profile, "gateway-admin"), "admin-key")
         )
+    tls = spec.gateway.tls
+    if tls is not None:
+        # The profile (in the ConfigMap) names these paths; the files come from a TLS Secret
+        # (`kubectl create secret tls`, keys tls.crt and tls.key), mounted where it says.
+        volumes.append(
+            {
+                "name": "gateway-tls",
+                "secret": {"secretName": _name(profile, "gateway-tls"), "defaultMode": 0o400},
+            }
+        )
+        for path, key in ((tls.cert_file, "tls.crt"), (tls.key_file, "tls.key")):
+            mounts.append(
+                {"name": "gateway-tls", "mountPath": str(path), "subPath": key, "readOnly": True}
+            )
+    https = tls is not None
+    scrape = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(GATEWAY_CONTAINER_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    if https:
+        # Read by the pod-annotation job of Prometheus's example Kubernetes config; that
+        # job's tls_config must trust the Secret's tls.crt (see the README).
+        scrape["prometheus.io/scheme"] = "https"
     container: dict[str, Any] = {
         "name": "gateway",
         "image": options.gateway_image,
@@ -499,8 +529,12 @@ def _gateway_objects(profile: Profile, options: K8sOptions) -> list[dict[str, An
         "args": gateway_args(profile, options),
         "env": env,
         "ports": [{"name": "http", "containerPort": GATEWAY_CONTAINER_PORT, "protocol": "TCP"}],
-        "readinessProbe": _http_probe("http", period_s=5, failure_threshold=3, timeout_s=2),
-        "livenessProbe": _http_probe("http", period_s=10, failure_threshold=3, timeout_s=2),
+        "readinessProbe": _http_probe(
+            "http", period_s=5, failure_threshold=3, timeout_s=2, https=https
+        ),
+        "livenessProbe": _http_probe(
+            "http", period_s=10, failure_threshold=3, timeout_s=2, https=https
+        ),
         "resources": {
             "requests": {"cpu": "500m", "memory": "256Mi"},
             "limits": {"memory": "1Gi"},
@@ -543,11 +577,7 @@ def _gateway_objects(profile: Profile, options: K8sOptions) -> list[dict[str, An
                 "template": {
                     "metadata": {
                         "labels": _labels(profile, "gateway"),
-                        "annotations": {
-                            "prometheus.io/scrape": "true",
-                            "prometheus.io/port": str(GATEWAY_CONTAINER_PORT),
-                            "prometheus.io/path": "/metrics",
-                        },
+                        "annotations": scrape,
                     },
                     "spec": {
                         "securityContext": {"runAsUser": 10001, "fsGroup": 10001},
@@ -854,7 +884,21 @@ def _readme(profile: Profile, options: K8sOptions, fmt: K8sFormat, notes: Sequen
         lines.append(
             f"kubectl -n {ns} create secret generic {name}-gateway-admin --from-literal=admin-key=…"
         )
+    # Only the manifests run the gateway; production-stack's chart serves vLLM alone.
+    tls = profile.spec.gateway.tls if fmt == "manifests" else None
+    if tls is not None:
+        lines.append(
+            f"kubectl -n {ns} create secret tls {name}-gateway-tls "
+            f"--cert={tls.cert_file} --key={tls.key_file}"
+        )
     lines.append("```")
+    if tls is not None:
+        lines += [
+            "",
+            "The gateway serves HTTPS with that certificate (mounted where the profile names it);",
+            "a Prometheus scraping it by its pod annotations (`prometheus.io/scheme: https`)",
+            "must trust it: give that job `tls_config: {ca_file: …}` with the certificate.",
+        ]
     lines.append("")
     if fmt == "manifests":
         lines += [

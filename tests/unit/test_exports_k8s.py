@@ -522,3 +522,50 @@ def test_readme_says_how_to_build_and_push_the_gateway_image(tmp_path: Path) -> 
     assert re.search(
         r"ARG BASE_IMAGE=\S+:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}\n", containerfile
     )
+
+
+def test_a_gateway_serving_tls_gets_its_files_and_is_probed_over_https(tmp_path: Path) -> None:
+    # The profile in the ConfigMap names spec.gateway.tls's files: without them mounted the
+    # gateway cannot start, and probes or a scrape in plain HTTP never see it ready.
+    from appliance.profile import TlsSpec
+
+    base = load_profile(ROOT / "profiles" / "l40s-rag.yaml")
+    tls = TlsSpec.model_construct(
+        cert_file=Path("/etc/llm-appliance/tls/cert.pem"),
+        key_file=Path("/etc/llm-appliance/tls/key.pem"),
+    )
+    gateway_spec = base.spec.gateway.model_copy(update={"tls": tls})
+    profile = base.model_copy(
+        update={"spec": base.spec.model_copy(update={"gateway": gateway_spec})}
+    )
+    documents = [
+        yaml.safe_load(yaml.safe_dump(d)) for d in manifests(profile, box_for_export(profile))
+    ]
+    for document in documents:
+        if document["kind"] != "ScaledObject":
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    assert not _of_kind(documents, "Secret")  # referenced, never written
+    gateway = _one(documents, "Deployment", "gateway")
+    pod = gateway["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    secret = f"{profile.metadata.name}-gateway-tls"
+    (volume,) = [
+        v for v in pod["spec"]["volumes"] if v.get("secret", {}).get("secretName") == secret
+    ]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == volume["name"]}
+    assert mounts["/etc/llm-appliance/tls/cert.pem"]["subPath"] == "tls.crt"
+    assert mounts["/etc/llm-appliance/tls/key.pem"]["subPath"] == "tls.key"
+    written = k8s_export(profile, box_for_export(profile), tmp_path / "out")
+    readme = written[-1].read_text(encoding="utf-8")
+    assert f"create secret tls {secret} --cert=" in readme
+
+
+def test_a_plain_http_gateway_has_no_tls_objects() -> None:
+    profile = load_profile(ROOT / "profiles" / "l40s-rag.yaml")
+    text = yaml.safe_dump_all(manifests(profile, box_for_export(profile)))
+    assert "gateway-tls" not in text
+    assert "HTTPS" not in text
+    assert "prometheus.io/scheme" not in text
