@@ -1,4 +1,5 @@
-"""A self-signed certificate for 127.0.0.1, for the tests that run the gateway over HTTPS."""
+"""TLS for the gateway in tests: a self-signed certificate for 127.0.0.1 for the tests that run
+it over HTTPS, and a profile that names TLS files for the tests that only read the profile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from appliance.profile import Profile, TlsSpec
+
+CERT_FILE = Path("/etc/llm-appliance/tls/cert.pem")
+KEY_FILE = Path("/etc/llm-appliance/tls/key.pem")
+
+
+def with_gateway_tls(profile: Profile) -> Profile:
+    """`profile` with spec.gateway.tls naming CERT_FILE and KEY_FILE (neither need exist)."""
+    tls = TlsSpec.model_construct(cert_file=CERT_FILE, key_file=KEY_FILE)
+    gateway = profile.spec.gateway.model_copy(update={"tls": tls})
+    return profile.model_copy(update={"spec": profile.spec.model_copy(update={"gateway": gateway})})
 
 
 def self_signed(root: Path) -> None:

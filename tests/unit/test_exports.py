@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.exports import grafana, prometheus
 from appliance.gateway.app import GatewayMetrics
-from appliance.profile import Profile, load_profile
+from appliance.profile import load_profile
 from tests.doubles.engine_double import SglangMetrics, TeiMetrics
+from tests.support.tls import CERT_FILE, with_gateway_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_SCRAPE = ROOT / "tests" / "fixtures" / "vllm-0.32-cpu-metrics.txt"
@@ -221,29 +222,17 @@ def test_scrape_config_follows_the_profile(path: Path, tmp_path: Path) -> None:
     assert labels == {"appliance": profile.metadata.name, "role": "vllm"}
 
 
-def _with_tls(path: Path) -> Profile:
-    from appliance.profile import TlsSpec
-
-    profile = load_profile(path)
-    tls = TlsSpec.model_construct(
-        cert_file=Path("/etc/llm-appliance/tls/cert.pem"),
-        key_file=Path("/etc/llm-appliance/tls/key.pem"),
-    )
-    gateway = profile.spec.gateway.model_copy(update={"tls": tls})
-    return profile.model_copy(update={"spec": profile.spec.model_copy(update={"gateway": gateway})})
-
-
 def test_an_https_gateway_is_scraped_trusting_its_own_certificate() -> None:
     # A gateway with its own (often self-signed) certificate: `scheme: https` alone makes
     # Prometheus check it against the system CAs, and every scrape fails verification.
-    profile = _with_tls(ROOT / "profiles" / "rtx4090-chat.yaml")
+    profile = with_gateway_tls(load_profile(ROOT / "profiles" / "rtx4090-chat.yaml"))
     text = prometheus.prometheus_export(profile)
     jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
     gateway = jobs[prometheus.JOB_GATEWAY]
     assert gateway["scheme"] == "https"
     # The certificate is the trust anchor, as for the appliance's own calls (gateway_trust);
     # verification stays on.
-    assert gateway["tls_config"] == {"ca_file": "/etc/llm-appliance/tls/cert.pem"}
+    assert gateway["tls_config"] == {"ca_file": str(CERT_FILE)}
     # The certificate is the operator's, so its name is not known here: the file says what
     # Prometheus checks and what to set when the certificate names a host, not 127.0.0.1.
     header = text.split("\nglobal:")[0]

@@ -32,6 +32,7 @@ from appliance.exports.k8s import (
 from appliance.hardware.box import Box
 from appliance.profile import Profile, load_profile
 from appliance.runtime.specs import vllm_command
+from tests.support.tls import CERT_FILE, KEY_FILE, with_gateway_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
@@ -527,17 +528,7 @@ def test_readme_says_how_to_build_and_push_the_gateway_image(tmp_path: Path) -> 
 def test_a_gateway_serving_tls_gets_its_files_and_is_probed_over_https(tmp_path: Path) -> None:
     # The profile in the ConfigMap names spec.gateway.tls's files: without them mounted the
     # gateway cannot start, and probes or a scrape in plain HTTP never see it ready.
-    from appliance.profile import TlsSpec
-
-    base = load_profile(ROOT / "profiles" / "l40s-rag.yaml")
-    tls = TlsSpec.model_construct(
-        cert_file=Path("/etc/llm-appliance/tls/cert.pem"),
-        key_file=Path("/etc/llm-appliance/tls/key.pem"),
-    )
-    gateway_spec = base.spec.gateway.model_copy(update={"tls": tls})
-    profile = base.model_copy(
-        update={"spec": base.spec.model_copy(update={"gateway": gateway_spec})}
-    )
+    profile = with_gateway_tls(load_profile(ROOT / "profiles" / "l40s-rag.yaml"))
     documents = [
         yaml.safe_load(yaml.safe_dump(d)) for d in manifests(profile, box_for_export(profile))
     ]
@@ -556,8 +547,8 @@ def test_a_gateway_serving_tls_gets_its_files_and_is_probed_over_https(tmp_path:
         v for v in pod["spec"]["volumes"] if v.get("secret", {}).get("secretName") == secret
     ]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == volume["name"]}
-    assert mounts["/etc/llm-appliance/tls/cert.pem"]["subPath"] == "tls.crt"
-    assert mounts["/etc/llm-appliance/tls/key.pem"]["subPath"] == "tls.key"
+    assert mounts[str(CERT_FILE)]["subPath"] == "tls.crt"
+    assert mounts[str(KEY_FILE)]["subPath"] == "tls.key"
     written = k8s_export(profile, box_for_export(profile), tmp_path / "out")
     readme = written[-1].read_text(encoding="utf-8")
     assert f"create secret tls {secret} --cert=" in readme
