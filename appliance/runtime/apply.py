@@ -49,7 +49,7 @@ from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.diagnosis import Diagnosis, diagnose
 from appliance.runtime.engine import ContainerEngine, PullProgress
-from appliance.runtime.health import http_call, http_ok, wait_until_healthy
+from appliance.runtime.health import engine_sleeping, http_call, http_ok, wait_until_healthy
 from appliance.runtime.interrupts import SignalGuard
 from appliance.runtime.lock import (
     apply_lock,
@@ -731,16 +731,19 @@ def plan_profile(
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
+    sleeping: Callable[[str], bool | None] = engine_sleeping,
 ) -> Plan:
     """`appliance plan PROFILE`: what apply would do now. Changes nothing.
 
     First the fit check apply's preflight runs (`check_fits`: RefusedError, exit 4, with the
     nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
     engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
+    `sleeping(origin)`: an engine's /is_sleeping (spec.switching: which one is awake).
     """
     together = check_fits(profile, box)
     observed = engine.managed_containers() if engine is not None else []
-    plan = _planned(profile, box, catalog, options, observed)
+    awake = _awake_engine(profile, observed, sleeping)
+    plan = _planned(profile, box, catalog, options, observed, awake=awake)
     if together is not None and together.sleep_reason:
         plan = replace(plan, notes=(*plan.notes, together.sleep_reason))
     return plan
@@ -753,24 +756,72 @@ def _desired(
     options: SpecOptions | None,
     observed: Sequence[ObservedContainer] = (),
 ) -> tuple[ContainerSpec, ...]:
-    """The containers the profile asks for, mounting the weights' commit directories. The
-    chat engine keeps the port it runs on (spec.ports.vllm or, after a blue/green update,
+    """The containers the profile asks for, mounting the weights' commit directories. A chat
+    engine keeps the port it runs on (its own or, after a blue/green update,
     spec.ports.vllm_update): the two take turns."""
     specs = container_specs(
         profile, box, catalog=catalog, options=options, weights_source=resolved_weights
     )
-    port = _chat_port_now(profile, observed)
-    main = container_name(profile.metadata.name, "vllm")
-    return tuple(with_host_port(s, port) if s.name == main else s for s in specs)
+    spare = profile.spec.ports.vllm_update
+    moved = {
+        c.name
+        for c in observed
+        if c.name in chat_engines(profile) and spare in c.host_ports.values()
+    }
+    return tuple(with_host_port(s, spare) if s.name in moved else s for s in specs)
 
 
-def _chat_port_now(profile: Profile, observed: Sequence[ObservedContainer]) -> int:
-    main = container_name(profile.metadata.name, "vllm")
-    ports = profile.spec.ports
+@dataclass(frozen=True)
+class ChatEngine:
+    """One chat engine the profile runs: spec.model's, or (spec.switching) a further model's,
+    with the profile as that engine sees it (`Profile.as_switched`)."""
+
+    container: str
+    view: Profile
+
+    @property
+    def port(self) -> int:
+        """Its own host port (spec.ports.vllm, or the switched model's port)."""
+        return self.view.spec.ports.vllm
+
+    @property
+    def served_name(self) -> str:
+        return self.view.spec.model.served_name
+
+
+def chat_engines(profile: Profile) -> dict[str, ChatEngine]:
+    """The profile's chat engines by container name, spec.model's first."""
+    name = profile.metadata.name
+    main = container_name(name, "vllm")
+    engines = {main: ChatEngine(main, profile)}
+    switching = profile.spec.switching
+    for n, model in enumerate(switching.models if switching else (), start=2):
+        container = container_name(name, f"vllm-{n}")
+        engines[container] = ChatEngine(container, profile.as_switched(model))
+    return engines
+
+
+def _origin(container: ObservedContainer) -> str | None:
+    ports = list(container.host_ports.values())
+    return f"http://127.0.0.1:{ports[0]}" if ports else None
+
+
+def _awake_engine(
+    profile: Profile,
+    observed: Sequence[ObservedContainer],
+    sleeping: Callable[[str], bool | None],
+) -> str | None:
+    """Several chat models: the container whose engine answers that it is awake (None when
+    none does, or the profile has one chat model)."""
+    if profile.spec.switching is None:
+        return None
+    engines = chat_engines(profile)
     for container in observed:
-        if container.name == main and ports.vllm_update in container.host_ports.values():
-            return ports.vllm_update
-    return ports.vllm
+        origin = _origin(container)
+        running = container.name in engines and container.state == "running"
+        if running and origin is not None and sleeping(origin) is False:
+            return container.name
+    return None
 
 
 def with_host_port(spec: ContainerSpec, port: int) -> ContainerSpec:
@@ -789,12 +840,16 @@ def _planned(
     catalog: Catalog | None,
     options: SpecOptions | None,
     observed: Sequence[ObservedContainer],
+    *,
+    awake: str | None = None,
 ) -> Plan:
     """The plan, with a model update's way decided (issue #19 point 3): when the running chat
     engine is replaced and the new one fits beside it, it starts on the other chat port and
     the gateway moves to it once healthy (blue/green); otherwise the plan says how the gateway
-    serves the gap."""
+    serves the gap. `awake`: spec.switching's awake engine (`_switched_updates`)."""
     plan = make_plan(_desired(profile, box, catalog, options, observed), observed)
+    if profile.spec.switching is not None:
+        return _switched_updates(plan, profile, box, observed, awake)
     main = container_name(profile.metadata.name, "vllm")
     index = next(
         (
@@ -808,7 +863,7 @@ def _planned(
         ),
         None,
     )
-    if index is None or profile.spec.switching is not None:
+    if index is None:
         return plan
     action = plan.actions[index]
     assert action.container is not None
@@ -837,17 +892,135 @@ def _planned(
             "one stops"
         )
         return replace(plan, actions=actions, notes=(*plan.notes, note))
-    remote = profile.spec.gateway.fallback.remote is not None
-    gap = (
-        "sends chat requests to the remote API while fallback is auto or always, else holds "
-        if remote
-        else "holds "
-    )
     note = (
         f"model update in place ({why}): the old chat engine stops before the new one starts; "
-        f"meanwhile the gateway {gap}them (bounded, 503 with Retry-After beyond)"
+        f"meanwhile the gateway {_gap(profile, 'chat requests')}"
     )
     return replace(plan, notes=(*plan.notes, note))
+
+
+def _gap(profile: Profile, requests: str) -> str:
+    """What the gateway does with `requests` while their engine cannot answer."""
+    if profile.spec.gateway.fallback.remote is not None:
+        return (
+            f"sends {requests} to the remote API while fallback is auto or always, else holds "
+            "them (bounded, 503 with Retry-After beyond)"
+        )
+    return f"holds {requests} (bounded, 503 with Retry-After beyond)"
+
+
+def _switched_updates(
+    plan: Plan,
+    profile: Profile,
+    box: Box,
+    observed: Sequence[ObservedContainer],
+    awake: str | None,
+) -> Plan:
+    """Several chat models (spec.switching): how each replaced running engine's clients get
+    through it. The awake one goes blue/green on spec.ports.vllm_update when the new engine
+    fits beside it with what the sleeping ones keep, the spare port is free and no other chat
+    engine starts in place; else in place, the gateway holding (or sending remote) that model.
+    A sleeping one is replaced in place: its clients wait for a wake later, and the awake one
+    sleeps while the new engine starts (vLLM takes its whole budget when it starts). The
+    gateway makes no switch until apply is done (`gateway.rollout`)."""
+    engines = chat_engines(profile)
+    replaced = [
+        a
+        for a in plan.actions
+        if a.kind == "replace"
+        and a.name in engines
+        and a.container is not None
+        and a.container.state == "running"
+        and a.spec is not None
+    ]
+    if not replaced:
+        return plan
+    starting = [
+        a.name for a in plan.actions if a.kind in ("create", "replace") and a.name in engines
+    ]
+    kept_awake = next((a.name for a in plan.actions if a.kind == "keep" and a.name == awake), None)
+    actions, notes = list(plan.actions), list(plan.notes)
+    for action in replaced:
+        assert action.container is not None
+        assert action.spec is not None
+        served = engines[action.name].served_name
+        requests = f"{served}'s requests"
+        if action.name != awake:
+            note = (
+                f"{served} is asleep: its engine is replaced in place and meanwhile the gateway "
+                f"{_gap(profile, requests)}; the next request for {served} waits for the new "
+                "engine to wake"
+            )
+            if kept_awake is not None:
+                other = engines[kept_awake].served_name
+                note += (
+                    f"; {other}, awake, sleeps while the new engine starts (vLLM takes its whole "
+                    f"gpu_memory_utilization when it starts) and the gateway "
+                    f"{_gap(profile, 'its requests')} until it is awake again"
+                )
+            notes.append(note)
+            continue
+        way = _beside_way(
+            action,
+            engines[action.name],
+            profile=profile,
+            box=box,
+            observed=observed,
+            starting=starting,
+        )
+        if isinstance(way, Action):
+            actions[actions.index(action)] = way
+            assert way.spec is not None
+            notes.append(
+                f"{served} is awake: its update runs without an outage: the new engine starts "
+                f"on port {way.spec.ports[0].host_port} beside the old one ({way.reason}); the "
+                f"gateway moves {served} to it once healthy, then the old one stops"
+            )
+            continue
+        notes.append(
+            f"{served} is awake: its update is in place ({way}): the old engine stops before "
+            f"the new one starts; meanwhile the gateway {_gap(profile, requests)}, and no "
+            "other model is woken until it is done"
+        )
+    return replace(plan, actions=tuple(actions), notes=tuple(notes))
+
+
+def _beside_way(
+    action: Action,
+    chat: ChatEngine,
+    *,
+    profile: Profile,
+    box: Box,
+    observed: Sequence[ObservedContainer],
+    starting: Sequence[str],
+) -> Action | str:
+    """The awake switched engine's replacement started beside it (its reason says why it
+    fits), or why it cannot be."""
+    from appliance.fit import fits_beside, sleeping_residuals
+    from appliance.runtime.plan import utilization_of
+
+    assert action.container is not None
+    assert action.spec is not None
+    old_utilization = utilization_of(action.container)
+    if old_utilization is None:
+        return "the running engine's memory share is not known"
+    residuals = sleeping_residuals(profile, box)
+    asleep = [b for name, b in residuals.items() if name != chat.served_name]
+    fits, why = fits_beside(chat.view, box, old_utilization, asleep)
+    if not fits:
+        return why
+    spare = profile.spec.ports.vllm_update
+    other = chat.port if spare in action.container.host_ports.values() else spare
+    holder = next(
+        (c.name for c in observed if c.name != action.name and other in c.host_ports.values()),
+        None,
+    )
+    if holder is not None:
+        return f"port {other} is taken by {holder}"
+    if len(starting) > 1:
+        return "another chat engine starts in place in the same apply"
+    spec = with_host_port(action.spec, other)
+    return replace(action, spec=spec, beside=True, reason=why)
 
 
 def apply_profile(

@@ -108,7 +108,7 @@ def test_a_new_model_that_does_not_fit_beside_is_replaced_in_place_and_the_plan_
     assert (action.kind, action.beside) == ("replace", False)
     (note,) = plan.notes
     assert note.startswith("model update in place (both engines do not fit: old 0.80 + new 0.80")
-    assert "the gateway holds them (bounded, 503 with Retry-After beyond)" in note
+    assert "the gateway holds chat requests (bounded, 503 with Retry-After beyond)" in note
     remote = _profile(tmp_path, 0.8, length=8192, remote=True)
     (note,) = plan_profile(remote, BOX, _engine(old)).notes  # type: ignore[arg-type]
     assert "sends chat requests to the remote API while fallback is auto or always" in note

@@ -1,0 +1,182 @@
+"""A model update of several chat models (spec.switching, issue #19 point 3): the plan says, per
+replaced engine, how its clients get through it.
+
+- the awake engine, when the new one fits beside it with the sleeping engines' residual memory:
+  blue/green on the spare chat port (spec.ports.vllm_update);
+- the awake engine otherwise: in place, the gateway holding (or sending remote) that model only;
+- a sleeping engine: in place; its clients only wait for a wake of the new engine later.
+
+Which engine is awake is read from the engines (`/is_sleeping`), injected here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+from appliance.hardware import detect_box
+from appliance.profile import Profile, parse_profile
+from appliance.runtime.apply import plan_profile, with_host_port
+from appliance.runtime.model import ContainerSpec, ObservedContainer
+from appliance.runtime.specs import container_specs
+
+TEXT = """\
+apiVersion: llm-appliance/v1
+kind: Profile
+metadata: {{name: sw}}
+spec:
+  model: {{repo: Qwen/Qwen2.5-7B-Instruct-AWQ, quantization: awq, served_model_name: chat}}
+  engine: {{max_model_len: 4096, gpu_memory_utilization: {chat_util}}}
+  switching:
+    models:
+      - {{repo: hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ, quantization: awq,
+         served_model_name: coder, port: 8010, gpu_memory_utilization: {coder_util},
+         max_model_len: {coder_length}}}
+  embeddings: {{enabled: false}}
+  storage: {{models_dir: /tmp/sw-models, state_dir: {state}}}
+{remote}"""
+
+REMOTE = """\
+  gateway:
+    fallback:
+      mode: auto
+      remote: {base_url: 'https://api.example/v1', api_key_env: SW_KEY}
+"""
+
+MAIN = "llm-appliance-sw-vllm"
+CODER = "llm-appliance-sw-vllm-2"
+BOX = detect_box(simulate="rtx4090", models_dir=Path("/tmp/sw-models"))
+
+
+def _profile(
+    tmp_path: Path,
+    *,
+    coder_util: float = 0.4,
+    coder_length: int = 4096,
+    chat_util: float = 0.4,
+    remote: bool = False,
+) -> Profile:
+    text = TEXT.format(
+        chat_util=chat_util,
+        coder_util=coder_util,
+        coder_length=coder_length,
+        state=tmp_path / "state",
+        remote=REMOTE if remote else "",
+    )
+    return parse_profile(text, "sw.yaml")
+
+
+def _running(spec: ContainerSpec, port: int | None = None) -> ObservedContainer:
+    """`spec` running (on `port`, as a blue/green update leaves it)."""
+    spec = with_host_port(spec, port) if port is not None else spec
+    ports = {p.container_port: p.host_port for p in spec.ports}
+    return ObservedContainer(
+        id=f"id-{spec.name}",
+        name=spec.name,
+        role=spec.role,
+        profile=spec.profile,
+        spec_hash=spec.spec_hash(),
+        appliance_version="0",
+        image=spec.image,
+        state="running",
+        host_ports=ports,
+        spec_json=spec.model_dump_json(),
+    )
+
+
+def _box_running(profile: Profile) -> list[ObservedContainer]:
+    return [_running(s) for s in container_specs(profile, BOX)]
+
+
+def _engine(containers: list[ObservedContainer]) -> object:
+    return SimpleNamespace(managed_containers=lambda: list(containers))
+
+
+def _awake(port: int) -> Callable[[str], bool | None]:
+    """`/is_sleeping` of each engine origin: only the one on `port` is awake."""
+    return lambda origin: not origin.endswith(f":{port}")
+
+
+def test_the_awake_models_update_that_fits_beside_starts_on_the_spare_chat_port(
+    tmp_path: Path,
+) -> None:
+    running = _box_running(_profile(tmp_path))
+    after = _profile(tmp_path, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    by_name = {a.name: a for a in plan.actions}
+    assert by_name[MAIN].kind == "keep"
+    action = by_name[CODER]
+    assert (action.kind, action.beside) == ("replace", True)
+    assert action.spec is not None
+    assert action.spec.ports[0].host_port == 8100
+    assert action.spec.health_url == "http://127.0.0.1:8100/health"
+    (note,) = plan.notes
+    assert note.startswith("coder is awake: its update runs without an outage: the new engine")
+    assert "port 8100" in note
+    # The sleeping engine's residual memory counts beside the two budgets.
+    assert "old 0.40 + new 0.40 of 23.5 GiB + 1 sleeping engine(s) 1.2 GiB" in note
+
+
+def test_the_awake_models_update_that_does_not_fit_is_in_place_and_holds_that_model_only(
+    tmp_path: Path,
+) -> None:
+    running = _box_running(_profile(tmp_path, coder_util=0.8))
+    after = _profile(tmp_path, coder_util=0.8, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    action = next(a for a in plan.actions if a.name == CODER)
+    assert (action.kind, action.beside) == ("replace", False)
+    (note,) = plan.notes
+    assert note.startswith("coder is awake: its update is in place (both engines do not fit")
+    assert "the gateway holds coder's requests" in note
+    assert "no other model is woken until it is done" in note
+    remote = _profile(tmp_path, coder_util=0.8, coder_length=8192, remote=True)
+    (note,) = plan_profile(remote, BOX, _engine(running), sleeping=_awake(8010)).notes  # type: ignore[arg-type]
+    assert "sends coder's requests to the remote API while fallback is auto or always" in note
+
+
+def test_a_sleeping_models_update_is_in_place_and_costs_its_clients_a_wake_later(
+    tmp_path: Path,
+) -> None:
+    running = _box_running(_profile(tmp_path))
+    after = _profile(tmp_path, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8000))  # type: ignore[arg-type]
+    action = next(a for a in plan.actions if a.name == CODER)
+    assert (action.kind, action.beside) == ("replace", False)
+    (note,) = plan.notes
+    assert note.startswith("coder is asleep: its engine is replaced in place")
+    assert "the next request for coder waits for the new engine to wake" in note
+    # vLLM takes its whole budget when it starts: the awake model sleeps meanwhile, and says so.
+    assert "chat, awake, sleeps while the new engine starts" in note
+
+
+def test_no_spare_chat_port_means_in_place(tmp_path: Path) -> None:
+    """spec.model's engine runs on spec.ports.vllm_update after its own blue/green update: the
+    further model's update cannot take that port."""
+    profile = _profile(tmp_path)
+    running = [
+        _running(s, port=8100 if s.name == MAIN else None) for s in container_specs(profile, BOX)
+    ]
+    after = _profile(tmp_path, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    by_name = {a.name: a for a in plan.actions}
+    assert by_name[MAIN].kind == "keep"  # it stays on the port it runs on
+    assert by_name[CODER].beside is False
+    (note,) = plan.notes
+    assert "port 8100 is taken by llm-appliance-sw-vllm" in note
+
+
+def test_after_a_blue_green_update_a_further_model_stays_on_the_spare_port(tmp_path: Path) -> None:
+    profile = _profile(tmp_path)
+    running = [
+        _running(s, port=8100 if s.name == CODER else None) for s in container_specs(profile, BOX)
+    ]
+    plan = plan_profile(profile, BOX, _engine(running), sleeping=_awake(8100))  # type: ignore[arg-type]
+    assert {a.kind for a in plan.actions} == {"keep"}
+    # Its next update moves back to its own port.
+    after = _profile(tmp_path, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8100))  # type: ignore[arg-type]
+    action = next(a for a in plan.actions if a.name == CODER)
+    assert action.beside
+    assert action.spec is not None
+    assert action.spec.ports[0].host_port == 8010
