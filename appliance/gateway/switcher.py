@@ -108,6 +108,11 @@ class ModelSwitcher:
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
 
+    def retarget(self, name: str, control: Upstream) -> None:
+        """A model update moved `name` to a new engine (blue/green): its sleep-mode calls go
+        there from now on. Its state stays: apply leaves the new engine as the old one was."""
+        self._control[name] = control
+
     def __contains__(self, name: object) -> bool:
         return name in self.states
 
