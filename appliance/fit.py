@@ -810,16 +810,17 @@ def sleep_level_for(
     return choose_sleep_level(sleeping_weight_bytes(weights), host_memory_bytes)
 
 
-def sleeping_residuals(profile: Profile, box: Box) -> dict[str, int]:
+def sleeping_residuals(
+    profile: Profile, box: Box, models: Sequence[ResolvedModel | None]
+) -> dict[str, int]:
     """Several chat models (spec.switching): the per-GPU memory each engine keeps while it
-    sleeps, by served name (`sizing.sleeping_residual_bytes`, as `fit_switching` counts it)."""
-    from appliance.local_model import resolve_profile_model
-
+    sleeps, by served name (`sizing.sleeping_residual_bytes`, as `fit_switching` counts it);
+    `models` resolved in `spec.switched_models` order."""
     switching = profile.spec.switching
     views = [profile, *(profile.as_switched(m) for m in switching.models)] if switching else []
     residuals = {}
-    for view in views:
-        estimate = fit_profile(view, box, resolve_profile_model(view))
+    for view, model in zip(views, models, strict=True):
+        estimate = fit_profile(view, box, model)
         residuals[view.spec.model.served_name] = sleeping_residual_bytes(
             estimate if isinstance(estimate, MemoryEstimate) else None
         )

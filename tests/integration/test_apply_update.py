@@ -137,12 +137,13 @@ def _update_under_load(
     return answers, result, events
 
 
-def _gap_report(label: str, answers: list[Answer]) -> str:
+def _gap_report(label: str, answers: list[Answer], local: str = "chat") -> str:
     """What clients saw: the answers by status and destination, the median and longest answer
-    (and which request that was), and the longest stretch between two answers of the engine."""
+    (and which request that was), and the longest stretch between two answers of the engine
+    (the one serving `local`)."""
     durations = [a.ended - a.started for a in answers]
     longest = max(range(len(answers)), key=lambda i: durations[i])
-    ends = [a.ended for a in answers if a.status == 200 and a.model == "chat"]
+    ends = [a.ended for a in answers if a.status == 200 and a.model == local]
     without_local = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
     counts: dict[str, int] = {}
     for a in answers:
