@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ import pytest
 from appliance.gateway.app import GatewayApp
 from appliance.gateway.config import GatewayConfig
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import ApplyEvent, GatewayHandover
+from appliance.runtime.apply import ApplyEvent
 from appliance.vocabulary import FallbackMode, weights_path
 from tests.doubles import EngineDoubleImages, free_port
-from tests.integration.test_apply_update import STREAM_LIMIT, Answer, _apply, _gap_report
+from tests.integration.test_apply_update import Answer, _apply, _apply_streaming, _gap_report
 
 pytestmark = pytest.mark.docker
 
@@ -70,26 +70,6 @@ def _sleeping(port: int) -> bool:
     return bool(answer["is_sleeping"])
 
 
-async def _stream(client: httpx.AsyncClient, model: str, done: Callable[[], bool]) -> list[Answer]:
-    answers: list[Answer] = []
-    loop = asyncio.get_running_loop()
-    while not done() and len(answers) < STREAM_LIMIT:
-        started = loop.time()
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "hi"}],
-                  "max_tokens": 2},
-        )  # fmt: skip
-        body = response.json() if response.status_code == 200 else {}
-        answers.append(
-            Answer(
-                started, loop.time(), response.status_code,
-                response.headers.get("retry-after"), body.get("model"),
-            )
-        )  # fmt: skip
-    return answers
-
-
 def _update_under_load(
     tmp_path: Path, engine: object, before: Profile, after: Profile, *, model: str, awake: str
 ) -> tuple[list[Answer], Any, list[ApplyEvent], dict[str, Any]]:
@@ -107,7 +87,6 @@ def _update_under_load(
 
     async def scenario() -> tuple[list[Answer], Any, dict[str, Any]]:
         app = GatewayApp(config, refresh_interval_s=0.05)
-        loop = asyncio.get_running_loop()
         async with app.running():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
@@ -119,20 +98,9 @@ def _update_under_load(
                 )
                 assert first.status_code == 200
 
-                def status() -> Mapping[str, Any] | None:
-                    future = asyncio.run_coroutine_threadsafe(client.get("/health"), loop)
-                    body: Mapping[str, Any] = future.result(10).json()
-                    return body
-
-                assert config.rollout_file is not None
-                handover = GatewayHandover(config.rollout_file, status)
-                applying = asyncio.ensure_future(
-                    asyncio.to_thread(
-                        _apply, after, engine, tmp_path, handover=handover, progress=events.append
-                    )
+                answers, result = await _apply_streaming(
+                    client, config, after, engine, tmp_path=tmp_path, events=events, model=model
                 )
-                answers = await _stream(client, model, applying.done)
-                result = await applying
                 await asyncio.sleep(0.2)  # the gateway reads the last rollout
                 # Another request for each model: the switcher's view holds.
                 for name in ("chat", "coder"):
@@ -148,8 +116,17 @@ def _update_under_load(
     return answers, result, events, report
 
 
-def _ports() -> dict[str, int]:
-    return {k: free_port() for k in ("vllm", "coder", "vllm_update", "gateway")}
+def _deployed(
+    tmp_path: Path, engine: object, engine_doubles: EngineDoubleImages, util: float
+) -> tuple[dict[str, int], Profile, Profile]:
+    """Two chat models applied (each taking `util` of the GPU while awake); the ports, that
+    profile, and the same with coder's max_model_len changed."""
+    _weights(tmp_path)
+    ports = {k: free_port() for k in ("vllm", "coder", "vllm_update", "gateway")}
+    image = engine_doubles.vllm["ok"]
+    before = _profile(tmp_path, image, ports, util=util, coder_length=4096)
+    assert _apply(before, engine, tmp_path).applied
+    return ports, before, _profile(tmp_path, image, ports, util=util, coder_length=8192)
 
 
 def _port_of(result: Any, name: str) -> int:
@@ -166,11 +143,7 @@ def _dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_awake_models_update_that_fits_goes_blue_green_without_errors(
     engine: object, engine_doubles: EngineDoubleImages, tmp_path: Path
 ) -> None:
-    _weights(tmp_path)
-    ports, image = _ports(), engine_doubles.vllm["ok"]
-    before = _profile(tmp_path, image, ports, util=0.4, coder_length=4096)
-    assert _apply(before, engine, tmp_path).applied
-    after = _profile(tmp_path, image, ports, util=0.4, coder_length=8192)
+    ports, before, after = _deployed(tmp_path, engine, engine_doubles, util=0.4)
     answers, result, events, report = _update_under_load(
         tmp_path, engine, before, after, model="coder", awake="coder"
     )
@@ -196,11 +169,7 @@ def test_the_awake_models_update_that_fits_goes_blue_green_without_errors(
 def test_the_awake_models_update_that_does_not_fit_holds_that_model_in_place(
     engine: object, engine_doubles: EngineDoubleImages, tmp_path: Path
 ) -> None:
-    _weights(tmp_path)
-    ports, image = _ports(), engine_doubles.vllm["ok"]
-    before = _profile(tmp_path, image, ports, util=0.8, coder_length=4096)
-    assert _apply(before, engine, tmp_path).applied
-    after = _profile(tmp_path, image, ports, util=0.8, coder_length=8192)
+    ports, before, after = _deployed(tmp_path, engine, engine_doubles, util=0.8)
     answers, result, _events, report = _update_under_load(
         tmp_path, engine, before, after, model="coder", awake="coder"
     )
@@ -221,11 +190,7 @@ def test_the_awake_models_update_that_does_not_fit_holds_that_model_in_place(
 def test_a_sleeping_models_update_keeps_the_awake_one_awake_and_the_gateway_agrees(
     engine: object, engine_doubles: EngineDoubleImages, tmp_path: Path
 ) -> None:
-    _weights(tmp_path)
-    ports, image = _ports(), engine_doubles.vllm["ok"]
-    before = _profile(tmp_path, image, ports, util=0.8, coder_length=4096)
-    assert _apply(before, engine, tmp_path).applied
-    after = _profile(tmp_path, image, ports, util=0.8, coder_length=8192)
+    ports, before, after = _deployed(tmp_path, engine, engine_doubles, util=0.8)
     # chat awake, coder's engine changes: the stream asks for chat.
     answers, result, events, report = _update_under_load(
         tmp_path, engine, before, after, model="chat", awake="chat"

@@ -18,6 +18,7 @@ import pytest
 from appliance.gateway.rollout import Rollout, write_rollout
 from appliance.gateway.switching import SwitchRules
 from tests.doubles import threaded_engine_double
+from tests.integration.test_gateway_rollout import _rollout, _until
 from tests.integration.test_gateway_switching import (
     _asleep,
     _chat,
@@ -40,11 +41,11 @@ def _new_beta() -> Any:
 
 async def _held(client: Any, count: int) -> None:
     """Until the gateway reports `count` requests held for the update."""
-    for _ in range(400):
-        if (await client.get("/health")).json()["rollout"]["held"] == count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{count} requests were not held")
+
+    async def held() -> bool:
+        return bool((await _rollout(client))["held"] == count)
+
+    await _until(held)
 
 
 def _rollout_config(tmp_path: Path, doubles: dict[str, Any]) -> Any:
@@ -54,29 +55,31 @@ def _rollout_config(tmp_path: Path, doubles: dict[str, Any]) -> Any:
     return dataclasses.replace(config, rollout_file=tmp_path / "rollout.json")
 
 
+async def _beta_awake(app: Any, client: Any) -> Any:
+    """beta made the awake model by a request; the gateway's switcher."""
+    switcher = app.switcher
+    assert switcher is not None
+    assert (await _chat(client, "beta")).status_code == 200
+    assert switcher.states["beta"] == "awake"
+    return switcher
+
+
 def test_blue_green_moves_a_switched_model_and_its_sleep_calls_to_the_new_engine(
     tmp_path: Path,
 ) -> None:
     async def scenario(doubles: dict[str, Any], new: Any) -> None:
         async with gateway(_rollout_config(tmp_path, doubles)) as (app, client):
-            switcher = app.switcher
-            assert switcher is not None
-            assert (await _chat(client, "beta")).status_code == 200  # beta is the awake one
-            assert switcher.states["beta"] == "awake"
+            switcher = await _beta_awake(app, client)
             write_rollout(
                 tmp_path / "rollout.json",
                 Rollout(upstreams={"beta": f"{new.url}/v1"}, switching_paused=True),
             )
 
             async def moved() -> bool:
-                report = (await client.get("/health")).json()["rollout"]["models"]
+                report = (await _rollout(client))["models"]
                 return bool(report["beta"]["upstream"] == f"{new.url}/v1")
 
-            for _ in range(400):
-                if await moved():
-                    break
-                await asyncio.sleep(0.01)
-            assert await moved()
+            await _until(moved)
             doubles["beta"].shutdown()  # the old engine is gone: beta still answers
             answers = await asyncio.gather(*(_chat(client, "beta") for _ in range(6)))
             assert [a.status_code for a in answers] == [200] * 6
@@ -102,20 +105,15 @@ def test_in_place_holds_only_the_replaced_models_requests_then_serves_them(
 ) -> None:
     async def scenario(doubles: dict[str, Any], new: Any) -> None:
         async with gateway(_rollout_config(tmp_path, doubles)) as (app, client):
-            switcher = app.switcher
-            assert switcher is not None
-            assert (await _chat(client, "beta")).status_code == 200
+            switcher = await _beta_awake(app, client)
             # apply holds beta (its engine is about to stop); alpha sleeps and waits too.
             write_rollout(tmp_path / "rollout.json", Rollout(held=("beta",), switching_paused=True))
 
             async def holding() -> bool:
-                report = (await client.get("/health")).json()["rollout"]
-                return bool(report["models"]["beta"]["updating"] is True)
+                report = (await _rollout(client))["models"]
+                return bool(report["beta"]["updating"] is True)
 
-            for _ in range(400):
-                if await holding():
-                    break
-                await asyncio.sleep(0.01)
+            await _until(holding)
             waiting = [asyncio.ensure_future(_chat(client, "beta")) for _ in range(3)]
             await _held(client, 3)
             doubles["beta"].shutdown()

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from appliance.hardware import detect_box
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import plan_profile
+from appliance.runtime.apply import plan_profile, with_host_port
 from appliance.runtime.model import ContainerSpec, ObservedContainer
 from appliance.runtime.specs import container_specs
 
@@ -39,7 +39,9 @@ def _profile(tmp_path: Path, util: float, length: int = 4096, remote: bool = Fal
     return parse_profile(text, "upd.yaml")
 
 
-def _running(spec: ContainerSpec) -> ObservedContainer:
+def _running(spec: ContainerSpec, port: int | None = None) -> ObservedContainer:
+    """`spec` running (on `port`, as a blue/green update leaves it)."""
+    spec = with_host_port(spec, port) if port is not None else spec
     return ObservedContainer(
         id=f"id-{spec.name}",
         name=spec.name,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 from appliance.hardware import detect_box
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import plan_profile, with_host_port
-from appliance.runtime.model import ContainerSpec, ObservedContainer
+from appliance.runtime.apply import plan_profile
+from appliance.runtime.model import ObservedContainer
 from appliance.runtime.specs import container_specs
+from tests.unit.test_model_update import REMOTE, _engine, _running
 
 TEXT = """\
 apiVersion: llm-appliance/v1
@@ -36,13 +36,6 @@ spec:
   embeddings: {{enabled: false}}
   storage: {{models_dir: /tmp/sw-models, state_dir: {state}}}
 {remote}"""
-
-REMOTE = """\
-  gateway:
-    fallback:
-      mode: auto
-      remote: {base_url: 'https://api.example/v1', api_key_env: SW_KEY}
-"""
 
 MAIN = "llm-appliance-sw-vllm"
 CODER = "llm-appliance-sw-vllm-2"
@@ -67,30 +60,8 @@ def _profile(
     return parse_profile(text, "sw.yaml")
 
 
-def _running(spec: ContainerSpec, port: int | None = None) -> ObservedContainer:
-    """`spec` running (on `port`, as a blue/green update leaves it)."""
-    spec = with_host_port(spec, port) if port is not None else spec
-    ports = {p.container_port: p.host_port for p in spec.ports}
-    return ObservedContainer(
-        id=f"id-{spec.name}",
-        name=spec.name,
-        role=spec.role,
-        profile=spec.profile,
-        spec_hash=spec.spec_hash(),
-        appliance_version="0",
-        image=spec.image,
-        state="running",
-        host_ports=ports,
-        spec_json=spec.model_dump_json(),
-    )
-
-
 def _box_running(profile: Profile) -> list[ObservedContainer]:
     return [_running(s) for s in container_specs(profile, BOX)]
-
-
-def _engine(containers: list[ObservedContainer]) -> object:
-    return SimpleNamespace(managed_containers=lambda: list(containers))
 
 
 def _awake(port: int) -> Callable[[str], bool | None]:
@@ -103,7 +74,7 @@ def test_the_awake_models_update_that_fits_beside_starts_on_the_spare_chat_port(
 ) -> None:
     running = _box_running(_profile(tmp_path))
     after = _profile(tmp_path, coder_length=8192)
-    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(8010))  # type: ignore[arg-type]
     by_name = {a.name: a for a in plan.actions}
     assert by_name[MAIN].kind == "keep"
     action = by_name[CODER]
@@ -123,7 +94,7 @@ def test_the_awake_models_update_that_does_not_fit_is_in_place_and_holds_that_mo
 ) -> None:
     running = _box_running(_profile(tmp_path, coder_util=0.8))
     after = _profile(tmp_path, coder_util=0.8, coder_length=8192)
-    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(8010))  # type: ignore[arg-type]
     action = next(a for a in plan.actions if a.name == CODER)
     assert (action.kind, action.beside) == ("replace", False)
     (note,) = plan.notes
@@ -131,7 +102,7 @@ def test_the_awake_models_update_that_does_not_fit_is_in_place_and_holds_that_mo
     assert "the gateway holds coder's requests" in note
     assert "no other model is woken until it is done" in note
     remote = _profile(tmp_path, coder_util=0.8, coder_length=8192, remote=True)
-    (note,) = plan_profile(remote, BOX, _engine(running), sleeping=_awake(8010)).notes  # type: ignore[arg-type]
+    (note,) = plan_profile(remote, BOX, _engine(*running), sleeping=_awake(8010)).notes  # type: ignore[arg-type]
     assert "sends coder's requests to the remote API while fallback is auto or always" in note
 
 
@@ -140,7 +111,7 @@ def test_a_sleeping_models_update_is_in_place_and_costs_its_clients_a_wake_later
 ) -> None:
     running = _box_running(_profile(tmp_path))
     after = _profile(tmp_path, coder_length=8192)
-    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8000))  # type: ignore[arg-type]
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(8000))  # type: ignore[arg-type]
     action = next(a for a in plan.actions if a.name == CODER)
     assert (action.kind, action.beside) == ("replace", False)
     (note,) = plan.notes
@@ -158,7 +129,7 @@ def test_no_spare_chat_port_means_in_place(tmp_path: Path) -> None:
         _running(s, port=8100 if s.name == MAIN else None) for s in container_specs(profile, BOX)
     ]
     after = _profile(tmp_path, coder_length=8192)
-    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8010))  # type: ignore[arg-type]
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(8010))  # type: ignore[arg-type]
     by_name = {a.name: a for a in plan.actions}
     assert by_name[MAIN].kind == "keep"  # it stays on the port it runs on
     assert by_name[CODER].beside is False
@@ -171,11 +142,11 @@ def test_after_a_blue_green_update_a_further_model_stays_on_the_spare_port(tmp_p
     running = [
         _running(s, port=8100 if s.name == CODER else None) for s in container_specs(profile, BOX)
     ]
-    plan = plan_profile(profile, BOX, _engine(running), sleeping=_awake(8100))  # type: ignore[arg-type]
+    plan = plan_profile(profile, BOX, _engine(*running), sleeping=_awake(8100))  # type: ignore[arg-type]
     assert {a.kind for a in plan.actions} == {"keep"}
     # Its next update moves back to its own port.
     after = _profile(tmp_path, coder_length=8192)
-    plan = plan_profile(after, BOX, _engine(running), sleeping=_awake(8100))  # type: ignore[arg-type]
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(8100))  # type: ignore[arg-type]
     action = next(a for a in plan.actions if a.name == CODER)
     assert action.beside
     assert action.spec is not None
