@@ -18,6 +18,7 @@ from appliance.hardware import detect_box
 from appliance.profile import Profile, parse_profile
 from appliance.runtime.apply import plan_profile
 from appliance.runtime.model import ObservedContainer
+from appliance.runtime.plan import Plan
 from appliance.runtime.specs import container_specs
 from tests.unit.test_model_update import REMOTE, _engine, _running
 
@@ -151,3 +152,106 @@ def test_after_a_blue_green_update_a_further_model_stays_on_the_spare_port(tmp_p
     assert action.beside
     assert action.spec is not None
     assert action.spec.ports[0].host_port == 8010
+
+
+# -- apply's side: the engines' sleep turns and what the gateway is told
+
+
+class _Calls:
+    """The engines' sleep-mode calls apply makes (all answer 200)."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, method: str, url: str, body: bytes) -> bool:
+        self.urls.append(url)
+        return True
+
+
+def _update(tmp_path: Path, awake_port: int) -> tuple[Profile, Plan, str | None]:
+    """coder's max_model_len changed on a box running both (each 0.8: in place); the plan
+    and the awake engine's container."""
+    running = _box_running(_profile(tmp_path, coder_util=0.8, chat_util=0.8))
+    after = _profile(tmp_path, coder_util=0.8, chat_util=0.8, coder_length=8192)
+    awake = MAIN if awake_port == 8000 else CODER
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=_awake(awake_port))  # type: ignore[arg-type]
+    return after, plan, awake
+
+
+def test_a_sleeping_engines_update_sleeps_the_awake_one_then_wakes_it_not_spec_model(
+    tmp_path: Path,
+) -> None:
+    """chat awake and coder's engine replaced: the engine awake before is the one awake
+    after, the new one asleep."""
+    from appliance.runtime.apply import SleepTurns
+
+    profile, plan, awake = _update(tmp_path, awake_port=8000)
+    calls = _Calls()
+    turns = SleepTurns.of(profile, plan, calls, lambda _: None, awake=awake)
+    assert turns is not None
+    turns.before(plan)
+    assert calls.urls == ["http://127.0.0.1:8000/sleep?level=1"]  # only the awake one
+    coder = next(a.spec for a in plan.actions if a.name == CODER)
+    assert coder is not None
+    turns.after_healthy(coder)
+    assert calls.urls[-1] == "http://127.0.0.1:8010/sleep?level=1"
+    turns.finish(plan)
+    assert calls.urls[-1] == "http://127.0.0.1:8000/wake_up"
+
+
+def test_the_awake_engines_update_in_place_leaves_the_new_one_awake(tmp_path: Path) -> None:
+    from appliance.runtime.apply import SleepTurns
+
+    profile, plan, awake = _update(tmp_path, awake_port=8010)
+    calls = _Calls()
+    turns = SleepTurns.of(profile, plan, calls, lambda _: None, awake=awake)
+    assert turns is not None
+    turns.before(plan)  # chat, kept, sleeps already
+    coder = next(a.spec for a in plan.actions if a.name == CODER)
+    assert coder is not None
+    turns.after_healthy(coder)
+    turns.finish(plan)
+    assert calls.urls == []
+
+
+def test_after_a_rollback_the_engines_sleep_and_wake_as_before(tmp_path: Path) -> None:
+    """The old coder engine, restored, starts afresh (awake): it sleeps again, and chat, put to
+    sleep for the new engine, wakes."""
+    from appliance.runtime.apply import SleepTurns
+
+    profile, plan, awake = _update(tmp_path, awake_port=8000)
+    calls = _Calls()
+    turns = SleepTurns.of(profile, plan, calls, lambda _: None, awake=awake)
+    assert turns is not None
+    turns.before(plan)
+    calls.urls.clear()
+    turns.settle(plan)
+    assert calls.urls == [
+        "http://127.0.0.1:8010/sleep?level=1",
+        "http://127.0.0.1:8000/wake_up",
+    ]
+
+
+def test_the_gateway_holds_the_replaced_model_and_the_awake_one_and_learns_the_new_urls(
+    tmp_path: Path,
+) -> None:
+    from appliance.gateway.rollout import read_rollout
+    from appliance.runtime.apply import GatewayHandover, SwitchedHandover
+
+    profile, plan, awake = _update(tmp_path, awake_port=8000)
+    handover = GatewayHandover(tmp_path / "rollout.json", lambda: None)
+    said: list[str] = []
+    switched = SwitchedHandover.of(profile, plan, awake, handover, lambda e: said.append(e.message))
+    assert switched is not None
+    assert switched.held == ("coder", "chat")
+    switched.pause(None)
+    rollout = read_rollout(tmp_path / "rollout.json")
+    assert (rollout.held, rollout.switching_paused) == (("coder", "chat"), True)
+    assert said == ["the gateway holds coder, chat and wakes no model"]
+    switched.release(plan)
+    rollout = read_rollout(tmp_path / "rollout.json")
+    assert (rollout.held, rollout.switching_paused) == ((), False)
+    assert dict(rollout.upstreams) == {
+        "chat": "http://127.0.0.1:8000/v1",
+        "coder": "http://127.0.0.1:8010/v1",
+    }
