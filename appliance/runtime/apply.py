@@ -80,6 +80,8 @@ __all__ = [
 # graphs takes many minutes on a cold page cache; TEI is quick.
 DEFAULT_HEALTH_DEADLINES_S: Final[dict[str, float]] = {"vllm": 1800.0, "tei": 600.0}
 LOG_LINES: Final = 40
+# Several chat models, every one asleep (`_awake_engine`): apply leaves them so.
+ALL_ASLEEP: Final = ""
 
 Step = Literal[
     "recover", "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy",
@@ -940,17 +942,21 @@ def _awake_engine(
     observed: Sequence[ObservedContainer],
     sleeping: Callable[[str], bool | None],
 ) -> str | None:
-    """Several chat models: the container whose engine answers that it is awake (None when
-    none does, or the profile has one chat model)."""
+    """Several chat models: the container whose engine answers that it is awake; ALL_ASLEEP
+    when every running one answers that it sleeps (an idle TTL put the last one to sleep);
+    None when that is not known (none runs, one does not answer, one chat model)."""
     if profile.spec.switching is None:
         return None
     engines = chat_engines(profile)
+    answers = []
     for container in observed:
         origin = _origin(container)
-        running = container.name in engines and container.state == "running"
-        if running and origin is not None and sleeping(origin) is False:
-            return container.name
-    return None
+        if container.name in engines and container.state == "running" and origin is not None:
+            answer = sleeping(origin)
+            if answer is False:
+                return container.name
+            answers.append(answer)
+    return ALL_ASLEEP if answers and all(answers) else None
 
 
 def with_host_port(spec: ContainerSpec, port: int) -> ContainerSpec:
@@ -1270,7 +1276,7 @@ class SleepTurns:
     level: SleepLevel
     call: Callable[[str, str, bytes], bool]
     progress: Progress
-    awake: str | None = None  # the engine awake before apply, when one said so
+    awake: str | None = None  # the engine awake before apply (ALL_ASLEEP: none), when known
     last: str | None = None  # the last chat engine apply starts
     slept: set[str] = field(default_factory=set)  # the ones this apply put to sleep
 
@@ -1301,10 +1307,15 @@ class SleepTurns:
 
             level = profile_sleep_level(profile, host_memory_bytes)[0]
         main = container_name(profile.metadata.name, "vllm")
-        return cls(origins, main, level, call, progress, awake if awake in origins else None, last)
+        known = awake if awake in origins or awake == ALL_ASLEEP else None
+        return cls(origins, main, level, call, progress, known, last)
 
     @property
-    def ends_awake(self) -> str:
+    def ends_awake(self) -> str | None:
+        """The engine awake after apply: the one awake before; none when all slept; else
+        spec.model's."""
+        if self.awake == ALL_ASLEEP:
+            return None
         return self.awake if self.awake is not None else self.main
 
     def _starts_in_place(self, plan: Plan) -> bool:
@@ -1353,8 +1364,9 @@ class SleepTurns:
         """The engine to be awake at the end woken with vLLM's sequence, when this apply put
         it to sleep."""
         del plan  # the states apply changed are in `slept`
-        if self.ends_awake in self.slept:
-            self._wake(self.ends_awake, self.origins[self.ends_awake])
+        name = self.ends_awake
+        if name is not None and name in self.slept:
+            self._wake(name, self.origins[name])
 
     def _wake(self, name: str, origin: str) -> None:
         self.progress(ApplyEvent("wake", f"waking {name}", "vllm"))

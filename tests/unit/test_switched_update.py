@@ -255,3 +255,34 @@ def test_the_gateway_holds_the_replaced_model_and_the_awake_one_and_learns_the_n
         "chat": "http://127.0.0.1:8000/v1",
         "coder": "http://127.0.0.1:8010/v1",
     }
+
+
+def test_when_every_engine_sleeps_the_update_leaves_them_all_asleep(tmp_path: Path) -> None:
+    """An idle TTL put the last awake model to sleep: nothing is woken by apply, the new
+    engine sleeps once healthy, and no model is held."""
+    from appliance.runtime.apply import (
+        ALL_ASLEEP,
+        GatewayHandover,
+        SleepTurns,
+        SwitchedHandover,
+    )
+
+    running = _box_running(_profile(tmp_path))
+    after = _profile(tmp_path, coder_length=8192)
+    plan = plan_profile(after, BOX, _engine(*running), sleeping=lambda _: True)  # type: ignore[arg-type]
+    (note,) = plan.notes
+    assert note.startswith("coder is asleep")
+    assert "awake, sleeps" not in note
+    calls = _Calls()
+    turns = SleepTurns.of(after, plan, calls, lambda _: None, awake=ALL_ASLEEP)
+    assert turns is not None
+    turns.before(plan)
+    for action in plan.actions:
+        if action.kind == "replace" and action.spec is not None:
+            turns.after_healthy(action.spec)
+    turns.finish(plan)
+    assert calls.urls == ["http://127.0.0.1:8010/sleep?level=1"]
+    handover = GatewayHandover(tmp_path / "rollout.json", lambda: None)
+    switched = SwitchedHandover.of(after, plan, ALL_ASLEEP, handover, lambda _: None)
+    assert switched is not None
+    assert switched.held == ("coder",)
