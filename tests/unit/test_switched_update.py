@@ -286,3 +286,19 @@ def test_when_every_engine_sleeps_the_update_leaves_them_all_asleep(tmp_path: Pa
     switched = SwitchedHandover.of(after, plan, ALL_ASLEEP, handover, lambda _: None)
     assert switched is not None
     assert switched.held == ("coder",)
+
+
+def test_status_reads_spec_models_engine_where_a_switched_blue_green_update_moved_it(
+    tmp_path: Path,
+) -> None:
+    from appliance.gateway.config import gateway_state_dir
+    from appliance.gateway.rollout import ROLLOUT_FILE, Rollout, write_rollout
+    from appliance.operations.status import profile_endpoints
+
+    profile = _profile(tmp_path)
+    (chat, *_) = profile_endpoints(profile)
+    assert chat.base_url == "http://127.0.0.1:8000"
+    rollout = Rollout(upstreams={"chat": "http://127.0.0.1:8100/v1"})
+    write_rollout(gateway_state_dir(profile) / ROLLOUT_FILE, rollout)
+    (chat, *_) = profile_endpoints(profile)
+    assert chat.base_url == "http://127.0.0.1:8100"
