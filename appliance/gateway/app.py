@@ -859,7 +859,8 @@ class GatewayApp:
                 log.info("%s is now served by %s (model update)", name, wanted)
             switcher.retarget(name, self._control_pool(wanted))
             self._switched_urls[name] = wanted
-        if rollout.held or rollout.switching_paused:
+        switcher.paused = bool(rollout.held or rollout.switching_paused)
+        if switcher.paused:
             if self._switched_serving.is_set():
                 log.info(
                     "switched engines changing: holding %s and every sleeping model",

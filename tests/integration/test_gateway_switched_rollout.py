@@ -126,3 +126,28 @@ def test_in_place_holds_only_the_replaced_models_requests_then_serves_them(
 
     with engines(2) as doubles, _new_beta() as new:
         asyncio.run(scenario(doubles, new))
+
+
+def test_no_idle_sleep_while_apply_changes_the_engines(tmp_path: Path) -> None:
+    """The idle TTL must not put an engine to sleep behind apply's back: it would change the
+    state apply leaves the engines in (and the new engine's memory)."""
+    import dataclasses
+
+    async def scenario(doubles: dict[str, Any]) -> None:
+        config = _config(tmp_path, doubles, SwitchRules(idle_sleep_s=0.05))
+        config = dataclasses.replace(config, rollout_file=tmp_path / "rollout.json")
+        write_rollout(tmp_path / "rollout.json", Rollout(switching_paused=True))
+        async with gateway(config) as (app, _client):
+            switcher = app.switcher
+            assert switcher is not None
+            await asyncio.sleep(0.5)  # ten TTLs
+            assert switcher.states["alpha"] == "awake"
+            write_rollout(tmp_path / "rollout.json", Rollout())
+            for _ in range(400):
+                if switcher.states["alpha"] == "asleep-1":
+                    break
+                await asyncio.sleep(0.01)
+            assert switcher.states["alpha"] == "asleep-1"
+
+    with engines(2) as doubles:
+        asyncio.run(scenario(doubles))
