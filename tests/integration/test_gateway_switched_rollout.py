@@ -10,6 +10,7 @@ Request counts are bounded; nothing asserts wall-clock time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,13 @@ async def _held(client: Any, count: int) -> None:
     await _until(held)
 
 
-def _rollout_config(tmp_path: Path, doubles: dict[str, Any]) -> Any:
-    import dataclasses
-
-    config = _config(tmp_path, doubles, SwitchRules(sleep_level=1, hold_timeout_s=30.0))
+def _rollout_config(
+    tmp_path: Path,
+    doubles: dict[str, Any],
+    rules: SwitchRules | None = None,
+    remote: Any = None,
+) -> Any:
+    config = _config(tmp_path, doubles, rules or SwitchRules(hold_timeout_s=30.0), remote)
     return dataclasses.replace(config, rollout_file=tmp_path / "rollout.json")
 
 
@@ -131,11 +135,9 @@ def test_in_place_holds_only_the_replaced_models_requests_then_serves_them(
 def test_no_idle_sleep_while_apply_changes_the_engines(tmp_path: Path) -> None:
     """The idle TTL must not put an engine to sleep behind apply's back: it would change the
     state apply leaves the engines in (and the new engine's memory)."""
-    import dataclasses
 
     async def scenario(doubles: dict[str, Any]) -> None:
-        config = _config(tmp_path, doubles, SwitchRules(idle_sleep_s=0.05))
-        config = dataclasses.replace(config, rollout_file=tmp_path / "rollout.json")
+        config = _rollout_config(tmp_path, doubles, SwitchRules(idle_sleep_s=0.05))
         write_rollout(tmp_path / "rollout.json", Rollout(switching_paused=True))
         async with gateway(config) as (app, _client):
             switcher = app.switcher
@@ -151,3 +153,23 @@ def test_no_idle_sleep_while_apply_changes_the_engines(tmp_path: Path) -> None:
 
     with engines(2) as doubles:
         asyncio.run(scenario(doubles))
+
+
+def test_a_held_models_requests_go_to_the_remote_api_in_auto(tmp_path: Path) -> None:
+    async def scenario(doubles: dict[str, Any], remote: Any) -> None:
+        config = _rollout_config(tmp_path, doubles, remote=remote)
+        async with gateway(config) as (app, client):
+            await _beta_awake(app, client)
+            write_rollout(tmp_path / "rollout.json", Rollout(held=("beta",), switching_paused=True))
+
+            async def holding() -> bool:
+                return bool((await _rollout(client))["models"]["beta"]["updating"])
+
+            await _until(holding)
+            answer = await _chat(client, "beta")
+            assert (answer.status_code, answer.json()["model"]) == (200, "remote-beta")
+            assert doubles["beta"].arrived_asleep == 0
+
+    remote_args = ("--model", "/m/r", "--served-model-name", "remote-beta")
+    with engines(2) as doubles, threaded_engine_double(*remote_args) as remote:
+        asyncio.run(scenario(doubles, remote))
