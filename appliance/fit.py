@@ -810,10 +810,30 @@ def sleep_level_for(
     return choose_sleep_level(sleeping_weight_bytes(weights), host_memory_bytes)
 
 
-def fits_beside(profile: Profile, box: Box, old_utilization: float) -> tuple[bool, str]:
+def sleeping_residuals(
+    profile: Profile, box: Box, models: Sequence[ResolvedModel | None]
+) -> dict[str, int]:
+    """Several chat models (spec.switching): the per-GPU memory each engine keeps while it
+    sleeps, by served name (`sizing.sleeping_residual_bytes`, as `fit_switching` counts it);
+    `models` resolved in `spec.switched_models` order."""
+    switching = profile.spec.switching
+    views = [profile, *(profile.as_switched(m) for m in switching.models)] if switching else []
+    residuals = {}
+    for view, model in zip(views, models, strict=True):
+        estimate = fit_profile(view, box, model)
+        residuals[view.spec.model.served_name] = sleeping_residual_bytes(
+            estimate if isinstance(estimate, MemoryEstimate) else None
+        )
+    return residuals
+
+
+def fits_beside(
+    profile: Profile, box: Box, old_utilization: float, asleep: Sequence[int] = ()
+) -> tuple[bool, str]:
     """Whether a model update's new chat engine fits beside the old one (blue/green): vLLM
-    takes gpu_memory_utilization of each GPU's memory when it starts, so the two shares, and
-    TEI's on the same GPU, must fit together. The reason is one line with the numbers."""
+    takes gpu_memory_utilization of each GPU's memory when it starts, so the two shares, TEI's
+    on the same GPU and what the `asleep` engines keep (spec.switching: their residual bytes
+    per GPU) must fit together. The reason is one line with the numbers."""
     if profile.spec.engine.device == "cpu":
         return False, "the chat engine runs on the CPU, where two copies of the model do not fit"
     target = gpu_target_for_profile(profile, box)
@@ -822,8 +842,10 @@ def fits_beside(profile: Profile, box: Box, old_utilization: float) -> tuple[boo
     memory = target.memory_bytes
     new = profile.spec.engine.gpu_memory_utilization
     tei = tei_bytes_beside_chat(profile, box)
-    need = int((old_utilization + new) * memory) + tei
+    need = int((old_utilization + new) * memory) + tei + sum(asleep)
     beside = f" + TEI {tei / GIB:.1f} GiB" if tei else ""
+    if asleep:
+        beside += f" + {len(asleep)} sleeping engine(s) {sum(asleep) / GIB:.1f} GiB"
     numbers = (
         f"old {old_utilization:.2f} + new {new:.2f} of {memory / GIB:.1f} GiB{beside} = "
         f"{need / GIB:.1f} GiB per GPU"

@@ -563,6 +563,11 @@ class GatewayApp:
         self._update_held = 0
         self._serving = asyncio.Event()
         self._serving.set()
+        # Several chat models: each one's engine URL now, and the event that releases the
+        # requests waiting while apply changes the switched engines.
+        self._switched_urls: dict[str, str] = {}
+        self._switched_serving = asyncio.Event()
+        self._switched_serving.set()
         self._probe_task: asyncio.Task[None] | None = None
 
     # -- lifecycle
@@ -674,15 +679,12 @@ class GatewayApp:
         switching = config.switching
         assert switching is not None
         assert self._chat is not None
-        # A wake reloads weights: its calls may take as long as a request's first byte.
-        control_timeouts = Timeouts(
-            connect_s=config.local_timeouts.connect_s,
-            first_byte_s=config.local_timeouts.first_byte_s,
-            idle_s=config.local_timeouts.first_byte_s,
-        )
+        moved = self._rollout_on_disk().upstreams  # a blue/green update before a restart
         control = {}
-        for name, url in switching.upstreams.items():
-            if url == config.chat_upstream:
+        for name, configured in switching.upstreams.items():
+            url = moved.get(name, configured)
+            self._switched_urls[name] = url
+            if configured == config.chat_upstream:
                 self._switched[name] = self._chat
             else:
                 pool = self._own(
@@ -693,7 +695,7 @@ class GatewayApp:
                     )
                 )
                 self._switched[name] = _Target("chat", pool, rules)
-            control[name] = self._own(LeanPool(origin(url), control_timeouts, max_connections=2))
+            control[name] = self._control_pool(url)
         self.switcher = ModelSwitcher(
             control,
             initially_awake=switching.initially_awake,
@@ -701,6 +703,23 @@ class GatewayApp:
             clock=self._clock,
         )
         await self.switcher.start()
+
+    def _control_pool(self, url: str) -> Upstream:
+        """A switched engine's pool for the sleep-mode calls, at its origin. A wake reloads
+        weights: its calls may take as long as a request's first byte."""
+        timeouts = self.config.local_timeouts
+        control = Timeouts(
+            connect_s=timeouts.connect_s, first_byte_s=timeouts.first_byte_s,
+            idle_s=timeouts.first_byte_s,
+        )  # fmt: skip
+        return self._own(LeanPool(origin(url), control, max_connections=2))
+
+    def _rollout_on_disk(self) -> Rollout:
+        path = self.config.rollout_file
+        try:
+            return read_rollout(path) if path is not None else Rollout()
+        except ApplianceError:
+            return Rollout()  # `_follow_rollout` reports it
 
     async def shutdown(self) -> None:
         if self._probe_task is not None:
@@ -797,7 +816,9 @@ class GatewayApp:
             return
         current = self._chat.upstream_url or self.config.chat_upstream
         wanted = rollout.chat_upstream or self.config.chat_upstream
-        if wanted != current:
+        if self.switcher is not None:
+            self._follow_switched(rollout)
+        elif wanted != current:
             self._switch_chat(wanted)
         if rollout.updating != self._rollout.updating:
             log.info(
@@ -809,6 +830,45 @@ class GatewayApp:
         else:
             self._serving.set()
         self._rollout = rollout
+
+    def _follow_switched(self, rollout: Rollout) -> None:
+        """Several chat models: move each switched model whose engine a blue/green update
+        replaced (its requests and its sleep/wake calls), and hold or release the requests
+        that wait while apply changes the engines."""
+        switching = self.config.switching
+        switcher = self.switcher
+        assert switching is not None
+        assert switcher is not None
+        for name, configured in switching.upstreams.items():
+            wanted = rollout.upstreams.get(name, configured)
+            if wanted == self._switched_urls.get(name):
+                continue
+            old = self._switched[name]
+            if old is self._chat:
+                self._switch_chat(wanted)  # spec.model's engine: the probe follows it
+            else:
+                pool = self._own(
+                    LeanPool(
+                        wanted,
+                        self.config.local_timeouts,
+                        max_connections=self.config.max_connections_per_upstream,
+                    )
+                )
+                self._switched[name] = _Target("chat", pool, old.rules, upstream_url=wanted)
+                self._retired.append(old)
+                log.info("%s is now served by %s (model update)", name, wanted)
+            switcher.retarget(name, self._control_pool(wanted))
+            self._switched_urls[name] = wanted
+        switcher.paused = bool(rollout.held or rollout.switching_paused)
+        if switcher.paused:
+            if self._switched_serving.is_set():
+                log.info(
+                    "switched engines changing: holding %s and every sleeping model",
+                    ", ".join(rollout.held) or "no awake model",
+                )
+            self._switched_serving.clear()
+        else:
+            self._switched_serving.set()
 
     def _switch_chat(self, url: str) -> None:
         """Send every new chat request to `url`; the engine before keeps its requests in
@@ -846,22 +906,33 @@ class GatewayApp:
 
     def _rollout_report(self) -> dict[str, object]:
         chat = self._chat
-        return {
+        report: dict[str, object] = {
             "chat_upstream": (chat.upstream_url if chat else None) or self.config.chat_upstream,
             "updating": self._rollout.updating,
             "held": self._update_held,
             "in_flight": chat.in_flight if chat else 0,
             "retired_in_flight": sum(t.in_flight for t in self._retired),
         }
+        if self.switcher is not None:
+            report["switching_paused"] = self._rollout.switching_paused
+            report["models"] = {
+                name: {
+                    "upstream": url,
+                    "updating": name in self._rollout.held,
+                    "in_flight": self._switched[name].in_flight,
+                }
+                for name, url in self._switched_urls.items()
+            }
+        return report
 
-    async def _until_serving(self) -> bool:
-        """Hold a chat request while the chat engine is replaced in place: True once it
-        serves again; False when the held requests are at their bound or the wait ran out."""
+    async def _until_serving(self, serving: asyncio.Event) -> bool:
+        """Hold a chat request while its engine is replaced in place: True once it serves
+        again; False when the held requests are at their bound or the wait ran out."""
         if self._update_held >= self.config.update_hold_max_requests:
             return False
         self._update_held += 1
         try:
-            await asyncio.wait_for(self._serving.wait(), self.config.update_hold_timeout_s)
+            await asyncio.wait_for(serving.wait(), self.config.update_hold_timeout_s)
         except TimeoutError:
             return False
         finally:
@@ -1315,8 +1386,9 @@ class GatewayApp:
         return model if model is not None and model in known else OTHER_MODEL
 
     async def _route(self, kind: Kind, exchange: _Exchange) -> Outcome:
-        if kind is Kind.CHAT and not self._serving.is_set() and self._updated_model(exchange):
-            outcome = await self._during_update(exchange)
+        serving = self._update_in_way(exchange) if kind is Kind.CHAT else None
+        if serving is not None:
+            outcome = await self._during_update(exchange, serving)
             if outcome is not None:
                 return outcome
         target = self._chat if kind is Kind.CHAT else self._embeddings
@@ -1370,7 +1442,23 @@ class GatewayApp:
         model = _model_of(exchange.body)
         return model is None or model not in switcher or self._switched.get(model) is self._chat
 
-    async def _during_update(self, exchange: _Exchange) -> Outcome | None:
+    def _update_in_way(self, exchange: _Exchange) -> asyncio.Event | None:
+        """The event a chat request waits for while a model update is in its way (None: on
+        its way): the chat engine replaced in place; with several chat models, apply changing
+        the engines while the request is for a model it holds, or one that would be woken."""
+        if not self._serving.is_set() and self._updated_model(exchange):
+            return self._serving
+        switcher = self.switcher
+        if switcher is None or self._switched_serving.is_set():
+            return None
+        model = _model_of(exchange.body)
+        if model is None or model not in switcher:
+            return None
+        if model in self._rollout.held or switcher.states[model] != "awake":
+            return self._switched_serving
+        return None
+
+    async def _during_update(self, exchange: _Exchange, serving: asyncio.Event) -> Outcome | None:
         """The chat engine is being replaced in place: the remote API in auto or always mode
         when it serves the model, else hold (bounded) until the new engine serves; None to
         route as usual once it does, else 503 with Retry-After."""
@@ -1381,7 +1469,7 @@ class GatewayApp:
             served_remotely=self._served_remotely(exchange),
         ):
             return await self._to_remote(Route(Destination.REMOTE, Reason.MODEL_UPDATING), exchange)
-        if await self._until_serving():
+        if await self._until_serving(serving):
             return None
         retry = max(1, math.ceil(self.config.update_hold_timeout_s))
         return await self._fail(

@@ -12,6 +12,13 @@ and the gateway re-reads it when it changes, as it does the fallback mode:
   bounded, and answers 503 with Retry-After beyond; `updating: false` once the new one is
   healthy releases them.
 
+Several chat models (spec.switching) say the same per served name: `upstreams` holds each
+switched model's engine that a blue/green update moved (its requests and its sleep/wake calls
+go there), `held` the models whose requests wait while apply replaces their engine or puts it
+to sleep to start another, and `switching_paused` that apply is changing the engines: no model
+is woken meanwhile (a request for a sleeping one waits, bounded), since a wake would take the
+GPU memory the new engine starts in and leave two engines awake.
+
 What must stay true: with no file, the profile's own port is the chat engine's; a damaged file
 changes nothing (the gateway keeps what it had, and says so once).
 """
@@ -19,7 +26,8 @@ changes nothing (the gateway keeps what it had, and says so once).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -32,13 +40,26 @@ ROLLOUT_FILE: Final = "rollout.json"
 @dataclass(frozen=True)
 class Rollout:
     """The chat engine's current OpenAI base URL (None: the profile's port), and whether it is
-    being replaced in place right now."""
+    being replaced in place right now; for several chat models, the same per served name."""
 
     chat_upstream: str | None = None
     updating: bool = False
+    upstreams: Mapping[str, str] = field(default_factory=dict)
+    held: tuple[str, ...] = ()
+    switching_paused: bool = False
 
     def to_json(self) -> dict[str, object]:
-        return {"chat_upstream": self.chat_upstream, "updating": self.updating}
+        document: dict[str, object] = {
+            "chat_upstream": self.chat_upstream,
+            "updating": self.updating,
+        }
+        if self.upstreams or self.held or self.switching_paused:
+            document |= {
+                "upstreams": dict(self.upstreams),
+                "held": list(self.held),
+                "switching_paused": self.switching_paused,
+            }
+        return document
 
 
 def read_rollout(path: Path) -> Rollout:
@@ -57,7 +78,17 @@ def read_rollout(path: Path) -> Rollout:
         upstream = document.get("chat_upstream")
         if upstream is not None and not isinstance(upstream, str):
             raise TypeError("chat_upstream")
-        return Rollout(upstream, bool(document.get("updating", False)))
+        upstreams = document.get("upstreams") or {}
+        held = document.get("held") or []
+        if not all(isinstance(v, str) for v in (*upstreams, *upstreams.values(), *held)):
+            raise TypeError("upstreams")
+        return Rollout(
+            upstream,
+            bool(document.get("updating", False)),
+            dict(upstreams),
+            tuple(held),
+            bool(document.get("switching_paused", False)),
+        )
     except (ValueError, TypeError, AttributeError) as error:
         raise BadInputError(
             f"rollout state {path} is damaged ({type(error).__name__})",

@@ -99,6 +99,9 @@ class ModelSwitcher:
         self.wakes: dict[str, int] = dict.fromkeys(names, 0)  # switches to each model
         self.wake_seconds: dict[str, float] = {}  # the last switch to each model, all of it
         self.pinned: str | None = None  # kept awake by an admin: no switch, no idle sleep
+        # apply is changing the engines (`gateway.rollout`): no idle sleep meanwhile, which
+        # would change the states apply leaves them in.
+        self.paused = False
         self.refused: dict[Held, int] = {Held.FULL: 0, Held.TIMEOUT: 0, Held.PINNED: 0}
         self.timings: list[SwitchTiming] = []  # the last few switches, newest last
         self._changed = asyncio.Condition()
@@ -107,6 +110,11 @@ class ModelSwitcher:
         self._operating = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+
+    def retarget(self, name: str, control: Upstream) -> None:
+        """A model update moved `name` to a new engine (blue/green): its sleep-mode calls go
+        there from now on. Its state stays: apply leaves the new engine as the old one was."""
+        self._control[name] = control
 
     def __contains__(self, name: object) -> bool:
         return name in self.states
@@ -383,7 +391,7 @@ class ModelSwitcher:
         assert idle_s is not None
         while True:
             await asyncio.sleep(min(1.0, idle_s / 4))
-            if self._task is not None and not self._task.done():
+            if self.paused or (self._task is not None and not self._task.done()):
                 continue
             for name in list(self.states):
                 async with self._operating:

@@ -116,15 +116,16 @@ def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoi
 
 def _chat_port(profile: Profile) -> int:
     """The chat engine's port: spec.ports.vllm, or the one a blue/green model update moved it
-    to (the gateway's rollout file says which)."""
+    to (the gateway's rollout file says which; with several chat models, by served name)."""
     from appliance.gateway.config import gateway_state_dir
     from appliance.gateway.rollout import ROLLOUT_FILE, read_rollout
 
     ports = profile.spec.ports
     try:
-        upstream = read_rollout(gateway_state_dir(profile) / ROLLOUT_FILE).chat_upstream
+        rollout = read_rollout(gateway_state_dir(profile) / ROLLOUT_FILE)
     except ApplianceError:
         return ports.vllm
+    upstream = rollout.upstreams.get(profile.spec.model.served_name, rollout.chat_upstream)
     if upstream is not None and f":{ports.vllm_update}/" in upstream:
         return ports.vllm_update
     return ports.vllm

@@ -49,7 +49,7 @@ from appliance.hardware.box import Box
 from appliance.profile import Profile
 from appliance.runtime.diagnosis import Diagnosis, diagnose
 from appliance.runtime.engine import ContainerEngine, PullProgress
-from appliance.runtime.health import http_call, http_ok, wait_until_healthy
+from appliance.runtime.health import engine_sleeping, http_call, http_ok, wait_until_healthy
 from appliance.runtime.interrupts import SignalGuard
 from appliance.runtime.lock import (
     apply_lock,
@@ -61,6 +61,7 @@ from appliance.runtime.specs import SpecOptions, container_name, container_specs
 from appliance.vocabulary import SleepLevel
 
 if TYPE_CHECKING:
+    from appliance.gateway.rollout import Rollout
     from appliance.sizing import SwitchingFit
 
 __all__ = [
@@ -79,6 +80,8 @@ __all__ = [
 # graphs takes many minutes on a cold page cache; TEI is quick.
 DEFAULT_HEALTH_DEADLINES_S: Final[dict[str, float]] = {"vllm": 1800.0, "tei": 600.0}
 LOG_LINES: Final = 40
+# Several chat models, every one asleep (`_awake_engine`): apply leaves them so.
+ALL_ASLEEP: Final = ""
 
 Step = Literal[
     "recover", "plan", "preflight", "pull", "set-aside", "create", "start", "wait", "healthy",
@@ -513,10 +516,16 @@ class GatewayHandover:
         return cls(gateway_state_dir(profile) / ROLLOUT_FILE, status, gateway.update_drain_seconds)
 
     def tell(self, chat_upstream: str | None, *, updating: bool, progress: Progress) -> bool:
-        from appliance.gateway.rollout import Rollout, write_rollout
+        from appliance.gateway.rollout import Rollout
+
+        return self.write(Rollout(chat_upstream, updating), progress)
+
+    def write(self, rollout: Rollout, progress: Progress) -> bool:
+        """Write what the gateway follows; False (said) when it cannot be written."""
+        from appliance.gateway.rollout import write_rollout
 
         try:
-            write_rollout(self.rollout_file, Rollout(chat_upstream, updating))
+            write_rollout(self.rollout_file, rollout)
         except (OSError, ApplianceError) as error:
             progress(ApplyEvent("handover", f"could not tell the gateway: {error}", "vllm"))
             return False
@@ -559,6 +568,110 @@ class GatewayHandover:
             clock.sleep(self.poll_s)
 
 
+@dataclass
+class SwitchedHandover:
+    """A model update of several chat models, told to the running gateway (`gateway.rollout`):
+    before anything changes, the models whose engines stop or sleep are held and switching
+    pauses (no wake may take the memory a new engine starts in) until their requests are
+    through; a blue/green engine takes its model over once healthy; at the end each model's
+    engine URL is written and the gateway serves again (after a rollback, the URLs before)."""
+
+    handover: GatewayHandover
+    served: dict[str, str]  # container name -> served model name
+    before: dict[str, str]  # served name -> its engine's OpenAI base URL before apply
+    held: tuple[str, ...]
+    progress: Progress
+    upstreams: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        profile: Profile,
+        plan: Plan,
+        awake: str | None,
+        handover: GatewayHandover,
+        progress: Progress,
+    ) -> SwitchedHandover | None:
+        if profile.spec.switching is None:
+            return None
+        served = {name: e.served_name for name, e in chat_engines(profile).items()}
+        chat = [a for a in plan.actions if a.name in served]
+        starting = [a for a in chat if a.kind in ("create", "replace")]
+        if not starting:
+            return None
+        before = {
+            served[a.name]: url
+            for a in chat
+            if a.container is not None and (url := _old_chat_url(a.container)) is not None
+        }
+        held = [served[a.name] for a in starting if _is_update(a, a.name) and not a.beside]
+        if any(not a.beside for a in starting):  # the awake kept engine sleeps meanwhile
+            kept = [a.name for a in chat if a.kind == "keep"]
+            held += [served[n] for n in kept if awake is None or n == awake]
+        return cls(handover, served, before, tuple(held), progress, dict(before))
+
+    def _write(self, *, paused: bool) -> bool:
+        from appliance.gateway.rollout import Rollout
+
+        held = self.held if paused else ()
+        rollout = Rollout(upstreams=dict(self.upstreams), held=held, switching_paused=paused)
+        return self.handover.write(rollout, self.progress)
+
+    def pause(self, clock: BlockingClock | None) -> None:
+        held = ", ".join(self.held) or "no model"
+        self.progress(
+            ApplyEvent("handover", f"the gateway holds {held} and wakes no model", "vllm")
+        )
+        if self._write(paused=True):
+            self.handover.wait(
+                lambda r: (
+                    bool(r.get("switching_paused"))
+                    and all(not _model_report(r, m).get("in_flight") for m in self.held)
+                ),
+                clock,
+                left="in_flight",
+                progress=self.progress,
+            )
+
+    def mover(self, container: str, clock: BlockingClock | None) -> Callable[[str], bool]:
+        """Blue/green (`_replace_beside`): the model's requests and sleep/wake calls to the
+        new engine at the URL given, then its requests on the old one through."""
+        name = self.served[container]
+
+        def move(url: str) -> bool:
+            self.upstreams[name] = url
+            if not self._write(paused=True):
+                return False
+            self.handover.wait(
+                lambda r: (
+                    _model_report(r, name).get("upstream") == url and not r.get("retired_in_flight")
+                ),
+                clock,
+                left="retired_in_flight",
+                progress=self.progress,
+            )
+            return True
+
+        return move
+
+    def release(self, plan: Plan) -> None:
+        for action in plan.actions:
+            if action.name in self.served and action.spec is not None and action.spec.ports:
+                self.upstreams[self.served[action.name]] = _chat_url(action.spec)
+        self.progress(ApplyEvent("handover", "the gateway serves every model again", "vllm"))
+        self._write(paused=False)
+
+    def restore(self) -> None:
+        self.upstreams = dict(self.before)
+        self._write(paused=False)
+
+
+def _model_report(rollout: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    models = rollout.get("models")
+    model = models.get(name) if isinstance(models, Mapping) else None
+    return model if isinstance(model, Mapping) else {}
+
+
 def _chat_url(spec: ContainerSpec) -> str:
     return f"http://127.0.0.1:{spec.ports[0].host_port}/v1"
 
@@ -577,10 +690,13 @@ def _replace_beside(
     start: Callable[[ContainerSpec], None],
     clock: BlockingClock | None,
     progress: Progress,
+    move: Callable[[str], bool] | None = None,
 ) -> None:
     """Blue/green: the old engine keeps serving (set aside under its new name) while the new
     one starts on the other port; once it is healthy the gateway moves to it, the old one's
-    requests finish, and only then is the old one stopped."""
+    requests finish, and only then is the old one stopped. `move(url)` tells the gateway and
+    waits (default: spec.model's engine, `GatewayHandover`); True when the gateway was told
+    and a rollback must tell it again."""
     old, spec = action.container, action.spec
     assert old is not None
     assert spec is not None
@@ -591,14 +707,17 @@ def _replace_beside(
     start(spec)
     url = _chat_url(spec)
     progress(ApplyEvent("handover", f"moving the gateway to {spec.name} ({url})", spec.role))
-    journal.handed_over = handover.tell(url, updating=False, progress=progress)
-    if journal.handed_over:
-        handover.wait(
-            lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"),
-            clock,
-            left="retired_in_flight",
-            progress=progress,
-        )
+    if move is not None:
+        move(url)
+    else:
+        journal.handed_over = handover.tell(url, updating=False, progress=progress)
+        if journal.handed_over:
+            handover.wait(
+                lambda r: r.get("chat_upstream") == url and not r.get("retired_in_flight"),
+                clock,
+                left="retired_in_flight",
+                progress=progress,
+            )
     progress(ApplyEvent("set-aside", f"stopping {aside}", action.role))
     engine.stop(old.id)
 
@@ -641,9 +760,11 @@ def _execute(
     after_healthy: Callable[[ContainerSpec], None] | None = None,
     handover: GatewayHandover | None = None,
     chat: str | None = None,
+    switched: SwitchedHandover | None = None,
 ) -> None:
     """`chat`: the name of spec.model's chat container, whose replacement is a model update
-    the gateway is told about through `handover`."""
+    the gateway is told about through `handover`; `switched`: the same for several chat
+    models (a blue/green engine's model moves through it)."""
     journal = _Journal()
     order: Sequence[Action] = [a for a in plan.actions if a.kind == "remove"] + [
         a for a in plan.actions if a.kind in ("replace", "create")
@@ -665,15 +786,25 @@ def _execute(
     try:
         for action in order:
             interrupts.check()
+            if action.beside:  # a model update, blue/green (`_planned`)
+                assert action.container is not None
+                assert handover is not None
+                journal.old_chat_url = _old_chat_url(action.container)
+                _replace_beside(
+                    action,
+                    engine,
+                    journal,
+                    handover,
+                    start=start,
+                    clock=clock,
+                    progress=progress,
+                    move=switched.mover(action.name, clock) if switched is not None else None,
+                )
+                continue
             update = handover if _is_update(action, chat) else None
             if update is not None:
                 assert action.container is not None
                 journal.old_chat_url = _old_chat_url(action.container)
-                if action.beside:
-                    _replace_beside(
-                        action, engine, journal, update, start=start, clock=clock, progress=progress
-                    )
-                    continue
                 _hold_for_update(update, journal, clock, progress)
             if action.container is not None:
                 progress(ApplyEvent("set-aside", f"stopping {action.container.name}", action.role))
@@ -731,16 +862,19 @@ def plan_profile(
     *,
     options: SpecOptions | None = None,
     catalog: Catalog | None = None,
+    sleeping: Callable[[str], bool | None] = engine_sleeping,
 ) -> Plan:
     """`appliance plan PROFILE`: what apply would do now. Changes nothing.
 
     First the fit check apply's preflight runs (`check_fits`: RefusedError, exit 4, with the
     nearest settings), so nobody learns after a 70 GB download that vLLM would refuse. With no
     engine, the plan is against a box where nothing runs yet (a simulated box on a laptop).
+    `sleeping(origin)`: an engine's /is_sleeping (spec.switching: which one is awake).
     """
     together = check_fits(profile, box)
     observed = engine.managed_containers() if engine is not None else []
-    plan = _planned(profile, box, catalog, options, observed)
+    awake = _awake_engine(profile, observed, sleeping)
+    plan = _planned(profile, box, catalog, options, observed, awake=awake)
     if together is not None and together.sleep_reason:
         plan = replace(plan, notes=(*plan.notes, together.sleep_reason))
     return plan
@@ -753,24 +887,76 @@ def _desired(
     options: SpecOptions | None,
     observed: Sequence[ObservedContainer] = (),
 ) -> tuple[ContainerSpec, ...]:
-    """The containers the profile asks for, mounting the weights' commit directories. The
-    chat engine keeps the port it runs on (spec.ports.vllm or, after a blue/green update,
+    """The containers the profile asks for, mounting the weights' commit directories. A chat
+    engine keeps the port it runs on (its own or, after a blue/green update,
     spec.ports.vllm_update): the two take turns."""
     specs = container_specs(
         profile, box, catalog=catalog, options=options, weights_source=resolved_weights
     )
-    port = _chat_port_now(profile, observed)
-    main = container_name(profile.metadata.name, "vllm")
-    return tuple(with_host_port(s, port) if s.name == main else s for s in specs)
+    spare = profile.spec.ports.vllm_update
+    moved = {
+        c.name
+        for c in observed
+        if c.name in chat_engines(profile) and spare in c.host_ports.values()
+    }
+    return tuple(with_host_port(s, spare) if s.name in moved else s for s in specs)
 
 
-def _chat_port_now(profile: Profile, observed: Sequence[ObservedContainer]) -> int:
-    main = container_name(profile.metadata.name, "vllm")
-    ports = profile.spec.ports
+@dataclass(frozen=True)
+class ChatEngine:
+    """One chat engine the profile runs: spec.model's, or (spec.switching) a further model's,
+    with the profile as that engine sees it (`Profile.as_switched`)."""
+
+    container: str
+    view: Profile
+
+    @property
+    def port(self) -> int:
+        """Its own host port (spec.ports.vllm, or the switched model's port)."""
+        return self.view.spec.ports.vllm
+
+    @property
+    def served_name(self) -> str:
+        return self.view.spec.model.served_name
+
+
+def chat_engines(profile: Profile) -> dict[str, ChatEngine]:
+    """The profile's chat engines by container name, spec.model's first."""
+    name = profile.metadata.name
+    main = container_name(name, "vllm")
+    engines = {main: ChatEngine(main, profile)}
+    switching = profile.spec.switching
+    for n, model in enumerate(switching.models if switching else (), start=2):
+        container = container_name(name, f"vllm-{n}")
+        engines[container] = ChatEngine(container, profile.as_switched(model))
+    return engines
+
+
+def _origin(container: ObservedContainer) -> str | None:
+    ports = list(container.host_ports.values())
+    return f"http://127.0.0.1:{ports[0]}" if ports else None
+
+
+def _awake_engine(
+    profile: Profile,
+    observed: Sequence[ObservedContainer],
+    sleeping: Callable[[str], bool | None],
+) -> str | None:
+    """Several chat models: the container whose engine answers that it is awake; ALL_ASLEEP
+    when every running one answers that it sleeps (an idle TTL put the last one to sleep);
+    None when that is not known (none runs, one does not answer, one chat model)."""
+    if profile.spec.switching is None:
+        return None
+    engines = chat_engines(profile)
+    answers = []
     for container in observed:
-        if container.name == main and ports.vllm_update in container.host_ports.values():
-            return ports.vllm_update
-    return ports.vllm
+        origin = _origin(container)
+        if container.name in engines and container.state == "running" and origin is not None:
+            answer = sleeping(origin)
+            if answer is False:
+                return container.name
+            answers.append(answer)
+    return ALL_ASLEEP if answers and all(answers) else None
 
 
 def with_host_port(spec: ContainerSpec, port: int) -> ContainerSpec:
@@ -789,12 +975,16 @@ def _planned(
     catalog: Catalog | None,
     options: SpecOptions | None,
     observed: Sequence[ObservedContainer],
+    *,
+    awake: str | None = None,
 ) -> Plan:
     """The plan, with a model update's way decided (issue #19 point 3): when the running chat
     engine is replaced and the new one fits beside it, it starts on the other chat port and
     the gateway moves to it once healthy (blue/green); otherwise the plan says how the gateway
-    serves the gap."""
+    serves the gap. `awake`: spec.switching's awake engine (`_switched_updates`)."""
     plan = make_plan(_desired(profile, box, catalog, options, observed), observed)
+    if profile.spec.switching is not None:
+        return _switched_updates(plan, profile, box, observed, awake)
     main = container_name(profile.metadata.name, "vllm")
     index = next(
         (
@@ -808,7 +998,7 @@ def _planned(
         ),
         None,
     )
-    if index is None or profile.spec.switching is not None:
+    if index is None:
         return plan
     action = plan.actions[index]
     assert action.container is not None
@@ -837,17 +1027,138 @@ def _planned(
             "one stops"
         )
         return replace(plan, actions=actions, notes=(*plan.notes, note))
-    remote = profile.spec.gateway.fallback.remote is not None
-    gap = (
-        "sends chat requests to the remote API while fallback is auto or always, else holds "
-        if remote
-        else "holds "
-    )
     note = (
         f"model update in place ({why}): the old chat engine stops before the new one starts; "
-        f"meanwhile the gateway {gap}them (bounded, 503 with Retry-After beyond)"
+        f"meanwhile the gateway {_gap(profile, 'chat requests')}"
     )
     return replace(plan, notes=(*plan.notes, note))
+
+
+def _gap(profile: Profile, requests: str) -> str:
+    """What the gateway does with `requests` while their engine cannot answer."""
+    if profile.spec.gateway.fallback.remote is not None:
+        return (
+            f"sends {requests} to the remote API while fallback is auto or always, else holds "
+            "them (bounded, 503 with Retry-After beyond)"
+        )
+    return f"holds {requests} (bounded, 503 with Retry-After beyond)"
+
+
+def _switched_updates(
+    plan: Plan,
+    profile: Profile,
+    box: Box,
+    observed: Sequence[ObservedContainer],
+    awake: str | None,
+) -> Plan:
+    """Several chat models (spec.switching): how each replaced running engine's clients get
+    through it. The awake one goes blue/green on spec.ports.vllm_update when the new engine
+    fits beside it with what the sleeping ones keep, the spare port is free and no other chat
+    engine starts in place; else in place, the gateway holding (or sending remote) that model.
+    A sleeping one is replaced in place: its clients wait for a wake later, and the awake one
+    sleeps while the new engine starts (vLLM takes its whole budget when it starts). The
+    gateway makes no switch until apply is done (`gateway.rollout`)."""
+    engines = chat_engines(profile)
+    replaced = [
+        a
+        for a in plan.actions
+        if a.kind == "replace"
+        and a.name in engines
+        and a.container is not None
+        and a.container.state == "running"
+        and a.spec is not None
+    ]
+    if not replaced:
+        return plan
+    starting = [
+        a.name for a in plan.actions if a.kind in ("create", "replace") and a.name in engines
+    ]
+    kept_awake = next((a.name for a in plan.actions if a.kind == "keep" and a.name == awake), None)
+    actions, notes = list(plan.actions), list(plan.notes)
+    for action in replaced:
+        assert action.container is not None
+        assert action.spec is not None
+        served = engines[action.name].served_name
+        requests = f"{served}'s requests"
+        if action.name != awake:
+            note = (
+                f"{served} is asleep: its engine is replaced in place and meanwhile the gateway "
+                f"{_gap(profile, requests)}; the next request for {served} waits for the new "
+                "engine to wake"
+            )
+            if kept_awake is not None:
+                other = engines[kept_awake].served_name
+                note += (
+                    f"; {other}, awake, sleeps while the new engine starts (vLLM takes its whole "
+                    f"gpu_memory_utilization when it starts) and the gateway "
+                    f"{_gap(profile, 'its requests')} until it is awake again"
+                )
+            notes.append(note)
+            continue
+        way = _beside_way(
+            action,
+            engines[action.name],
+            profile=profile,
+            box=box,
+            observed=observed,
+            starting=starting,
+        )
+        if isinstance(way, Action):
+            actions[actions.index(action)] = way
+            assert way.spec is not None
+            notes.append(
+                f"{served} is awake: its update runs without an outage: the new engine starts "
+                f"on port {way.spec.ports[0].host_port} beside the old one ({way.reason}); the "
+                f"gateway moves {served} to it once healthy, then the old one stops"
+            )
+            continue
+        notes.append(
+            f"{served} is awake: its update is in place ({way}): the old engine stops before "
+            f"the new one starts; meanwhile the gateway {_gap(profile, requests)}, and no "
+            "other model is woken until it is done"
+        )
+    return replace(plan, actions=tuple(actions), notes=tuple(notes))
+
+
+def _beside_way(
+    action: Action,
+    chat: ChatEngine,
+    *,
+    profile: Profile,
+    box: Box,
+    observed: Sequence[ObservedContainer],
+    starting: Sequence[str],
+) -> Action | str:
+    """The awake switched engine's replacement started beside it (its reason says why it
+    fits), or why it cannot be."""
+    from appliance.fit import fits_beside, sleeping_residuals
+    from appliance.runtime.plan import utilization_of
+
+    assert action.container is not None
+    assert action.spec is not None
+    old_utilization = utilization_of(action.container)
+    if old_utilization is None:
+        return "the running engine's memory share is not known"
+    from appliance.local_model import resolve_profile_model
+
+    views = [e.view for e in chat_engines(profile).values()]
+    residuals = sleeping_residuals(profile, box, [resolve_profile_model(v) for v in views])
+    asleep = [b for name, b in residuals.items() if name != chat.served_name]
+    fits, why = fits_beside(chat.view, box, old_utilization, asleep)
+    if not fits:
+        return why
+    spare = profile.spec.ports.vllm_update
+    other = chat.port if spare in action.container.host_ports.values() else spare
+    holder = next(
+        (c.name for c in observed if c.name != action.name and other in c.host_ports.values()),
+        None,
+    )
+    if holder is not None:
+        return f"port {other} is taken by {holder}"
+    if len(starting) > 1:
+        return "another chat engine starts in place in the same apply"
+    spec = with_host_port(action.spec, other)
+    return replace(action, spec=spec, beside=True, reason=why)
 
 
 def apply_profile(
@@ -867,6 +1178,7 @@ def apply_profile(
     fit_checked: bool = False,
     engine_call: Callable[[str, str, bytes], bool] = http_call,
     handover: GatewayHandover | None = None,
+    sleeping: Callable[[str], bool | None] = engine_sleeping,
 ) -> ApplyResult:
     """`appliance apply PROFILE`: make the box run exactly this profile, or leave it as it was.
 
@@ -877,7 +1189,8 @@ def apply_profile(
     this profile and box (a deploy does, before downloading), so preflight does not size again.
     `engine_call(method, url, body)` reaches the engines' sleep-mode routes (spec.switching).
     `handover` tells the running gateway about a model update (default: the profile's own
-    gateway, through its rollout file and /health).
+    gateway, through its rollout file and /health). `sleeping(origin)` reads an engine's
+    /is_sleeping: which of several chat models is awake decides how its update runs.
     """
     catalog = catalog or load_catalog()
     report = _tolerant(progress or _quiet)
@@ -890,7 +1203,8 @@ def apply_profile(
             )
         interrupts.check()
         current = engine.managed_containers()
-        plan = _planned(profile, box, catalog, options, current)
+        awake = _awake_engine(profile, current, sleeping)
+        plan = _planned(profile, box, catalog, options, current, awake=awake)
         report(ApplyEvent("plan", plan.render()))
         if plan.is_noop:
             report(ApplyEvent("done", "no changes"))
@@ -907,24 +1221,41 @@ def apply_profile(
             progress=report,
             check_fit=not fit_checked,
         )
-        turns = SleepTurns.of(profile, engine_call, report, box.host.memory_total_bytes)
+        handover = handover or GatewayHandover.of(profile)
+        main = container_name(profile.metadata.name, "vllm")
+        turns = SleepTurns.of(
+            profile, plan, engine_call, report, box.host.memory_total_bytes, awake=awake
+        )
+        switched = SwitchedHandover.of(profile, plan, awake, handover, report)
         with interrupts.deferred():
+            if switched is not None:
+                switched.pause(clock)
             if turns is not None:
                 turns.before(plan)
-            _execute(
-                plan,
-                engine,
-                deadlines=deadlines,
-                clock=clock,
-                probe=probe,
-                progress=report,
-                interrupts=interrupts,
-                after_healthy=turns.after_healthy if turns is not None else None,
-                handover=handover or GatewayHandover.of(profile),
-                chat=container_name(profile.metadata.name, "vllm"),
-            )
+            try:
+                _execute(
+                    plan,
+                    engine,
+                    deadlines=deadlines,
+                    clock=clock,
+                    probe=probe,
+                    progress=report,
+                    interrupts=interrupts,
+                    after_healthy=turns.after_healthy if turns is not None else None,
+                    handover=handover,
+                    chat=None if turns is not None else main,
+                    switched=switched,
+                )
+            except BaseException:
+                if turns is not None:
+                    turns.settle(plan)
+                if switched is not None:
+                    switched.restore()
+                raise
             if turns is not None:
                 turns.finish(plan)
+            if switched is not None:
+                switched.release(plan)
         report(ApplyEvent("done", "applied"))
         return ApplyResult(plan, applied=True, containers=tuple(engine.managed_containers()))
 
@@ -933,62 +1264,90 @@ def apply_profile(
 class SleepTurns:
     """Apply's part in several chat models (spec.switching): they take turns on the same GPUs,
     and vLLM takes its whole gpu_memory_utilization when it starts, so a new engine can start
-    only while the others sleep. Before any chat engine starts, the running ones the plan keeps
-    go to sleep; each further model's new engine goes to sleep once healthy; spec.model's
-    engine (started last) is the one awake at the end, woken if the plan kept it. The gateway
-    reads the states from the engines' /is_sleeping when it starts."""
+    in place only while the others sleep. Before a chat engine starts in place, the awake one
+    the plan keeps goes to sleep (every kept one when none is known awake); each new engine
+    goes to sleep once healthy, unless it is the last to start and the one to be awake at the
+    end: the engine awake before apply (`awake`, read from /is_sleeping) or, when none was,
+    spec.model's. That one is woken at the end if apply put it to sleep, so the gateway's
+    switcher, which holds or pauses meanwhile (`SwitchedHandover`), stays right."""
 
-    origins: dict[str, str]  # container name -> the engine's origin on 127.0.0.1
+    origins: dict[str, str]  # container name -> the engine's origin on 127.0.0.1, after apply
     main: str  # spec.model's container
     level: SleepLevel
     call: Callable[[str, str, bytes], bool]
     progress: Progress
+    awake: str | None = None  # the engine awake before apply (ALL_ASLEEP: none), when known
+    last: str | None = None  # the last chat engine apply starts
+    slept: set[str] = field(default_factory=set)  # the ones this apply put to sleep
 
     @classmethod
     def of(
         cls,
         profile: Profile,
+        plan: Plan,
         call: Callable[[str, str, bytes], bool],
         progress: Progress,
         host_memory_bytes: int | None = None,
+        *,
+        awake: str | None = None,
     ) -> SleepTurns | None:
         switching = profile.spec.switching
         if switching is None:
             return None
-        name = profile.metadata.name
-        main = container_name(name, "vllm")
-        origins = {main: f"http://127.0.0.1:{profile.spec.ports.vllm}"}
-        for n, model in enumerate(switching.models, start=2):
-            origins[container_name(name, f"vllm-{n}")] = f"http://127.0.0.1:{model.port}"
+        engines = chat_engines(profile)
+        origins = {name: f"http://127.0.0.1:{e.port}" for name, e in engines.items()}
+        for action in plan.actions:
+            if action.name in engines and action.spec is not None and action.spec.ports:
+                origins[action.name] = f"http://127.0.0.1:{action.spec.ports[0].host_port}"
+        starting = [a.name for a in plan.actions if a.kind in ("create", "replace")]
+        last = next((n for n in reversed(starting) if n in engines), None)
         level = switching.sleep_level
         if level == "auto":
             from appliance.local_model import profile_sleep_level
 
             level = profile_sleep_level(profile, host_memory_bytes)[0]
-        return cls(origins, main, level, call, progress)
+        main = container_name(profile.metadata.name, "vllm")
+        known = awake if awake in origins or awake == ALL_ASLEEP else None
+        return cls(origins, main, level, call, progress, known, last)
 
-    def _starts_engine(self, plan: Plan) -> bool:
-        return any(a.kind in ("create", "replace") and a.name in self.origins for a in plan.actions)
+    @property
+    def ends_awake(self) -> str | None:
+        """The engine awake after apply: the one awake before; none when all slept; else
+        spec.model's."""
+        if self.awake == ALL_ASLEEP:
+            return None
+        return self.awake if self.awake is not None else self.main
+
+    def _starts_in_place(self, plan: Plan) -> bool:
+        return any(
+            a.kind in ("create", "replace") and a.name in self.origins and not a.beside
+            for a in plan.actions
+        )
 
     def _kept(self, plan: Plan) -> list[str]:
         return [a.name for a in plan.actions if a.kind == "keep" and a.name in self.origins]
 
-    def _sleep(self, name: str) -> bool:
+    def _sleep(self, name: str, origin: str | None = None) -> bool:
         self.progress(ApplyEvent("sleep", f"putting {name} to sleep (level {self.level})", "vllm"))
-        return self.call("POST", f"{self.origins[name]}/sleep?level={self.level}", b"")
+        self.slept.add(name)
+        return self.call("POST", f"{origin or self.origins[name]}/sleep?level={self.level}", b"")
 
     def before(self, plan: Plan) -> None:
-        """Free the GPUs for the engines about to start: the kept ones sleep (best effort: one
-        that does not answer is reported, and a new engine that then cannot start rolls the
-        apply back)."""
-        if not self._starts_engine(plan):
+        """Free the GPUs for the engines about to start in place: the awake kept one sleeps
+        (best effort: one that does not answer is reported, and a new engine that then cannot
+        start rolls the apply back)."""
+        if not self._starts_in_place(plan):
             return
         for name in self._kept(plan):
+            if self.awake is not None and name != self.awake:
+                continue  # asleep already
             if not self._sleep(name):
                 self.progress(ApplyEvent("sleep", f"{name} did not go to sleep", "vllm"))
 
     def after_healthy(self, spec: ContainerSpec) -> None:
-        if spec.name == self.main or spec.name not in self.origins:
+        if spec.name not in self.origins:
+            return
+        if spec.name == self.ends_awake and spec.name == self.last:
             return
         if not self._sleep(spec.name):
             raise ApplyFailedError(
@@ -1002,16 +1361,42 @@ class SleepTurns:
             )
 
     def finish(self, plan: Plan) -> None:
-        """spec.model's engine awake: woken with vLLM's sequence when the plan kept it (it was
-        put to sleep in `before`)."""
-        if self.main not in self._kept(plan) or not self._starts_engine(plan):
-            return
-        self.progress(ApplyEvent("wake", f"waking {self.main}", "vllm"))
+        """The engine to be awake at the end woken with vLLM's sequence, when this apply put
+        it to sleep."""
+        del plan  # the states apply changed are in `slept`
+        name = self.ends_awake
+        if name is not None and name in self.slept:
+            self._wake(name, self.origins[name])
+
+    def _wake(self, name: str, origin: str) -> None:
+        self.progress(ApplyEvent("wake", f"waking {name}", "vllm"))
         for call in wake_calls(self.level):
-            url = self.origins[self.main] + call.path.decode()
-            if not self.call(call.method.decode(), url, call.body):
-                self.progress(ApplyEvent("wake", f"{self.main} did not wake", "vllm"))
+            if not self.call(call.method.decode(), origin + call.path.decode(), call.body):
+                self.progress(ApplyEvent("wake", f"{name} did not wake", "vllm"))
                 return
+
+    def settle(self, plan: Plan) -> None:
+        """After a rollback: the engines as they were, so the gateway's switcher is right
+        again. A restored engine that was replaced in place starts afresh, awake: it sleeps
+        again unless it was the awake one; the awake one, put to sleep for the new engine,
+        wakes (best effort: apply is failing already)."""
+        if self.awake is None:
+            return
+        awake_origin = self.origins.get(self.awake)
+        for action in plan.actions:
+            old = action.container
+            if action.name not in self.origins or old is None or old.state != "running":
+                continue
+            origin = _origin(old)
+            if action.kind != "replace" or action.beside or origin is None:
+                continue
+            if action.name == self.awake:
+                awake_origin = origin
+                self.slept.discard(action.name)  # restarted awake
+            else:
+                self._sleep(action.name, origin)
+        if self.awake in self.slept and awake_origin is not None:
+            self._wake(self.awake, awake_origin)
 
 
 def _answers_healthy(container: ObservedContainer, probe: Callable[[str], bool]) -> bool:

@@ -39,6 +39,18 @@ def http_call(method: str, url: str, body: bytes = b"") -> bool:
         return False
 
 
+def engine_sleeping(origin: str) -> bool | None:
+    """A vLLM engine's GET /is_sleeping at `origin` (sleep mode); None when it does not say."""
+    import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up
+
+    try:
+        answer = httpx.get(f"{origin}/is_sleeping", timeout=2.0, trust_env=False)
+        value = answer.json().get("is_sleeping") if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
 def http_ok(url: str) -> bool:
     """True when `url` answers 200 within two seconds."""
     import httpx  # here, not at the top: it costs 0.2 s of `appliance` start-up

@@ -75,13 +75,16 @@ def _apply(profile: Profile, engine: object, tmp_path: Path, **kwargs: Any) -> A
     )
 
 
-async def _stream(client: httpx.AsyncClient, done: Callable[[], bool]) -> list[Answer]:
+async def _stream(
+    client: httpx.AsyncClient, done: Callable[[], bool], model: str = "chat"
+) -> list[Answer]:
+    """Requests for `model`, one after the other, until `done()`."""
     answers: list[Answer] = []
     while not done() and len(answers) < STREAM_LIMIT:
         started = time.monotonic()
         response = await client.post(
             "/v1/chat/completions",
-            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}],
                   "max_tokens": 2},
         )  # fmt: skip
         body = response.json() if response.status_code == 200 else {}
@@ -111,38 +114,56 @@ def _update_under_load(
 
     async def scenario() -> tuple[list[Answer], Any]:
         app = GatewayApp(config, refresh_interval_s=0.05)
-        loop = asyncio.get_running_loop()
         async with app.running():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://gw", timeout=120
             ) as client:
-
-                def status() -> Mapping[str, Any] | None:
-                    future = asyncio.run_coroutine_threadsafe(client.get("/health"), loop)
-                    body: Mapping[str, Any] = future.result(10).json()
-                    return body
-
-                assert config.rollout_file is not None
-                handover = GatewayHandover(config.rollout_file, status)
-                applying = asyncio.ensure_future(
-                    asyncio.to_thread(
-                        _apply, after, engine, tmp_path, handover=handover, progress=events.append
-                    )
+                return await _apply_streaming(
+                    client, config, after, engine, tmp_path=tmp_path, events=events
                 )
-                answers = await _stream(client, applying.done)
-                return answers, await applying
 
     answers, result = asyncio.run(scenario())
     return answers, result, events
 
 
-def _gap_report(label: str, answers: list[Answer]) -> str:
+async def _apply_streaming(
+    client: httpx.AsyncClient,
+    config: GatewayConfig,
+    after: Profile,
+    engine: object,
+    *,
+    tmp_path: Path,
+    events: list[ApplyEvent],
+    model: str = "chat",
+) -> tuple[list[Answer], Any]:
+    """Apply `after` in a thread, told to the in-process gateway behind `client`, while one
+    client asks `model` back to back; the answers and apply's result."""
+    loop = asyncio.get_running_loop()
+
+    def status() -> Mapping[str, Any] | None:
+        future = asyncio.run_coroutine_threadsafe(client.get("/health"), loop)
+        body: Mapping[str, Any] = future.result(10).json()
+        return body
+
+    assert config.rollout_file is not None
+    handover = GatewayHandover(config.rollout_file, status)
+    applying = asyncio.ensure_future(
+        asyncio.to_thread(
+            _apply, after, engine, tmp_path, handover=handover, progress=events.append
+        )
+    )
+    answers = await _stream(client, applying.done, model)
+    return answers, await applying
+
+
+def _gap_report(label: str, answers: list[Answer], local: str = "chat") -> str:
     """What clients saw: the answers by status and destination, the median and longest answer
-    (and which request that was), and the longest stretch between two answers of the engine."""
+    (and which request that was), and the longest stretch between two answers of the engine
+    (the one serving `local`)."""
     durations = [a.ended - a.started for a in answers]
     longest = max(range(len(answers)), key=lambda i: durations[i])
-    ends = [a.ended for a in answers if a.status == 200 and a.model == "chat"]
+    ends = [a.ended for a in answers if a.status == 200 and a.model == local]
     without_local = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
     counts: dict[str, int] = {}
     for a in answers:

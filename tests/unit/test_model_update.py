@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from appliance.hardware import detect_box
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import plan_profile
+from appliance.runtime.apply import plan_profile, with_host_port
 from appliance.runtime.model import ContainerSpec, ObservedContainer
 from appliance.runtime.specs import container_specs
 
@@ -39,7 +39,9 @@ def _profile(tmp_path: Path, util: float, length: int = 4096, remote: bool = Fal
     return parse_profile(text, "upd.yaml")
 
 
-def _running(spec: ContainerSpec) -> ObservedContainer:
+def _running(spec: ContainerSpec, port: int | None = None) -> ObservedContainer:
+    """`spec` running (on `port`, as a blue/green update leaves it)."""
+    spec = with_host_port(spec, port) if port is not None else spec
     return ObservedContainer(
         id=f"id-{spec.name}",
         name=spec.name,
@@ -108,7 +110,7 @@ def test_a_new_model_that_does_not_fit_beside_is_replaced_in_place_and_the_plan_
     assert (action.kind, action.beside) == ("replace", False)
     (note,) = plan.notes
     assert note.startswith("model update in place (both engines do not fit: old 0.80 + new 0.80")
-    assert "the gateway holds them (bounded, 503 with Retry-After beyond)" in note
+    assert "the gateway holds chat requests (bounded, 503 with Retry-After beyond)" in note
     remote = _profile(tmp_path, 0.8, length=8192, remote=True)
     (note,) = plan_profile(remote, BOX, _engine(old)).notes  # type: ignore[arg-type]
     assert "sends chat requests to the remote API while fallback is auto or always" in note

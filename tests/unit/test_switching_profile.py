@@ -300,12 +300,13 @@ def test_plan_shows_the_level_auto_chose_and_why() -> None:
 
 def test_apply_turns_sleep_at_the_level_auto_chose() -> None:
     from appliance.runtime.apply import SleepTurns
+    from appliance.runtime.plan import Plan
 
     calls = _Calls()
-    turns = SleepTurns.of(_auto_profile(), calls, lambda _: None, 6 * GIB)
+    turns = SleepTurns.of(_auto_profile(), Plan(()), calls, lambda _: None, 6 * GIB)
     assert turns is not None
     assert turns.level == 2
-    turns = SleepTurns.of(_auto_profile(), calls, lambda _: None, 256 * GIB)
+    turns = SleepTurns.of(_auto_profile(), Plan(()), calls, lambda _: None, 256 * GIB)
     assert turns is not None
     assert turns.level == 1
 
@@ -322,10 +323,13 @@ class _Calls:
         return not (self.failing and self.failing in url)
 
 
-def _turns(calls: _Calls, level: int = 1) -> Any:
+def _turns(calls: _Calls, level: int = 1, plan: Any = None) -> Any:
+    """Apply's sleep turns for `plan` (default: every engine created)."""
     from appliance.runtime.apply import SleepTurns
 
-    turns = SleepTurns.of(_profile(level=level, third=True), calls, lambda _event: None)
+    profile = _profile(level=level, third=True)
+    plan = plan or make_plan(container_specs(profile, _box()), [])
+    turns = SleepTurns.of(profile, plan, calls, lambda _event: None)
     assert turns is not None
     return turns
 
@@ -351,7 +355,6 @@ def test_apply_sleeps_kept_engines_before_starting_one_and_wakes_spec_model_afte
     from appliance.runtime.plan import Action, Plan
 
     calls = _Calls()
-    turns = _turns(calls, level=2)
     plan = Plan(
         (
             Action("keep", "vllm", "llm-appliance-multi-vllm-2"),
@@ -359,6 +362,7 @@ def test_apply_sleeps_kept_engines_before_starting_one_and_wakes_spec_model_afte
             Action("keep", "vllm", "llm-appliance-multi-vllm"),
         )
     )
+    turns = _turns(calls, level=2, plan=plan)
     turns.before(plan)
     assert [url for _, url, _ in calls.calls] == [
         "http://127.0.0.1:8010/sleep?level=2",
