@@ -15,6 +15,7 @@ from typing import Any, Final
 import yaml
 
 from appliance.fileio import write_output as write_text
+from appliance.gateway.config import gateway_host
 from appliance.profile import PortsSpec, Profile
 
 __all__ = [
@@ -71,10 +72,12 @@ def prometheus_config(
     jobs = [_job(JOB_VLLM, f"{host}:{ports.vllm}", {**labels, "role": "vllm"})]
     if profile is None or profile.spec.embeddings_enabled:
         jobs.append(_job(JOB_TEI, f"{host}:{ports.tei}", {**labels, "role": "tei"}))
+    # The gateway may listen on one address only (spec.gateway.host); it answers nowhere else.
+    gateway_at = gateway_host(profile, host) if profile is not None else host
     jobs.append(
         _job(
             JOB_GATEWAY,
-            f"{host}:{ports.gateway}",
+            f"{gateway_at}:{ports.gateway}",
             {**labels, "role": "gateway"},
             ca_file=tls.cert_file if tls is not None else None,
         )
@@ -103,12 +106,12 @@ def _tls_note(config: dict[str, Any]) -> str:
     for job in config["scrape_configs"]:
         tls_config = job.get("tls_config")
         if tls_config is not None:
-            target = job["static_configs"][0]["targets"][0]
+            address = job["static_configs"][0]["targets"][0].rpartition(":")[0]
             return (
                 f"# The gateway serves HTTPS: {job['job_name']} trusts its certificate\n"
                 f"#   {tls_config['ca_file']} (tls_config.ca_file, readable by Prometheus),\n"
-                f"# which must name {target.rpartition(':')[0]} (e.g. subjectAltName "
-                "IP:127.0.0.1). If it names a host\n"
+                f"# which must name {address} (e.g. subjectAltName "
+                f"IP:{address.strip('[]')}). If it names a host\n"
                 "# instead, add `server_name: <that name>` under that job's tls_config.\n"
             )
     return ""

@@ -362,15 +362,20 @@ def gateway_state_dir(profile: Profile, state_dir: Path | None = None) -> Path:
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", "", "127.0.0.1", "::1", "localhost"})  # noqa: S104
 
 
+def gateway_host(profile: Profile, host: str = "127.0.0.1") -> str:
+    """Where the gateway answers, as a URL's host: `host` when it listens on every address (or
+    loopback), else the one address it listens on (an IPv6 address in brackets)."""
+    listens = profile.spec.gateway.host
+    answers = host if listens in _ANY_ADDRESS else listens
+    return f"[{answers}]" if ":" in answers else answers
+
+
 def gateway_base_url(profile: Profile, host: str = "127.0.0.1") -> str:
-    """The gateway's base URL for a command on this box: `host` when it listens on every
-    address (or loopback), else the one address it listens on; HTTPS when it serves TLS."""
+    """The gateway's base URL for a command on this box (`gateway_host`); HTTPS when it serves
+    TLS."""
     spec = profile.spec
-    gateway_host = host if spec.gateway.host in _ANY_ADDRESS else spec.gateway.host
-    if ":" in gateway_host:
-        gateway_host = f"[{gateway_host}]"
     scheme = "https" if spec.gateway.tls is not None else "http"
-    return f"{scheme}://{gateway_host}:{spec.ports.gateway}"
+    return f"{scheme}://{gateway_host(profile, host)}:{spec.ports.gateway}"
 
 
 def gateway_trust(profile: Profile) -> ssl.SSLContext | Literal[True]:

@@ -259,3 +259,30 @@ def test_the_dcgm_exporter_hint_names_a_real_pinned_image() -> None:
         r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-\S+",
         prometheus.DCGM_EXPORTER_IMAGE,
     )
+
+
+@pytest.mark.parametrize(
+    ("gateway_host", "host", "target"),
+    [
+        ("0.0.0.0", "127.0.0.1", "127.0.0.1"),  # every address: the scrape host given
+        ("0.0.0.0", "10.1.2.3", "10.1.2.3"),
+        ("10.0.0.5", "127.0.0.1", "10.0.0.5"),  # one address: only there does it answer
+        ("10.0.0.5", "192.168.1.9", "10.0.0.5"),
+        ("fd00::5", "127.0.0.1", "[fd00::5]"),
+    ],
+)
+def test_the_gateway_is_scraped_where_it_listens(gateway_host: str, host: str, target: str) -> None:
+    profile = load_profile(ROOT / "profiles" / "rtx4090-chat.yaml")
+    gateway = profile.spec.gateway.model_copy(update={"host": gateway_host})
+    profile = profile.model_copy(
+        update={"spec": profile.spec.model_copy(update={"gateway": gateway})}
+    )
+    jobs = {
+        job["job_name"]: job
+        for job in prometheus.prometheus_config(profile, host=host)["scrape_configs"]
+    }
+    port = profile.spec.ports.gateway
+    assert jobs[prometheus.JOB_GATEWAY]["static_configs"][0]["targets"] == [f"{target}:{port}"]
+    assert jobs[prometheus.JOB_VLLM]["static_configs"][0]["targets"] == [
+        f"{host}:{profile.spec.ports.vllm}"
+    ]
