@@ -539,9 +539,9 @@ class PortsSpec(_Model):
     tei: Port = Field(default=8001, description="TEI on 127.0.0.1.", examples=[8001])
     vllm_update: Port = Field(
         default=8100,
-        description="A model update's second chat port on 127.0.0.1: apply starts the new chat "
-        "engine there beside the old one when both fit (blue/green), and the two ports take "
-        "turns from then on.",
+        description="A model update's second chat port on 127.0.0.1: apply starts the updated "
+        "chat engine there beside the old one when both fit (blue/green): spec.model's, or with "
+        "spec.switching the awake model's, whose own port and this one take turns from then on.",
         examples=[8100],
     )
     gateway: Port = Field(
