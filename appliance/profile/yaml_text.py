@@ -441,7 +441,7 @@ def with_value(text: str, path: tuple[str, ...], value: _Scalar | None) -> str |
     if not isinstance(target, yaml.ScalarNode) or target.style in ("|", ">"):
         return None
     if value is None:
-        return _remove_entry(text, mapping, index)
+        return _without(text, path, mapping, index)
     start, end = target.start_mark.index, target.end_mark.index
     space = " " if start == end else ""  # `key:` with nothing after it
     return text[:start] + space + _scalar_text(value) + text[end:]
@@ -493,6 +493,21 @@ def _insert_entry(text: str, mapping: yaml.MappingNode, key: str, written: str) 
     if line_end <= 0:
         return text + f"\n{indent}{key}: {written}\n"
     return text[:line_end] + f"{indent}{key}: {written}\n" + text[line_end:]
+
+
+def _without(text: str, path: tuple[str, ...], mapping: yaml.MappingNode, index: int) -> str:
+    """`text` without the entry at `path` (entry `index` of `mapping`). The only entry of a
+    block mapping leaves `{}` after its parent's key: a key with nothing under it would read as
+    null, not as an empty mapping."""
+    if mapping.flow_style or len(mapping.value) > 1 or len(path) < 2:
+        return _remove_entry(text, mapping, index)
+    found = _entry_at(text, path[:-1])
+    assert found is not None
+    owner, _, parent_index = found
+    assert parent_index is not None
+    colon = text.index(":", owner.value[parent_index][0].end_mark.index) + 1
+    removed = _remove_entry(text, mapping, 0)
+    return removed[:colon] + " {}" + removed[colon:]
 
 
 def _remove_entry(text: str, mapping: yaml.MappingNode, index: int) -> str:

@@ -271,6 +271,10 @@ def test_one_value_is_set_or_inserted_and_nothing_else_changes(
         ("a: {c: 2, b: 1}\n", "a: {c: 2}\n"),
         ("a: {c: 2}\n", "a: {c: 2}\n"),  # nothing to remove
         ("x: 1\n", "x: 1\n"),  # nor a mapping to remove it from
+        # The only entry: the mapping stays a mapping (`a:` alone would be null).
+        ("a:\n  b: 1\nx: 2\n", "a: {}\nx: 2\n"),
+        ("a:  # kept\n  b: 1  # gone\nx: 2\n", "a: {}  # kept\nx: 2\n"),
+        ("a: {b: 1}\n", "a: {}\n"),
     ],
 )
 def test_none_removes_the_entry(text: str, expected: str) -> None:
