@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ import openai
 import pytest
 
 from appliance.errors import ExitCode
+from appliance.gateway.app import TTFT_BUCKETS
 from appliance.monitor.scrape import parse_metrics
 from appliance.runtime.cpu_engine import container_entrypoint
 from tests.doubles import free_port
@@ -59,9 +61,11 @@ def _agrees(measured: float, client: float) -> bool:
     return abs(measured - client) <= 0.1 * client
 
 
-# What the client spends that the gateway cannot see (the SDK building the request before a
-# byte leaves, parsing the chunk after it came): 2-3 ms at the median here.
-CLIENT_OWN_S = 0.005
+def _bucket_edge(seconds: float) -> float:
+    """The upper bound of the gateway's TTFT bucket that holds `seconds`: a quantile read from
+    the histogram is interpolated inside its bucket, so a gateway median no later than the
+    client's reads no later than this."""
+    return min((edge for edge in TTFT_BUCKETS if edge >= seconds), default=math.inf)
 
 
 def _tui_monitor(profile: Path) -> tuple[str, float, float | None]:
@@ -254,17 +258,17 @@ def test_the_whole_loop_on_vllms_cpu_build(
             f"TUI Monitor: user TTFT p50 {tui_p50} p95 {tui_p95}; "
             f"client p50 {client_tui_p50} ({len(tui_streamed)} requests)\n"
         )
-        # The panel draws the gateway's figure: the monitor's, within one 10 ms TTFT bucket (the
-        # snapshot may tick between drawing and reading). It is not held to the client's here:
+        # The panel draws the gateway's figure: the monitor's, within 10 ms (the snapshot may
+        # tick between drawing and reading). It is not held to the client's here:
         # the TUI renders in this process on the same 2 cores, and the CPU it takes delays the
         # client and the gateway's socket reads, outside the gateway's measured span (CI saw
         # 15 ms drawn against 51 ms at the client; phase one above, without the TUI, is where
-        # `status` is held to the client's figure). It can never exceed what the client felt.
+        # `status` is held to the client's figure). It never reads beyond the client's bucket.
         drawn = re.search(r"user TTFT\s+p50 (\d+) ms", shown)
         assert drawn is not None, shown
         drawn_s = int(drawn.group(1)) / 1000
         assert abs(drawn_s - tui_p50) <= 0.010 + 0.001, (shown, tui_p50)
-        assert 0 < drawn_s <= client_tui_p50 + CLIENT_OWN_S, (shown, client_tui_p50)
+        assert 0 < drawn_s <= _bucket_edge(client_tui_p50), (shown, client_tui_p50)
 
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
     during = [s.ttft_s for s in streamed]
