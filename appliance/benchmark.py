@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.monitor.maths import percentile
+
 SCHEMA = 1
 Mode = Literal["concurrency", "rate"]
 PERCENTILES = (50.0, 95.0, 99.0)
@@ -58,17 +60,6 @@ class RequestOutcome:
     output_tokens: int = 0
     prompt_tokens: int = 0
     error: str = ""
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation, as `numpy.percentile`; 0 for none."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)

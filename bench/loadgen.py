@@ -44,9 +44,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.benchmark import percentile  # noqa: E402
 from appliance.gateway.config import Timeouts  # noqa: E402
 from appliance.gateway.upstream import HttpxPool  # noqa: E402
+from appliance.monitor.maths import percentile  # noqa: E402
 from appliance.operations.bench import Workload, lean_upstream, run_level  # noqa: E402
 from tests.doubles import free_port, stop_process  # noqa: E402
 

@@ -48,6 +48,7 @@ from appliance.errors import ApplianceError
 from appliance.gateway.config import GatewayConfig, RemoteConfig, Timeouts, origin
 from appliance.gateway.files import FileSignature
 from appliance.gateway.keys import KeyInfo, KeyRing, Scope, StaticAdminKey, load_keyring
+from appliance.gateway.latency import RecentLatency
 from appliance.gateway.openai_errors import error_body, normalised
 from appliance.gateway.policy import (
     Destination,
@@ -255,7 +256,9 @@ OTHER_MODEL = "other"
 class GatewayMetrics:
     """The gateway's own Prometheus metrics, in a registry of its own (one per app)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = registry
         self.requests = Counter(
             "appliance_gateway_requests",
@@ -352,6 +355,9 @@ class GatewayMetrics:
             "Proxied requests being answered now.",
             registry=registry,
         )
+        # The same answers' last minute, kept whole: what `status` and the Monitor read.
+        self.recent = RecentLatency(clock)
+        registry.register(self.recent)
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._timings: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -365,6 +371,12 @@ class GatewayMetrics:
         if child is None:
             child = self._requests[key] = self.requests.labels(*key)
         child.inc()
+
+    def user_latency(self, destination: str, model: str, ttft_s: float, e2e_s: float) -> None:
+        """One answer that reached its client: its TTFT and end-to-end latency."""
+        self.user_ttft.labels(destination, model).observe(ttft_s)
+        self.user_e2e.labels(destination, model).observe(e2e_s)
+        self.recent.observe(ttft_s, e2e_s)
 
     def timings(self, route: str, destination: str) -> tuple[Any, Any]:
         key = (route, destination)
@@ -530,7 +542,7 @@ class GatewayApp:
             "probe": probe_upstream,
         }
         self._refresh_interval_s = refresh_interval_s
-        self.metrics = GatewayMetrics(registry or CollectorRegistry(auto_describe=True))
+        self.metrics = GatewayMetrics(registry or CollectorRegistry(auto_describe=True), clock)
         self.metrics.registry.register(_SwitchingCollector(self))
         self._limiter = RateLimiter()
         self._keys = KeyRing()
@@ -1368,11 +1380,12 @@ class GatewayApp:
             return
         if exchange.first_body_at is None:
             return
-        model = self._model_label(exchange.body)
-        self.metrics.user_ttft.labels(exchange.destination, model).observe(
-            exchange.first_body_at - exchange.started
+        self.metrics.user_latency(
+            exchange.destination,
+            self._model_label(exchange.body),
+            exchange.first_body_at - exchange.started,
+            now - exchange.started,
         )
-        self.metrics.user_e2e.labels(exchange.destination, model).observe(now - exchange.started)
 
     def _model_label(self, body: bytes) -> str:
         config = self.config

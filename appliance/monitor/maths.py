@@ -171,6 +171,19 @@ def quantile_over(q: float, snapshots: Sequence[Histogram]) -> float | None:
     return histogram_quantile(q, increase.buckets)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of exact observations by linear interpolation, as
+    `numpy.percentile` and `vllm bench serve`; 0 for none. The one definition for observations
+    kept whole (the bench's requests, the gateway's last minute), so their figures compare."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
 def ratio_pct(part: float | None, whole: float | None) -> float | None:
     """`part` as a percentage of `whole`, within [0, 100]; None when `whole` is not positive."""
     if part is None or whole is None or whole <= 0:

@@ -158,6 +158,8 @@ class _ServiceTracker:
         self.counters: dict[str, TimeWindow[float]] = {}
         self.histograms: dict[str, TimeWindow[Histogram]] = {}
         self.last_scrape_at: float | None = None
+        # The latest scrape's exporter-computed quantiles (`MetricsReading.quantiles`).
+        self.exact: Mapping[str, Mapping[float, float | None]] = {}
         # When each histogram last restarted or changed layout: windows after it are one span.
         self.histogram_resets: dict[str, float] = {}
         restart_points = math.ceil(config.thresholds.restart_window_seconds / config.interval_s)
@@ -196,6 +198,7 @@ class _ServiceTracker:
             ):
                 self.histogram_resets[key] = at
             hist_window.append(at, histogram)
+        self.exact = metrics.quantiles
         self.last_scrape_at = at
 
     def rate(self, key: str, now: float) -> float | None:
@@ -214,6 +217,12 @@ class _ServiceTracker:
         return counter_increase([value for _, value in points])
 
     def quantiles(self, key: str, now: float, *qs: float) -> tuple[float | None, ...]:
+        """The exporter's own exact quantiles of its recent window where it has them (the
+        gateway's last minute), else PromQL's estimate from the histogram's increase over the
+        quantile window."""
+        exact = self.exact.get(key)
+        if exact is not None:
+            return tuple(exact.get(q) for q in qs)
         window = self.histograms.get(key)
         if window is None:
             return tuple(None for _ in qs)

@@ -63,6 +63,9 @@ GATEWAY_REQUESTS_METRIC: Final = "appliance_gateway_requests"  # a Counter: expo
 GATEWAY_TTFT_METRIC: Final = "appliance_gateway_ttft_seconds"
 GATEWAY_E2E_METRIC: Final = "appliance_gateway_e2e_seconds"
 """The gateway's user-felt latency histograms (`gateway.app.GatewayMetrics`)."""
+GATEWAY_RECENT_TTFT_METRIC: Final = "appliance_gateway_recent_ttft_seconds"
+GATEWAY_RECENT_E2E_METRIC: Final = "appliance_gateway_recent_e2e_seconds"
+"""The same answers' last minute as summaries, exact (`gateway.latency.RecentLatency`)."""
 _GATEWAY_PREFIX: Final = "appliance_gateway_"
 # Several chat models (spec.switching; `gateway.app._SwitchingCollector`): per model.
 GATEWAY_MODEL_STATE: Final = "appliance_gateway_model_state"  # 1 on the current state
@@ -117,6 +120,10 @@ class MetricsReading:
     engine: EngineKind | None = None
     # The gateway's switched chat models (spec.switching), by name; () without switching.
     switched: tuple[SwitchedModelReading, ...] = ()
+    # Quantiles an exporter computed itself over its own recent window (a Prometheus summary),
+    # by the monitor's name and then q: exact where a histogram's are estimates, so they win
+    # over the histogram of the same name. None: the window held no observation (NaN).
+    quantiles: Mapping[str, Mapping[float, float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,7 @@ class _EngineMetrics:
     gauges: tuple[_Wanted, ...]
     counters: tuple[_Wanted, ...]
     histograms: tuple[_Wanted, ...]
+    summaries: tuple[_Wanted, ...] = ()
 
 
 VLLM = _EngineMetrics(
@@ -223,6 +231,12 @@ GATEWAY = _EngineMetrics(
         _Wanted("ttft", (GATEWAY_TTFT_METRIC,)),
         _Wanted("e2e", (GATEWAY_E2E_METRIC,)),
     ),
+    # The same answers' last minute, exactly (`gateway.latency.RecentLatency`): what the monitor
+    # shows for the gateway, the histograms staying for Prometheus.
+    summaries=(
+        _Wanted("ttft", (GATEWAY_RECENT_TTFT_METRIC,)),
+        _Wanted("e2e", (GATEWAY_RECENT_E2E_METRIC,)),
+    ),
 )
 
 _SPECS: Final[Mapping[Role, _EngineMetrics]] = {"vllm": VLLM, "tei": TEI, "gateway": GATEWAY}
@@ -302,7 +316,8 @@ def _wanted_names() -> dict[str, str]:
     """Every name a line of a metric read here may start with → that metric's family name.
 
     Names in `# TYPE`/`# HELP` lines and sample names both map: a counter `F` may appear as `F`
-    or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`.
+    or `F_total` (exporters differ), a histogram as `F_bucket`, `F_sum` and `F_count`, a summary
+    as `F`, `F_sum` and `F_count`.
     """
     family_of = {_HTTP_REQUESTS: _HTTP_REQUESTS, f"{_HTTP_REQUESTS}_total": _HTTP_REQUESTS}
     family_of.update({name: name for name in _SWITCHING_GAUGES})
@@ -317,6 +332,10 @@ def _wanted_names() -> dict[str, str]:
         for wanted in spec.histograms:
             for name in wanted.names:
                 for suffix in ("", "_bucket", "_sum", "_count"):
+                    family_of[f"{name}{suffix}"] = name
+        for wanted in spec.summaries:
+            for name in wanted.names:
+                for suffix in ("", "_sum", "_count"):
                     family_of[f"{name}{suffix}"] = name
     return family_of
 
@@ -397,6 +416,21 @@ def _parse(text: str) -> tuple[Metric, ...]:
         raise MetricsFormatError(msg) from error
 
 
+def _summary_quantiles(family: Metric) -> dict[float, float | None] | None:
+    """A summary's quantile samples, q to value (NaN, an empty window, as None); None for a
+    summary with no quantiles (prometheus_client's own Summary has only a count and a sum)."""
+    found: dict[float, float | None] = {}
+    for sample in family.samples:
+        if sample.name != family.name or "quantile" not in sample.labels:
+            continue
+        try:
+            q = float(sample.labels["quantile"])
+        except ValueError:
+            continue
+        found[q] = None if math.isnan(sample.value) else sample.value
+    return found or None
+
+
 def _families(text: str, cache: ParseCache | None) -> dict[str, Metric]:
     blocks = _relevant_blocks(text)
     if cache is not None:
@@ -450,6 +484,9 @@ def parse_metrics(
     histograms = _first_of(
         families, spec.histograms, "histogram", lambda family, _: _histogram(family), sources
     )
+    quantiles = _first_of(
+        families, spec.summaries, "summary", lambda family, _: _summary_quantiles(family), sources
+    )
     if kind == "vllm":
         _read_http_requests(families.get(_HTTP_REQUESTS), counters, sources)
     switched = _read_switched(families, counters) if kind == "gateway" else ()
@@ -471,6 +508,7 @@ def parse_metrics(
         sources=sources,
         engine=("sglang" if sglang else "vllm") if kind == "vllm" else None,
         switched=switched,
+        quantiles=quantiles,
     )
 
 

@@ -8,8 +8,9 @@ with `appliance weights import`, as on an air-gapped box. Everything else is wha
 no GPU request, port on 127.0.0.1), `keys create`, `gateway`, `status --json`, `down`.
 
 Figures asserted: vLLM's generation tokens within 1 % of the tokens the client received (issue
-#17's acceptance); the gateway's TTFT p50 and p95 in `status --watch --json` over the whole load
-within 10 % of the client's over the same requests (issue #17's acceptance), the load's shape
+#17's acceptance); the gateway's TTFT p50 and p95 in `status --watch --json` after the load (its
+last minute, which held the load alone) within 10 % of the client's over the same requests, both
+by one definition of a percentile (issue #17's acceptance), the load's shape
 and the client's process chosen so that what the client measures is the service, not itself
 (`tests/support/stream_load.py`). The test prints the image's build time and size and its
 figures (run with -s to see them).
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import openai
 import pytest
 
 from appliance.errors import ExitCode
-from appliance.gateway.app import TTFT_BUCKETS
+from appliance.monitor.maths import percentile
 from appliance.monitor.scrape import parse_metrics
 from appliance.runtime.cpu_engine import container_entrypoint
 from tests.doubles import free_port
@@ -51,21 +50,9 @@ pytestmark = pytest.mark.slow
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def _agrees(measured: float, client: float) -> bool:
     """Issue #17's acceptance: within 10 % of what the client measured."""
     return abs(measured - client) <= 0.1 * client
-
-
-def _bucket_edge(seconds: float) -> float:
-    """The upper bound of the gateway's TTFT bucket that holds `seconds`: a quantile read from
-    the histogram is interpolated inside its bucket, so a gateway median no later than the
-    client's reads no later than this."""
-    return min((edge for edge in TTFT_BUCKETS if edge >= seconds), default=math.inf)
 
 
 def _tui_monitor(profile: Path) -> tuple[str, float, float | None]:
@@ -175,11 +162,6 @@ def test_the_whole_loop_on_vllms_cpu_build(
     with running_gateway(profile, base, log=tmp_path / "gateway.log"):
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
         assert [m.id for m in sdk.models.list()] == [TINY_SERVED_NAME]
-        chat = sdk.chat.completions.create(
-            model=TINY_SERVED_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=5
-        )
-        assert chat.usage is not None
-        assert chat.usage.completion_tokens >= 1
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0).models.list()
 
@@ -236,6 +218,14 @@ def test_the_whole_loop_on_vllms_cpu_build(
             watcher.send_signal(signal.SIGINT)
             watcher.wait(timeout=30)
         after = generated()
+        # A plain chat after the load, so the gateway's last minute above held the load alone.
+        asked = time.monotonic()
+        chat = sdk.chat.completions.create(
+            model=TINY_SERVED_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        chat_s = time.monotonic() - asked
+        assert chat.usage is not None
+        assert chat.usage.completion_tokens >= 1
         streamed = stream_load.read(tmp_path / "load.jsonl")
         received_in_load = sum(s.completion_tokens for s in streamed)
         snapshots = []
@@ -253,26 +243,27 @@ def test_the_whole_loop_on_vllms_cpu_build(
         with client_load(tmp_path / "tui-load.jsonl"):
             shown, tui_p50, tui_p95 = _tui_monitor(profile)
         tui_streamed = stream_load.read(tmp_path / "tui-load.jsonl")
-        client_tui_p50 = statistics.median(s.ttft_s for s in tui_streamed)
+        client_tui_p50 = percentile([s.ttft_s for s in tui_streamed], 50)
         sys.stderr.write(
             f"TUI Monitor: user TTFT p50 {tui_p50} p95 {tui_p95}; "
             f"client p50 {client_tui_p50} ({len(tui_streamed)} requests)\n"
         )
         # The panel draws the gateway's figure: the monitor's, within 10 ms (the snapshot may
-        # tick between drawing and reading). It is not held to the client's here:
-        # the TUI renders in this process on the same 2 cores, and the CPU it takes delays the
-        # client and the gateway's socket reads, outside the gateway's measured span (CI saw
-        # 15 ms drawn against 51 ms at the client; phase one above, without the TUI, is where
-        # `status` is held to the client's figure). It never reads beyond the client's bucket.
+        # tick between drawing and reading). It is not held to the client's here: its minute
+        # holds phase one's answers and the chat too, and the TUI renders in this process on
+        # the same 2 cores, which delays the client outside the gateway's measured span (phase
+        # one above, without the TUI, is where `status` is held to the client's figure). Each
+        # answer's gateway time is within its client's, so the median is within the slowest.
         drawn = re.search(r"user TTFT\s+p50 (\d+) ms", shown)
         assert drawn is not None, shown
         drawn_s = int(drawn.group(1)) / 1000
         assert abs(drawn_s - tui_p50) <= 0.010 + 0.001, (shown, tui_p50)
-        assert 0 < drawn_s <= _bucket_edge(client_tui_p50), (shown, client_tui_p50)
+        slowest = max(chat_s, *(s.ttft_s for s in [*streamed, *tui_streamed]))
+        assert 0 < drawn_s <= slowest + 0.001, (shown, slowest)
 
     gateway = snapshot["latency"]["gateway"]["ttft_seconds"]
     during = [s.ttft_s for s in streamed]
-    client_p50, client_p95 = statistics.median(during), _quantile(during, 0.95)
+    client_p50, client_p95 = percentile(during, 50), percentile(during, 95)
     vllm_tokens = after - before
     sys.stderr.write(
         f"load: {len(streamed)} streams, {received_in_load} tokens received, "
@@ -287,7 +278,10 @@ def test_the_whole_loop_on_vllms_cpu_build(
     assert gateway["p50"] is not None, seen
     assert gateway["p95"] is not None, seen
     # Issue #17's acceptance, over the same requests: the gateway's p50 and p95 within 10 % of
-    # the client's.
+    # the client's. Both are the percentiles of exact figures by one definition (the gateway's
+    # last minute, which held the load alone; `monitor.maths.percentile`): a histogram's
+    # estimate, or a quantile defined otherwise, can differ by more than 10 % where the slowest
+    # answers stand apart from the rest (CI once read 135 ms against 82 ms so).
     assert _agrees(gateway["p50"], client_p50), (gateway, client_p50)
     assert _agrees(gateway["p95"], client_p95), (gateway, client_p95)
 

@@ -22,13 +22,13 @@ from appliance.benchmark import (
     bar,
     headline,
     html_report,
-    percentile,
     summarize,
     svg_chart,
     table_rows,
     text_chart,
 )
 from appliance.errors import BadInputError, ExitCode
+from appliance.monitor.maths import percentile
 from appliance.operations.bench import (
     Workload,
     _is_token_event,

@@ -350,8 +350,10 @@ def test_the_gateway_is_told_from_its_names_and_refused_as_an_engine() -> None:
         parse_metrics(TEI_18, "gateway")
 
 
-def test_the_gateways_user_latency_quantiles_come_from_bucket_deltas() -> None:
-    """Its real TTFT/e2e histograms, all destinations and models together, over a window."""
+def test_the_gateways_user_latency_histograms_are_read_for_bucket_deltas() -> None:
+    """Its real TTFT/e2e histograms, all destinations and models together, over a window (what
+    the monitor falls back to without the gateway's exact last minute, and what Prometheus
+    reads)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from appliance.gateway.app import GatewayMetrics
@@ -367,7 +369,7 @@ def test_the_gateways_user_latency_quantiles_come_from_bucket_deltas() -> None:
         metrics.user_ttft.labels("remote", "other").observe(2.5)  # in (2, 2.5]
         metrics.user_e2e.labels("remote", "other").observe(4.0)  # in (3, 4]
     after = parse_metrics(generate_latest(metrics.registry).decode(), "gateway")
-    assert after.sources["ttft"] == "appliance_gateway_ttft_seconds"
+    assert after.sources["ttft"] == "appliance_gateway_recent_ttft_seconds"  # the exact one wins
     window = [before.histograms["ttft"], after.histograms["ttft"]]
     assert quantile_over(0.5, window) == pytest.approx(0.4)  # rank 50: the top of (0.3, 0.4]
     assert quantile_over(0.95, window) == pytest.approx(2.45)  # rank 95: 45/50 into (2, 2.5]
