@@ -7,6 +7,7 @@ TUI's workers) the guard does nothing, and the previous handlers come back when 
 
 from __future__ import annotations
 
+import abc
 import signal
 import threading
 from typing import Any, Final, Self
@@ -14,7 +15,7 @@ from typing import Any, Final, Self
 INTERRUPTING: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class SignalGuard:
+class SignalGuard(abc.ABC):
     """Routes the interrupting signals to `_handle` for the `with` block. `received` is the
     first signal's name; what a signal does is the subclass's `_handle`."""
 
@@ -32,5 +33,6 @@ class SignalGuard:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    @abc.abstractmethod
     def _handle(self, signum: int, _frame: object) -> None:
-        raise NotImplementedError
+        """What the operation does on an interrupting signal (runs in the main thread)."""
