@@ -209,8 +209,8 @@ class LatencySummary(_Frozen):
     the client, the exact percentiles of its last minute's answers, all destinations and models
     (`appliance_gateway_recent_ttft_seconds`, `appliance_gateway_recent_e2e_seconds`; from a
     gateway without them, PromQL's estimate from `appliance_gateway_ttft_seconds` and
-    `appliance_gateway_e2e_seconds`). `vllm`: vLLM's server-side figures. In `status --json` these are
-    `latency.gateway.ttft_seconds.p50`, `latency.gateway.ttft_seconds.p95`,
+    `appliance_gateway_e2e_seconds`). `vllm`: vLLM's server-side figures. In `status --json`
+    these are `latency.gateway.ttft_seconds.p50`, `latency.gateway.ttft_seconds.p95`,
     `latency.gateway.e2e_seconds.p50`, `latency.gateway.e2e_seconds.p95` and the same under
     `latency.vllm`; `latency.ttft_source` names the one the TTFT alert reads ("gateway" when the
     gateway has a figure, else "vllm", None with neither).
