@@ -33,6 +33,7 @@ from appliance.monitor.scrape import (
     parse_metrics,
 )
 from appliance.monitor.snapshot import GpuStats
+from appliance.runtime.model import service_name
 from appliance.vocabulary import EngineKind, Role
 
 if TYPE_CHECKING:
@@ -323,12 +324,16 @@ class ContainerStatus:
 
 
 class RuntimeSource(Protocol):
-    """Container status by service name ("vllm", "tei", "gateway"). Synchronous, like docker-py."""
+    """Container status by service name ("vllm", "vllm-2", "tei", "gateway"). Synchronous, like
+    docker-py."""
 
     def read(self) -> Mapping[str, ContainerStatus]: ...
 
 
 class _ObservedContainer(Protocol):
+    @property
+    def name(self) -> str: ...
+
     @property
     def role(self) -> str: ...
 
@@ -346,8 +351,9 @@ class _ContainerLister(Protocol):
 class ContainersRuntimeSource:
     """Restart counts and states from the runtime adapter (`DockerEngine.managed_containers()`).
 
-    Services are named by container role; with several containers of one role (a replacement
-    in progress) the one restarted most is reported.
+    With a profile, services are named from the container's name (`specs.service_name`: each
+    switched model's engine its own, "vllm-2", …), else by container role; with several
+    containers of one service (a replacement in progress) the one restarted most is reported.
     """
 
     def __init__(self, lister: _ContainerLister, profile: str | None = None) -> None:
@@ -357,9 +363,12 @@ class ContainersRuntimeSource:
     def read(self) -> Mapping[str, ContainerStatus]:
         found: dict[str, ContainerStatus] = {}
         for container in self.lister.managed_containers(self.profile):
-            previous = found.get(container.role)
+            service = container.role
+            if self.profile is not None:
+                service = service_name(container.name, self.profile) or service
+            previous = found.get(service)
             if previous is None or (previous.restart_count or 0) < container.restart_count:
-                found[container.role] = ContainerStatus(container.state, container.restart_count)
+                found[service] = ContainerStatus(container.state, container.restart_count)
         return found
 
 

@@ -97,38 +97,57 @@ class DockerRuntime:
 
 
 def profile_endpoints(profile: Profile, host: str = "127.0.0.1") -> tuple[Endpoint, ...]:
-    """The profile's services: vLLM, TEI when enabled, and the gateway (health and requests).
+    """The profile's services: each chat engine (spec.model's "vllm", then with spec.switching
+    every further model's, "vllm-2", …), TEI when enabled, and the gateway.
 
     Engines listen on 127.0.0.1; the gateway is asked on its own address when it listens on
     one address only, and over HTTPS when it serves TLS.
     """
     from appliance.gateway.config import gateway_base_url
+    from appliance.runtime.apply import chat_engines
 
     spec = profile.spec
-    ports = spec.ports
-    chat_port = _chat_port(profile)
-    endpoints = [Endpoint("vllm", "vllm", f"http://{host}:{chat_port}", engine=spec.engine.kind)]
+    live = _live_chat_ports(profile)
+    endpoints = [
+        Endpoint(
+            engine.service,
+            "vllm",
+            f"http://{host}:{live.get(engine.served_name, engine.port)}",
+            engine=engine.view.spec.engine.kind,
+        )
+        for engine in chat_engines(profile).values()
+    ]
     if spec.embeddings_enabled:
-        endpoints.append(Endpoint("tei", "tei", f"http://{host}:{ports.tei}"))
+        endpoints.append(Endpoint("tei", "tei", f"http://{host}:{spec.ports.tei}"))
     endpoints.append(Endpoint("gateway", "gateway", gateway_base_url(profile, host)))
     return tuple(endpoints)
 
 
-def _chat_port(profile: Profile) -> int:
-    """The chat engine's port: spec.ports.vllm, or the one a blue/green model update moved it
-    to (the gateway's rollout file says which; with several chat models, by served name)."""
+def _live_chat_ports(profile: Profile) -> dict[str, int]:
+    """Chat engines a blue/green model update moved, by served name: each to the port its
+    rollout upstream names, its own or spec.ports.vllm_update (the two take turns). Engines not
+    named there are on their own port."""
     from appliance.gateway.config import gateway_state_dir
     from appliance.gateway.rollout import ROLLOUT_FILE, read_rollout
+    from appliance.runtime.apply import chat_engines
 
-    ports = profile.spec.ports
     try:
         rollout = read_rollout(gateway_state_dir(profile) / ROLLOUT_FILE)
     except ApplianceError:
-        return ports.vllm
-    upstream = rollout.upstreams.get(profile.spec.model.served_name, rollout.chat_upstream)
-    if upstream is not None and f":{ports.vllm_update}/" in upstream:
-        return ports.vllm_update
-    return ports.vllm
+        return {}
+    spare = profile.spec.ports.vllm_update
+    moved: dict[str, int] = {}
+    for engine in chat_engines(profile).values():
+        upstream = rollout.upstreams.get(engine.served_name)
+        if upstream is None and engine.service == "vllm":
+            upstream = rollout.chat_upstream
+        try:
+            port = None if upstream is None else httpx.URL(upstream).port
+        except httpx.InvalidURL:
+            port = None
+        if port in (engine.port, spare):
+            moved[engine.served_name] = port
+    return moved
 
 
 def profile_samplers(

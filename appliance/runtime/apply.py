@@ -909,6 +909,7 @@ class ChatEngine:
 
     container: str
     view: Profile
+    service: str  # the monitor's name for it: "vllm", "vllm-2", … (`specs.service_name`)
 
     @property
     def port(self) -> int:
@@ -924,11 +925,11 @@ def chat_engines(profile: Profile) -> dict[str, ChatEngine]:
     """The profile's chat engines by container name, spec.model's first."""
     name = profile.metadata.name
     main = container_name(name, "vllm")
-    engines = {main: ChatEngine(main, profile)}
+    engines = {main: ChatEngine(main, profile, "vllm")}
     switching = profile.spec.switching
     for n, model in enumerate(switching.models if switching else (), start=2):
         container = container_name(name, f"vllm-{n}")
-        engines[container] = ChatEngine(container, profile.as_switched(model))
+        engines[container] = ChatEngine(container, profile.as_switched(model), f"vllm-{n}")
     return engines
 
 

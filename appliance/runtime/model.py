@@ -18,6 +18,20 @@ from appliance.vocabulary import Role
 # An apply renames each container it replaces to `<name>-previous-<id>` until the new one is
 # healthy; the mark in the name is all a later run has to find it by (labels cannot change).
 SET_ASIDE_MARK: Final = "-previous-"
+CONTAINER_PREFIX: Final = "llm-appliance-"
+"""Every managed container is `llm-appliance-<profile>-<service>` (`specs.container_name`)."""
+
+
+def service_name(name: str, profile_name: str) -> str | None:
+    """The service a profile's container serves, as the monitor names it: its container name
+    without the profile's prefix or a set-aside mark ("vllm", "vllm-2" for a further switched
+    model, "tei"); None for a container of another profile."""
+    base = name.split(SET_ASIDE_MARK, maxsplit=1)[0]
+    prefix = f"{CONTAINER_PREFIX}{profile_name}-"
+    if not base.startswith(prefix) or base == prefix:
+        return None
+    return base.removeprefix(prefix)
+
 
 LABEL_PREFIX = "io.llm-appliance."
 LABEL_MANAGED_BY = f"{LABEL_PREFIX}managed-by"

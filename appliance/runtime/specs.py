@@ -58,7 +58,13 @@ from appliance.fit import chat_gpus, tei_gpu
 from appliance.hardware.box import Box, GpuInfo
 from appliance.profile import EmbeddingsSpec, Profile
 from appliance.runtime.cpu_engine import CONTAINER_HOOK_DIR, container_entrypoint, cpu_engine_env
-from appliance.runtime.model import ContainerSpec, Healthcheck, Mount, PortBinding
+from appliance.runtime.model import (
+    CONTAINER_PREFIX,
+    ContainerSpec,
+    Healthcheck,
+    Mount,
+    PortBinding,
+)
 from appliance.vocabulary import weights_path
 
 __all__ = [
@@ -101,7 +107,7 @@ class SpecOptions:
 
 
 def container_name(profile_name: str, role: str) -> str:
-    return f"llm-appliance-{profile_name}-{role}"
+    return f"{CONTAINER_PREFIX}{profile_name}-{role}"
 
 
 def _quantization_flags(quantization: str, gpus: Sequence[GpuInfo]) -> list[str]:

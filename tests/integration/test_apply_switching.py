@@ -18,6 +18,9 @@ import pytest
 from appliance.gateway.app import GatewayApp
 from appliance.gateway.config import GatewayConfig
 from appliance.hardware import detect_box
+from appliance.hardware.nvml import NvmlRecording, NvmlUnavailable, RecordedNvml
+from appliance.monitor.samplers import ContainersRuntimeSource, NvmlGpuSampler
+from appliance.operations.status import profile_samplers, sample_status
 from appliance.profile import parse_profile
 from appliance.runtime.apply import ApplyEvent, apply_profile
 from appliance.runtime.specs import SpecOptions
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.docker
 
 CHAT = "Qwen/Qwen2.5-7B-Instruct-AWQ"
 CODER = "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ"
+NO_GPU = NvmlUnavailable(kind="no-driver", message="a test box has no GPU")
 
 
 def test_apply_two_chat_models_then_the_gateway_switches_between_them(
@@ -105,3 +109,18 @@ def test_apply_two_chat_models_then_the_gateway_switches_between_them(
     asyncio.run(through_the_gateway())
     assert not sleeping(coder_port)
     assert sleeping(main_port)
+
+    # `status` watches both engines, each with its own container: the awake coder's too, not
+    # only spec.model's (which sleeps now).
+    samplers = profile_samplers(
+        profile,
+        gpus=NvmlGpuSampler(RecordedNvml(NvmlRecording(unavailable=NO_GPU))),
+        runtime=ContainersRuntimeSource(engine, "switch-test"),  # type: ignore[arg-type]
+    )
+    snapshot = sample_status(samplers, ticks=1)
+    engines = {s.name: s for s in snapshot.services if s.kind == "vllm"}
+    assert sorted(engines) == ["vllm", "vllm-2"]
+    assert engines["vllm-2"].url == f"http://127.0.0.1:{coder_port}"
+    for service in engines.values():
+        assert service.healthy, service
+        assert service.container_state == "running", service

@@ -51,7 +51,7 @@ from appliance.operations.status import (
     url_samplers,
     watch_status,
 )
-from appliance.profile import load_profile
+from appliance.profile import Profile, load_profile, parse_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 NVML_FIXTURES = sorted((ROOT / "tests" / "fixtures" / "nvml").glob("*.json"))
@@ -487,8 +487,10 @@ def test_throttle_reason_bits() -> None:
 
 
 class _Container:
-    def __init__(self, role: str, state: str, restart_count: int) -> None:
-        self.role, self.state, self.restart_count = role, state, restart_count
+    def __init__(self, service: str, state: str, restart_count: int, *, role: str = "") -> None:
+        self.name = f"llm-appliance-rtx4090-chat-{service}"
+        self.role = role or service.split("-", 1)[0]
+        self.state, self.restart_count = state, restart_count
 
 
 class _Lister:
@@ -501,18 +503,22 @@ class _Lister:
         return list(self.containers)
 
 
-def test_container_status_comes_from_the_runtime_adapter_by_role() -> None:
+def test_container_status_comes_from_the_runtime_adapter_by_service() -> None:
     lister = _Lister(
         _Container("vllm", "running", 2),
-        _Container("vllm", "created", 0),  # a replacement being created beside it
+        _Container("vllm-previous-0123456789ab", "running", 7),  # set aside by an update
+        _Container("vllm-2", "running", 0, role="vllm"),  # a further switched model's engine
         _Container("tei", "restarting", 5),
     )
     source = ContainersRuntimeSource(lister, "rtx4090-chat")
     assert source.read() == {
-        "vllm": ContainerStatus("running", 2),
+        "vllm": ContainerStatus("running", 7),  # of one service's two, the one restarted most
+        "vllm-2": ContainerStatus("running", 0),
         "tei": ContainerStatus("restarting", 5),
     }
     assert lister.asked == ["rtx4090-chat"]
+    # Without a profile (containers of any), by role as before.
+    assert ContainersRuntimeSource(lister).read()["vllm"] == ContainerStatus("running", 7)
 
 
 def test_history_stays_bounded() -> None:
@@ -713,6 +719,49 @@ def test_profile_endpoints() -> None:
     config = MonitorConfig.from_profile(profile)
     assert config.interval_s == profile.spec.monitoring.interval_seconds
     assert config.thresholds == AlertThresholds.from_profile(profile)
+
+
+def _switching(tmp_path: Path) -> Profile:
+    text = (ROOT / "profiles" / "rtx4090-chat.yaml").read_text()
+    text = text.replace(
+        "spec:\n",
+        "spec:\n  switching:\n    models:\n"
+        "      - {repo: Qwen/Qwen2.5-Coder-7B-Instruct-AWQ, quantization: awq,\n"
+        "         served_model_name: coder, port: 8010, max_model_len: 4096}\n",
+        1,
+    )
+    text = text.replace("spec:\n", f"spec:\n  storage: {{state_dir: {tmp_path}}}\n", 1)
+    return parse_profile(text, "switching.yaml")
+
+
+def test_each_switched_models_engine_is_watched_where_it_runs(tmp_path: Path) -> None:
+    """spec.switching: every chat engine is a service of its own (the awake one serves while
+    spec.model's sleeps), on the port a blue/green update moved it to."""
+    from appliance.gateway.config import gateway_state_dir
+    from appliance.gateway.rollout import ROLLOUT_FILE, Rollout, write_rollout
+
+    profile = _switching(tmp_path)
+    ports = profile.spec.ports
+    assert [(e.name, e.kind, e.base_url) for e in profile_endpoints(profile)[:2]] == [
+        ("vllm", "vllm", f"http://127.0.0.1:{ports.vllm}"),
+        ("vllm-2", "vllm", "http://127.0.0.1:8010"),
+    ]
+    chat = profile.spec.model.served_name
+    state = gateway_state_dir(profile)
+    state.mkdir(parents=True, exist_ok=True)
+    # The coder's engine updated blue/green: it now answers on spec.ports.vllm_update (a URL
+    # written without the path reads the same); a port neither its own nor the spare is not
+    # believed.
+    for coder_url, chat_url, expected in (
+        (f"http://127.0.0.1:{ports.vllm_update}", f"http://127.0.0.1:{ports.vllm}/v1",
+         (ports.vllm, ports.vllm_update)),
+        ("http://127.0.0.1:8010/v1", f"http://127.0.0.1:{ports.vllm_update}/v1",
+         (ports.vllm_update, 8010)),
+        ("http://127.0.0.1:9999/v1", "not a url", (ports.vllm, 8010)),
+    ):  # fmt: skip
+        write_rollout(state / ROLLOUT_FILE, Rollout(upstreams={"coder": coder_url, chat: chat_url}))
+        got = tuple(httpx.URL(e.base_url).port for e in profile_endpoints(profile)[:2])
+        assert got == expected, coder_url
 
 
 def test_gateway_endpoint_follows_its_address_and_tls() -> None:
