@@ -276,6 +276,9 @@ class BenchRun:
     driver: str | None = None
     setup: EngineSetup | None = None  # absent in results kept before calibration (#18 point 4)
     box: BoxFacts | None = None
+    # A recorded sample's file name when the prompts came from one (`bench --prompts`); the
+    # lengths are then the measured means.
+    prompts: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -293,6 +296,7 @@ class BenchRun:
             "driver": self.driver,
             "setup": None if self.setup is None else self.setup.to_json(),
             "box": None if self.box is None else self.box.to_json(),
+            "prompts": self.prompts,
             "levels": [level.to_json() for level in self.levels],
         }
 
@@ -313,7 +317,14 @@ class BenchRun:
             driver=data.get("driver"),
             setup=EngineSetup.from_json(data["setup"]) if data.get("setup") else None,
             box=BoxFacts.from_json(data["box"]) if data.get("box") else None,
+            prompts=data.get("prompts"),
         )
+
+    @property
+    def workload(self) -> str:
+        """The requests in a few words: "1024 in / 128 out tokens", or the sample's means."""
+        lengths = f"{self.input_len} in / {self.output_len} out tokens"
+        return lengths if self.prompts is None else f"{self.prompts}: {lengths} on average"
 
     @property
     def level_name(self) -> str:
@@ -507,7 +518,7 @@ def html_report(run: BenchRun) -> str:
         ("model", run.model),
         ("started", run.started_at),
         ("endpoint", f"{run.endpoint} at {run.url}"),
-        ("workload", f"{run.input_len} prompt tokens, {run.output_len} output tokens"),
+        ("workload", run.workload),
         (
             "SLO",
             f"TTFT p95 ≤ {run.slo.ttft_p95_s:g} s, ITL p95 ≤ {run.slo.itl_p95_s * 1000:g} ms",

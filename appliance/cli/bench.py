@@ -112,8 +112,7 @@ def _show(run: Any) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=150)
     rows = table_rows(run)
     table = Table(
-        title=f"appliance bench {run.profile}: {run.model}, {run.input_len} in / "
-        f"{run.output_len} out tokens",
+        title=f"appliance bench {run.profile}: {run.model}, {run.workload}",
         caption=f"SLO: TTFT p95 ≤ {run.slo.ttft_p95_s:g} s, ITL p95 ≤ "
         f"{run.slo.itl_p95_s * 1000:g} ms · engine {run.engine_version or 'unknown'}",
     )
@@ -130,6 +129,30 @@ def _show(run: Any) -> None:
             console.print(f"  at {level.level:g}: {error}", highlight=False, markup=False)
 
 
+def _lengths_and_prompts(
+    args: argparse.Namespace, max_model_len: int | None
+) -> tuple[int, int, tuple[Any, ...]]:
+    """Prompt and output lengths (the defaults scaled to max_model_len), and the recorded
+    sample's prompts when --prompts gives one."""
+    from appliance.operations import bench
+
+    default_in, default_out = bench.default_lengths(max_model_len)
+    input_len = args.input_len or default_in
+    output_len = args.output_len or default_out
+    if args.prompts is None:
+        bench.check_lengths(input_len, output_len, max_model_len)
+        return input_len, output_len, ()
+    if args.input_len is not None:
+        raise BadInputError(
+            "--input-len and --prompts both say what the prompts are",
+            hint="give one: the sample's prompts are sent as they are",
+        )
+    prompts = bench.load_prompts(args.prompts)
+    if args.output_len is not None:  # as vLLM's --custom-output-len: one length for all
+        prompts = tuple(bench.SamplePrompt(p.prompt) for p in prompts)
+    return input_len, output_len, prompts
+
+
 def _cmd_bench(args: argparse.Namespace) -> ExitCode:
     from appliance.benchmark import Mode, Slo, html_report
     from appliance.gateway.config import gateway_trust
@@ -139,10 +162,7 @@ def _cmd_bench(args: argparse.Namespace) -> ExitCode:
     profile = load_profile(args.profile)
     spec = profile.spec
     key = _api_key(args, required=spec.gateway.require_api_key and args.url is None)
-    default_in, default_out = bench.default_lengths(spec.engine.max_model_len)
-    input_len = args.input_len or default_in
-    output_len = args.output_len or default_out
-    bench.check_lengths(input_len, output_len, spec.engine.max_model_len)
+    input_len, output_len, prompts = _lengths_and_prompts(args, spec.engine.max_model_len)
     mode: Mode
     if args.request_rate is not None:
         mode, levels = "rate", args.request_rate
@@ -160,6 +180,7 @@ def _cmd_bench(args: argparse.Namespace) -> ExitCode:
             endpoint=args.endpoint,
             ignore_eos=not args.allow_eos,
             seed=args.seed,
+            prompts=prompts,
         ),
         requests=args.requests,
         mode=mode,
@@ -167,8 +188,9 @@ def _cmd_bench(args: argparse.Namespace) -> ExitCode:
         slo=Slo(ttft_p95_s=args.slo_ttft, itl_p95_s=args.slo_itl / 1000.0),
         max_concurrency=max_concurrency,
         verify=True if args.url else gateway_trust(profile),
+        prompts_from=None if args.prompts is None else args.prompts.name,
     )
-    if args.url is None:
+    if args.url is None and not prompts:
         from dataclasses import replace
 
         words = bench.prompt_words(profile, plan.workload)
@@ -245,6 +267,15 @@ def register(commands: Commands) -> None:
         type=opt.int_range(1, 10_485_760),
         metavar="TOKENS",
         help="output length (default 128, shrunk to fit max_model_len)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=opt.input_file,
+        metavar="FILE",
+        help="a recorded sample of real traffic instead of random prompts: JSON Lines, one "
+        '{"prompt": "...", "output_tokens": N} a line (output_tokens optional; --output-len '
+        "sets them all), the file `vllm bench serve --dataset-name custom` reads; sent in "
+        "file order, each level from where the last stopped",
     )
     parser.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     parser.add_argument(

@@ -73,6 +73,15 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True)
+class SamplePrompt:
+    """One request of a recorded sample of traffic: its prompt and, when recorded, how many
+    tokens its answer had."""
+
+    prompt: str
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Workload:
     """What every request of a run asks for."""
 
@@ -83,29 +92,102 @@ class Workload:
     ignore_eos: bool = True
     seed: int = 0
     words: int | None = None  # words per prompt, when the engine's tokenizer was asked
+    # A recorded sample (`load_prompts`): its prompts instead of random ones, in file order;
+    # each its own output length when it has one, else `output_len`.
+    prompts: tuple[SamplePrompt, ...] = ()
 
     @property
     def path(self) -> bytes:
         return b"/chat/completions" if self.endpoint == "chat" else b"/completions"
 
-    def bodies(self, count: int) -> list[bytes]:
-        """`count` request bodies, each with its own random prompt (no shared prefix to cache)."""
+    def bodies(self, count: int, start: int = 0) -> list[bytes]:
+        """`count` request bodies: each with its own random prompt (no shared prefix to cache),
+        or the sample's prompts from the `start`-th on (round again when it has fewer)."""
+        if self.prompts:
+            picked = [self.prompts[(start + i) % len(self.prompts)] for i in range(count)]
+            return [self._body(p.prompt, p.output_tokens or self.output_len) for p in picked]
         rng = random.Random(self.seed)  # noqa: S311 - prompts, not secrets
-        bodies = []
-        for _ in range(count):
-            prompt = " ".join(rng.choices(_WORDS, k=self.words or self.input_len))
-            payload: dict[str, Any] = {"model": self.model, "stream": True}
-            payload["stream_options"] = {"include_usage": True}
-            if self.endpoint == "chat":
-                payload["messages"] = [{"role": "user", "content": prompt}]
-                payload["max_completion_tokens"] = self.output_len
-            else:
-                payload["prompt"] = prompt
-                payload["max_tokens"] = self.output_len
-            if self.ignore_eos:
-                payload["ignore_eos"] = True  # a vLLM extension: every request runs to length
-            bodies.append(json.dumps(payload, separators=(",", ":")).encode())
-        return bodies
+        return [
+            self._body(
+                " ".join(rng.choices(_WORDS, k=self.words or self.input_len)), self.output_len
+            )
+            for _ in range(count)
+        ]
+
+    def _body(self, prompt: str, output_len: int) -> bytes:
+        payload: dict[str, Any] = {"model": self.model, "stream": True}
+        payload["stream_options"] = {"include_usage": True}
+        if self.endpoint == "chat":
+            payload["messages"] = [{"role": "user", "content": prompt}]
+            payload["max_completion_tokens"] = output_len
+        else:
+            payload["prompt"] = prompt
+            payload["max_tokens"] = output_len
+        if self.ignore_eos:
+            payload["ignore_eos"] = True  # a vLLM extension: every request runs to length
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+MAX_PROMPTS_BYTES = 1 << 30
+"""A recorded sample larger than this is refused: it is held in memory whole."""
+
+
+def load_prompts(path: Path) -> tuple[SamplePrompt, ...]:
+    """A recorded sample of traffic in the file `vllm bench serve --dataset-name custom` reads
+    (vllm/benchmarks/datasets/datasets.py `CustomDataset`, 0.32): JSON Lines, one object a
+    line with the prompt as `prompt` and, optionally, the answer's length as `output_tokens`.
+
+    Raises `BadInputError` naming the line that is not one.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROMPTS_BYTES:
+            raise BadInputError(
+                f"--prompts {path} is {size / 2**30:.1f} GiB; a sample of at most 1 GiB is read",
+                hint="give a sample of the traffic, not all of it",
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise BadInputError(
+            f"cannot read --prompts {path}: {reason}",
+            hint='give a JSON Lines file, one {"prompt": "...", "output_tokens": N} a line',
+        ) from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        prompts.append(_sample_prompt(path, number, line))
+    if not prompts:
+        raise BadInputError(
+            f"--prompts {path} holds no prompt",
+            hint='write one {"prompt": "...", "output_tokens": N} a line',
+        )
+    return tuple(prompts)
+
+
+def _sample_prompt(path: Path, number: int, line: str) -> SamplePrompt:
+    where = f"--prompts {path} line {number}"
+    try:
+        item = json.loads(line)
+    except ValueError as error:
+        raise BadInputError(
+            f"{where} is not JSON ({error})", hint='write {"prompt": "...", "output_tokens": N}'
+        ) from None
+    prompt = item.get("prompt") if isinstance(item, dict) else None
+    if not isinstance(prompt, str) or not prompt:
+        raise BadInputError(
+            f"{where} has no prompt text", hint='write {"prompt": "...", "output_tokens": N}'
+        )
+    tokens = item.get("output_tokens")
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
+    ):
+        raise BadInputError(
+            f"{where}: output_tokens is {tokens!r}, not a whole number of tokens above 0",
+            hint="give the answer's length in tokens, or leave output_tokens out",
+        )
+    return SamplePrompt(prompt, tokens)
 
 
 def default_lengths(max_model_len: int | None) -> tuple[int, int]:
@@ -331,6 +413,7 @@ class BenchPlan:
     # What an https `url` is checked against: the profile's own gateway's certificate
     # (`gateway_trust`), or True for the system's CAs (a URL the operator gave).
     verify: ssl.SSLContext | Literal[True] = True
+    prompts_from: str | None = None  # the recorded sample's file name (`workload.prompts`)
 
     def __repr__(self) -> str:  # the key never shows up in a log or a traceback
         return f"BenchPlan(url={self.url!r}, levels={self.levels!r}, requests={self.requests})"
@@ -434,7 +517,8 @@ def _headers(key: str | None) -> list[tuple[bytes, bytes]]:
 async def _preflight(upstream: Upstream, plan: BenchPlan, headers: Headers) -> None:
     """One request before any level (vLLM's "initial test run"): a missing gateway, a refused
     key or an unknown model is one clear line, not a table of failures."""
-    body = plan.workload.bodies(1)[0]
+    # A sample's prompt after those the levels send, when it has that many.
+    body = plan.workload.bodies(1, start=len(plan.levels) * plan.requests)[0]
     outcome = await one_request(upstream, plan.workload.path, headers, body)
     if outcome.ok:
         return
@@ -476,7 +560,10 @@ async def _run(
         await _preflight(upstream, plan, headers)
         for index, level in enumerate(plan.levels):
             workload = plan.workload
-            bodies = replace(workload, seed=workload.seed + index + 1).bodies(plan.requests)
+            # New prompts at every level: random ones from the next seed, or the sample's next.
+            bodies = replace(workload, seed=workload.seed + index + 1).bodies(
+                plan.requests, start=index * plan.requests
+            )
             progress = on_level(level, plan.requests) if on_level is not None else None
             if plan.mode == "concurrency":
                 outcomes, duration = await run_level(
@@ -532,14 +619,21 @@ def run_bench(
         runner = asyncio.run
     levels = runner(_run(plan, on_level, upstream_factory))
     facts = facts or EngineFacts()
+    workload = plan.workload
+    input_len, output_len = workload.input_len, workload.output_len
+    if workload.prompts:  # a recorded sample: its measured and recorded means
+        measured = [level.mean_input_tokens for level in levels if level.mean_input_tokens]
+        input_len = round(sum(measured) / len(measured)) if measured else 0
+        lengths = [p.output_tokens or workload.output_len for p in workload.prompts]
+        output_len = round(sum(lengths) / len(lengths))
     return BenchRun(
         profile=profile_name,
         model=plan.workload.model,
         endpoint=plan.workload.endpoint,
         url=plan.url,
         started_at=started_at,
-        input_len=plan.workload.input_len,
-        output_len=plan.workload.output_len,
+        input_len=input_len,
+        output_len=output_len,
         slo=plan.slo,
         levels=tuple(levels),
         engine_version=facts.version,
@@ -547,6 +641,7 @@ def run_bench(
         driver=facts.driver,
         setup=facts.setup,
         box=facts.box,
+        prompts=plan.prompts_from,
     )
 
 

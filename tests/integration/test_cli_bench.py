@@ -141,6 +141,42 @@ def test_a_request_rate_level(stack: tuple[Path, str]) -> None:
     assert level["completed"] == 6
 
 
+def test_a_recorded_sample_of_traffic_is_sent_as_recorded(
+    stack: tuple[Path, str], tmp_path: Path
+) -> None:
+    """`--prompts`: the file `vllm bench serve --dataset-name custom` reads. The double counts a
+    prompt's words as its tokens."""
+    profile, key = stack
+    sample = tmp_path / "traffic.jsonl"
+    sample.write_text(
+        '{"prompt": "one two three", "output_tokens": 2}\n'
+        '{"prompt": "one two three four five", "output_tokens": 4}\n'
+        '{"prompt": "one two three four", "output_tokens": 3}\n'
+    )
+    args = (str(profile), "--prompts", str(sample), "--requests", "3", "--no-save", "--json")
+    result = bench(*args, "--concurrency", "1,2", key=key)
+    assert result.returncode == ExitCode.OK, result.stderr
+    run = json.loads(result.stdout)
+    assert run["prompts"] == "traffic.jsonl"
+    assert (run["input_len"], run["output_len"]) == (4, 3)  # the sample's means
+    for level in run["levels"]:
+        assert level["completed"] == 3
+        assert level["mean_input_tokens"] == 4
+        assert level["mean_output_tokens"] == 3
+    one_length = bench(*args, "--concurrency", "1", "--output-len", "5", key=key)
+    assert one_length.returncode == ExitCode.OK, one_length.stderr
+    (level,) = json.loads(one_length.stdout)["levels"]
+    assert level["mean_output_tokens"] == 5
+    both = bench(*args, "--input-len", "8", key=key)
+    assert both.returncode == ExitCode.BAD_INPUT
+    assert "--input-len and --prompts" in both.stderr
+    sample.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    broken = bench(*args, key=key)
+    assert broken.returncode == ExitCode.BAD_INPUT
+    assert "line 2 is not JSON" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+
 def test_a_wrong_key_is_one_line_and_bad_input(stack: tuple[Path, str]) -> None:
     profile, _ = stack
     result = bench(str(profile), "--requests", "2", "--no-save", key="sk-appl-000000000000-nope")

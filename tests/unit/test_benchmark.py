@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -30,11 +31,13 @@ from appliance.benchmark import (
 from appliance.errors import BadInputError, ExitCode
 from appliance.monitor.maths import percentile
 from appliance.operations.bench import (
+    SamplePrompt,
     Workload,
     _is_token_event,
     _Stream,
     check_lengths,
     default_lengths,
+    load_prompts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +212,71 @@ def test_the_workload_asks_as_vllm_bench_does() -> None:
     completion = json.loads(Workload("tiny", 5, 3, endpoint="completions").bodies(1)[0])
     assert completion["max_tokens"] == 3
     assert "prompt" in completion
+
+
+def _sample(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "sample.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_a_recorded_sample_is_sent_in_file_order_each_level_from_where_the_last_stopped(
+    tmp_path: Path,
+) -> None:
+    """`--prompts`: vLLM's custom-dataset JSON Lines; output_tokens per prompt when recorded."""
+    path = _sample(
+        tmp_path,
+        '{"prompt": "first question", "output_tokens": 7}',
+        "",  # blank lines are skipped
+        '{"prompt": "second question"}',
+        '{"prompt": "third question", "output_tokens": 2, "extra": "ignored"}',
+    )
+    prompts = load_prompts(path)
+    assert prompts == (
+        SamplePrompt("first question", 7),
+        SamplePrompt("second question"),
+        SamplePrompt("third question", 2),
+    )
+    workload = Workload("tiny", 1024, 5, prompts=prompts)
+    sent = [json.loads(body) for body in workload.bodies(4, start=2)]
+    assert [b["messages"][0]["content"] for b in sent] == [
+        "third question", "first question", "second question", "third question",
+    ]  # fmt: skip
+    assert [b["max_completion_tokens"] for b in sent] == [2, 7, 5, 2]  # recorded, else 5
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ((), "holds no prompt"),
+        (("",), "holds no prompt"),
+        (('{"prompt": "ok"}', "not json"), "line 2 is not JSON"),
+        (('["a list"]',), "line 1 has no prompt text"),
+        (('{"text": "no prompt key"}',), "line 1 has no prompt text"),
+        (('{"prompt": ""}',), "line 1 has no prompt text"),
+        (('{"prompt": 5}',), "line 1 has no prompt text"),
+        (('{"prompt": "a", "output_tokens": 0}',), "output_tokens is 0"),
+        (('{"prompt": "a", "output_tokens": "12"}',), "output_tokens is '12'"),
+        (('{"prompt": "a", "output_tokens": true}',), "output_tokens is True"),
+        (('{"prompt": "a", "output_tokens": 1.5}',), "output_tokens is 1.5"),
+    ],
+)
+def test_a_sample_that_is_not_one_is_one_line_naming_where(
+    tmp_path: Path, lines: tuple[str, ...], says: str
+) -> None:
+    with pytest.raises(BadInputError, match=re.escape(says)) as caught:
+        load_prompts(_sample(tmp_path, *lines))
+    assert "\n" not in str(caught.value)
+    assert caught.value.hint
+
+
+def test_a_sample_that_cannot_be_read_is_bad_input(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(BadInputError, match="cannot read --prompts"):
+        load_prompts(binary)
+    with pytest.raises(BadInputError, match="cannot read --prompts"):
+        load_prompts(tmp_path)  # a directory
 
 
 def test_default_lengths_fit_max_model_len() -> None:

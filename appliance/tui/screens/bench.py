@@ -57,8 +57,7 @@ class BenchScreen(ModalScreen[None]):
             else:
                 title = (
                     f"appliance bench {run.profile} · {run.started_at} · {run.model}, "
-                    f"{run.input_len} in / {run.output_len} out tokens · engine "
-                    f"{run.engine_version or 'unknown'}"
+                    f"{run.workload} · engine {run.engine_version or 'unknown'}"
                 )
                 yield Static(Text(title, style="bold"))
                 yield Static(bench_table(run))
