@@ -24,9 +24,12 @@ import httpx
 import pytest
 
 from appliance.gateway.app import GatewayApp
-from appliance.gateway.config import GatewayConfig
+from appliance.gateway.config import GatewayConfig, gateway_state_dir
+from appliance.gateway.rollout import ROLLOUT_FILE, read_rollout
+from appliance.hardware import detect_box
 from appliance.profile import Profile, parse_profile
-from appliance.runtime.apply import ApplyEvent
+from appliance.runtime.apply import ApplyEvent, ApplyFailedError, apply_profile
+from appliance.runtime.specs import SpecOptions
 from appliance.vocabulary import FallbackMode, weights_path
 from tests.doubles import EngineDoubleImages, free_port
 from tests.integration.test_apply_update import Answer, _apply, _apply_streaming, _gap_report
@@ -40,7 +43,11 @@ SECOND = "llm-appliance-swupd-vllm-2"
 
 
 def _profile(
-    tmp_path: Path, image: str, ports: Mapping[str, int], util: float, coder_length: int
+    tmp_path: Path,
+    image: str,
+    ports: Mapping[str, int],
+    util: float,
+    coder_length: int,
 ) -> Profile:
     return parse_profile(
         "apiVersion: llm-appliance/v1\nkind: Profile\nmetadata: {name: swupd}\nspec:\n"
@@ -213,3 +220,43 @@ def test_a_sleeping_models_update_keeps_the_awake_one_awake_and_the_gateway_agre
     assert report["switching"]["models"]["coder"]["state"] == "awake"
     assert _sleeping(ports["vllm"])
     assert not _sleeping(ports["coder"])
+
+
+@pytest.mark.parametrize("awake", ["chat", "coder"])
+def test_a_switched_update_whose_new_engines_never_turn_healthy_is_rolled_back(
+    engine: Any, engine_doubles: EngineDoubleImages, tmp_path: Path, awake: str
+) -> None:
+    """A new image that never answers /health, for both engines (both updates in place, the
+    further model's first): the engines that were there come back under their names, the awake
+    one awake and the other asleep, and the gateway's rollout holds and pauses nothing."""
+    _weights(tmp_path)
+    ports = {k: free_port() for k in ("vllm", "coder", "vllm_update", "gateway")}
+    before = _profile(tmp_path, engine_doubles.vllm["ok"], ports, util=0.4, coder_length=4096)
+    assert _apply(before, engine, tmp_path).applied
+    if awake == "coder":  # as the gateway leaves them after a request for coder
+        httpx.post(f"http://127.0.0.1:{ports['vllm']}/sleep?level=1", timeout=10)
+        httpx.post(f"http://127.0.0.1:{ports['coder']}/wake_up", timeout=10)
+    asleep = "chat" if awake == "coder" else "coder"
+    port_of = {"chat": ports["vllm"], "coder": ports["coder"]}
+    assert not _sleeping(port_of[awake])
+    assert _sleeping(port_of[asleep])
+    there = {c.name: c.id for c in engine.managed_containers("swupd")}
+    never = _profile(
+        tmp_path, engine_doubles.vllm["never-healthy"], ports, util=0.4, coder_length=4096
+    )
+    box = detect_box(simulate="rtx4090", models_dir=tmp_path / "models")
+    with pytest.raises(ApplyFailedError, match="not healthy after"):
+        apply_profile(
+            never, box, engine, options=SpecOptions(gpu_requests=False), deadlines_s={"vllm": 3.0}
+        )
+    assert {c.name: c.id for c in engine.managed_containers("swupd")} == there
+    assert not _sleeping(port_of[awake])
+    assert _sleeping(port_of[asleep])
+    rollout = read_rollout(gateway_state_dir(before) / ROLLOUT_FILE)
+    assert (rollout.held, rollout.switching_paused, rollout.updating) == ((), False, False)
+    assert set(rollout.upstreams.values()) <= {
+        f"http://127.0.0.1:{ports['vllm']}/v1",
+        f"http://127.0.0.1:{ports['coder']}/v1",
+    }
+    # The box is as the profile before says: applying it again changes nothing.
+    assert _apply(before, engine, tmp_path).plan.is_noop
