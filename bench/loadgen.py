@@ -176,8 +176,9 @@ def _httpx(url: str, connections: int) -> HttpxPool:
 
 
 async def generator(url: str, concurrency: int, total: int, client: str) -> tuple[float, list]:
-    factory = lean_upstream if client == "lean" else _httpx
-    upstream = factory(url, concurrency)
+    upstream = (
+        lean_upstream(url, concurrency, True) if client == "lean" else _httpx(url, concurrency)
+    )
     bodies = WORKLOAD.bodies(total)
     try:
         await run_level(upstream, WORKLOAD, HEADERS, bodies[: concurrency * 2],
