@@ -11,8 +11,9 @@ the exact figures, by the definition `appliance bench` uses (`monitor.maths.perc
 
 What must stay true: memory is bounded whatever clients send (at most `RECENT_MAX_POINTS`
 answers a metric; a busier minute is summarised by its latest answers), there are no labels for
-a client to multiply, and an empty window reads NaN (a Prometheus summary with no
-observations), never 0 seconds.
+a client to multiply, the percentiles are computed at most once per `RECOMPUTE_S` however often
+anyone (the port is open to the network) asks for /metrics, and an empty window reads NaN (a
+Prometheus summary with no observations), never 0 seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ RECENT_WINDOW_S: Final = 60.0
 RECENT_MAX_POINTS: Final = 16384
 """About 270 answers a second for a whole minute; 16k floats and times are a few hundred KiB."""
 RECENT_QUANTILES: Final = (0.5, 0.95, 0.99)
+RECOMPUTE_S: Final = 1.0
+"""A full window sorts 16k figures (milliseconds of CPU): once a second, as the monitor ticks."""
 
 
 class _Recent:
@@ -45,6 +48,7 @@ class _Recent:
         self.window: TimeWindow[float] = TimeWindow(RECENT_WINDOW_S, RECENT_MAX_POINTS)
         self.count = 0
         self.total = 0.0
+        self._computed: tuple[float, tuple[float, ...]] | None = None  # (when, the quantiles)
 
     def observe(self, seconds: float, at: float) -> None:
         self.window.append(at, seconds)
@@ -53,12 +57,21 @@ class _Recent:
 
     def family(self, now: float) -> Metric:
         family = SummaryMetricFamily(self.name, self.documentation)
-        recent = [value for _, value in self.window.since(now - RECENT_WINDOW_S)]
-        for q in RECENT_QUANTILES:
-            value = percentile(recent, 100.0 * q) if recent else math.nan
+        for q, value in zip(RECENT_QUANTILES, self._quantiles(now), strict=True):
             family.samples.append(Sample(self.name, {"quantile": str(q)}, value, None, None))
         family.add_metric([], count_value=self.count, sum_value=self.total)
         return family
+
+    def _quantiles(self, now: float) -> tuple[float, ...]:
+        computed = self._computed
+        if computed is not None and 0 <= now - computed[0] < RECOMPUTE_S:
+            return computed[1]
+        recent = [value for _, value in self.window.since(now - RECENT_WINDOW_S)]
+        quantiles = tuple(
+            percentile(recent, 100.0 * q) if recent else math.nan for q in RECENT_QUANTILES
+        )
+        self._computed = (now, quantiles)
+        return quantiles
 
 
 class RecentLatency(Collector):

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from appliance.gateway.app import GatewayMetrics
-from appliance.gateway.latency import RECENT_MAX_POINTS, RECENT_WINDOW_S
+from appliance.gateway.latency import RECENT_MAX_POINTS, RECENT_WINDOW_S, RECOMPUTE_S
 from appliance.monitor.maths import histogram_quantile, percentile
 from appliance.monitor.monitor import Monitor
 from appliance.monitor.scrape import parse_metrics
@@ -57,6 +57,20 @@ def test_the_gateway_exposes_the_exact_percentiles_of_its_last_minute() -> None:
     assert 'appliance_gateway_recent_ttft_seconds{quantile="0.95"} NaN' in quiet
     assert "appliance_gateway_recent_ttft_seconds_count 132.0" in quiet
     assert parse_metrics(quiet, "gateway").quantiles["ttft"][0.95] is None
+
+
+def test_the_percentiles_are_computed_at_most_once_a_second_however_often_asked() -> None:
+    """/metrics is open to the network: asking it in a loop must not sort the window each time."""
+    clock = _Clock()
+    metrics = GatewayMetrics(CollectorRegistry(), clock)
+    metrics.user_latency("local", "tiny", 0.1, 0.2)
+    assert parse_metrics(_page(metrics), "gateway").quantiles["ttft"][0.5] == pytest.approx(0.1)
+    for _ in range(3):
+        metrics.user_latency("local", "tiny", 0.9, 1.0)
+    clock.now += RECOMPUTE_S / 2
+    assert parse_metrics(_page(metrics), "gateway").quantiles["ttft"][0.5] == pytest.approx(0.1)
+    clock.now += RECOMPUTE_S / 2
+    assert parse_metrics(_page(metrics), "gateway").quantiles["ttft"][0.5] == pytest.approx(0.9)
 
 
 def test_a_flood_of_answers_keeps_the_window_bounded() -> None:
